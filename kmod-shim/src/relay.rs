@@ -1,0 +1,517 @@
+//! The relay: a zusd client (P-CH1..P-CH5).
+//!
+//! `Relay::connect` performs the handshake and maps the channel set the server created for this
+//! process. [`Relay::op`] runs one op synchronously:
+//!
+//! 1. pick the lane of the CPU we run on (`sched_getcpu`, vDSO) so the ZT that serves us is pinned
+//!    to our own CPU (P-CH1);
+//! 2. claim a free slot there, else in another lane of the same NUMA node, else sleep on the
+//!    lane's slot-freed futex until a slot frees (P-CH3: never a fixed sleep);
+//! 3. write the request, mark it SUBMITTED, ring the doorbell (a futex wake only when the ZT sleeps);
+//! 4. wait: when the ZT shares our CPU spinning is useless (it cannot run while we spin), so we go
+//!    straight to the futex; when it runs elsewhere we spin for the server's suggested budget
+//!    first (P-CH2);
+//! 5. copy the reply out and free the slot.
+//!
+//! While waiting, every 100 ms without an answer we check whether the control socket hung up:
+//! a dead server becomes [`RelayError::ServerGone`] within a bounded time, never a hang (P-CH5).
+//! The op path allocates nothing and takes no lock.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use zus_api::chan::{ChannelSetHeader, Geometry, LaneHeader, PAYLOAD_SIZE, Slot, slot_state};
+use zus_api::control::{self, FsTypeInfo, MountInfo, Reply, Request, StatusInfo};
+use zus_api::ops::OpHeader;
+use zus_api::shm::{ShmRegion, current_cpu, futex};
+use zus_api::{Errno, sock};
+
+const DOORBELL: usize = core::mem::offset_of!(LaneHeader, doorbell);
+const ZT_SLEEPING: usize = core::mem::offset_of!(LaneHeader, zt_sleeping);
+const ZT_CPU: usize = core::mem::offset_of!(LaneHeader, zt_cpu);
+const FREE_SEQ: usize = core::mem::offset_of!(LaneHeader, free_seq);
+const FREE_WAITERS: usize = core::mem::offset_of!(LaneHeader, free_waiters);
+const STATE: usize = core::mem::offset_of!(Slot, state);
+const REPLY_SEQ: usize = core::mem::offset_of!(Slot, reply_seq);
+const CLIENT_WAITING: usize = core::mem::offset_of!(Slot, client_waiting);
+const HDR: usize = core::mem::offset_of!(Slot, hdr);
+const PAYLOAD: usize = core::mem::offset_of!(Slot, payload);
+
+/// How often a waiting client checks that the server is still alive.
+const LIVENESS_CHECK: Duration = Duration::from_millis(100);
+
+/// Relay errors.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// Could not reach zusd.
+    #[error("cannot connect to zusd at {path}: {source}")]
+    Connect {
+        /// Socket path.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The server refused us or a request.
+    #[error("zusd: {message}")]
+    Refused {
+        /// errno.
+        errno: Errno,
+        /// Server's message.
+        message: String,
+    },
+    /// Protocol violation by the server.
+    #[error("zusd protocol error: {0}")]
+    Protocol(String),
+    /// The server died or closed our connection.
+    #[error("zusd is gone (server exited or closed the connection)")]
+    ServerGone,
+    /// The op failed with an errno.
+    #[error("{0}")]
+    Op(Errno),
+    /// A request does not fit a slot.
+    #[error("request of {0} bytes does not fit a slot")]
+    TooLarge(usize),
+}
+
+impl RelayError {
+    /// errno for callers that speak POSIX (the FUSE bridge, the preload library).
+    #[must_use]
+    pub fn errno(&self) -> Errno {
+        match self {
+            Self::Op(e) | Self::Refused { errno: e, .. } => *e,
+            Self::ServerGone | Self::Connect { .. } => Errno::ENOTCONN,
+            Self::Protocol(_) => Errno::EPROTO,
+            Self::TooLarge(_) => Errno::EINVAL,
+        }
+    }
+}
+
+/// Result of a successful op.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpOutcome {
+    /// The op's non-negative result.
+    pub value: u64,
+    /// Reply payload bytes copied into the caller's reply buffer.
+    pub reply_len: usize,
+    /// Data bytes copied into the caller's data-out buffer.
+    pub data_len: usize,
+}
+
+/// Who the op is for (honoured by the server only for privileged clients).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Creds {
+    /// uid.
+    pub uid: u32,
+    /// gid.
+    pub gid: u32,
+    /// pid.
+    pub pid: u32,
+}
+
+/// Data an op carries.
+#[derive(Debug, Clone, Copy)]
+pub enum DataIn<'a> {
+    /// None.
+    None,
+    /// Bytes copied into the slot's window.
+    Window(&'a [u8]),
+}
+
+/// A connection to zusd with this process's channel set.
+#[derive(Debug)]
+pub struct Relay {
+    /// Channel memory; dropped before the socket (field order), so the server sees us unmap first.
+    region: ShmRegion,
+    geo: Geometry,
+    /// Spill order per lane: other lanes of the same node.
+    peers: Vec<Vec<usize>>,
+    client_spin: Duration,
+    sock: OwnedFd,
+    ctl: Mutex<()>,
+    dead: AtomicBool,
+    seq: AtomicU64,
+    /// Bytes that went through the bounce window (two copies), for stats (P-CH6).
+    pub bounce_bytes: AtomicU64,
+    client_id: u32,
+}
+
+fn connect_socket(path: &Path) -> std::io::Result<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    #[allow(unsafe_code)]
+    // SAFETY: socket/connect with a properly built sockaddr_un; the fd is checked and owned.
+    unsafe {
+        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let owned = OwnedFd::from_raw_fd(fd);
+        let mut addr: libc::sockaddr_un = core::mem::zeroed();
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        let b = path.as_os_str().as_bytes();
+        if b.len() >= addr.sun_path.len() {
+            return Err(std::io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+        }
+        for (d, s) in addr.sun_path.iter_mut().zip(b) {
+            *d = s.cast_signed();
+        }
+        let len = (core::mem::offset_of!(libc::sockaddr_un, sun_path) + b.len() + 1) as libc::socklen_t;
+        if libc::connect(fd, (&raw const addr).cast(), len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(owned)
+    }
+}
+
+impl Relay {
+    /// Connects to zusd at `socket` and maps this process's channel set.
+    ///
+    /// # Errors
+    /// [`RelayError`].
+    pub fn connect(socket: &Path, name: &str) -> Result<Self, RelayError> {
+        let sock = connect_socket(socket)
+            .map_err(|source| RelayError::Connect { path: socket.display().to_string(), source })?;
+        let hello = Request::Hello { features: zus_api::features::ALL, required: 0, name: name.to_owned() };
+        let (reply, fd) = roundtrip(&sock, &hello)?;
+        let channel_size = match reply {
+            Reply::Hello { channel_size, .. } => usize::try_from(channel_size).map_err(|_| RelayError::Protocol("size".into()))?,
+            Reply::Error { errno, message } => return Err(RelayError::Refused { errno: Errno(errno), message }),
+            other => return Err(RelayError::Protocol(format!("unexpected reply to hello: {other:?}"))),
+        };
+        let fd = fd.ok_or_else(|| RelayError::Protocol("hello reply carried no channel memfd".into()))?;
+        let region = ShmRegion::map(fd.as_fd(), channel_size).map_err(|e| RelayError::Protocol(e.to_string()))?;
+        let h: ChannelSetHeader = region.read(0);
+        zus_api::check_peer(h.magic, h.abi_version, "zusd channel set").map_err(RelayError::Protocol)?;
+        let geo = Geometry::from_header(&h, channel_size).map_err(|e| RelayError::Protocol(e.to_string()))?;
+        let node = |l: usize| h.cpu_node.get(l).copied().unwrap_or(0);
+        let peers = (0..geo.ncpu)
+            .map(|l| (1..geo.ncpu).map(|k| (l + k) % geo.ncpu).filter(|&p| node(p) == node(l)).collect())
+            .collect();
+        Ok(Self {
+            region,
+            geo,
+            peers,
+            client_spin: Duration::from_nanos(u64::from(h.client_spin_ns)),
+            sock,
+            ctl: Mutex::new(()),
+            dead: AtomicBool::new(false),
+            seq: AtomicU64::new(1),
+            bounce_bytes: AtomicU64::new(0),
+            client_id: h.client_id,
+        })
+    }
+
+    /// Id the server gave us.
+    #[must_use]
+    pub fn client_id(&self) -> u32 {
+        self.client_id
+    }
+
+    /// Channel geometry.
+    #[must_use]
+    pub fn geometry(&self) -> Geometry {
+        self.geo
+    }
+
+    /// NUMA node of each lane as the server described it.
+    #[must_use]
+    pub fn lane_nodes(&self) -> Vec<u16> {
+        let h: ChannelSetHeader = self.region.read(0);
+        h.cpu_node[..self.geo.ncpu].to_vec()
+    }
+
+    /// CPU the ZT of `lane` is pinned to (written by that ZT).
+    #[must_use]
+    pub fn lane_zt_cpu(&self, lane: usize) -> u32 {
+        self.region.atomic_u32(self.geo.lane_offset(lane) + ZT_CPU).load(Ordering::Relaxed)
+    }
+
+    /// Sends a control request and returns the reply.
+    ///
+    /// # Errors
+    /// [`RelayError`].
+    pub fn control(&self, req: &Request) -> Result<Reply, RelayError> {
+        let _g = self.ctl.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (r, _) = roundtrip(&self.sock, req)?;
+        if let Reply::Error { errno, message } = r {
+            return Err(RelayError::Refused { errno: Errno(errno), message });
+        }
+        Ok(r)
+    }
+
+    /// Lists fs types.
+    ///
+    /// # Errors
+    /// [`RelayError`].
+    pub fn list_fs(&self) -> Result<Vec<FsTypeInfo>, RelayError> {
+        match self.control(&Request::ListFs)? {
+            Reply::FsList { types } => Ok(types),
+            r => Err(RelayError::Protocol(format!("{r:?}"))),
+        }
+    }
+
+    /// Mounts a device.
+    ///
+    /// # Errors
+    /// [`RelayError`].
+    pub fn mount(&self, fs_type: &str, device: &str, options: &str) -> Result<MountInfo, RelayError> {
+        let req = Request::Mount { fs_type: fs_type.into(), device: device.into(), options: options.into() };
+        match self.control(&req)? {
+            Reply::Mounted { mount } => Ok(mount),
+            r => Err(RelayError::Protocol(format!("{r:?}"))),
+        }
+    }
+
+    /// Attaches to an existing mount.
+    ///
+    /// # Errors
+    /// [`RelayError`].
+    pub fn attach(&self, mount_id: u32) -> Result<MountInfo, RelayError> {
+        match self.control(&Request::Attach { mount_id })? {
+            Reply::Mounted { mount } => Ok(mount),
+            r => Err(RelayError::Protocol(format!("{r:?}"))),
+        }
+    }
+
+    /// Unmounts.
+    ///
+    /// # Errors
+    /// [`RelayError`].
+    pub fn unmount(&self, mount_id: u32) -> Result<(), RelayError> {
+        self.control(&Request::Unmount { mount_id }).map(|_| ())
+    }
+
+    /// Server status.
+    ///
+    /// # Errors
+    /// [`RelayError`].
+    pub fn status(&self) -> Result<StatusInfo, RelayError> {
+        match self.control(&Request::Status)? {
+            Reply::Status { status } => Ok(status),
+            r => Err(RelayError::Protocol(format!("{r:?}"))),
+        }
+    }
+
+    /// Whether the server has gone away (checked lazily).
+    #[must_use]
+    pub fn server_gone(&self) -> bool {
+        if self.dead.load(Ordering::Relaxed) {
+            return true;
+        }
+        if sock::peer_hung_up(self.sock.as_fd()) {
+            self.dead.store(true, Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
+
+    /// Runs one op on the lane of the current CPU. `req` parts are concatenated into the payload;
+    /// the reply payload goes to `reply`, data the server produced to `data_out`.
+    ///
+    /// # Errors
+    /// [`RelayError::Op`] with the op's errno, or a transport error.
+    pub fn op(
+        &self,
+        mount_id: u32,
+        opcode: zus_api::ops::OpCode,
+        req: &[&[u8]],
+        data_in: DataIn<'_>,
+        reply: &mut [u8],
+        data_out: Option<&mut [u8]>,
+        creds: Option<Creds>,
+    ) -> Result<OpOutcome, RelayError> {
+        let lane = current_cpu() % self.geo.ncpu;
+        self.op_on_lane(lane, mount_id, opcode, req, data_in, reply, data_out, creds)
+    }
+
+    /// As [`Relay::op`], starting at a given lane (benchmarks use it to force a cross-CPU ZT).
+    ///
+    /// # Errors
+    /// As [`Relay::op`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn op_on_lane(
+        &self,
+        lane: usize,
+        mount_id: u32,
+        opcode: zus_api::ops::OpCode,
+        req: &[&[u8]],
+        data_in: DataIn<'_>,
+        reply: &mut [u8],
+        data_out: Option<&mut [u8]>,
+        creds: Option<Creds>,
+    ) -> Result<OpOutcome, RelayError> {
+        let in_len: usize = req.iter().map(|p| p.len()).sum();
+        if in_len > PAYLOAD_SIZE {
+            return Err(RelayError::TooLarge(in_len));
+        }
+        let data_len = match data_in {
+            DataIn::None => 0,
+            DataIn::Window(d) => d.len(),
+        };
+        if data_len > self.geo.window_size {
+            return Err(RelayError::TooLarge(data_len));
+        }
+        if self.dead.load(Ordering::Relaxed) {
+            return Err(RelayError::ServerGone);
+        }
+        let (lane, slot) = self.claim(lane % self.geo.ncpu)?;
+        let so = self.geo.slot_offset(lane, slot);
+        let c = creds.unwrap_or_default();
+        let hdr = OpHeader {
+            opcode: opcode as u32,
+            flags: 0,
+            mount_id,
+            in_len: u32::try_from(in_len).unwrap_or(0),
+            out_len: 0,
+            data_len: u32::try_from(data_len).unwrap_or(0),
+            seq: self.seq.fetch_add(1, Ordering::Relaxed),
+            result: 0,
+            uid: c.uid,
+            gid: c.gid,
+            pid: c.pid,
+            reserved: [0; 3],
+        };
+        self.region.write(so + HDR, &hdr);
+        let mut at = so + PAYLOAD;
+        for p in req {
+            self.region.copy_in(at, p);
+            at += p.len();
+        }
+        if let DataIn::Window(d) = data_in {
+            self.region.copy_in(self.geo.window_offset(lane, slot), d);
+            self.bounce_bytes.fetch_add(d.len() as u64, Ordering::Relaxed);
+        }
+        let res = self.submit_and_wait(lane, so);
+        if let Err(e) = res {
+            // The slot stays busy: the server may still write it. A dead server makes the whole
+            // channel set useless anyway.
+            return Err(e);
+        }
+        let rh: OpHeader = self.region.read(so + HDR);
+        let out = match Errno::from_wire(rh.result) {
+            Ok(value) => {
+                let rl = (rh.out_len as usize).min(reply.len()).min(PAYLOAD_SIZE);
+                if rl > 0 {
+                    self.region.copy_out(so + PAYLOAD, &mut reply[..rl]);
+                }
+                let mut dl = 0;
+                if let Some(d) = data_out {
+                    dl = (rh.data_len as usize).min(d.len()).min(self.geo.window_size);
+                    if dl > 0 {
+                        self.region.copy_out(self.geo.window_offset(lane, slot), &mut d[..dl]);
+                    }
+                }
+                Ok(OpOutcome { value, reply_len: rl, data_len: dl })
+            }
+            Err(e) => Err(RelayError::Op(e)),
+        };
+        self.release(lane, so);
+        out
+    }
+
+    fn try_claim_lane(&self, lane: usize) -> Option<usize> {
+        (0..self.geo.slots_per_cpu).find(|&s| {
+            let st = self.region.atomic_u32(self.geo.slot_offset(lane, s) + STATE);
+            st.load(Ordering::Relaxed) == slot_state::FREE
+                && st.compare_exchange(slot_state::FREE, slot_state::CLAIMED, Ordering::Acquire, Ordering::Relaxed).is_ok()
+        })
+    }
+
+    fn try_claim(&self, lane: usize) -> Option<(usize, usize)> {
+        if let Some(s) = self.try_claim_lane(lane) {
+            return Some((lane, s));
+        }
+        // Spill within the node (P-CH3).
+        self.peers[lane].iter().find_map(|&l| self.try_claim_lane(l).map(|s| (l, s)))
+    }
+
+    fn claim(&self, lane: usize) -> Result<(usize, usize), RelayError> {
+        if let Some(x) = self.try_claim(lane) {
+            return Ok(x);
+        }
+        let lo = self.geo.lane_offset(lane);
+        let waiters = self.region.atomic_u32(lo + FREE_WAITERS);
+        let free_seq = self.region.atomic_u32(lo + FREE_SEQ);
+        loop {
+            waiters.fetch_add(1, Ordering::SeqCst);
+            let seq = free_seq.load(Ordering::SeqCst);
+            if let Some(x) = self.try_claim(lane) {
+                waiters.fetch_sub(1, Ordering::SeqCst);
+                return Ok(x);
+            }
+            let r = futex::wait(free_seq, seq, Some(LIVENESS_CHECK));
+            waiters.fetch_sub(1, Ordering::SeqCst);
+            if r == futex::WaitResult::TimedOut && self.server_gone() {
+                return Err(RelayError::ServerGone);
+            }
+            if let Some(x) = self.try_claim(lane) {
+                return Ok(x);
+            }
+        }
+    }
+
+    fn release(&self, lane: usize, so: usize) {
+        self.region.atomic_u32(so + STATE).store(slot_state::FREE, Ordering::SeqCst);
+        let lo = self.geo.lane_offset(lane);
+        if self.region.atomic_u32(lo + FREE_WAITERS).load(Ordering::SeqCst) > 0 {
+            let fs = self.region.atomic_u32(lo + FREE_SEQ);
+            fs.fetch_add(1, Ordering::SeqCst);
+            futex::wake(fs, 1);
+        }
+    }
+
+    fn submit_and_wait(&self, lane: usize, so: usize) -> Result<(), RelayError> {
+        let lo = self.geo.lane_offset(lane);
+        let state = self.region.atomic_u32(so + STATE);
+        state.store(slot_state::SUBMITTED, Ordering::Release);
+        let bell = self.region.atomic_u32(lo + DOORBELL);
+        bell.fetch_add(1, Ordering::SeqCst);
+        if self.region.atomic_u32(lo + ZT_SLEEPING).load(Ordering::SeqCst) != 0 {
+            futex::wake(bell, 1);
+        }
+        let zt_cpu = self.region.atomic_u32(lo + ZT_CPU).load(Ordering::Relaxed) as usize;
+        if zt_cpu != current_cpu() && !self.client_spin.is_zero() {
+            let t0 = Instant::now();
+            let mut n = 0u32;
+            loop {
+                if state.load(Ordering::Acquire) == slot_state::DONE {
+                    return Ok(());
+                }
+                core::hint::spin_loop();
+                n = n.wrapping_add(1);
+                if n % 64 == 0 && t0.elapsed() >= self.client_spin {
+                    break;
+                }
+            }
+        }
+        let seq = self.region.atomic_u32(so + REPLY_SEQ);
+        let waiting = self.region.atomic_u32(so + CLIENT_WAITING);
+        loop {
+            waiting.store(1, Ordering::SeqCst);
+            let s = seq.load(Ordering::SeqCst);
+            if state.load(Ordering::Acquire) == slot_state::DONE {
+                waiting.store(0, Ordering::Relaxed);
+                return Ok(());
+            }
+            if futex::wait(seq, s, Some(LIVENESS_CHECK)) == futex::WaitResult::TimedOut && self.server_gone() {
+                waiting.store(0, Ordering::Relaxed);
+                return Err(RelayError::ServerGone);
+            }
+        }
+    }
+}
+
+fn roundtrip(sock: &OwnedFd, req: &Request) -> Result<(Reply, Option<OwnedFd>), RelayError> {
+    let m = control::encode(req).map_err(|e| RelayError::Protocol(e.to_string()))?;
+    sock::send_msg(sock.as_fd(), &m, None).map_err(|_| RelayError::ServerGone)?;
+    match sock::recv_msg(sock.as_fd()) {
+        Ok(Some((msg, fd))) => {
+            let r = control::decode::<Reply>(&msg, "zusd").map_err(|e| RelayError::Protocol(e.to_string()))?;
+            Ok((r, fd))
+        }
+        Ok(None) | Err(_) => Err(RelayError::ServerGone),
+    }
+}

@@ -1,0 +1,301 @@
+//! A zusd client process for the end-to-end tests: well-behaved load, endless writes (to be
+//! killed), and a hostile mode that writes garbage into its own channel.
+
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use clap::{Parser, Subcommand};
+use kmod_shim::Relay;
+use kmod_shim::relay::DataIn;
+use rand::{Rng, SeedableRng};
+use zus_api::chan::{Geometry, LaneHeader, PAYLOAD_SIZE, Slot, slot_state};
+use zus_api::control::{self, Reply, Request};
+use zus_api::ops::{Attr, CreateReq, InoReq, IoReq, NameReq, OpCode, OpHeader, Pod, ReaddirReq};
+use zus_api::shm::{ShmRegion, futex};
+use zus_api::{Errno, sock};
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// zusd control socket.
+    #[arg(long)]
+    socket: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Mount (or attach) and drive checked ops from N threads.
+    Ops {
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        #[arg(long, default_value_t = 200)]
+        iters: usize,
+        /// Attach to this mount instead of mounting nullfs.
+        #[arg(long)]
+        mount_id: Option<u32>,
+    },
+    /// Attach and write forever (the test kills it).
+    Spin {
+        #[arg(long)]
+        mount_id: u32,
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
+    /// Write garbage requests into our own channel and check each gets an error or a sane reply.
+    Garbage {
+        #[arg(long)]
+        mount_id: u32,
+        #[arg(long, default_value_t = 2000)]
+        iters: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Mount nullfs and print the mount id, then stay connected until stdin closes.
+    Mount {
+        #[arg(long, default_value = "nullfs")]
+        fs: String,
+        #[arg(long, default_value = "")]
+        device: String,
+        #[arg(long, default_value = "")]
+        options: String,
+    },
+    /// Do one op that makes the plugin panic (mount with panic_on=boom), then a normal one.
+    Panic,
+}
+
+fn name_req(dir: u64, name: &[u8]) -> NameReq {
+    NameReq { dir, name_len: u32::try_from(name.len()).unwrap_or(0), reserved: 0 }
+}
+
+fn attr_of(buf: &[u8]) -> Result<Attr> {
+    Attr::read_from(buf).context("short attr reply")
+}
+
+/// One thread's checked workload: create, write, read back, getattr, readdir, unlink.
+fn worker(relay: &Relay, mount: u32, root: u64, tid: usize, iters: usize, counter: &AtomicU32) -> Result<()> {
+    let mut reply = vec![0u8; PAYLOAD_SIZE];
+    let name = format!("t{tid}-{}", std::process::id());
+    let cr = CreateReq { dir: root, mode: 0o644, rdev: 0, flags: 0, name_len: u32::try_from(name.len())? };
+    let o = relay.op(mount, OpCode::Create, &[cr.as_bytes(), name.as_bytes()], DataIn::None, &mut reply, None, None)?;
+    let a = attr_of(&reply[..o.reply_len])?;
+    ensure!(a.mode & libc::S_IFMT == libc::S_IFREG, "create returned mode {:o}", a.mode);
+    let ino = a.ino;
+    let mut data = vec![0u8; 4096];
+    let mut back = vec![0u8; 4096];
+    for i in 0..iters {
+        let off = (i as u64 % 16) * 4096;
+        for (k, b) in data.iter_mut().enumerate() {
+            *b = (k + i + tid) as u8;
+        }
+        let w = IoReq { ino, fh: 0, offset: off, len: 4096, flags: 0, data_kind: 0, niov: 0, reserved: 0 };
+        let o = relay.op(mount, OpCode::Write, &[w.as_bytes()], DataIn::Window(&data), &mut reply, None, None)?;
+        ensure!(o.value == 4096, "write returned {}", o.value);
+        let o = relay.op(mount, OpCode::Read, &[w.as_bytes()], DataIn::None, &mut reply, Some(&mut back), None)?;
+        ensure!(o.value == 4096 && o.data_len == 4096, "read returned {} ({} bytes)", o.value, o.data_len);
+        // nullfs returns its pattern, not the data: byte at offset o is o % 251.
+        for (k, b) in back.iter().enumerate() {
+            ensure!(*b == ((off + k as u64) % 251) as u8, "read byte {k} at {off} = {b}");
+        }
+        let o = relay.op(mount, OpCode::Getattr, &[InoReq { ino }.as_bytes()], DataIn::None, &mut reply, None, None)?;
+        let a = attr_of(&reply[..o.reply_len])?;
+        ensure!(a.ino == ino && a.size >= off + 4096, "getattr size {} after write at {off}", a.size);
+        counter.fetch_add(3, Ordering::Relaxed);
+    }
+    let l = name_req(root, name.as_bytes());
+    let o = relay.op(mount, OpCode::Lookup, &[l.as_bytes(), name.as_bytes()], DataIn::None, &mut reply, None, None)?;
+    ensure!(attr_of(&reply[..o.reply_len])?.ino == ino, "lookup found another inode");
+    let mut dents = vec![0u8; 64 * 1024];
+    let rd = ReaddirReq { dir: root, cookie: 0 };
+    let o = relay.op(mount, OpCode::Readdir, &[rd.as_bytes()], DataIn::None, &mut reply, Some(&mut dents), None)?;
+    let list = zus_api::plugin::parse_dirents(&dents[..o.data_len]).context("readdir records")?;
+    ensure!(list.iter().any(|(i, _, n, _)| *i == ino && n == name.as_bytes()), "readdir misses {name}");
+    relay.op(mount, OpCode::Unlink, &[l.as_bytes(), name.as_bytes()], DataIn::None, &mut reply, None, None)?;
+    match relay.op(mount, OpCode::Lookup, &[l.as_bytes(), name.as_bytes()], DataIn::None, &mut reply, None, None) {
+        Err(kmod_shim::RelayError::Op(e)) if e == Errno::ENOENT => {}
+        other => bail!("lookup after unlink gave {other:?}"),
+    }
+    Ok(())
+}
+
+fn ops(relay: &Relay, threads: usize, iters: usize, mount_id: Option<u32>) -> Result<()> {
+    let m = match mount_id {
+        Some(id) => relay.attach(id)?,
+        None => relay.mount("nullfs", "", "")?,
+    };
+    let counter = AtomicU32::new(0);
+    let t0 = Instant::now();
+    std::thread::scope(|s| -> Result<()> {
+        let hs: Vec<_> =
+            (0..threads).map(|t| s.spawn({ let c = &counter; let m = &m; move || worker(relay, m.mount_id, m.root, t, iters, c) })).collect();
+        for h in hs {
+            h.join().map_err(|_| anyhow::anyhow!("worker panicked"))??;
+        }
+        Ok(())
+    })?;
+    println!("OK threads={threads} ops={} in {:?}", counter.load(Ordering::Relaxed), t0.elapsed());
+    Ok(())
+}
+
+fn spin(relay: &Relay, mount_id: u32, threads: usize) -> Result<()> {
+    let m = relay.attach(mount_id)?;
+    let name = format!("spin-{}", std::process::id());
+    let mut reply = vec![0u8; PAYLOAD_SIZE];
+    let cr = CreateReq { dir: m.root, mode: 0o644, rdev: 0, flags: 0, name_len: u32::try_from(name.len())? };
+    let o = relay.op(m.mount_id, OpCode::Create, &[cr.as_bytes(), name.as_bytes()], DataIn::None, &mut reply, None, None)?;
+    let ino = attr_of(&reply[..o.reply_len])?.ino;
+    println!("spinning");
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                let data = vec![7u8; 65536];
+                let mut reply = vec![0u8; 256];
+                let w = IoReq { ino, fh: 0, offset: 0, len: 65536, flags: 0, data_kind: 0, niov: 0, reserved: 0 };
+                loop {
+                    if relay.op(m.mount_id, OpCode::Write, &[w.as_bytes()], DataIn::Window(&data), &mut reply, None, None).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    Ok(())
+}
+
+/// Raw channel access for the hostile client: speaks the protocol by hand.
+fn garbage(socket: &PathBuf, mount_id: u32, iters: usize, seed: u64) -> Result<()> {
+    // A normal relay connection to attach the mount, plus our own hand-driven channel set.
+    let sock = kmod_shim_connect(socket)?;
+    let hello = Request::Hello { features: 0, required: 0, name: "garbage".into() };
+    sock::send_msg(sock.as_fd(), &control::encode(&hello)?, None)?;
+    let (msg, fd) = sock::recv_msg(sock.as_fd())?.context("no hello reply")?;
+    let Reply::Hello { channel_size, .. } = control::decode::<Reply>(&msg, "zusd")? else { bail!("bad hello") };
+    let fd = fd.context("no memfd")?;
+    let size = usize::try_from(channel_size)?;
+    let region = ShmRegion::map(fd.as_fd(), size)?;
+    let h: zus_api::chan::ChannelSetHeader = region.read(0);
+    let g = Geometry::from_header(&h, size)?;
+    sock::send_msg(sock.as_fd(), &control::encode(&Request::Attach { mount_id })?, None)?;
+    let (msg, _) = sock::recv_msg(sock.as_fd())?.context("no attach reply")?;
+    ensure!(matches!(control::decode::<Reply>(&msg, "zusd")?, Reply::Mounted { .. }), "attach refused");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let (mut errors, mut ok) = (0u64, 0u64);
+    for i in 0..iters {
+        let lane = rng.random_range(0..g.ncpu);
+        let so = g.slot_offset(lane, 0);
+        let mut hdr = OpHeader {
+            opcode: if rng.random_bool(0.2) { rng.random() } else { rng.random_range(0..32) },
+            flags: rng.random(),
+            mount_id: if rng.random_bool(0.8) { mount_id } else { rng.random() },
+            in_len: if rng.random_bool(0.3) { rng.random() } else { rng.random_range(0..200) },
+            out_len: rng.random(),
+            data_len: if rng.random_bool(0.3) { rng.random() } else { rng.random_range(0..70000) },
+            seq: i as u64,
+            result: rng.random(),
+            uid: rng.random(),
+            gid: rng.random(),
+            pid: rng.random(),
+            reserved: [rng.random(), rng.random(), rng.random()],
+        };
+        if rng.random_bool(0.05) {
+            hdr.opcode = OpCode::Noop as u32;
+        }
+        region.write(so + core::mem::offset_of!(Slot, hdr), &hdr);
+        let mut payload = [0u8; 256];
+        rng.fill(&mut payload[..]);
+        if rng.random_bool(0.5) {
+            // Plausible inode numbers and lengths make the plugin work harder.
+            payload[..8].copy_from_slice(&rng.random_range(0u64..8).to_le_bytes());
+        }
+        region.copy_in(so + core::mem::offset_of!(Slot, payload), &payload);
+        let state = region.atomic_u32(so + core::mem::offset_of!(Slot, state));
+        state.store(slot_state::SUBMITTED, Ordering::SeqCst);
+        let lo = g.lane_offset(lane);
+        let bell = region.atomic_u32(lo + core::mem::offset_of!(LaneHeader, doorbell));
+        bell.fetch_add(1, Ordering::SeqCst);
+        futex::wake(bell, 1);
+        // Occasionally scribble over the slot while the server may be serving it.
+        if rng.random_bool(0.1) {
+            region.write(so + core::mem::offset_of!(Slot, hdr), &OpHeader { in_len: u32::MAX, ..hdr });
+        }
+        let t0 = Instant::now();
+        while state.load(Ordering::SeqCst) != slot_state::DONE {
+            ensure!(t0.elapsed() < Duration::from_secs(5), "no reply to garbage request {i}: server wedged?");
+            std::thread::yield_now();
+        }
+        let r: OpHeader = region.read(so + core::mem::offset_of!(Slot, hdr));
+        if r.result < 0 {
+            errors += 1;
+        } else {
+            ok += 1;
+        }
+        state.store(slot_state::FREE, Ordering::SeqCst);
+    }
+    println!("GARBAGE OK errors={errors} accepted={ok}");
+    Ok(())
+}
+
+fn kmod_shim_connect(socket: &PathBuf) -> Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let fd = {
+        #[allow(unsafe_code)]
+        // SAFETY: socket(2); checked below and owned.
+        unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) }
+    };
+    ensure!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+    #[allow(unsafe_code)]
+    // SAFETY: fresh fd.
+    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    #[allow(unsafe_code)]
+    // SAFETY: zeroed sockaddr_un is valid.
+    let mut addr: libc::sockaddr_un = unsafe { core::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in addr.sun_path.iter_mut().zip(socket.as_os_str().as_bytes()) {
+        *d = s.cast_signed();
+    }
+    #[allow(unsafe_code)]
+    // SAFETY: valid address and length.
+    let rc = unsafe { libc::connect(fd, (&raw const addr).cast(), size_of::<libc::sockaddr_un>() as u32) };
+    ensure!(rc == 0, "connect: {}", std::io::Error::last_os_error());
+    Ok(owned)
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if let Cmd::Garbage { mount_id, iters, seed } = args.cmd {
+        return garbage(&args.socket, mount_id, iters, seed);
+    }
+    let relay = Relay::connect(&args.socket, "zufs-testclient")?;
+    match args.cmd {
+        Cmd::Ops { threads, iters, mount_id } => ops(&relay, threads, iters, mount_id),
+        Cmd::Spin { mount_id, threads } => spin(&relay, mount_id, threads),
+        Cmd::Mount { fs, device, options } => {
+            let m = relay.mount(&fs, &device, &options)?;
+            println!("MOUNTED {} {}", m.mount_id, m.root);
+            let mut s = String::new();
+            let _ = std::io::stdin().read_line(&mut s);
+            Ok(())
+        }
+        Cmd::Panic => {
+            let m = relay.mount("nullfs", "", "panic_on=boom")?;
+            let mut reply = vec![0u8; PAYLOAD_SIZE];
+            let l = name_req(m.root, b"boom");
+            match relay.op(m.mount_id, OpCode::Lookup, &[l.as_bytes(), b"boom"], DataIn::None, &mut reply, None, None) {
+                Err(kmod_shim::RelayError::Op(e)) if e == Errno::EIO => {}
+                other => bail!("panicking lookup gave {other:?}, expected EIO"),
+            }
+            let l = name_req(m.root, b"fine");
+            match relay.op(m.mount_id, OpCode::Lookup, &[l.as_bytes(), b"fine"], DataIn::None, &mut reply, None, None) {
+                Err(kmod_shim::RelayError::Op(e)) if e == Errno::ENOENT => {}
+                other => bail!("lookup after the panic gave {other:?}, expected ENOENT"),
+            }
+            println!("PANIC OK");
+            Ok(())
+        }
+        Cmd::Garbage { .. } => unreachable!(),
+    }
+}

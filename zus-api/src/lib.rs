@@ -1,0 +1,58 @@
+//! `zus_api`: the contract between every zufs component.
+//!
+//! Everything that crosses a process boundary (client <-> `zusd` channels and control socket) or a
+//! plugin boundary (`zusd` <-> filesystem `.so`) is defined here, with `#[repr(C)]` layouts whose
+//! sizes and field offsets are asserted at compile time. See `docs/abi.md` for the protocol.
+//!
+//! - [`chan`]: the shared channel memory (one lane per CPU, slots, futex words, data windows).
+//! - [`ops`]: op codes and the request/reply structs carried in a slot.
+//! - [`control`]: the control-socket handshake and messages.
+//! - [`device`]: the generic on-pmem device header.
+//! - [`plugin`]: the C vtable a plugin exports, the safe Rust [`plugin::FileSystem`] trait and the
+//!   [`export_plugin!`] macro.
+//! - [`shm`]: the only code that touches shared memory (atomics and raw copies, never references).
+
+pub mod chan;
+pub mod control;
+pub mod device;
+pub mod errno;
+pub mod ops;
+pub mod plugin;
+pub mod shm;
+pub mod sock;
+
+pub use errno::Errno;
+/// The persistence API offered to plugins (store, flush, fence, non-temporal copy).
+pub use zus_pmem as persist;
+
+/// Magic that opens every zus_api structure exchanged between peers ("ZUSAPI01" little-endian).
+pub const ZUS_MAGIC: u64 = u64::from_le_bytes(*b"ZUSAPI01");
+/// The ABI version. Bump on any incompatible layout or protocol change.
+pub const ZUS_ABI_VERSION: u32 = 1;
+
+/// Feature bits a peer may advertise in the handshake. Unknown bits are ignored; a peer that
+/// *requires* a bit the other lacks refuses the connection.
+pub mod features {
+    /// Data may be passed as client iovecs read/written by the server with process_vm_readv/writev.
+    pub const REMOTE_IOV: u64 = 1 << 0;
+    /// The server implements the MAP / MAP_DONE ops for direct (dax) data access.
+    pub const DAX_MAP: u64 = 1 << 1;
+    /// All features this build understands.
+    pub const ALL: u64 = REMOTE_IOV | DAX_MAP;
+}
+
+/// Checks a peer's magic and ABI version, returning a message fit for a user when they differ.
+///
+/// # Errors
+/// A human-readable reason naming both versions.
+pub fn check_peer(magic: u64, abi_version: u32, what: &str) -> Result<(), String> {
+    if magic != ZUS_MAGIC {
+        return Err(format!("{what}: bad magic {magic:#018x}, not a zus_api peer (expected {ZUS_MAGIC:#018x})"));
+    }
+    if abi_version != ZUS_ABI_VERSION {
+        return Err(format!(
+            "{what}: speaks zus_api ABI version {abi_version}, this build speaks version {ZUS_ABI_VERSION}; rebuild one side"
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,605 @@
+//! Op codes and the request/reply structs carried in a channel slot.
+//!
+//! A request is an [`OpHeader`] plus, in the slot's inline payload, the op's fixed request struct
+//! followed by its variable bytes (names, targets). The reply reuses the header (`result`,
+//! `out_len`, `data_len`) and the payload (the op's reply struct). Bulk data (read/write/readdir/
+//! xattr values) travels in the slot's data window, or, with [`DATA_REMOTE_IOV`], directly
+//! between the caller's memory and pmem via `process_vm_readv/writev` (one copy, P-CH6).
+//!
+//! All integers are native-endian (both peers run on the same machine); on-pmem structures are in
+//! [`crate::device`] and are little-endian.
+
+use core::mem::{offset_of, size_of};
+
+/// Marker for plain-old-data wire structs: every bit pattern is valid, there is no padding.
+///
+/// # Safety
+/// Implementors must be `#[repr(C)]`, contain only integer fields and arrays of integers, and have
+/// no implicit padding (each impl is accompanied by a size assertion).
+pub unsafe trait Pod: Copy + 'static {
+    /// Reads a value from the start of `bytes`, or `None` if `bytes` is too short.
+    fn read_from(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() < size_of::<Self>() {
+            return None;
+        }
+        // SAFETY: the length was checked; `Self: Pod` makes every bit pattern valid; the read is
+        // unaligned-safe.
+        Some(unsafe { bytes.as_ptr().cast::<Self>().read_unaligned() })
+    }
+
+    /// The value's bytes.
+    fn as_bytes(&self) -> &[u8] {
+        // SAFETY: `Self: Pod` has no padding, so every byte is initialized; the slice borrows self.
+        unsafe { core::slice::from_raw_parts((self as *const Self).cast::<u8>(), size_of::<Self>()) }
+    }
+}
+
+/// Declares wire structs as [`Pod`] and asserts their sizes.
+macro_rules! pod_impl {
+    ($($t:ty = $size:expr),* $(,)?) => {$(
+        const _: () = assert!(core::mem::size_of::<$t>() == $size);
+        // SAFETY: `$t` is repr(C) with integer fields only and its size equals the sum of its
+        // fields (asserted above), so it has no padding and every bit pattern is valid.
+        unsafe impl $crate::ops::Pod for $t {}
+    )*};
+}
+pub(crate) use pod_impl;
+
+/// Op codes. Values are stable; gaps are never reused.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[allow(missing_docs)]
+pub enum OpCode {
+    /// Does nothing; measures the channel round trip.
+    Noop = 1,
+    Statfs = 2,
+    Sync = 3,
+    Lookup = 4,
+    Getattr = 5,
+    Setattr = 6,
+    Create = 7,
+    Mknod = 8,
+    Mkdir = 9,
+    Unlink = 10,
+    Rmdir = 11,
+    Rename = 12,
+    Link = 13,
+    Symlink = 14,
+    Readlink = 15,
+    Readdir = 16,
+    Open = 17,
+    Release = 18,
+    Read = 19,
+    Write = 20,
+    Fsync = 21,
+    Fallocate = 22,
+    Getxattr = 23,
+    Setxattr = 24,
+    Listxattr = 25,
+    Removexattr = 26,
+    /// File range -> pmem extents, for the dax data path.
+    Map = 27,
+    /// Commits size/mtime after a client wrote through extents from [`OpCode::Map`].
+    MapDone = 28,
+    /// The caller drops `nlookup` references to an inode.
+    Forget = 29,
+}
+
+impl OpCode {
+    /// Every op code, in numeric order.
+    pub const ALL: [Self; 29] = [
+        Self::Noop, Self::Statfs, Self::Sync, Self::Lookup, Self::Getattr, Self::Setattr,
+        Self::Create, Self::Mknod, Self::Mkdir, Self::Unlink, Self::Rmdir, Self::Rename,
+        Self::Link, Self::Symlink, Self::Readlink, Self::Readdir, Self::Open, Self::Release,
+        Self::Read, Self::Write, Self::Fsync, Self::Fallocate, Self::Getxattr, Self::Setxattr,
+        Self::Listxattr, Self::Removexattr, Self::Map, Self::MapDone, Self::Forget,
+    ];
+
+    /// Decodes a wire op code.
+    #[must_use]
+    pub fn from_u32(v: u32) -> Option<Self> {
+        let idx = usize::try_from(v).ok()?.checked_sub(1)?;
+        Self::ALL.get(idx).copied()
+    }
+
+    /// Size of the fixed request struct this op carries in the payload.
+    #[must_use]
+    pub fn request_size(self) -> usize {
+        match self {
+            Self::Noop | Self::Statfs | Self::Sync => 0,
+            Self::Lookup | Self::Unlink | Self::Rmdir => size_of::<NameReq>(),
+            Self::Getattr | Self::Readlink | Self::Listxattr => size_of::<InoReq>(),
+            Self::Setattr => size_of::<SetattrReq>(),
+            Self::Create | Self::Mknod | Self::Mkdir => size_of::<CreateReq>(),
+            Self::Rename => size_of::<RenameReq>(),
+            Self::Link => size_of::<LinkReq>(),
+            Self::Symlink => size_of::<SymlinkReq>(),
+            Self::Readdir => size_of::<ReaddirReq>(),
+            Self::Open => size_of::<OpenReq>(),
+            Self::Release => size_of::<ReleaseReq>(),
+            Self::Read | Self::Write => size_of::<IoReq>(),
+            Self::Fsync => size_of::<FsyncReq>(),
+            Self::Fallocate => size_of::<FallocateReq>(),
+            Self::Getxattr | Self::Setxattr | Self::Removexattr => size_of::<XattrReq>(),
+            Self::Map => size_of::<MapReq>(),
+            Self::MapDone => size_of::<MapDoneReq>(),
+            Self::Forget => size_of::<ForgetReq>(),
+        }
+    }
+}
+
+/// Request flag: the caller was interrupted by a signal while waiting (informational).
+pub const HDR_F_INTR: u32 = 1 << 0;
+
+/// Data travels in the slot's data window (bounce copy; counted as such).
+pub const DATA_WINDOW: u32 = 0;
+/// Data travels between the caller's memory and pmem via process_vm_readv/writev: the payload
+/// after the request struct holds `IoReq::niov` [`IoVec`]s in the caller's address space.
+pub const DATA_REMOTE_IOV: u32 = 1;
+
+/// The op header at the start of every slot.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpHeader {
+    /// [`OpCode`] as u32.
+    pub opcode: u32,
+    /// `HDR_F_*`.
+    pub flags: u32,
+    /// Which mount the op addresses (from a control-socket mount/attach).
+    pub mount_id: u32,
+    /// Request bytes used in the payload (fixed struct + variable part).
+    pub in_len: u32,
+    /// Reply bytes the server wrote into the payload.
+    pub out_len: u32,
+    /// Bytes of data in the window (request: write data; reply: read data).
+    pub data_len: u32,
+    /// Client's sequence number, echoed back.
+    pub seq: u64,
+    /// Reply: >= 0 success value (op-specific, e.g. bytes), < 0 negative errno.
+    pub result: i64,
+    /// Caller credentials, honoured only when the client is privileged (the FUSE bridge acting
+    /// for users); otherwise the server substitutes the peer credentials of the socket.
+    pub uid: u32,
+    /// See `uid`.
+    pub gid: u32,
+    /// See `uid`.
+    pub pid: u32,
+    /// Reserved, zero.
+    pub reserved: [u32; 3],
+}
+
+/// Attributes of an inode, returned by lookup/getattr/create/...
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct Attr {
+    pub ino: u64,
+    pub generation: u64,
+    pub size: u64,
+    /// 512-byte blocks allocated.
+    pub blocks: u64,
+    pub atime_ns: i64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    pub mode: u32,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u32,
+    pub blksize: u32,
+}
+
+/// Request naming only an inode.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+#[allow(missing_docs)]
+pub struct InoReq {
+    pub ino: u64,
+}
+
+/// Request naming a directory and a name that follows the struct (lookup, unlink, rmdir).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+#[allow(missing_docs)]
+pub struct NameReq {
+    pub dir: u64,
+    pub name_len: u32,
+    pub reserved: u32,
+}
+
+/// `SetattrReq::valid` bits.
+pub mod setattr {
+    #![allow(missing_docs)]
+    pub const MODE: u32 = 1 << 0;
+    pub const UID: u32 = 1 << 1;
+    pub const GID: u32 = 1 << 2;
+    pub const SIZE: u32 = 1 << 3;
+    pub const ATIME: u32 = 1 << 4;
+    pub const MTIME: u32 = 1 << 5;
+    pub const ATIME_NOW: u32 = 1 << 6;
+    pub const MTIME_NOW: u32 = 1 << 7;
+    pub const CTIME: u32 = 1 << 8;
+}
+
+/// Change attributes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+#[allow(missing_docs)]
+pub struct SetattrReq {
+    pub ino: u64,
+    pub valid: u32,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub atime_ns: i64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+}
+
+/// Create a file, node or directory; the name follows.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+#[allow(missing_docs)]
+pub struct CreateReq {
+    pub dir: u64,
+    pub mode: u32,
+    pub rdev: u32,
+    /// Open flags for `Create` (O_EXCL ...).
+    pub flags: u32,
+    pub name_len: u32,
+}
+
+/// Rename; the old name then the new name follow.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+#[allow(missing_docs)]
+pub struct RenameReq {
+    pub old_dir: u64,
+    pub new_dir: u64,
+    /// `RENAME_NOREPLACE` (1), `RENAME_EXCHANGE` (2).
+    pub flags: u32,
+    pub old_len: u32,
+    pub new_len: u32,
+    pub reserved: u32,
+}
+
+/// Hard link `ino` as a name (following) in `new_dir`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+#[allow(missing_docs)]
+pub struct LinkReq {
+    pub ino: u64,
+    pub new_dir: u64,
+    pub name_len: u32,
+    pub reserved: u32,
+}
+
+/// Create a symlink; the name then the target follow.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+#[allow(missing_docs)]
+pub struct SymlinkReq {
+    pub dir: u64,
+    pub name_len: u32,
+    pub target_len: u32,
+}
+
+/// Read directory entries starting after `cookie` (0 = from the start) into the data window as
+/// [`Dirent`] records; the reply result is the number of bytes written.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+#[allow(missing_docs)]
+pub struct ReaddirReq {
+    pub dir: u64,
+    pub cookie: u64,
+}
+
+/// A directory entry record in the data window; the name follows, the record is padded to 8.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+#[allow(missing_docs)]
+pub struct Dirent {
+    pub ino: u64,
+    /// Cookie to resume after this entry.
+    pub cookie: u64,
+    /// `DT_*` type.
+    pub kind: u32,
+    pub name_len: u32,
+}
+
+/// Open an inode.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+#[allow(missing_docs)]
+pub struct OpenReq {
+    pub ino: u64,
+    pub flags: u32,
+    pub reserved: u32,
+}
+
+/// Reply to open (and create): a file handle.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+#[allow(missing_docs)]
+pub struct OpenReply {
+    pub fh: u64,
+}
+
+/// Release a file handle.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+#[allow(missing_docs)]
+pub struct ReleaseReq {
+    pub ino: u64,
+    pub fh: u64,
+}
+
+/// `IoReq::flags` bits.
+pub mod io_flags {
+    /// O_SYNC / O_DSYNC: data durable when the op returns.
+    pub const SYNC: u32 = 1 << 0;
+    /// O_DIRECT.
+    pub const DIRECT: u32 = 1 << 1;
+    /// O_APPEND: write at the end of file (offset ignored), atomically.
+    pub const APPEND: u32 = 1 << 2;
+}
+
+/// Read or write `len` bytes at `offset`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+#[allow(missing_docs)]
+pub struct IoReq {
+    pub ino: u64,
+    pub fh: u64,
+    pub offset: u64,
+    pub len: u64,
+    /// [`io_flags`].
+    pub flags: u32,
+    /// [`DATA_WINDOW`] or [`DATA_REMOTE_IOV`].
+    pub data_kind: u32,
+    /// Number of [`IoVec`]s after this struct with `DATA_REMOTE_IOV`.
+    pub niov: u32,
+    pub reserved: u32,
+}
+
+/// Reply to read/write.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+#[allow(missing_docs)]
+pub struct IoReply {
+    /// File size after the op.
+    pub size: u64,
+    /// Offset the write landed at (useful with APPEND).
+    pub offset: u64,
+}
+
+/// A buffer in the caller's address space.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+#[allow(missing_docs)]
+pub struct IoVec {
+    pub addr: u64,
+    pub len: u64,
+}
+
+/// Most iovecs one request may carry.
+pub const MAX_IOV: usize = 256;
+
+/// Flush a file.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+#[allow(missing_docs)]
+pub struct FsyncReq {
+    pub ino: u64,
+    pub fh: u64,
+    pub datasync: u32,
+    pub reserved: u32,
+}
+
+/// fallocate(2).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+#[allow(missing_docs)]
+pub struct FallocateReq {
+    pub ino: u64,
+    pub offset: u64,
+    pub len: u64,
+    pub mode: u32,
+    pub reserved: u32,
+}
+
+/// xattr get/set/remove; the name follows; set's value is in the data window; get's value is
+/// returned in the data window (result = value length; `size` 0 asks for the length only).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+#[allow(missing_docs)]
+pub struct XattrReq {
+    pub ino: u64,
+    pub name_len: u32,
+    /// set: `XATTR_CREATE`/`XATTR_REPLACE`.
+    pub flags: u32,
+    /// get/list: caller's buffer size; set: value length.
+    pub size: u32,
+    pub reserved: u32,
+}
+
+/// Map a file range to pmem extents.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+#[allow(missing_docs)]
+pub struct MapReq {
+    pub ino: u64,
+    pub offset: u64,
+    pub len: u64,
+    /// 1 = the caller will write (allocate and zero holes).
+    pub write: u32,
+    pub reserved: u32,
+}
+
+/// One mapped extent: `len` bytes of the file at `file_offset` live at `dev_offset` on the device.
+/// `dev_offset == u64::MAX` marks a hole (reads as zeros).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct Extent {
+    pub file_offset: u64,
+    pub dev_offset: u64,
+    pub len: u64,
+}
+
+/// Marks a hole in an [`Extent`].
+pub const EXTENT_HOLE: u64 = u64::MAX;
+/// Most extents one map reply carries.
+pub const MAX_MAP_EXTENTS: usize = 64;
+
+/// Reply to map: `count` extents follow.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+#[allow(missing_docs)]
+pub struct MapReply {
+    pub count: u32,
+    pub reserved: u32,
+    /// File size at the time of the map.
+    pub size: u64,
+}
+
+/// Commit a dax write: the file now extends to at least `end` (size update) and mtime is now.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+#[allow(missing_docs)]
+pub struct MapDoneReq {
+    pub ino: u64,
+    pub end: u64,
+    /// 1 = also make the written range durable (flush done by client; server fences metadata).
+    pub sync: u32,
+    pub reserved: u32,
+}
+
+/// Drop lookup references.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+#[allow(missing_docs)]
+pub struct ForgetReq {
+    pub ino: u64,
+    pub nlookup: u64,
+}
+
+/// Reply to statfs.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct StatfsReply {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+    pub frsize: u32,
+    pub reserved: u32,
+}
+
+pod_impl! {
+    OpHeader = 64,
+    Attr = 80,
+    InoReq = 8,
+    NameReq = 16,
+    SetattrReq = 56,
+    CreateReq = 24,
+    RenameReq = 32,
+    LinkReq = 24,
+    SymlinkReq = 16,
+    ReaddirReq = 16,
+    Dirent = 24,
+    OpenReq = 16,
+    OpenReply = 8,
+    ReleaseReq = 16,
+    IoReq = 48,
+    IoReply = 16,
+    IoVec = 16,
+    FsyncReq = 24,
+    FallocateReq = 32,
+    XattrReq = 24,
+    MapReq = 32,
+    Extent = 24,
+    MapReply = 16,
+    MapDoneReq = 24,
+    ForgetReq = 16,
+    StatfsReply = 56,
+}
+
+const _: () = {
+    assert!(offset_of!(OpHeader, opcode) == 0);
+    assert!(offset_of!(OpHeader, flags) == 4);
+    assert!(offset_of!(OpHeader, mount_id) == 8);
+    assert!(offset_of!(OpHeader, in_len) == 12);
+    assert!(offset_of!(OpHeader, out_len) == 16);
+    assert!(offset_of!(OpHeader, data_len) == 20);
+    assert!(offset_of!(OpHeader, seq) == 24);
+    assert!(offset_of!(OpHeader, result) == 32);
+    assert!(offset_of!(OpHeader, uid) == 40);
+    assert!(offset_of!(OpHeader, gid) == 44);
+    assert!(offset_of!(OpHeader, pid) == 48);
+    assert!(offset_of!(Attr, ino) == 0);
+    assert!(offset_of!(Attr, size) == 16);
+    assert!(offset_of!(Attr, mode) == 56);
+    assert!(offset_of!(Attr, blksize) == 76);
+    assert!(offset_of!(IoReq, offset) == 16);
+    assert!(offset_of!(IoReq, flags) == 32);
+    assert!(offset_of!(IoReq, niov) == 40);
+    assert!(offset_of!(Dirent, name_len) == 20);
+    assert!(offset_of!(RenameReq, flags) == 16);
+};
+
+/// Longest name a request may carry.
+pub const NAME_MAX: usize = 255;
+/// Longest symlink target.
+pub const PATH_MAX: usize = 4096;
+
+/// Splits the variable part of a request into `N` byte strings of the given lengths, checking
+/// that they fit exactly within `var`. Used by the server (validation) and plugin adapters.
+#[must_use]
+pub fn split_names<'a>(var: &'a [u8], lens: &[u32]) -> Option<Vec<&'a [u8]>> {
+    let mut out = Vec::with_capacity(lens.len());
+    let mut at = 0usize;
+    for &l in lens {
+        let l = usize::try_from(l).ok()?;
+        let end = at.checked_add(l)?;
+        out.push(var.get(at..end)?);
+        at = end;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_opcode_round_trip() {
+        for op in OpCode::ALL {
+            assert_eq!(OpCode::from_u32(op as u32), Some(op));
+        }
+        assert_eq!(OpCode::from_u32(0), None);
+        assert_eq!(OpCode::from_u32(30), None);
+        assert_eq!(OpCode::from_u32(u32::MAX), None);
+    }
+
+    #[test]
+    fn test_pod_read_short_buffer_is_none() {
+        assert!(IoReq::read_from(&[0u8; 47]).is_none());
+        let r = IoReq { ino: 7, len: 4096, ..Default::default() };
+        let back = IoReq::read_from(r.as_bytes()).unwrap();
+        assert_eq!(back.ino, 7);
+        assert_eq!(back.len, 4096);
+    }
+
+    #[test]
+    fn test_split_names_rejects_overflow() {
+        assert_eq!(split_names(b"abcdef", &[2, 3]).unwrap(), vec![&b"ab"[..], &b"cde"[..]]);
+        assert!(split_names(b"abc", &[2, 2]).is_none());
+        assert!(split_names(b"abc", &[u32::MAX, 1]).is_none());
+    }
+}

@@ -1,0 +1,316 @@
+//! Devices and mounts: map a device, check its generic header (P-PM1), hand it to a plugin.
+#![allow(unsafe_code)]
+
+use core::ffi::c_void;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use zus_api::Errno;
+use zus_api::device::{DEVICE_ALIGN, DEVICE_HEADER_SIZE, DeviceHeader, DeviceHeaderError};
+use zus_api::plugin::{DeviceDesc, OpCall, PluginVtable};
+use zus_pmem::{MapMode, MappedPmem, Persist};
+
+use crate::plugins::Plugin;
+
+/// Mount and mkfs errors; each carries a message fit for the user and maps to an errno.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    /// No such fs type.
+    #[error("unknown filesystem type {0:?} (loaded: {1})")]
+    UnknownFsType(String, String),
+    /// Device missing or unmappable.
+    #[error("cannot map device {path}: {reason}")]
+    Device {
+        /// Device path.
+        path: String,
+        /// Why.
+        reason: String,
+        /// errno.
+        errno: Errno,
+    },
+    /// Header refused.
+    #[error("device {path}: {source}")]
+    Header {
+        /// Device path.
+        path: String,
+        /// Why.
+        source: DeviceHeaderError,
+    },
+    /// The plugin refused.
+    #[error("{fs_type} refused {path}: {message}")]
+    Plugin {
+        /// fs type.
+        fs_type: String,
+        /// Device path.
+        path: String,
+        /// Plugin message.
+        message: String,
+        /// errno.
+        errno: Errno,
+    },
+    /// Bad option.
+    #[error("bad mount option {0:?}")]
+    BadOption(String),
+    /// Already mounted.
+    #[error("device {0} is already mounted")]
+    Busy(String),
+}
+
+impl MountError {
+    /// errno to report.
+    #[must_use]
+    pub fn errno(&self) -> Errno {
+        match self {
+            Self::UnknownFsType(..) => Errno::ENODEV,
+            Self::Device { errno, .. } | Self::Plugin { errno, .. } => *errno,
+            Self::Header { .. } => Errno::EINVAL,
+            Self::BadOption(_) => Errno::EINVAL,
+            Self::Busy(_) => Errno::EBUSY,
+        }
+    }
+}
+
+/// A mounted filesystem.
+#[derive(Debug)]
+pub struct Mount {
+    /// Mount id used in op headers.
+    pub id: u32,
+    /// fs type.
+    pub fs_type: String,
+    /// Device path (canonical) or empty.
+    pub device: String,
+    /// Options as given.
+    pub options: String,
+    /// Root inode.
+    pub root: u64,
+    /// Mounted read-only.
+    pub read_only: bool,
+    /// Device mapped with MAP_SYNC.
+    pub map_sync: bool,
+    vtable: &'static PluginVtable,
+    handle: *mut c_void,
+    /// The device mapping; declared after `handle` users finish (unmount runs before drop).
+    pmem: Option<MappedPmem>,
+}
+
+// SAFETY: the plugin handle is used only through the plugin's thread-safe op entry (the
+// FileSystem contract requires Send + Sync); the mapping is plain shared memory.
+unsafe impl Send for Mount {}
+// SAFETY: as above.
+unsafe impl Sync for Mount {}
+
+/// Options the server itself understands; the rest go to the plugin.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ServerOptions {
+    /// `ro`.
+    pub read_only: bool,
+}
+
+/// Parses server-level options.
+///
+/// # Errors
+/// [`MountError::BadOption`] for an empty element or a non-printable option.
+pub fn parse_options(opts: &str) -> Result<ServerOptions, MountError> {
+    let mut so = ServerOptions::default();
+    for o in opts.split(',').filter(|o| !o.is_empty()) {
+        if !o.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(MountError::BadOption(o.to_owned()));
+        }
+        match o {
+            "ro" => so.read_only = true,
+            "rw" => so.read_only = false,
+            _ => {}
+        }
+    }
+    Ok(so)
+}
+
+fn device_error(path: &str, e: &zus_pmem::PmemError) -> MountError {
+    MountError::Device { path: path.to_owned(), reason: e.to_string(), errno: Errno(e.errno()) }
+}
+
+fn desc(pmem: Option<&MappedPmem>, read_only: bool) -> DeviceDesc {
+    pmem.map_or(DeviceDesc { base: core::ptr::null_mut(), len: 0, map_sync: 0, read_only: u32::from(read_only) }, |p| {
+        DeviceDesc {
+            base: p.base_ptr(),
+            len: p.len(),
+            map_sync: u32::from(p.map_mode() == MapMode::Sync),
+            read_only: u32::from(read_only),
+        }
+    })
+}
+
+fn msg_str(buf: &[u8]) -> String {
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+/// Maps an existing device and checks its header for `fs_type`.
+///
+/// # Errors
+/// [`MountError`] naming the device and the problem.
+pub fn open_device(path: &str, fs_type: &str) -> Result<MappedPmem, MountError> {
+    if !Path::new(path).exists() {
+        return Err(MountError::Device { path: path.to_owned(), reason: "no such file".into(), errno: Errno::ENOENT });
+    }
+    let pmem = MappedPmem::open_file(Path::new(path), None).map_err(|e| device_error(path, &e))?;
+    if pmem.map_mode() != MapMode::Sync {
+        tracing::info!("{path}: MAP_SYNC not supported here, mapped MAP_SHARED (flushes still issued)");
+    }
+    let mut hb = vec![0u8; size_of::<DeviceHeader>()];
+    if pmem.len() < DEVICE_HEADER_SIZE {
+        return Err(MountError::Header { path: path.to_owned(), source: DeviceHeaderError::TooSmall(pmem.len()) });
+    }
+    pmem.read(0, &mut hb).map_err(|e| device_error(path, &e))?;
+    let h = DeviceHeader::parse(&hb, pmem.len()).map_err(|source| MountError::Header { path: path.to_owned(), source })?;
+    h.expect_fs_type(fs_type).map_err(|source| MountError::Header { path: path.to_owned(), source })?;
+    Ok(pmem)
+}
+
+/// Mounts `device` with `plugin`.
+///
+/// # Errors
+/// [`MountError`].
+pub fn mount(id: u32, plugin: &Plugin, device: &str, options: &str) -> Result<Mount, MountError> {
+    let so = parse_options(options)?;
+    let (pmem, canon) = if plugin.needs_device() {
+        let canon = std::fs::canonicalize(device).map_or_else(|_| device.to_owned(), |p| p.display().to_string());
+        (Some(open_device(&canon, &plugin.name)?), canon)
+    } else {
+        (None, device.to_owned())
+    };
+    let d = desc(pmem.as_ref(), so.read_only);
+    let mut handle: *mut c_void = core::ptr::null_mut();
+    let mut root = 0u64;
+    let mut msg = vec![0u8; 1024];
+    let mount_fn = plugin.vtable.mount.ok_or_else(|| MountError::Plugin {
+        fs_type: plugin.name.clone(),
+        path: canon.clone(),
+        message: "no mount entry".into(),
+        errno: Errno::ENOSYS,
+    })?;
+    // SAFETY: all pointers are valid for the call; the mapping outlives the mount (kept in Mount).
+    let rc = unsafe {
+        mount_fn(&raw const d, options.as_ptr(), options.len(), &raw mut handle, &raw mut root, msg.as_mut_ptr(), msg.len())
+    };
+    if rc < 0 || handle.is_null() {
+        let errno = Errno::from_wire(rc).err().unwrap_or(Errno::EIO);
+        let mut message = msg_str(&msg);
+        if message.is_empty() {
+            message = errno.to_string();
+        }
+        return Err(MountError::Plugin { fs_type: plugin.name.clone(), path: canon, message, errno });
+    }
+    Ok(Mount {
+        id,
+        fs_type: plugin.name.clone(),
+        device: canon,
+        options: options.to_owned(),
+        root,
+        read_only: so.read_only,
+        map_sync: pmem.as_ref().is_some_and(|p| p.map_mode() == MapMode::Sync),
+        vtable: plugin.vtable,
+        handle,
+        pmem,
+    })
+}
+
+impl Mount {
+    /// Calls the plugin for one op.
+    pub fn op(&self, call: &mut OpCall) -> i64 {
+        match self.vtable.op {
+            // SAFETY: the handle is live until unmount, which runs only after every ZT has
+            // dropped its reference to this mount (see the server's generation barrier).
+            Some(f) => unsafe { f(self.handle, call) },
+            None => Errno::ENOSYS.to_wire(),
+        }
+    }
+
+    /// Unmounts: the plugin flushes and frees its state; then the device is unmapped.
+    pub fn unmount(mut self) -> Result<(), Errno> {
+        let rc = match self.vtable.unmount {
+            // SAFETY: the handle came from mount and is never used again after this call.
+            Some(f) => unsafe { f(self.handle) },
+            None => 0,
+        };
+        self.handle = core::ptr::null_mut();
+        drop(self.pmem.take());
+        Errno::from_wire(rc).map(|_| ())
+    }
+}
+
+/// Creates a device (file) of `size` bytes if absent, writes the generic header for `plugin`
+/// and runs the plugin's mkfs. An existing device keeps its size.
+///
+/// # Errors
+/// [`MountError`].
+pub fn mkfs(plugin: &Plugin, device: &str, size: Option<u64>, options: &str) -> Result<(), MountError> {
+    let exists = Path::new(device).exists();
+    let create = if exists { None } else { Some(size.unwrap_or(1 << 30)) };
+    if let Some(s) = create {
+        if s < DEVICE_ALIGN || s % DEVICE_ALIGN != 0 {
+            return Err(MountError::Device {
+                path: device.to_owned(),
+                reason: format!("size {s} must be a positive multiple of 2 MiB"),
+                errno: Errno::EINVAL,
+            });
+        }
+    }
+    let pmem = MappedPmem::open_file(Path::new(device), create).map_err(|e| device_error(device, &e))?;
+    if pmem.len() < DEVICE_ALIGN {
+        return Err(MountError::Device {
+            path: device.to_owned(),
+            reason: format!("{} bytes is smaller than the 2 MiB minimum", pmem.len()),
+            errno: Errno::EINVAL,
+        });
+    }
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(0));
+    let mut uuid = [0u8; 16];
+    // SAFETY: getrandom into a valid 16-byte buffer.
+    let n = unsafe { libc::getrandom(uuid.as_mut_ptr().cast(), uuid.len(), 0) };
+    if n != 16 {
+        uuid[..8].copy_from_slice(&now.to_le_bytes());
+    }
+    let h = DeviceHeader::new(&plugin.name, pmem.len(), uuid, now)
+        .map_err(|source| MountError::Header { path: device.to_owned(), source })?;
+    // Zero the whole header block, then write the header and persist it.
+    pmem.store(0, &vec![0u8; usize::try_from(DEVICE_HEADER_SIZE).unwrap_or(4096)]).map_err(|e| device_error(device, &e))?;
+    pmem.store(0, &h.to_bytes()).map_err(|e| device_error(device, &e))?;
+    pmem.persist(0, DEVICE_HEADER_SIZE).map_err(|e| device_error(device, &e))?;
+    let Some(mkfs_fn) = plugin.vtable.mkfs else { return Ok(()) };
+    let d = desc(Some(&pmem), false);
+    let mut msg = vec![0u8; 1024];
+    // SAFETY: valid pointers for the duration of the call; the mapping outlives it.
+    let rc = unsafe { mkfs_fn(&raw const d, options.as_ptr(), options.len(), msg.as_mut_ptr(), msg.len()) };
+    if rc < 0 {
+        let errno = Errno::from_wire(rc).err().unwrap_or(Errno::EIO);
+        return Err(MountError::Plugin { fs_type: plugin.name.clone(), path: device.to_owned(), message: msg_str(&msg), errno });
+    }
+    Ok(())
+}
+
+/// Runs a plugin's fsck on a device: (problems, report).
+///
+/// # Errors
+/// [`MountError`] when the device cannot be checked at all.
+pub fn fsck(plugin: &Plugin, device: &str) -> Result<(u64, String), MountError> {
+    let pmem = open_device(device, &plugin.name)?;
+    let Some(f) = plugin.vtable.fsck else {
+        return Err(MountError::Plugin {
+            fs_type: plugin.name.clone(),
+            path: device.to_owned(),
+            message: "no fsck".into(),
+            errno: Errno::ENOSYS,
+        });
+    };
+    let d = desc(Some(&pmem), true);
+    let mut problems = 0u64;
+    let mut msg = vec![0u8; 1 << 20];
+    // SAFETY: valid pointers for the duration of the call.
+    let rc = unsafe { f(&raw const d, &raw mut problems, msg.as_mut_ptr(), msg.len()) };
+    if rc < 0 {
+        let errno = Errno::from_wire(rc).err().unwrap_or(Errno::EIO);
+        return Err(MountError::Plugin { fs_type: plugin.name.clone(), path: device.to_owned(), message: msg_str(&msg), errno });
+    }
+    Ok((problems, msg_str(&msg)))
+}

@@ -1,0 +1,310 @@
+//! The server core: shared state, clients, the generation barrier, and server start/stop.
+//!
+//! State that ZTs read on every op (clients, mounts) is published as an immutable
+//! [`Snapshot`] behind a generation counter, RCU style: the control thread builds a new snapshot,
+//! bumps the generation, wakes every ZT and waits until each has picked it up. A ZT refreshes only
+//! between ops, so once all have acknowledged, nothing references a removed client or mount and
+//! it can be torn down (unmount, unmap) without a lock on the hot path.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use zus_api::chan::{ChannelSetHeader, Geometry};
+use zus_api::control::{FsTypeInfo, LaneInfo, MountInfo, StatusInfo};
+use zus_api::shm::{ShmRegion, futex};
+use zus_api::sock::PeerCred;
+
+use crate::mounts::Mount;
+use crate::plugins::Plugin;
+use crate::topology::Topology;
+
+/// Server configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Directory of plugin `.so` files.
+    pub plugin_dir: PathBuf,
+    /// Control socket path.
+    pub socket: PathBuf,
+    /// Topology (real or simulated).
+    pub topology: Topology,
+    /// Slots per lane.
+    pub slots_per_cpu: usize,
+    /// Data window per slot.
+    pub window_size: usize,
+    /// Spin budget suggested to clients whose ZT runs on another CPU.
+    pub client_spin_ns: u32,
+    /// How long a ZT polls for new work before sleeping.
+    pub zt_spin_ns: u32,
+    /// Most connected clients (futex_waitv takes at most 128 words, one is the control word).
+    pub max_clients: usize,
+}
+
+/// Per-ZT control words and counters (server-private memory).
+#[derive(Debug, Default)]
+pub struct ZtControl {
+    /// Bumped (and futex-woken) by the control thread to make the ZT re-read the snapshot.
+    pub wake: AtomicU32,
+    /// Generation the ZT has picked up.
+    pub seen_generation: AtomicU64,
+    /// Ops served.
+    pub ops: AtomicU64,
+    /// Requests refused as malformed.
+    pub rejected: AtomicU64,
+    /// Set once the ZT exited.
+    pub exited: AtomicBool,
+}
+
+/// A connected client: its private channel memory and credentials.
+#[derive(Debug)]
+pub struct Client {
+    /// Id.
+    pub id: u32,
+    /// Peer credentials from the socket.
+    pub cred: PeerCred,
+    /// Root clients (the FUSE bridge) may act on behalf of the users named in op headers.
+    pub privileged: bool,
+    /// Program name from the hello.
+    pub name: String,
+    /// Features the client announced.
+    pub features: u64,
+    /// The channel memory.
+    pub region: ShmRegion,
+    /// Its geometry.
+    pub geometry: Geometry,
+}
+
+/// What ZTs see: clients with the mounts each may use, and all mounts.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Generation this snapshot belongs to.
+    pub generation: u64,
+    /// Clients and the mount ids they attached.
+    pub clients: Vec<(Arc<Client>, Vec<u32>)>,
+    /// Mounts.
+    pub mounts: Vec<Arc<Mount>>,
+}
+
+impl Snapshot {
+    /// The mount `id`, if `attached` allows it.
+    #[must_use]
+    pub fn mount_for(&self, attached: &[u32], id: u32) -> Option<&Arc<Mount>> {
+        if !attached.contains(&id) {
+            return None;
+        }
+        self.mounts.iter().find(|m| m.id == id)
+    }
+}
+
+/// Mutable server state, under one mutex (control plane only).
+#[derive(Debug, Default)]
+pub struct State {
+    /// Clients and attached mounts.
+    pub clients: Vec<(Arc<Client>, Vec<u32>)>,
+    /// Mounts.
+    pub mounts: Vec<Arc<Mount>>,
+    /// Who mounted each mount (uid), for attach permission.
+    pub mount_owner: Vec<(u32, u32)>,
+    /// Next ids.
+    pub next_client: u32,
+    /// Next mount id.
+    pub next_mount: u32,
+}
+
+/// The server.
+#[derive(Debug)]
+pub struct Server {
+    /// Configuration.
+    pub config: Config,
+    /// Loaded plugins.
+    pub plugins: Vec<Plugin>,
+    /// Per-ZT control.
+    pub zts: Vec<ZtControl>,
+    /// Current generation.
+    pub generation: AtomicU64,
+    /// Published snapshot.
+    pub snapshot: Mutex<Arc<Snapshot>>,
+    /// Control state.
+    pub state: Mutex<State>,
+    /// Set at shutdown.
+    pub shutting_down: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Server {
+    /// Creates the server state (no threads yet).
+    #[must_use]
+    pub fn new(config: Config, plugins: Vec<Plugin>) -> Arc<Self> {
+        let zts = (0..config.topology.cpus.len()).map(|_| ZtControl::default()).collect();
+        Arc::new(Self {
+            config,
+            plugins,
+            zts,
+            generation: AtomicU64::new(1),
+            snapshot: Mutex::new(Arc::new(Snapshot { generation: 1, ..Default::default() })),
+            state: Mutex::new(State { next_client: 1, next_mount: 1, ..Default::default() }),
+            shutting_down: AtomicBool::new(false),
+        })
+    }
+
+    /// Locks the control state.
+    pub fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    /// The current snapshot.
+    #[must_use]
+    pub fn current_snapshot(&self) -> Arc<Snapshot> {
+        Arc::clone(&lock(&self.snapshot))
+    }
+
+    /// Publishes `st` as a new snapshot and waits until every live ZT has picked it up.
+    pub fn publish(&self, st: &State) {
+        let generation = self.generation.load(Ordering::SeqCst) + 1;
+        let snap = Arc::new(Snapshot { generation, clients: st.clients.clone(), mounts: st.mounts.clone() });
+        *lock(&self.snapshot) = snap;
+        self.generation.store(generation, Ordering::SeqCst);
+        self.wait_for_zts(generation);
+    }
+
+    /// Wakes every ZT and waits until each has seen `generation` (or exited).
+    pub fn wait_for_zts(&self, generation: u64) {
+        for z in &self.zts {
+            z.wake.fetch_add(1, Ordering::SeqCst);
+            futex::wake(&z.wake, 1);
+        }
+        let mut waited = Duration::ZERO;
+        for z in &self.zts {
+            while z.seen_generation.load(Ordering::SeqCst) < generation && !z.exited.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_micros(100));
+                waited += Duration::from_micros(100);
+                if waited.as_secs() >= 5 && waited.as_micros() % 5_000_000 < 100 {
+                    tracing::warn!("still waiting for a ZT to pick up generation {generation} (busy in a long op?)");
+                }
+            }
+        }
+    }
+
+    /// Builds the channel-set header for a new client.
+    #[must_use]
+    pub fn channel_header(&self, g: &Geometry, client_id: u32) -> ChannelSetHeader {
+        let mut cpu_node = [0u16; zus_api::chan::MAX_CPUS];
+        for c in &self.config.topology.cpus {
+            if let Some(slot) = cpu_node.get_mut(c.id) {
+                *slot = u16::try_from(c.node).unwrap_or(u16::MAX);
+            }
+        }
+        ChannelSetHeader {
+            magic: zus_api::ZUS_MAGIC,
+            abi_version: zus_api::ZUS_ABI_VERSION,
+            header_size: u32::try_from(size_of::<ChannelSetHeader>()).unwrap_or(0),
+            features: zus_api::features::ALL,
+            ncpu: u32::try_from(g.ncpu).unwrap_or(0),
+            slots_per_cpu: u32::try_from(g.slots_per_cpu).unwrap_or(0),
+            window_size: u32::try_from(g.window_size).unwrap_or(0),
+            lane_size: u32::try_from(g.lane_size()).unwrap_or(0),
+            lanes_offset: g.lanes_offset() as u64,
+            total_size: g.total_size() as u64,
+            server_pid: std::process::id(),
+            client_id,
+            client_spin_ns: self.config.client_spin_ns,
+            nnodes: u32::try_from(self.config.topology.nnodes).unwrap_or(1),
+            cpu_node,
+            reserved: [0; 56],
+        }
+    }
+
+    /// Status for `zufs status`.
+    #[must_use]
+    pub fn status(&self) -> StatusInfo {
+        let st = self.state();
+        StatusInfo {
+            pid: std::process::id(),
+            plugins: self.fs_types(),
+            mounts: st.mounts.iter().map(|m| mount_info(m)).collect(),
+            clients: u32::try_from(st.clients.len()).unwrap_or(u32::MAX),
+            lanes: self
+                .config
+                .topology
+                .cpus
+                .iter()
+                .zip(&self.zts)
+                .map(|(c, z)| LaneInfo {
+                    cpu: u32::try_from(c.id).unwrap_or(0),
+                    node: u32::try_from(c.node).unwrap_or(0),
+                    ops: z.ops.load(Ordering::Relaxed),
+                    rejected: z.rejected.load(Ordering::Relaxed),
+                })
+                .collect(),
+            topology: self.config.topology.describe(),
+        }
+    }
+
+    /// Loaded fs types.
+    #[must_use]
+    pub fn fs_types(&self) -> Vec<FsTypeInfo> {
+        self.plugins
+            .iter()
+            .map(|p| FsTypeInfo { name: p.name.clone(), path: p.path.display().to_string(), needs_device: p.needs_device() })
+            .collect()
+    }
+
+    /// Unmounts everything (shutdown): removes mounts from the snapshot, waits for ZTs, then
+    /// lets each plugin flush.
+    pub fn unmount_all(&self) {
+        let mounts = {
+            let mut st = self.state();
+            let m = std::mem::take(&mut st.mounts);
+            for c in &mut st.clients {
+                c.1.clear();
+            }
+            self.publish(&st);
+            m
+        };
+        for m in mounts {
+            finish_unmount(m);
+        }
+    }
+}
+
+/// Describes a mount.
+#[must_use]
+pub fn mount_info(m: &Mount) -> MountInfo {
+    MountInfo {
+        mount_id: m.id,
+        fs_type: m.fs_type.clone(),
+        device: m.device.clone(),
+        options: m.options.clone(),
+        root: m.root,
+        map_sync: m.map_sync,
+    }
+}
+
+/// Runs the plugin's unmount once the last reference is gone.
+pub fn finish_unmount(m: Arc<Mount>) {
+    let id = m.id;
+    // After the barrier only the old snapshot (held by the server mutex) may still reference it;
+    // wait briefly for stragglers (a connection thread building a status reply).
+    let mut m = m;
+    for _ in 0..10_000 {
+        match Arc::try_unwrap(m) {
+            Ok(mount) => {
+                let dev = mount.device.clone();
+                match mount.unmount() {
+                    Ok(()) => tracing::info!("unmounted mount {id} ({dev})"),
+                    Err(e) => tracing::error!("unmount of mount {id} ({dev}) reported: {e}"),
+                }
+                return;
+            }
+            Err(back) => {
+                m = back;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+    tracing::error!("mount {id} still referenced after 10 s; leaving it mapped");
+}

@@ -1,0 +1,207 @@
+//! ZT threads: one per CPU, pinned, serving its lane of every client's channel set (P-CH1).
+//!
+//! The wait/wake of a ZT sits behind [`ZtWait`], so a kernel-module transport (a ZT sleeping in
+//! an ioctl, as in ZUFS) can replace the futex one.
+#![allow(unsafe_code)]
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use zus_api::chan::{LaneHeader, PAYLOAD_SIZE, Slot, slot_state};
+use zus_api::ops::OpHeader;
+use zus_api::shm::futex::{self, WaitV};
+
+use crate::dispatch::{self, Scratch};
+use crate::server::{Server, Snapshot};
+
+const DOORBELL: usize = core::mem::offset_of!(LaneHeader, doorbell);
+const ZT_SLEEPING: usize = core::mem::offset_of!(LaneHeader, zt_sleeping);
+const ZT_CPU: usize = core::mem::offset_of!(LaneHeader, zt_cpu);
+const OPS_SERVED: usize = core::mem::offset_of!(LaneHeader, ops_served);
+const OPS_REJECTED: usize = core::mem::offset_of!(LaneHeader, ops_rejected);
+const STATE: usize = core::mem::offset_of!(Slot, state);
+const REPLY_SEQ: usize = core::mem::offset_of!(Slot, reply_seq);
+const CLIENT_WAITING: usize = core::mem::offset_of!(Slot, client_waiting);
+const HDR: usize = core::mem::offset_of!(Slot, hdr);
+const PAYLOAD: usize = core::mem::offset_of!(Slot, payload);
+
+/// How a ZT sleeps until there may be work (the transport boundary).
+pub trait ZtWait {
+    /// Sleeps until a doorbell of `snap` for `lane` or the control word moves.
+    fn wait(&mut self, server: &Server, lane: usize, snap: &Snapshot);
+}
+
+/// Futex transport: `futex_waitv` over the control word and every client's doorbell.
+#[derive(Debug, Default)]
+pub struct FutexWait {
+    waiters: Vec<WaitV>,
+}
+
+impl ZtWait for FutexWait {
+    fn wait(&mut self, server: &Server, lane: usize, snap: &Snapshot) {
+        let ctl = &server.zts[lane];
+        let wake_val = ctl.wake.load(Ordering::SeqCst);
+        for (c, _) in &snap.clients {
+            let lo = c.geometry.lane_offset(lane);
+            c.region.atomic_u32(lo + ZT_SLEEPING).store(1, Ordering::SeqCst);
+        }
+        self.waiters.clear();
+        // Shared, like `futex::wake` that the control thread uses (private and shared keys differ).
+        self.waiters.push(WaitV::shared(&ctl.wake, wake_val));
+        let mut pending = server.generation.load(Ordering::SeqCst) != snap.generation;
+        for (c, _) in &snap.clients {
+            let lo = c.geometry.lane_offset(lane);
+            let bell = c.region.atomic_u32(lo + DOORBELL);
+            self.waiters.push(WaitV::shared(bell, bell.load(Ordering::SeqCst)));
+            pending |= (0..c.geometry.slots_per_cpu).any(|s| {
+                c.region.atomic_u32(c.geometry.slot_offset(lane, s) + STATE).load(Ordering::SeqCst) == slot_state::SUBMITTED
+            });
+        }
+        if !pending {
+            // SAFETY: every word lives in memory the snapshot keeps mapped (clients' regions are
+            // Arc'd by `snap`) or in the server's own ZtControl, for the whole call.
+            unsafe { futex::waitv(&self.waiters, None) };
+        }
+        for (c, _) in &snap.clients {
+            let lo = c.geometry.lane_offset(lane);
+            c.region.atomic_u32(lo + ZT_SLEEPING).store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+fn pin_to(os_cpu: usize) -> std::io::Result<()> {
+    // SAFETY: cpu_set_t is plain data; CPU_SET writes within it; sched_setaffinity reads it.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = core::mem::zeroed();
+        libc::CPU_SET(os_cpu, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set)
+    };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
+fn prefer_node(node: usize) {
+    const MPOL_PREFERRED: libc::c_long = 1;
+    let mut mask = [0u64; 16];
+    if node >= 1024 {
+        return;
+    }
+    mask[node / 64] |= 1 << (node % 64);
+    // SAFETY: set_mempolicy reads `maxnode` bits from the mask buffer we own.
+    let rc = unsafe { libc::syscall(libc::SYS_set_mempolicy, MPOL_PREFERRED, mask.as_ptr(), 1024usize) };
+    if rc != 0 {
+        tracing::debug!("set_mempolicy(node {node}) failed: {}", std::io::Error::last_os_error());
+    }
+}
+
+/// The ZT main loop for lane `lane`.
+pub fn run(server: &Arc<Server>, lane: usize) {
+    let cpu = server.config.topology.cpus[lane];
+    if let Err(e) = pin_to(cpu.os_cpu) {
+        tracing::warn!("ZT {lane}: cannot pin to CPU {}: {e}", cpu.os_cpu);
+    }
+    // Real multi-node machines: allocate this thread's memory (and first-touched channel pages)
+    // on its node. A simulated topology has no such node to ask for.
+    if !server.config.topology.simulated && server.config.topology.nnodes > 1 {
+        prefer_node(cpu.node);
+    }
+    let ctl = &server.zts[lane];
+    let mut waiter = FutexWait::default();
+    let mut scratch = Scratch::new();
+    let mut snap = Arc::new(Snapshot::default());
+    let mut touched: Vec<u32> = Vec::new();
+    let spin = Duration::from_nanos(u64::from(server.config.zt_spin_ns));
+    loop {
+        let g = server.generation.load(Ordering::SeqCst);
+        if g != snap.generation {
+            snap = server.current_snapshot();
+            // First-touch the lane memory of new clients from this pinned thread (P-NU1).
+            touched.retain(|id| snap.clients.iter().any(|(c, _)| c.id == *id));
+            for (c, _) in &snap.clients {
+                if !touched.contains(&c.id) {
+                    let lo = c.geometry.lane_offset(lane);
+                    c.region.first_touch(lo, c.geometry.lane_size());
+                    c.region.atomic_u32(lo + ZT_CPU).store(u32::try_from(cpu.os_cpu).unwrap_or(0), Ordering::Relaxed);
+                    touched.push(c.id);
+                }
+            }
+            ctl.seen_generation.store(snap.generation, Ordering::SeqCst);
+        }
+        if server.shutting_down.load(Ordering::SeqCst) {
+            break;
+        }
+        if serve_pass(server, lane, &snap, &mut scratch) > 0 {
+            continue;
+        }
+        if !spin.is_zero() {
+            let t0 = Instant::now();
+            let mut found = false;
+            while t0.elapsed() < spin && !found {
+                core::hint::spin_loop();
+                found = any_submitted(&snap, lane) || server.generation.load(Ordering::Relaxed) != snap.generation;
+            }
+            if found {
+                continue;
+            }
+        }
+        waiter.wait(server, lane, &snap);
+    }
+    ctl.exited.store(true, Ordering::SeqCst);
+}
+
+fn any_submitted(snap: &Snapshot, lane: usize) -> bool {
+    snap.clients.iter().any(|(c, _)| {
+        (0..c.geometry.slots_per_cpu)
+            .any(|s| c.region.atomic_u32(c.geometry.slot_offset(lane, s) + STATE).load(Ordering::Relaxed) == slot_state::SUBMITTED)
+    })
+}
+
+/// Serves every submitted slot of `lane` once; returns how many were served.
+fn serve_pass(server: &Server, lane: usize, snap: &Snapshot, scratch: &mut Scratch) -> usize {
+    let mut n = 0;
+    for (client, attached) in &snap.clients {
+        let g = &client.geometry;
+        for s in 0..g.slots_per_cpu {
+            let so = g.slot_offset(lane, s);
+            let state = client.region.atomic_u32(so + STATE);
+            if state.load(Ordering::Relaxed) != slot_state::SUBMITTED
+                || state
+                    .compare_exchange(slot_state::SUBMITTED, slot_state::SERVING, Ordering::Acquire, Ordering::Relaxed)
+                    .is_err()
+            {
+                continue;
+            }
+            // One fetch of the header into private memory; everything is validated from the copy.
+            let hdr: OpHeader = client.region.read(so + HDR);
+            let window = (g.window_offset(lane, s), g.window_size);
+            let out = dispatch::serve(snap, client, attached, &hdr, so + PAYLOAD, window, scratch);
+            let ctl = &server.zts[lane];
+            let lo = g.lane_offset(lane);
+            if out.rejected {
+                ctl.rejected.fetch_add(1, Ordering::Relaxed);
+                client.region.atomic_u64(lo + OPS_REJECTED).fetch_add(1, Ordering::Relaxed);
+            }
+            ctl.ops.fetch_add(1, Ordering::Relaxed);
+            client.region.atomic_u64(lo + OPS_SERVED).fetch_add(1, Ordering::Relaxed);
+            let reply = OpHeader {
+                result: out.result,
+                out_len: u32::try_from(out.reply_len).unwrap_or(0),
+                data_len: u32::try_from(out.data_len).unwrap_or(0),
+                ..hdr
+            };
+            if out.reply_len > 0 {
+                client.region.copy_in(so + PAYLOAD, &scratch.reply[..out.reply_len.min(PAYLOAD_SIZE)]);
+            }
+            client.region.write(so + HDR, &reply);
+            // A client that scribbled on the state meanwhile only confuses itself.
+            let _ = state.compare_exchange(slot_state::SERVING, slot_state::DONE, Ordering::Release, Ordering::Relaxed);
+            let seq = client.region.atomic_u32(so + REPLY_SEQ);
+            seq.fetch_add(1, Ordering::SeqCst);
+            if client.region.atomic_u32(so + CLIENT_WAITING).load(Ordering::SeqCst) != 0 {
+                futex::wake(seq, 1);
+            }
+            n += 1;
+        }
+    }
+    n
+}
