@@ -65,6 +65,17 @@ enum Cmd {
     },
     /// Do one op that makes the plugin panic (mount with panic_on=boom), then a normal one.
     Panic,
+    /// Print the server status as JSON.
+    Status,
+    /// Mount a device-less fs type and print the root's attributes.
+    Probe {
+        #[arg(long)]
+        fs: String,
+    },
+    /// Print each lane's NUMA node and the CPU its ZT runs on.
+    Lanes,
+    /// Send a hello claiming another ABI version; print the server's answer.
+    BadHello,
 }
 
 fn name_req(dir: u64, name: &[u8]) -> NameReq {
@@ -264,10 +275,26 @@ fn kmod_shim_connect(socket: &PathBuf) -> Result<std::os::fd::OwnedFd> {
     Ok(owned)
 }
 
+fn bad_hello(socket: &PathBuf) -> Result<()> {
+    let sock = kmod_shim_connect(socket)?;
+    let mut m = control::encode(&Request::Hello { features: 0, required: 0, name: "old".into() })?;
+    m[8..12].copy_from_slice(&99u32.to_ne_bytes());
+    sock::send_msg(sock.as_fd(), &m, None)?;
+    let (msg, _) = sock::recv_msg(sock.as_fd())?.context("no reply")?;
+    match control::decode::<Reply>(&msg, "zusd")? {
+        Reply::Error { errno, message } => println!("REFUSED errno={errno} {message}"),
+        other => bail!("server accepted a mismatched hello: {other:?}"),
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     if let Cmd::Garbage { mount_id, iters, seed } = args.cmd {
         return garbage(&args.socket, mount_id, iters, seed);
+    }
+    if let Cmd::BadHello = args.cmd {
+        return bad_hello(&args.socket);
     }
     let relay = Relay::connect(&args.socket, "zufs-testclient")?;
     match args.cmd {
@@ -296,6 +323,25 @@ fn main() -> Result<()> {
             println!("PANIC OK");
             Ok(())
         }
-        Cmd::Garbage { .. } => unreachable!(),
+        Cmd::Status => {
+            println!("{}", serde_json::to_string(&relay.status()?)?);
+            Ok(())
+        }
+        Cmd::Probe { fs } => {
+            let m = relay.mount(&fs, "", "")?;
+            let mut reply = vec![0u8; PAYLOAD_SIZE];
+            let o = relay.op(m.mount_id, OpCode::Getattr, &[InoReq { ino: m.root }.as_bytes()], DataIn::None, &mut reply, None, None)?;
+            let a = attr_of(&reply[..o.reply_len])?;
+            println!("ROOT ino={} mode={:o} nlink={}", a.ino, a.mode, a.nlink);
+            Ok(())
+        }
+        Cmd::Lanes => {
+            let nodes = relay.lane_nodes();
+            let cpus: Vec<u32> = (0..nodes.len()).map(|l| relay.lane_zt_cpu(l)).collect();
+            println!("NODES {nodes:?}");
+            println!("ZTCPUS {cpus:?}");
+            Ok(())
+        }
+        Cmd::Garbage { .. } | Cmd::BadHello => unreachable!(),
     }
 }

@@ -1,0 +1,287 @@
+//! End-to-end tests of zusd with real processes: clients driving ops, clients and servers killed,
+//! hostile clients, panicking and mismatched plugins, simulated topology, clean shutdown.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use zufs_tests::{TempDir, Zusd, artifact, plugin_dir};
+
+fn client(z: &Zusd, args: &[&str]) -> Command {
+    let mut c = Command::new(artifact("zufs-testclient"));
+    c.arg("--socket").arg(&z.socket).args(args);
+    c
+}
+
+/// Runs a client to completion within `timeout`, returning stdout; panics with context on failure.
+fn run(z: &Zusd, args: &[&str], timeout: Duration) -> String {
+    let mut child = client(z, args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn client");
+    let t0 = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            let out = child.wait_with_output().expect("output");
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(
+                st.success(),
+                "client {args:?} failed ({st}):\nstdout: {stdout}\nstderr: {}\nzusd log:\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                z.log_text()
+            );
+            return stdout;
+        }
+        if t0.elapsed() > timeout {
+            let _ = child.kill();
+            panic!("client {args:?} did not finish within {timeout:?}; zusd log:\n{}", z.log_text());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A client that mounts nullfs and stays connected (holding the mount) until dropped.
+struct Holder {
+    child: Child,
+    mount_id: String,
+}
+
+impl Holder {
+    fn new(z: &Zusd, extra: &[&str]) -> Self {
+        let mut args = vec!["mount"];
+        args.extend_from_slice(extra);
+        let mut child = client(z, &args).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("spawn");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read");
+        let mount_id = line.split_whitespace().nth(1).unwrap_or_else(|| panic!("no mount: {line:?}")).to_owned();
+        Self { child, mount_id }
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        if let Some(mut i) = self.child.stdin.take() {
+            let _ = i.write_all(b"\n");
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn nullfs_server(tag: &str, extra: &[&str]) -> (TempDir, Zusd) {
+    let dir = TempDir::new(tag);
+    let plugins = plugin_dir(&dir.0, &["nullfs"]);
+    let z = Zusd::start(&dir.0, &plugins, extra);
+    (dir, z)
+}
+
+fn status(z: &Zusd) -> serde_json::Value {
+    serde_json::from_str(&run(z, &["status"], Duration::from_secs(10))).expect("status json")
+}
+
+#[test]
+fn test_ops_from_1_2_4_8_threads_all_replies_checked() {
+    let (_d, z) = nullfs_server("ops", &[]);
+    for threads in ["1", "2", "4", "8"] {
+        let out = run(&z, &["ops", "--threads", threads, "--iters", "300"], Duration::from_secs(60));
+        assert!(out.contains(&format!("OK threads={threads} ops={}", threads.parse::<usize>().unwrap() * 900)), "{out}");
+    }
+    let st = status(&z);
+    let served: u64 = st["lanes"].as_array().unwrap().iter().map(|l| l["ops"].as_u64().unwrap()).sum();
+    assert!(served >= 15 * 900, "status counted only {served} ops");
+}
+
+#[test]
+fn test_client_killed_mid_op_frees_everything() {
+    let (_d, z) = nullfs_server("kill-client", &["--slots", "2"]);
+    let holder = Holder::new(&z, &[]);
+    for round in 0..3 {
+        let mut spinner = client(&z, &["spin", "--mount-id", &holder.mount_id, "--threads", "4"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn spinner");
+        let mut line = String::new();
+        BufReader::new(spinner.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "spinning", "round {round}");
+        std::thread::sleep(Duration::from_millis(150));
+        spinner.kill().unwrap(); // SIGKILL, mid-op
+        spinner.wait().unwrap();
+    }
+    // Every lane still serves: 8 threads over 2 slots per lane must all complete.
+    let out = run(&z, &["ops", "--threads", "8", "--iters", "100", "--mount-id", &holder.mount_id], Duration::from_secs(30));
+    assert!(out.starts_with("OK"), "{out}");
+    // Only the holder and the status client itself remain connected.
+    let t0 = Instant::now();
+    loop {
+        let clients = status(&z)["clients"].as_u64().unwrap();
+        if clients == 2 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "killed clients not released: {clients} clients");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn test_server_killed_clients_get_error_not_hang() {
+    let (_d, mut z) = nullfs_server("kill-server", &[]);
+    let holder = Holder::new(&z, &[]);
+    let mut spinner = client(&z, &["spin", "--mount-id", &holder.mount_id, "--threads", "3"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn spinner");
+    let mut line = String::new();
+    BufReader::new(spinner.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "spinning");
+    std::thread::sleep(Duration::from_millis(100));
+    z.signal(9);
+    assert!(z.wait_exit(Duration::from_secs(5)).is_some(), "zusd did not die");
+    let t0 = Instant::now();
+    loop {
+        if spinner.try_wait().unwrap().is_some() {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(3), "client still blocked 3 s after zusd died");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // A new client gets a clear connect error.
+    let out = client(&z, &["status"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect to zusd"), "{out:?}");
+}
+
+#[test]
+fn test_garbage_client_gets_errors_others_keep_working() {
+    let (_d, z) = nullfs_server("garbage", &[]);
+    let holder = Holder::new(&z, &[]);
+    let id = holder.mount_id.clone();
+    let bad = client(&z, &["garbage", "--mount-id", &id, "--iters", "3000", "--seed", "7"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let good = run(&z, &["ops", "--threads", "2", "--iters", "300", "--mount-id", &id], Duration::from_secs(60));
+    assert!(good.starts_with("OK"), "{good}");
+    let out = bad.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.contains("GARBAGE OK"), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    let errors: u64 = stdout.split("errors=").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    assert!(errors > 1000, "only {errors} garbage requests were refused");
+    let st = status(&z);
+    let rejected: u64 = st["lanes"].as_array().unwrap().iter().map(|l| l["rejected"].as_u64().unwrap()).sum();
+    assert!(rejected > 0, "server counted no rejected requests");
+    assert!(!z.log_text().contains("panicked"), "server panicked:\n{}", z.log_text());
+}
+
+#[test]
+fn test_plugin_panic_is_eio_and_server_lives() {
+    let (_d, z) = nullfs_server("panic", &[]);
+    let out = run(&z, &["panic"], Duration::from_secs(20));
+    assert!(out.contains("PANIC OK"), "{out}");
+    assert!(z.log_text().contains("plugin panicked in op"), "no log line:\n{}", z.log_text());
+    let out = run(&z, &["ops", "--threads", "2", "--iters", "50"], Duration::from_secs(20));
+    assert!(out.starts_with("OK"));
+}
+
+fn gcc(out: &std::path::Path, defs: &[&str]) -> bool {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("c/cplugin.c");
+    match Command::new("gcc").args(["-shared", "-fPIC", "-O2", "-o"]).arg(out).arg(&src).args(defs).status() {
+        Ok(s) => s.success(),
+        Err(_) => false,
+    }
+}
+
+#[test]
+fn test_c_plugin_loads_and_other_abi_is_refused() {
+    let dir = TempDir::new("cplugin");
+    let plugins = plugin_dir(&dir.0, &["nullfs"]);
+    if !gcc(&plugins.join("libcnull.so"), &[]) {
+        eprintln!("SKIPPED: gcc is not available to build the C plugin");
+        return;
+    }
+    assert!(gcc(&plugins.join("libcbad.so"), &["-DABI_VERSION=999", "-DFS_NAME=\"cbad\""]));
+    std::fs::write(plugins.join("libjunk.so"), b"not an elf").unwrap();
+    let z = Zusd::start(&dir.0, &plugins, &[]);
+    let log = z.log_text();
+    assert!(log.contains("ABI version 999") && log.contains("speaks version 1"), "{log}");
+    assert!(log.contains("libjunk.so"), "{log}");
+    let st = status(&z);
+    let names: Vec<&str> = st["plugins"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["cnull", "nullfs"]);
+    let out = run(&z, &["probe", "--fs", "cnull"], Duration::from_secs(10));
+    assert!(out.contains("ROOT ino=1 mode=40755 nlink=2"), "{out}");
+    assert!(z.log_text().contains("cnull mounted"), "plugin log line not routed");
+}
+
+#[test]
+fn test_simulated_two_node_topology_places_zts_and_lanes() {
+    let (_d, z) = nullfs_server("topo", &["--topology", "2x2"]);
+    let out = run(&z, &["lanes"], Duration::from_secs(10));
+    assert!(out.contains("NODES [0, 0, 1, 1]"), "{out}");
+    let online = zufs_online_cpus();
+    let want: Vec<usize> = (0..4).map(|i| online[i % online.len()]).collect();
+    assert!(out.contains(&format!("ZTCPUS {want:?}")), "{out} (want {want:?})");
+    let st = status(&z);
+    assert_eq!(st["topology"], "2 node(s) x 2 CPU(s) (simulated)");
+    let nodes: Vec<u64> = st["lanes"].as_array().unwrap().iter().map(|l| l["node"].as_u64().unwrap()).collect();
+    assert_eq!(nodes, vec![0, 0, 1, 1]);
+    // Each ZT thread is pinned to exactly its CPU.
+    let pid = z.child.id();
+    let mut pinned = 0;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        let Some(lane) = comm.trim().strip_prefix("zt").and_then(|n| n.parse::<usize>().ok()) else { continue };
+        let status = std::fs::read_to_string(t.path().join("status")).unwrap();
+        let allowed = status.lines().find(|l| l.starts_with("Cpus_allowed_list:")).unwrap();
+        assert_eq!(allowed.split_whitespace().nth(1).unwrap(), want[lane].to_string(), "zt{lane}: {allowed}");
+        pinned += 1;
+    }
+    assert_eq!(pinned, 4);
+    // Spill within a node and ops still work over the simulated lanes.
+    let out = run(&z, &["ops", "--threads", "8", "--iters", "100"], Duration::from_secs(30));
+    assert!(out.starts_with("OK"));
+}
+
+fn zufs_online_cpus() -> Vec<usize> {
+    let s = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap();
+    let mut v = Vec::new();
+    for part in s.trim().split(',') {
+        match part.split_once('-') {
+            Some((a, b)) => v.extend(a.parse::<usize>().unwrap()..=b.parse::<usize>().unwrap()),
+            None => v.push(part.parse().unwrap()),
+        }
+    }
+    v
+}
+
+#[test]
+fn test_mismatched_handshake_refused_with_both_versions() {
+    let (_d, z) = nullfs_server("hello", &[]);
+    let out = run(&z, &["bad-hello"], Duration::from_secs(10));
+    assert!(out.contains("REFUSED") && out.contains("version 99") && out.contains("version 1"), "{out}");
+}
+
+#[test]
+fn test_sigterm_unmounts_and_exits_cleanly() {
+    let (_d, mut z) = nullfs_server("term", &[]);
+    let holder = Holder::new(&z, &[]);
+    z.signal(15);
+    let st = z.wait_exit(Duration::from_secs(10)).expect("zusd did not stop on SIGTERM");
+    assert!(st.success(), "exit status {st}");
+    let log = z.log_text();
+    assert!(log.contains("unmounted mount") && log.contains("zusd stopped cleanly"), "{log}");
+    assert!(!z.socket.exists(), "socket file left behind");
+    drop(holder);
+}
+
+#[test]
+fn test_second_server_on_same_socket_refused() {
+    let (d, z) = nullfs_server("dup", &[]);
+    let out = Command::new(artifact("zusd"))
+        .arg("--plugins")
+        .arg(d.0.join("plugins"))
+        .arg("--socket")
+        .arg(&z.socket)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already listening"), "{out:?}");
+}
