@@ -81,6 +81,25 @@ unsafe impl DataSource for Vec<u8> {
     }
 }
 
+/// A [`DataSource`] over a borrowed slice (`[u8]` itself is unsized, so it cannot become a
+/// `&dyn DataSource`; this wrapper can).
+#[derive(Clone, Copy, Debug)]
+pub struct SliceSource<'a>(pub &'a [u8]);
+
+// SAFETY: delegates to the slice implementation.
+unsafe impl DataSource for SliceSource<'_> {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    unsafe fn copy_to(&self, src_off: usize, dst: *mut u8, len: usize) -> Result<(), i32> {
+        // SAFETY: forwarded contract.
+        unsafe { self.0.copy_to(src_off, dst, len) }
+    }
+    fn as_ptr(&self) -> Option<*const u8> {
+        Some(self.0.as_ptr())
+    }
+}
+
 /// A [`DataSink`] over a `&mut [u8]`. (A sink writes through `&self`, so it cannot be implemented
 /// on `[u8]` itself; this wrapper holds the exclusive borrow and writes through a raw pointer.)
 #[derive(Debug)]

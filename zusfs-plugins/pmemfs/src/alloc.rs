@@ -1,0 +1,163 @@
+//! Sharded block allocator (DRAM state; the committed bitmap on pmem is the truth at mount).
+//!
+//! The data area is cut into `nshards` ranges aligned to 64 blocks (one bitmap word), each with
+//! its own lock, so writers on different CPUs allocate without contending and never share a
+//! bitmap word. A thread starts in the shard of its CPU (`sched_getcpu`) and moves on when that
+//! shard is full. A block is marked taken in DRAM as soon as it is reserved; freed blocks return to
+//! DRAM only after the transaction freeing them committed, so no block is reused while a crash
+//! could still bring back its old owner.
+
+use std::sync::Mutex;
+
+use crate::layout::Geometry;
+
+#[derive(Debug)]
+struct Shard {
+    start: u64,
+    end: u64,
+    /// one bit per block of [start, end), 1 = used or reserved
+    used: Vec<u64>,
+    free: u64,
+    /// next-fit hint (block number)
+    hint: u64,
+}
+
+impl Shard {
+    fn is_used(&self, b: u64) -> bool {
+        let i = b - self.start;
+        self.used[(i / 64) as usize] & (1 << (i % 64)) != 0
+    }
+    fn set(&mut self, b: u64, on: bool) {
+        let i = b - self.start;
+        let w = &mut self.used[(i / 64) as usize];
+        if on {
+            *w |= 1 << (i % 64);
+        } else {
+            *w &= !(1 << (i % 64));
+        }
+    }
+    /// First free block at or after `from`, wrapping once.
+    fn find_free(&self, from: u64) -> Option<u64> {
+        let span = self.end - self.start;
+        let mut i = if (self.start..self.end).contains(&from) { from - self.start } else { 0 };
+        let mut scanned = 0;
+        while scanned < span + 64 {
+            if i >= span {
+                i = 0;
+            }
+            let wi = i / 64;
+            let bit = i % 64;
+            let w = self.used[wi as usize] | ((1u64 << bit) - 1);
+            if w != u64::MAX {
+                let cand = wi * 64 + u64::from((!w).trailing_zeros());
+                if cand < span {
+                    return Some(self.start + cand);
+                }
+            }
+            scanned += 64 - bit;
+            i = (wi + 1) * 64;
+        }
+        None
+    }
+
+    /// Take up to `want` contiguous blocks starting at the first free block at or after `from`.
+    fn take(&mut self, want: u64, from: u64) -> Option<(u64, u64)> {
+        if self.free == 0 || want == 0 {
+            return None;
+        }
+        let s = self.find_free(from)?;
+        let mut b = s;
+        while b - s < want && b < self.end && !self.is_used(b) {
+            self.set(b, true);
+            b += 1;
+        }
+        self.free -= b - s;
+        self.hint = b;
+        Some((s, b - s))
+    }
+}
+
+/// The block allocator.
+#[derive(Debug)]
+pub struct BlockAlloc {
+    shards: Vec<Mutex<Shard>>,
+    per: u64,
+    data_blk: u64,
+    total: u64,
+}
+
+impl BlockAlloc {
+    /// Build from the committed bitmap (`used(b)` says whether block b is in use).
+    pub fn new(geo: &Geometry, used: impl Fn(u64) -> bool) -> BlockAlloc {
+        let data = geo.total_blocks - geo.data_blk;
+        let n = u64::from(geo.nshards).min(data.div_ceil(64)).max(1);
+        let per = (data / n).div_ceil(64) * 64;
+        let mut shards = Vec::new();
+        let mut s = geo.data_blk;
+        while s < geo.total_blocks {
+            let e = (s + per).min(geo.total_blocks);
+            let words = (e - s).div_ceil(64) as usize;
+            let mut sh = Shard { start: s, end: e, used: vec![0; words], free: 0, hint: s };
+            for b in s..e {
+                if used(b) {
+                    sh.set(b, true);
+                } else {
+                    sh.free += 1;
+                }
+            }
+            shards.push(Mutex::new(sh));
+            s = e;
+        }
+        BlockAlloc { shards, per, data_blk: geo.data_blk, total: geo.total_blocks }
+    }
+
+    fn shard_of(&self, b: u64) -> Option<usize> {
+        if b < self.data_blk || b >= self.total {
+            return None;
+        }
+        usize::try_from((b - self.data_blk) / self.per).ok().filter(|&i| i < self.shards.len())
+    }
+
+    /// Reserve up to `want` contiguous blocks, preferring `goal` (e.g. right after the file's last
+    /// block, so extents grow), else the caller's CPU shard, else any shard.
+    pub fn alloc(&self, want: u64, goal: Option<u64>) -> Option<(u64, u64)> {
+        if let Some(g) = goal
+            && let Some(si) = self.shard_of(g)
+        {
+            let mut s = self.shards[si].lock().unwrap_or_else(|e| e.into_inner());
+            if g < s.end && !s.is_used(g) {
+                return s.take(want, g);
+            }
+        }
+        let n = self.shards.len();
+        let first = zus_pmem::current_cpu() % n;
+        for k in 0..n {
+            let mut s = self.shards[(first + k) % n].lock().unwrap_or_else(|e| e.into_inner());
+            let h = s.hint;
+            if let Some(r) = s.take(want, h) {
+                return Some(r);
+            }
+        }
+        None
+    }
+
+    /// Return blocks to the free pool (after the freeing transaction committed, or on abort).
+    pub fn release(&self, start: u64, len: u64) {
+        for sh in &self.shards {
+            let mut s = sh.lock().unwrap_or_else(|e| e.into_inner());
+            let a = start.max(s.start);
+            let e = (start + len).min(s.end);
+            for b in a..e {
+                if s.is_used(b) {
+                    s.set(b, false);
+                    s.free += 1;
+                }
+            }
+        }
+    }
+
+    /// Free blocks.
+    pub fn free_blocks(&self) -> u64 {
+        self.shards.iter().map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).free).sum()
+    }
+}

@@ -1,0 +1,27 @@
+//! pmemfs: a persistent, crash-consistent filesystem on (emulated) pmem.
+//!
+//! The core is ordinary safe Rust over any [`zus_pmem::Persist`] backend: a real mapping in
+//! production ([`zus_pmem::MappedPmem`]), the crash simulator in tests ([`zus_pmem::CrashSim`]).
+//! See `DESIGN.md` next to this crate for the layout and the crash-consistency argument.
+#![deny(unsafe_code)]
+// pmemfs is 64-bit only (pmem devices are larger than 4 GiB address spaces anyway): every
+// u64 -> usize cast below is of a value already validated against the device or block size.
+#![allow(clippy::cast_possible_truncation)]
+
+#[cfg(not(target_pointer_width = "64"))]
+compile_error!("pmemfs needs a 64-bit target");
+
+mod alloc;
+mod check;
+mod error;
+mod fs;
+mod inode;
+mod journal;
+pub mod layout;
+
+pub use check::FsckReport;
+pub use error::{FsError, Result};
+pub use fs::{
+    Attr, DirEntry, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, Fs, MapExtent, MkfsOptions, RENAME_EXCHANGE,
+    RENAME_NOREPLACE, SetAttr, StatFs, TimeSpec, XATTR_CREATE, XATTR_REPLACE, format, fsck, now_ns,
+};

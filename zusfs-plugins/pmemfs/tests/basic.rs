@@ -1,0 +1,268 @@
+//! Functional tests of the filesystem API.
+
+use pmemfs::*;
+use zus_pmem::{CrashSim, MappedPmem, Persist};
+
+const ROOT: u64 = 1;
+
+fn sim(mb: usize) -> Fs<CrashSim> {
+    Fs::mkfs(CrashSim::new(mb << 20), &MkfsOptions::default()).unwrap()
+}
+
+fn assert_clean<P: Persist>(fs: &Fs<P>) {
+    let r = fs.check().unwrap();
+    assert!(r.is_clean(), "{r}");
+}
+
+#[test]
+fn test_create_write_read_remount() {
+    let fs = sim(4);
+    let a = fs.create(ROOT, b"hello", 0o644, 1, 2).unwrap();
+    assert_eq!(fs.write_bytes(a.ino, 0, b"hello world", false).unwrap(), 11);
+    assert_eq!(fs.read_vec(a.ino, 0, 100).unwrap(), b"hello world");
+    assert_eq!(fs.read_vec(a.ino, 6, 3).unwrap(), b"wor");
+    assert_clean(&fs);
+    let pm = fs.into_pmem();
+    let fs = Fs::mount(pm).unwrap();
+    let b = fs.lookup(ROOT, b"hello").unwrap();
+    assert_eq!(b.ino, a.ino);
+    assert_eq!(b.size, 11);
+    assert_eq!((b.uid, b.gid), (1, 2));
+    assert_eq!(fs.read_vec(a.ino, 0, 100).unwrap(), b"hello world");
+    assert_clean(&fs);
+}
+
+#[test]
+fn test_sparse_and_truncate() {
+    let fs = sim(4);
+    let a = fs.create(ROOT, b"f", 0o644, 0, 0).unwrap();
+    fs.write_bytes(a.ino, 100_000, b"xyz", false).unwrap();
+    let at = fs.getattr(a.ino).unwrap();
+    assert_eq!(at.size, 100_003);
+    assert!(at.blocks <= 16 * 8 + 8, "sparse file allocated {} sectors", at.blocks);
+    let v = fs.read_vec(a.ino, 0, 200_000).unwrap();
+    assert_eq!(v.len(), 100_003);
+    assert!(v[..100_000].iter().all(|&b| b == 0));
+    assert_eq!(&v[100_000..], b"xyz");
+    fs.setattr(a.ino, &SetAttr { size: Some(5), ..Default::default() }).unwrap();
+    assert_eq!(fs.read_vec(a.ino, 0, 100).unwrap(), vec![0; 5]);
+    fs.write_bytes(a.ino, 0, b"abcdefgh", false).unwrap();
+    fs.setattr(a.ino, &SetAttr { size: Some(3), ..Default::default() }).unwrap();
+    fs.setattr(a.ino, &SetAttr { size: Some(8000), ..Default::default() }).unwrap();
+    let v = fs.read_vec(a.ino, 0, 9000).unwrap();
+    assert_eq!(&v[..3], b"abc");
+    assert!(v[3..].iter().all(|&b| b == 0), "truncate up must read zeros");
+    assert_clean(&fs);
+}
+
+#[test]
+fn test_append_beyond_prealloc_then_shrink_grow_zeroes() {
+    let fs = sim(8);
+    let a = fs.create(ROOT, b"f", 0o644, 0, 0).unwrap();
+    let blk = vec![0xAAu8; 4096];
+    for i in 0..40u64 {
+        fs.write_bytes(a.ino, i * 4096, &blk, false).unwrap();
+    }
+    assert_clean(&fs);
+    fs.setattr(a.ino, &SetAttr { size: Some(4096 * 3 + 10), ..Default::default() }).unwrap();
+    fs.write_bytes(a.ino, 4096 * 10, b"z", false).unwrap();
+    let v = fs.read_vec(a.ino, 0, 4096 * 11).unwrap();
+    assert!(v[..4096 * 3 + 10].iter().all(|&b| b == 0xAA));
+    assert!(v[4096 * 3 + 10..4096 * 10].iter().all(|&b| b == 0));
+    assert_eq!(v[4096 * 10], b'z');
+    assert_clean(&fs);
+}
+
+#[test]
+fn test_dirs_links_symlinks_rename() {
+    let fs = sim(4);
+    let d1 = fs.mkdir(ROOT, b"d1", 0o755, 0, 0).unwrap();
+    let d2 = fs.mkdir(ROOT, b"d2", 0o755, 0, 0).unwrap();
+    assert_eq!(fs.getattr(ROOT).unwrap().nlink, 4);
+    let f = fs.create(d1.ino, b"f", 0o600, 0, 0).unwrap();
+    fs.link(f.ino, d2.ino, b"g").unwrap();
+    assert_eq!(fs.getattr(f.ino).unwrap().nlink, 2);
+    let long = vec![b'x'; 300];
+    let s1 = fs.symlink(ROOT, b"s1", b"d1/f", 0, 0).unwrap();
+    let s2 = fs.symlink(ROOT, b"s2", &long, 0, 0).unwrap();
+    assert_eq!(fs.readlink(s1.ino).unwrap(), b"d1/f");
+    assert_eq!(fs.readlink(s2.ino).unwrap(), long);
+    assert!(matches!(fs.rmdir(ROOT, b"d1"), Err(FsError::NotEmpty)));
+    // renaming onto another link of the same inode does nothing
+    fs.rename(d1.ino, b"f", d2.ino, b"g", 0).unwrap();
+    assert_eq!(fs.getattr(f.ino).unwrap().nlink, 2);
+    let h = fs.create(d2.ino, b"h", 0o600, 0, 0).unwrap();
+    fs.rename(d2.ino, b"h", d1.ino, b"f", 0).unwrap();
+    assert_eq!(fs.getattr(f.ino).unwrap().nlink, 1);
+    assert_eq!(fs.lookup(d1.ino, b"f").unwrap().ino, h.ino);
+    assert!(matches!(fs.lookup(d2.ino, b"h"), Err(FsError::NotFound)));
+    fs.unlink(d1.ino, b"f").unwrap();
+    assert!(fs.getattr(h.ino).is_err());
+    // exchange a dir and a file across directories
+    let sub = fs.mkdir(d1.ino, b"sub", 0o755, 0, 0).unwrap();
+    fs.rename(d1.ino, b"sub", d2.ino, b"g", RENAME_EXCHANGE).unwrap();
+    assert_eq!(fs.lookup(d2.ino, b"g").unwrap().ino, sub.ino);
+    assert_eq!(fs.lookup(d1.ino, b"sub").unwrap().ino, f.ino);
+    assert_eq!(fs.lookup(sub.ino, b"..").unwrap().ino, d2.ino);
+    assert_eq!(fs.getattr(d2.ino).unwrap().nlink, 3);
+    assert_eq!(fs.getattr(d1.ino).unwrap().nlink, 2);
+    assert!(matches!(fs.rename(ROOT, b"d2", d2.ino, b"x", 0), Err(FsError::Invalid(_))));
+    assert!(matches!(fs.rename(ROOT, b"s1", ROOT, b"s2", RENAME_NOREPLACE), Err(FsError::Exists)));
+    assert_clean(&fs);
+    let fs = Fs::mount(fs.into_pmem()).unwrap();
+    assert_eq!(fs.readlink(s2.ino).unwrap(), long);
+    assert_clean(&fs);
+}
+
+#[test]
+fn test_unlink_open_file_is_orphan_until_release_or_mount() {
+    let fs = sim(4);
+    let f = fs.create(ROOT, b"f", 0o644, 0, 0).unwrap();
+    fs.write_bytes(f.ino, 0, &[1u8; 20000], false).unwrap();
+    let before = fs.statfs().bfree;
+    fs.open(f.ino).unwrap();
+    fs.unlink(ROOT, b"f").unwrap();
+    assert_eq!(fs.read_vec(f.ino, 0, 3).unwrap(), vec![1, 1, 1]);
+    assert_clean(&fs);
+    fs.release(f.ino).unwrap();
+    assert!(fs.getattr(f.ino).is_err());
+    assert!(fs.statfs().bfree > before);
+    // and at next mount
+    let g = fs.create(ROOT, b"g", 0o644, 0, 0).unwrap();
+    fs.write_bytes(g.ino, 0, &[1u8; 20000], false).unwrap();
+    fs.open(g.ino).unwrap();
+    fs.unlink(ROOT, b"g").unwrap();
+    let free_open = fs.statfs().bfree;
+    let fs = Fs::mount(fs.into_pmem()).unwrap();
+    assert!(fs.getattr(g.ino).is_err());
+    assert!(fs.statfs().bfree > free_open);
+    assert_clean(&fs);
+}
+
+#[test]
+fn test_xattrs() {
+    let fs = sim(4);
+    let f = fs.create(ROOT, b"f", 0o644, 0, 0).unwrap();
+    fs.setxattr(f.ino, b"user.a", b"1", 0).unwrap();
+    fs.setxattr(f.ino, b"user.b", &[7; 300], XATTR_CREATE).unwrap();
+    assert!(matches!(fs.setxattr(f.ino, b"user.a", b"2", XATTR_CREATE), Err(FsError::Exists)));
+    assert!(matches!(fs.setxattr(f.ino, b"user.c", b"2", XATTR_REPLACE), Err(FsError::NoAttr)));
+    assert!(matches!(fs.setxattr(f.ino, b"user.big", &[0; 5000], 0), Err(FsError::NoSpace)));
+    let fs = Fs::mount(fs.into_pmem()).unwrap();
+    assert_eq!(fs.getxattr(f.ino, b"user.a").unwrap(), b"1");
+    assert_eq!(fs.listxattr(f.ino).unwrap().len(), 2);
+    fs.removexattr(f.ino, b"user.a").unwrap();
+    fs.removexattr(f.ino, b"user.b").unwrap();
+    assert!(matches!(fs.getxattr(f.ino, b"user.a"), Err(FsError::NoAttr)));
+    assert_clean(&fs);
+}
+
+#[test]
+fn test_enospc_is_clean_and_space_is_reused() {
+    let fs = sim(2);
+    let f = fs.create(ROOT, b"f", 0o644, 0, 0).unwrap();
+    let buf = vec![3u8; 64 * 1024];
+    let mut off = 0u64;
+    loop {
+        match fs.write_bytes(f.ino, off, &buf, false) {
+            Ok(n) if n > 0 => off += n as u64,
+            Ok(_) => break,
+            Err(e) => {
+                assert_eq!(e.errno(), libc_enospc());
+                break;
+            }
+        }
+    }
+    assert!(off > 1_000_000, "wrote only {off}");
+    assert_clean(&fs);
+    fs.unlink(ROOT, b"f").unwrap();
+    let h = fs.create(ROOT, b"h", 0o644, 0, 0).unwrap();
+    assert_eq!(fs.write_bytes(h.ino, 0, &buf, false).unwrap(), buf.len());
+    assert_clean(&fs);
+}
+
+fn libc_enospc() -> i32 {
+    28
+}
+
+#[test]
+fn test_fallocate_and_punch() {
+    let fs = sim(4);
+    let f = fs.create(ROOT, b"f", 0o644, 0, 0).unwrap();
+    fs.fallocate(f.ino, 0, 0, 40000).unwrap();
+    assert_eq!(fs.getattr(f.ino).unwrap().size, 40000);
+    assert!(fs.read_vec(f.ino, 0, 40000).unwrap().iter().all(|&b| b == 0));
+    fs.write_bytes(f.ino, 0, &[9u8; 40000], false).unwrap();
+    fs.fallocate(f.ino, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 5000, 20000).unwrap();
+    let v = fs.read_vec(f.ino, 0, 40000).unwrap();
+    assert!(v[..5000].iter().all(|&b| b == 9));
+    assert!(v[5000..25000].iter().all(|&b| b == 0));
+    assert!(v[25000..].iter().all(|&b| b == 9));
+    fs.fallocate(f.ino, FALLOC_FL_KEEP_SIZE, 100_000, 8192).unwrap();
+    assert_eq!(fs.getattr(f.ino).unwrap().size, 40000);
+    assert_clean(&fs);
+}
+
+#[test]
+fn test_map_write_then_done() {
+    let fs = sim(4);
+    let f = fs.create(ROOT, b"f", 0o644, 0, 0).unwrap();
+    let ext = fs.map(f.ino, 1000, 10000, true).unwrap();
+    let total: u64 = ext.iter().map(|e| e.len).sum();
+    assert_eq!(total, 10000);
+    for e in &ext {
+        let d = e.dev_off.unwrap();
+        fs.pmem().store(d, &vec![5u8; usize::try_from(e.len).unwrap()]).unwrap();
+        fs.pmem().flush(d, e.len).unwrap();
+    }
+    fs.map_done(f.ino, 11000).unwrap();
+    let v = fs.read_vec(f.ino, 0, 20000).unwrap();
+    assert_eq!(v.len(), 11000);
+    assert!(v[..1000].iter().all(|&b| b == 0));
+    assert!(v[1000..].iter().all(|&b| b == 5));
+    assert!(fs.map_done(f.ino, 1 << 30).is_err());
+    let r = fs.map(f.ino, 0, 1 << 20, false).unwrap();
+    assert_eq!(r.iter().map(|e| e.len).sum::<u64>(), 11000);
+    assert_clean(&fs);
+}
+
+#[test]
+fn test_readdir_cookies_and_big_directory() {
+    let pm = MappedPmem::anonymous(64 << 20).unwrap();
+    let fs = Fs::mkfs(pm, &MkfsOptions { inodes: Some(110_000), shards: None }).unwrap();
+    let f = fs.create(ROOT, b"target", 0o644, 0, 0).unwrap();
+    let d = fs.mkdir(ROOT, b"big", 0o755, 0, 0).unwrap();
+    let n = 100_000u32;
+    let t = std::time::Instant::now();
+    for i in 0..n - 1000 {
+        fs.create(d.ino, format!("entry-{i}").as_bytes(), 0o644, 0, 0).unwrap();
+    }
+    for i in n - 1000..n {
+        fs.link(f.ino, d.ino, format!("entry-{i}").as_bytes()).unwrap();
+    }
+    let link_rate = f64::from(n) / t.elapsed().as_secs_f64();
+    let t = std::time::Instant::now();
+    for i in (0..n).step_by(7) {
+        assert!(fs.lookup(d.ino, format!("entry-{i}").as_bytes()).is_ok());
+    }
+    let lookups = t.elapsed();
+    let mut cookie = 0;
+    let mut seen = 0;
+    loop {
+        let v = fs.readdir(d.ino, cookie, 1000).unwrap();
+        if v.is_empty() {
+            break;
+        }
+        seen += v.len();
+        cookie = v.last().unwrap().next;
+    }
+    assert_eq!(seen, n as usize + 2);
+    eprintln!("100k creates/links: {link_rate:.0}/s; {} lookups in {lookups:?}", n / 7);
+    assert!(lookups.as_secs_f64() < 1.0);
+    let fs = Fs::mount(fs.into_pmem()).unwrap();
+    assert_eq!(fs.getattr(f.ino).unwrap().nlink, 1001);
+    for i in 0..n / 2 {
+        fs.unlink(d.ino, format!("entry-{i}").as_bytes()).unwrap();
+    }
+    assert_clean(&fs);
+}
