@@ -158,3 +158,24 @@ impl Drop for Zusd {
         let _ = self.child.wait();
     }
 }
+
+/// Pins the calling thread to one OS CPU.
+///
+/// # Errors
+/// The sched_setaffinity error.
+#[allow(unsafe_code)]
+pub fn pin_current(cpu: usize) -> std::io::Result<()> {
+    // SAFETY: cpu_set_t is plain data; CPU_SET stays within it.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = core::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set)
+    };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
+/// Number of online CPUs.
+#[must_use]
+pub fn online_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+}

@@ -261,7 +261,8 @@ pub mod futex {
     #[repr(C)]
     #[derive(Debug, Clone, Copy)]
     pub struct WaitV {
-        val: u64,
+        /// Expected value.
+        pub val: u64,
         uaddr: u64,
         flags: u32,
         reserved: u32,

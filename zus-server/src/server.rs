@@ -166,17 +166,30 @@ impl Server {
     pub fn publish(&self, st: &State) {
         let generation = self.generation.load(Ordering::SeqCst) + 1;
         let snap = Arc::new(Snapshot { generation, clients: st.clients.clone(), mounts: st.mounts.clone() });
-        *lock(&self.snapshot) = snap;
+        // Keep the old snapshot alive until every ZT moved on: a ZT may be asleep on its doorbells.
+        let old = std::mem::replace(&mut *lock(&self.snapshot), snap);
         self.generation.store(generation, Ordering::SeqCst);
+        self.wake_zts(&old);
         self.wait_for_zts(generation);
+    }
+
+    /// Wakes every ZT: through its control word, and through the doorbells of the clients of
+    /// `snap` (a ZT serving exactly one client sleeps on that client's doorbell alone).
+    fn wake_zts(&self, snap: &Snapshot) {
+        for (lane, z) in self.zts.iter().enumerate() {
+            z.wake.fetch_add(1, Ordering::SeqCst);
+            futex::wake(&z.wake, 1);
+            for (c, _) in &snap.clients {
+                let bell = c.region.atomic_u32(c.geometry.lane_offset(lane) + core::mem::offset_of!(zus_api::chan::LaneHeader, doorbell));
+                bell.fetch_add(1, Ordering::SeqCst);
+                futex::wake(bell, 1);
+            }
+        }
     }
 
     /// Wakes every ZT and waits until each has seen `generation` (or exited).
     pub fn wait_for_zts(&self, generation: u64) {
-        for z in &self.zts {
-            z.wake.fetch_add(1, Ordering::SeqCst);
-            futex::wake(&z.wake, 1);
-        }
+        self.wake_zts(&self.current_snapshot());
         let mut waited = Duration::ZERO;
         for z in &self.zts {
             while z.seen_generation.load(Ordering::SeqCst) < generation && !z.exited.load(Ordering::SeqCst) {

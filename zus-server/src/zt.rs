@@ -59,9 +59,18 @@ impl ZtWait for FutexWait {
             });
         }
         if !pending {
-            // SAFETY: every word lives in memory the snapshot keeps mapped (clients' regions are
-            // Arc'd by `snap`) or in the server's own ZtControl, for the whole call.
-            unsafe { futex::waitv(&self.waiters, None) };
+            if let [(c, _)] = snap.clients.as_slice() {
+                // One client (the common case: the FUSE bridge, or one preloaded program): a
+                // plain futex wait on its doorbell is cheaper than futex_waitv. The control
+                // thread rings this doorbell too when it needs us (Server::wake_zts).
+                let bell = c.region.atomic_u32(c.geometry.lane_offset(lane) + DOORBELL);
+                let expected = u32::try_from(self.waiters[1].val).unwrap_or(0);
+                futex::wait(bell, expected, None);
+            } else {
+                // SAFETY: every word lives in memory the snapshot keeps mapped (clients' regions
+                // are Arc'd by `snap`) or in the server's own ZtControl, for the whole call.
+                unsafe { futex::waitv(&self.waiters, None) };
+            }
         }
         for (c, _) in &snap.clients {
             let lo = c.geometry.lane_offset(lane);
