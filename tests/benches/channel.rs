@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 
 use kmod_shim::Relay;
 use kmod_shim::relay::DataIn;
+use zufs_tests::{TempDir, Zusd, online_cpus, pin_current, plugin_dir};
 use zus_api::ops::OpCode;
 use zus_api::shm::futex;
-use zufs_tests::{TempDir, Zusd, online_cpus, pin_current, plugin_dir};
 
 fn iters() -> usize {
     std::env::var("ZUFS_BENCH_ITERS").ok().and_then(|s| s.parse().ok()).unwrap_or(200_000)
@@ -135,5 +135,8 @@ fn main() {
         println!("| channel NOOP to the other CPU's ZT, no spin (futex sleep) | {:.2} | {:.2} |", us(d), ratio(d));
     }
     println!();
-    println!("target: channel NOOP at 1 thread <= 1.2x raw same-CPU futex: {}", if ratio(one) <= 1.2 { "MET" } else { "NOT MET" });
+    println!(
+        "target: channel NOOP at 1 thread <= 1.2x raw same-CPU futex: {}",
+        if ratio(one) <= 1.2 { "MET" } else { "NOT MET" }
+    );
 }

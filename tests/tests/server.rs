@@ -81,7 +81,10 @@ fn test_ops_from_1_2_4_8_threads_all_replies_checked() {
     let (_d, z) = nullfs_server("ops", &[]);
     for threads in ["1", "2", "4", "8"] {
         let out = run(&z, &["ops", "--threads", threads, "--iters", "300"], Duration::from_secs(60));
-        assert!(out.contains(&format!("OK threads={threads} ops={}", threads.parse::<usize>().unwrap() * 900)), "{out}");
+        assert!(
+            out.contains(&format!("OK threads={threads} ops={}", threads.parse::<usize>().unwrap() * 900)),
+            "{out}"
+        );
     }
     let st = status(&z);
     let served: u64 = st["lanes"].as_array().unwrap().iter().map(|l| l["ops"].as_u64().unwrap()).sum();
@@ -105,7 +108,8 @@ fn test_client_killed_mid_op_frees_everything() {
         spinner.wait().unwrap();
     }
     // Every lane still serves: 8 threads over 2 slots per lane must all complete.
-    let out = run(&z, &["ops", "--threads", "8", "--iters", "100", "--mount-id", &holder.mount_id], Duration::from_secs(30));
+    let out =
+        run(&z, &["ops", "--threads", "8", "--iters", "100", "--mount-id", &holder.mount_id], Duration::from_secs(30));
     assert!(out.starts_with("OK"), "{out}");
     // Only the holder and the status client itself remain connected.
     let t0 = Instant::now();

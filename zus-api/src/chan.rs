@@ -208,7 +208,7 @@ impl Geometry {
         if slots_per_cpu == 0 || slots_per_cpu > 64 {
             return Err(GeometryError::BadSlotCount(slots_per_cpu));
         }
-        if window_size % 4096 != 0 || !(4096..=64 << 20).contains(&window_size) {
+        if !window_size.is_multiple_of(4096) || !(4096..=64 << 20).contains(&window_size) {
             return Err(GeometryError::BadWindow(window_size));
         }
         Ok(Self { ncpu, slots_per_cpu, window_size })

@@ -106,7 +106,9 @@ pub enum DeviceHeaderError {
     #[error("device header version {0} is not supported (this build reads version {DEVICE_VERSION})")]
     BadVersion(u32),
     /// Checksum mismatch.
-    #[error("device header checksum mismatch (stored {stored:#010x}, computed {computed:#010x}): the header is corrupt")]
+    #[error(
+        "device header checksum mismatch (stored {stored:#010x}, computed {computed:#010x}): the header is corrupt"
+    )]
     BadChecksum {
         /// Stored value.
         stored: u32,
@@ -256,11 +258,7 @@ impl DeviceHeader {
     /// [`DeviceHeaderError::WrongFsType`].
     pub fn expect_fs_type(&self, wanted: &str) -> Result<(), DeviceHeaderError> {
         let found = self.fs_type_str();
-        if found == wanted {
-            Ok(())
-        } else {
-            Err(DeviceHeaderError::WrongFsType { found, wanted: wanted.to_owned() })
-        }
+        if found == wanted { Ok(()) } else { Err(DeviceHeaderError::WrongFsType { found, wanted: wanted.to_owned() }) }
     }
 }
 

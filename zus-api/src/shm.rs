@@ -62,10 +62,8 @@ impl ShmRegion {
         if p == libc::MAP_FAILED {
             return Err(ShmError::Map { len, source: std::io::Error::last_os_error() });
         }
-        let base = NonNull::new(p.cast::<u8>()).ok_or(ShmError::Map {
-            len,
-            source: std::io::Error::from_raw_os_error(libc::EFAULT),
-        })?;
+        let base = NonNull::new(p.cast::<u8>())
+            .ok_or(ShmError::Map { len, source: std::io::Error::from_raw_os_error(libc::EFAULT) })?;
         Ok(Self { base, len })
     }
 
@@ -82,7 +80,8 @@ impl ShmRegion {
         }
         // SAFETY: fd was just returned by memfd_create and is owned by nobody else.
         let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-        let size = libc::off_t::try_from(len).map_err(|_| ShmError::Memfd(std::io::Error::from_raw_os_error(libc::EFBIG)))?;
+        let size =
+            libc::off_t::try_from(len).map_err(|_| ShmError::Memfd(std::io::Error::from_raw_os_error(libc::EFBIG)))?;
         // SAFETY: plain syscalls on an fd we own.
         let rc = unsafe { libc::ftruncate(fd, size) };
         if rc != 0 {
@@ -90,7 +89,8 @@ impl ShmRegion {
         }
         // Seal the size so a client cannot shrink the memfd under the server (SIGBUS).
         // SAFETY: as above.
-        let rc = unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL) };
+        let rc =
+            unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL) };
         if rc != 0 {
             return Err(ShmError::Memfd(std::io::Error::last_os_error()));
         }
@@ -112,7 +112,7 @@ impl ShmRegion {
     fn check(&self, off: usize, len: usize, align: usize) {
         let end = off.checked_add(len);
         assert!(
-            end.is_some_and(|e| e <= self.len) && off % align == 0,
+            end.is_some_and(|e| e <= self.len) && off.is_multiple_of(align),
             "shared-memory access {off}+{len} (align {align}) outside a {} byte region",
             self.len
         );
@@ -239,9 +239,8 @@ pub mod futex {
         let ts_ptr = ts.as_ref().map_or(core::ptr::null(), |t| t as *const libc::timespec);
         // SAFETY: FUTEX_WAIT on a valid aligned u32 that lives as long as the borrow; the kernel
         // only reads it. Not FUTEX_PRIVATE: the word is shared between processes.
-        let rc = unsafe {
-            libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAIT, expected, ts_ptr, 0usize, 0u32)
-        };
+        let rc =
+            unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAIT, expected, ts_ptr, 0usize, 0u32) };
         if rc == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ETIMEDOUT) {
             WaitResult::TimedOut
         } else {
@@ -312,9 +311,8 @@ pub mod futex {
         });
         let ts_ptr = ts.as_ref().map_or(core::ptr::null(), |t| t as *const libc::timespec);
         // SAFETY: the array is valid for n entries; the caller keeps every word mapped.
-        let rc = unsafe {
-            libc::syscall(libc::SYS_futex_waitv, waiters.as_ptr(), n, 0u32, ts_ptr, libc::CLOCK_MONOTONIC)
-        };
+        let rc =
+            unsafe { libc::syscall(libc::SYS_futex_waitv, waiters.as_ptr(), n, 0u32, ts_ptr, libc::CLOCK_MONOTONIC) };
         if rc == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ETIMEDOUT) {
             WaitResult::TimedOut
         } else {

@@ -35,6 +35,10 @@ pub fn peer_cred(fd: BorrowedFd<'_>) -> io::Result<PeerCred> {
     Ok(PeerCred { pid: cred.pid.unsigned_abs(), uid: cred.uid, gid: cred.gid })
 }
 
+/// Bytes of one fd in SCM_RIGHTS data.
+#[allow(clippy::cast_possible_truncation)] // 4
+const FD_LEN: u32 = size_of::<RawFd>() as u32;
+
 /// Sends one message, optionally with one fd attached.
 ///
 /// # Errors
@@ -49,7 +53,7 @@ pub fn send_msg(sock: BorrowedFd<'_>, data: &[u8], fd: Option<BorrowedFd<'_>>) -
     msg.msg_iovlen = 1;
     if let Some(fd) = fd {
         // SAFETY: CMSG_SPACE is a pure computation.
-        let space = unsafe { libc::CMSG_SPACE(size_of::<RawFd>() as u32) } as usize;
+        let space = unsafe { libc::CMSG_SPACE(FD_LEN) } as usize;
         msg.msg_control = cbuf.as_mut_ptr().cast();
         msg.msg_controllen = space;
         // SAFETY: msg_control points at cbuf, large enough for one cmsg with one fd.
@@ -57,7 +61,7 @@ pub fn send_msg(sock: BorrowedFd<'_>, data: &[u8], fd: Option<BorrowedFd<'_>>) -
             let c = libc::CMSG_FIRSTHDR(&raw const msg);
             (*c).cmsg_level = libc::SOL_SOCKET;
             (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN(size_of::<RawFd>() as u32) as usize;
+            (*c).cmsg_len = libc::CMSG_LEN(FD_LEN) as usize;
             libc::CMSG_DATA(c).cast::<RawFd>().write_unaligned(fd.as_raw_fd());
         }
     }

@@ -38,7 +38,7 @@ fn sockaddr(path: &Path) -> std::io::Result<(libc::sockaddr_un, libc::socklen_t)
     use std::os::unix::ffi::OsStrExt;
     // SAFETY: sockaddr_un is plain data.
     let mut addr: libc::sockaddr_un = unsafe { core::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    addr.sun_family = libc::sa_family_t::try_from(libc::AF_UNIX).unwrap_or(1);
     let b = path.as_os_str().as_bytes();
     if b.len() >= addr.sun_path.len() {
         return Err(std::io::Error::from_raw_os_error(libc::ENAMETOOLONG));
@@ -206,7 +206,11 @@ fn handshake(server: &Arc<Server>, conn: &OwnedFd, cred: PeerCred) -> Option<Arc
         send(conn, &error(Errno::EPROTO, format!("client requires features {missing:#x} this zusd lacks")), None);
         return None;
     }
-    let g = match Geometry::new(server.config.topology.cpus.len(), server.config.slots_per_cpu, server.config.window_size) {
+    let g = match Geometry::new(
+        server.config.topology.cpus.len(),
+        server.config.slots_per_cpu,
+        server.config.window_size,
+    ) {
         Ok(g) => g,
         Err(e) => {
             send(conn, &error(Errno::EINVAL, e.to_string()), None);
@@ -281,7 +285,8 @@ fn handle(server: &Arc<Server>, client: &Arc<Client>, req: Request) -> Reply {
             let id = {
                 let mut st = server.state();
                 if plugin.needs_device() {
-                    let canon = std::fs::canonicalize(&device).map_or_else(|_| device.clone(), |p| p.display().to_string());
+                    let canon =
+                        std::fs::canonicalize(&device).map_or_else(|_| device.clone(), |p| p.display().to_string());
                     if st.mounts.iter().any(|m| m.device == canon) {
                         let e = mounts::MountError::Busy(canon);
                         return error(e.errno(), e.to_string());
@@ -326,10 +331,8 @@ fn handle(server: &Arc<Server>, client: &Arc<Client>, req: Request) -> Reply {
             if !client.privileged && client.cred.uid != owner {
                 return error(Errno::EPERM, "only root or the mount's owner may attach");
             }
-            if let Some(c) = st.clients.iter_mut().find(|c| c.0.id == client.id) {
-                if !c.1.contains(&mount_id) {
-                    c.1.push(mount_id);
-                }
+            if let Some(c) = st.clients.iter_mut().find(|c| c.0.id == client.id && !c.1.contains(&mount_id)) {
+                c.1.push(mount_id);
             }
             server.publish(&st);
             Reply::Mounted { mount: mount_info(&m) }

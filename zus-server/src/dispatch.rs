@@ -7,8 +7,8 @@
 use zus_api::Errno;
 use zus_api::chan::PAYLOAD_SIZE;
 use zus_api::ops::{
-    CreateReq, InoReq, IoReq, IoVec, LinkReq, MAX_IOV, NAME_MAX, NameReq, OpCode, OpHeader, PATH_MAX, Pod, RenameReq,
-    SymlinkReq, XattrReq, DATA_REMOTE_IOV, DATA_WINDOW, split_names,
+    CreateReq, DATA_REMOTE_IOV, DATA_WINDOW, InoReq, IoReq, IoVec, LinkReq, MAX_IOV, NAME_MAX, NameReq, OpCode,
+    OpHeader, PATH_MAX, Pod, RenameReq, SymlinkReq, XattrReq, split_names,
 };
 use zus_api::plugin::{DataDesc, OpCall, data_kind};
 
@@ -192,9 +192,7 @@ pub fn serve(
         iov: core::ptr::null(),
         niov: 0,
     };
-    let data_in = |len: usize| -> Result<usize, Errno> {
-        if len > win_size { Err(Errno::EINVAL) } else { Ok(len) }
-    };
+    let data_in = |len: usize| -> Result<usize, Errno> { if len > win_size { Err(Errno::EINVAL) } else { Ok(len) } };
     match op {
         OpCode::Read | OpCode::Write => {
             let Some(io) = IoReq::read_from(payload) else { return reject(Errno::EINVAL) };
@@ -260,11 +258,7 @@ pub fn serve(
             data.window = client.region.raw(win_off, win_size);
             data.window_len = win_size as u64;
         }
-        OpCode::Getattr => {
-            if InoReq::read_from(payload).is_none() {
-                return reject(Errno::EINVAL);
-            }
-        }
+        OpCode::Getattr if InoReq::read_from(payload).is_none() => return reject(Errno::EINVAL),
         _ => {}
     }
     let mut h = *hdr;
@@ -293,4 +287,3 @@ pub fn serve(
         rejected: false,
     }
 }
-

@@ -162,7 +162,8 @@ pub fn open_device(path: &str, fs_type: &str) -> Result<MappedPmem, MountError> 
         return Err(MountError::Header { path: path.to_owned(), source: DeviceHeaderError::TooSmall(pmem.len()) });
     }
     pmem.read(0, &mut hb).map_err(|e| device_error(path, &e))?;
-    let h = DeviceHeader::parse(&hb, pmem.len()).map_err(|source| MountError::Header { path: path.to_owned(), source })?;
+    let h =
+        DeviceHeader::parse(&hb, pmem.len()).map_err(|source| MountError::Header { path: path.to_owned(), source })?;
     h.expect_fs_type(fs_type).map_err(|source| MountError::Header { path: path.to_owned(), source })?;
     Ok(pmem)
 }
@@ -191,7 +192,15 @@ pub fn mount(id: u32, plugin: &Plugin, device: &str, options: &str) -> Result<Mo
     })?;
     // SAFETY: all pointers are valid for the call; the mapping outlives the mount (kept in Mount).
     let rc = unsafe {
-        mount_fn(&raw const d, options.as_ptr(), options.len(), &raw mut handle, &raw mut root, msg.as_mut_ptr(), msg.len())
+        mount_fn(
+            &raw const d,
+            options.as_ptr(),
+            options.len(),
+            &raw mut handle,
+            &raw mut root,
+            msg.as_mut_ptr(),
+            msg.len(),
+        )
     };
     if rc < 0 || handle.is_null() {
         let errno = Errno::from_wire(rc).err().unwrap_or(Errno::EIO);
@@ -247,8 +256,10 @@ impl Mount {
 pub fn mkfs(plugin: &Plugin, device: &str, size: Option<u64>, options: &str) -> Result<(), MountError> {
     let exists = Path::new(device).exists();
     let create = if exists { None } else { Some(size.unwrap_or(1 << 30)) };
-    if let Some(s) = create {
-        if s < DEVICE_ALIGN || s % DEVICE_ALIGN != 0 {
+    if let Some(s) = create
+        && (s < DEVICE_ALIGN || !s.is_multiple_of(DEVICE_ALIGN))
+    {
+        {
             return Err(MountError::Device {
                 path: device.to_owned(),
                 reason: format!("size {s} must be a positive multiple of 2 MiB"),
@@ -274,7 +285,8 @@ pub fn mkfs(plugin: &Plugin, device: &str, size: Option<u64>, options: &str) -> 
     let h = DeviceHeader::new(&plugin.name, pmem.len(), uuid, now)
         .map_err(|source| MountError::Header { path: device.to_owned(), source })?;
     // Zero the whole header block, then write the header and persist it.
-    pmem.store(0, &vec![0u8; usize::try_from(DEVICE_HEADER_SIZE).unwrap_or(4096)]).map_err(|e| device_error(device, &e))?;
+    pmem.store(0, &vec![0u8; usize::try_from(DEVICE_HEADER_SIZE).unwrap_or(4096)])
+        .map_err(|e| device_error(device, &e))?;
     pmem.store(0, &h.to_bytes()).map_err(|e| device_error(device, &e))?;
     pmem.persist(0, DEVICE_HEADER_SIZE).map_err(|e| device_error(device, &e))?;
     let Some(mkfs_fn) = plugin.vtable.mkfs else { return Ok(()) };
@@ -284,7 +296,12 @@ pub fn mkfs(plugin: &Plugin, device: &str, size: Option<u64>, options: &str) -> 
     let rc = unsafe { mkfs_fn(&raw const d, options.as_ptr(), options.len(), msg.as_mut_ptr(), msg.len()) };
     if rc < 0 {
         let errno = Errno::from_wire(rc).err().unwrap_or(Errno::EIO);
-        return Err(MountError::Plugin { fs_type: plugin.name.clone(), path: device.to_owned(), message: msg_str(&msg), errno });
+        return Err(MountError::Plugin {
+            fs_type: plugin.name.clone(),
+            path: device.to_owned(),
+            message: msg_str(&msg),
+            errno,
+        });
     }
     Ok(())
 }
@@ -310,7 +327,12 @@ pub fn fsck(plugin: &Plugin, device: &str) -> Result<(u64, String), MountError> 
     let rc = unsafe { f(&raw const d, &raw mut problems, msg.as_mut_ptr(), msg.len()) };
     if rc < 0 {
         let errno = Errno::from_wire(rc).err().unwrap_or(Errno::EIO);
-        return Err(MountError::Plugin { fs_type: plugin.name.clone(), path: device.to_owned(), message: msg_str(&msg), errno });
+        return Err(MountError::Plugin {
+            fs_type: plugin.name.clone(),
+            path: device.to_owned(),
+            message: msg_str(&msg),
+            errno,
+        });
     }
     Ok((problems, msg_str(&msg)))
 }

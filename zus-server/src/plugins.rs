@@ -80,6 +80,7 @@ unsafe extern "C" fn host_log(level: u32, msg: *const u8, len: usize) {
 static HOST_API: HostApi = HostApi {
     magic: zus_api::ZUS_MAGIC,
     abi_version: zus_api::ZUS_ABI_VERSION,
+    #[allow(clippy::cast_possible_truncation)] // 24 bytes, asserted in zus-api
     struct_size: size_of::<HostApi>() as u32,
     log: Some(host_log),
 };
@@ -139,7 +140,7 @@ pub fn load(path: &Path) -> Result<Plugin, PluginLoadError> {
     if magic != PLUGIN_MAGIC {
         return Err(PluginLoadError::Refused { path: p, reason: format!("bad vtable magic {magic:#018x}") });
     }
-    if head[3] < size_of::<PluginVtable>() as u32 || head[2] != zus_api::ZUS_ABI_VERSION {
+    if (head[3] as usize) < size_of::<PluginVtable>() || head[2] != zus_api::ZUS_ABI_VERSION {
         return Err(PluginLoadError::Refused {
             path: p,
             reason: format!(
@@ -164,7 +165,8 @@ pub fn load(path: &Path) -> Result<Plugin, PluginLoadError> {
 /// # Errors
 /// Only when the directory itself cannot be read.
 pub fn load_dir(dir: &Path) -> Result<Vec<Plugin>, PluginLoadError> {
-    let rd = std::fs::read_dir(dir).map_err(|source| PluginLoadError::Dir { path: dir.display().to_string(), source })?;
+    let rd =
+        std::fs::read_dir(dir).map_err(|source| PluginLoadError::Dir { path: dir.display().to_string(), source })?;
     let mut paths: Vec<PathBuf> =
         rd.flatten().map(|e| e.path()).filter(|p| p.extension() == Some(OsStr::new("so"))).collect();
     paths.sort();

@@ -180,7 +180,9 @@ impl Server {
             z.wake.fetch_add(1, Ordering::SeqCst);
             futex::wake(&z.wake, 1);
             for (c, _) in &snap.clients {
-                let bell = c.region.atomic_u32(c.geometry.lane_offset(lane) + core::mem::offset_of!(zus_api::chan::LaneHeader, doorbell));
+                let bell = c.region.atomic_u32(
+                    c.geometry.lane_offset(lane) + core::mem::offset_of!(zus_api::chan::LaneHeader, doorbell),
+                );
                 bell.fetch_add(1, Ordering::SeqCst);
                 futex::wake(bell, 1);
             }
@@ -262,7 +264,11 @@ impl Server {
     pub fn fs_types(&self) -> Vec<FsTypeInfo> {
         self.plugins
             .iter()
-            .map(|p| FsTypeInfo { name: p.name.clone(), path: p.path.display().to_string(), needs_device: p.needs_device() })
+            .map(|p| FsTypeInfo {
+                name: p.name.clone(),
+                path: p.path.display().to_string(),
+                needs_device: p.needs_device(),
+            })
             .collect()
     }
 

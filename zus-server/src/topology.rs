@@ -131,9 +131,7 @@ impl Topology {
         if !(1..=64).contains(&nodes) || !(1..=256).contains(&per) || online.is_empty() {
             return Err(bad());
         }
-        let cpus = (0..nodes * per)
-            .map(|i| Cpu { id: i, node: i / per, os_cpu: online[i % online.len()] })
-            .collect();
+        let cpus = (0..nodes * per).map(|i| Cpu { id: i, node: i / per, os_cpu: online[i % online.len()] }).collect();
         Ok(Self { cpus, nnodes: nodes, simulated: true })
     }
 

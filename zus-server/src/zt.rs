@@ -55,7 +55,8 @@ impl ZtWait for FutexWait {
             let bell = c.region.atomic_u32(lo + DOORBELL);
             self.waiters.push(WaitV::shared(bell, bell.load(Ordering::SeqCst)));
             pending |= (0..c.geometry.slots_per_cpu).any(|s| {
-                c.region.atomic_u32(c.geometry.slot_offset(lane, s) + STATE).load(Ordering::SeqCst) == slot_state::SUBMITTED
+                c.region.atomic_u32(c.geometry.slot_offset(lane, s) + STATE).load(Ordering::SeqCst)
+                    == slot_state::SUBMITTED
             });
         }
         if !pending {
@@ -160,8 +161,10 @@ pub fn run(server: &Arc<Server>, lane: usize) {
 
 fn any_submitted(snap: &Snapshot, lane: usize) -> bool {
     snap.clients.iter().any(|(c, _)| {
-        (0..c.geometry.slots_per_cpu)
-            .any(|s| c.region.atomic_u32(c.geometry.slot_offset(lane, s) + STATE).load(Ordering::Relaxed) == slot_state::SUBMITTED)
+        (0..c.geometry.slots_per_cpu).any(|s| {
+            c.region.atomic_u32(c.geometry.slot_offset(lane, s) + STATE).load(Ordering::Relaxed)
+                == slot_state::SUBMITTED
+        })
     })
 }
 

@@ -2,7 +2,7 @@
 //! killed), and a hostile mode that writes garbage into its own channel.
 
 use std::os::fd::AsFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -100,7 +100,7 @@ fn worker(relay: &Relay, mount: u32, root: u64, tid: usize, iters: usize, counte
     for i in 0..iters {
         let off = (i as u64 % 16) * 4096;
         for (k, b) in data.iter_mut().enumerate() {
-            *b = (k + i + tid) as u8;
+            *b = u8::try_from((k + i + tid) % 256).unwrap_or(0);
         }
         let w = IoReq { ino, fh: 0, offset: off, len: 4096, flags: 0, data_kind: 0, niov: 0, reserved: 0 };
         let o = relay.op(mount, OpCode::Write, &[w.as_bytes()], DataIn::Window(&data), &mut reply, None, None)?;
@@ -140,8 +140,15 @@ fn ops(relay: &Relay, threads: usize, iters: usize, mount_id: Option<u32>) -> Re
     let counter = AtomicU32::new(0);
     let t0 = Instant::now();
     std::thread::scope(|s| -> Result<()> {
-        let hs: Vec<_> =
-            (0..threads).map(|t| s.spawn({ let c = &counter; let m = &m; move || worker(relay, m.mount_id, m.root, t, iters, c) })).collect();
+        let hs: Vec<_> = (0..threads)
+            .map(|t| {
+                s.spawn({
+                    let c = &counter;
+                    let m = &m;
+                    move || worker(relay, m.mount_id, m.root, t, iters, c)
+                })
+            })
+            .collect();
         for h in hs {
             h.join().map_err(|_| anyhow::anyhow!("worker panicked"))??;
         }
@@ -156,7 +163,15 @@ fn spin(relay: &Relay, mount_id: u32, threads: usize) -> Result<()> {
     let name = format!("spin-{}", std::process::id());
     let mut reply = vec![0u8; PAYLOAD_SIZE];
     let cr = CreateReq { dir: m.root, mode: 0o644, rdev: 0, flags: 0, name_len: u32::try_from(name.len())? };
-    let o = relay.op(m.mount_id, OpCode::Create, &[cr.as_bytes(), name.as_bytes()], DataIn::None, &mut reply, None, None)?;
+    let o = relay.op(
+        m.mount_id,
+        OpCode::Create,
+        &[cr.as_bytes(), name.as_bytes()],
+        DataIn::None,
+        &mut reply,
+        None,
+        None,
+    )?;
     let ino = attr_of(&reply[..o.reply_len])?.ino;
     println!("spinning");
     std::thread::scope(|s| {
@@ -166,7 +181,10 @@ fn spin(relay: &Relay, mount_id: u32, threads: usize) -> Result<()> {
                 let mut reply = vec![0u8; 256];
                 let w = IoReq { ino, fh: 0, offset: 0, len: 65536, flags: 0, data_kind: 0, niov: 0, reserved: 0 };
                 loop {
-                    if relay.op(m.mount_id, OpCode::Write, &[w.as_bytes()], DataIn::Window(&data), &mut reply, None, None).is_err() {
+                    if relay
+                        .op(m.mount_id, OpCode::Write, &[w.as_bytes()], DataIn::Window(&data), &mut reply, None, None)
+                        .is_err()
+                    {
                         break;
                     }
                 }
@@ -177,7 +195,7 @@ fn spin(relay: &Relay, mount_id: u32, threads: usize) -> Result<()> {
 }
 
 /// Raw channel access for the hostile client: speaks the protocol by hand.
-fn garbage(socket: &PathBuf, mount_id: u32, iters: usize, seed: u64) -> Result<()> {
+fn garbage(socket: &Path, mount_id: u32, iters: usize, seed: u64) -> Result<()> {
     // A normal relay connection to attach the mount, plus our own hand-driven channel set.
     let sock = kmod_shim_connect(socket)?;
     let hello = Request::Hello { features: 0, required: 0, name: "garbage".into() };
@@ -249,13 +267,15 @@ fn garbage(socket: &PathBuf, mount_id: u32, iters: usize, seed: u64) -> Result<(
     Ok(())
 }
 
-fn kmod_shim_connect(socket: &PathBuf) -> Result<std::os::fd::OwnedFd> {
+fn kmod_shim_connect(socket: &Path) -> Result<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
     use std::os::unix::ffi::OsStrExt;
     let fd = {
         #[allow(unsafe_code)]
         // SAFETY: socket(2); checked below and owned.
-        unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) }
+        unsafe {
+            libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0)
+        }
     };
     ensure!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
     #[allow(unsafe_code)]
@@ -264,21 +284,24 @@ fn kmod_shim_connect(socket: &PathBuf) -> Result<std::os::fd::OwnedFd> {
     #[allow(unsafe_code)]
     // SAFETY: zeroed sockaddr_un is valid.
     let mut addr: libc::sockaddr_un = unsafe { core::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    addr.sun_family = libc::sa_family_t::try_from(libc::AF_UNIX)?;
     for (d, s) in addr.sun_path.iter_mut().zip(socket.as_os_str().as_bytes()) {
         *d = s.cast_signed();
     }
     #[allow(unsafe_code)]
     // SAFETY: valid address and length.
-    let rc = unsafe { libc::connect(fd, (&raw const addr).cast(), size_of::<libc::sockaddr_un>() as u32) };
+    let len = libc::socklen_t::try_from(size_of::<libc::sockaddr_un>())?;
+    #[allow(unsafe_code)]
+    // SAFETY: valid address and length.
+    let rc = unsafe { libc::connect(fd, (&raw const addr).cast(), len) };
     ensure!(rc == 0, "connect: {}", std::io::Error::last_os_error());
     Ok(owned)
 }
 
-fn bad_hello(socket: &PathBuf) -> Result<()> {
+fn bad_hello(socket: &Path) -> Result<()> {
     let sock = kmod_shim_connect(socket)?;
     let mut m = control::encode(&Request::Hello { features: 0, required: 0, name: "old".into() })?;
-    m[8..12].copy_from_slice(&99u32.to_ne_bytes());
+    m[8..12].copy_from_slice(&99u32.to_le_bytes());
     sock::send_msg(sock.as_fd(), &m, None)?;
     let (msg, _) = sock::recv_msg(sock.as_fd())?.context("no reply")?;
     match control::decode::<Reply>(&msg, "zusd")? {
@@ -330,7 +353,15 @@ fn main() -> Result<()> {
         Cmd::Probe { fs } => {
             let m = relay.mount(&fs, "", "")?;
             let mut reply = vec![0u8; PAYLOAD_SIZE];
-            let o = relay.op(m.mount_id, OpCode::Getattr, &[InoReq { ino: m.root }.as_bytes()], DataIn::None, &mut reply, None, None)?;
+            let o = relay.op(
+                m.mount_id,
+                OpCode::Getattr,
+                &[InoReq { ino: m.root }.as_bytes()],
+                DataIn::None,
+                &mut reply,
+                None,
+                None,
+            )?;
             let a = attr_of(&reply[..o.reply_len])?;
             println!("ROOT ino={} mode={:o} nlink={}", a.ino, a.mode, a.nlink);
             Ok(())

@@ -14,9 +14,8 @@ use super::{
 };
 use crate::Errno;
 use crate::ops::{
-    CreateReq, FallocateReq, FsyncReq, InoReq, IoReply, IoReq, LinkReq, MapDoneReq, MapReply, MapReq, NameReq,
-    OpCode, OpenReply, OpenReq, Pod, ReaddirReq, ReleaseReq, RenameReq, SetattrReq, SymlinkReq, XattrReq,
-    split_names,
+    CreateReq, FallocateReq, FsyncReq, InoReq, IoReply, IoReq, LinkReq, MapDoneReq, MapReply, MapReq, NameReq, OpCode,
+    OpenReply, OpenReq, Pod, ReaddirReq, ReleaseReq, RenameReq, SetattrReq, SymlinkReq, XattrReq, split_names,
 };
 use zus_pmem::{DataSink, DataSource};
 
@@ -137,7 +136,12 @@ pub unsafe extern "C" fn mkfs<T: FileSystem>(
 ///
 /// # Safety
 /// Pointers per [`super::FsckFn`].
-pub unsafe extern "C" fn fsck<T: FileSystem>(dev: *const DeviceDesc, problems: *mut u64, msg: *mut u8, cap: usize) -> i64 {
+pub unsafe extern "C" fn fsck<T: FileSystem>(
+    dev: *const DeviceDesc,
+    problems: *mut u64,
+    msg: *mut u8,
+    cap: usize,
+) -> i64 {
     guarded("fsck", || {
         // SAFETY: forwarded contract.
         let Some(d) = (unsafe { device(dev) }) else {

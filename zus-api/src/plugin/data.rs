@@ -72,7 +72,8 @@ impl RemoteIov {
     /// Describes buffers in process `pid`.
     #[must_use]
     pub fn new(pid: i32, iov: Vec<IoVec>) -> Self {
-        let total = iov.iter().map(|v| usize::try_from(v.len).unwrap_or(usize::MAX)).fold(0usize, usize::saturating_add);
+        let total =
+            iov.iter().map(|v| usize::try_from(v.len).unwrap_or(usize::MAX)).fold(0usize, usize::saturating_add);
         Self { pid, iov, total }
     }
 
@@ -121,7 +122,11 @@ impl RemoteIov {
                 }
             };
             if n <= 0 {
-                return Err(if n == 0 { libc::EFAULT } else { std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EFAULT) });
+                return Err(if n == 0 {
+                    libc::EFAULT
+                } else {
+                    std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EFAULT)
+                });
             }
             let n = n.unsigned_abs();
             done += n;

@@ -123,11 +123,11 @@ pub mod plugin_flags {
 }
 
 /// Creates a filesystem on a device. Returns 0 or -errno; writes a message to `msg`.
-pub type MkfsFn = unsafe extern "C" fn(dev: *const DeviceDesc, opts: *const u8, opts_len: usize, msg: *mut u8, msg_cap: usize) -> i64;
+pub type MkfsFn =
+    unsafe extern "C" fn(dev: *const DeviceDesc, opts: *const u8, opts_len: usize, msg: *mut u8, msg_cap: usize) -> i64;
 /// Checks a device. Returns bytes of report written to `msg` (>= 0: clean if 0 problems, see
 /// report) or -errno; `*problems` receives the number of problems found.
-pub type FsckFn =
-    unsafe extern "C" fn(dev: *const DeviceDesc, problems: *mut u64, msg: *mut u8, msg_cap: usize) -> i64;
+pub type FsckFn = unsafe extern "C" fn(dev: *const DeviceDesc, problems: *mut u64, msg: *mut u8, msg_cap: usize) -> i64;
 /// Mounts. On success stores the handle and root inode and returns 0; else -errno with `msg`.
 pub type MountFn = unsafe extern "C" fn(
     dev: *const DeviceDesc,
@@ -279,9 +279,12 @@ impl DirSink {
     }
 }
 
-/// Parses readdir records (as written by [`DirSink`]) into (ino, kind, name, cookie).
+/// A decoded directory entry: (ino, `DT_*` kind, name, resume cookie).
+pub type DirEntry = (u64, u32, Vec<u8>, u64);
+
+/// Parses readdir records (as written by [`DirSink`]).
 #[must_use]
-pub fn parse_dirents(mut buf: &[u8]) -> Option<Vec<(u64, u32, Vec<u8>, u64)>> {
+pub fn parse_dirents(mut buf: &[u8]) -> Option<Vec<DirEntry>> {
     use crate::ops::{Dirent, Pod};
     let mut out = Vec::new();
     while !buf.is_empty() {
@@ -469,6 +472,7 @@ pub trait FileSystem: Send + Sync + Sized + 'static {
     ///
     /// # Errors
     /// Errno.
+    #[allow(clippy::too_many_arguments)] // mirrors pwrite plus identity; a struct would only rename them
     fn write(
         &self,
         caller: &Caller,
@@ -556,6 +560,7 @@ pub const fn vtable<T: FileSystem>() -> PluginVtable {
     PluginVtable {
         magic: PLUGIN_MAGIC,
         abi_version: crate::ZUS_ABI_VERSION,
+        #[allow(clippy::cast_possible_truncation)] // 80 bytes, asserted above
         struct_size: size_of::<PluginVtable>() as u32,
         name,
         flags: if T::NEEDS_DEVICE { plugin_flags::NEEDS_DEVICE } else { 0 },

@@ -288,9 +288,9 @@ impl FileSystem for NullFs {
         }
         let skip = usize::try_from(cookie.saturating_sub(2)).unwrap_or(usize::MAX);
         for (i, (name, &ino)) in children.iter().enumerate().skip(skip) {
-            let kind = self.node(ino).map_or(libc::DT_UNKNOWN, |n| {
-                if n.children.is_some() { libc::DT_DIR } else { libc::DT_REG }
-            });
+            let kind = self
+                .node(ino)
+                .map_or(libc::DT_UNKNOWN, |n| if n.children.is_some() { libc::DT_DIR } else { libc::DT_REG });
             if !out.push(ino, u32::from(kind), name, 3 + i as u64) {
                 break;
             }

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Sets up a fresh Debian 12 machine and runs every zufs test (unit, property, crash, end-to-end),
+# plus clippy with warnings as errors. Exit status 0 only if everything passed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+source scripts/env.sh
+
+echo "== build (release) =="
+cargo build --release --workspace --all-targets
+stage_plugins
+echo "== clippy =="
+cargo clippy --release --workspace --all-targets -- -D warnings
+echo "== tests =="
+# End-to-end tests find zusd, the test client and the plugins next to the test executables.
+cargo test --release --workspace -- --test-threads="${ZUFS_TEST_THREADS:-2}"
+echo "== all tests passed =="
