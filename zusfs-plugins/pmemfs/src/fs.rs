@@ -1052,6 +1052,24 @@ impl<P: Persist> Fs<P> {
     /// Write `len` bytes from `src` at `off`. Data is durable after [`fsync`](Self::fsync) (or on
     /// return with `sync`). Returns bytes written (short only on ENOSPC after some progress).
     pub fn write(&self, ino: u64, off: u64, src: &dyn DataSource, src_off: usize, len: usize, sync: bool) -> Result<usize> {
+        self.write_impl(ino, Some(off), src, src_off, len, sync).map(|w| w.1)
+    }
+
+    /// O_APPEND write: at the end of file, atomically with respect to other writers.
+    /// Returns (offset written at, bytes, size afterwards).
+    pub fn write_append(&self, ino: u64, src: &dyn DataSource, src_off: usize, len: usize, sync: bool) -> Result<(u64, usize, u64)> {
+        self.write_impl(ino, None, src, src_off, len, sync)
+    }
+
+    fn write_impl(
+        &self,
+        ino: u64,
+        off: Option<u64>,
+        src: &dyn DataSource,
+        src_off: usize,
+        len: usize,
+        sync: bool,
+    ) -> Result<(u64, usize, u64)> {
         self.live()?;
         if src_off.checked_add(len).is_none_or(|e| e > src.len()) {
             return Err(FsError::Invalid("source buffer range".into()));
@@ -1064,8 +1082,9 @@ impl<P: Persist> Fs<P> {
         if !n.is_reg() {
             return Err(FsError::Invalid("write to a non-regular file".into()));
         }
+        let off = off.unwrap_or(n.d.size);
         if len == 0 {
-            return Ok(0);
+            return Ok((off, 0, n.d.size));
         }
         let end = off.checked_add(len as u64).ok_or(FsError::TooBig)?;
         if end > MAX_FILE_BLOCKS * BLOCK {
@@ -1084,7 +1103,7 @@ impl<P: Persist> Fs<P> {
         if sync {
             self.pm.fence();
         }
-        Ok(done)
+        Ok((off, done, n.d.size))
     }
 
     fn write_chunk(&self, ino: u64, n: &mut Inode, off: u64, src: &dyn DataSource, src_off: usize, len: usize) -> Result<()> {

@@ -18,6 +18,7 @@ mod fs;
 mod inode;
 mod journal;
 pub mod layout;
+pub mod plugin;
 
 pub use check::FsckReport;
 pub use error::{FsError, Result};

@@ -1,5 +1,7 @@
 //! Functional tests of the filesystem API.
 
+#![allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+
 use pmemfs::*;
 use zus_pmem::{CrashSim, MappedPmem, Persist};
 

@@ -3,6 +3,8 @@
 //! few, sampled otherwise). Each image must mount (running recovery), pass fsck, and show the tree
 //! before or after the operation, never a mix; fsync'ed data is never lost.
 
+#![allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+
 mod common;
 
 use std::sync::atomic::{AtomicU64, Ordering};
