@@ -289,3 +289,23 @@ fn test_second_server_on_same_socket_refused() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("already listening"), "{out:?}");
 }
+
+#[test]
+fn test_more_threads_than_slots_wait_not_sleep() {
+    // One slot per lane and 8 threads: most ops find every slot busy and must wait for a freed slot
+    // (P-CH3). ZUFS slept 10 ms here; with ~4,800 contended ops that would take tens of seconds.
+    let (_d, z) = nullfs_server("slots", &["--slots", "1"]);
+    let out = run(&z, &["ops", "--threads", "8", "--iters", "200"], Duration::from_secs(60));
+    let ms: f64 = {
+        let t = out.split(" in ").nth(1).expect("elapsed").trim();
+        let (num, unit) = t.split_at(t.find(|c: char| c.is_alphabetic() || c == 'µ').expect("unit"));
+        let v: f64 = num.parse().expect("number");
+        match unit {
+            "s" => v * 1e3,
+            "ms" => v,
+            "µs" => v / 1e3,
+            _ => panic!("unit {unit}"),
+        }
+    };
+    assert!(ms < 8000.0, "8 threads x 600 ops over 1 slot per lane took {ms} ms: {out}");
+}
