@@ -201,6 +201,23 @@ pub(crate) fn load<P: Persist>(pm: &P) -> Result<Loaded> {
     if bad > 10 {
         r.err(format!("{bad} bitmap mismatches in total"));
     }
+    // Bytes that must be zero: the rest of the superblock block and of the bitmap.
+    let mut sb_tail = vec![0u8; (BLOCK - 128) as usize];
+    pm.read(SB_OFF + 128, &mut sb_tail)?;
+    if sb_tail.iter().any(|&b| b != 0) {
+        r.err("superblock block: bytes after the superblock are not zero".into());
+    }
+    let tail_bits = geo.total_blocks % 64;
+    if tail_bits != 0 && bitmap.last().is_some_and(|w| w >> tail_bits != 0) {
+        r.err("bitmap: bits set past the end of the device".into());
+    }
+    if bm.len() < (geo.bitmap_blocks * BLOCK) as usize {
+        let mut rest = vec![0u8; (geo.bitmap_blocks * BLOCK) as usize - bm.len()];
+        pm.read(geo.bitmap_off() + bm.len() as u64, &mut rest)?;
+        if rest.iter().any(|&b| b != 0) {
+            r.err("bitmap: bytes past the end of the device are not zero".into());
+        }
+    }
     r.inodes = inodes.iter().filter(|x| x.is_some()).count() as u64;
     r.dirs = inodes.iter().flatten().filter(|x| x.is_dir()).count() as u64;
     Ok(Loaded { geo, inodes, bitmap, report: r, journal, free_inos })
@@ -323,7 +340,11 @@ fn load_inode<P: Persist>(
                 return Err(FsError::corrupt("bad symlink"));
             }
         }
-        S_IFREG => {}
+        S_IFREG => {
+            if d.size > MAX_FILE_BLOCKS * BLOCK {
+                return Err(FsError::corrupt("file size beyond the largest file"));
+            }
+        }
         S_IFCHR | S_IFBLK | S_IFIFO | S_IFSOCK => {
             if !node.ext.is_empty() || d.size != 0 {
                 return Err(FsError::corrupt("device node with data"));

@@ -952,6 +952,11 @@ impl<P: Persist> Fs<P> {
         if n.open == 0 && n.d.nlink == 0 {
             self.live()?;
             self.reclaim(ino, &mut g)?;
+        } else if n.open == 0 && n.is_reg() && n.end_lblk() > n.d.size.div_ceil(BLOCK) {
+            // Give back the preallocation past EOF.
+            self.live()?;
+            let size = n.d.size;
+            self.set_size(ino, &mut g, size)?;
         }
         Ok(())
     }
@@ -1112,7 +1117,9 @@ impl<P: Persist> Fs<P> {
         let last = (end - 1) / BLOCK;
         let old_size = n.d.size;
         let mut op = Op::new(self);
-        let extra = if old_size <= (last + 1) * BLOCK { PREALLOC_BLOCKS } else { 0 };
+        // Preallocate past EOF for appends, growing with the file (no waste on small files);
+        // trimmed at the last close.
+        let extra = if old_size <= (last + 1) * BLOCK { PREALLOC_BLOCKS.min(n.nblocks()) } else { 0 };
         let runs = self.alloc_range(&mut op, n, first, last, extra)?;
         for &(l, p, c) in &runs {
             n.ext_insert(l, p, c, &mut op.txn)?;
