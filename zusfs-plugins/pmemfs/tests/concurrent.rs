@@ -1,0 +1,84 @@
+//! Several threads at once: private files, a shared directory, cross-directory renames, links
+//! and unlinks. The result must be consistent (fsck clean, before and after remount).
+
+#![allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+
+mod common;
+
+use std::sync::Arc;
+
+use common::ROOT;
+use pmemfs::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use zus_pmem::MappedPmem;
+
+#[test]
+fn test_parallel_mixed_ops_stay_consistent() {
+    let fs = Arc::new(Fs::mkfs(MappedPmem::anonymous(64 << 20).unwrap(), &MkfsOptions::default()).unwrap());
+    let shared = fs.mkdir(ROOT, b"shared", 0o755, 0, 0).unwrap().ino;
+    let other = fs.mkdir(ROOT, b"other", 0o755, 0, 0).unwrap().ino;
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let fs = Arc::clone(&fs);
+            std::thread::spawn(move || {
+                let mut rng = StdRng::seed_from_u64(t);
+                let mine = fs.mkdir(ROOT, format!("t{t}").as_bytes(), 0o755, 0, 0).unwrap().ino;
+                let data = vec![t as u8 + 1; 10_000];
+                for i in 0..1500u64 {
+                    let name = format!("f{}", rng.random_range(0..20)).into_bytes();
+                    let dirs = [mine, shared, other];
+                    let d = dirs[rng.random_range(0..3)];
+                    match rng.random_range(0..7) {
+                        0 | 1 => {
+                            if let Ok(a) = fs.create(d, &name, 0o644, 0, 0) {
+                                let off = rng.random_range(0..50_000);
+                                // another thread may have unlinked it (and the inode number may be reused)
+                                match fs.write_bytes(a.ino, off, &data[..rng.random_range(1..10_000)], false) {
+                                    Ok(n) => assert!(n > 0),
+                                    Err(e) => assert!(matches!(e, FsError::NotFound | FsError::IsDir | FsError::Invalid(_)), "{e:?}"),
+                                }
+                            }
+                        }
+                        2 => {
+                            let _ = fs.unlink(d, &name);
+                        }
+                        3 => {
+                            let d2 = dirs[rng.random_range(0..3)];
+                            let fl = [0, RENAME_NOREPLACE, RENAME_EXCHANGE][rng.random_range(0..3)];
+                            let _ = fs.rename(d, &name, d2, format!("f{}", rng.random_range(0..20)).as_bytes(), fl);
+                        }
+                        4 => {
+                            if let Ok(a) = fs.lookup(d, &name) {
+                                let _ = fs.link(a.ino, mine, format!("l{i}").as_bytes());
+                                let _ = fs.write_bytes(a.ino, 0, &data[..4096], true);
+                                let _ = fs.read_vec(a.ino, 0, 20_000);
+                            }
+                        }
+                        5 => {
+                            if let Ok(a) = fs.lookup(d, &name) {
+                                fs.open(a.ino).ok();
+                                let _ = fs.unlink(d, &name);
+                                let _ = fs.read_vec(a.ino, 0, 100);
+                                let _ = fs.release(a.ino);
+                            }
+                        }
+                        _ => {
+                            let _ = fs.mkdir(d, format!("d{}", rng.random_range(0..5)).as_bytes(), 0o755, 0, 0);
+                            let _ = fs.rmdir(d, format!("d{}", rng.random_range(0..5)).as_bytes());
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let r = fs.check().unwrap();
+    assert!(r.is_clean(), "{r}");
+    let fs = Arc::into_inner(fs).unwrap();
+    let fs = Fs::mount(fs.into_pmem()).unwrap();
+    let r = fs.check().unwrap();
+    assert!(r.is_clean(), "{r}");
+}
