@@ -38,7 +38,7 @@ pub const XATTR_REPLACE: u32 = 2;
 /// Blocks handled per write/fallocate transaction (bounds journal use).
 const CHUNK_BLOCKS: u64 = 256;
 /// Extra blocks allocated past EOF on appends, so most appends need no transaction.
-const PREALLOC_BLOCKS: u64 = 15;
+const PREALLOC_BLOCKS: u64 = 63;
 /// Extents freed per truncate/reclaim transaction.
 const FREE_BATCH: usize = 256;
 /// Most hard links to one file.
@@ -229,8 +229,9 @@ impl<'a, P: Persist> Op<'a, P> {
                 for &(s, n) in &self.free_after {
                     self.fs.balloc.release(s, n);
                 }
-                let mut f = lock(&self.fs.ifree);
-                f.extend(self.free_inos.iter().copied());
+                if !self.free_inos.is_empty() {
+                    lock(&self.fs.ifree).extend(self.free_inos.iter().copied());
+                }
                 Ok(())
             }
             Err(e) => {
@@ -248,7 +249,9 @@ impl<P: Persist> Drop for Op<'_, P> {
             for &(s, n) in &self.allocated {
                 self.fs.balloc.release(s, n);
             }
-            lock(&self.fs.ifree).extend(self.new_inos.iter().copied());
+            if !self.new_inos.is_empty() {
+                lock(&self.fs.ifree).extend(self.new_inos.iter().copied());
+            }
         }
     }
 }
