@@ -1,0 +1,117 @@
+//! `zufs`: make, check, mount and unmount zufs filesystems; show zusd's status.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use kmod_shim::cli::{self, Env, MountArgs};
+
+/// zufs: user-mode pmem filesystems mounted through the kernel's FUSE module.
+#[derive(Debug, Parser)]
+#[command(name = "zufs", version)]
+struct Args {
+    /// zusd control socket [env ZUFS_SOCKET; default /run/zufs/zusd.sock].
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
+    /// Plugin directory [env ZUFS_PLUGINS; default <exe dir>/plugins, else /usr/lib/zufs].
+    #[arg(long, global = true)]
+    plugins: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Create a filesystem on a device (a file is created when missing).
+    Mkfs {
+        /// Filesystem type.
+        #[arg(short = 't', long = "type")]
+        fs_type: String,
+        /// Size of a new device file (e.g. 256M, 1G).
+        #[arg(long)]
+        size: Option<String>,
+        /// Plugin mkfs options.
+        #[arg(short = 'o', long, default_value = "")]
+        options: String,
+        /// Device.
+        device: String,
+    },
+    /// Check a filesystem (exit 1 when problems are found).
+    Fsck {
+        /// Filesystem type.
+        #[arg(short = 't', long = "type")]
+        fs_type: String,
+        /// Device.
+        device: String,
+    },
+    /// Mount a device at a directory (starts zusd when it is not running).
+    ///
+    /// Options (-o, comma-separated): ro, rw, sync, attr_timeout=SECS, entry_timeout=SECS,
+    /// allow_other|noallow_other (default allow_other), default_permissions|nodefault_permissions
+    /// (default on), direct_io, keep_cache, threads=N (default: one per CPU), data=remote|window,
+    /// fsname=NAME; anything else goes to the plugin.
+    Mount {
+        /// Filesystem type.
+        #[arg(short = 't', long = "type")]
+        fs_type: String,
+        /// Options.
+        #[arg(short = 'o', long, default_value = "")]
+        options: String,
+        /// Serve in this process instead of a background one (for systemd or debugging).
+        #[arg(long)]
+        foreground: bool,
+        /// With --foreground: print READY/ERROR on stdout (used by the background mount).
+        #[arg(long, hide = true)]
+        notify_stdout: bool,
+        /// Fail instead of starting zusd when it is not running.
+        #[arg(long)]
+        no_start: bool,
+        /// Device ("none" for device-less types such as nullfs).
+        device: String,
+        /// Mount point.
+        mountpoint: PathBuf,
+    },
+    /// Unmount (the plugin flushes before this returns).
+    Umount {
+        /// Detach lazily when busy.
+        #[arg(short = 'l', long)]
+        lazy: bool,
+        /// Mount point.
+        mountpoint: PathBuf,
+    },
+    /// Plugins, mounts, channels and per-CPU op counts.
+    Status {
+        /// Machine-readable.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ZUFS_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let env = Env::resolve(args.socket, args.plugins);
+    let res: Result<i32> = match args.cmd {
+        Cmd::Mkfs { fs_type, size, options, device } => (|| {
+            let size = size.as_deref().map(cli::parse_size).transpose()?;
+            cli::mkfs(&env, &fs_type, &device, size, &options).map(|()| 0)
+        })(),
+        Cmd::Fsck { fs_type, device } => cli::fsck(&env, &fs_type, &device).map(|p| i32::from(p > 0)),
+        Cmd::Mount { fs_type, options, foreground, notify_stdout, no_start, device, mountpoint } => {
+            let a = MountArgs { fs_type, device, mountpoint, options, no_start };
+            if foreground { cli::serve(&env, &a, notify_stdout) } else { cli::mount(&env, &a) }.map(|()| 0)
+        }
+        Cmd::Umount { lazy, mountpoint } => cli::umount(&env, &mountpoint, lazy).map(|()| 0),
+        Cmd::Status { json } => cli::status(&env, json).map(|()| 0),
+    };
+    match res {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("zufs: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}

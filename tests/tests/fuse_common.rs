@@ -1,0 +1,235 @@
+//! Shared helpers for the FUSE bridge tests (included by each `fuse_*.rs` with `#[path]`):
+//! a zusd, a `zufs mount` of it, commands with timeouts, and cleanup that cannot leave a hung
+//! mount behind (lazy unmount, then the fusectl abort).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use zufs_tests::{TempDir, Zusd, artifact, plugin_dir};
+
+/// Why FUSE tests cannot run here, if they cannot.
+pub fn fuse_unavailable() -> Option<String> {
+    if !Path::new("/dev/fuse").exists() {
+        return Some("/dev/fuse is missing".into());
+    }
+    #[allow(unsafe_code)]
+    // SAFETY: geteuid cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    if uid != 0 {
+        return Some(format!("not root (euid {uid}): the bridge mounts with mount(2)"));
+    }
+    if std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse").is_err() {
+        return Some("/dev/fuse cannot be opened".into());
+    }
+    None
+}
+
+/// Skips the calling test with a printed reason when FUSE is unavailable.
+macro_rules! skip_without_fuse {
+    () => {
+        if let Some(why) = fuse_unavailable() {
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+    };
+}
+
+/// Whether a built plugin exports the registration symbol (pmemfs may not yet).
+pub fn plugin_available(name: &str) -> bool {
+    let p = zufs_tests::target_dir().join(format!("lib{name}.so"));
+    if !p.exists() {
+        return false;
+    }
+    let Ok(out) = Command::new("nm").arg("-D").arg("--defined-only").arg(&p).output() else {
+        // No nm: fall back to a byte search of the symbol name.
+        return std::fs::read(&p).is_ok_and(|b| b.windows(19).any(|w| w == b"zus_plugin_register"));
+    };
+    String::from_utf8_lossy(&out.stdout).contains("zus_plugin_register")
+}
+
+/// Runs a command with a deadline; kills it when it runs over.
+pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
+    let child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(o) => o.expect("wait"),
+        Err(_) => {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            panic!("command {cmd:?} did not finish within {timeout:?}");
+        }
+    }
+}
+
+/// Shell command with a deadline; returns (success, stdout+stderr).
+pub fn sh(script: &str, timeout: Duration) -> (bool, String) {
+    let o = run_with_timeout(Command::new("bash").arg("-c").arg(script), timeout);
+    let mut s = String::from_utf8_lossy(&o.stdout).into_owned();
+    s.push_str(&String::from_utf8_lossy(&o.stderr));
+    (o.status.success(), s)
+}
+
+/// Lines of /proc/self/mountinfo naming `mp`.
+pub fn mounted_at(mp: &Path) -> bool {
+    let s = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let want = mp.display().to_string();
+    s.lines().any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+}
+
+/// Clears a mount whatever state it is in: lazy unmount, then abort every FUSE connection
+/// whose mount is gone from the table but still counted as waiting.
+pub fn force_clear(mp: &Path) {
+    if mounted_at(mp) {
+        // Abort the connection first so nothing blocked on it stays blocked.
+        if let Ok(md) = std::fs::read_to_string("/proc/self/mountinfo") {
+            let want = mp.display().to_string();
+            for l in md.lines().filter(|l| l.split(' ').nth(4) == Some(want.as_str())) {
+                if let Some(dev) = l.split(' ').nth(2) {
+                    if let Some((_, minor)) = dev.split_once(':') {
+                        let _ = std::fs::write(format!("/sys/fs/fuse/connections/{minor}/abort"), "1");
+                    }
+                }
+            }
+        }
+        let _ = Command::new("umount").arg("-l").arg(mp).status();
+    }
+}
+
+/// A zusd plus a mount directory and a run directory for `zufs`.
+pub struct Fixture {
+    pub dir: TempDir,
+    pub zusd: Option<Zusd>,
+    pub socket: PathBuf,
+    pub plugins: PathBuf,
+    pub run_dir: PathBuf,
+    pub mnt: PathBuf,
+}
+
+impl Fixture {
+    /// Starts zusd with the given plugins (`zusd_running` false: leave it to `zufs mount`).
+    pub fn new(tag: &str, plugins: &[&str], zusd_running: bool) -> Self {
+        let dir = TempDir::new(tag);
+        let pd = plugin_dir(&dir.0, plugins);
+        let zusd = zusd_running.then(|| Zusd::start(&dir.0, &pd, &[]));
+        let socket = dir.0.join("zusd.sock");
+        let run_dir = dir.0.join("run");
+        let mnt = dir.0.join("mnt");
+        std::fs::create_dir_all(&mnt).expect("mnt");
+        let mnt = std::fs::canonicalize(&mnt).expect("canon");
+        Self { dir, zusd, socket, plugins: pd, run_dir, mnt }
+    }
+
+    /// A `zufs` command bound to this fixture's socket, plugins and run dir.
+    pub fn zufs(&self) -> Command {
+        let mut c = Command::new(artifact("zufs"));
+        c.arg("--socket").arg(&self.socket).arg("--plugins").arg(&self.plugins);
+        c.env("ZUFS_RUN_DIR", &self.run_dir);
+        c.env("ZUFS_ZUSD", artifact("zusd"));
+        c
+    }
+
+    /// Runs `zufs ARGS` (20 s deadline).
+    pub fn zufs_run(&self, args: &[&str]) -> Output {
+        run_with_timeout(self.zufs().args(args), Duration::from_secs(20))
+    }
+
+    /// Runs `zufs ARGS` and requires success; returns stdout.
+    pub fn zufs_ok(&self, args: &[&str]) -> String {
+        let o = self.zufs_run(args);
+        assert!(
+            o.status.success(),
+            "zufs {args:?} failed: {}\n{}\nzusd log:\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+            self.zusd.as_ref().map(Zusd::log_text).unwrap_or_default()
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Mounts `fs` from `device` at `self.mnt` with options.
+    pub fn mount(&self, fs: &str, device: &str, opts: &str) {
+        let mnt = self.mnt.display().to_string();
+        self.zufs_ok(&["mount", "-t", fs, "-o", opts, device, &mnt]);
+        assert!(mounted_at(&self.mnt), "zufs mount returned but {mnt} is not mounted");
+    }
+
+    /// Unmounts `self.mnt` with `zufs umount`.
+    pub fn umount(&self) {
+        let mnt = self.mnt.display().to_string();
+        self.zufs_ok(&["umount", &mnt]);
+        assert!(!mounted_at(&self.mnt), "{mnt} still mounted after zufs umount");
+    }
+
+    /// `zufs status --json`.
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&self.zufs_ok(&["status", "--json"])).expect("status json")
+    }
+
+    /// The bridge process of the mount (from `zufs status`).
+    pub fn bridge_pid(&self) -> u32 {
+        let st = self.status();
+        let m = st["mounts"].as_array().and_then(|a| a.iter().find(|m| m["mountpoint"].as_str() == Some(&self.mnt.display().to_string()))).cloned();
+        let pid = m.and_then(|m| m["bridge_pid"].as_u64()).expect("bridge pid in status");
+        u32::try_from(pid).expect("pid")
+    }
+
+    /// The zusd log, when this fixture started zusd.
+    pub fn zusd_log(&self) -> String {
+        self.zusd.as_ref().map(Zusd::log_text).unwrap_or_default()
+    }
+
+    /// The bridge logs.
+    pub fn bridge_logs(&self) -> String {
+        let mut s = String::new();
+        if let Ok(rd) = std::fs::read_dir(self.run_dir.join("mounts")) {
+            for e in rd.flatten() {
+                if e.path().extension().is_some_and(|x| x == "log") {
+                    s.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
+                }
+            }
+        }
+        s
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if mounted_at(&self.mnt) {
+            let mnt = self.mnt.display().to_string();
+            let _ = run_with_timeout(self.zufs().args(["umount", "-l", &mnt]), Duration::from_secs(20));
+            force_clear(&self.mnt);
+        }
+        // A zusd started on demand by `zufs mount` is not our child: stop it by its pid.
+        if self.zusd.is_none() {
+            if let Ok(o) = Command::new(artifact("zufs")).arg("--socket").arg(&self.socket).args(["status", "--json"]).output() {
+                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&o.stdout) {
+                    if let Some(pid) = v["zusd"]["pid"].as_u64() {
+                        let _ = Command::new("kill").arg(pid.to_string()).status();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Waits until `f` holds or the deadline passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < timeout {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}
+
+#[test]
+fn test_fuse_common_helpers_compile() {
+    assert!(wait_until(Duration::from_millis(10), || true));
+}

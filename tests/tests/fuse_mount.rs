@@ -1,0 +1,242 @@
+//! The FUSE bridge with nullfs: `zufs mount/umount/status`, namespace ops through the kernel,
+//! mount options, bad input, zusd killed while mounted, zusd started on demand, reader pinning.
+
+#[macro_use]
+#[path = "fuse_common.rs"]
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[test]
+fn test_nullfs_namespace_through_the_kernel_and_clean_umount() {
+    skip_without_fuse!();
+    let f = Fixture::new("fuse-ns", &["nullfs"], true);
+    f.mount("nullfs", "none", "");
+    let m = &f.mnt;
+    std::fs::create_dir(m.join("d")).unwrap();
+    std::fs::create_dir(m.join("d/sub")).unwrap();
+    std::fs::write(m.join("d/a"), b"hello").unwrap();
+    // nullfs keeps sizes, not data: reads return its pattern (byte o % 251).
+    let md = std::fs::metadata(m.join("d/a")).unwrap();
+    assert_eq!(md.len(), 5);
+    assert!(md.is_file());
+    assert_eq!(std::fs::read(m.join("d/a")).unwrap(), vec![0, 1, 2, 3, 4]);
+    // nullfs has no rename: the plugin's ENOSYS reaches the caller unchanged.
+    assert_eq!(std::fs::rename(m.join("d/a"), m.join("d/b")).unwrap_err().raw_os_error(), Some(libc::ENOSYS));
+    std::fs::write(m.join("d/b"), b"x").unwrap();
+    std::fs::remove_file(m.join("d/a")).unwrap();
+    assert!(!m.join("d/a").exists());
+    let mut names: Vec<String> =
+        std::fs::read_dir(m.join("d")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["b", "sub"]);
+    std::fs::set_permissions(m.join("d/b"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(std::fs::metadata(m.join("d/b")).unwrap().mode() & 0o7777, 0o600);
+    let fh = std::fs::OpenOptions::new().write(true).open(m.join("d/b")).unwrap();
+    fh.set_len(100_000).unwrap();
+    drop(fh);
+    assert_eq!(std::fs::metadata(m.join("d/b")).unwrap().len(), 100_000);
+    // Many entries: readdir across several FUSE readdir calls.
+    for i in 0..300 {
+        std::fs::write(m.join(format!("d/sub/f{i:03}")), b"").unwrap();
+    }
+    assert_eq!(std::fs::read_dir(m.join("d/sub")).unwrap().count(), 300);
+    for i in 0..300 {
+        std::fs::remove_file(m.join(format!("d/sub/f{i:03}"))).unwrap();
+    }
+    std::fs::remove_dir(m.join("d/sub")).unwrap();
+    assert_eq!(std::fs::remove_dir(m.join("d")).unwrap_err().raw_os_error(), Some(libc::ENOTEMPTY));
+    let (ok, out) = sh(&format!("df -P {} && stat -f {}", m.display(), m.display()), Duration::from_secs(10));
+    assert!(ok, "{out}");
+    // Status names the mount, its bridge and per-CPU op counts.
+    let st = f.status();
+    let mounts = st["mounts"].as_array().unwrap();
+    assert_eq!(mounts.len(), 1, "{st}");
+    assert_eq!(mounts[0]["mountpoint"].as_str(), Some(m.display().to_string().as_str()));
+    let ops: u64 = st["zusd"]["lanes"].as_array().unwrap().iter().map(|l| l["ops"].as_u64().unwrap()).sum();
+    assert!(ops > 600, "per-CPU op counts too low: {st}");
+    let text = f.zufs_ok(&["status"]);
+    assert!(text.contains("nullfs") && text.contains(&m.display().to_string()) && text.contains("cpu"), "{text}");
+    let pid = f.bridge_pid();
+    f.umount();
+    assert!(wait_until(Duration::from_secs(5), || !std::path::Path::new(&format!("/proc/{pid}")).exists()), "bridge still running");
+    let st = f.status();
+    assert!(st["zusd"]["mounts"].as_array().unwrap().is_empty(), "zusd mount left behind: {st}");
+}
+
+#[test]
+fn test_mount_errors_are_clear_and_change_nothing() {
+    skip_without_fuse!();
+    let f = Fixture::new("fuse-err", &["nullfs"], true);
+    let mnt = f.mnt.display().to_string();
+    // Other tests mount in parallel: look only at mounts under this test's directory.
+    let ours = || {
+        let d = f.dir.0.display().to_string();
+        std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().filter(|l| l.contains(&d)).count()
+    };
+    let before = ours();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["-t".into(), "nosuchfs".into(), "none".into(), mnt.clone()], "unknown filesystem type"),
+        (vec!["-t".into(), "nullfs".into(), "-o".into(), "bogus_opt".into(), "none".into(), mnt.clone()], "unknown option"),
+        (vec!["-t".into(), "nullfs".into(), "/nonexistent/dev".into(), mnt.clone()], "does not exist"),
+        (vec!["-t".into(), "nullfs".into(), "none".into(), f.dir.0.join("nope").display().to_string()], "mount point"),
+        (vec!["-t".into(), "nullfs".into(), "-o".into(), "attr_timeout=abc".into(), "none".into(), mnt.clone()], "attr_timeout"),
+    ];
+    for (args, want) in &cases {
+        let mut a = vec!["mount"];
+        a.extend(args.iter().map(String::as_str));
+        let o = f.zufs_run(&a);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{a:?} succeeded");
+        assert!(err.contains(want), "{a:?}: error {err:?} lacks {want:?}");
+        assert!(!mounted_at(&f.mnt));
+    }
+    // A file as mount point.
+    std::fs::write(f.dir.0.join("file"), b"").unwrap();
+    let o = f.zufs_run(&["mount", "-t", "nullfs", "none", &f.dir.0.join("file").display().to_string()]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("not a directory"));
+    // Busy mount point.
+    f.mount("nullfs", "none", "");
+    let o = f.zufs_run(&["mount", "-t", "nullfs", "none", &mnt]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("busy"), "{o:?}");
+    assert_eq!(f.status()["zusd"]["mounts"].as_array().unwrap().len(), 1, "a refused mount left a zusd mount");
+    f.umount();
+    // umount of something that is not mounted, or not ours.
+    let o = f.zufs_run(&["umount", &mnt]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("not mounted"));
+    let o = f.zufs_run(&["umount", "/sys/fs/fuse/connections"]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("not a zufs mount"));
+    assert!(f.status()["zusd"]["mounts"].as_array().unwrap().is_empty());
+    let after = ours();
+    assert_eq!(before, after, "mount table changed");
+}
+
+#[test]
+fn test_mount_options_ro_timeouts_and_permissions() {
+    skip_without_fuse!();
+    let f = Fixture::new("fuse-opts", &["nullfs"], true);
+    f.mount("nullfs", "none", "attr_timeout=0,entry_timeout=0");
+    std::fs::write(f.mnt.join("x"), b"abc").unwrap();
+    std::fs::create_dir(f.mnt.join("private")).unwrap();
+    std::fs::set_permissions(f.mnt.join("private"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    // default_permissions + allow_other: another user may look but not enter a 0700 dir.
+    let (ok, out) = sh(&format!("setpriv --reuid=65534 --regid=65534 --clear-groups ls {} ", f.mnt.display()), Duration::from_secs(10));
+    assert!(ok && out.contains('x'), "nobody cannot list the mount: {out}");
+    let (ok, out) = sh(&format!("setpriv --reuid=65534 --regid=65534 --clear-groups ls {}/private", f.mnt.display()), Duration::from_secs(10));
+    assert!(!ok && out.contains("Permission denied"), "nobody entered a 0700 dir: {out}");
+    // Creating as another user gives the file that user's ownership (creds are forwarded).
+    std::fs::set_permissions(&f.mnt, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (ok, out) = sh(&format!("setpriv --reuid=65534 --regid=65534 --clear-groups touch {}/byn", f.mnt.display()), Duration::from_secs(10));
+    assert!(ok, "{out}");
+    assert_eq!(std::fs::metadata(f.mnt.join("byn")).unwrap().uid(), 65534);
+    f.umount();
+    f.mount("nullfs", "none", "ro");
+    let e = std::fs::write(f.mnt.join("y"), b"abc").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = info.lines().find(|l| l.split(' ').nth(4) == Some(f.mnt.display().to_string().as_str())).unwrap();
+    assert!(line.split(' ').nth(5).unwrap().split(',').any(|o| o == "ro"), "{line}");
+    f.umount();
+}
+
+#[test]
+fn test_zusd_killed_ops_fail_with_eio_promptly_and_umount_works() {
+    skip_without_fuse!();
+    let mut f = Fixture::new("fuse-kill", &["nullfs"], true);
+    f.mount("nullfs", "none", "attr_timeout=0,entry_timeout=0");
+    std::fs::write(f.mnt.join("a"), b"abc").unwrap();
+    let pid = f.bridge_pid();
+    let z = f.zusd.as_mut().unwrap();
+    z.signal(9);
+    assert!(z.wait_exit(Duration::from_secs(5)).is_some());
+    let t0 = Instant::now();
+    let (ok, out) = sh(&format!("stat {}/a; echo x > {}/b", f.mnt.display(), f.mnt.display()), Duration::from_secs(10));
+    let took = t0.elapsed();
+    assert!(!ok && out.contains("Input/output error"), "expected EIO: {out}");
+    assert!(took < Duration::from_secs(2), "EIO took {took:?}");
+    // Unmounting works without zusd.
+    f.umount();
+    assert!(wait_until(Duration::from_secs(5), || !std::path::Path::new(&format!("/proc/{pid}")).exists()), "bridge still running");
+}
+
+#[test]
+fn test_zusd_started_on_demand_and_bridge_sigterm_unmounts() {
+    skip_without_fuse!();
+    let f = Fixture::new("fuse-demand", &["nullfs"], false);
+    assert!(!f.socket.exists());
+    f.mount("nullfs", "none", "");
+    let st = f.status();
+    assert_eq!(st["zusd"]["plugins"][0]["name"].as_str(), Some("nullfs"), "{st}");
+    std::fs::write(f.mnt.join("a"), b"abc").unwrap();
+    let pid = f.bridge_pid();
+    let _ = std::process::Command::new("kill").arg(pid.to_string()).status();
+    assert!(wait_until(Duration::from_secs(10), || !mounted_at(&f.mnt)), "SIGTERM to the bridge did not unmount");
+    assert!(wait_until(Duration::from_secs(5), || f.status()["zusd"]["mounts"].as_array().unwrap().is_empty()), "zusd mount left behind");
+}
+
+#[test]
+fn test_reader_threads_are_pinned_one_per_cpu() {
+    skip_without_fuse!();
+    let f = Fixture::new("fuse-pin", &["nullfs"], true);
+    f.mount("nullfs", "none", "attr_timeout=0,entry_timeout=0");
+    // Drive requests from every CPU so every reader serves at least once.
+    let ncpu = zufs_tests::online_cpus();
+    std::thread::scope(|s| {
+        for c in 0..ncpu {
+            let m = f.mnt.clone();
+            s.spawn(move || {
+                let _ = zufs_tests::pin_current(c);
+                for i in 0..200 {
+                    let _ = std::fs::metadata(m.join(format!("nope{c}-{i}")));
+                }
+            });
+        }
+    });
+    let pid = f.bridge_pid();
+    let mut pinned = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if let Some(n) = comm.trim().strip_prefix("fuser-") {
+            let st = std::fs::read_to_string(t.path().join("status")).unwrap();
+            let cpus = st.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).unwrap().trim().to_owned();
+            pinned.push((n.parse::<usize>().unwrap(), cpus));
+        }
+    }
+    pinned.sort();
+    assert_eq!(pinned.len(), ncpu, "{pinned:?}");
+    for (n, cpus) in &pinned {
+        // Readers that served a request are pinned to their own CPU.
+        assert!(cpus == &n.to_string() || cpus.contains('-') || cpus.contains(','), "reader {n} on {cpus}");
+    }
+    assert!(pinned.iter().filter(|(n, c)| c == &n.to_string()).count() >= 1, "no reader pinned: {pinned:?}");
+    f.umount();
+}
+
+#[test]
+fn test_fio_on_nullfs_direct_sync() {
+    skip_without_fuse!();
+    if std::process::Command::new("fio").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: fio is not installed (tests/scripts/fuse-deps.sh installs it)");
+        return;
+    }
+    let f = Fixture::new("fuse-fio", &["nullfs"], true);
+    f.mount("nullfs", "none", "");
+    let (ok, out) = sh(
+        &format!(
+            "fio --name=w --directory={} --rw=randwrite --bs=4k --size=4m --direct=1 --sync=1 --ioengine=psync \
+             --numjobs=2 --runtime=1 --time_based --verify=0 --output-format=json",
+            f.mnt.display()
+        ),
+        Duration::from_secs(60),
+    );
+    assert!(ok, "{out}");
+    let j: serde_json::Value = serde_json::from_str(&out[out.find('{').unwrap()..]).unwrap();
+    for job in j["jobs"].as_array().unwrap() {
+        assert_eq!(job["error"].as_i64(), Some(0), "{job}");
+        assert!(job["write"]["iops"].as_f64().unwrap() > 100.0, "{job}");
+    }
+    f.umount();
+}
