@@ -285,7 +285,10 @@ fn load_inode<P: Persist>(
                 node.free_slots.push(slot);
                 continue;
             }
-            if !geo.data_range_ok(e.pblk, e.len) || e.lblk + e.len > MAX_FILE_BLOCKS {
+            if !geo.data_range_ok(e.pblk, e.len)
+                || e.lblk + e.len > MAX_FILE_BLOCKS
+                || e.len > crate::inode::MAX_EXTENT_BLOCKS
+            {
                 return Err(FsError::corrupt(format!("extent {e:?} out of range")));
             }
             if let Some((&l, p)) = node.ext.range(..e.lblk + e.len).next_back()

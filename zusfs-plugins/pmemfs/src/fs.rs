@@ -491,7 +491,7 @@ impl<P: Persist> Fs<P> {
             if !n.is_reg() {
                 return Err(FsError::Invalid("size of a non-regular file".into()));
             }
-            self.set_size(ino, &mut g, size)?;
+            self.set_size(ino, &mut g, size, true)?;
         }
         let now = now_ns();
         let n = node_mut(&mut g)?;
@@ -959,7 +959,7 @@ impl<P: Persist> Fs<P> {
             // Give back the preallocation past EOF.
             self.live()?;
             let size = n.d.size;
-            self.set_size(ino, &mut g, size)?;
+            self.set_size(ino, &mut g, size, false)?;
         }
         Ok(())
     }
@@ -1039,7 +1039,7 @@ impl<P: Persist> Fs<P> {
                 Some(&(l, p, c)) if l + c == lb => Some(p + c),
                 _ => lb.checked_sub(1).and_then(|x| n.map(x)).map(|(p, _)| p + 1),
             };
-            let (p, c) = op.alloc(want.min(u64::from(u32::MAX)), goal)?;
+            let (p, c) = op.alloc(want.min(crate::inode::MAX_EXTENT_BLOCKS), goal)?;
             runs.push((lb, p, c));
             lb += c;
         }
@@ -1243,7 +1243,7 @@ impl<P: Persist> Fs<P> {
         Ok(())
     }
 
-    fn set_size(&self, ino: u64, g: &mut WGuard<'_>, size: u64) -> Result<()> {
+    fn set_size(&self, ino: u64, g: &mut WGuard<'_>, size: u64, touch: bool) -> Result<()> {
         if size > MAX_FILE_BLOCKS * BLOCK {
             return Err(FsError::TooBig);
         }
@@ -1263,8 +1263,10 @@ impl<P: Persist> Fs<P> {
                 op.free(s, l);
             }
             n.d.size = if low <= keep { size } else { low * BLOCK };
-            n.d.mtime = now;
-            n.d.ctime = now;
+            if touch {
+                n.d.mtime = now;
+                n.d.ctime = now;
+            }
             n.dirty = true;
             n.flush_record(&self.geo, ino, &mut op.txn);
             op.commit()?;
@@ -1313,7 +1315,7 @@ impl<P: Persist> Fs<P> {
                     lb = hi + 1;
                 }
                 if mode == 0 && end > n.d.size {
-                    self.set_size(ino, &mut g, end)?;
+                    self.set_size(ino, &mut g, end, true)?;
                 }
                 Ok(())
             }

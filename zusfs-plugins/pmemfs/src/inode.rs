@@ -10,6 +10,12 @@ use crate::layout::{
     S_IFLNK, S_IFMT, S_IFREG, dirent_encode,
 };
 
+/// Longest extent (256 MiB): freeing one touches at most 8 KiB of bitmap, so a bounded number
+/// of extents always fits one journal transaction.
+pub const MAX_EXTENT_BLOCKS: u64 = 65_536;
+/// Blocks freed per transaction at most (plus one extent): bounds the bitmap records.
+pub const FREE_BLOCKS_BATCH: u64 = 131_072;
+
 /// One extent in DRAM, with the slot that stores it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ext {
@@ -207,7 +213,7 @@ impl Inode {
         if let Some((&l, e)) = self.ext.range_mut(..lblk).next_back()
             && l + e.len == lblk
             && e.pblk + e.len == pblk
-            && e.len + len <= u64::from(u32::MAX)
+            && e.len + len <= MAX_EXTENT_BLOCKS
         {
             e.len += len;
             let (slot, x) = (e.slot, Extent { lblk: l, len: e.len, pblk: e.pblk });
@@ -233,7 +239,13 @@ impl Inode {
             .take(limit)
             .collect();
         let mut low = b;
+        let mut freed_blocks = 0u64;
+        let mut done_all = true;
         for l in keys.iter().copied() {
+            if freed_blocks >= FREE_BLOCKS_BATCH {
+                done_all = false;
+                break;
+            }
             let Some(e) = self.ext.get(&l).copied() else { continue };
             let end = l + e.len;
             let (s, t) = (a.max(l), b.min(end));
@@ -267,8 +279,9 @@ impl Inode {
                 self.put_slot(slot, Extent { lblk: t, len: tail.len, pblk: tail.pblk }, txn);
                 freed.push((e.pblk + (s - l), t - s));
             }
+            freed_blocks += t - s;
         }
-        if keys.len() < limit { Ok(a) } else { Ok(low.max(a)) }
+        if done_all && keys.len() < limit { Ok(a) } else { Ok(low.max(a)) }
     }
 
     /// Write the inode record into `txn` if it changed.

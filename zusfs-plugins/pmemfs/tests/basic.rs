@@ -268,3 +268,20 @@ fn test_readdir_cookies_and_big_directory() {
     }
     assert_clean(&fs);
 }
+
+#[test]
+fn test_large_file_truncate_and_unlink_stay_within_journal() {
+    // 600 MiB sequential file: extents are capped, frees are batched per transaction.
+    let pm = MappedPmem::anonymous(700 << 20).unwrap();
+    let fs = Fs::mkfs(pm, &MkfsOptions { inodes: Some(256), shards: Some(2) }).unwrap();
+    let f = fs.create(ROOT, b"big", 0o644, 0, 0).unwrap();
+    let free0 = fs.statfs().bfree;
+    fs.fallocate(f.ino, 0, 0, 600 << 20).unwrap();
+    assert_eq!(fs.getattr(f.ino).unwrap().size, 600 << 20);
+    fs.write_bytes(f.ino, (600 << 20) - 3, b"end", false).unwrap();
+    fs.setattr(f.ino, &SetAttr { size: Some(100 << 20), ..Default::default() }).unwrap();
+    assert_clean(&fs);
+    fs.unlink(ROOT, b"big").unwrap();
+    assert_clean(&fs);
+    assert_eq!(fs.statfs().bfree, free0);
+}
