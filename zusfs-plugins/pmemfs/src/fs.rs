@@ -163,6 +163,21 @@ pub fn now_ns() -> i64 {
 
 type WGuard<'a> = RwLockWriteGuard<'a, Option<Inode>>;
 
+/// Blocks reserved for a range before the inode is changed.
+struct NewBlocks {
+    /// (file block, device block, count)
+    runs: Vec<(u64, u64, u64)>,
+    /// extent-chain blocks for the new slots
+    chains: Vec<u64>,
+}
+
+impl NewBlocks {
+    /// Device block of file block `lb` among the new runs, and how many follow in that run.
+    fn map(&self, lb: u64) -> Option<(u64, u64)> {
+        self.runs.iter().find(|r| (r.0..r.0 + r.2).contains(&lb)).map(|&(l, p, c)| (p + lb - l, l + c - lb))
+    }
+}
+
 /// The mounted filesystem.
 #[derive(Debug)]
 pub struct Fs<P: Persist> {
@@ -1020,9 +1035,9 @@ impl<P: Persist> Fs<P> {
     }
 
     /// Allocate the holes of file blocks `[first, last]` (plus `extra` blocks of preallocation
-    /// after `last` when the range is at the end of the file), ready for `ext_insert`.
-    /// Returns the new runs (lblk, pblk, len). Changes nothing if it fails.
-    fn alloc_range(&self, op: &mut Op<'_, P>, n: &mut Inode, first: u64, last: u64, extra: u64) -> Result<Vec<(u64, u64, u64)>> {
+    /// after `last` when the range is at the end of the file) and the extent-chain blocks their
+    /// slots may need. Only reserves: the inode is untouched until [`apply_alloc`](Self::apply_alloc).
+    fn alloc_range(&self, op: &mut Op<'_, P>, n: &Inode, first: u64, last: u64, extra: u64) -> Result<NewBlocks> {
         let mut runs = Vec::new();
         let mut lb = first;
         while lb <= last {
@@ -1051,10 +1066,19 @@ impl<P: Persist> Fs<P> {
             chains.push(op.alloc(1, None)?.0);
             need = need.saturating_sub(crate::layout::CHAIN_SLOTS);
         }
-        for c in chains {
-            n.add_chain(c, &mut op.txn);
+        Ok(NewBlocks { runs, chains })
+    }
+
+    /// Map blocks from [`alloc_range`](Self::alloc_range) into the inode. Cannot fail once the
+    /// allocation succeeded (slots were provided), so callers do it after every fallible step.
+    fn apply_alloc(n: &mut Inode, nb: &NewBlocks, txn: &mut Txn) -> Result<()> {
+        for &c in &nb.chains {
+            n.add_chain(c, txn);
         }
-        Ok(runs)
+        for &(l, p, c) in &nb.runs {
+            n.ext_insert(l, p, c, txn)?;
+        }
+        Ok(())
     }
 
     /// Write `len` bytes from `src` at `off`. Data is durable after [`fsync`](Self::fsync) (or on
@@ -1123,9 +1147,8 @@ impl<P: Persist> Fs<P> {
         // Preallocate past EOF for appends, growing with the file (no waste on small files);
         // trimmed at the last close.
         let extra = if old_size <= (last + 1) * BLOCK { PREALLOC_BLOCKS.min(n.nblocks()) } else { 0 };
-        let runs = self.alloc_range(&mut op, n, first, last, extra)?;
-        for &(l, p, c) in &runs {
-            n.ext_insert(l, p, c, &mut op.txn)?;
+        let nb = self.alloc_range(&mut op, n, first, last, extra)?;
+        for &(l, p, c) in &nb.runs {
             // Newly allocated edge blocks: zero what this write does not cover.
             if (l..l + c).contains(&first) && !off.is_multiple_of(BLOCK) {
                 self.pm.nt_zero((p + first - l) * BLOCK, off % BLOCK)?;
@@ -1137,15 +1160,19 @@ impl<P: Persist> Fs<P> {
         if off > old_size {
             self.zero_mapped(n, old_size, off)?;
         }
-        // The data, straight from the client buffer.
+        // The data, straight from the client buffer. A failing client copy (EFAULT) returns
+        // before the inode changed; the new blocks go back to the allocator.
         let mut pos = off;
         while pos < end {
-            let (p, run) = n.map(pos / BLOCK).ok_or_else(|| FsError::corrupt("write: block not mapped"))?;
-            let seg = ((pos / BLOCK + run) * BLOCK).min(end) - pos;
+            let lb = pos / BLOCK;
+            let (p, run) = nb.map(lb).or_else(|| n.map(lb)).ok_or_else(|| FsError::corrupt("write: block not mapped"))?;
+            let seg = ((lb + run) * BLOCK).min(end) - pos;
             let so = src_off + (pos - off) as usize;
             self.pm.write_from(p * BLOCK + pos % BLOCK, src, so, seg as usize, true)?;
             pos += seg;
         }
+        Self::apply_alloc(n, &nb, &mut op.txn)?;
+        let runs = &nb.runs;
         let now = now_ns();
         n.d.mtime = now;
         n.d.ctime = now;
@@ -1302,11 +1329,11 @@ impl<P: Persist> Fs<P> {
                 while lb <= last {
                     let hi = (lb + CHUNK_BLOCKS - 1).min(last);
                     let mut op = Op::new(self);
-                    let runs = self.alloc_range(&mut op, n, lb, hi, 0)?;
-                    for &(l, p, c) in &runs {
+                    let nb = self.alloc_range(&mut op, n, lb, hi, 0)?;
+                    for &(_, p, c) in &nb.runs {
                         self.pm.nt_zero(p * BLOCK, c * BLOCK)?;
-                        n.ext_insert(l, p, c, &mut op.txn)?;
                     }
+                    Self::apply_alloc(n, &nb, &mut op.txn)?;
                     self.pm.fence();
                     n.dirty = true;
                     n.d.ctime = now;
@@ -1376,11 +1403,12 @@ impl<P: Persist> Fs<P> {
                 return Ok(Vec::new());
             }
             let mut op = Op::new(self);
-            let runs = self.alloc_range(&mut op, n, off / BLOCK, (end - 1) / BLOCK, 0)?;
-            for &(l, p, c) in &runs {
+            let nb = self.alloc_range(&mut op, n, off / BLOCK, (end - 1) / BLOCK, 0)?;
+            for &(_, p, c) in &nb.runs {
                 self.pm.nt_zero(p * BLOCK, c * BLOCK)?;
-                n.ext_insert(l, p, c, &mut op.txn)?;
             }
+            Self::apply_alloc(n, &nb, &mut op.txn)?;
+            let runs = &nb.runs;
             if off > n.d.size {
                 let s = n.d.size;
                 self.zero_mapped(n, s, off)?;

@@ -285,3 +285,46 @@ fn test_large_file_truncate_and_unlink_stay_within_journal() {
     assert_clean(&fs);
     assert_eq!(fs.statfs().bfree, free0);
 }
+
+/// A client buffer whose pages fault after `ok` bytes (like a bad user pointer).
+struct Faulty {
+    len: usize,
+    ok: usize,
+}
+
+// SAFETY: copies only within [dst, dst+len) and only when the range is below `ok`.
+unsafe impl zus_pmem::DataSource for Faulty {
+    fn len(&self) -> usize {
+        self.len
+    }
+    unsafe fn copy_to(&self, src_off: usize, dst: *mut u8, len: usize) -> std::result::Result<(), i32> {
+        if src_off + len > self.ok {
+            return Err(14);
+        }
+        // SAFETY: dst is valid for len writes (caller contract).
+        unsafe { std::ptr::write_bytes(dst, 0xCD, len) };
+        Ok(())
+    }
+}
+
+#[test]
+fn test_client_fault_mid_write_leaves_fs_consistent() {
+    let fs = sim(4);
+    let f = fs.create(ROOT, b"f", 0o644, 0, 0).unwrap();
+    fs.write_bytes(f.ino, 0, &[1; 100], false).unwrap();
+    let free = fs.statfs().bfree;
+    let e = fs.write(f.ino, 8192, &Faulty { len: 50_000, ok: 10_000 }, 0, 50_000, false).unwrap_err();
+    assert_eq!(e.errno(), 14);
+    assert_eq!(fs.getattr(f.ino).unwrap().size, 100);
+    assert_eq!(fs.statfs().bfree, free);
+    assert_clean(&fs);
+    // the blocks it had reserved are reused by another file: the first file must not still
+    // think it owns them
+    let g = fs.create(ROOT, b"g", 0o644, 0, 0).unwrap();
+    fs.write_bytes(g.ino, 0, &[2; 50_000], false).unwrap();
+    fs.write_bytes(f.ino, 8192, &[3; 50_000], false).unwrap();
+    let fs = Fs::mount(fs.into_pmem()).unwrap();
+    assert_clean(&fs);
+    assert!(fs.read_vec(g.ino, 0, 50_000).unwrap().iter().all(|&b| b == 2));
+    assert!(fs.read_vec(f.ino, 8192, 50_000).unwrap().iter().all(|&b| b == 3));
+}
