@@ -156,6 +156,17 @@ impl BlockAlloc {
         }
     }
 
+    /// Whether block `b` is used or reserved (for consistency checks).
+    pub fn is_used(&self, b: u64) -> bool {
+        match self.shard_of(b) {
+            Some(i) => {
+                let s = self.shards[i].lock().unwrap_or_else(|e| e.into_inner());
+                (s.start..s.end).contains(&b) && s.is_used(b)
+            }
+            None => true,
+        }
+    }
+
     /// Free blocks.
     pub fn free_blocks(&self) -> u64 {
         self.shards.iter().map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).free).sum()

@@ -369,6 +369,10 @@ fn run(ops: &[Op]) {
             }
         };
         assert_eq!(got, want, "step {step}: {o:?}");
+        if step % 8 == 7 {
+            let r = fs.as_ref().unwrap().check().unwrap();
+            assert!(r.is_clean(), "step {step}: {r}");
+        }
     }
     let f = fs.take().unwrap();
     assert_eq!(normalize(snapshot(&f).unwrap()), m.tree(), "final tree");
