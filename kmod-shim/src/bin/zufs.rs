@@ -88,11 +88,16 @@ enum Cmd {
 }
 
 fn main() {
+    let args = Args::parse();
+    // The bridge logs at info (to its log file); interactive commands only warn.
+    let serving = matches!(args.cmd, Cmd::Mount { foreground: true, .. });
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ZUFS_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ZUFS_LOG")
+                .unwrap_or_else(|_| if serving { "info" } else { "warn" }.into()),
+        )
         .with_writer(std::io::stderr)
         .init();
-    let args = Args::parse();
     let env = Env::resolve(args.socket, args.plugins);
     let res: Result<i32> = match args.cmd {
         Cmd::Mkfs { fs_type, size, options, device } => (|| {
