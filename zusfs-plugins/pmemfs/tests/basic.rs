@@ -328,3 +328,32 @@ fn test_client_fault_mid_write_leaves_fs_consistent() {
     assert!(fs.read_vec(g.ino, 0, 50_000).unwrap().iter().all(|&b| b == 2));
     assert!(fs.read_vec(f.ino, 8192, 50_000).unwrap().iter().all(|&b| b == 3));
 }
+
+#[test]
+fn test_persistence_across_unmount_on_a_dev_shm_file() {
+    let path = std::path::PathBuf::from(format!("/dev/shm/pmemfs-test-{}", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let (ino, dino) = {
+        let pm = MappedPmem::open_file(&path, Some(32 << 20)).unwrap();
+        let fs = Fs::mkfs(pm, &MkfsOptions::default()).unwrap();
+        let d = fs.mkdir(ROOT, b"d", 0o700, 5, 6).unwrap();
+        let f = fs.create(d.ino, b"f", 0o600, 5, 6).unwrap();
+        fs.write_bytes(f.ino, 0, &data, true).unwrap();
+        fs.setxattr(f.ino, b"user.a", b"b", 0).unwrap();
+        fs.symlink(ROOT, b"s", b"d/f", 0, 0).unwrap();
+        (f.ino, d.ino)
+        // unmount: drop (munmap)
+    };
+    let pm = MappedPmem::open_file(&path, None).unwrap();
+    let fs = Fs::mount(pm).unwrap();
+    assert_eq!(fs.lookup(ROOT, b"d").unwrap().ino, dino);
+    let a = fs.lookup(dino, b"f").unwrap();
+    assert_eq!((a.ino, a.size, a.mode & 0o7777, a.uid, a.gid), (ino, data.len() as u64, 0o600, 5, 6));
+    assert_eq!(fs.read_vec(ino, 0, data.len()).unwrap(), data);
+    assert_eq!(fs.getxattr(ino, b"user.a").unwrap(), b"b");
+    assert_eq!(fs.readlink(fs.lookup(ROOT, b"s").unwrap().ino).unwrap(), b"d/f");
+    assert_clean(&fs);
+    drop(fs);
+    std::fs::remove_file(&path).unwrap();
+}

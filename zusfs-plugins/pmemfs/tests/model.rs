@@ -383,7 +383,7 @@ fn run(ops: &[Op]) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
     #[test]
     fn test_model_random_ops(ops in proptest::collection::vec(op(), 1..80)) {
         run(&ops);
