@@ -322,7 +322,7 @@ fn load_inode<P: Persist>(
     match kind {
         S_IFDIR => {
             let nb = node.end_lblk();
-            if d.size != nb * BLOCK || node.nblocks() != nb {
+            if d.size != nb * BLOCK || node.nblocks() != nb || nb > u64::from(u32::MAX / DSLOTS_PER_BLOCK) {
                 return Err(FsError::corrupt("directory size does not match its dense blocks"));
             }
             if d.parent == 0 || d.parent >= geo.ninodes {
