@@ -140,6 +140,16 @@ fn desc(pmem: Option<&MappedPmem>, read_only: bool) -> DeviceDesc {
     })
 }
 
+/// The error for a plugin entry that returned `rc < 0` with a message in `msg`.
+fn plugin_failure(plugin: &Plugin, path: &str, rc: i64, msg: &[u8]) -> MountError {
+    let errno = Errno::from_wire(rc).err().unwrap_or(Errno::EIO);
+    let mut message = msg_str(msg);
+    if message.is_empty() {
+        message = errno.to_string();
+    }
+    MountError::Plugin { fs_type: plugin.name.clone(), path: path.to_owned(), message, errno }
+}
+
 fn msg_str(buf: &[u8]) -> String {
     let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
     String::from_utf8_lossy(&buf[..end]).into_owned()
@@ -203,12 +213,9 @@ pub fn mount(id: u32, plugin: &Plugin, device: &str, options: &str) -> Result<Mo
         )
     };
     if rc < 0 || handle.is_null() {
-        let errno = Errno::from_wire(rc).err().unwrap_or(Errno::EIO);
-        let mut message = msg_str(&msg);
-        if message.is_empty() {
-            message = errno.to_string();
-        }
-        return Err(MountError::Plugin { fs_type: plugin.name.clone(), path: canon, message, errno });
+        // A plugin that "succeeds" without a handle broke the contract: report EIO.
+        let rc = if rc < 0 { rc } else { Errno::EIO.to_wire() };
+        return Err(plugin_failure(plugin, &canon, rc, &msg));
     }
     Ok(Mount {
         id,
@@ -295,13 +302,7 @@ pub fn mkfs(plugin: &Plugin, device: &str, size: Option<u64>, options: &str) -> 
     // SAFETY: valid pointers for the duration of the call; the mapping outlives it.
     let rc = unsafe { mkfs_fn(&raw const d, options.as_ptr(), options.len(), msg.as_mut_ptr(), msg.len()) };
     if rc < 0 {
-        let errno = Errno::from_wire(rc).err().unwrap_or(Errno::EIO);
-        return Err(MountError::Plugin {
-            fs_type: plugin.name.clone(),
-            path: device.to_owned(),
-            message: msg_str(&msg),
-            errno,
-        });
+        return Err(plugin_failure(plugin, device, rc, &msg));
     }
     Ok(())
 }
@@ -326,13 +327,7 @@ pub fn fsck(plugin: &Plugin, device: &str) -> Result<(u64, String), MountError> 
     // SAFETY: valid pointers for the duration of the call.
     let rc = unsafe { f(&raw const d, &raw mut problems, msg.as_mut_ptr(), msg.len()) };
     if rc < 0 {
-        let errno = Errno::from_wire(rc).err().unwrap_or(Errno::EIO);
-        return Err(MountError::Plugin {
-            fs_type: plugin.name.clone(),
-            path: device.to_owned(),
-            message: msg_str(&msg),
-            errno,
-        });
+        return Err(plugin_failure(plugin, device, rc, &msg));
     }
     Ok((problems, msg_str(&msg)))
 }
