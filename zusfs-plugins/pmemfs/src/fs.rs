@@ -527,22 +527,24 @@ impl<P: Persist> Fs<P> {
         self.getattr(ino)
     }
 
-    /// Change attributes.
+    /// Change attributes. All changes, the size included, are one transaction (a shrink of more
+    /// than 512 MiB or 256 extents is split; each step is a valid truncate).
     pub fn setattr(&self, ino: u64, sa: &SetAttr) -> Result<Attr> {
         self.live()?;
         let mut g = self.wl(ino)?;
-        if let Some(size) = sa.size {
-            let n = node_mut(&mut g)?;
+        let now = now_ns();
+        let n = node_mut(&mut g)?;
+        if sa.size.is_some() {
             if n.is_dir() {
                 return Err(FsError::IsDir);
             }
             if !n.is_reg() {
                 return Err(FsError::Invalid("size of a non-regular file".into()));
             }
-            self.set_size(ino, &mut g, size, true)?;
         }
-        let now = now_ns();
-        let n = node_mut(&mut g)?;
+        if sa.size.is_some_and(|x| x > MAX_FILE_BLOCKS * BLOCK) {
+            return Err(FsError::TooBig);
+        }
         if let Some(m) = sa.mode {
             n.d.mode = (n.d.mode & S_IFMT) | (m & 0o7777);
         }
@@ -560,10 +562,15 @@ impl<P: Persist> Fs<P> {
         }
         n.d.ctime = now;
         n.dirty = true;
-        let mut op = Op::new(self);
-        n.flush_record(&self.geo, ino, &mut op.txn);
-        op.commit()?;
-        Ok(attr_of(ino, n))
+        if let Some(size) = sa.size {
+            // set_size commits the fields above with the new size.
+            self.set_size(ino, &mut g, size, sa.mtime.is_none())?;
+        } else {
+            let mut op = Op::new(self);
+            n.flush_record(&self.geo, ino, &mut op.txn);
+            op.commit()?;
+        }
+        Ok(attr_of(ino, node_mut(&mut g)?))
     }
 
     // ---------------------------------------------------------------- namespace

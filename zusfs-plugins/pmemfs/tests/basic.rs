@@ -357,3 +357,16 @@ fn test_persistence_across_unmount_on_a_dev_shm_file() {
     drop(fs);
     std::fs::remove_file(&path).unwrap();
 }
+
+#[test]
+fn test_setattr_size_and_mode_together_and_too_big_changes_nothing() {
+    let fs = sim(4);
+    let f = fs.create(ROOT, b"f", 0o644, 0, 0).unwrap();
+    let sa = SetAttr { size: Some(5000), mode: Some(0o600), mtime: Some(TimeSpec::Ns(7)), ..Default::default() };
+    let a = fs.setattr(f.ino, &sa).unwrap();
+    assert_eq!((a.size, a.mode & 0o7777, a.mtime), (5000, 0o600, 7));
+    let bad = SetAttr { size: Some(u64::MAX), mode: Some(0o777), ..Default::default() };
+    assert!(matches!(fs.setattr(f.ino, &bad), Err(FsError::TooBig)));
+    assert_eq!(fs.getattr(f.ino).unwrap().mode & 0o7777, 0o600);
+    assert_clean(&fs);
+}
