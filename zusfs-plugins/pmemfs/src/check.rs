@@ -82,7 +82,7 @@ impl std::fmt::Display for FsckReport {
 /// The loaded filesystem state.
 pub(crate) struct Loaded {
     pub geo: Geometry,
-    pub inodes: Vec<Option<Inode>>,
+    pub inodes: Vec<Option<Box<Inode>>>,
     pub bitmap: Vec<u64>,
     pub report: FsckReport,
     pub journal: crate::journal::Journal,
@@ -137,13 +137,22 @@ pub(crate) fn load<P: Persist>(pm: &P) -> Result<Loaded> {
 
     // Inode table in one read.
     let n = usize::try_from(geo.ninodes).map_err(|_| FsError::corrupt("inode count"))?;
-    let mut table = vec![0u8; n * INODE_SIZE as usize];
-    pm.read(geo.inode_off(0), &mut table)?;
-    let mut inodes: Vec<Option<Inode>> = (0..n).map(|_| None).collect();
+    // Read the table in 1 MiB chunks (4096 inodes) so memory stays bounded on large devices.
+    const CHUNK: usize = 4096;
+    let mut table = vec![0u8; CHUNK * INODE_SIZE as usize];
+    let mut chunk_base = usize::MAX;
+    let mut inodes: Vec<Option<Box<Inode>>> = (0..n).map(|_| None).collect();
     let mut free_inos = Vec::new();
     for (i, slot) in inodes.iter_mut().enumerate().skip(1) {
         let ino = i as u64;
-        let raw = &table[i * 256..i * 256 + 256];
+        if i / CHUNK != chunk_base {
+            chunk_base = i / CHUNK;
+            let count = (n - chunk_base * CHUNK).min(CHUNK);
+            table.truncate(count * 256);
+            pm.read(geo.inode_off((chunk_base * CHUNK) as u64), &mut table)?;
+        }
+        let k = i % CHUNK;
+        let raw = &table[k * 256..k * 256 + 256];
         let d = match DiskInode::decode(ino, raw) {
             Ok(d) => d,
             Err(e) => {
@@ -163,7 +172,7 @@ pub(crate) fn load<P: Persist>(pm: &P) -> Result<Loaded> {
             continue;
         }
         match load_inode(pm, &geo, ino, d, &mut own, &mut r) {
-            Ok(Some(node)) => *slot = Some(node),
+            Ok(Some(node)) => *slot = Some(Box::new(node)),
             Ok(None) => {}
             Err(e) => r.err(format!("inode {ino}: {e}")),
         }
@@ -455,7 +464,7 @@ pub(crate) fn decode_xattrs(b: &[u8]) -> Result<BTreeMap<Vec<u8>, Vec<u8>>> {
     Ok(m)
 }
 
-fn check_tree(geo: &Geometry, inodes: &[Option<Inode>], r: &mut FsckReport) {
+fn check_tree(geo: &Geometry, inodes: &[Option<Box<Inode>>], r: &mut FsckReport) {
     let n = inodes.len();
     let mut refs = vec![0u32; n];
     let mut dir_parent = vec![0u64; n];

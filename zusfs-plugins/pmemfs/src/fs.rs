@@ -161,7 +161,7 @@ pub fn now_ns() -> i64 {
         .unwrap_or(0)
 }
 
-type WGuard<'a> = RwLockWriteGuard<'a, Option<Inode>>;
+type WGuard<'a> = RwLockWriteGuard<'a, Option<Box<Inode>>>;
 
 /// Blocks reserved for a range before the inode is changed.
 struct NewBlocks {
@@ -187,7 +187,8 @@ pub struct Fs<P: Persist> {
     balloc: BlockAlloc,
     /// free inode numbers with their last generation
     ifree: Mutex<Vec<(u64, u64)>>,
-    inodes: Vec<RwLock<Option<Inode>>>,
+    /// Boxed so a free slot costs 16 bytes of DRAM.
+    inodes: Vec<RwLock<Option<Box<Inode>>>>,
     ns: RwLock<()>,
     poisoned: AtomicBool,
 }
@@ -286,7 +287,7 @@ fn check_name(name: &[u8]) -> Result<()> {
 }
 
 fn node_mut<'g>(g: &'g mut WGuard<'_>) -> Result<&'g mut Inode> {
-    g.as_mut().ok_or(FsError::NotFound)
+    g.as_deref_mut().ok_or(FsError::NotFound)
 }
 
 fn attr_of(ino: u64, n: &Inode) -> Attr {
@@ -460,7 +461,7 @@ impl<P: Persist> Fs<P> {
         if self.poisoned.load(Ordering::Relaxed) { Err(FsError::Shutdown) } else { Ok(()) }
     }
 
-    fn slot(&self, ino: u64) -> Result<&RwLock<Option<Inode>>> {
+    fn slot(&self, ino: u64) -> Result<&RwLock<Option<Box<Inode>>>> {
         if ino == 0 {
             return Err(FsError::NotFound);
         }
@@ -471,7 +472,7 @@ impl<P: Persist> Fs<P> {
         Ok(self.slot(ino)?.write().unwrap_or_else(|e| e.into_inner()))
     }
 
-    fn rl(&self, ino: u64) -> Result<RwLockReadGuard<'_, Option<Inode>>> {
+    fn rl(&self, ino: u64) -> Result<RwLockReadGuard<'_, Option<Box<Inode>>>> {
         Ok(self.slot(ino)?.read().unwrap_or_else(|e| e.into_inner()))
     }
 
@@ -666,7 +667,7 @@ impl<P: Persist> Fs<P> {
         node.flush_record(&self.geo, ino, &mut op.txn);
         op.commit()?;
         let a = attr_of(ino, &node);
-        *self.wl(ino)? = Some(node);
+        *self.wl(ino)? = Some(Box::new(node));
         Ok(a)
     }
 
@@ -887,7 +888,7 @@ impl<P: Persist> Fs<P> {
             gs.insert(i, self.wl(i)?);
         }
         fn n<'m, 'g>(gs: &'m mut BTreeMap<u64, WGuard<'g>>, i: u64) -> Result<&'m mut Inode> {
-            gs.get_mut(&i).and_then(|g| g.as_mut()).ok_or(FsError::NotFound)
+            gs.get_mut(&i).and_then(|g| g.as_deref_mut()).ok_or(FsError::NotFound)
         }
         if let Some(d) = de
             && !exchange

@@ -15,7 +15,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use zus_pmem::{CrashPoint, CrashSim, ImageBudget};
 
-const DEV: usize = 1 << 20;
+const DEV: usize = 512 << 10;
 static IMAGES: AtomicU64 = AtomicU64::new(0);
 
 fn budget() -> ImageBudget {
