@@ -84,7 +84,7 @@ fn secs(v: &str, name: &str) -> Result<Duration> {
 pub fn parse_mount_options(opts: &str, fsname: &str) -> Result<MountOptions> {
     let mut f = FuseOptions { fsname: fsname.to_owned(), ..FuseOptions::default() };
     let mut server = Vec::new();
-    let mut data_path = DataPath::Remote;
+    let mut data_path = DataPath::Auto;
     for o in opts.split(',').map(str::trim).filter(|o| !o.is_empty()) {
         let (k, v) = o.split_once('=').map_or((o, None), |(k, v)| (k, Some(v)));
         match (k, v) {
@@ -95,12 +95,15 @@ pub fn parse_mount_options(opts: &str, fsname: &str) -> Result<MountOptions> {
             ("default_permissions", None) => f.default_permissions = true,
             ("nodefault_permissions", None) => f.default_permissions = false,
             ("direct_io", None) => f.direct_io = true,
+            ("pin", None) => f.pin = true,
+            ("nopin", None) => f.pin = false,
             ("keep_cache", None) => f.keep_cache = true,
             ("threads", Some(v)) => {
                 f.threads = v.parse().ok().filter(|&n: &usize| (1..=256).contains(&n)).with_context(|| format!("mount option threads={v}: want 1..256"))?;
             }
             ("data", Some("remote")) => data_path = DataPath::Remote,
             ("data", Some("window")) => data_path = DataPath::Window,
+            ("data", Some("auto")) => data_path = DataPath::Auto,
             ("fsname", Some(v)) => f.fsname = v.to_owned(),
             ("ro", None) => {
                 f.read_only = true;

@@ -48,6 +48,8 @@ pub struct FuseOptions {
     pub keep_cache: bool,
     /// Reader threads (default: one per CPU).
     pub threads: usize,
+    /// Pin reader thread n to CPU n (default); `nopin` leaves placement to the scheduler.
+    pub pin: bool,
     /// Name shown as the mount's source.
     pub fsname: String,
 }
@@ -64,6 +66,7 @@ impl Default for FuseOptions {
             direct_io: false,
             keep_cache: false,
             threads: online_cpus().len(),
+            pin: true,
             fsname: "zufs".into(),
         }
     }
@@ -106,6 +109,7 @@ impl Transport for FuserTransport {
         config.acl = if opts.allow_other { SessionACL::All } else { SessionACL::Owner };
         config.n_threads = Some(opts.threads.max(1));
         config.clone_fd = true;
+        PIN.store(opts.pin, std::sync::atomic::Ordering::Relaxed);
         let fs = FuseFs { bridge, opts: opts.clone() };
         let session = fuser::Session::new(fs, mountpoint, &config)?;
         ready();
@@ -144,6 +148,8 @@ fn pin_to(cpu: usize) -> bool {
     }
 }
 
+static PIN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
 thread_local! {
     static PINNED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -155,6 +161,9 @@ fn pin_reader() {
         return;
     }
     PINNED.set(true);
+    if !PIN.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
     let cur = std::thread::current();
     let Some(n) = cur.name().and_then(|n| n.strip_prefix("fuser-")).and_then(|n| n.parse::<usize>().ok()) else { return };
     let cpus = online_cpus();

@@ -153,8 +153,10 @@ fn main() {
             targets.push(Target { name: "bindfs (classic FUSE)".into(), dir: mnt, direct: true });
         }
     }
-    if want("passthrough_ll") {
-        if let Some(bin) = std::env::var_os("ZUFS_PASSTHROUGH_LL") {
+    if want("passthrough_ll")
+        && let Some(bin) = std::env::var_os("ZUFS_PASSTHROUGH_LL")
+    {
+        {
             let src = tmpfs.join("pt-src");
             let mnt = dir.0.join("passthrough");
             std::fs::create_dir_all(&src).expect("mkdir");

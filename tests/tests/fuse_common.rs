@@ -1,7 +1,7 @@
 //! Shared helpers for the FUSE bridge tests (included by each `fuse_*.rs` with `#[path]`):
 //! a zusd, a `zufs mount` of it, commands with timeouts, and cleanup that cannot leave a hung
 //! mount behind (lazy unmount, then the fusectl abort).
-#![allow(dead_code)]
+#![allow(dead_code, unused_macros)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -89,10 +89,10 @@ pub fn force_clear(mp: &Path) {
         if let Ok(md) = std::fs::read_to_string("/proc/self/mountinfo") {
             let want = mp.display().to_string();
             for l in md.lines().filter(|l| l.split(' ').nth(4) == Some(want.as_str())) {
-                if let Some(dev) = l.split(' ').nth(2) {
-                    if let Some((_, minor)) = dev.split_once(':') {
-                        let _ = std::fs::write(format!("/sys/fs/fuse/connections/{minor}/abort"), "1");
-                    }
+                if let Some(dev) = l.split(' ').nth(2)
+                    && let Some((_, minor)) = dev.split_once(':')
+                {
+                    let _ = std::fs::write(format!("/sys/fs/fuse/connections/{minor}/abort"), "1");
                 }
             }
         }
@@ -101,6 +101,7 @@ pub fn force_clear(mp: &Path) {
 }
 
 /// A zusd plus a mount directory and a run directory for `zufs`.
+#[derive(Debug)]
 pub struct Fixture {
     pub dir: TempDir,
     pub zusd: Option<Zusd>,
@@ -205,14 +206,12 @@ impl Drop for Fixture {
             force_clear(&self.mnt);
         }
         // A zusd started on demand by `zufs mount` is not our child: stop it by its pid.
-        if self.zusd.is_none() {
-            if let Ok(o) = Command::new(artifact("zufs")).arg("--socket").arg(&self.socket).args(["status", "--json"]).output() {
-                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&o.stdout) {
-                    if let Some(pid) = v["zusd"]["pid"].as_u64() {
-                        let _ = Command::new("kill").arg(pid.to_string()).status();
-                    }
-                }
-            }
+        if self.zusd.is_none()
+            && let Ok(o) = Command::new(artifact("zufs")).arg("--socket").arg(&self.socket).args(["status", "--json"]).output()
+            && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&o.stdout)
+            && let Some(pid) = v["zusd"]["pid"].as_u64()
+        {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
         }
     }
 }

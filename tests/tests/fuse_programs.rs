@@ -166,14 +166,14 @@ fn test_shared_mmap_is_coherent_with_read_and_write() {
     let map = MapShared::new(&file, len);
     // Stores through the mapping, seen by read(2) after msync and by a second mapping at once.
     for (i, b) in map.slice().iter_mut().enumerate().step_by(4096) {
-        *b = (i / 4096 % 251) as u8 + 1;
+        *b = u8::try_from(i / 4096 % 251).unwrap() + 1;
     }
     map.sync();
     let mut buf = vec![0u8; len];
     let mut f2 = std::fs::File::open(&p).unwrap();
     f2.read_exact(&mut buf).unwrap();
     for i in (0..len).step_by(4096) {
-        assert_eq!(buf[i], (i / 4096 % 251) as u8 + 1, "read(2) at {i} after msync");
+        assert_eq!(buf[i], u8::try_from(i / 4096 % 251).unwrap() + 1, "read(2) at {i} after msync");
     }
     let file2 = std::fs::OpenOptions::new().read(true).write(true).open(&p).unwrap();
     let map2 = MapShared::new(&file2, len);
@@ -221,7 +221,7 @@ fn test_o_direct_o_sync_any_alignment() {
         .open(&p)
         .unwrap();
     // Unaligned offset, length and buffer: no alignment rules are forwarded.
-    let data: Vec<u8> = (0..10_007u32).map(|i| (i % 253) as u8).collect();
+    let data: Vec<u8> = (0..10_007u32).map(|i| u8::try_from(i % 253).unwrap()).collect();
     file.write_at(&data[1..], 3).unwrap();
     file.write_all(b"").unwrap();
     let mut back = vec![0u8; 10_006];
