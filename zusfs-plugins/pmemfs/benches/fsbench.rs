@@ -64,6 +64,7 @@ fn main() {
     let mut ow_nosync = Vec::new();
     let mut ap_sync = Vec::new();
     let mut ap_nosync = Vec::new();
+    let mut ap_falloc = Vec::new();
     for r in 0..rounds {
         let pm = fs.pmem();
         raw_cached.push(ns_per_op(n, |i| {
@@ -92,6 +93,12 @@ fn main() {
         ap_nosync.push(ns_per_op(per, |i| {
             fs.write(b, i * B4K as u64, &data, 0, B4K, false).unwrap();
         }));
+        let c = fs.create(ROOT, format!("appendfa{r}").as_bytes(), 0o644, 0, 0).unwrap().ino;
+        fs.fallocate(c, pmemfs::FALLOC_FL_KEEP_SIZE, 0, per * B4K as u64).unwrap();
+        ap_falloc.push(ns_per_op(per, |i| {
+            fs.write(c, i * B4K as u64, &data, 0, B4K, true).unwrap();
+        }));
+        fs.unlink(ROOT, format!("appendfa{r}").as_bytes()).unwrap();
         fs.unlink(ROOT, format!("append{r}").as_bytes()).unwrap();
         fs.unlink(ROOT, format!("appendns{r}").as_bytes()).unwrap();
     }
@@ -123,6 +130,8 @@ fn main() {
     println!("| pmemfs 4K overwrite (durable at fsync) | {on:.0} | {:.2}x |", on / raw);
     println!("| pmemfs 4K append, O_SYNC | {as_:.0} | {:.2}x |", as_ / raw);
     println!("| pmemfs 4K append (durable at fsync) | {an:.0} | {:.2}x |", an / raw);
+    let af = median(ap_falloc);
+    println!("| pmemfs 4K append into fallocate(KEEP_SIZE) space, O_SYNC | {af:.0} | {:.2}x |", af / raw);
     println!("| create (one directory, {files} files) | {:.0} /s | |", create_rate);
     println!("| unlink (same files) | {:.0} /s | |", unlink_rate);
     println!("target: O_SYNC overwrite and append <= 1.5x raw: overwrite {:.2}x, append {:.2}x", os / raw, as_ / raw);
