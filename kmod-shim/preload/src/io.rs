@@ -1,0 +1,663 @@
+//! The data path: channel mode (one op per call, data moved once by zusd with
+//! process_vm_readv/writev) and dax mode (extents from MAP cached per file, data copied
+//! directly to and from the mapped device with non-temporal stores).
+//!
+//! Every function returns `Ok(value)` or `Err(errno)`; the hooks turn that into the C
+//! convention. Nothing here allocates: requests, iovec arrays and extent lists live on the stack.
+
+use core::sync::atomic::{Ordering, fence};
+
+use kmod_shim::relay::DataIn;
+use zus_api::ops::{
+    Attr, EXTENT_HOLE, Extent, FallocateReq, FsyncReq, InoReq, IoReply, IoReq, IoVec, MAX_IOV, MAX_MAP_EXTENTS,
+    MapDoneReq, MapReply, MapReq, OpCode, Pod, SetattrReq, io_flags, setattr, DATA_REMOTE_IOV, DATA_WINDOW,
+};
+
+use crate::mount::Mount;
+use crate::state::{self, LAYOUT_EPOCH, Slot};
+use crate::sys;
+
+/// How long cached extents are trusted (bounds the window of a truncate by another process).
+pub const LEASE_NS: u64 = 1_000_000;
+/// mtime is committed at most this often by dax writes (like the kernel's coarse clock).
+pub const COMMIT_NS: u64 = 1_000_000;
+
+/// An fd we serve.
+#[derive(Debug, Clone, Copy)]
+pub struct File {
+    /// Its slot.
+    pub s: &'static Slot,
+    /// Its mount.
+    pub m: &'static Mount,
+}
+
+/// The file an fd table entry names, if any.
+#[inline]
+pub fn file(entry: u32) -> Option<File> {
+    let s = state::slot_of(entry)?;
+    let m = state::mount(s.mount.load(Ordering::Relaxed))?;
+    Some(File { s, m })
+}
+
+/// Drops one reference on the slot an entry names; the last one commits a pending mtime.
+pub fn release(entry: u32, commit: bool) {
+    let Some(f) = file(entry) else { return };
+    if commit && f.s.refs.load(Ordering::Acquire) == 1 && f.s.dirty.swap(false, Ordering::AcqRel) {
+        let _ = map_done(f, 0, false);
+    }
+    f.s.refs.fetch_sub(1, Ordering::AcqRel);
+}
+
+fn op(f: File, code: OpCode, req: &[&[u8]], reply: &mut [u8]) -> Result<u64, i32> {
+    let st = &state::STATS;
+    state::count(
+        match code {
+            OpCode::Read | OpCode::Write => &st.chan_io,
+            OpCode::Map => &st.map,
+            OpCode::MapDone => &st.map_done,
+            _ => &st.other,
+        },
+        1,
+    );
+    let r = f.m.relay()?;
+    r.op(f.m.mount_id.load(Ordering::Relaxed) as u32, code, req, DataIn::None, reply, None, None)
+        .map(|o| o.value)
+        .map_err(|e| e.errno().0)
+}
+
+fn ino(f: File) -> u64 {
+    f.s.ino.load(Ordering::Relaxed)
+}
+
+fn oflags(f: File) -> i32 {
+    f.s.flags.load(Ordering::Relaxed) as i32
+}
+
+/// io_flags for a write/read on this file plus `RWF_*` flags of the `*v2` calls.
+fn io_flags_of(f: File, rwf: i32) -> u32 {
+    let fl = oflags(f);
+    let mut x = 0;
+    if fl & libc::O_DSYNC != 0 || rwf & (libc::RWF_DSYNC | libc::RWF_SYNC) != 0 {
+        x |= io_flags::SYNC;
+    }
+    if fl & libc::O_DIRECT != 0 {
+        x |= io_flags::DIRECT;
+    }
+    if fl & libc::O_APPEND != 0 || rwf & libc::RWF_APPEND != 0 {
+        x |= io_flags::APPEND;
+    }
+    x
+}
+
+fn iov_bytes(v: &[IoVec]) -> &[u8] {
+    // SAFETY: IoVec is Pod (repr(C), two u64, no padding); the slice borrows `v`.
+    unsafe { core::slice::from_raw_parts(v.as_ptr().cast::<u8>(), core::mem::size_of_val(v)) }
+}
+
+/// One channel read or write of the buffers `iov` at `off`: (bytes, reply).
+fn chan_io(f: File, write: bool, iov: &[IoVec], total: u64, off: u64, flags: u32) -> Result<(u64, IoReply), i32> {
+    if total == 0 {
+        return Ok((0, IoReply { size: 0, offset: off }));
+    }
+    let code = if write { OpCode::Write } else { OpCode::Read };
+    if f.m.window {
+        return window_io(f, code, iov, off, flags);
+    }
+    let req = IoReq {
+        ino: ino(f),
+        fh: 0,
+        offset: off,
+        len: total,
+        flags,
+        data_kind: DATA_REMOTE_IOV,
+        niov: iov.len() as u32,
+        reserved: 0,
+    };
+    let mut rep = [0u8; 16];
+    let n = op(f, code, &[req.as_bytes(), iov_bytes(iov)], &mut rep)?;
+    Ok((n, IoReply::read_from(&rep).unwrap_or_default()))
+}
+
+/// The named two-copy fallback (`ZUFS_DATA=window`): data bounces through the slot's window,
+/// one buffer (piece) per op.
+#[cold]
+fn window_io(f: File, code: OpCode, iov: &[IoVec], mut off: u64, flags: u32) -> Result<(u64, IoReply), i32> {
+    let r = f.m.relay()?;
+    let win = r.geometry().window_size as u64;
+    let mut done = 0u64;
+    let mut last = IoReply { size: 0, offset: off };
+    for v in iov {
+        let mut at = 0u64;
+        while at < v.len {
+            let n = (v.len - at).min(win);
+            let p = (v.addr + at) as *mut u8;
+            let req = IoReq { ino: ino(f), fh: 0, offset: off, len: n, flags, data_kind: DATA_WINDOW, niov: 0, reserved: 0 };
+            let mut rep = [0u8; 16];
+            state::count(&state::STATS.window_io, 1);
+            let id = f.m.mount_id.load(Ordering::Relaxed) as u32;
+            let got = if code == OpCode::Write {
+                // SAFETY: the caller's buffer, valid for `v.len` bytes (write(2) contract).
+                let d = unsafe { core::slice::from_raw_parts(p, n as usize) };
+                r.op(id, code, &[req.as_bytes()], DataIn::Window(d), &mut rep, None, None)
+            } else {
+                // SAFETY: as above, writable (read(2) contract).
+                let d = unsafe { core::slice::from_raw_parts_mut(p, n as usize) };
+                r.op(id, code, &[req.as_bytes()], DataIn::None, &mut rep, Some(d), None)
+            }
+            .map_err(|e| e.errno().0)?
+            .value;
+            last = IoReply::read_from(&rep).unwrap_or_default();
+            if flags & io_flags::APPEND != 0 && done == 0 {
+                off = last.offset;
+            }
+            done += got;
+            off += got;
+            at += got;
+            if got < n {
+                return Ok((done, last));
+            }
+        }
+    }
+    Ok((done, last))
+}
+
+// ----------------------------------------------------------------------------------------------
+// dax
+// ----------------------------------------------------------------------------------------------
+
+/// Where a file offset lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Loc {
+    /// At `dev` on the device, `run` bytes contiguous.
+    Mapped { dev: u64, run: u64 },
+    /// A hole of `run` bytes.
+    Hole { run: u64 },
+    /// At or beyond end of file.
+    Eof,
+}
+
+fn search(ext: &[Extent], size: u64, pos: u64) -> Option<Loc> {
+    if pos >= size {
+        return Some(Loc::Eof);
+    }
+    let i = ext.partition_point(|e| e.file_offset <= pos).checked_sub(1)?;
+    let e = ext[i];
+    if pos >= e.file_offset + e.len {
+        return None;
+    }
+    let run = e.file_offset + e.len - pos;
+    Some(if e.dev_offset == EXTENT_HOLE { Loc::Hole { run } } else { Loc::Mapped { dev: e.dev_offset + (pos - e.file_offset), run } })
+}
+
+/// Seqlock read of the cached extents.
+#[inline]
+fn cache_lookup(s: &Slot, pos: u64, now: u64) -> Option<Loc> {
+    let q = s.seq.load(Ordering::Acquire);
+    if q & 1 == 1
+        || s.epoch.load(Ordering::Relaxed) != LAYOUT_EPOCH.load(Ordering::Relaxed)
+        || now.wrapping_sub(s.filled.load(Ordering::Relaxed)) > LEASE_NS
+    {
+        return None;
+    }
+    let n = (s.n.load(Ordering::Relaxed) as usize).min(MAX_MAP_EXTENTS);
+    let size = s.size.load(Ordering::Relaxed);
+    let loc = if pos >= size {
+        Loc::Eof
+    } else {
+        // Last extent starting at or before pos.
+        let (mut lo, mut hi) = (0usize, n);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if s.ext[mid].file_off.load(Ordering::Relaxed) <= pos { lo = mid + 1 } else { hi = mid }
+        }
+        let i = lo.checked_sub(1)?;
+        let e = &s.ext[i];
+        let (fo, dev, len) =
+            (e.file_off.load(Ordering::Relaxed), e.dev_off.load(Ordering::Relaxed), e.len.load(Ordering::Relaxed));
+        if pos >= fo.wrapping_add(len) {
+            return None;
+        }
+        let run = fo + len - pos;
+        if dev == EXTENT_HOLE { Loc::Hole { run } } else { Loc::Mapped { dev: dev + (pos - fo), run } }
+    };
+    fence(Ordering::Acquire);
+    (s.seq.load(Ordering::Relaxed) == q).then_some(loc)
+}
+
+/// MAP: extents of `[off, off+len)` into `out`; returns (count, file size).
+fn map(f: File, off: u64, len: u64, write: bool, out: &mut [Extent; MAX_MAP_EXTENTS]) -> Result<(usize, u64), i32> {
+    let req = MapReq { ino: ino(f), offset: off, len, write: u32::from(write), reserved: 0 };
+    let mut rep = [0u8; 16 + 24 * MAX_MAP_EXTENTS];
+    let r = op(f, OpCode::Map, &[req.as_bytes()], &mut rep);
+    let r = match r {
+        Err(e) if e == libc::ENOSYS || e == libc::EOPNOTSUPP => {
+            f.m.dax_ok.store(false, Ordering::Relaxed);
+            return Err(e);
+        }
+        r => r?,
+    };
+    let _ = r;
+    let h = MapReply::read_from(&rep).ok_or(libc::EIO)?;
+    let n = (h.count as usize).min(MAX_MAP_EXTENTS);
+    for (i, e) in out.iter_mut().enumerate().take(n) {
+        *e = Extent::read_from(&rep[16 + 24 * i..]).ok_or(libc::EIO)?;
+    }
+    Ok((n, h.size))
+}
+
+/// Maps (for reading) from `from` to the end of file and caches the result when the cache is
+/// not being refilled by another thread.
+fn fill_from(f: File, from: u64, now: u64, buf: &mut [Extent; MAX_MAP_EXTENTS]) -> Result<(usize, u64), i32> {
+    let epoch = LAYOUT_EPOCH.load(Ordering::Acquire);
+    let (n, size) = map(f, from, 1 << 50, false, buf)?;
+    let s = f.s;
+    let q = s.seq.load(Ordering::Relaxed);
+    if q & 1 == 0 && s.seq.compare_exchange(q, q + 1, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+        for (c, e) in s.ext.iter().zip(&buf[..n]) {
+            c.file_off.store(e.file_offset, Ordering::Relaxed);
+            c.dev_off.store(e.dev_offset, Ordering::Relaxed);
+            c.len.store(e.len, Ordering::Relaxed);
+        }
+        s.n.store(n as u32, Ordering::Relaxed);
+        s.size.store(size, Ordering::Relaxed);
+        s.filled.store(now, Ordering::Relaxed);
+        s.epoch.store(epoch, Ordering::Relaxed);
+        s.seq.store(q + 2, Ordering::Release);
+    }
+    Ok((n, size))
+}
+
+/// Where `pos` lives: from the cache unless `force`, else from a fresh MAP.
+fn locate(f: File, pos: u64, now: u64, force: bool) -> Result<Loc, i32> {
+    if !force && let Some(l) = cache_lookup(f.s, pos, now) {
+        return Ok(l);
+    }
+    let mut buf = [Extent::default(); MAX_MAP_EXTENTS];
+    // Whole file first (most files have few extents), else from just before pos.
+    for from in [0, pos & !0xffff, pos] {
+        let (n, size) = fill_from(f, from, now, &mut buf)?;
+        if let Some(l) = search(&buf[..n], size, pos) {
+            return Ok(l);
+        }
+    }
+    Err(libc::EIO)
+}
+
+/// A cursor over the caller's buffers.
+struct Cursor<'a> {
+    iov: &'a [IoVec],
+    i: usize,
+    at: u64,
+}
+
+impl<'a> Cursor<'a> {
+    fn new(iov: &'a [IoVec]) -> Self {
+        Self { iov, i: 0, at: 0 }
+    }
+
+    /// Calls `f(buffer pointer, len)` for the next `n` bytes, piece by piece.
+    fn each(&mut self, mut n: u64, mut f: impl FnMut(*mut u8, usize, u64)) {
+        let mut done = 0u64;
+        while n > 0 && self.i < self.iov.len() {
+            let v = self.iov[self.i];
+            let take = (v.len - self.at).min(n);
+            if take > 0 {
+                f((v.addr + self.at) as *mut u8, take as usize, done);
+            }
+            done += take;
+            n -= take;
+            self.at += take;
+            if self.at == v.len {
+                self.i += 1;
+                self.at = 0;
+            }
+        }
+    }
+
+    /// The rest as iovecs in `out`; returns how many.
+    fn rest(&self, out: &mut [IoVec; MAX_IOV]) -> usize {
+        let mut k = 0;
+        for (j, v) in self.iov.iter().enumerate().skip(self.i) {
+            let skip = if j == self.i { self.at } else { 0 };
+            if v.len > skip {
+                out[k] = IoVec { addr: v.addr + skip, len: v.len - skip };
+                k += 1;
+            }
+        }
+        k
+    }
+}
+
+fn dev_ptr(f: File, dev: u64, n: u64) -> Result<*mut u8, i32> {
+    let d = f.m.dax.ok_or(libc::EIO)?;
+    let end = dev.checked_add(n).ok_or(libc::EIO)?;
+    if end > d.len as u64 {
+        return Err(libc::EIO);
+    }
+    Ok((d.base + dev as usize) as *mut u8)
+}
+
+fn dax_write(f: File, iov: &[IoVec], total: u64, off: u64, flags: u32) -> Result<u64, i32> {
+    let now = sys::now_ns();
+    let end = off.checked_add(total).ok_or(libc::EFBIG)?;
+    let mut cur = Cursor::new(iov);
+    let mut pos = off;
+    let mut wrote_direct = false;
+    while pos < end {
+        match locate(f, pos, now, false)? {
+            Loc::Mapped { dev, run } => {
+                let n = run.min(end - pos);
+                let dst = dev_ptr(f, dev, n)?;
+                // SAFETY: `dst..dst+n` lies in the device mapping (checked); the source pieces are
+                // the caller's buffers (write(2) contract); they cannot overlap the private
+                // device mapping unless the caller passes it to us, which only a program that
+                // mapped the device itself could do.
+                cur.each(n, |src, len, at| unsafe { zus_pmem::flush::nt_copy(dst.add(at as usize), src, len) });
+                pos += n;
+                wrote_direct = true;
+            }
+            Loc::Hole { run } => {
+                // Allocate the hole's blocks (zeroed by the server), then copy.
+                let want = run.min(end - pos);
+                let mut buf = [Extent::default(); MAX_MAP_EXTENTS];
+                let (n, _) = map(f, pos, want, true, &mut buf)?;
+                f.s.invalidate();
+                let mut progressed = false;
+                for e in &buf[..n] {
+                    if e.file_offset != pos || e.dev_offset == EXTENT_HOLE || e.len == 0 {
+                        break;
+                    }
+                    let len = e.len.min(end - pos);
+                    let dst = dev_ptr(f, e.dev_offset, len)?;
+                    // SAFETY: as above.
+                    cur.each(len, |src, l, at| unsafe { zus_pmem::flush::nt_copy(dst.add(at as usize), src, l) });
+                    pos += len;
+                    progressed = true;
+                    wrote_direct = true;
+                }
+                if !progressed {
+                    return Err(libc::EIO);
+                }
+            }
+            Loc::Eof => {
+                // Extending: the server writes and moves the size in one op (atomic against other
+                // writers, no MAP_DONE round trip).
+                let mut rest = [IoVec::default(); MAX_IOV];
+                let k = cur.rest(&mut rest);
+                zus_pmem::flush::fence();
+                let (n, rep) = chan_io(f, true, &rest[..k], end - pos, pos, flags & !io_flags::APPEND)?;
+                f.s.size.fetch_max(rep.size, Ordering::Relaxed);
+                pos += n;
+                break;
+            }
+        }
+    }
+    state::count(&state::STATS.dax_bytes, pos - off);
+    if wrote_direct {
+        // Drain the non-temporal stores: durable for O_SYNC/O_DIRECT and visible to zusd
+        // (and so to the kernel mount) before we return.
+        zus_pmem::flush::fence();
+        let last = f.s.last_commit.load(Ordering::Relaxed);
+        if now.wrapping_sub(last) >= COMMIT_NS {
+            f.s.last_commit.store(now, Ordering::Relaxed);
+            f.s.dirty.store(false, Ordering::Relaxed);
+            map_done(f, 0, flags & io_flags::SYNC != 0)?;
+        } else {
+            f.s.dirty.store(true, Ordering::Relaxed);
+        }
+    }
+    Ok(pos - off)
+}
+
+fn dax_read(f: File, iov: &[IoVec], total: u64, off: u64) -> Result<u64, i32> {
+    let now = sys::now_ns();
+    let end = off.saturating_add(total);
+    let mut cur = Cursor::new(iov);
+    let mut pos = off;
+    while pos < end {
+        let mut l = locate(f, pos, now, false)?;
+        if matches!(l, Loc::Eof | Loc::Hole { .. }) {
+            // Another process may have grown the file or filled the hole: ask again.
+            l = locate(f, pos, now, true)?;
+        }
+        match l {
+            Loc::Mapped { dev, run } => {
+                let n = run.min(end - pos);
+                let src = dev_ptr(f, dev, n)?;
+                // SAFETY: source in the device mapping (checked), destination the caller's
+                // buffers (read(2) contract).
+                cur.each(n, |dst, len, at| unsafe { core::ptr::copy_nonoverlapping(src.add(at as usize), dst, len) });
+                pos += n;
+            }
+            Loc::Hole { run } => {
+                let n = run.min(end - pos);
+                // SAFETY: the caller's buffers.
+                cur.each(n, |dst, len, _| unsafe { core::ptr::write_bytes(dst, 0, len) });
+                pos += n;
+            }
+            Loc::Eof => break,
+        }
+    }
+    state::count(&state::STATS.dax_bytes, pos - off);
+    Ok(pos - off)
+}
+
+fn map_done(f: File, end: u64, sync: bool) -> Result<u64, i32> {
+    let req = MapDoneReq { ino: ino(f), end, sync: u32::from(sync), reserved: 0 };
+    op(f, OpCode::MapDone, &[req.as_bytes()], &mut [])
+}
+
+fn dax_on(f: File) -> bool {
+    f.m.dax.is_some() && f.m.dax_ok.load(Ordering::Relaxed)
+}
+
+/// One read or write of up to `MAX_IOV` buffers at `off` (`None`: append), either mode.
+/// Returns (bytes, offset the data landed at).
+fn io_chunk(f: File, write: bool, iov: &[IoVec], off: Option<u64>, flags: u32) -> Result<(u64, u64), i32> {
+    let total = iov.iter().try_fold(0u64, |a, v| a.checked_add(v.len)).ok_or(libc::EINVAL)?;
+    if total > isize::MAX as u64 {
+        return Err(libc::EINVAL);
+    }
+    match off {
+        Some(off) if dax_on(f) => {
+            let r = if write { dax_write(f, iov, total, off, flags) } else { dax_read(f, iov, total, off) };
+            match r {
+                Err(e) if (e == libc::ENOSYS || e == libc::EOPNOTSUPP) && !f.m.dax_ok.load(Ordering::Relaxed) => {}
+                r => return r.map(|n| (n, off)),
+            }
+            chan_io(f, write, iov, total, off, flags).map(|(n, _)| (n, off))
+        }
+        Some(off) => chan_io(f, write, iov, total, off, flags & !io_flags::APPEND).map(|(n, _)| (n, off)),
+        None => {
+            let (n, rep) = chan_io(f, write, iov, total, 0, flags | io_flags::APPEND)?;
+            f.s.size.fetch_max(rep.size, Ordering::Relaxed);
+            Ok((n, rep.offset))
+        }
+    }
+}
+
+/// read/write/pread/pwrite/readv/... on a served fd. `off = None` uses (and advances) the
+/// kernel's file offset of `fd`, which stays authoritative; `rwf` are `RWF_*` flags.
+///
+/// # Safety
+/// `iov` must point to `cnt` iovecs describing buffers valid as read(2)/write(2) require.
+pub unsafe fn rw(f: File, fd: i32, write: bool, iov: *const libc::iovec, cnt: i32, off: Option<i64>, rwf: i32) -> Result<i64, i32> {
+    let acc = oflags(f) & libc::O_ACCMODE;
+    if (write && acc == libc::O_RDONLY) || (!write && acc == libc::O_WRONLY) {
+        return Err(libc::EBADF);
+    }
+    if !(0..=libc::UIO_MAXIOV).contains(&cnt) {
+        return Err(libc::EINVAL);
+    }
+    if cnt > 0 && iov.is_null() {
+        return Err(libc::EFAULT);
+    }
+    if rwf & !(libc::RWF_HIPRI | libc::RWF_DSYNC | libc::RWF_SYNC | libc::RWF_NOWAIT | libc::RWF_APPEND) != 0 {
+        return Err(libc::EOPNOTSUPP);
+    }
+    let flags = io_flags_of(f, rwf);
+    if let Some(o) = off
+        && o < 0
+    {
+        return Err(libc::EINVAL);
+    }
+    let append = write && flags & io_flags::APPEND != 0;
+    // Positional writes on O_APPEND files append on Linux too (pwrite(2) BUGS).
+    let mut pos = match off {
+        _ if append => None,
+        Some(o) => Some(o as u64),
+        None => Some(sys::lseek(fd, 0, libc::SEEK_CUR)? as u64),
+    };
+    let mut total = 0u64;
+    let mut last_end = None;
+    let mut i = 0usize;
+    let cnt = cnt as usize;
+    let mut err = None;
+    while i < cnt {
+        let mut buf = [IoVec::default(); MAX_IOV];
+        let mut k = 0;
+        let mut want = 0u64;
+        while i < cnt && k < MAX_IOV {
+            // SAFETY: i < cnt, within the caller's array.
+            let v = unsafe { *iov.add(i) };
+            i += 1;
+            if v.iov_len == 0 {
+                continue;
+            }
+            buf[k] = IoVec { addr: v.iov_base as u64, len: v.iov_len as u64 };
+            want += v.iov_len as u64;
+            k += 1;
+        }
+        if k == 0 {
+            continue;
+        }
+        match io_chunk(f, write, &buf[..k], pos, flags) {
+            Ok((n, at)) => {
+                total += n;
+                last_end = Some(at + n);
+                if let Some(p) = pos.as_mut() {
+                    *p += n;
+                }
+                if n < want {
+                    break;
+                }
+            }
+            Err(e) => {
+                err = Some(e);
+                break;
+            }
+        }
+    }
+    if off.is_none()
+        && let Some(p) = last_end
+    {
+        sys::lseek(fd, p as i64, libc::SEEK_SET)?;
+    }
+    match err {
+        Some(e) if total == 0 => Err(e),
+        _ => Ok(total as i64),
+    }
+}
+
+/// Current attributes (after committing a pending mtime).
+pub fn getattr(f: File) -> Result<Attr, i32> {
+    if f.s.dirty.swap(false, Ordering::AcqRel) {
+        f.s.last_commit.store(sys::now_ns(), Ordering::Relaxed);
+        map_done(f, 0, false)?;
+    }
+    let mut rep = [0u8; 80];
+    op(f, OpCode::Getattr, &[InoReq { ino: ino(f) }.as_bytes()], &mut rep)?;
+    Attr::read_from(&rep).ok_or(libc::EIO)
+}
+
+/// fstat(2).
+///
+/// # Safety
+/// `st` must be valid for writing a `struct stat`.
+pub unsafe fn fstat(f: File, st: *mut libc::stat) -> Result<i64, i32> {
+    if st.is_null() {
+        return Err(libc::EFAULT);
+    }
+    let a = getattr(f)?;
+    // SAFETY: zeroed stat is valid; the caller's pointer is writable (contract).
+    unsafe {
+        let mut s: libc::stat = core::mem::zeroed();
+        s.st_dev = f.s.dev.load(Ordering::Relaxed);
+        s.st_ino = a.ino;
+        s.st_nlink = u64::from(a.nlink);
+        s.st_mode = a.mode;
+        s.st_uid = a.uid;
+        s.st_gid = a.gid;
+        s.st_rdev = u64::from(a.rdev);
+        s.st_size = a.size as i64;
+        s.st_blksize = if a.blksize == 0 { 4096 } else { i64::from(a.blksize) };
+        s.st_blocks = a.blocks as i64;
+        s.st_atime = a.atime_ns.div_euclid(1_000_000_000);
+        s.st_atime_nsec = a.atime_ns.rem_euclid(1_000_000_000);
+        s.st_mtime = a.mtime_ns.div_euclid(1_000_000_000);
+        s.st_mtime_nsec = a.mtime_ns.rem_euclid(1_000_000_000);
+        s.st_ctime = a.ctime_ns.div_euclid(1_000_000_000);
+        s.st_ctime_nsec = a.ctime_ns.rem_euclid(1_000_000_000);
+        st.write(s);
+    }
+    Ok(0)
+}
+
+/// lseek(2): SEEK_END from the fresh size; the rest is the kernel's.
+pub fn lseek_end(f: File, fd: i32, off: i64) -> Result<i64, i32> {
+    let size = getattr(f)?.size as i64;
+    let p = size.checked_add(off).ok_or(libc::EOVERFLOW)?;
+    if p < 0 {
+        return Err(libc::EINVAL);
+    }
+    sys::lseek(fd, p, libc::SEEK_SET)
+}
+
+/// fsync/fdatasync.
+pub fn fsync(f: File, datasync: bool) -> Result<i64, i32> {
+    zus_pmem::flush::fence();
+    if f.s.dirty.swap(false, Ordering::AcqRel) {
+        f.s.last_commit.store(sys::now_ns(), Ordering::Relaxed);
+        map_done(f, 0, true)?;
+    }
+    let req = FsyncReq { ino: ino(f), fh: 0, datasync: u32::from(datasync), reserved: 0 };
+    op(f, OpCode::Fsync, &[req.as_bytes()], &mut []).map(|_| 0)
+}
+
+/// ftruncate(2).
+pub fn ftruncate(f: File, len: i64) -> Result<i64, i32> {
+    if len < 0 {
+        return Err(libc::EINVAL);
+    }
+    if oflags(f) & libc::O_ACCMODE == libc::O_RDONLY {
+        return Err(libc::EINVAL);
+    }
+    let req = SetattrReq { ino: ino(f), valid: setattr::SIZE, size: len as u64, ..SetattrReq::default() };
+    let mut rep = [0u8; 80];
+    LAYOUT_EPOCH.fetch_add(1, Ordering::AcqRel);
+    let r = op(f, OpCode::Setattr, &[req.as_bytes()], &mut rep);
+    LAYOUT_EPOCH.fetch_add(1, Ordering::AcqRel);
+    r.map(|_| 0)
+}
+
+/// fallocate(2).
+pub fn fallocate(f: File, mode: i32, off: i64, len: i64) -> Result<i64, i32> {
+    if off < 0 || len <= 0 {
+        return Err(libc::EINVAL);
+    }
+    if oflags(f) & libc::O_ACCMODE == libc::O_RDONLY {
+        return Err(libc::EBADF);
+    }
+    let req = FallocateReq { ino: ino(f), offset: off as u64, len: len as u64, mode: mode as u32, reserved: 0 };
+    LAYOUT_EPOCH.fetch_add(1, Ordering::AcqRel);
+    let r = op(f, OpCode::Fallocate, &[req.as_bytes()], &mut []);
+    LAYOUT_EPOCH.fetch_add(1, Ordering::AcqRel);
+    r.map(|_| 0)
+}
+
+/// Re-reads the open flags after F_SETFL.
+pub fn refresh_flags(f: File, fd: i32) {
+    if let Ok(fl) = sys::getfl(fd) {
+        f.s.flags.store(fl as u32, Ordering::Relaxed);
+    }
+}

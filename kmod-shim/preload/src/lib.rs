@@ -1,0 +1,49 @@
+//! `libzufs_preload.so`: unmodified programs bypass the kernel for data on a zufs mount.
+//!
+//! Files are opened through the kernel (FUSE) mount as usual. On the first data access of an
+//! fd the library fstat()s it, recognizes a zufs mount (its mount record, or fs type
+//! `fuse.zufs`), attaches to the mount through zusd's control socket, and from then on serves
+//! read, write, pread, pwrite, readv, writev, preadv, pwritev (64-bit and `2` variants), lseek
+//! (SEEK_END), fsync, fdatasync, ftruncate, fallocate and fstat itself:
+//!
+//! - **channel mode** (`ZUFS_MODE=channel`): each call is one op on the ZT lane of the caller's
+//!   CPU; zusd moves the data straight between the caller's buffers and pmem with
+//!   process_vm_readv/writev (one copy). `ZUFS_DATA=window` selects the named two-copy fallback.
+//! - **dax mode** (`ZUFS_MODE=dax`, the default): the device is mapped into the process; extents
+//!   come from the MAP op and are cached per file; data is copied with non-temporal stores and a
+//!   fence; size growth goes through zusd; mtime is committed with MAP_DONE at most every
+//!   millisecond.
+//!
+//! See `kmod-shim/preload/README.md` for coherence, process life (dup, fork, exec) and the known windows.
+
+mod hooks;
+mod io;
+mod mount;
+mod state;
+mod sys;
+
+/// The constructor: only symbol lookup (no connection, no threads).
+extern "C" fn init() {
+    sys::resolve_all();
+    // SAFETY: getenv with a NUL-terminated name; it does not allocate.
+    let v = unsafe { libc::getenv(c"ZUFS_PRELOAD_STATS".as_ptr()) };
+    // SAFETY: a non-null getenv result is a NUL-terminated string.
+    if !v.is_null() && unsafe { *v } == b'1' as core::ffi::c_char {
+        state::STATS_ON.store(true, core::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The destructor: prints the stats line when asked to (fd 2 may already be closed).
+extern "C" fn fini() {
+    if state::STATS_ON.load(core::sync::atomic::Ordering::Relaxed) && let Some(_g) = state::Guard::enter() {
+        sys::say(&state::stats_line());
+    }
+}
+
+#[used]
+#[unsafe(link_section = ".fini_array")]
+static FINI: extern "C" fn() = fini;
+
+#[used]
+#[unsafe(link_section = ".init_array")]
+static INIT: extern "C" fn() = init;

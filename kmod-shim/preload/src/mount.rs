@@ -1,0 +1,397 @@
+//! Recognizing an fd on a zufs mount, attaching to the mount through zusd, and (dax mode)
+//! mapping its pmem device. All slow path: allocation and the init lock are fine here.
+
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+
+use kmod_shim::Relay;
+
+use crate::state::{self, FD_KERNEL, FD_SLOT0, MAX_MOUNTS, MOUNTS};
+use crate::sys;
+
+/// The pmem device mapped into this process (dax mode).
+#[derive(Debug, Clone, Copy)]
+pub struct DaxMap {
+    /// Base address.
+    pub base: usize,
+    /// Length in bytes.
+    pub len: usize,
+}
+
+/// A zufs mount as this process sees it.
+#[derive(Debug)]
+pub struct Mount {
+    /// st_dev of the FUSE mount.
+    pub dev: u64,
+    /// False: files here go through the kernel mount (we may not attach).
+    pub usable: bool,
+    /// zusd mount id.
+    pub mount_id: AtomicU64,
+    /// Mount point (for messages).
+    pub mountpoint: String,
+    /// Device path as zusd reports it.
+    pub device: String,
+    socket: PathBuf,
+    relay: AtomicPtr<Relay>,
+    relay_gen: AtomicU64,
+    /// Dax mapping, when dax mode is on and the device could be mapped.
+    pub dax: Option<DaxMap>,
+    /// The plugin answers MAP (cleared on ENOSYS/EOPNOTSUPP: channel mode from then on).
+    pub dax_ok: AtomicBool,
+    /// Use the bounce window instead of remote iovecs (`ZUFS_DATA=window`).
+    pub window: bool,
+}
+
+/// Data mode asked for (`ZUFS_MODE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Ops over the channels.
+    Channel,
+    /// Direct pmem access.
+    Dax,
+}
+
+fn env_mode() -> Mode {
+    match std::env::var("ZUFS_MODE").as_deref() {
+        Ok("channel") => Mode::Channel,
+        Ok("dax") | Err(_) => Mode::Dax,
+        Ok(other) => {
+            sys::say(&format!("unknown ZUFS_MODE={other:?}; using dax"));
+            Mode::Dax
+        }
+    }
+}
+
+impl Mount {
+    /// The relay of this process for the mount, connecting (again) after a fork.
+    ///
+    /// # Errors
+    /// errno when zusd cannot be reached.
+    #[inline]
+    pub fn relay(&self) -> Result<&Relay, i32> {
+        let g = state::FORK_GEN.load(Ordering::Acquire);
+        if self.relay_gen.load(Ordering::Acquire) == g {
+            let p = self.relay.load(Ordering::Acquire);
+            // SAFETY: relays are leaked boxes, never freed.
+            if let Some(r) = unsafe { p.as_ref() } {
+                return Ok(r);
+            }
+        }
+        self.reconnect()
+    }
+
+    #[cold]
+    fn reconnect(&self) -> Result<&Relay, i32> {
+        let _l = state::INIT_LOCK.lock();
+        let g = state::FORK_GEN.load(Ordering::Acquire);
+        if self.relay_gen.load(Ordering::Acquire) == g {
+            // SAFETY: as in `relay`.
+            if let Some(r) = unsafe { self.relay.load(Ordering::Acquire).as_ref() } {
+                return Ok(r);
+            }
+        }
+        let (r, id) = connect_attach(&self.socket, self.mount_id.load(Ordering::Relaxed) as u32, &self.device)
+            .map_err(|(e, why)| {
+                sys::say(&format!("{}: reconnecting to zusd: {why}", self.mountpoint));
+                e
+            })?;
+        self.mount_id.store(u64::from(id), Ordering::Relaxed);
+        // The previous relay (the parent's, after a fork) is leaked on purpose: its channel memory
+        // and socket belong to the parent's session with zusd.
+        let p = Box::into_raw(Box::new(r));
+        self.relay.store(p, Ordering::Release);
+        self.relay_gen.store(g, Ordering::Release);
+        // SAFETY: just leaked.
+        Ok(unsafe { &*p })
+    }
+}
+
+/// Connects to zusd and attaches to the mount of `device` (by id, else by looking it up).
+fn connect_attach(socket: &Path, mount_id: u32, device: &str) -> Result<(Relay, u32), (i32, String)> {
+    let r = Relay::connect(socket, "zufs-preload").map_err(|e| (e.errno().0, e.to_string()))?;
+    match r.attach(mount_id) {
+        Ok(info) if device.is_empty() || info.device == device => return Ok((r, mount_id)),
+        Ok(_) => {}
+        Err(e) if e.errno().0 == libc::EPERM => return Err((libc::EPERM, e.to_string())),
+        Err(_) => {}
+    }
+    // The record is stale (zusd restarted): find the mount by its device.
+    let st = r.status().map_err(|e| (e.errno().0, e.to_string()))?;
+    let m = st
+        .mounts
+        .iter()
+        .find(|m| !device.is_empty() && m.device == device)
+        .ok_or((libc::ENODEV, format!("zusd has no mount of {device}")))?;
+    let id = m.mount_id;
+    r.attach(id).map_err(|e| (e.errno().0, e.to_string()))?;
+    Ok((r, id))
+}
+
+/// What the FUSE bridge writes under `<run dir>/mounts/`.
+#[derive(Debug, serde::Deserialize)]
+struct Record {
+    mountpoint: String,
+    mount_id: u32,
+    socket: String,
+    device: String,
+}
+
+fn records() -> Vec<Record> {
+    let mut dirs = vec![];
+    if let Some(d) = std::env::var_os("ZUFS_RUN_DIR") {
+        dirs.push(PathBuf::from(d));
+    }
+    dirs.push(PathBuf::from("/run/zufs"));
+    let mut out = Vec::new();
+    for d in dirs {
+        let Ok(rd) = std::fs::read_dir(d.join("mounts")) else { continue };
+        for e in rd.flatten() {
+            if e.path().extension().is_some_and(|x| x == "json")
+                && let Ok(s) = std::fs::read_to_string(e.path())
+                && let Ok(r) = serde_json::from_str::<Record>(&s)
+            {
+                out.push(r);
+            }
+        }
+    }
+    out
+}
+
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 4 <= b.len() && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
+            out.push(v);
+            i += 4;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A mountinfo line for device `dev`: (mount point, fs type, source).
+fn mountinfo_for(dev: u64) -> Option<(String, String, String)> {
+    let s = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = format!("{}:{}", libc::major(dev), libc::minor(dev));
+    s.lines().rev().find_map(|l| {
+        let (a, b) = l.split_once(" - ")?;
+        let mut f = a.split(' ');
+        let majmin = f.nth(2)?;
+        let mp = f.nth(1)?;
+        if majmin != want {
+            return None;
+        }
+        let mut bi = b.split(' ');
+        let fstype = bi.next()?.to_owned();
+        let source = unescape(bi.next().unwrap_or(""));
+        Some((unescape(mp), fstype, source))
+    })
+}
+
+/// Devices known not to be zufs mounts.
+static NOT_ZUFS: [AtomicU64; 64] = [const { AtomicU64::new(0) }; 64];
+
+fn known_not_zufs(dev: u64) -> bool {
+    NOT_ZUFS.iter().any(|d| d.load(Ordering::Relaxed) == dev.wrapping_add(1))
+}
+
+fn mark_not_zufs(dev: u64) {
+    for d in &NOT_ZUFS {
+        if d.compare_exchange(0, dev.wrapping_add(1), Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+            return;
+        }
+    }
+}
+
+fn find_mount(dev: u64) -> Option<u32> {
+    (0..MAX_MOUNTS as u32).find(|&i| state::mount(i).is_some_and(|m| m.dev == dev))
+}
+
+static ATFORK: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn atfork_child() {
+    state::after_fork_child();
+}
+
+fn map_device(device: &str) -> Result<DaxMap, String> {
+    let c = CString::new(device).map_err(|_| "device path has a NUL".to_owned())?;
+    let fd = sys::open(&c, libc::O_RDWR | libc::O_CLOEXEC)
+        .map_err(|e| format!("cannot open {device} read-write ({})", std::io::Error::from_raw_os_error(e)))?;
+    let len = sys::lseek(fd, 0, libc::SEEK_END);
+    let res = (|| {
+        let len = usize::try_from(len.map_err(|e| format!("size of {device}: errno {e}"))?).unwrap_or(0);
+        if len == 0 {
+            return Err(format!("{device} is empty"));
+        }
+        let prot = libc::PROT_READ | libc::PROT_WRITE;
+        // SAFETY: a fresh shared mapping of a file we opened; the kernel picks the address.
+        let mut p = unsafe {
+            libc::mmap(core::ptr::null_mut(), len, prot, libc::MAP_SHARED_VALIDATE | libc::MAP_SYNC, fd, 0)
+        };
+        if p == libc::MAP_FAILED {
+            // SAFETY: as above, without MAP_SYNC (a DRAM-backed file cannot have it).
+            p = unsafe { libc::mmap(core::ptr::null_mut(), len, prot, libc::MAP_SHARED, fd, 0) };
+        }
+        if p == libc::MAP_FAILED {
+            return Err(format!("cannot map {device}: errno {}", sys::errno()));
+        }
+        Ok(DaxMap { base: p as usize, len })
+    })();
+    sys::close(fd);
+    res
+}
+
+/// Classifies `fd` on first data access: a regular file on a usable zufs mount gets a slot and
+/// its fd table entry names it; anything else becomes [`FD_KERNEL`]. Returns the new entry.
+#[cold]
+pub fn detect(fd: i32) -> u32 {
+    let e = classify(fd);
+    // Another thread may have classified it meanwhile: keep the first answer.
+    let Some(cell) = usize::try_from(fd).ok().and_then(|i| state::FDS.get(i)) else { return FD_KERNEL };
+    match cell.compare_exchange(state::FD_UNKNOWN, e, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => e,
+        Err(cur) => {
+            crate::io::release(e, false);
+            cur
+        }
+    }
+}
+
+fn classify(fd: i32) -> u32 {
+    let Ok(st) = sys::fstat(fd) else { return FD_KERNEL };
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG || libc::major(st.st_dev) != 0 {
+        return FD_KERNEL;
+    }
+    let Ok(fl) = sys::getfl(fd) else { return FD_KERNEL };
+    if fl & libc::O_PATH != 0 {
+        return FD_KERNEL;
+    }
+    let dev = st.st_dev;
+    let mi = match find_mount(dev) {
+        Some(i) => i,
+        None => {
+            if known_not_zufs(dev) {
+                return FD_KERNEL;
+            }
+            match new_mount(dev) {
+                Some(i) => i,
+                None => return FD_KERNEL,
+            }
+        }
+    };
+    let Some(m) = state::mount(mi) else { return FD_KERNEL };
+    if !m.usable {
+        return FD_KERNEL;
+    }
+    let Some(si) = state::alloc_slot() else { return FD_KERNEL };
+    let s = &state::SLOTS[si as usize];
+    s.mount.store(mi, Ordering::Relaxed);
+    s.flags.store(fl as u32, Ordering::Relaxed);
+    s.ino.store(st.st_ino, Ordering::Relaxed);
+    s.dev.store(dev, Ordering::Relaxed);
+    s.invalidate();
+    s.n.store(0, Ordering::Relaxed);
+    s.size.store(0, Ordering::Relaxed);
+    s.last_commit.store(0, Ordering::Relaxed);
+    s.dirty.store(false, Ordering::Relaxed);
+    s.refs.store(1, Ordering::Release);
+    FD_SLOT0 + si
+}
+
+#[cold]
+fn new_mount(dev: u64) -> Option<u32> {
+    let _l = state::INIT_LOCK.lock();
+    if let Some(i) = find_mount(dev) {
+        return Some(i);
+    }
+    if !ATFORK.swap(true, Ordering::Relaxed) {
+        // SAFETY: registering a plain function as the fork child handler.
+        unsafe { libc::pthread_atfork(None, None, Some(atfork_child)) };
+    }
+    let Some((mp, fstype, source)) = mountinfo_for(dev) else {
+        mark_not_zufs(dev);
+        return None;
+    };
+    if !fstype.starts_with("fuse") {
+        mark_not_zufs(dev);
+        return None;
+    }
+    let rec = records().into_iter().find(|r| r.mountpoint == mp);
+    let (socket, mount_id, device) = match rec {
+        Some(r) => (PathBuf::from(r.socket), r.mount_id, r.device),
+        None if fstype == "fuse.zufs" => (
+            std::env::var_os("ZUFS_SOCKET").map_or_else(|| PathBuf::from("/run/zufs/zusd.sock"), PathBuf::from),
+            u32::MAX,
+            source,
+        ),
+        None => {
+            mark_not_zufs(dev);
+            return None;
+        }
+    };
+    let mode = env_mode();
+    let window = std::env::var("ZUFS_DATA").is_ok_and(|v| v == "window");
+    let mut m = Mount {
+        dev,
+        usable: true,
+        mount_id: AtomicU64::new(u64::from(mount_id)),
+        mountpoint: mp.clone(),
+        device: device.clone(),
+        socket: socket.clone(),
+        relay: AtomicPtr::new(core::ptr::null_mut()),
+        relay_gen: AtomicU64::new(0),
+        dax: None,
+        dax_ok: AtomicBool::new(true),
+        window,
+    };
+    match connect_attach(&socket, mount_id, &device) {
+        Ok((r, id)) => {
+            m.mount_id.store(u64::from(id), Ordering::Relaxed);
+            m.relay = AtomicPtr::new(Box::into_raw(Box::new(r)));
+            m.relay_gen = AtomicU64::new(state::FORK_GEN.load(Ordering::Acquire));
+            if mode == Mode::Dax {
+                match map_device(&device) {
+                    Ok(d) => m.dax = Some(d),
+                    Err(why) => sys::say(&format!("{mp}: dax mode unavailable: {why}; using channel mode")),
+                }
+            }
+        }
+        Err((e, why)) => {
+            m.usable = false;
+            let who = if e == libc::EPERM { " (only root or the mount's owner may use the fast path)" } else { "" };
+            sys::say(&format!("{mp}: fast path unavailable: {why}{who}; using the kernel mount"));
+        }
+    }
+    let p = Box::into_raw(Box::new(m));
+    for (i, slot) in MOUNTS.iter().enumerate() {
+        if slot.compare_exchange(core::ptr::null_mut(), p, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            return Some(i as u32);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_unescape_octal() {
+        assert_eq!(unescape("/a\\040b"), "/a b");
+    }
+
+    #[test]
+    fn test_mountinfo_finds_root_device() {
+        let st = sys::fstat(0).ok();
+        let _ = st;
+        let root = std::fs::metadata("/").unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let (mp, _, _) = mountinfo_for(root.dev()).expect("mountinfo has /");
+        assert!(mp.starts_with('/'));
+    }
+}

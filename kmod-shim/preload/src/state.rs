@@ -1,0 +1,272 @@
+//! Process state, all preallocated: the fd table, per-file slots, the mount table, the
+//! re-entrancy guard and the fork generation.
+//!
+//! The hot path reads one `AtomicU32` of the fd table; for our fds that names a [`Slot`], which
+//! names a [`Mount`]. Nothing here allocates or blocks after initialization; the slow paths
+//! (detection, connecting) take [`InitLock`], a spin lock that a forked child resets.
+
+use core::cell::Cell;
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
+
+use zus_api::ops::MAX_MAP_EXTENTS;
+
+use crate::mount::Mount;
+
+/// fds at or above this go straight to the kernel.
+pub const MAX_FDS: usize = 1 << 16;
+/// Files (open file descriptions) served at once; more fall back to the kernel path.
+pub const MAX_SLOTS: usize = 1024;
+/// Mounts known at once.
+pub const MAX_MOUNTS: usize = 32;
+
+/// fd table entry: never looked at (or closed since).
+pub const FD_UNKNOWN: u32 = 0;
+/// fd table entry: not a file on a usable zufs mount: the real function serves it.
+pub const FD_KERNEL: u32 = 1;
+/// fd table entries from here on name slot `entry - FD_SLOT0`.
+pub const FD_SLOT0: u32 = 16;
+
+/// The fd table.
+pub static FDS: [AtomicU32; MAX_FDS] = [const { AtomicU32::new(FD_UNKNOWN) }; MAX_FDS];
+
+/// The fd's table entry (`FD_KERNEL` for fds out of range).
+#[inline]
+pub fn fd_entry(fd: i32) -> u32 {
+    usize::try_from(fd).ok().and_then(|i| FDS.get(i)).map_or(FD_KERNEL, |e| e.load(Ordering::Acquire))
+}
+
+thread_local! {
+    static IN_HOOK: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks the thread as inside the library until dropped; `None` when it already is (a nested
+/// call, e.g. from our own slow path or a signal handler that interrupted a hook).
+#[derive(Debug)]
+pub struct Guard(());
+
+impl Guard {
+    /// Enters, or `None` when re-entered.
+    #[inline]
+    pub fn enter() -> Option<Self> {
+        IN_HOOK.with(|g| if g.replace(true) { None } else { Some(Self(())) })
+    }
+}
+
+impl Drop for Guard {
+    #[inline]
+    fn drop(&mut self) {
+        IN_HOOK.with(|g| g.set(false));
+    }
+}
+
+/// Bumped in a forked child: connections made before belong to the parent.
+pub static FORK_GEN: AtomicU64 = AtomicU64::new(1);
+/// Bumped whenever this process may have changed a file's block layout (truncate, punch,
+/// open with O_TRUNC): every cached extent list is dropped.
+pub static LAYOUT_EPOCH: AtomicU64 = AtomicU64::new(1);
+
+/// The slow-path lock (spin + yield; a forked child resets it).
+#[derive(Debug)]
+pub struct InitLock(AtomicBool);
+
+/// The one slow-path lock.
+pub static INIT_LOCK: InitLock = InitLock(AtomicBool::new(false));
+
+/// Holds [`INIT_LOCK`].
+#[derive(Debug)]
+pub struct InitGuard(());
+
+impl InitLock {
+    /// Takes the lock.
+    pub fn lock(&'static self) -> InitGuard {
+        while self.0.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
+            // SAFETY: sched_yield has no preconditions.
+            unsafe { libc::sched_yield() };
+        }
+        InitGuard(())
+    }
+}
+
+impl Drop for InitGuard {
+    fn drop(&mut self) {
+        INIT_LOCK.0.store(false, Ordering::Release);
+    }
+}
+
+/// The mount table (entries are leaked boxes, never freed).
+pub static MOUNTS: [AtomicPtr<Mount>; MAX_MOUNTS] = [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_MOUNTS];
+
+/// Mount `i`.
+#[inline]
+pub fn mount(i: u32) -> Option<&'static Mount> {
+    let p = MOUNTS.get(i as usize)?.load(Ordering::Acquire);
+    // SAFETY: entries are leaked `Box<Mount>`s that are never freed.
+    unsafe { p.as_ref() }
+}
+
+/// A cached extent: `len` bytes of the file at `file_off` at `dev_off` (or a hole).
+#[derive(Debug)]
+pub struct CachedExtent {
+    /// File offset.
+    pub file_off: AtomicU64,
+    /// Device offset, `EXTENT_HOLE` for a hole.
+    pub dev_off: AtomicU64,
+    /// Length.
+    pub len: AtomicU64,
+}
+
+/// One open file description we serve.
+#[derive(Debug)]
+pub struct Slot {
+    /// fds naming this slot; 0 = free.
+    pub refs: AtomicU32,
+    /// Index into [`MOUNTS`].
+    pub mount: AtomicU32,
+    /// Open flags (O_ACCMODE, O_APPEND, O_SYNC, O_DSYNC, O_DIRECT).
+    pub flags: AtomicU32,
+    /// Plugin inode number (= st_ino on the FUSE mount).
+    pub ino: AtomicU64,
+    /// st_dev of the FUSE mount.
+    pub dev: AtomicU64,
+    // --- dax state ---
+    /// Seqlock over the extent cache: odd while a refill writes it.
+    pub seq: AtomicU64,
+    /// [`LAYOUT_EPOCH`] when the cache was filled.
+    pub epoch: AtomicU64,
+    /// When the cache was filled ([`crate::sys::now_ns`]).
+    pub filled: AtomicU64,
+    /// Extents in the cache.
+    pub n: AtomicU32,
+    /// File size as of the fill (raised by our own writes).
+    pub size: AtomicU64,
+    /// Last size/mtime commit (MAP_DONE).
+    pub last_commit: AtomicU64,
+    /// Data was written since the last commit (mtime pending).
+    pub dirty: AtomicBool,
+    /// The extents, sorted by file offset, contiguous.
+    pub ext: [CachedExtent; MAX_MAP_EXTENTS],
+}
+
+impl Slot {
+    const fn new() -> Self {
+        Self {
+            refs: AtomicU32::new(0),
+            mount: AtomicU32::new(0),
+            flags: AtomicU32::new(0),
+            ino: AtomicU64::new(0),
+            dev: AtomicU64::new(0),
+            seq: AtomicU64::new(0),
+            epoch: AtomicU64::new(0),
+            filled: AtomicU64::new(0),
+            n: AtomicU32::new(0),
+            size: AtomicU64::new(0),
+            last_commit: AtomicU64::new(0),
+            dirty: AtomicBool::new(false),
+            ext: [const {
+                CachedExtent { file_off: AtomicU64::new(0), dev_off: AtomicU64::new(0), len: AtomicU64::new(0) }
+            }; MAX_MAP_EXTENTS],
+        }
+    }
+
+    /// Drops the cached extents (the next access maps again).
+    pub fn invalidate(&self) {
+        self.epoch.store(0, Ordering::Release);
+    }
+}
+
+/// The slots.
+pub static SLOTS: [Slot; MAX_SLOTS] = [const { Slot::new() }; MAX_SLOTS];
+
+/// Claims a free slot.
+pub fn alloc_slot() -> Option<u32> {
+    SLOTS.iter().position(|s| s.refs.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed).is_ok()).map(|i| i as u32)
+}
+
+/// The slot an fd table entry names.
+#[inline]
+pub fn slot_of(entry: u32) -> Option<&'static Slot> {
+    SLOTS.get(entry.checked_sub(FD_SLOT0)? as usize)
+}
+
+/// Sets `fd`'s entry, returning the previous one.
+pub fn set_entry(fd: i32, e: u32) -> u32 {
+    usize::try_from(fd).ok().and_then(|i| FDS.get(i)).map_or(FD_KERNEL, |x| x.swap(e, Ordering::AcqRel))
+}
+
+/// Takes one more reference on the slot an entry names (for dup).
+pub fn retain(e: u32) {
+    if let Some(s) = slot_of(e) {
+        s.refs.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// In a forked child: connections are the parent's, and locks held by other parent threads
+/// will never be released.
+pub fn after_fork_child() {
+    FORK_GEN.fetch_add(1, Ordering::AcqRel);
+    INIT_LOCK.0.store(false, Ordering::Release);
+    for s in &SLOTS {
+        let q = s.seq.load(Ordering::Relaxed);
+        if q & 1 == 1 {
+            s.invalidate();
+            s.seq.store(q + 1, Ordering::Release);
+        }
+    }
+}
+
+/// Counters, kept only with `ZUFS_PRELOAD_STATS=1` (printed to stderr at exit).
+#[derive(Debug)]
+pub struct Stats {
+    /// Calls served by the library.
+    pub served: AtomicU64,
+    /// Read/write ops sent over the channels.
+    pub chan_io: AtomicU64,
+    /// Of which through the bounce window (two copies).
+    pub window_io: AtomicU64,
+    /// Bytes copied directly to or from the mapped device.
+    pub dax_bytes: AtomicU64,
+    /// MAP ops.
+    pub map: AtomicU64,
+    /// MAP_DONE ops.
+    pub map_done: AtomicU64,
+    /// Other ops (getattr, fsync, setattr, fallocate).
+    pub other: AtomicU64,
+}
+
+/// Whether [`STATS`] are kept.
+pub static STATS_ON: AtomicBool = AtomicBool::new(false);
+/// The counters.
+pub static STATS: Stats = Stats {
+    served: AtomicU64::new(0),
+    chan_io: AtomicU64::new(0),
+    window_io: AtomicU64::new(0),
+    dax_bytes: AtomicU64::new(0),
+    map: AtomicU64::new(0),
+    map_done: AtomicU64::new(0),
+    other: AtomicU64::new(0),
+};
+
+/// Adds `n` to a counter when stats are on.
+#[inline]
+pub fn count(c: &AtomicU64, n: u64) {
+    if STATS_ON.load(Ordering::Relaxed) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// The stats line.
+pub fn stats_line() -> String {
+    let s = &STATS;
+    let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    format!(
+        "stats pid {}: served {} chan_io {} window_io {} dax_bytes {} map {} map_done {} other {}",
+        std::process::id(),
+        g(&s.served),
+        g(&s.chan_io),
+        g(&s.window_io),
+        g(&s.dax_bytes),
+        g(&s.map),
+        g(&s.map_done),
+        g(&s.other)
+    )
+}

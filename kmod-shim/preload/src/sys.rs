@@ -1,0 +1,154 @@
+//! Raw system calls, errno, and the real libc functions behind our hooks.
+//!
+//! Everything the library does for itself goes through `libc::syscall` (or functions we do not
+//! hook), so it never re-enters its own hooks. The real functions are found with
+//! `dlsym(RTLD_NEXT, ..)` once (eagerly in the constructor, lazily otherwise) and cached in
+//! `AtomicPtr`s.
+
+use core::ffi::{c_int, c_long, c_void};
+use core::sync::atomic::{AtomicPtr, Ordering};
+
+/// errno of the calling thread.
+pub fn errno() -> i32 {
+    // SAFETY: __errno_location returns the calling thread's errno slot; it is always valid.
+    unsafe { *libc::__errno_location() }
+}
+
+/// Sets errno of the calling thread.
+pub fn set_errno(e: i32) {
+    // SAFETY: as in `errno`.
+    unsafe { *libc::__errno_location() = e };
+}
+
+fn check(r: c_long) -> Result<i64, i32> {
+    if r < 0 { Err(errno()) } else { Ok(r) }
+}
+
+/// fstat(2) without the libc wrapper.
+pub fn fstat(fd: c_int) -> Result<libc::stat, i32> {
+    let mut st = core::mem::MaybeUninit::<libc::stat>::zeroed();
+    // SAFETY: the kernel writes at most one `struct stat` into our buffer.
+    let r = unsafe { libc::syscall(libc::SYS_fstat, fd, st.as_mut_ptr()) };
+    check(r)?;
+    // SAFETY: zero-initialized, then filled by the kernel; every bit pattern is a valid stat.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// lseek(2) without the libc wrapper.
+pub fn lseek(fd: c_int, off: i64, whence: c_int) -> Result<i64, i32> {
+    // SAFETY: lseek takes plain integers.
+    check(unsafe { libc::syscall(libc::SYS_lseek, fd, off, whence) })
+}
+
+/// fcntl(F_GETFL) without the libc wrapper.
+pub fn getfl(fd: c_int) -> Result<i32, i32> {
+    // SAFETY: F_GETFL takes no pointer.
+    check(unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_GETFL) }).map(|v| v as i32)
+}
+
+/// close(2) without the libc wrapper.
+pub fn close(fd: c_int) {
+    // SAFETY: closing an fd we own.
+    unsafe { libc::syscall(libc::SYS_close, fd) };
+}
+
+/// openat(AT_FDCWD, path, flags) without the libc wrapper.
+pub fn open(path: &core::ffi::CStr, flags: c_int) -> Result<c_int, i32> {
+    // SAFETY: `path` is NUL-terminated.
+    check(unsafe { libc::syscall(libc::SYS_openat, libc::AT_FDCWD, path.as_ptr(), flags, 0) }).map(|v| v as c_int)
+}
+
+/// Writes a line to stderr, ignoring errors (fd 2 may be closed).
+pub fn say(msg: &str) {
+    let e = errno();
+    let mut buf = [0u8; 512];
+    let pre = b"zufs-preload: ";
+    let body = msg.as_bytes();
+    let n = (pre.len() + body.len()).min(buf.len() - 1);
+    buf[..pre.len()].copy_from_slice(pre);
+    buf[pre.len()..n].copy_from_slice(&body[..n - pre.len()]);
+    buf[n] = b'\n';
+    // SAFETY: writing our own buffer to fd 2.
+    unsafe { libc::syscall(libc::SYS_write, 2, buf.as_ptr(), n + 1) };
+    set_errno(e);
+}
+
+/// The monotonic clock in nanoseconds (vDSO, no system call). Not the coarse clock: its tick
+/// (4 ms at HZ=250) is longer than the extent lease.
+pub fn now_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    (ts.tv_sec as u64).wrapping_mul(1_000_000_000).wrapping_add(ts.tv_nsec as u64)
+}
+
+/// A real libc function, looked up with `dlsym(RTLD_NEXT, name)` and cached.
+#[derive(Debug)]
+pub struct Real {
+    ptr: AtomicPtr<c_void>,
+    name: &'static [u8],
+}
+
+impl Real {
+    /// `name` must end with a NUL byte.
+    pub const fn new(name: &'static [u8]) -> Self {
+        Self { ptr: AtomicPtr::new(core::ptr::null_mut()), name }
+    }
+
+    /// The function's address, or null when libc has no such symbol.
+    pub fn get(&self) -> *mut c_void {
+        let p = self.ptr.load(Ordering::Relaxed);
+        if !p.is_null() {
+            return p;
+        }
+        // SAFETY: `name` is NUL-terminated (constructor contract); RTLD_NEXT asks for the next
+        // definition after this library, i.e. libc's.
+        let p = unsafe { libc::dlsym(libc::RTLD_NEXT, self.name.as_ptr().cast()) };
+        self.ptr.store(p, Ordering::Relaxed);
+        p
+    }
+}
+
+macro_rules! reals {
+    ($($name:ident),* $(,)?) => {
+        /// Index of each real function in [`REALS`].
+        #[allow(non_camel_case_types, missing_docs, dead_code)]
+        #[derive(Debug, Clone, Copy)]
+        #[repr(usize)]
+        pub enum Sym { $($name),* }
+
+        /// The real functions, in [`Sym`] order.
+        pub static REALS: [Real; [$(stringify!($name)),*].len()] =
+            [$(Real::new(concat!(stringify!($name), "\0").as_bytes())),*];
+    };
+}
+
+reals!(
+    read, write, pread, pread64, pwrite, pwrite64, readv, writev, preadv, preadv64, pwritev, pwritev64,
+    preadv2, preadv64v2, pwritev2, pwritev64v2, lseek, lseek64, fsync, fdatasync, ftruncate, ftruncate64,
+    fallocate, fallocate64, fstat, fstat64, __fxstat, __fxstat64, close, close_range, fclose, dup, dup2, dup3,
+    fcntl, fcntl64, open, open64, openat, openat64, creat, creat64, __open_2, __open64_2, __openat_2,
+    __openat64_2, fopen, fopen64, truncate, truncate64,
+);
+
+/// Resolves every real function (the constructor's only work).
+pub fn resolve_all() {
+    for r in &REALS {
+        r.get();
+    }
+}
+
+/// The real function `s` as a function pointer of type `F`.
+///
+/// # Safety
+/// `F` must be the `unsafe extern "C" fn` type of the libc symbol `s`.
+#[inline]
+pub unsafe fn real<F: Copy>(s: Sym) -> Option<F> {
+    const { assert!(core::mem::size_of::<F>() == core::mem::size_of::<*mut c_void>()) };
+    let p = REALS[s as usize].get();
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: F is a function pointer type of the symbol (caller's contract); sizes are equal.
+    Some(unsafe { core::mem::transmute_copy::<*mut c_void, F>(&p) })
+}

@@ -1,0 +1,397 @@
+//! Coherence between the preload fast path and the kernel mount, both ways, and fsx-style random
+//! operation sequences checked against a shadow copy, in both data modes.
+//!
+//! A Python driver (`tests/scripts/preload_driver.py`) runs under the preload library and
+//! executes one file operation per line; this test process uses the plain kernel mount (no
+//! preload) and checks after every step that each side sees what the other did, at once.
+
+#[macro_use]
+#[path = "preload_common.rs"]
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::process::{Child, ChildStdin, ChildStdout, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use rand::{Rng, SeedableRng};
+
+fn pattern(seed: u64, n: usize, start: usize) -> Vec<u8> {
+    (0..n).map(|i| ((seed as usize + (start + i) * 131 + ((start + i) >> 9)) % 251) as u8).collect()
+}
+
+struct Driver {
+    child: Child,
+    stdin: ChildStdin,
+    out: BufReader<ChildStdout>,
+}
+
+impl Driver {
+    fn start(f: &Fixture, mode: &str) -> Self {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/preload_driver.py");
+        let mut child = f
+            .preload(mode, "python3")
+            .arg(script)
+            .env("ZUFS_PRELOAD_STATS", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let stdin = child.stdin.take().unwrap();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        Self { child, stdin, out }
+    }
+
+    fn cmd(&mut self, line: &str) -> Result<String, i32> {
+        writeln!(self.stdin, "{line}").expect("driver stdin");
+        let mut r = String::new();
+        self.out.read_line(&mut r).expect("driver stdout");
+        let r = r.trim_end();
+        if let Some(v) = r.strip_prefix("ok ") {
+            Ok(v.to_owned())
+        } else if let Some(e) = r.strip_prefix("err ") {
+            Err(e.parse().unwrap())
+        } else {
+            panic!("driver died on {line:?}: {r:?}");
+        }
+    }
+
+    fn ok(&mut self, line: &str) -> String {
+        self.cmd(line).unwrap_or_else(|e| panic!("{line}: errno {e}"))
+    }
+
+    fn num(&mut self, line: &str) -> i64 {
+        self.ok(line).parse().unwrap()
+    }
+
+    /// Ends the driver; returns its stderr (the stats line).
+    fn finish(mut self) -> String {
+        let _ = writeln!(self.stdin, "exit");
+        drop(self.stdin);
+        let o = self.child.wait_with_output().expect("wait");
+        assert!(o.status.success(), "driver failed: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    }
+}
+
+/// A counter summed over every stats line (the driver and anything it spawned).
+fn stat_field(stats: &str, name: &str) -> u64 {
+    let mut sum = 0;
+    for line in stats.lines().filter(|l| l.contains("zufs-preload: stats")) {
+        let mut it = line.split_whitespace();
+        while let Some(w) = it.next() {
+            if w == name {
+                sum += it.next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            }
+        }
+    }
+    sum
+}
+
+/// Compares bytes without printing megabytes: the first difference and the lengths.
+#[track_caller]
+fn same(got: &[u8], want: &[u8], ctx: &str) {
+    if got != want {
+        let at = got.iter().zip(want).position(|(a, b)| a != b).unwrap_or(got.len().min(want.len()));
+        panic!("{ctx}: content differs at byte {at} (got {} bytes, want {}); got[at..+16]={:?} want[at..+16]={:?}",
+            got.len(), want.len(), &got[at.min(got.len())..(at + 16).min(got.len())], &want[at.min(want.len())..(at + 16).min(want.len())]);
+    }
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    if s == "-" {
+        return Vec::new();
+    }
+    (0..s.len() / 2).map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap()).collect()
+}
+
+fn assert_fast_path_used(stats: &str, mode: &str) {
+    assert!(stat_field(stats, "served") > 0, "nothing served by the library: {stats}");
+    if mode == "dax" {
+        assert!(stat_field(stats, "dax_bytes") > 0, "dax mode moved no data directly: {stats}");
+    } else {
+        assert!(stat_field(stats, "chan_io") > 0, "channel mode sent no I/O op: {stats}");
+        assert_eq!(stat_field(stats, "dax_bytes"), 0, "{stats}");
+    }
+}
+
+fn now_ns() -> i128 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as i128
+}
+
+fn mtime_ns(m: &std::fs::Metadata) -> i128 {
+    i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec())
+}
+
+fn coherence(mode: &str) {
+    let f = Fixture::new(&format!("preload-coh-{mode}"), "256M", COHERENT);
+    let path = f.path("f");
+    let p = path.display().to_string();
+    let mut d = Driver::start(&f, mode);
+    let fd = d.num(&format!("open {p} rw,creat"));
+    let mut shadow: Vec<u8> = Vec::new();
+    let mut last_mtime = 0i128;
+    // Fast-path writes, seen at once through the kernel mount: data, size, mtime.
+    for i in 0..24u64 {
+        std::thread::sleep(Duration::from_millis(3));
+        let off = (i as usize * 3001) % 40_000;
+        let len = 1 + (i as usize * 997) % 9000;
+        let t0 = now_ns();
+        assert_eq!(d.num(&format!("pwrite {fd} {off} {len} {i}")), len as i64);
+        if shadow.len() < off + len {
+            shadow.resize(off + len, 0);
+        }
+        shadow[off..off + len].copy_from_slice(&pattern(i, len, 0));
+        let md = std::fs::metadata(&path).unwrap();
+        assert_eq!(md.len(), shadow.len() as u64, "size after write {i}");
+        same(&std::fs::read(&path).unwrap(), &shadow, &format!("content after write {i}"));
+        let mt = mtime_ns(&md);
+        assert!(mt >= t0 - 2_000_000, "mtime {mt} older than the write at {t0} ({mode}, write {i})");
+        assert!(mt >= last_mtime, "mtime went back");
+        last_mtime = mt;
+    }
+    // Kernel-mount writes, seen at once by the fast path (reads and fstat).
+    let k = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+    for i in 0..16u64 {
+        let off = (i as usize * 7919) % 60_000;
+        let data = pattern(100 + i, 1 + (i as usize * 389) % 6000, 0);
+        k.write_all_at(&data, off as u64).unwrap();
+        if shadow.len() < off + data.len() {
+            shadow.resize(off + data.len(), 0);
+        }
+        shadow[off..off + data.len()].copy_from_slice(&data);
+        let st = d.ok(&format!("fstat {fd}"));
+        assert_eq!(st.split(' ').next().unwrap().parse::<usize>().unwrap(), shadow.len(), "fstat size ({mode})");
+        same(&unhex(&d.ok(&format!("pread {fd} 0 {}", shadow.len() + 100))), &shadow, &format!("pread after kernel write {i}"));
+    }
+    // Truncate through the fast path, then grow through the kernel.
+    d.ok(&format!("ftruncate {fd} 5000"));
+    shadow.truncate(5000);
+    same(&std::fs::read(&path).unwrap(), &shadow, "kernel read");
+    k.set_len(9000).unwrap();
+    shadow.resize(9000, 0);
+    same(&unhex(&d.ok(&format!("pread {fd} 0 20000"))), &shadow, "pread after kernel grow");
+    // The fast path writes into the grown (hole) range and beyond.
+    d.ok(&format!("pwrite {fd} 8000 4000 7"));
+    shadow.resize(12000, 0);
+    shadow[8000..12000].copy_from_slice(&pattern(7, 4000, 0));
+    same(&std::fs::read(&path).unwrap(), &shadow, "kernel read");
+    // O_APPEND through the fast path from two open files, interleaved: atomic at the true end.
+    let afd = d.num(&format!("open {p} wo,append"));
+    let afd2 = d.num(&format!("open {p} rw,append"));
+    for i in 0..6u64 {
+        d.ok(&format!("write {afd} 1000 {i}"));
+        shadow.extend(pattern(i, 1000, 0));
+        d.ok(&format!("write {afd2} 333 {}", 50 + i));
+        shadow.extend(pattern(50 + i, 333, 0));
+    }
+    same(&std::fs::read(&path).unwrap(), &shadow, "after fast-path appends");
+    assert_eq!(d.num(&format!("lseek {afd} 0 1")), shadow.len() as i64 - 333, "append fd offset");
+    assert_eq!(d.num(&format!("lseek {afd2} 0 1")), shadow.len() as i64, "append fd offset");
+    // Kernel-mount appends after the fast path grew the file. FUSE resolves an O_APPEND offset
+    // from the kernel's cached i_size, which the fast path cannot update; a getattr (stat, with
+    // attr_timeout=0) refreshes it. The bridge could instead pass io_flags::APPEND to zusd.
+    let mut ka = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+    for i in 0..3u64 {
+        d.ok(&format!("write {afd} 500 {}", 70 + i));
+        shadow.extend(pattern(70 + i, 500, 0));
+        assert_eq!(ka.metadata().unwrap().len(), shadow.len() as u64);
+        let kd = pattern(80 + i, 200, 0);
+        ka.write_all(&kd).unwrap();
+        shadow.extend(kd);
+    }
+    same(&std::fs::read(&path).unwrap(), &shadow, "after mixed appends");
+    d.ok(&format!("close {afd2}"));
+    // fallocate grows the file (mode 0).
+    d.ok(&format!("fallocate {fd} 0 0 {}", shadow.len() + 8192));
+    shadow.resize(shadow.len() + 8192, 0);
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), shadow.len() as u64);
+    same(&std::fs::read(&path).unwrap(), &shadow, "kernel read");
+    d.ok(&format!("fsync {fd}"));
+    d.ok(&format!("close {afd}"));
+    d.ok(&format!("close {fd}"));
+    let stats = d.finish();
+    assert_fast_path_used(&stats, mode);
+    drop(k);
+    drop(ka);
+    let out = f.unmount_and_fsck();
+    assert!(out.contains(" 0 problem"), "{out}");
+}
+
+#[test]
+fn test_coherence_with_kernel_mount_channel_mode() {
+    skip_unless_ready!("python3");
+    coherence("channel");
+}
+
+#[test]
+fn test_coherence_with_kernel_mount_dax_mode() {
+    skip_unless_ready!("python3");
+    coherence("dax");
+}
+
+fn segs(rng: &mut impl Rng, total: usize) -> Vec<usize> {
+    let mut v = Vec::new();
+    let mut left = total;
+    while left > 0 {
+        let n = rng.random_range(1..=left.min(5000));
+        v.push(n);
+        left -= n;
+    }
+    v
+}
+
+fn join(v: &[usize]) -> String {
+    v.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+}
+
+fn fsx(mode: &str, seed: u64, ops: usize) {
+    eprintln!("fsx {mode} seed {seed}");
+    let f = Fixture::new(&format!("preload-fsx-{mode}"), "256M", COHERENT);
+    let path = f.path("fsx");
+    let p = path.display().to_string();
+    let mut d = Driver::start(&f, mode);
+    let fd = d.num(&format!("open {p} rw,creat"));
+    let afd = d.num(&format!("open {p} rw,append"));
+    let k = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut shadow: Vec<u8> = Vec::new();
+    let mut pos = 0usize; // offset of `fd`
+    let mut hist: Vec<String> = Vec::new();
+    const MAXLEN: usize = 300_000;
+    let put = |shadow: &mut Vec<u8>, off: usize, data: &[u8]| {
+        if shadow.len() < off + data.len() {
+            shadow.resize(off + data.len(), 0);
+        }
+        shadow[off..off + data.len()].copy_from_slice(data);
+    };
+    let read_of = |shadow: &Vec<u8>, off: usize, len: usize| -> Vec<u8> {
+        if off >= shadow.len() { Vec::new() } else { shadow[off..(off + len).min(shadow.len())].to_vec() }
+    };
+    for step in 0..ops {
+        let what = rng.random_range(0..100);
+        let off = rng.random_range(0..MAXLEN);
+        let len = rng.random_range(1..16_384usize);
+        let s = rng.random_range(0..1_000_000u64);
+        let ctx = format!("{mode} seed {seed} step {step} op {what} off {off} len {len} size {} (before: {:?})", shadow.len(), &hist[hist.len().saturating_sub(6)..]);
+        hist.push(format!("{step}:{what}@{off}+{len} size {}", shadow.len()));
+        match what {
+            0..=24 => {
+                assert_eq!(d.num(&format!("pwrite {fd} {off} {len} {s}")), len as i64, "{ctx}");
+                put(&mut shadow, off, &pattern(s, len, 0));
+            }
+            25..=39 => {
+                let got = d.ok(&format!("pread {fd} {off} {len}"));
+                same(&unhex(&got), &read_of(&shadow, off, len), &format!("{ctx}: pread {off}+{len}"));
+            }
+            40..=47 => {
+                let v = segs(&mut rng, len);
+                assert_eq!(d.num(&format!("pwritev {fd} {off} {s} {}", join(&v))), len as i64, "{ctx}");
+                put(&mut shadow, off, &pattern(s, len, 0));
+            }
+            48..=54 => {
+                let v = segs(&mut rng, len);
+                let got = d.ok(&format!("preadv {fd} {off} {}", join(&v)));
+                same(&unhex(&got), &read_of(&shadow, off, len), &format!("{ctx}: preadv"));
+            }
+            55..=61 => {
+                assert_eq!(d.num(&format!("write {fd} {len} {s}")), len as i64, "{ctx}");
+                put(&mut shadow, pos, &pattern(s, len, 0));
+                pos += len;
+            }
+            62..=67 => {
+                let got = d.ok(&format!("read {fd} {len}"));
+                let want = read_of(&shadow, pos, len);
+                same(&unhex(&got), &want, &format!("{ctx}: read at {pos}"));
+                pos += want.len();
+            }
+            68..=70 => {
+                let to = rng.random_range(0..MAXLEN);
+                assert_eq!(d.num(&format!("lseek {fd} {to} 0")), to as i64);
+                pos = to;
+            }
+            71..=72 => {
+                let back = rng.random_range(0..1000i64);
+                let want = shadow.len() as i64 - back;
+                let r = d.cmd(&format!("lseek {fd} -{back} 2"));
+                if want >= 0 {
+                    assert_eq!(r, Ok(want.to_string()), "{ctx}: SEEK_END");
+                    pos = want as usize;
+                } else {
+                    assert_eq!(r, Err(libc::EINVAL), "{ctx}");
+                }
+            }
+            73..=77 => {
+                let to = rng.random_range(0..MAXLEN);
+                d.ok(&format!("ftruncate {fd} {to}"));
+                shadow.resize(to, 0);
+            }
+            78..=81 => {
+                let w = d.num(&format!("write {afd} {len} {s}"));
+                assert_eq!(w, len as i64);
+                shadow.extend(pattern(s, len, 0));
+            }
+            82..=84 => {
+                let keep = rng.random_bool(0.5);
+                let mode_bits = if keep { libc::FALLOC_FL_KEEP_SIZE } else { 0 };
+                d.ok(&format!("fallocate {fd} {mode_bits} {off} {len}"));
+                if !keep && shadow.len() < off + len {
+                    shadow.resize(off + len, 0);
+                }
+            }
+            85..=89 => {
+                // The other side: a kernel-mount write.
+                let data = pattern(s, len, 0);
+                k.write_all_at(&data, off as u64).unwrap();
+                put(&mut shadow, off, &data);
+            }
+            90..=91 => {
+                let to = rng.random_range(0..MAXLEN);
+                k.set_len(to as u64).unwrap();
+                shadow.resize(to, 0);
+                if mode == "dax" {
+                    // Another process changed the layout: dax mode trusts its cached extents for
+                    // one lease (1 ms) at most (the documented window).
+                    std::thread::sleep(Duration::from_millis(3));
+                }
+            }
+            92..=95 => {
+                let st = d.ok(&format!("fstat {fd}"));
+                assert_eq!(st.split(' ').next().unwrap(), shadow.len().to_string(), "{ctx}: fstat size");
+            }
+            96..=97 => {
+                d.ok(&format!("fsync {fd}"));
+            }
+            _ => {
+                same(&std::fs::read(&path).unwrap(), &shadow, &format!("{ctx}: kernel read of the whole file"));
+            }
+        }
+    }
+    same(&std::fs::read(&path).unwrap(), &shadow, &format!("final content ({mode} seed {seed})"));
+    d.ok(&format!("close {afd}"));
+    d.ok(&format!("close {fd}"));
+    let stats = d.finish();
+    eprintln!("{stats}");
+    assert_fast_path_used(&stats, mode);
+    drop(k);
+    let out = f.unmount_and_fsck();
+    assert!(out.contains(" 0 problem"), "{out}");
+}
+
+fn seed() -> u64 {
+    std::env::var("ZUFS_FSX_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed_0005)
+}
+
+#[test]
+fn test_fsx_random_ops_match_shadow_channel_mode() {
+    skip_unless_ready!("python3");
+    fsx("channel", seed(), 1500);
+}
+
+#[test]
+fn test_fsx_random_ops_match_shadow_dax_mode() {
+    skip_unless_ready!("python3");
+    fsx("dax", seed() + 1, 1500);
+}
