@@ -457,6 +457,13 @@ impl<P: Persist> Fs<P> {
         Ok(r)
     }
 
+    /// A lock whose holder panicked (a bug; the plugin adapter turned it into an errno): the
+    /// in-memory state may be half-updated, so refuse further changes until a remount.
+    fn poisoned_by_panic<G>(&self, e: std::sync::PoisonError<G>) -> G {
+        self.poisoned.store(true, Ordering::SeqCst);
+        e.into_inner()
+    }
+
     fn live(&self) -> Result<()> {
         if self.poisoned.load(Ordering::Relaxed) { Err(FsError::Shutdown) } else { Ok(()) }
     }
@@ -469,15 +476,15 @@ impl<P: Persist> Fs<P> {
     }
 
     fn wl(&self, ino: u64) -> Result<WGuard<'_>> {
-        Ok(self.slot(ino)?.write().unwrap_or_else(|e| e.into_inner()))
+        Ok(self.slot(ino)?.write().unwrap_or_else(|e| self.poisoned_by_panic(e)))
     }
 
     fn rl(&self, ino: u64) -> Result<RwLockReadGuard<'_, Option<Box<Inode>>>> {
-        Ok(self.slot(ino)?.read().unwrap_or_else(|e| e.into_inner()))
+        Ok(self.slot(ino)?.read().unwrap_or_else(|e| self.poisoned_by_panic(e)))
     }
 
     fn ns_read(&self) -> RwLockReadGuard<'_, ()> {
-        self.ns.read().unwrap_or_else(|e| e.into_inner())
+        self.ns.read().unwrap_or_else(|e| self.poisoned_by_panic(e))
     }
 
     // ---------------------------------------------------------------- attributes
@@ -826,7 +833,7 @@ impl<P: Persist> Fs<P> {
         {
             return Err(FsError::Invalid("rename flags".into()));
         }
-        let _ns = self.ns.write().unwrap_or_else(|e| e.into_inner());
+        let _ns = self.ns.write().unwrap_or_else(|e| self.poisoned_by_panic(e));
         let find = |d: u64, n: &[u8]| -> Result<Option<DEnt>> {
             let g = self.rl(d)?;
             let dn = g.as_ref().ok_or(FsError::NotFound)?;
