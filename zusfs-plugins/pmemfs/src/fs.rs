@@ -1492,6 +1492,8 @@ impl<P: Persist> Fs<P> {
     }
 
     /// Finish a direct write that ended at `end`: commits size (if it grew) and mtime.
+    /// The client must have flushed *and fenced* its stores first: a fence here orders only this
+    /// CPU's stores, not those of the client's CPU.
     pub fn map_done(&self, ino: u64, end: u64) -> Result<Attr> {
         self.live()?;
         let mut g = self.wl(ino)?;
