@@ -128,12 +128,11 @@ impl Fixture {
         self.mnt.join(name)
     }
 
-    /// A command run with the preload library in `mode` ("dax" or "channel").
+    /// `zufs run --mode MODE -- PROG` (the preload library in `mode`, "dax" or "channel");
+    /// further `.arg()`s go to the program.
     pub fn preload(&self, mode: &str, prog: &str) -> Command {
-        let mut c = Command::new(prog);
-        c.env("LD_PRELOAD", artifact("libzufs_preload.so"));
-        c.env("ZUFS_MODE", mode);
-        c.env("ZUFS_RUN_DIR", &self.run_dir);
+        let mut c = self.zufs();
+        c.args(["run", "--mode", mode, "--", prog]);
         c
     }
 

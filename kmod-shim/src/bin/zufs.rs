@@ -79,12 +79,46 @@ enum Cmd {
         /// Mount point.
         mountpoint: PathBuf,
     },
+    /// Run a program with the data fast path: LD_PRELOAD=libzufs_preload.so (next to this
+    /// binary) serves read/write/... on files of zufs mounts directly over zusd's channels
+    /// (channel) or by copying to the mapped pmem device itself (dax, falls back to channel).
+    Run {
+        /// Data mode.
+        #[arg(long, default_value = "dax", value_parser = ["dax", "channel"])]
+        mode: String,
+        /// Program and its arguments (after --).
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        cmd: Vec<std::ffi::OsString>,
+    },
     /// Plugins, mounts, channels and per-CPU op counts.
     Status {
         /// Machine-readable.
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `zufs run`: execs the program with the preload library and the mode in its environment.
+fn run(env: &Env, mode: &str, cmd: &[std::ffi::OsString]) -> Result<i32> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe()?;
+    let lib = exe.with_file_name("libzufs_preload.so");
+    if !lib.exists() {
+        anyhow::bail!("{} is missing (it is installed next to the zufs binary)", lib.display());
+    }
+    let mut preload = lib.into_os_string();
+    if let Some(old) = std::env::var_os("LD_PRELOAD").filter(|o| !o.is_empty()) {
+        preload.push(" ");
+        preload.push(old);
+    }
+    let err = std::process::Command::new(&cmd[0])
+        .args(&cmd[1..])
+        .env("LD_PRELOAD", preload)
+        .env("ZUFS_MODE", mode)
+        .env("ZUFS_SOCKET", &env.socket)
+        .env("ZUFS_RUN_DIR", &env.run_dir)
+        .exec();
+    Err(anyhow::anyhow!("running {}: {err}", cmd[0].to_string_lossy()))
 }
 
 fn main() {
@@ -111,6 +145,7 @@ fn main() {
         }
         Cmd::Umount { lazy, mountpoint } => cli::umount(&env, &mountpoint, lazy).map(|()| 0),
         Cmd::Status { json } => cli::status(&env, json).map(|()| 0),
+        Cmd::Run { mode, cmd } => run(&env, &mode, &cmd),
     };
     match res {
         Ok(code) => std::process::exit(code),

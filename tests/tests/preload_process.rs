@@ -1,0 +1,143 @@
+//! Process life under the preload library: dup/close/close_range, fork (the child's own
+//! connection), exec (lazy re-initialization, close-on-exec), and a preloaded writer killed with
+//! SIGKILL mid-write, after which the kernel mount still works and fsck is clean.
+
+#[macro_use]
+#[path = "preload_common.rs"]
+mod common;
+
+use std::os::unix::process::CommandExt;
+use std::time::Duration;
+
+use common::*;
+
+/// Distinct pids whose stats line shows served calls.
+fn serving_pids(stats: &str) -> usize {
+    stats
+        .lines()
+        .filter(|l| l.contains("zufs-preload: stats"))
+        .filter(|l| l.split_whitespace().skip_while(|w| *w != "served").nth(1).is_some_and(|v| v != "0"))
+        .count()
+}
+
+fn forkexec(mode: &str) {
+    let f = Fixture::new(&format!("preload-fork-{mode}"), "128M", COHERENT);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/preload_forkexec.py");
+    let file = f.path("forked").display().to_string();
+    let o = run_with_timeout(
+        f.preload(mode, "python3").arg(script).arg(&file).env("ZUFS_PRELOAD_STATS", "1"),
+        Duration::from_secs(60),
+    );
+    let out = text(&o);
+    assert!(o.status.success(), "{mode}: {out}");
+    assert!(out.contains("forkexec ok"), "{out}");
+    // The parent and the exec'd child both served calls themselves (the fork child leaves with
+    // _exit, which prints nothing).
+    assert!(serving_pids(&out) >= 2, "expected the parent and the exec child on the fast path: {out}");
+    assert!(!out.contains("fast path unavailable"), "{out}");
+    let data = std::fs::read(f.path("forked")).unwrap();
+    assert_eq!(&data[..10], b"PARNTdup1d");
+    assert_eq!(&data[15..18], b"pfd");
+    assert_eq!(&data[10..15], b"CHILD");
+    assert_eq!(&data[20..25], b"EXECD");
+    assert_eq!(&data[100..103], b"POS");
+    let out = f.unmount_and_fsck();
+    assert!(out.contains(" 0 problem"), "{out}");
+}
+
+#[test]
+fn test_dup_fork_exec_close_range_channel_mode() {
+    skip_unless_ready!("python3");
+    forkexec("channel");
+}
+
+#[test]
+fn test_dup_fork_exec_close_range_dax_mode() {
+    skip_unless_ready!("python3");
+    forkexec("dax");
+}
+
+/// Pids whose parent is `ppid`.
+fn children_of(ppid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(st) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // "pid (comm) state ppid ...": comm may contain spaces, so split after the last ')'.
+        let rest = st.rsplit_once(')').map_or("", |x| x.1);
+        if rest.split_whitespace().nth(1).and_then(|v| v.parse::<i32>().ok()) == Some(ppid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Whether a process exists and is not a zombie.
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|st| st.rsplit_once(')').is_some_and(|x| !x.1.trim_start().starts_with('Z')))
+}
+
+fn sigkill_mid_write(mode: &str) {
+    let f = Fixture::new(&format!("preload-kill-{mode}"), "256M", COHERENT);
+    let d = f.path("k").display().to_string();
+    std::fs::create_dir_all(&d).unwrap();
+    for round in 0..3 {
+        let mut child = f
+            .preload(mode, "fio")
+            .args([
+                "--name=k", "--directory", &d, "--ioengine=psync", "--rw=randrw", "--bs=4k", "--size=16m",
+                "--numjobs=2", "--time_based", "--runtime=30", "--fallocate=none", "--output-format=terse",
+            ])
+            .arg(format!("--direct={}", round % 2))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .expect("fio");
+        // Let the jobs lay out their files and get going, then kill the whole group.
+        std::thread::sleep(Duration::from_millis(1500 + 300 * round));
+        // fio's job processes call setsid(): find them by parent, then SIGKILL each one (jobs
+        // first, mid-write) with kill(2) on exact pids.
+        let parent = i32::try_from(child.id()).expect("pid");
+        let mut pids = children_of(parent);
+        pids.push(parent);
+        for &p in &pids {
+            assert!(p > 1);
+            #[allow(unsafe_code)]
+            // SAFETY: kill(2) on a positive pid we just found as fio or its job.
+            unsafe {
+                libc::kill(p, libc::SIGKILL)
+            };
+        }
+        let _ = child.wait();
+        let t0 = std::time::Instant::now();
+        while pids.iter().any(|p| alive(*p)) {
+            assert!(t0.elapsed() < Duration::from_secs(20), "killed fio jobs did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    // The mount still serves everything through the kernel, with no preload.
+    let names: Vec<_> = std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(!names.is_empty());
+    for p in &names {
+        let len = std::fs::metadata(p).unwrap().len();
+        assert_eq!(std::fs::read(p).unwrap().len() as u64, len);
+    }
+    std::fs::write(f.path("after"), b"still fine").unwrap();
+    assert_eq!(std::fs::read(f.path("after")).unwrap(), b"still fine");
+    let out = f.unmount_and_fsck();
+    assert!(out.contains(" 0 problem"), "{mode}: {out}");
+}
+
+#[test]
+fn test_sigkill_mid_write_leaves_fsck_clean_channel_mode() {
+    skip_unless_ready!("fio");
+    sigkill_mid_write("channel");
+}
+
+#[test]
+fn test_sigkill_mid_write_leaves_fsck_clean_dax_mode() {
+    skip_unless_ready!("fio");
+    sigkill_mid_write("dax");
+}
