@@ -9,7 +9,7 @@ use crate::configs::Config;
 use crate::fio::{Dir, Shape};
 use crate::{BenchError, Cell, Outcome};
 
-fn cells<'a>(cells: &'a [Cell], shape: Shape, rw: Dir) -> impl Iterator<Item = &'a Cell> {
+fn cells(cells: &[Cell], shape: Shape, rw: Dir) -> impl Iterator<Item = &Cell> {
     cells.iter().filter(move |c| c.shape == shape && c.rw == rw)
 }
 
