@@ -315,3 +315,30 @@ impl Drop for MapShared {
         }
     }
 }
+
+#[test]
+fn test_read_only_mount_reads_and_refuses_changes() {
+    skip_without_pmemfs!();
+    let (f, dev) = pmemfs("fuse-ro", "64M", "");
+    let m = f.mnt.display().to_string();
+    sh_ok(&format!("echo kept > {m}/f && mkdir {m}/d && ln -s f {m}/l"), 30);
+    f.umount();
+    f.mount("pmemfs", &dev, "ro");
+    sh_ok(&format!("test \"$(cat {m}/f)\" = kept && test -d {m}/d && test \"$(readlink {m}/l)\" = f"), 30);
+    for (what, cmd) in [
+        ("create", format!("echo x > {m}/g")),
+        ("append", format!("echo x >> {m}/f")),
+        ("mkdir", format!("mkdir {m}/e")),
+        ("unlink", format!("rm {m}/f")),
+        ("chmod", format!("chmod 600 {m}/f")),
+        ("truncate", format!("truncate -s 0 {m}/f")),
+        ("rename", format!("mv {m}/f {m}/h")),
+    ] {
+        let (ok, out) = sh(&cmd, Duration::from_secs(10));
+        assert!(!ok && out.contains("Read-only file system"), "{what} on a ro mount: ok={ok} {out}");
+    }
+    sh_ok(&format!("test \"$(cat {m}/f)\" = kept"), 10);
+    f.umount();
+    let o = f.zufs_run(&["fsck", "-t", "pmemfs", &dev]);
+    assert!(o.status.success(), "fsck after a ro mount: {}", String::from_utf8_lossy(&o.stdout));
+}

@@ -71,9 +71,9 @@ impl FileSystem for PmemFs {
 
     fn mount(dev: Option<Device>, _options: &str) -> Result<Self, PluginError> {
         let dev = dev.ok_or_else(|| PluginError::new(Errno::ENODEV, "pmemfs needs a device"))?;
-        if dev.read_only {
-            return Err(PluginError::new(Errno::EROFS, "pmemfs does not support read-only mounts yet"));
-        }
+        // A read-only mount still replays the journal and reclaims orphans (as ext4 does without
+        // `norecovery`): the device must be consistent before it is read. After that zusd refuses
+        // every mutating op with EROFS before it reaches us, and no read path writes pmem.
         Ok(PmemFs { fs: Fs::mount(dev.pmem).map_err(plugin_err)? })
     }
 
