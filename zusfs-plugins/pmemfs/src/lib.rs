@@ -2,7 +2,7 @@
 //!
 //! The core is ordinary safe Rust over any [`zus_pmem::Persist`] backend: a real mapping in
 //! production ([`zus_pmem::MappedPmem`]), the crash simulator in tests ([`zus_pmem::CrashSim`]).
-//! See `DESIGN.md` next to this crate for the layout and the crash-consistency argument.
+//! See `docs/pmemfs.md` at the repository root for the layout and the crash-consistency argument.
 #![deny(unsafe_code)]
 // pmemfs is 64-bit only (pmem devices are larger than 4 GiB address spaces anyway): every
 // u64 -> usize cast below is of a value already validated against the device or block size.
