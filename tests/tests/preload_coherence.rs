@@ -4,9 +4,10 @@
 //! A Python driver (`tests/scripts/preload_driver.py`) runs under the preload library and
 //! executes one file operation per line; this test process uses the plain kernel mount (no
 //! preload) and checks after every step that each side sees what the other did, at once.
+#![allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap, clippy::cast_sign_loss)]
 
 #[macro_use]
-#[path = "preload_common.rs"]
+#[path = "preload_support/mod.rs"]
 mod common;
 
 use std::io::{BufRead, BufReader, Write};

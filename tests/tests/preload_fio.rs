@@ -1,8 +1,9 @@
 //! fio with `verify=crc32c` under `zufs run` (the preload library), 1, 2, 4 and 8 jobs, in both data modes;
 //! afterwards the files read back through the plain kernel mount verify too, and fsck is clean.
+#![allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap, clippy::cast_sign_loss)]
 
 #[macro_use]
-#[path = "preload_common.rs"]
+#[path = "preload_support/mod.rs"]
 mod common;
 
 use common::*;

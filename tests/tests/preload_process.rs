@@ -1,9 +1,10 @@
 //! Process life under the preload library: dup/close/close_range, fork (the child's own
 //! connection), exec (lazy re-initialization, close-on-exec), and a preloaded writer killed with
 //! SIGKILL mid-write, after which the kernel mount still works and fsck is clean.
+#![allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap, clippy::cast_sign_loss)]
 
 #[macro_use]
-#[path = "preload_common.rs"]
+#[path = "preload_support/mod.rs"]
 mod common;
 
 use std::os::unix::process::CommandExt;

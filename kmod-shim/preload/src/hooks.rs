@@ -137,6 +137,7 @@ pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, n: size_t) -> ssiz
 macro_rules! pread_like {
     ($name:ident, $write:expr, $ptr:ty) => {
         #[unsafe(no_mangle)]
+        #[allow(clippy::ptr_as_ptr)] // `$ptr` is `*mut c_void` or `*const c_void`
         pub unsafe extern "C" fn $name(fd: c_int, buf: $ptr, n: size_t, off: off_t) -> ssize_t {
             let v = one(buf as *const c_void, n);
             serve!(

@@ -60,9 +60,13 @@ fn op(f: File, code: OpCode, req: &[&[u8]], reply: &mut [u8]) -> Result<u64, i32
         1,
     );
     let r = f.m.relay()?;
-    r.op(f.m.mount_id.load(Ordering::Relaxed) as u32, code, req, DataIn::None, reply, None, None)
-        .map(|o| o.value)
-        .map_err(|e| e.errno().0)
+    let id = f.m.mount_id.load(Ordering::Relaxed) as u32;
+    if f.m.peer_lane {
+        let ncpu = r.geometry().ncpu;
+        let lane = (zus_api::shm::current_cpu() + 1) % ncpu;
+        return r.op_on_lane(lane, id, code, req, DataIn::None, reply, None, None).map(|o| o.value).map_err(|e| e.errno().0);
+    }
+    r.op(id, code, req, DataIn::None, reply, None, None).map(|o| o.value).map_err(|e| e.errno().0)
 }
 
 fn ino(f: File) -> u64 {

@@ -16,6 +16,11 @@
 //!
 //! See `kmod-shim/preload/README.md` for coherence, process life (dup, fork, exec) and the known windows.
 
+// This crate sits on the C ABI: every call converts between C's int/ssize_t/off_t/size_t and
+// the wire's u64/u32. Lengths and offsets are range-checked where it matters (negative offsets,
+// iovec counts, totals against isize::MAX, device bounds); the remaining casts are the ABI's.
+#![allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap, clippy::cast_sign_loss)]
+
 mod hooks;
 mod io;
 mod mount;

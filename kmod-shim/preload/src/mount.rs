@@ -41,6 +41,9 @@ pub struct Mount {
     pub dax_ok: AtomicBool,
     /// Use the bounce window instead of remote iovecs (`ZUFS_DATA=window`).
     pub window: bool,
+    /// Submit to the next CPU's ZT instead of our own (`ZUFS_LANE=peer`; experiment, breaks
+    /// P-CH1: the client spins while a ZT on another CPU serves).
+    pub peer_lane: bool,
 }
 
 /// Data mode asked for (`ZUFS_MODE`).
@@ -348,6 +351,7 @@ fn new_mount(dev: u64) -> Option<u32> {
         dax: None,
         dax_ok: AtomicBool::new(true),
         window,
+        peer_lane: std::env::var("ZUFS_LANE").is_ok_and(|v| v == "peer"),
     };
     match connect_attach(&socket, mount_id, &device) {
         Ok((r, id)) => {

@@ -1,4 +1,5 @@
-//! Shared helpers for the preload tests (included by each `preload_*.rs` with `#[path]`): a zusd,
+//! Shared helpers for the preload tests (included by each `preload_*.rs` with `#[path]`; a
+//! subdirectory, so cargo does not build it as a test of its own): a zusd,
 //! a pmemfs device mounted through the FUSE bridge with the settings that make the kernel mount
 //! coherent with the fast path (`direct_io,attr_timeout=0,entry_timeout=0`), and commands run
 //! under `LD_PRELOAD=libzufs_preload.so` in a given mode.
@@ -79,6 +80,7 @@ pub fn text(o: &Output) -> String {
 }
 
 /// A zusd, a pmemfs device and its mount.
+#[derive(Debug)]
 pub struct Fixture {
     pub dir: TempDir,
     pub zusd: Zusd,
