@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job: set up, build, create a simulated pmem device in /dev/shm, start zusd with the
-# plugins, mount, run a short workload and print the result.
+# The main job: set up, build, create a simulated pmem device in /dev/shm, start zusd, mount pmemfs
+# through the FUSE bridge, run a short workload on it, then the short scalability table
+# (`zufs bench`: fio at 1 and 2 threads against tmpfs, classic FUSE and every zufs path).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -11,23 +12,39 @@ cargo build --release --workspace --all-targets
 stage_plugins
 
 work="$(mktemp -d /tmp/zufs-main.XXXXXX)"
-sock="$work/zusd.sock"
-zusd_pid=""
+dev="/dev/shm/zufs-main-$$.img"
+mnt="$work/mnt"
+zufs=("$ZUFS_BIN/zufs" --socket "$work/zusd.sock" --plugins "$ZUFS_PLUGINS")
 cleanup() {
-    [ -n "$zusd_pid" ] && kill "$zusd_pid" 2>/dev/null && wait "$zusd_pid" 2>/dev/null
+    mountpoint -q "$mnt" 2>/dev/null && { "${zufs[@]}" umount "$mnt" || umount -l "$mnt"; }
+    [ -f "$work/zusd.pid" ] && kill "$(cat "$work/zusd.pid")" 2>/dev/null
+    rm -f "$dev"
     rm -rf "$work"
 }
 trap cleanup EXIT INT TERM
 
-echo "== start zusd (plugins: $(ls "$ZUFS_PLUGINS" | tr '\n' ' ')) =="
-"$ZUFS_BIN/zusd" --plugins "$ZUFS_PLUGINS" --socket "$sock" 2>"$work/zusd.log" &
-zusd_pid=$!
+echo "== zusd (plugins: $(ls "$ZUFS_PLUGINS" | tr '\n' ' ')) =="
+"$ZUFS_BIN/zusd" --plugins "$ZUFS_PLUGINS" --socket "$work/zusd.sock" 2>"$work/zusd.log" &
+echo $! > "$work/zusd.pid"
 for _ in $(seq 100); do grep -q "zusd ready" "$work/zusd.log" 2>/dev/null && break; sleep 0.1; done
-grep "zusd ready" "$work/zusd.log" || { cat "$work/zusd.log"; exit 1; }
+grep "zusd ready" "$work/zusd.log"
 
-echo "== workload: nullfs mounted, 4 client threads, every reply checked =="
-"$ZUFS_BIN/zufs-testclient" --socket "$sock" ops --threads 4 --iters 2000
-"$ZUFS_BIN/zufs-testclient" --socket "$sock" status | head -c 2000; echo
+echo "== mkfs and mount pmemfs on a simulated pmem device ($dev) =="
+mkdir -p "$mnt"
+"${zufs[@]}" mkfs -t pmemfs --size 1G "$dev"
+"${zufs[@]}" mount -t pmemfs "$dev" "$mnt"
 
-echo "== channel benchmark (NOOP round trip vs raw futex ping-pong) =="
-ZUFS_BENCH_ITERS="${ZUFS_BENCH_ITERS:-50000}" cargo bench -q -p zufs-tests --bench channel
+echo "== workload: this source tree in, checksums compared, then 3 s of fio 4K randwrite =="
+(cd "$ZUFS_ROOT" && find . \( -path "./target*" -o -path ./.git -o -path ./bench-out \) -prune -o -type f -print0 \
+    | sort -z > "$work/files" && xargs -0 sha256sum < "$work/files" > "$work/sums" \
+    && tar --null -T "$work/files" -cf "$work/src.tar")
+mkdir "$mnt/src" && tar -C "$mnt/src" -xf "$work/src.tar"
+(cd "$mnt/src" && sha256sum --quiet -c "$work/sums") && echo "checksums: all $(wc -l < "$work/sums") files match"
+fio --name=main --directory="$mnt" --rw=randwrite --bs=4k --size=64m --direct=1 --sync=1 \
+    --ioengine=psync --runtime=3 --time_based --group_reporting | grep -E "write: IOPS=| clat \(" | head -2
+"${zufs[@]}" status
+"${zufs[@]}" umount "$mnt"
+"${zufs[@]}" fsck -t pmemfs "$dev"
+
+echo "== short scalability table (zufs bench) =="
+"$ZUFS_BIN/zufs-bench" --threads 1,2 --runtime "${ZUFS_MAIN_RUNTIME:-3}" --file-mib 32 --out "$ZUFS_ROOT/bench-out"

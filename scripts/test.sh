@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 source scripts/env.sh
+# The FUSE suites' extras: pjdfstest (cargo install), its users, bindfs, sqlite3, git, fusectl.
+bash tests/scripts/fuse-deps.sh
 
 echo "== build (release) =="
 cargo build --release --workspace --all-targets
