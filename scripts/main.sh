@@ -47,4 +47,4 @@ fio --name=main --directory="$mnt" --rw=randwrite --bs=4k --size=64m --direct=1 
 "${zufs[@]}" fsck -t pmemfs "$dev"
 
 echo "== short scalability table (zufs bench) =="
-"$ZUFS_BIN/zufs-bench" --threads 1,2 --runtime "${ZUFS_MAIN_RUNTIME:-3}" --file-mib 32 --out "$ZUFS_ROOT/bench-out"
+"${zufs[@]}" bench --threads 1,2 --runtime "${ZUFS_MAIN_RUNTIME:-3}" --file-mib 32 --out "$ZUFS_ROOT/bench-out"

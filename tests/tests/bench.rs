@@ -32,8 +32,8 @@ fn test_bench_short_run_writes_table_json_and_plots() {
         return;
     }
     let out = TempDir::new("bench-out");
-    let o = Command::new(artifact("zufs-bench"))
-        .args(["--threads", "1,2", "--runtime", "1", "--file-mib", "8", "--rw", "randwrite"])
+    let o = Command::new(artifact("zufs"))
+        .args(["bench", "--threads", "1,2", "--runtime", "1", "--file-mib", "8", "--rw", "randwrite"])
         .args(["--configs", "tmpfs,nullfs-bridge,preload-dax"])
         .arg("--out")
         .arg(&out.0)
@@ -76,8 +76,8 @@ fn test_bench_ctrl_c_cleans_up_everything() {
         return;
     }
     let out = TempDir::new("bench-int");
-    let mut child = Command::new(artifact("zufs-bench"))
-        .args(["--threads", "1,2,4", "--runtime", "3", "--file-mib", "8", "--rw", "randwrite"])
+    let mut child = Command::new(artifact("zufs"))
+        .args(["bench", "--threads", "1,2,4", "--runtime", "3", "--file-mib", "8", "--rw", "randwrite"])
         .args(["--configs", "tmpfs,fuse,pmemfs-bridge"])
         .arg("--out")
         .arg(&out.0)

@@ -110,7 +110,7 @@ impl Env {
     ///
     /// # Errors
     /// [`BenchError::Setup`] when fio or zusd is missing.
-    pub fn new(bin_dir: &Path, device_size: u64) -> Result<Self, BenchError> {
+    pub fn new(bin_dir: &Path, plugins: Option<&Path>, device_size: u64) -> Result<Self, BenchError> {
         let fio = which("fio").ok_or_else(|| BenchError::Setup("fio is not installed (apt-get install fio)".into()))?;
         let zusd = bin_dir.join("zusd");
         if !zusd.exists() {
@@ -121,7 +121,10 @@ impl Env {
         std::fs::create_dir_all(&work)?;
         Ok(Self {
             zufs: bin_dir.join("zufs"),
-            plugins: std::env::var_os("ZUFS_PLUGINS").map_or_else(|| bin_dir.join("plugins"), PathBuf::from),
+            plugins: plugins.map_or_else(
+                || std::env::var_os("ZUFS_PLUGINS").map_or_else(|| bin_dir.join("plugins"), PathBuf::from),
+                Path::to_path_buf,
+            ),
             zusd,
             fio,
             socket: work.join("zusd.sock"),

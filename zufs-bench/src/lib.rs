@@ -58,8 +58,10 @@ pub struct Plan {
     pub configs: Vec<Config>,
     /// Output directory.
     pub out: PathBuf,
-    /// Directory holding zufs, zusd and plugins/.
+    /// Directory holding zufs and zusd.
     pub bin_dir: PathBuf,
+    /// Plugin directory (default: `ZUFS_PLUGINS`, else `<bin_dir>/plugins`).
+    pub plugins: Option<PathBuf>,
     /// Bytes of file per fio job.
     pub file_size: u64,
 }
@@ -145,7 +147,7 @@ pub fn run(plan: &Plan, command: &str) -> Result<Results, BenchError> {
     std::fs::create_dir_all(plan.out.join("raw"))?;
     let max_threads = plan.threads.iter().copied().max().unwrap_or(1) as u64;
     let device_size = (max_threads * plan.file_size * 2 + (256 << 20)).next_multiple_of(2 << 20);
-    let mut env = Env::new(&plan.bin_dir, device_size)?;
+    let mut env = Env::new(&plan.bin_dir, plan.plugins.as_deref(), device_size)?;
     let mut prepared: Vec<(Config, Result<Prepared, String>)> = Vec::new();
     for &cfg in &plan.configs {
         let p = env.prepare(cfg);
@@ -244,6 +246,9 @@ pub struct BenchArgs {
     /// MiB of file per fio job.
     #[arg(long, default_value_t = 64)]
     pub file_mib: u64,
+    /// Only redraw results.md and the plots from an earlier run's results.json in --out.
+    #[arg(long)]
+    pub rerender: bool,
 }
 
 impl BenchArgs {
@@ -278,6 +283,7 @@ impl BenchArgs {
             configs,
             out: self.out.clone(),
             bin_dir: bin_dir.to_owned(),
+            plugins: None,
             file_size: self.file_mib << 20,
         })
     }

@@ -90,6 +90,11 @@ enum Cmd {
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         cmd: Vec<std::ffi::OsString>,
     },
+    /// The scalability comparison: fio at rising thread counts against tmpfs, classic FUSE
+    /// (bindfs), nullfs and pmemfs through the bridge, and pmemfs through the preload fast path
+    /// (channel and dax), side by side; writes raw fio JSON, results.json, results.md and PNG plots.
+    /// It starts its own zusd and cleans up everything, also after a failure or Ctrl-C.
+    Bench(zufs_bench::BenchArgs),
     /// Plugins, mounts, channels and per-CPU op counts.
     Status {
         /// Machine-readable.
@@ -121,6 +126,23 @@ fn run(env: &Env, mode: &str, cmd: &[std::ffi::OsString]) -> Result<i32> {
     Err(anyhow::anyhow!("running {}: {err}", cmd[0].to_string_lossy()))
 }
 
+/// `zufs bench`: runs the matrix and prints the table.
+fn bench(env: &Env, args: &zufs_bench::BenchArgs) -> Result<i32> {
+    let exe = std::env::current_exe()?;
+    let bin_dir = exe.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+    let mut plan = args.plan(&bin_dir)?;
+    plan.plugins = Some(env.plugins.clone());
+    let r = if args.rerender {
+        zufs_bench::rerender(&plan.out)?
+    } else {
+        let command = std::env::args().collect::<Vec<_>>().join(" ");
+        zufs_bench::run(&plan, &command)?
+    };
+    println!("{}", zufs_bench::report::markdown(&r.cells, &plan.configs, &plan.threads));
+    println!("results, raw fio JSON and plots in {}", plan.out.display());
+    Ok(0)
+}
+
 fn main() {
     let args = Args::parse();
     // The bridge logs at info (to its log file); interactive commands only warn.
@@ -146,6 +168,7 @@ fn main() {
         Cmd::Umount { lazy, mountpoint } => cli::umount(&env, &mountpoint, lazy).map(|()| 0),
         Cmd::Status { json } => cli::status(&env, json).map(|()| 0),
         Cmd::Run { mode, cmd } => run(&env, &mode, &cmd),
+        Cmd::Bench(b) => bench(&env, &b),
     };
     match res {
         Ok(code) => std::process::exit(code),
