@@ -142,3 +142,29 @@ fn test_sigkill_mid_write_leaves_fsck_clean_dax_mode() {
     skip_unless_ready!("fio");
     sigkill_mid_write("dax");
 }
+
+/// Another user may not attach to a root-owned mount: the library says so once on stderr and
+/// the program's I/O goes through the kernel mount, correctly.
+#[test]
+fn test_other_user_falls_back_to_kernel_mount_with_one_message() {
+    skip_unless_ready!("setpriv", "dd");
+    let f = Fixture::new("preload-nonowner", "64M", COHERENT);
+    let p = f.path("shared");
+    std::fs::write(&p, vec![0xabu8; 16384]).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let of = format!("of={}", p.display());
+    let o = run_with_timeout(
+        f.preload("channel", "setpriv").args([
+            "--reuid=65534", "--regid=65534", "--clear-groups", "dd", "if=/dev/zero", &of, "bs=4096", "count=3",
+            "seek=1", "conv=notrunc",
+        ]),
+        Duration::from_secs(30),
+    );
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert_eq!(out.matches("fast path unavailable").count(), 1, "one message expected: {out}");
+    let data = std::fs::read(&p).unwrap();
+    assert_eq!(data.len(), 16384);
+    assert!(data[..4096].iter().all(|&b| b == 0xab) && data[4096..].iter().all(|&b| b == 0), "{out}");
+}
