@@ -211,6 +211,13 @@ fn coherence(mode: &str) {
     assert_eq!(std::fs::metadata(&path).unwrap().len(), shadow.len() as u64);
     same(&std::fs::read(&path).unwrap(), &shadow, "kernel read");
     d.ok(&format!("fsync {fd}"));
+    // Access modes are the kernel's: EBADF for a write on a read-only fd and the other way round.
+    let ro = d.num(&format!("open {p} ro"));
+    assert_eq!(d.cmd(&format!("pwrite {ro} 0 10 1")), Err(libc::EBADF));
+    assert_eq!(d.cmd(&format!("ftruncate {ro} 0")), Err(libc::EINVAL));
+    assert_eq!(d.cmd(&format!("read {afd} 10")), Err(libc::EBADF));
+    d.ok(&format!("close {ro}"));
+    same(&std::fs::read(&path).unwrap(), &shadow, "after refused calls");
     d.ok(&format!("close {afd}"));
     d.ok(&format!("close {fd}"));
     let stats = d.finish();

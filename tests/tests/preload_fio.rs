@@ -9,21 +9,32 @@ mod common;
 use common::*;
 
 fn fio_verify(f: &Fixture, mode: &str, jobs: u32, rw: &str) {
-    let dir = f.path(&format!("{mode}-{jobs}-{rw}"));
+    fio_verify_with(f, mode, jobs, rw, &[]);
+}
+
+/// `extra`: more fio options (e.g. `--thread`: jobs as threads of one process, sharing the
+/// library's fd table, slots and connection).
+fn fio_verify_with(f: &Fixture, mode: &str, jobs: u32, rw: &str, extra: &[&str]) {
+    let tag: String = extra.join("").chars().filter(char::is_ascii_alphanumeric).collect();
+    let dir = f.path(&format!("{mode}-{jobs}-{rw}{tag}"));
     std::fs::create_dir_all(&dir).unwrap();
     let d = dir.display().to_string();
     let nj = format!("--numjobs={jobs}");
-    let args = [
-        "--name=v", "--directory", &d, "--ioengine=psync", &format!("--rw={rw}"), "--bs=4k", "--size=4m", &nj,
+    let rw_arg = format!("--rw={rw}");
+    let mut args = vec![
+        "--name=v", "--directory", &d, "--ioengine=psync", &rw_arg, "--bs=4k", "--size=4m", &nj,
         "--direct=1", "--sync=1", "--verify=crc32c", "--verify_fatal=1", "--verify_state_save=0", "--group_reporting", "--output-format=terse",
     ];
+    args.extend_from_slice(extra);
     f.preload_ok(mode, "fio", &args, 300);
     // The same data, read and verified through the kernel mount only (no preload).
     let o = run_with_timeout(
-        std::process::Command::new("fio").args([
-            "--name=v", "--directory", &d, "--ioengine=psync", &format!("--rw={rw}"), "--bs=4k", "--size=4m", &nj,
-            "--verify=crc32c", "--verify_only", "--verify_fatal=1", "--verify_state_save=0", "--output-format=terse",
-        ]),
+        std::process::Command::new("fio")
+            .args([
+                "--name=v", "--directory", &d, "--ioengine=psync", &rw_arg, "--bs=4k", "--size=4m", &nj,
+                "--verify=crc32c", "--verify_only", "--verify_fatal=1", "--verify_state_save=0", "--output-format=terse",
+            ])
+            .args(extra.iter().filter(|a| **a != "--thread")),
         std::time::Duration::from_secs(300),
     );
     assert!(o.status.success(), "verify through the kernel mount failed ({mode}, {jobs} jobs):\n{}", text(&o));
@@ -37,6 +48,8 @@ fn test_fio_verify_channel_mode_1_2_4_8_jobs() {
         fio_verify(&f, "channel", jobs, "randwrite");
     }
     fio_verify(&f, "channel", 2, "write");
+    fio_verify_with(&f, "channel", 4, "randwrite", &["--thread"]);
+    fio_verify_with(&f, "channel", 2, "randwrite", &["--thread", "--bsrange=1k-64k"]);
     let out = f.unmount_and_fsck();
     assert!(out.contains("0 problem"), "{out}");
 }
@@ -49,6 +62,8 @@ fn test_fio_verify_dax_mode_1_2_4_8_jobs() {
         fio_verify(&f, "dax", jobs, "randwrite");
     }
     fio_verify(&f, "dax", 2, "write");
+    fio_verify_with(&f, "dax", 4, "randwrite", &["--thread"]);
+    fio_verify_with(&f, "dax", 2, "randwrite", &["--thread", "--bsrange=1k-64k"]);
     let out = f.unmount_and_fsck();
     assert!(out.contains("0 problem"), "{out}");
 }
