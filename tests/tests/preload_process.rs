@@ -11,6 +11,7 @@ use std::os::unix::process::CommandExt;
 use std::time::Duration;
 
 use common::*;
+use zufs_tests::artifact;
 
 /// Distinct pids whose stats line shows served calls.
 fn serving_pids(stats: &str) -> usize {
@@ -167,4 +168,34 @@ fn test_other_user_falls_back_to_kernel_mount_with_one_message() {
     let data = std::fs::read(&p).unwrap();
     assert_eq!(data.len(), 16384);
     assert!(data[..4096].iter().all(|&b| b == 0xab) && data[4096..].iter().all(|&b| b == 0), "{out}");
+}
+
+/// Dax mode needs the device open read-write and mappable; when it is not (here: in a private
+/// mount namespace the device path is /dev/null, which opens but is empty) the library says so
+/// once and uses channel mode.
+#[test]
+fn test_dax_falls_back_to_channel_mode_when_device_cannot_be_mapped() {
+    skip_unless_ready!("unshare", "dd");
+    let f = Fixture::new("preload-daxfallback", "64M", COHERENT);
+    let dev = f.dev.display().to_string();
+    let x = f.path("x").display().to_string();
+    let zufs = artifact("zufs").display().to_string();
+    let script = format!(
+        "mount --bind /dev/null {dev} && {zufs} --socket {} run --mode dax -- dd if=/dev/zero of={x} bs=4096 count=4",
+        f.zusd.socket.display()
+    );
+    let o = run_with_timeout(
+        std::process::Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c", &script])
+            .env("ZUFS_RUN_DIR", &f.run_dir),
+        Duration::from_secs(30),
+    );
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert_eq!(out.matches("dax mode unavailable").count(), 1, "{out}");
+    assert!(out.contains("using channel mode"), "{out}");
+    // (No stats line to look at: coreutils close stderr at exit, before our destructor runs.)
+    assert_eq!(std::fs::read(f.path("x")).unwrap(), vec![0u8; 16384]);
+    let out = f.unmount_and_fsck();
+    assert!(out.contains(" 0 problem"), "{out}");
 }

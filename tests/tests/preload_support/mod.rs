@@ -167,7 +167,9 @@ impl Drop for Fixture {
             while t0.elapsed() < Duration::from_secs(2) && std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().contains(&m) {
                 std::thread::sleep(Duration::from_millis(20));
             }
-            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+            if std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().contains(&m) {
+                let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+            }
         }
     }
 }
