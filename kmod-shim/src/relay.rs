@@ -232,6 +232,12 @@ impl Relay {
         self.region.atomic_u32(self.geo.lane_offset(lane) + ZT_CPU).load(Ordering::Relaxed)
     }
 
+    /// Whether the ZT of `lane` is asleep (idle) right now, as it last announced.
+    #[must_use]
+    pub fn lane_zt_sleeping(&self, lane: usize) -> bool {
+        self.region.atomic_u32(self.geo.lane_offset(lane) + ZT_SLEEPING).load(Ordering::Relaxed) != 0
+    }
+
     /// Sends a control request and returns the reply.
     ///
     /// # Errors

@@ -13,7 +13,7 @@ use zus_api::ops::{
     MapDoneReq, MapReply, MapReq, OpCode, Pod, SetattrReq, io_flags, setattr, DATA_REMOTE_IOV, DATA_WINDOW,
 };
 
-use crate::mount::Mount;
+use crate::mount::{LanePolicy, Mount};
 use crate::state::{self, LAYOUT_EPOCH, Slot};
 use crate::sys;
 
@@ -61,12 +61,21 @@ fn op(f: File, code: OpCode, req: &[&[u8]], reply: &mut [u8]) -> Result<u64, i32
     );
     let r = f.m.relay()?;
     let id = f.m.mount_id.load(Ordering::Relaxed) as u32;
-    if f.m.peer_lane {
-        let ncpu = r.geometry().ncpu;
-        let lane = (zus_api::shm::current_cpu() + 1) % ncpu;
-        return r.op_on_lane(lane, id, code, req, DataIn::None, reply, None, None).map(|o| o.value).map_err(|e| e.errno().0);
-    }
-    r.op(id, code, req, DataIn::None, reply, None, None).map(|o| o.value).map_err(|e| e.errno().0)
+    let cpu = zus_api::shm::current_cpu();
+    let ncpu = r.geometry().ncpu;
+    let own = cpu % ncpu;
+    let lane = match f.m.lane {
+        LanePolicy::Own => own,
+        LanePolicy::Peer => (cpu + 1) % ncpu,
+        // Our own ZT would make us sleep on the futex, and a client that sleeps is often woken on
+        // the other, idle CPU (tens of µs each time). An idle ZT on the next CPU serves us while we
+        // spin instead; a busy one (other clients) is left alone.
+        LanePolicy::Auto => {
+            let peer = (cpu + 1) % ncpu;
+            if peer != own && r.lane_zt_sleeping(peer) { peer } else { own }
+        }
+    };
+    r.op_on_lane(lane, id, code, req, DataIn::None, reply, None, None).map(|o| o.value).map_err(|e| e.errno().0)
 }
 
 fn ino(f: File) -> u64 {

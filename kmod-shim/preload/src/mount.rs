@@ -41,9 +41,19 @@ pub struct Mount {
     pub dax_ok: AtomicBool,
     /// Use the bounce window instead of remote iovecs (`ZUFS_DATA=window`).
     pub window: bool,
-    /// Submit to the next CPU's ZT instead of our own (`ZUFS_LANE=peer`; experiment, breaks
-    /// P-CH1: the client spins while a ZT on another CPU serves).
-    pub peer_lane: bool,
+    /// Which ZT lane channel ops go to (`ZUFS_LANE`).
+    pub lane: LanePolicy,
+}
+
+/// Which ZT serves our channel ops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LanePolicy {
+    /// The ZT of our CPU (P-CH1): we sleep on the futex while it serves.
+    Own,
+    /// The next CPU's ZT: we spin (the relay's client spin) while it serves.
+    Peer,
+    /// The next CPU's ZT when it is idle, else our own (the default).
+    Auto,
 }
 
 /// Data mode asked for (`ZUFS_MODE`).
@@ -351,7 +361,11 @@ fn new_mount(dev: u64) -> Option<u32> {
         dax: None,
         dax_ok: AtomicBool::new(true),
         window,
-        peer_lane: std::env::var("ZUFS_LANE").is_ok_and(|v| v == "peer"),
+        lane: match std::env::var("ZUFS_LANE").as_deref() {
+            Ok("own") => LanePolicy::Own,
+            Ok("peer") => LanePolicy::Peer,
+            _ => LanePolicy::Auto,
+        },
     };
     match connect_attach(&socket, mount_id, &device) {
         Ok((r, id)) => {
