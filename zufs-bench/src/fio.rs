@@ -100,9 +100,8 @@ impl Job {
             "--direct=1".into(),
             "--output-format=json".into(),
             format!("--output={}", self.output.display()),
-            // Lay the files out before timing starts, so reads read data and writes overwrite.
-            "--create_on_open=0".into(),
-            "--fallocate=none".into(),
+            // fio lays the files out before timing starts (posix_fallocate, the default), so
+            // writes overwrite allocated blocks and reads read data, on every configuration.
         ];
         match self.shape {
             Shape::Rand4k => {
