@@ -517,7 +517,12 @@ impl Bridge {
         if open_flags & libc::O_DIRECT != 0 {
             flags |= io_flags::DIRECT;
         }
-        // O_APPEND: the kernel already resolved the offset (it serialises appends on the inode).
+        // O_APPEND: the kernel resolved the offset from its cached i_size, which a preloaded
+        // process writing straight to zusd may have outgrown; zusd appends at the true end of
+        // file under the inode lock instead (the kernel still serialises appends on the inode).
+        if open_flags & libc::O_APPEND != 0 {
+            flags |= io_flags::APPEND;
+        }
         let ino = self.to_ino(node);
         let len = data.len() as u64;
         REPLY.with_borrow_mut(|reply| {

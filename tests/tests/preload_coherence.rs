@@ -403,3 +403,33 @@ fn test_fsx_random_ops_match_shadow_dax_mode() {
     skip_unless_ready!("python3");
     fsx("dax", seed() + 1, 1500);
 }
+
+/// An O_APPEND write through the kernel mount lands at the true end of file even when the fast
+/// path grew the file behind the kernel's cached size (the bridge passes APPEND to zusd).
+fn kernel_append_after_fast_path_growth(mode: &str) {
+    let f = Fixture::new(&format!("preload-append-{mode}"), "64M", COHERENT);
+    let path = f.path("log");
+    let p = path.display().to_string();
+    let mut d = Driver::start(&f, mode);
+    let fd = d.num(&format!("open {p} rw,creat"));
+    // The kernel fd is opened while the file is empty: its cached size is 0.
+    let mut k = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+    assert_eq!(d.num(&format!("pwrite {fd} 0 1000 7")), 1000);
+    k.write_all(b"tail").unwrap();
+    let got = std::fs::read(&path).unwrap();
+    assert_eq!(got.len(), 1004, "the append overwrote fast-path data or left a gap ({mode})");
+    same(&got[..1000], &pattern(7, 1000, 0), &format!("fast-path bytes survive the append ({mode})"));
+    assert_eq!(&got[1000..], b"tail", "{mode}");
+}
+
+#[test]
+fn test_kernel_o_append_after_fast_path_growth_channel_mode() {
+    skip_unless_ready!("python3");
+    kernel_append_after_fast_path_growth("channel");
+}
+
+#[test]
+fn test_kernel_o_append_after_fast_path_growth_dax_mode() {
+    skip_unless_ready!("python3");
+    kernel_append_after_fast_path_growth("dax");
+}
