@@ -49,6 +49,11 @@ pub fn release(entry: u32, commit: bool) {
 }
 
 fn op(f: File, code: OpCode, req: &[&[u8]], reply: &mut [u8]) -> Result<u64, i32> {
+    op_sized(f, code, req, reply, 0)
+}
+
+/// [`op`] for an op moving `bytes` of data (for the lane choice).
+fn op_sized(f: File, code: OpCode, req: &[&[u8]], reply: &mut [u8], bytes: u64) -> Result<u64, i32> {
     let st = &state::STATS;
     state::count(
         match code {
@@ -61,21 +66,32 @@ fn op(f: File, code: OpCode, req: &[&[u8]], reply: &mut [u8]) -> Result<u64, i32
     );
     let r = f.m.relay()?;
     let id = f.m.mount_id.load(Ordering::Relaxed) as u32;
+    let lane = pick_lane(f, r, bytes);
+    r.op_on_lane(lane, id, code, req, DataIn::None, reply, None, None).map(|o| o.value).map_err(|e| e.errno().0)
+}
+
+/// Largest op (data bytes) the auto lane policy sends to an idle ZT on the next CPU.
+const AUTO_PEER_MAX_BYTES: u64 = 32 * 1024;
+
+/// The ZT lane for our next op (see [`crate::mount::LanePolicy`]).
+#[inline]
+fn pick_lane(f: File, r: &kmod_shim::Relay, bytes: u64) -> usize {
     let cpu = zus_api::shm::current_cpu();
     let ncpu = r.geometry().ncpu;
     let own = cpu % ncpu;
-    let lane = match f.m.lane {
+    match f.m.lane {
         LanePolicy::Own => own,
         LanePolicy::Peer => (cpu + 1) % ncpu,
         // Our own ZT would make us sleep on the futex, and a client that sleeps is often woken on
         // the other, idle CPU (tens of µs each time). An idle ZT on the next CPU serves us while we
         // spin instead; a busy one (other clients) is left alone.
+        // Only for short ops: a long one (a 128 KiB preadv) outlasts the relay's client spin and
+        // sleeps anyway.
         LanePolicy::Auto => {
             let peer = (cpu + 1) % ncpu;
-            if peer != own && r.lane_zt_sleeping(peer) { peer } else { own }
+            if bytes <= AUTO_PEER_MAX_BYTES && peer != own && r.lane_zt_sleeping(peer) { peer } else { own }
         }
-    };
-    r.op_on_lane(lane, id, code, req, DataIn::None, reply, None, None).map(|o| o.value).map_err(|e| e.errno().0)
+    }
 }
 
 fn ino(f: File) -> u64 {
@@ -127,7 +143,7 @@ fn chan_io(f: File, write: bool, iov: &[IoVec], total: u64, off: u64, flags: u32
         reserved: 0,
     };
     let mut rep = [0u8; 16];
-    let n = op(f, code, &[req.as_bytes(), iov_bytes(iov)], &mut rep)?;
+    let n = op_sized(f, code, &[req.as_bytes(), iov_bytes(iov)], &mut rep, total)?;
     Ok((n, IoReply::read_from(&rep).unwrap_or_default()))
 }
 
@@ -148,14 +164,15 @@ fn window_io(f: File, code: OpCode, iov: &[IoVec], mut off: u64, flags: u32) -> 
             let mut rep = [0u8; 16];
             state::count(&state::STATS.window_io, 1);
             let id = f.m.mount_id.load(Ordering::Relaxed) as u32;
+            let lane = pick_lane(f, r, n);
             let got = if code == OpCode::Write {
                 // SAFETY: the caller's buffer, valid for `v.len` bytes (write(2) contract).
                 let d = unsafe { core::slice::from_raw_parts(p, n as usize) };
-                r.op(id, code, &[req.as_bytes()], DataIn::Window(d), &mut rep, None, None)
+                r.op_on_lane(lane, id, code, &[req.as_bytes()], DataIn::Window(d), &mut rep, None, None)
             } else {
                 // SAFETY: as above, writable (read(2) contract).
                 let d = unsafe { core::slice::from_raw_parts_mut(p, n as usize) };
-                r.op(id, code, &[req.as_bytes()], DataIn::None, &mut rep, Some(d), None)
+                r.op_on_lane(lane, id, code, &[req.as_bytes()], DataIn::None, &mut rep, Some(d), None)
             }
             .map_err(|e| e.errno().0)?
             .value;
