@@ -191,9 +191,8 @@ fn coherence(mode: &str) {
     same(&std::fs::read(&path).unwrap(), &shadow, "after fast-path appends");
     assert_eq!(d.num(&format!("lseek {afd} 0 1")), shadow.len() as i64 - 333, "append fd offset");
     assert_eq!(d.num(&format!("lseek {afd2} 0 1")), shadow.len() as i64, "append fd offset");
-    // Kernel-mount appends after the fast path grew the file. FUSE resolves an O_APPEND offset
-    // from the kernel's cached i_size, which the fast path cannot update; a getattr (stat, with
-    // attr_timeout=0) refreshes it. The bridge could instead pass io_flags::APPEND to zusd.
+    // Kernel-mount appends after the fast path grew the file (with a stat in between here; the
+    // bridge's io_flags::APPEND makes them land at the true end without it, see the tests below).
     let mut ka = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
     for i in 0..3u64 {
         d.ok(&format!("write {afd} 500 {}", 70 + i));
