@@ -4,7 +4,7 @@
 set -euo pipefail
 
 need_pkgs=()
-for p in build-essential pkg-config fonts-dejavu-core fuse3 libfuse3-dev fio bindfs sqlite3 git curl ca-certificates procps; do
+for p in build-essential pkg-config fonts-dejavu-core python3 util-linux fuse3 libfuse3-dev fio bindfs sqlite3 git curl ca-certificates procps; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$p")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then
