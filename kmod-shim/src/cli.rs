@@ -183,7 +183,9 @@ pub struct MountEntry {
     pub source: String,
 }
 
-fn unescape(s: &str) -> String {
+/// Undoes the octal escapes (`\\040` for a space ...) of /proc/self/mountinfo fields.
+#[must_use]
+pub fn unescape_mountinfo(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -213,7 +215,7 @@ pub fn mount_table() -> Vec<MountEntry> {
             let mut bi = b.split(' ');
             let fstype = bi.next()?;
             let source = bi.next().unwrap_or("");
-            Some(MountEntry { mountpoint: unescape(mp), fstype: fstype.to_owned(), source: unescape(source) })
+            Some(MountEntry { mountpoint: unescape_mountinfo(mp), fstype: fstype.to_owned(), source: unescape_mountinfo(source) })
         })
         .collect()
 }
@@ -649,7 +651,7 @@ mod tests {
 
     #[test]
     fn test_mountinfo_unescape() {
-        assert_eq!(unescape("/a\\040b"), "/a b");
-        assert_eq!(unescape("/plain"), "/plain");
+        assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
     }
 }

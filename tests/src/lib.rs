@@ -3,7 +3,7 @@
 #![deny(unsafe_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// Directory holding the built binaries and plugins (`target/<profile>`).
@@ -178,4 +178,25 @@ pub fn pin_current(cpu: usize) -> std::io::Result<()> {
 #[must_use]
 pub fn online_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+}
+
+/// Runs a command with a deadline; kills it when it runs over.
+///
+/// # Panics
+/// When the command cannot start or runs past `timeout`.
+#[must_use]
+pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
+    let child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(o) => o.expect("wait"),
+        Err(_) => {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            panic!("command {cmd:?} did not finish within {timeout:?}");
+        }
+    }
 }

@@ -4,7 +4,7 @@
 #![allow(dead_code, unused_macros)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use zufs_tests::{TempDir, Zusd, artifact, plugin_dir};
@@ -49,22 +49,7 @@ pub fn plugin_available(name: &str) -> bool {
     String::from_utf8_lossy(&out.stdout).contains("zus_plugin_register")
 }
 
-/// Runs a command with a deadline; kills it when it runs over.
-pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
-    let child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(timeout) {
-        Ok(o) => o.expect("wait"),
-        Err(_) => {
-            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
-            panic!("command {cmd:?} did not finish within {timeout:?}");
-        }
-    }
-}
+pub use zufs_tests::run_with_timeout;
 
 /// Shell command with a deadline; returns (success, stdout+stderr).
 pub fn sh(script: &str, timeout: Duration) -> (bool, String) {

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 
 use kmod_shim::Relay;
+use kmod_shim::cli::unescape_mountinfo as unescape;
 
 use crate::state::{self, FD_KERNEL, FD_SLOT0, MAX_MOUNTS, MOUNTS};
 use crate::sys;
@@ -171,21 +172,6 @@ fn records() -> Vec<Record> {
     out
 }
 
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 4 <= b.len() && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
-            out.push(v);
-            i += 4;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
 
 /// A mountinfo line for device `dev`: (mount point, fs type, source).
 fn mountinfo_for(dev: u64) -> Option<(String, String, String)> {

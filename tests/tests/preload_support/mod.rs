@@ -6,7 +6,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use zufs_tests::{TempDir, Zusd, artifact, plugin_dir, target_dir};
@@ -55,22 +55,7 @@ pub fn have(prog: &str) -> bool {
     Command::new("bash").arg("-c").arg(format!("command -v {prog}")).output().is_ok_and(|o| o.status.success())
 }
 
-/// Runs a command with a deadline; kills it when it runs over.
-pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
-    let child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(timeout) {
-        Ok(o) => o.expect("wait"),
-        Err(_) => {
-            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
-            panic!("command {cmd:?} did not finish within {timeout:?}");
-        }
-    }
-}
+pub use zufs_tests::run_with_timeout;
 
 /// stdout+stderr of an output.
 pub fn text(o: &Output) -> String {
