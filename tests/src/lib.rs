@@ -200,3 +200,20 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
         }
     }
 }
+
+/// Why tests that mount through FUSE cannot run here (no /dev/fuse, not root), if they cannot.
+pub fn fuse_unavailable() -> Option<String> {
+    if !Path::new("/dev/fuse").exists() {
+        return Some("/dev/fuse is missing".into());
+    }
+    #[allow(unsafe_code)]
+    // SAFETY: geteuid cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    if uid != 0 {
+        return Some(format!("not root (euid {uid}): the bridge mounts with mount(2)"));
+    }
+    if std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse").is_err() {
+        return Some("/dev/fuse cannot be opened".into());
+    }
+    None
+}

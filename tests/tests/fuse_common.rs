@@ -9,22 +9,7 @@ use std::time::{Duration, Instant};
 
 use zufs_tests::{TempDir, Zusd, artifact, plugin_dir};
 
-/// Why FUSE tests cannot run here, if they cannot.
-pub fn fuse_unavailable() -> Option<String> {
-    if !Path::new("/dev/fuse").exists() {
-        return Some("/dev/fuse is missing".into());
-    }
-    #[allow(unsafe_code)]
-    // SAFETY: geteuid cannot fail.
-    let uid = unsafe { libc::geteuid() };
-    if uid != 0 {
-        return Some(format!("not root (euid {uid}): the bridge mounts with mount(2)"));
-    }
-    if std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse").is_err() {
-        return Some("/dev/fuse cannot be opened".into());
-    }
-    None
-}
+pub use zufs_tests::fuse_unavailable;
 
 /// Skips the calling test with a printed reason when FUSE is unavailable.
 macro_rules! skip_without_fuse {

@@ -5,7 +5,7 @@
 //! under `LD_PRELOAD=libzufs_preload.so` in a given mode.
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -16,14 +16,8 @@ pub const COHERENT: &str = "direct_io,attr_timeout=0,entry_timeout=0";
 
 /// Why these tests cannot run here, if they cannot.
 pub fn unavailable() -> Option<String> {
-    if !Path::new("/dev/fuse").exists() {
-        return Some("/dev/fuse is missing".into());
-    }
-    #[allow(unsafe_code)]
-    // SAFETY: geteuid cannot fail.
-    let uid = unsafe { libc::geteuid() };
-    if uid != 0 {
-        return Some(format!("not root (euid {uid}): the bridge mounts with mount(2)"));
+    if let Some(why) = zufs_tests::fuse_unavailable() {
+        return Some(why);
     }
     for a in ["libzufs_preload.so", "libpmemfs.so", "zufs", "zusd"] {
         if !target_dir().join(a).exists() {

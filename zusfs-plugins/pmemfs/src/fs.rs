@@ -290,6 +290,18 @@ fn node_mut<'g>(g: &'g mut WGuard<'_>) -> Result<&'g mut Inode> {
     g.as_deref_mut().ok_or(FsError::NotFound)
 }
 
+/// `dir` is a live directory (not unlinked) without an entry `name`: a new name may go there.
+fn check_new_name(dir: &Inode, name: &[u8]) -> Result<()> {
+    let di = dir.dir.as_ref().ok_or(FsError::NotDir)?;
+    if dir.d.nlink == 0 {
+        return Err(FsError::NotFound);
+    }
+    if di.names.contains_key(name) {
+        return Err(FsError::Exists);
+    }
+    Ok(())
+}
+
 fn attr_of(ino: u64, n: &Inode) -> Attr {
     Attr {
         ino,
@@ -622,13 +634,7 @@ impl<P: Persist> Fs<P> {
         let _ns = self.ns_read();
         let mut pg = self.wl(parent)?;
         let dir = node_mut(&mut pg)?;
-        let di = dir.dir.as_ref().ok_or(FsError::NotDir)?;
-        if dir.d.nlink == 0 {
-            return Err(FsError::NotFound);
-        }
-        if di.names.contains_key(name) {
-            return Err(FsError::Exists);
-        }
+        check_new_name(dir, name)?;
         let is_dir = mode & S_IFMT == S_IFDIR;
         if is_dir && dir.d.nlink >= LINK_MAX {
             return Err(FsError::TooManyLinks);
@@ -733,13 +739,7 @@ impl<P: Persist> Fs<P> {
         let _ns = self.ns_read();
         let mut pg = self.wl(parent)?;
         let dir = node_mut(&mut pg)?;
-        let di = dir.dir.as_ref().ok_or(FsError::NotDir)?;
-        if dir.d.nlink == 0 {
-            return Err(FsError::NotFound);
-        }
-        if di.names.contains_key(name) {
-            return Err(FsError::Exists);
-        }
+        check_new_name(dir, name)?;
         let mut cg = self.wl(ino)?;
         let node = node_mut(&mut cg)?;
         if node.is_dir() {
