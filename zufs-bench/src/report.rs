@@ -184,8 +184,9 @@ fn plot_one(
         .configure_mesh()
         .x_desc("threads (fio numjobs)")
         .y_desc(what)
-        .x_labels(threads.len().max(2))
-        .x_label_formatter(&|x| format!("{x:.0}"))
+        // One tick per integer thread count (up to 16), so 1 is labelled too.
+        .x_labels(threads.iter().copied().max().unwrap_or(1).clamp(2, 16) + 1)
+        .x_label_formatter(&|x| if (x - x.round()).abs() < 1e-6 { format!("{x:.0}") } else { String::new() })
         .y_label_formatter(&|y| si(*y))
         .label_style(("sans-serif", 16))
         .draw()
