@@ -171,7 +171,11 @@ impl Bridge {
     ///
     /// # Errors
     /// The relay's error (connect, or the server's refusal with its message).
-    pub fn mount(spec: MountSpec, data_path: DataPath, sync_writes: bool) -> Result<(Arc<Self>, MountInfo), RelayError> {
+    pub fn mount(
+        spec: MountSpec,
+        data_path: DataPath,
+        sync_writes: bool,
+    ) -> Result<(Arc<Self>, MountInfo), RelayError> {
         let relay = Relay::connect(&spec.socket, "zufs-fuse")?;
         let info = relay.mount(&spec.fs_type, &spec.device, &spec.server_options)?;
         let window = relay.geometry().window_size;
@@ -337,7 +341,16 @@ impl Bridge {
     /// # Errors
     /// The op's errno.
     #[allow(clippy::too_many_arguments)]
-    pub fn make(&self, creds: Creds, op: OpCode, parent: u64, name: &[u8], mode: u32, rdev: u32, flags: u32) -> Result<Attr, Errno> {
+    pub fn make(
+        &self,
+        creds: Creds,
+        op: OpCode,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        rdev: u32,
+        flags: u32,
+    ) -> Result<Attr, Errno> {
         let r = CreateReq { dir: self.to_ino(parent), mode, rdev, flags, name_len: name_len(name)? };
         self.attr_op(Some(creds), op, &[r.as_bytes(), name], DataIn::None)
     }
@@ -355,7 +368,15 @@ impl Bridge {
     ///
     /// # Errors
     /// The op's errno.
-    pub fn rename(&self, creds: Creds, parent: u64, name: &[u8], newparent: u64, newname: &[u8], flags: u32) -> Result<(), Errno> {
+    pub fn rename(
+        &self,
+        creds: Creds,
+        parent: u64,
+        name: &[u8],
+        newparent: u64,
+        newname: &[u8],
+        flags: u32,
+    ) -> Result<(), Errno> {
         let r = RenameReq {
             old_dir: self.to_ino(parent),
             new_dir: self.to_ino(newparent),
@@ -372,7 +393,12 @@ impl Bridge {
     /// # Errors
     /// The op's errno.
     pub fn link(&self, creds: Creds, node: u64, newparent: u64, newname: &[u8]) -> Result<Attr, Errno> {
-        let r = LinkReq { ino: self.to_ino(node), new_dir: self.to_ino(newparent), name_len: name_len(newname)?, reserved: 0 };
+        let r = LinkReq {
+            ino: self.to_ino(node),
+            new_dir: self.to_ino(newparent),
+            name_len: name_len(newname)?,
+            reserved: 0,
+        };
         self.attr_op(Some(creds), OpCode::Link, &[r.as_bytes(), newname], DataIn::None)
     }
 
@@ -393,7 +419,13 @@ impl Bridge {
     }
 
     /// Variable-size output into `out` (readlink, readdir, xattrs).
-    fn data_op(&self, creds: Option<Creds>, opcode: OpCode, req: &[&[u8]], out: &mut [u8]) -> Result<(u64, usize), Errno> {
+    fn data_op(
+        &self,
+        creds: Option<Creds>,
+        opcode: OpCode,
+        req: &[&[u8]],
+        out: &mut [u8],
+    ) -> Result<(u64, usize), Errno> {
         let c = self.conn_or_eio()?;
         REPLY.with_borrow_mut(|reply| {
             self.op_on(&c, creds, opcode, req, DataIn::None, reply, Some(out)).map(|o| (o.value, o.data_len))
@@ -444,7 +476,12 @@ impl Bridge {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         // A re-open after a re-attach must not truncate or create again.
         let reopen_flags = flags & !(libc::O_TRUNC | libc::O_CREAT | libc::O_EXCL).cast_unsigned();
-        let h = Arc::new(Handle { ino, flags: reopen_flags, plugin_fh: AtomicU64::new(pfh), epoch: AtomicU64::new(c.epoch) });
+        let h = Arc::new(Handle {
+            ino,
+            flags: reopen_flags,
+            plugin_fh: AtomicU64::new(pfh),
+            epoch: AtomicU64::new(c.epoch),
+        });
         self.handles.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(fh, h);
         Ok(fh)
     }
@@ -487,13 +524,32 @@ impl Bridge {
         let ino = self.to_ino(node);
         REPLY.with_borrow_mut(|reply| match self.data_path.remote_for(len) {
             true => {
-                let io = IoReq { ino, fh: pfh, offset, len: len as u64, flags: 0, data_kind: DATA_REMOTE_IOV, niov: 1, reserved: 0 };
+                let io = IoReq {
+                    ino,
+                    fh: pfh,
+                    offset,
+                    len: len as u64,
+                    flags: 0,
+                    data_kind: DATA_REMOTE_IOV,
+                    niov: 1,
+                    reserved: 0,
+                };
                 let v = IoVec { addr: buf.as_mut_ptr() as u64, len: len as u64 };
-                let o = self.op_on(&c, None, OpCode::Read, &[io.as_bytes(), v.as_bytes()], DataIn::None, reply, None)?;
+                let o =
+                    self.op_on(&c, None, OpCode::Read, &[io.as_bytes(), v.as_bytes()], DataIn::None, reply, None)?;
                 Ok(usize::try_from(o.value).unwrap_or(0).min(len))
             }
             false => {
-                let io = IoReq { ino, fh: pfh, offset, len: len as u64, flags: 0, data_kind: DATA_WINDOW, niov: 0, reserved: 0 };
+                let io = IoReq {
+                    ino,
+                    fh: pfh,
+                    offset,
+                    len: len as u64,
+                    flags: 0,
+                    data_kind: DATA_WINDOW,
+                    niov: 0,
+                    reserved: 0,
+                };
                 let o = self.op_on(&c, None, OpCode::Read, &[io.as_bytes()], DataIn::None, reply, Some(buf))?;
                 Ok(o.data_len)
             }
@@ -504,7 +560,15 @@ impl Bridge {
     ///
     /// # Errors
     /// The op's errno.
-    pub fn write(&self, creds: Creds, node: u64, fh: u64, offset: u64, data: &[u8], open_flags: i32) -> Result<usize, Errno> {
+    pub fn write(
+        &self,
+        creds: Creds,
+        node: u64,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        open_flags: i32,
+    ) -> Result<usize, Errno> {
         let c = self.conn_or_eio()?;
         let (_, pfh) = self.plugin_fh(&c, fh)?;
         if data.len() > self.window {
@@ -528,9 +592,18 @@ impl Bridge {
         REPLY.with_borrow_mut(|reply| {
             let o = match self.data_path.remote_for(data.len()) {
                 true => {
-                    let io = IoReq { ino, fh: pfh, offset, len, flags, data_kind: DATA_REMOTE_IOV, niov: 1, reserved: 0 };
+                    let io =
+                        IoReq { ino, fh: pfh, offset, len, flags, data_kind: DATA_REMOTE_IOV, niov: 1, reserved: 0 };
                     let v = IoVec { addr: data.as_ptr() as u64, len };
-                    self.op_on(&c, Some(creds), OpCode::Write, &[io.as_bytes(), v.as_bytes()], DataIn::None, reply, None)?
+                    self.op_on(
+                        &c,
+                        Some(creds),
+                        OpCode::Write,
+                        &[io.as_bytes(), v.as_bytes()],
+                        DataIn::None,
+                        reply,
+                        None,
+                    )?
                 }
                 false => {
                     let io = IoReq { ino, fh: pfh, offset, len, flags, data_kind: DATA_WINDOW, niov: 0, reserved: 0 };
@@ -550,7 +623,9 @@ impl Bridge {
         let c = self.conn_or_eio()?;
         let (_, pfh) = self.plugin_fh(&c, fh)?;
         let r = FsyncReq { ino: self.to_ino(node), fh: pfh, datasync: u32::from(datasync), reserved: 0 };
-        REPLY.with_borrow_mut(|reply| self.op_on(&c, None, OpCode::Fsync, &[r.as_bytes()], DataIn::None, reply, None).map(|_| ()))
+        REPLY.with_borrow_mut(|reply| {
+            self.op_on(&c, None, OpCode::Fsync, &[r.as_bytes()], DataIn::None, reply, None).map(|_| ())
+        })
     }
 
     /// fallocate.
@@ -658,7 +733,9 @@ impl Bridge {
         let st = relay.status().map_err(|e| e.to_string())?;
         let info = match st.mounts.iter().find(|m| m.device == self.spec.device && m.fs_type == self.spec.fs_type) {
             Some(m) => relay.attach(m.mount_id).map_err(|e| e.to_string())?,
-            None => relay.mount(&self.spec.fs_type, &self.spec.device, &self.spec.server_options).map_err(|e| e.to_string())?,
+            None => relay
+                .mount(&self.spec.fs_type, &self.spec.device, &self.spec.server_options)
+                .map_err(|e| e.to_string())?,
         };
         if info.root != self.root {
             return Err(format!("the remounted filesystem has root inode {} instead of {}", info.root, self.root));

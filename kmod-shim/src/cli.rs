@@ -99,7 +99,11 @@ pub fn parse_mount_options(opts: &str, fsname: &str) -> Result<MountOptions> {
             ("nopin", None) => f.pin = false,
             ("keep_cache", None) => f.keep_cache = true,
             ("threads", Some(v)) => {
-                f.threads = v.parse().ok().filter(|&n: &usize| (1..=256).contains(&n)).with_context(|| format!("mount option threads={v}: want 1..256"))?;
+                f.threads = v
+                    .parse()
+                    .ok()
+                    .filter(|&n: &usize| (1..=256).contains(&n))
+                    .with_context(|| format!("mount option threads={v}: want 1..256"))?;
             }
             ("data", Some("remote")) => data_path = DataPath::Remote,
             ("data", Some("window")) => data_path = DataPath::Window,
@@ -118,7 +122,9 @@ pub fn parse_mount_options(opts: &str, fsname: &str) -> Result<MountOptions> {
                 server.push(o.to_owned());
             }
             ("async", None) => f.sync = false,
-            ("attr_timeout" | "entry_timeout" | "threads" | "data" | "fsname", _) => bail!("mount option {o:?}: bad value"),
+            ("attr_timeout" | "entry_timeout" | "threads" | "data" | "fsname", _) => {
+                bail!("mount option {o:?}: bad value")
+            }
             _ => server.push(o.to_owned()),
         }
     }
@@ -215,7 +221,11 @@ pub fn mount_table() -> Vec<MountEntry> {
             let mut bi = b.split(' ');
             let fstype = bi.next()?;
             let source = bi.next().unwrap_or("");
-            Some(MountEntry { mountpoint: unescape_mountinfo(mp), fstype: fstype.to_owned(), source: unescape_mountinfo(source) })
+            Some(MountEntry {
+                mountpoint: unescape_mountinfo(mp),
+                fstype: fstype.to_owned(),
+                source: unescape_mountinfo(source),
+            })
         })
         .collect()
 }
@@ -266,7 +276,10 @@ pub fn start_zusd(env: &Env) -> Result<()> {
     let dir = env.socket.parent().unwrap_or(Path::new("/"));
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let log_path = env.socket.with_extension("log");
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
         .with_context(|| format!("opening {}", log_path.display()))?;
     let bin = zusd_binary();
     let mut child = Command::new(&bin)
@@ -285,10 +298,19 @@ pub fn start_zusd(env: &Env) -> Result<()> {
         if let Some(st) = child.try_wait()? {
             let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
             let tail: Vec<&str> = tail.lines().rev().take(5).collect();
-            bail!("zusd exited at start ({st}); see {}:\n{}", log_path.display(), tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+            bail!(
+                "zusd exited at start ({st}); see {}:\n{}",
+                log_path.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
         }
         if Relay::connect(&env.socket, "zufs-probe").is_ok() {
-            eprintln!("zufs: started zusd (pid {}, plugins {}, log {})", child.id(), env.plugins.display(), log_path.display());
+            eprintln!(
+                "zufs: started zusd (pid {}, plugins {}, log {})",
+                child.id(),
+                env.plugins.display(),
+                log_path.display()
+            );
             return Ok(());
         }
         if t0.elapsed() > Duration::from_secs(10) {
@@ -299,10 +321,15 @@ pub fn start_zusd(env: &Env) -> Result<()> {
 }
 
 fn load_plugins(env: &Env) -> Result<Vec<zus_server::plugins::Plugin>> {
-    zus_server::plugins::load_dir(&env.plugins).with_context(|| format!("loading plugins from {}", env.plugins.display()))
+    zus_server::plugins::load_dir(&env.plugins)
+        .with_context(|| format!("loading plugins from {}", env.plugins.display()))
 }
 
-fn find_plugin<'a>(plugins: &'a [zus_server::plugins::Plugin], fs_type: &str, env: &Env) -> Result<&'a zus_server::plugins::Plugin> {
+fn find_plugin<'a>(
+    plugins: &'a [zus_server::plugins::Plugin],
+    fs_type: &str,
+    env: &Env,
+) -> Result<&'a zus_server::plugins::Plugin> {
     plugins.iter().find(|p| p.name == fs_type).with_context(|| {
         let names: Vec<_> = plugins.iter().map(|p| p.name.as_str()).collect();
         format!("unknown filesystem type {fs_type:?} (plugins in {}: {})", env.plugins.display(), names.join(", "))
@@ -449,7 +476,8 @@ fn block_signals() -> libc::sigset_t {
 
 fn umount2(path: &Path, flags: i32) -> std::io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: valid NUL-terminated path.
     if unsafe { libc::umount2(c.as_ptr(), flags) } == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
@@ -472,8 +500,10 @@ pub fn serve(env: &Env, a: &MountArgs, notify_stdout: bool) -> Result<()> {
     let fsname = if device.is_empty() { a.fs_type.clone() } else { device.clone() };
     let mo = parse_mount_options(&a.options, &fsname).map_err(|e| report_err(format!("{e:#}")))?;
     let signals = block_signals();
-    let spec = MountSpec { socket: env.socket.clone(), fs_type: a.fs_type.clone(), device, server_options: mo.server.clone() };
-    let (bridge, info) = Bridge::mount(spec, mo.data_path, mo.fuse.sync).map_err(|e| report_err(format!("mount {}: {e}", a.fs_type)))?;
+    let spec =
+        MountSpec { socket: env.socket.clone(), fs_type: a.fs_type.clone(), device, server_options: mo.server.clone() };
+    let (bridge, info) =
+        Bridge::mount(spec, mo.data_path, mo.fuse.sync).map_err(|e| report_err(format!("mount {}: {e}", a.fs_type)))?;
     let rec = MountRecord {
         mountpoint: mp.display().to_string(),
         pid: std::process::id(),
@@ -501,7 +531,14 @@ pub fn serve(env: &Env, a: &MountArgs, notify_stdout: bool) -> Result<()> {
         if let Ok(s) = serde_json::to_string(&rec) {
             let _ = std::fs::write(&rpath, s);
         }
-        tracing::info!("mounted {} ({}) on {} as zusd mount {} via {}", rec.fs_type, rec.device, rec.mountpoint, rec.mount_id, transport.name());
+        tracing::info!(
+            "mounted {} ({}) on {} as zusd mount {} via {}",
+            rec.fs_type,
+            rec.device,
+            rec.mountpoint,
+            rec.mount_id,
+            transport.name()
+        );
         if notify_stdout {
             println!("READY {}", rec.mount_id);
             // Nobody reads stdout any more: point it at /dev/null.
@@ -548,7 +585,9 @@ pub fn umount(env: &Env, mountpoint: &Path, lazy: bool) -> Result<()> {
     let flags = if lazy { libc::MNT_DETACH } else { 0 };
     match umount2(&mp, flags) {
         Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => bail!("{s}: target is busy (files open or a process inside); `zufs umount -l` detaches it lazily"),
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+            bail!("{s}: target is busy (files open or a process inside); `zufs umount -l` detaches it lazily")
+        }
         Err(e) => bail!("unmounting {s}: {e}"),
     }
     let Some(rec) = rec else { return Ok(()) };
@@ -563,7 +602,8 @@ pub fn umount(env: &Env, mountpoint: &Path, lazy: bool) -> Result<()> {
     let env2 = Env { socket: PathBuf::from(&rec.socket), ..env.clone() };
     if let Ok(r) = connect(&env2, false)
         && let Ok(st) = r.status()
-        && let Some(zm) = st.mounts.iter().find(|z| z.mount_id == rec.mount_id && z.device == rec.device && z.fs_type == rec.fs_type)
+        && let Some(zm) =
+            st.mounts.iter().find(|z| z.mount_id == rec.mount_id && z.device == rec.device && z.fs_type == rec.fs_type)
     {
         let _ = r.unmount(zm.mount_id);
     }
@@ -581,7 +621,9 @@ pub fn status(env: &Env, json: bool) -> Result<()> {
     let recs: Vec<MountRecord> = all_records(env).into_iter().filter(|x| pid_alive(x.pid)).collect();
     let mp_of = |m: &zus_api::control::MountInfo| {
         recs.iter()
-            .find(|x| x.mount_id == m.mount_id || (!m.device.is_empty() && x.device == m.device && x.fs_type == m.fs_type))
+            .find(|x| {
+                x.mount_id == m.mount_id || (!m.device.is_empty() && x.device == m.device && x.fs_type == m.fs_type)
+            })
             .map(|x| (x.mountpoint.clone(), x.pid))
     };
     if json {
@@ -632,7 +674,11 @@ mod tests {
 
     #[test]
     fn test_options_split_between_bridge_and_server() {
-        let m = parse_mount_options("ro,attr_timeout=0.5,entry_timeout=0,noallow_other,direct_io,inodes=9,sync,data=window", "x").unwrap();
+        let m = parse_mount_options(
+            "ro,attr_timeout=0.5,entry_timeout=0,noallow_other,direct_io,inodes=9,sync,data=window",
+            "x",
+        )
+        .unwrap();
         assert!(m.fuse.read_only && m.fuse.sync && m.fuse.direct_io && !m.fuse.allow_other);
         assert_eq!(m.fuse.attr_timeout, Duration::from_millis(500));
         assert_eq!(m.fuse.entry_timeout, Duration::ZERO);

@@ -81,7 +81,13 @@ pub trait Transport {
     ///
     /// # Errors
     /// Mount failure (before `ready`) or a fatal transport error.
-    fn serve(&self, bridge: Arc<Bridge>, mountpoint: &Path, opts: &FuseOptions, ready: &mut dyn FnMut()) -> std::io::Result<()>;
+    fn serve(
+        &self,
+        bridge: Arc<Bridge>,
+        mountpoint: &Path,
+        opts: &FuseOptions,
+        ready: &mut dyn FnMut(),
+    ) -> std::io::Result<()>;
 }
 
 /// The classic `/dev/fuse` transport through the `fuser` crate.
@@ -93,7 +99,13 @@ impl Transport for FuserTransport {
         "fuse"
     }
 
-    fn serve(&self, bridge: Arc<Bridge>, mountpoint: &Path, opts: &FuseOptions, ready: &mut dyn FnMut()) -> std::io::Result<()> {
+    fn serve(
+        &self,
+        bridge: Arc<Bridge>,
+        mountpoint: &Path,
+        opts: &FuseOptions,
+        ready: &mut dyn FnMut(),
+    ) -> std::io::Result<()> {
         let mut mo = vec![MountOption::FSName(opts.fsname.clone()), MountOption::Subtype("zufs".into())];
         if opts.default_permissions {
             mo.push(MountOption::DefaultPermissions);
@@ -165,7 +177,9 @@ fn pin_reader() {
         return;
     }
     let cur = std::thread::current();
-    let Some(n) = cur.name().and_then(|n| n.strip_prefix("fuser-")).and_then(|n| n.parse::<usize>().ok()) else { return };
+    let Some(n) = cur.name().and_then(|n| n.strip_prefix("fuser-")).and_then(|n| n.parse::<usize>().ok()) else {
+        return;
+    };
     let cpus = online_cpus();
     let cpu = cpus[n % cpus.len()];
     if !pin_to(cpu) {
@@ -254,7 +268,12 @@ impl std::fmt::Debug for FuseFs {
 impl FuseFs {
     fn entry(&self, r: Result<Attr, Errno>, reply: ReplyEntry) {
         match r {
-            Ok(a) => reply.entry_with_ttls(&self.opts.attr_timeout, &self.opts.entry_timeout, &file_attr(&a), Generation(a.generation)),
+            Ok(a) => reply.entry_with_ttls(
+                &self.opts.attr_timeout,
+                &self.opts.entry_timeout,
+                &file_attr(&a),
+                Generation(a.generation),
+            ),
             Err(e) => reply.error(err(e)),
         }
     }
@@ -371,7 +390,16 @@ impl Filesystem for FuseFs {
         }
     }
 
-    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, rdev: u32, reply: ReplyEntry) {
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
         pin_reader();
         self.entry(self.bridge.make(creds(req), OpCode::Mknod, parent.0, name.as_bytes(), mode, rdev, 0), reply);
     }
@@ -400,7 +428,10 @@ impl Filesystem for FuseFs {
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
         pin_reader();
-        self.entry(self.bridge.symlink(creds(req), parent.0, link_name.as_bytes(), target.as_os_str().as_bytes()), reply);
+        self.entry(
+            self.bridge.symlink(creds(req), parent.0, link_name.as_bytes(), target.as_os_str().as_bytes()),
+            reply,
+        );
     }
 
     fn rename(
@@ -530,12 +561,30 @@ impl Filesystem for FuseFs {
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         pin_reader();
         match self.bridge.statfs() {
-            Ok(s) => reply.statfs(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, if s.frsize == 0 { s.bsize } else { s.frsize }),
+            Ok(s) => reply.statfs(
+                s.blocks,
+                s.bfree,
+                s.bavail,
+                s.files,
+                s.ffree,
+                s.bsize,
+                s.namelen,
+                if s.frsize == 0 { s.bsize } else { s.frsize },
+            ),
             Err(e) => reply.error(err(e)),
         }
     }
 
-    fn setxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, value: &[u8], flags: i32, _position: u32, reply: ReplyEmpty) {
+    fn setxattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
         pin_reader();
         match self.bridge.setxattr(creds(req), ino.0, name.as_bytes(), value, flags.cast_unsigned()) {
             Ok(()) => reply.ok(),
@@ -574,7 +623,16 @@ impl Filesystem for FuseFs {
         reply.ok();
     }
 
-    fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, flags: i32, reply: ReplyCreate) {
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
         pin_reader();
         let c = creds(req);
         let mode = if mode & libc::S_IFMT == 0 { mode | libc::S_IFREG } else { mode };
@@ -583,12 +641,27 @@ impl Filesystem for FuseFs {
             Err(e) => return reply.error(err(e)),
         };
         match self.bridge.open(c, a.ino, flags.cast_unsigned()) {
-            Ok(fh) => reply.created(&self.opts.entry_timeout, &file_attr(&a), Generation(a.generation), FileHandle(fh), self.open_flags(flags)),
+            Ok(fh) => reply.created(
+                &self.opts.entry_timeout,
+                &file_attr(&a),
+                Generation(a.generation),
+                FileHandle(fh),
+                self.open_flags(flags),
+            ),
             Err(e) => reply.error(err(e)),
         }
     }
 
-    fn fallocate(&self, req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
+    fn fallocate(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
         pin_reader();
         match self.bridge.fallocate(creds(req), ino.0, offset, length, mode.cast_unsigned()) {
             Ok(()) => reply.ok(),

@@ -10,7 +10,7 @@
 //! 3. write the request, mark it SUBMITTED, ring the doorbell (a futex wake only when the ZT sleeps);
 //! 4. wait: when the ZT shares our CPU spinning is useless (it cannot run while we spin), so we go
 //!    straight to the futex; when it runs elsewhere we spin for the server's suggested budget
-//!    first (P-CH2);
+//!    first (P-CH2) and flag the op `HDR_F_CLIENT_SPINS`, so the ZT polls for our next op;
 //! 5. copy the reply out and free the slot.
 //!
 //! While waiting, every 100 ms without an answer we check whether the control socket hung up:
@@ -25,13 +25,14 @@ use std::time::{Duration, Instant};
 
 use zus_api::chan::{ChannelSetHeader, Geometry, LaneHeader, PAYLOAD_SIZE, Slot, slot_state};
 use zus_api::control::{self, FsTypeInfo, MountInfo, Reply, Request, StatusInfo};
-use zus_api::ops::OpHeader;
+use zus_api::ops::{HDR_F_CLIENT_SPINS, OpHeader};
 use zus_api::shm::{ShmRegion, current_cpu, futex};
 use zus_api::{Errno, sock};
 
 const DOORBELL: usize = core::mem::offset_of!(LaneHeader, doorbell);
 const ZT_SLEEPING: usize = core::mem::offset_of!(LaneHeader, zt_sleeping);
 const ZT_CPU: usize = core::mem::offset_of!(LaneHeader, zt_cpu);
+const ZT_POLLING: usize = core::mem::offset_of!(LaneHeader, zt_polling);
 const FREE_SEQ: usize = core::mem::offset_of!(LaneHeader, free_seq);
 const FREE_WAITERS: usize = core::mem::offset_of!(LaneHeader, free_waiters);
 const STATE: usize = core::mem::offset_of!(Slot, state);
@@ -238,6 +239,12 @@ impl Relay {
         self.region.atomic_u32(self.geo.lane_offset(lane) + ZT_SLEEPING).load(Ordering::Relaxed) != 0
     }
 
+    /// Whether the ZT of `lane` is polling for work on an otherwise idle CPU right now.
+    #[must_use]
+    pub fn lane_zt_polling(&self, lane: usize) -> bool {
+        self.region.atomic_u32(self.geo.lane_offset(lane) + ZT_POLLING).load(Ordering::Relaxed) != 0
+    }
+
     /// Sends a control request and returns the reply.
     ///
     /// # Errors
@@ -370,9 +377,13 @@ impl Relay {
         let (lane, slot) = self.claim(lane % self.geo.ncpu)?;
         let so = self.geo.slot_offset(lane, slot);
         let c = creds.unwrap_or_default();
+        // Spinning for the reply only makes sense when the ZT runs on another CPU (P-CH2); we
+        // tell the ZT, which then polls for our next op instead of sleeping at once.
+        let zt_cpu = self.region.atomic_u32(self.geo.lane_offset(lane) + ZT_CPU).load(Ordering::Relaxed) as usize;
+        let spins = zt_cpu != current_cpu() && !self.client_spin.is_zero();
         let hdr = OpHeader {
             opcode: opcode as u32,
-            flags: 0,
+            flags: if spins { HDR_F_CLIENT_SPINS } else { 0 },
             mount_id,
             in_len: u32::try_from(in_len).unwrap_or(0),
             out_len: 0,
@@ -396,7 +407,7 @@ impl Relay {
         }
         // On error the slot stays busy: the server may still write it. A dead server makes the
         // whole channel set useless anyway.
-        self.submit_and_wait(lane, so)?;
+        self.submit_and_wait(lane, so, spins)?;
         let rh: OpHeader = self.region.read(so + HDR);
         let out = match Errno::from_wire(rh.result) {
             Ok(value) => {
@@ -472,7 +483,8 @@ impl Relay {
         }
     }
 
-    fn submit_and_wait(&self, lane: usize, so: usize) -> Result<(), RelayError> {
+    /// Submits the request in slot `so` and waits for the reply, spinning first when `spins`.
+    fn submit_and_wait(&self, lane: usize, so: usize, spins: bool) -> Result<(), RelayError> {
         let lo = self.geo.lane_offset(lane);
         let state = self.region.atomic_u32(so + STATE);
         state.store(slot_state::SUBMITTED, Ordering::Release);
@@ -481,8 +493,7 @@ impl Relay {
         if self.region.atomic_u32(lo + ZT_SLEEPING).load(Ordering::SeqCst) != 0 {
             futex::wake(bell, 1);
         }
-        let zt_cpu = self.region.atomic_u32(lo + ZT_CPU).load(Ordering::Relaxed) as usize;
-        if zt_cpu != current_cpu() && !self.client_spin.is_zero() {
+        if spins {
             let t0 = Instant::now();
             let mut n = 0u32;
             loop {

@@ -83,7 +83,10 @@ fn umount(p: &Path) {
 
 fn is_mounted(p: &Path) -> bool {
     let want = p.display().to_string();
-    std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().lines().any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
 }
 
 fn have(prog: &str) -> bool {
@@ -96,8 +99,16 @@ fn machine() -> String {
         .lines()
         .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned()))
         .unwrap_or_default();
-    let kernel = Command::new("uname").arg("-r").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default();
-    let fio = Command::new("fio").arg("--version").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default();
+    let kernel = Command::new("uname")
+        .arg("-r")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let fio = Command::new("fio")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
     format!("{} CPU(s) ({cpu}), kernel {kernel}, {fio}", zufs_tests::online_cpus())
 }
 
@@ -121,12 +132,14 @@ fn main() {
         return;
     }
     let short = args.iter().any(|a| a == "--short") || std::env::var("ZUFS_BENCH_SHORT").is_ok_and(|v| v == "1");
-    let runtime: u64 = std::env::var("ZUFS_FIO_RUNTIME").ok().and_then(|v| v.parse().ok()).unwrap_or(if short { 3 } else { 15 });
+    let runtime: u64 =
+        std::env::var("ZUFS_FIO_RUNTIME").ok().and_then(|v| v.parse().ok()).unwrap_or(if short { 3 } else { 15 });
     let jobs: Vec<usize> = std::env::var("ZUFS_FIO_JOBS")
         .ok()
         .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
         .unwrap_or_else(|| vec![1, 2, 4, 8]);
-    let wanted: Option<Vec<String>> = std::env::var("ZUFS_FIO_TARGETS").ok().map(|v| v.split(',').map(str::to_owned).collect());
+    let wanted: Option<Vec<String>> =
+        std::env::var("ZUFS_FIO_TARGETS").ok().map(|v| v.split(',').map(str::to_owned).collect());
     let want = |n: &str| wanted.as_ref().is_none_or(|w| w.iter().any(|x| x == n));
     let extra_opts = std::env::var("ZUFS_FIO_MOUNT_OPTS").unwrap_or_default();
 
@@ -163,7 +176,11 @@ fn main() {
             std::fs::create_dir_all(&mnt).expect("mkdir");
             if run(Command::new(bin).arg("-o").arg(format!("source={}", src.display())).arg(&mnt)) {
                 mounts.push(mnt.clone());
-                targets.push(Target { name: "passthrough_ll (classic FUSE, direct=0)".into(), dir: mnt, direct: false });
+                targets.push(Target {
+                    name: "passthrough_ll (classic FUSE, direct=0)".into(),
+                    dir: mnt,
+                    direct: false,
+                });
             }
         }
     }
@@ -211,7 +228,14 @@ fn main() {
             let d = t.dir.join(format!("j{j}"));
             let _ = std::fs::create_dir_all(&d);
             let c = fio(&d, j, runtime, t.direct);
-            eprintln!("  {:<40} jobs={j}: {:>10.0} IOPS  mean {:>8.1} us  p99 {:>8.1} us{}", t.name, c.iops, c.mean_us, c.p99_us, if c.error != 0 { format!("  (fio error {})", c.error) } else { String::new() });
+            eprintln!(
+                "  {:<40} jobs={j}: {:>10.0} IOPS  mean {:>8.1} us  p99 {:>8.1} us{}",
+                t.name,
+                c.iops,
+                c.mean_us,
+                c.p99_us,
+                if c.error != 0 { format!("  (fio error {})", c.error) } else { String::new() }
+            );
             res.insert((ti, j), c);
             let _ = std::fs::remove_dir_all(&d);
         }
@@ -231,7 +255,9 @@ fn main() {
         for &j in &jobs {
             let c = res[&(ti, j)];
             let ratio = |o: Option<usize>| {
-                o.and_then(|oi| res.get(&(oi, j))).filter(|b| b.iops > 0.0).map_or("-".to_owned(), |b| format!("{:.2}", c.iops / b.iops))
+                o.and_then(|oi| res.get(&(oi, j)))
+                    .filter(|b| b.iops > 0.0)
+                    .map_or("-".to_owned(), |b| format!("{:.2}", c.iops / b.iops))
             };
             md.push_str(&format!(
                 "| {} | {j} | {:.0} | {:.1} | {:.1} | {:.1} | {} | {} |\n",

@@ -193,12 +193,11 @@ fn fio(s: &Setup, cfg: Cfg, rw: &str, jobs: usize, secs: u64) -> Option<Point> {
 fn sg(s: &Setup, cfg: Cfg, write: bool, secs: u64) -> Option<f64> {
     let file = s.dir(cfg)?.join("sg.dat");
     let me = std::env::current_exe().ok()?;
-    let out = ok(s
-        .cmd(cfg, &me)
-        .arg("--sg-worker")
-        .arg(&file)
-        .arg(secs.to_string())
-        .arg(if write { "write" } else { "read" }));
+    let out = ok(s.cmd(cfg, &me).arg("--sg-worker").arg(&file).arg(secs.to_string()).arg(if write {
+        "write"
+    } else {
+        "read"
+    }));
     out.lines().find_map(|l| l.strip_prefix("MBPS ")).and_then(|v| v.trim().parse().ok())
 }
 
@@ -232,13 +231,17 @@ fn main() {
     std::fs::create_dir_all(&bind_src).unwrap();
     let bmnt = dir.0.join("bindfs");
     std::fs::create_dir_all(&bmnt).unwrap();
-    let bindfs = which("bindfs").and_then(|b| Command::new(b).arg(&bind_src).arg(&bmnt).status().ok()?.success().then(|| bmnt.clone()));
+    let bindfs = which("bindfs")
+        .and_then(|b| Command::new(b).arg(&bind_src).arg(&bmnt).status().ok()?.success().then(|| bmnt.clone()));
     let mnt = dir.0.join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
     let dev = PathBuf::from(format!("/dev/shm/zufs-preload-bench-{pid}.img"));
     let s = Setup { run_dir: dir.0.join("run"), _dir: dir, zusd, plugins, tmpfs, bindfs, bind_src, mnt, dev };
     ok(s.zufs().args(["mkfs", "-t", "pmemfs", "--size", "2G"]).arg(&s.dev));
-    ok(s.zufs().args(["mount", "-t", "pmemfs", "-o", "direct_io,attr_timeout=0,entry_timeout=0"]).arg(&s.dev).arg(&s.mnt));
+    ok(s.zufs()
+        .args(["mount", "-t", "pmemfs", "-o", "direct_io,attr_timeout=0,entry_timeout=0"])
+        .arg(&s.dev)
+        .arg(&s.mnt));
 
     let cfgs = [Cfg::Tmpfs, Cfg::Bindfs, Cfg::Channel, Cfg::Window, Cfg::Dax];
     let mut md = String::new();

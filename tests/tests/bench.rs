@@ -23,7 +23,12 @@ fn usable() -> bool {
 }
 
 fn mounts_mentioning(s: &str) -> Vec<String> {
-    std::fs::read_to_string("/proc/mounts").unwrap_or_default().lines().filter(|l| l.contains(s)).map(str::to_owned).collect()
+    std::fs::read_to_string("/proc/mounts")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(s))
+        .map(str::to_owned)
+        .collect()
 }
 
 #[test]
@@ -42,7 +47,8 @@ fn test_bench_short_run_writes_table_json_and_plots() {
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&o.stderr));
     assert!(stdout.contains("| threads | tmpfs | nullfs bridge | pmemfs preload dax |"), "{stdout}");
-    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.0.join("results.json")).unwrap()).unwrap();
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.0.join("results.json")).unwrap()).unwrap();
     let cells = r["cells"].as_array().unwrap();
     assert_eq!(cells.len(), 6);
     for c in cells {

@@ -144,7 +144,10 @@ impl Fixture {
     /// The bridge process of the mount (from `zufs status`).
     pub fn bridge_pid(&self) -> u32 {
         let st = self.status();
-        let m = st["mounts"].as_array().and_then(|a| a.iter().find(|m| m["mountpoint"].as_str() == Some(&self.mnt.display().to_string()))).cloned();
+        let m = st["mounts"]
+            .as_array()
+            .and_then(|a| a.iter().find(|m| m["mountpoint"].as_str() == Some(&self.mnt.display().to_string())))
+            .cloned();
         let pid = m.and_then(|m| m["bridge_pid"].as_u64()).expect("bridge pid in status");
         u32::try_from(pid).expect("pid")
     }
@@ -177,7 +180,8 @@ impl Drop for Fixture {
         }
         // A zusd started on demand by `zufs mount` is not our child: stop it by its pid.
         if self.zusd.is_none()
-            && let Ok(o) = Command::new(artifact("zufs")).arg("--socket").arg(&self.socket).args(["status", "--json"]).output()
+            && let Ok(o) =
+                Command::new(artifact("zufs")).arg("--socket").arg(&self.socket).args(["status", "--json"]).output()
             && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&o.stdout)
             && let Some(pid) = v["zusd"]["pid"].as_u64()
         {

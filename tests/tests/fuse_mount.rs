@@ -62,7 +62,10 @@ fn test_nullfs_namespace_through_the_kernel_and_clean_umount() {
     assert!(text.contains("nullfs") && text.contains(&m.display().to_string()) && text.contains("cpu"), "{text}");
     let pid = f.bridge_pid();
     f.umount();
-    assert!(wait_until(Duration::from_secs(5), || !std::path::Path::new(&format!("/proc/{pid}")).exists()), "bridge still running");
+    assert!(
+        wait_until(Duration::from_secs(5), || !std::path::Path::new(&format!("/proc/{pid}")).exists()),
+        "bridge still running"
+    );
     let st = f.status();
     assert!(st["zusd"]["mounts"].as_array().unwrap().is_empty(), "zusd mount left behind: {st}");
 }
@@ -80,10 +83,16 @@ fn test_mount_errors_are_clear_and_change_nothing() {
     let before = ours();
     let cases: Vec<(Vec<String>, &str)> = vec![
         (vec!["-t".into(), "nosuchfs".into(), "none".into(), mnt.clone()], "unknown filesystem type"),
-        (vec!["-t".into(), "nullfs".into(), "-o".into(), "bogus_opt".into(), "none".into(), mnt.clone()], "unknown option"),
+        (
+            vec!["-t".into(), "nullfs".into(), "-o".into(), "bogus_opt".into(), "none".into(), mnt.clone()],
+            "unknown option",
+        ),
         (vec!["-t".into(), "nullfs".into(), "/nonexistent/dev".into(), mnt.clone()], "does not exist"),
         (vec!["-t".into(), "nullfs".into(), "none".into(), f.dir.0.join("nope").display().to_string()], "mount point"),
-        (vec!["-t".into(), "nullfs".into(), "-o".into(), "attr_timeout=abc".into(), "none".into(), mnt.clone()], "attr_timeout"),
+        (
+            vec!["-t".into(), "nullfs".into(), "-o".into(), "attr_timeout=abc".into(), "none".into(), mnt.clone()],
+            "attr_timeout",
+        ),
     ];
     for (args, want) in &cases {
         let mut a = vec!["mount"];
@@ -123,13 +132,22 @@ fn test_mount_options_ro_timeouts_and_permissions() {
     std::fs::create_dir(f.mnt.join("private")).unwrap();
     std::fs::set_permissions(f.mnt.join("private"), std::fs::Permissions::from_mode(0o700)).unwrap();
     // default_permissions + allow_other: another user may look but not enter a 0700 dir.
-    let (ok, out) = sh(&format!("setpriv --reuid=65534 --regid=65534 --clear-groups ls {} ", f.mnt.display()), Duration::from_secs(10));
+    let (ok, out) = sh(
+        &format!("setpriv --reuid=65534 --regid=65534 --clear-groups ls {} ", f.mnt.display()),
+        Duration::from_secs(10),
+    );
     assert!(ok && out.contains('x'), "nobody cannot list the mount: {out}");
-    let (ok, out) = sh(&format!("setpriv --reuid=65534 --regid=65534 --clear-groups ls {}/private", f.mnt.display()), Duration::from_secs(10));
+    let (ok, out) = sh(
+        &format!("setpriv --reuid=65534 --regid=65534 --clear-groups ls {}/private", f.mnt.display()),
+        Duration::from_secs(10),
+    );
     assert!(!ok && out.contains("Permission denied"), "nobody entered a 0700 dir: {out}");
     // Creating as another user gives the file that user's ownership (creds are forwarded).
     std::fs::set_permissions(&f.mnt, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let (ok, out) = sh(&format!("setpriv --reuid=65534 --regid=65534 --clear-groups touch {}/byn", f.mnt.display()), Duration::from_secs(10));
+    let (ok, out) = sh(
+        &format!("setpriv --reuid=65534 --regid=65534 --clear-groups touch {}/byn", f.mnt.display()),
+        Duration::from_secs(10),
+    );
     assert!(ok, "{out}");
     assert_eq!(std::fs::metadata(f.mnt.join("byn")).unwrap().uid(), 65534);
     f.umount();
@@ -159,7 +177,10 @@ fn test_zusd_killed_ops_fail_with_eio_promptly_and_umount_works() {
     assert!(took < Duration::from_secs(2), "EIO took {took:?}");
     // Unmounting works without zusd.
     f.umount();
-    assert!(wait_until(Duration::from_secs(5), || !std::path::Path::new(&format!("/proc/{pid}")).exists()), "bridge still running");
+    assert!(
+        wait_until(Duration::from_secs(5), || !std::path::Path::new(&format!("/proc/{pid}")).exists()),
+        "bridge still running"
+    );
 }
 
 #[test]
@@ -174,7 +195,10 @@ fn test_zusd_started_on_demand_and_bridge_sigterm_unmounts() {
     let pid = f.bridge_pid();
     let _ = std::process::Command::new("kill").arg(pid.to_string()).status();
     assert!(wait_until(Duration::from_secs(10), || !mounted_at(&f.mnt)), "SIGTERM to the bridge did not unmount");
-    assert!(wait_until(Duration::from_secs(5), || f.status()["zusd"]["mounts"].as_array().unwrap().is_empty()), "zusd mount left behind");
+    assert!(
+        wait_until(Duration::from_secs(5), || f.status()["zusd"]["mounts"].as_array().unwrap().is_empty()),
+        "zusd mount left behind"
+    );
 }
 
 #[test]

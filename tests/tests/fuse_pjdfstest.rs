@@ -29,10 +29,18 @@ entries = [["nobody", "nogroup"], ["tests", "tests"]]
 "#;
 
 fn pjdfstest(config: &Path, dir: &Path) -> (String, BTreeSet<String>) {
-    let o = run_with_timeout(Command::new("pjdfstest").arg("-c").arg(config).arg("-p").arg(dir).current_dir(dir), Duration::from_secs(900));
+    let o = run_with_timeout(
+        Command::new("pjdfstest").arg("-c").arg(config).arg("-p").arg(dir).current_dir(dir),
+        Duration::from_secs(900),
+    );
     let out = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
     let summary = out.lines().find(|l| l.starts_with("Summary:")).unwrap_or("no summary").to_owned();
-    let failed = out.lines().filter(|l| l.trim_end().ends_with("FAILED")).filter_map(|l| l.split_whitespace().next()).map(str::to_owned).collect();
+    let failed = out
+        .lines()
+        .filter(|l| l.trim_end().ends_with("FAILED"))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect();
     (summary, failed)
 }
 

@@ -35,7 +35,11 @@ fn pmemfs(tag: &str, size: &str, opts: &str) -> (Fixture, String) {
 }
 
 fn need(prog: &str) -> bool {
-    let ok = std::process::Command::new("bash").arg("-c").arg(format!("command -v {prog}")).output().is_ok_and(|o| o.status.success());
+    let ok = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!("command -v {prog}"))
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !ok {
         eprintln!("SKIPPED: {prog} is not installed (tests/scripts/fuse-deps.sh installs it)");
     }
@@ -99,7 +103,12 @@ fn test_coreutils_and_tar_round_trip_survives_remount_and_fsck() {
     // Unmount (the plugin flushes), check, remount: everything is still there.
     f.umount();
     let o = f.zufs_run(&["fsck", "-t", "pmemfs", &dev]);
-    assert!(o.status.success(), "fsck after umount: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "fsck after umount: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
     f.mount("pmemfs", &dev, "");
     sh_ok(&format!("cd {m}/tree && sha256sum --quiet -c {w}/sums && test -e {m}/zeros && test ! -e {m}/tree3"), 120);
     f.umount();
@@ -238,7 +247,8 @@ fn test_zusd_restart_reattaches_a_mounted_pmemfs() {
     let (mut f, _dev) = pmemfs("fuse-reattach", "256M", "attr_timeout=0,entry_timeout=0");
     let m = f.mnt.clone();
     std::fs::write(m.join("before"), b"persisted").unwrap();
-    let mut open = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(m.join("held")).unwrap();
+    let mut open =
+        std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(m.join("held")).unwrap();
     open.write_all(b"abc").unwrap();
     open.sync_all().unwrap();
     let pid = f.bridge_pid();
@@ -283,7 +293,14 @@ impl MapShared {
         #[allow(unsafe_code)]
         // SAFETY: mapping a file we hold open; checked for MAP_FAILED.
         let p = unsafe {
-            libc::mmap(core::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, file.as_raw_fd(), 0)
+            libc::mmap(
+                core::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
         };
         assert_ne!(p, libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
         Self { ptr: p.cast(), len }

@@ -96,8 +96,13 @@ fn stat_field(stats: &str, name: &str) -> u64 {
 fn same(got: &[u8], want: &[u8], ctx: &str) {
     if got != want {
         let at = got.iter().zip(want).position(|(a, b)| a != b).unwrap_or(got.len().min(want.len()));
-        panic!("{ctx}: content differs at byte {at} (got {} bytes, want {}); got[at..+16]={:?} want[at..+16]={:?}",
-            got.len(), want.len(), &got[at.min(got.len())..(at + 16).min(got.len())], &want[at.min(want.len())..(at + 16).min(want.len())]);
+        panic!(
+            "{ctx}: content differs at byte {at} (got {} bytes, want {}); got[at..+16]={:?} want[at..+16]={:?}",
+            got.len(),
+            want.len(),
+            &got[at.min(got.len())..(at + 16).min(got.len())],
+            &want[at.min(want.len())..(at + 16).min(want.len())]
+        );
     }
 }
 
@@ -115,6 +120,9 @@ fn assert_fast_path_used(stats: &str, mode: &str) {
     } else {
         assert!(stat_field(stats, "chan_io") > 0, "channel mode sent no I/O op: {stats}");
         assert_eq!(stat_field(stats, "dax_bytes"), 0, "{stats}");
+        if mode.ends_with("+remote") {
+            assert_eq!(stat_field(stats, "window_io"), 0, "one-copy policy bounced data: {stats}");
+        }
     }
 }
 
@@ -165,7 +173,11 @@ fn coherence(mode: &str) {
         shadow[off..off + data.len()].copy_from_slice(&data);
         let st = d.ok(&format!("fstat {fd}"));
         assert_eq!(st.split(' ').next().unwrap().parse::<usize>().unwrap(), shadow.len(), "fstat size ({mode})");
-        same(&unhex(&d.ok(&format!("pread {fd} 0 {}", shadow.len() + 100))), &shadow, &format!("pread after kernel write {i}"));
+        same(
+            &unhex(&d.ok(&format!("pread {fd} 0 {}", shadow.len() + 100))),
+            &shadow,
+            &format!("pread after kernel write {i}"),
+        );
     }
     // Truncate through the fast path, then grow through the kernel.
     d.ok(&format!("ftruncate {fd} 5000"));
@@ -282,7 +294,11 @@ fn fsx(mode: &str, seed: u64, ops: usize) {
         let off = rng.random_range(0..MAXLEN);
         let len = rng.random_range(1..16_384usize);
         let s = rng.random_range(0..1_000_000u64);
-        let ctx = format!("{mode} seed {seed} step {step} op {what} off {off} len {len} size {} (before: {:?})", shadow.len(), &hist[hist.len().saturating_sub(6)..]);
+        let ctx = format!(
+            "{mode} seed {seed} step {step} op {what} off {off} len {len} size {} (before: {:?})",
+            shadow.len(),
+            &hist[hist.len().saturating_sub(6)..]
+        );
         hist.push(format!("{step}:{what}@{off}+{len} size {}", shadow.len()));
         match what {
             0..=24 => {
@@ -395,6 +411,12 @@ fn seed() -> u64 {
 fn test_fsx_random_ops_match_shadow_channel_mode() {
     skip_unless_ready!("python3");
     fsx("channel", seed(), 1500);
+}
+
+#[test]
+fn test_fsx_random_ops_match_shadow_channel_mode_one_copy() {
+    skip_unless_ready!("python3");
+    fsx("channel+remote", seed() ^ 1, 1000);
 }
 
 #[test]

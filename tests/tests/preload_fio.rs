@@ -22,8 +22,21 @@ fn fio_verify_with(f: &Fixture, mode: &str, jobs: u32, rw: &str, extra: &[&str])
     let nj = format!("--numjobs={jobs}");
     let rw_arg = format!("--rw={rw}");
     let mut args = vec![
-        "--name=v", "--directory", &d, "--ioengine=psync", &rw_arg, "--bs=4k", "--size=4m", &nj,
-        "--direct=1", "--sync=1", "--verify=crc32c", "--verify_fatal=1", "--verify_state_save=0", "--group_reporting", "--output-format=terse",
+        "--name=v",
+        "--directory",
+        &d,
+        "--ioengine=psync",
+        &rw_arg,
+        "--bs=4k",
+        "--size=4m",
+        &nj,
+        "--direct=1",
+        "--sync=1",
+        "--verify=crc32c",
+        "--verify_fatal=1",
+        "--verify_state_save=0",
+        "--group_reporting",
+        "--output-format=terse",
     ];
     args.extend_from_slice(extra);
     f.preload_ok(mode, "fio", &args, 300);
@@ -31,8 +44,19 @@ fn fio_verify_with(f: &Fixture, mode: &str, jobs: u32, rw: &str, extra: &[&str])
     let o = run_with_timeout(
         std::process::Command::new("fio")
             .args([
-                "--name=v", "--directory", &d, "--ioengine=psync", &rw_arg, "--bs=4k", "--size=4m", &nj,
-                "--verify=crc32c", "--verify_only", "--verify_fatal=1", "--verify_state_save=0", "--output-format=terse",
+                "--name=v",
+                "--directory",
+                &d,
+                "--ioengine=psync",
+                &rw_arg,
+                "--bs=4k",
+                "--size=4m",
+                &nj,
+                "--verify=crc32c",
+                "--verify_only",
+                "--verify_fatal=1",
+                "--verify_state_save=0",
+                "--output-format=terse",
             ])
             .args(extra.iter().filter(|a| **a != "--thread")),
         std::time::Duration::from_secs(300),
@@ -50,6 +74,10 @@ fn test_fio_verify_channel_mode_1_2_4_8_jobs() {
     fio_verify(&f, "channel", 2, "write");
     fio_verify_with(&f, "channel", 4, "randwrite", &["--thread"]);
     fio_verify_with(&f, "channel", 2, "randwrite", &["--thread", "--bsrange=1k-64k"]);
+    // Both data paths at every size, not only the one the auto policy picks for the size.
+    fio_verify(&f, "channel+remote", 2, "randwrite");
+    fio_verify_with(&f, "channel+remote", 2, "randrw", &["--bsrange=1k-64k"]);
+    fio_verify_with(&f, "channel+window", 2, "randrw", &["--bsrange=1k-256k"]);
     let out = f.unmount_and_fsck();
     assert!(out.contains("0 problem"), "{out}");
 }

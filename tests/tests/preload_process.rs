@@ -88,8 +88,18 @@ fn sigkill_mid_write(mode: &str) {
         let mut child = f
             .preload(mode, "fio")
             .args([
-                "--name=k", "--directory", &d, "--ioengine=psync", "--rw=randrw", "--bs=4k", "--size=16m",
-                "--numjobs=2", "--time_based", "--runtime=30", "--fallocate=none", "--output-format=terse",
+                "--name=k",
+                "--directory",
+                &d,
+                "--ioengine=psync",
+                "--rw=randrw",
+                "--bs=4k",
+                "--size=16m",
+                "--numjobs=2",
+                "--time_based",
+                "--runtime=30",
+                "--fallocate=none",
+                "--output-format=terse",
             ])
             .arg(format!("--direct={}", round % 2))
             .stdout(std::process::Stdio::null())
@@ -157,8 +167,16 @@ fn test_other_user_falls_back_to_kernel_mount_with_one_message() {
     let of = format!("of={}", p.display());
     let o = run_with_timeout(
         f.preload("channel", "setpriv").args([
-            "--reuid=65534", "--regid=65534", "--clear-groups", "dd", "if=/dev/zero", &of, "bs=4096", "count=3",
-            "seek=1", "conv=notrunc",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "dd",
+            "if=/dev/zero",
+            &of,
+            "bs=4096",
+            "count=3",
+            "seek=1",
+            "conv=notrunc",
         ]),
         Duration::from_secs(30),
     );

@@ -309,3 +309,30 @@ fn test_more_threads_than_slots_wait_not_sleep() {
     };
     assert!(ms < 8000.0, "8 threads x 600 ops over 1 slot per lane took {ms} ms: {out}");
 }
+
+/// Counts from the testclient's `poll` output line starting with `key`.
+fn polled(out: &str, key: &str) -> usize {
+    out.lines()
+        .find_map(|l| l.strip_prefix(key)?.split_whitespace().next()?.strip_prefix("polled=")?.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} line in {out}"))
+}
+
+#[test]
+fn test_zt_polls_only_for_spinning_clients_and_only_for_its_budget() {
+    // P-CH2 on the server side: after serving an op whose client spins on another CPU, the ZT
+    // polls (announced in the lane header) for --zt-poll-ns, then sleeps; an op from a client
+    // on the ZT's own CPU (which sleeps on the futex) never starts a poll.
+    let (_d, z) = nullfs_server("poll", &["--zt-poll-ns", "20000000"]);
+    let out = run(&z, &["poll", "--iters", "200", "--idle-ms", "200"], Duration::from_secs(60));
+    if out.contains("SKIP") {
+        println!("skipped: this machine has one CPU, no other lane to poll ({out})");
+        return;
+    }
+    assert_eq!(polled(&out, "OWN"), 0, "{out}");
+    assert!(polled(&out, "OTHER") > 0, "the ZT never announced polling after serving a spinning client: {out}");
+    assert!(out.contains("AFTER polling=false"), "still polling after its budget: {out}");
+
+    let (_d0, z0) = nullfs_server("nopoll", &["--zt-poll-ns", "0"]);
+    let out = run(&z0, &["poll", "--iters", "200", "--idle-ms", "1"], Duration::from_secs(60));
+    assert_eq!(polled(&out, "OTHER"), 0, "--zt-poll-ns 0 still polled: {out}");
+}

@@ -199,7 +199,11 @@ impl Env {
             Config::NullfsBridge => {
                 self.zufs_ready()?;
                 sh(self.zufs().args(["mount", "-t", "nullfs", "none"]).arg(&dir))?;
-                Ok(Prepared { dir: dir.clone(), wrapper: vec![], undo: vec![Undo::Zufs(self.zufs.clone(), self.socket.clone(), dir)] })
+                Ok(Prepared {
+                    dir: dir.clone(),
+                    wrapper: vec![],
+                    undo: vec![Undo::Zufs(self.zufs.clone(), self.socket.clone(), dir)],
+                })
             }
             Config::PmemfsBridge | Config::PreloadChannel | Config::PreloadDax => {
                 self.zufs_ready()?;
@@ -212,14 +216,21 @@ impl Env {
                 if !mnt.join(".zufs-bench-mounted").exists() {
                     std::fs::create_dir_all(&mnt).map_err(|e| e.to_string())?;
                     if !self.device.exists() {
-                        sh(self.zufs().args(["mkfs", "-t", "pmemfs", "--size"]).arg(self.device_size.to_string()).arg(&self.device))?;
+                        sh(self
+                            .zufs()
+                            .args(["mkfs", "-t", "pmemfs", "--size"])
+                            .arg(self.device_size.to_string())
+                            .arg(&self.device))?;
                     }
                     sh(self.zufs().args(["mount", "-t", "pmemfs"]).arg(&self.device).arg(&mnt))?;
                     std::fs::write(mnt.join(".zufs-bench-mounted"), b"").map_err(|e| e.to_string())?;
                     return Ok(Prepared {
                         dir: mnt.clone(),
                         wrapper,
-                        undo: vec![Undo::Zufs(self.zufs.clone(), self.socket.clone(), mnt), Undo::RemoveFile(self.device.clone())],
+                        undo: vec![
+                            Undo::Zufs(self.zufs.clone(), self.socket.clone(), mnt),
+                            Undo::RemoveFile(self.device.clone()),
+                        ],
                     });
                 }
                 Ok(Prepared { dir: mnt, wrapper, undo: vec![] })
@@ -235,7 +246,8 @@ impl Env {
     }
 
     fn preload_wrapper(&self, mode: &str) -> Result<Vec<String>, String> {
-        sh(Command::new(&self.zufs).args(["run", "--help"])).map_err(|_| "`zufs run` (the preload library) is not available yet".to_owned())?;
+        sh(Command::new(&self.zufs).args(["run", "--help"]))
+            .map_err(|_| "`zufs run` (the preload library) is not available yet".to_owned())?;
         Ok(vec![
             self.zufs.display().to_string(),
             "--socket".into(),

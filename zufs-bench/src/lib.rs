@@ -125,7 +125,9 @@ pub struct Results {
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
         .unwrap_or_default();
     let ncpu = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
@@ -181,7 +183,12 @@ pub fn run(plan: &Plan, command: &str) -> Result<Results, BenchError> {
                                 numjobs: threads,
                                 runtime: plan.runtime,
                                 size: plan.file_size,
-                                output: plan.out.join("raw").join(format!("{}-{}-{}-{threads}.json", cfg.id(), shape.name(), rw.name())),
+                                output: plan.out.join("raw").join(format!(
+                                    "{}-{}-{}-{threads}.json",
+                                    cfg.id(),
+                                    shape.name(),
+                                    rw.name()
+                                )),
                             };
                             match fio::run(&job, &p.wrapper, &env.fio) {
                                 Ok(m) => Outcome::Measured(m),
@@ -238,7 +245,11 @@ pub struct BenchArgs {
     #[arg(long, default_value = "rand4k", value_delimiter = ',')]
     pub shapes: Vec<String>,
     /// Configurations: tmpfs, fuse, nullfs-bridge, pmemfs-bridge, preload-channel, preload-dax.
-    #[arg(long, default_value = "tmpfs,fuse,nullfs-bridge,pmemfs-bridge,preload-channel,preload-dax", value_delimiter = ',')]
+    #[arg(
+        long,
+        default_value = "tmpfs,fuse,nullfs-bridge,pmemfs-bridge,preload-channel,preload-dax",
+        value_delimiter = ','
+    )]
     pub configs: Vec<String>,
     /// Output directory.
     #[arg(long, default_value = "bench-out")]
@@ -267,8 +278,13 @@ impl BenchArgs {
                 _ => Err(bad("--rw", s)),
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let shapes = self.shapes.iter().map(|s| Shape::parse(s).ok_or_else(|| bad("--shapes", s))).collect::<Result<_, _>>()?;
-        let configs = self.configs.iter().map(|s| Config::parse(s).ok_or_else(|| bad("--configs", s))).collect::<Result<_, _>>()?;
+        let shapes =
+            self.shapes.iter().map(|s| Shape::parse(s).ok_or_else(|| bad("--shapes", s))).collect::<Result<_, _>>()?;
+        let configs = self
+            .configs
+            .iter()
+            .map(|s| Config::parse(s).ok_or_else(|| bad("--configs", s)))
+            .collect::<Result<_, _>>()?;
         if self.threads.is_empty() || self.threads.iter().any(|&t| t == 0 || t > 256) {
             return Err(BenchError::Setup("--threads wants numbers in 1..=256".into()));
         }

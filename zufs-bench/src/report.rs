@@ -39,7 +39,8 @@ pub fn markdown(all: &[Cell], configs: &[Config], threads: &[usize]) -> String {
                 continue;
             }
             let unit = if shape == Shape::Rand4k { "IOPS" } else { "MB/s" };
-            let _ = writeln!(s, "\n### {} {} ({unit}; mean / p99 latency µs; x FUSE, x tmpfs)\n", shape.name(), rw.name());
+            let _ =
+                writeln!(s, "\n### {} {} ({unit}; mean / p99 latency µs; x FUSE, x tmpfs)\n", shape.name(), rw.name());
             let _ = write!(s, "| threads |");
             for c in configs {
                 let _ = write!(s, " {} |", c.name());
@@ -171,7 +172,13 @@ fn plot_one(
     let xmax = threads.iter().copied().max().unwrap_or(1) as f64;
     let root = BitMapBackend::new(path, (1000, 640)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
-    let what = if latency { "mean latency (µs, log scale)" } else if shape == Shape::Rand4k { "IOPS (log scale)" } else { "MB/s (log scale)" };
+    let what = if latency {
+        "mean latency (µs, log scale)"
+    } else if shape == Shape::Rand4k {
+        "IOPS (log scale)"
+    } else {
+        "MB/s (log scale)"
+    };
     let title = format!("fio {} {}: {what} vs threads", shape.name(), rw.name());
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 24))

@@ -6,7 +6,7 @@
 //! ```text
 //! offset 0                 ChannelSetHeader (4 KiB)
 //! lane_offset(cpu)         one Lane per CPU, lane_size bytes each (a multiple of 4 KiB):
-//!     LaneHeader               256 B: doorbell, ZT-sleeping flag, slot-freed futex, stats
+//!     LaneHeader               256 B: doorbell, ZT sleeping/polling flags, slot-freed futex, stats
 //!     Slot[slots_per_cpu]      SLOT_SIZE each: state, reply futex, op header, inline payload
 //!     window[slots_per_cpu]    window_size each: the data window of the slot with that index
 //! ```
@@ -101,14 +101,18 @@ pub struct LaneHeader {
     pub zt_sleeping: u32,
     /// CPU the lane's ZT is pinned to.
     pub zt_cpu: u32,
-    _pad1: [u8; CACHE_LINE - 8],
+    /// Server sets 1 while the ZT polls this lane for new work on an otherwise idle CPU (after
+    /// serving a spinning client), 0 otherwise. A submission seen by a polling ZT needs no wake;
+    /// clients on other CPUs prefer such a lane.
+    pub zt_polling: u32,
+    _pad1: [u8; CACHE_LINE - 12],
     /// Bumped by a client thread that frees a slot while others wait for one (P-CH3).
     pub free_seq: u32,
     /// Number of client threads waiting for a free slot in this lane.
     pub free_waiters: u32,
     _pad2: [u8; CACHE_LINE - 8],
-    /// Ops served on this lane (server-written statistics).
-    pub ops_served: u64,
+    /// Reserved, zero (per-op counters live in the server: `zufs status`).
+    pub reserved: u64,
     /// Requests refused as malformed on this lane.
     pub ops_rejected: u64,
     _pad3: [u8; CACHE_LINE - 16],
@@ -155,9 +159,10 @@ const _: () = {
     assert!(offset_of!(LaneHeader, doorbell) == 0);
     assert!(offset_of!(LaneHeader, zt_sleeping) == 64);
     assert!(offset_of!(LaneHeader, zt_cpu) == 68);
+    assert!(offset_of!(LaneHeader, zt_polling) == 72);
     assert!(offset_of!(LaneHeader, free_seq) == 128);
     assert!(offset_of!(LaneHeader, free_waiters) == 132);
-    assert!(offset_of!(LaneHeader, ops_served) == 192);
+    assert!(offset_of!(LaneHeader, reserved) == 192);
     assert!(offset_of!(LaneHeader, ops_rejected) == 200);
 
     assert!(size_of::<Slot>() == SLOT_SIZE);

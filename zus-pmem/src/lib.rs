@@ -26,5 +26,5 @@ mod source;
 pub use crashsim::{CrashPoint, CrashSim, ImageBudget, SimStats};
 pub use flush::{FlushKind, current_cpu, flush_kind};
 pub use mapped::{MapMode, MappedPmem};
-pub use persist::{CACHE_LINE, PmemError, Persist, Result};
+pub use persist::{CACHE_LINE, Persist, PmemError, Result};
 pub use source::{DataSink, DataSource, SliceSink, SliceSource, sink_from_slice, source_to_vec};

@@ -83,9 +83,8 @@ impl MappedPmem {
         let prot = libc::PROT_READ | libc::PROT_WRITE;
         let fd = file.as_raw_fd();
         // SAFETY: a fresh mapping of a file we opened; the kernel picks the address.
-        let p = unsafe {
-            libc::mmap(std::ptr::null_mut(), ulen, prot, libc::MAP_SHARED_VALIDATE | libc::MAP_SYNC, fd, 0)
-        };
+        let p =
+            unsafe { libc::mmap(std::ptr::null_mut(), ulen, prot, libc::MAP_SHARED_VALIDATE | libc::MAP_SYNC, fd, 0) };
         let (p, mode) = if p == libc::MAP_FAILED {
             // SAFETY: as above, plain shared mapping.
             let p = unsafe { libc::mmap(std::ptr::null_mut(), ulen, prot, libc::MAP_SHARED, fd, 0) };

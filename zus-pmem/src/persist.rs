@@ -105,14 +105,7 @@ pub trait Persist: Send + Sync {
     /// Copy `len` bytes from `src` (starting at `src_off`) to pmem at `off`, in one copy.
     /// With `nontemporal` the copy uses streaming stores where the source allows it; either way
     /// the bytes are flushed on return, so they are durable after the next fence.
-    fn write_from(
-        &self,
-        off: u64,
-        src: &dyn DataSource,
-        src_off: usize,
-        len: usize,
-        nontemporal: bool,
-    ) -> Result<()>;
+    fn write_from(&self, off: u64, src: &dyn DataSource, src_off: usize, len: usize, nontemporal: bool) -> Result<()>;
     /// Copy `len` bytes from pmem at `off` into `dst` at `dst_off`, in one copy.
     fn read_into(&self, off: u64, dst: &dyn DataSink, dst_off: usize, len: usize) -> Result<()>;
 

@@ -35,8 +35,8 @@ pub struct Config {
     pub window_size: usize,
     /// Spin budget suggested to clients whose ZT runs on another CPU.
     pub client_spin_ns: u32,
-    /// How long a ZT polls for new work before sleeping.
-    pub zt_spin_ns: u32,
+    /// How long a ZT polls for new work after serving a client that spins on another CPU.
+    pub zt_poll_ns: u32,
     /// Most connected clients (futex_waitv takes at most 128 words, one is the control word).
     pub max_clients: usize,
 }

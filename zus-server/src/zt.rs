@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use zus_api::chan::{LaneHeader, PAYLOAD_SIZE, Slot, slot_state};
-use zus_api::ops::OpHeader;
+use zus_api::ops::{HDR_F_CLIENT_SPINS, OpHeader};
 use zus_api::shm::futex::{self, WaitV};
 
 use crate::dispatch::{self, Scratch};
@@ -18,7 +18,7 @@ use crate::server::{Server, Snapshot};
 const DOORBELL: usize = core::mem::offset_of!(LaneHeader, doorbell);
 const ZT_SLEEPING: usize = core::mem::offset_of!(LaneHeader, zt_sleeping);
 const ZT_CPU: usize = core::mem::offset_of!(LaneHeader, zt_cpu);
-const OPS_SERVED: usize = core::mem::offset_of!(LaneHeader, ops_served);
+const ZT_POLLING: usize = core::mem::offset_of!(LaneHeader, zt_polling);
 const OPS_REJECTED: usize = core::mem::offset_of!(LaneHeader, ops_rejected);
 const STATE: usize = core::mem::offset_of!(Slot, state);
 const REPLY_SEQ: usize = core::mem::offset_of!(Slot, reply_seq);
@@ -120,7 +120,8 @@ pub fn run(server: &Arc<Server>, lane: usize) {
     let mut scratch = Scratch::new();
     let mut snap = Arc::new(Snapshot::default());
     let mut touched: Vec<u32> = Vec::new();
-    let spin = Duration::from_nanos(u64::from(server.config.zt_spin_ns));
+    let poll_budget = Duration::from_nanos(u64::from(server.config.zt_poll_ns));
+    let mut poll_until: Option<Instant> = None;
     loop {
         let g = server.generation.load(Ordering::SeqCst);
         if g != snap.generation {
@@ -140,23 +141,71 @@ pub fn run(server: &Arc<Server>, lane: usize) {
         if server.shutting_down.load(Ordering::SeqCst) {
             break;
         }
-        if serve_pass(server, lane, &snap, &mut scratch) > 0 {
+        let pass = serve_pass(server, lane, &snap, &mut scratch);
+        if pass.served > 0 {
+            if pass.client_spins && !poll_budget.is_zero() {
+                poll_until = Some(Instant::now() + poll_budget);
+            }
             continue;
         }
-        if !spin.is_zero() {
-            let t0 = Instant::now();
-            let mut found = false;
-            while t0.elapsed() < spin && !found {
-                core::hint::spin_loop();
-                found = any_submitted(&snap, lane) || server.generation.load(Ordering::Relaxed) != snap.generation;
-            }
-            if found {
-                continue;
-            }
+        if let Some(until) = poll_until.take()
+            && poll(server, lane, &snap, until)
+        {
+            continue;
         }
         waiter.wait(server, lane, &snap);
     }
     ctl.exited.store(true, Ordering::SeqCst);
+}
+
+/// How often a polling ZT offers its CPU to other runnable threads.
+const POLL_YIELD_EVERY: Duration = Duration::from_micros(4);
+/// A `sched_yield` that returns later than this means another thread wanted our CPU.
+const POLL_CONTENDED: Duration = Duration::from_micros(15);
+
+/// Polls `lane` for new submissions until `until` (P-CH2's bounded ZT spin), announcing it in
+/// `zt_polling` so that clients on other CPUs send their next op here without a wake. Polling
+/// only pays on an otherwise idle CPU: the ZT yields every few µs, and stops as soon as a yield
+/// shows that another thread wanted this CPU (a client running here, or any other work).
+/// Returns whether work (or a new snapshot) arrived.
+fn poll(server: &Server, lane: usize, snap: &Snapshot, until: Instant) -> bool {
+    set_lane_word(snap, lane, ZT_POLLING, 1);
+    let mut found = false;
+    let mut last_yield = Instant::now();
+    loop {
+        for _ in 0..32 {
+            if any_submitted(snap, lane) || server.generation.load(Ordering::Relaxed) != snap.generation {
+                found = true;
+                break;
+            }
+            core::hint::spin_loop();
+        }
+        if found {
+            break;
+        }
+        let now = Instant::now();
+        if now >= until {
+            break;
+        }
+        if now.duration_since(last_yield) >= POLL_YIELD_EVERY {
+            // SAFETY: sched_yield takes no arguments and has no memory effects.
+            unsafe { libc::sched_yield() };
+            let after = Instant::now();
+            if after.duration_since(now) >= POLL_CONTENDED {
+                break;
+            }
+            last_yield = after;
+        }
+    }
+    set_lane_word(snap, lane, ZT_POLLING, 0);
+    // A client that saw `zt_polling == 1` and skipped the wake may have submitted just now.
+    found || any_submitted(snap, lane)
+}
+
+fn set_lane_word(snap: &Snapshot, lane: usize, word: usize, v: u32) {
+    for (c, _) in &snap.clients {
+        c.region.atomic_u32(c.geometry.lane_offset(lane) + word).store(v, Ordering::SeqCst);
+    }
 }
 
 fn any_submitted(snap: &Snapshot, lane: usize) -> bool {
@@ -168,9 +217,18 @@ fn any_submitted(snap: &Snapshot, lane: usize) -> bool {
     })
 }
 
+/// What one [`serve_pass`] did.
+#[derive(Debug, Clone, Copy, Default)]
+struct Pass {
+    /// Ops served.
+    served: usize,
+    /// One of them came from a client spinning for its reply on another CPU.
+    client_spins: bool,
+}
+
 /// Serves every submitted slot of `lane` once; returns how many were served.
-fn serve_pass(server: &Server, lane: usize, snap: &Snapshot, scratch: &mut Scratch) -> usize {
-    let mut n = 0;
+fn serve_pass(server: &Server, lane: usize, snap: &Snapshot, scratch: &mut Scratch) -> Pass {
+    let mut pass = Pass::default();
     for (client, attached) in &snap.clients {
         let g = &client.geometry;
         for s in 0..g.slots_per_cpu {
@@ -194,7 +252,6 @@ fn serve_pass(server: &Server, lane: usize, snap: &Snapshot, scratch: &mut Scrat
                 client.region.atomic_u64(lo + OPS_REJECTED).fetch_add(1, Ordering::Relaxed);
             }
             ctl.ops.fetch_add(1, Ordering::Relaxed);
-            client.region.atomic_u64(lo + OPS_SERVED).fetch_add(1, Ordering::Relaxed);
             let reply = OpHeader {
                 result: out.result,
                 out_len: u32::try_from(out.reply_len).unwrap_or(0),
@@ -212,8 +269,9 @@ fn serve_pass(server: &Server, lane: usize, snap: &Snapshot, scratch: &mut Scrat
             if client.region.atomic_u32(so + CLIENT_WAITING).load(Ordering::SeqCst) != 0 {
                 futex::wake(seq, 1);
             }
-            n += 1;
+            pass.served += 1;
+            pass.client_spins |= hdr.flags & HDR_F_CLIENT_SPINS != 0;
         }
     }
-    n
+    pass
 }

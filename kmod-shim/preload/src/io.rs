@@ -1,5 +1,5 @@
-//! The data path: channel mode (one op per call, data moved once by zusd with
-//! process_vm_readv/writev) and dax mode (extents from MAP cached per file, data copied
+//! The data path: channel mode (one op per call; data moved once by zusd with
+//! process_vm_readv/writev, or bounced through the slot window for short buffers) and dax mode (extents from MAP cached per file, data copied
 //! directly to and from the mapped device with non-temporal stores).
 //!
 //! Every function returns `Ok(value)` or `Err(errno)`; the hooks turn that into the C
@@ -9,11 +9,11 @@ use core::sync::atomic::{Ordering, fence};
 
 use kmod_shim::relay::DataIn;
 use zus_api::ops::{
-    Attr, EXTENT_HOLE, Extent, FallocateReq, FsyncReq, InoReq, IoReply, IoReq, IoVec, MAX_IOV, MAX_MAP_EXTENTS,
-    MapDoneReq, MapReply, MapReq, OpCode, Pod, SetattrReq, io_flags, setattr, DATA_REMOTE_IOV, DATA_WINDOW,
+    Attr, DATA_REMOTE_IOV, DATA_WINDOW, EXTENT_HOLE, Extent, FallocateReq, FsyncReq, InoReq, IoReply, IoReq, IoVec,
+    MAX_IOV, MAX_MAP_EXTENTS, MapDoneReq, MapReply, MapReq, OpCode, Pod, SetattrReq, io_flags, setattr,
 };
 
-use crate::mount::{LanePolicy, Mount};
+use crate::mount::{DataPolicy, LanePolicy, Mount};
 use crate::state::{self, LAYOUT_EPOCH, Slot};
 use crate::sys;
 
@@ -70,9 +70,8 @@ fn op_sized(f: File, code: OpCode, req: &[&[u8]], reply: &mut [u8], bytes: u64) 
     r.op_on_lane(lane, id, code, req, DataIn::None, reply, None, None).map(|o| o.value).map_err(|e| e.errno().0)
 }
 
-/// Largest op (data bytes) the auto lane policy sends to an idle ZT on the next CPU.
+/// Largest op (data bytes) the auto lane policy sends to the ZT of the next CPU.
 const AUTO_PEER_MAX_BYTES: u64 = 32 * 1024;
-
 /// The ZT lane for our next op (see [`crate::mount::LanePolicy`]).
 #[inline]
 fn pick_lane(f: File, r: &kmod_shim::Relay, bytes: u64) -> usize {
@@ -82,14 +81,18 @@ fn pick_lane(f: File, r: &kmod_shim::Relay, bytes: u64) -> usize {
     match f.m.lane {
         LanePolicy::Own => own,
         LanePolicy::Peer => (cpu + 1) % ncpu,
-        // Our own ZT would make us sleep on the futex, and a client that sleeps is often woken on
-        // the other, idle CPU (tens of µs each time). An idle ZT on the next CPU serves us while we
-        // spin instead; a busy one (other clients) is left alone.
-        // Only for short ops: a long one (a 128 KiB preadv) outlasts the relay's client spin and
-        // sleeps anyway.
+        // A same-CPU hand-off costs two context switches (~5 µs here), and a client that sleeps
+        // on the futex is often woken on the other CPU (tens of µs). The ZT of the next CPU
+        // serves a short op while we spin: it polls for our next op after serving one from a
+        // spinning client, so back-to-back ops need no wake (measured faster than the own lane
+        // at 1-8 jobs on 2 CPUs, docs/benchmarks.md). A long op outlasts the client spin, and
+        // the cross-CPU wake of the sleeping client would then cost more than it saves.
         LanePolicy::Auto => {
-            let peer = (cpu + 1) % ncpu;
-            if bytes <= AUTO_PEER_MAX_BYTES && peer != own && r.lane_zt_sleeping(peer) { peer } else { own }
+            if bytes <= AUTO_PEER_MAX_BYTES {
+                (cpu + 1) % ncpu
+            } else {
+                own
+            }
         }
     }
 }
@@ -129,7 +132,12 @@ fn chan_io(f: File, write: bool, iov: &[IoVec], total: u64, off: u64, flags: u32
         return Ok((0, IoReply { size: 0, offset: off }));
     }
     let code = if write { OpCode::Write } else { OpCode::Read };
-    if f.m.window {
+    let bounce = match f.m.data {
+        DataPolicy::Remote => false,
+        DataPolicy::Window => true,
+        DataPolicy::Auto => iov.len() == 1 && total <= AUTO_WINDOW_MAX_BYTES,
+    };
+    if bounce {
         return window_io(f, code, iov, off, flags);
     }
     let req = IoReq {
@@ -147,9 +155,13 @@ fn chan_io(f: File, write: bool, iov: &[IoVec], total: u64, off: u64, flags: u32
     Ok((n, IoReply::read_from(&rep).unwrap_or_default()))
 }
 
-/// The named two-copy fallback (`ZUFS_DATA=window`): data bounces through the slot's window,
-/// one buffer (piece) per op.
-#[cold]
+/// Largest single buffer the auto data policy bounces through the window: up to here two
+/// memcpys cost less than one `process_vm_readv` on the machines we measured (4 KiB: 0.4 µs vs
+/// 1.4 µs; 64 KiB: 9.7 µs vs 8.6 µs).
+const AUTO_WINDOW_MAX_BYTES: u64 = 32 * 1024;
+
+/// The named two-copy fallback (`ZUFS_DATA=window`, and short buffers under `auto`): data
+/// bounces through the slot's window, one buffer (piece) per op. Counted in `window_io`.
 fn window_io(f: File, code: OpCode, iov: &[IoVec], mut off: u64, flags: u32) -> Result<(u64, IoReply), i32> {
     let r = f.m.relay()?;
     let win = r.geometry().window_size as u64;
@@ -160,12 +172,13 @@ fn window_io(f: File, code: OpCode, iov: &[IoVec], mut off: u64, flags: u32) -> 
         while at < v.len {
             let n = (v.len - at).min(win);
             let p = (v.addr + at) as *mut u8;
-            let req = IoReq { ino: ino(f), fh: 0, offset: off, len: n, flags, data_kind: DATA_WINDOW, niov: 0, reserved: 0 };
+            let req =
+                IoReq { ino: ino(f), fh: 0, offset: off, len: n, flags, data_kind: DATA_WINDOW, niov: 0, reserved: 0 };
             let mut rep = [0u8; 16];
             state::count(&state::STATS.window_io, 1);
             let id = f.m.mount_id.load(Ordering::Relaxed) as u32;
             let lane = pick_lane(f, r, n);
-            let got = if code == OpCode::Write {
+            let o = if code == OpCode::Write {
                 // SAFETY: the caller's buffer, valid for `v.len` bytes (write(2) contract).
                 let d = unsafe { core::slice::from_raw_parts(p, n as usize) };
                 r.op_on_lane(lane, id, code, &[req.as_bytes()], DataIn::Window(d), &mut rep, None, None)
@@ -174,8 +187,8 @@ fn window_io(f: File, code: OpCode, iov: &[IoVec], mut off: u64, flags: u32) -> 
                 let d = unsafe { core::slice::from_raw_parts_mut(p, n as usize) };
                 r.op_on_lane(lane, id, code, &[req.as_bytes()], DataIn::None, &mut rep, Some(d), None)
             }
-            .map_err(|e| e.errno().0)?
-            .value;
+            .map_err(|e| e.errno().0)?;
+            let got = o.value;
             last = IoReply::read_from(&rep).unwrap_or_default();
             if flags & io_flags::APPEND != 0 && done == 0 {
                 off = last.offset;
@@ -216,7 +229,11 @@ fn search(ext: &[Extent], size: u64, pos: u64) -> Option<Loc> {
         return None;
     }
     let run = e.file_offset + e.len - pos;
-    Some(if e.dev_offset == EXTENT_HOLE { Loc::Hole { run } } else { Loc::Mapped { dev: e.dev_offset + (pos - e.file_offset), run } })
+    Some(if e.dev_offset == EXTENT_HOLE {
+        Loc::Hole { run }
+    } else {
+        Loc::Mapped { dev: e.dev_offset + (pos - e.file_offset), run }
+    })
 }
 
 /// Seqlock read of the cached extents.
@@ -511,7 +528,15 @@ fn io_chunk(f: File, write: bool, iov: &[IoVec], off: Option<u64>, flags: u32) -
 ///
 /// # Safety
 /// `iov` must point to `cnt` iovecs describing buffers valid as read(2)/write(2) require.
-pub unsafe fn rw(f: File, fd: i32, write: bool, iov: *const libc::iovec, cnt: i32, off: Option<i64>, rwf: i32) -> Result<i64, i32> {
+pub unsafe fn rw(
+    f: File,
+    fd: i32,
+    write: bool,
+    iov: *const libc::iovec,
+    cnt: i32,
+    off: Option<i64>,
+    rwf: i32,
+) -> Result<i64, i32> {
     let acc = oflags(f) & libc::O_ACCMODE;
     if (write && acc == libc::O_RDONLY) || (!write && acc == libc::O_WRONLY) {
         return Err(libc::EBADF);

@@ -6,9 +6,10 @@
 //! read, write, pread, pwrite, readv, writev, preadv, pwritev (64-bit and `2` variants), lseek
 //! (SEEK_END), fsync, fdatasync, ftruncate, fallocate and fstat itself:
 //!
-//! - **channel mode** (`ZUFS_MODE=channel`): each call is one op on the ZT lane of the caller's
-//!   CPU; zusd moves the data straight between the caller's buffers and pmem with
-//!   process_vm_readv/writev (one copy). `ZUFS_DATA=window` selects the named two-copy fallback.
+//! - **channel mode** (`ZUFS_MODE=channel`): each call is one op on a ZT lane (the next CPU's ZT
+//!   for short ops, which polls for the next one; our own CPU's for long ones); zusd moves the data straight between the caller's buffers and pmem with
+//!   process_vm_readv/writev (one copy), short single buffers through the slot window (two copies,
+//!   faster at that size here); `ZUFS_DATA=remote|window` forces one or the other.
 //! - **dax mode** (`ZUFS_MODE=dax`, the default): the device is mapped into the process; extents
 //!   come from the MAP op and are cached per file; data is copied with non-temporal stores and a
 //!   fence; size growth goes through zusd; mtime is committed with MAP_DONE at most every
@@ -40,7 +41,9 @@ extern "C" fn init() {
 
 /// The destructor: prints the stats line when asked to (fd 2 may already be closed).
 extern "C" fn fini() {
-    if state::STATS_ON.load(core::sync::atomic::Ordering::Relaxed) && let Some(_g) = state::Guard::enter() {
+    if state::STATS_ON.load(core::sync::atomic::Ordering::Relaxed)
+        && let Some(_g) = state::Guard::enter()
+    {
         sys::say(&state::stats_line());
     }
 }

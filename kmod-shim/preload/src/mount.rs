@@ -40,8 +40,8 @@ pub struct Mount {
     pub dax: Option<DaxMap>,
     /// The plugin answers MAP (cleared on ENOSYS/EOPNOTSUPP: channel mode from then on).
     pub dax_ok: AtomicBool,
-    /// Use the bounce window instead of remote iovecs (`ZUFS_DATA=window`).
-    pub window: bool,
+    /// How channel-mode data travels (`ZUFS_DATA`).
+    pub data: DataPolicy,
     /// Which ZT lane channel ops go to (`ZUFS_LANE`).
     pub lane: LanePolicy,
 }
@@ -54,6 +54,19 @@ pub enum LanePolicy {
     /// The next CPU's ZT: we spin (the relay's client spin) while it serves.
     Peer,
     /// The next CPU's ZT when it is idle, else our own (the default).
+    Auto,
+}
+
+/// How channel-mode data travels between the caller's buffers and zusd (`ZUFS_DATA`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataPolicy {
+    /// One copy: zusd moves data straight between our buffers and pmem with
+    /// `process_vm_readv`/`writev` (P-CH6).
+    Remote,
+    /// The named two-copy fallback: data bounces through the slot's window.
+    Window,
+    /// The window for one short buffer (where a `process_vm_readv` costs more than two memcpys:
+    /// measured 1.4 µs vs 0.2 µs for 4 KiB here), one copy for everything else (the default).
     Auto,
 }
 
@@ -172,7 +185,6 @@ fn records() -> Vec<Record> {
     out
 }
 
-
 /// A mountinfo line for device `dev`: (mount point, fs type, source).
 fn mountinfo_for(dev: u64) -> Option<(String, String, String)> {
     let s = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
@@ -229,9 +241,8 @@ fn map_device(device: &str) -> Result<DaxMap, String> {
         }
         let prot = libc::PROT_READ | libc::PROT_WRITE;
         // SAFETY: a fresh shared mapping of a file we opened; the kernel picks the address.
-        let mut p = unsafe {
-            libc::mmap(core::ptr::null_mut(), len, prot, libc::MAP_SHARED_VALIDATE | libc::MAP_SYNC, fd, 0)
-        };
+        let mut p =
+            unsafe { libc::mmap(core::ptr::null_mut(), len, prot, libc::MAP_SHARED_VALIDATE | libc::MAP_SYNC, fd, 0) };
         if p == libc::MAP_FAILED {
             // SAFETY: as above, without MAP_SYNC (a DRAM-backed file cannot have it).
             p = unsafe { libc::mmap(core::ptr::null_mut(), len, prot, libc::MAP_SHARED, fd, 0) };
@@ -334,7 +345,15 @@ fn new_mount(dev: u64) -> Option<u32> {
         }
     };
     let mode = env_mode();
-    let window = std::env::var("ZUFS_DATA").is_ok_and(|v| v == "window");
+    let data = match std::env::var("ZUFS_DATA").as_deref() {
+        Ok("window") => DataPolicy::Window,
+        Ok("remote") => DataPolicy::Remote,
+        Ok("auto") | Err(_) => DataPolicy::Auto,
+        Ok(other) => {
+            sys::say(&format!("unknown ZUFS_DATA={other:?}; using auto"));
+            DataPolicy::Auto
+        }
+    };
     let mut m = Mount {
         dev,
         usable: true,
@@ -346,7 +365,7 @@ fn new_mount(dev: u64) -> Option<u32> {
         relay_gen: AtomicU64::new(0),
         dax: None,
         dax_ok: AtomicBool::new(true),
-        window,
+        data,
         lane: match std::env::var("ZUFS_LANE").as_deref() {
             Ok("own") => LanePolicy::Own,
             Ok("peer") => LanePolicy::Peer,

@@ -162,9 +162,8 @@ impl Slot {
             size: AtomicU64::new(0),
             last_commit: AtomicU64::new(0),
             dirty: AtomicBool::new(false),
-            ext: [const {
-                CachedExtent { file_off: AtomicU64::new(0), dev_off: AtomicU64::new(0), len: AtomicU64::new(0) }
-            }; MAX_MAP_EXTENTS],
+            ext: [const { CachedExtent { file_off: AtomicU64::new(0), dev_off: AtomicU64::new(0), len: AtomicU64::new(0) } };
+                MAX_MAP_EXTENTS],
         }
     }
 
@@ -179,7 +178,10 @@ pub static SLOTS: [Slot; MAX_SLOTS] = [const { Slot::new() }; MAX_SLOTS];
 
 /// Claims a free slot.
 pub fn alloc_slot() -> Option<u32> {
-    SLOTS.iter().position(|s| s.refs.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed).is_ok()).map(|i| i as u32)
+    SLOTS
+        .iter()
+        .position(|s| s.refs.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed).is_ok())
+        .map(|i| i as u32)
 }
 
 /// The slot an fd table entry names.

@@ -76,6 +76,14 @@ enum Cmd {
     Lanes,
     /// Send a hello claiming another ABI version; print the server's answer.
     BadHello,
+    /// Pinned to lane 0's CPU: ops on our own lane, then on another CPU's lane (we spin), each
+    /// followed by a look at that lane's `zt_polling` flag; then whether it clears after `--idle-ms`.
+    Poll {
+        #[arg(long, default_value_t = 200)]
+        iters: usize,
+        #[arg(long, default_value_t = 100)]
+        idle_ms: u64,
+    },
 }
 
 fn name_req(dir: u64, name: &[u8]) -> NameReq {
@@ -311,6 +319,64 @@ fn bad_hello(socket: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Whether `lane`'s ZT announces polling within `window` (looked at from a spinning loop).
+fn sees_polling(relay: &Relay, lane: usize, window: Duration) -> bool {
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < window {
+        if relay.lane_zt_polling(lane) {
+            return true;
+        }
+        std::hint::spin_loop();
+    }
+    false
+}
+
+fn poll(relay: &Relay, iters: usize, idle_ms: u64) -> Result<()> {
+    let m = relay.mount("nullfs", "", "")?;
+    let ncpu = relay.geometry().ncpu;
+    let own_cpu = relay.lane_zt_cpu(0);
+    let Some(other) = (1..ncpu).find(|&l| relay.lane_zt_cpu(l) != own_cpu) else {
+        println!("SKIP one CPU");
+        return Ok(());
+    };
+    zufs_tests::pin_current(own_cpu as usize)?;
+    let mut reply = vec![0u8; PAYLOAD_SIZE];
+    let getattr = InoReq { ino: m.root };
+    let mut own_polled = 0;
+    for _ in 0..iters {
+        relay.op_on_lane(
+            0,
+            m.mount_id,
+            OpCode::Getattr,
+            &[getattr.as_bytes()],
+            DataIn::None,
+            &mut reply,
+            None,
+            None,
+        )?;
+        own_polled += usize::from(sees_polling(relay, 0, Duration::from_micros(50)));
+    }
+    let mut seen = 0;
+    for _ in 0..iters {
+        relay.op_on_lane(
+            other,
+            m.mount_id,
+            OpCode::Getattr,
+            &[getattr.as_bytes()],
+            DataIn::None,
+            &mut reply,
+            None,
+            None,
+        )?;
+        seen += usize::from(sees_polling(relay, other, Duration::from_micros(200)));
+    }
+    std::thread::sleep(Duration::from_millis(idle_ms));
+    println!("OWN polled={own_polled} of {iters}");
+    println!("OTHER polled={seen} of {iters}");
+    println!("AFTER polling={}", relay.lane_zt_polling(other));
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     if let Cmd::Garbage { mount_id, iters, seed } = args.cmd {
@@ -373,6 +439,7 @@ fn main() -> Result<()> {
             println!("ZTCPUS {cpus:?}");
             Ok(())
         }
+        Cmd::Poll { iters, idle_ms } => poll(&relay, iters, idle_ms),
         Cmd::Garbage { .. } | Cmd::BadHello => unreachable!(),
     }
 }

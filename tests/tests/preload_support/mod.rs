@@ -111,16 +111,24 @@ impl Fixture {
 
     /// `zufs run --mode MODE -- PROG` (the preload library in `mode`, "dax" or "channel");
     /// further `.arg()`s go to the program.
+    /// `mode` is `dax`, `channel`, or `channel+DATA` with a `ZUFS_DATA` policy (`remote`: one
+    /// copy for every size, `window`: the two-copy fallback for every size).
     pub fn preload(&self, mode: &str, prog: &str) -> Command {
         let mut c = self.zufs();
-        c.args(["run", "--mode", mode, "--", prog]);
+        let (mode, data) = mode.split_once('+').unwrap_or((mode, "auto"));
+        c.args(["run", "--mode", mode, "--", prog]).env("ZUFS_DATA", data);
         c
     }
 
     /// Runs a preloaded command; requires success; returns stdout+stderr.
     pub fn preload_ok(&self, mode: &str, prog: &str, args: &[&str], secs: u64) -> String {
         let o = run_with_timeout(self.preload(mode, prog).args(args), Duration::from_secs(secs));
-        assert!(o.status.success(), "{prog} {args:?} ({mode}) failed:\n{}\nzusd log:\n{}", text(&o), self.zusd.log_text());
+        assert!(
+            o.status.success(),
+            "{prog} {args:?} ({mode}) failed:\n{}\nzusd log:\n{}",
+            text(&o),
+            self.zusd.log_text()
+        );
         text(&o)
     }
 
@@ -143,7 +151,9 @@ impl Drop for Fixture {
         if mounted {
             let _ = run_with_timeout(self.zufs().args(["umount", &m]), Duration::from_secs(20));
             let t0 = Instant::now();
-            while t0.elapsed() < Duration::from_secs(2) && std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().contains(&m) {
+            while t0.elapsed() < Duration::from_secs(2)
+                && std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().contains(&m)
+            {
                 std::thread::sleep(Duration::from_millis(20));
             }
             if std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().contains(&m) {

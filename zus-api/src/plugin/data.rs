@@ -42,7 +42,8 @@ unsafe impl DataSource for WindowData {
         // SAFETY: source in bounds (checked); dst valid per the caller's contract.
         unsafe { core::ptr::copy_nonoverlapping(self.base.add(src_off), dst, len) };
         Ok(())
-    }    /// The window is mapped here: pmem can stream from it with non-temporal stores (one copy).
+    }
+    /// The window is mapped here: pmem can stream from it with non-temporal stores (one copy).
     fn as_ptr(&self) -> Option<*const u8> {
         Some(self.base.cast_const())
     }

@@ -29,9 +29,10 @@ struct Args {
     /// Nanoseconds a client spins for a reply from a ZT on another CPU before sleeping.
     #[arg(long, default_value_t = 20_000)]
     client_spin_ns: u32,
-    /// Nanoseconds a ZT polls for new work before sleeping.
-    #[arg(long, default_value_t = 0)]
-    zt_spin_ns: u32,
+    /// Nanoseconds a ZT polls for new work after serving a client that spins for its reply on
+    /// another CPU (it yields to other threads and stops early when its CPU is wanted); 0: never.
+    #[arg(long, default_value_t = 50_000)]
+    zt_poll_ns: u32,
     /// Most connected clients.
     #[arg(long, default_value_t = 120)]
     max_clients: usize,
@@ -86,7 +87,7 @@ fn main() -> Result<()> {
         slots_per_cpu: args.slots,
         window_size: args.window_kib * 1024,
         client_spin_ns: args.client_spin_ns,
-        zt_spin_ns: args.zt_spin_ns,
+        zt_poll_ns: args.zt_poll_ns,
         max_clients: args.max_clients.clamp(1, 127),
         topology,
     };

@@ -150,7 +150,10 @@ fn main() {
     }
     let unlink_rate = files as f64 / t.elapsed().as_secs_f64();
 
-    println!("pmemfs in-process benchmark ({rounds} rounds x {n} ops, medians; flush = {:?}, map = {mode:?})", flush_kind());
+    println!(
+        "pmemfs in-process benchmark ({rounds} rounds x {n} ops, medians; flush = {:?}, map = {mode:?})",
+        flush_kind()
+    );
     println!("| operation | ns/op | vs raw (best of the two raw rows) |");
     println!("|---|---|---|");
     println!("| raw 4K copy + clwb + sfence | {rc:.0} | {:.2}x |", rc / raw);

@@ -347,7 +347,8 @@ fn load_inode<P: Persist>(
             node.dir = Some(Box::new(di));
         }
         S_IFLNK => {
-            if d.flags & IFLAG_INLINE_LINK == 0 && (d.size == 0 || d.size > BLOCK || node.nblocks() != 1 || node.map(0).is_none())
+            if d.flags & IFLAG_INLINE_LINK == 0
+                && (d.size == 0 || d.size > BLOCK || node.nblocks() != 1 || node.map(0).is_none())
             {
                 return Err(FsError::corrupt("bad symlink"));
             }

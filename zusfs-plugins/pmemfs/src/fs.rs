@@ -391,7 +391,8 @@ impl<P: Persist> Fs<P> {
             return Err(FsError::Corrupt(format!("{n} problem(s), first: {}", first.join("; "))));
         }
         let bitmap = l.bitmap;
-        let balloc = BlockAlloc::new(&l.geo, |b| bitmap.get((b / 64) as usize).is_some_and(|w| w & (1 << (b % 64)) != 0));
+        let balloc =
+            BlockAlloc::new(&l.geo, |b| bitmap.get((b / 64) as usize).is_some_and(|w| w & (1 << (b % 64)) != 0));
         let mut free = l.free_inos;
         free.reverse(); // pop() hands out low numbers first
         let fs = Fs {
@@ -444,12 +445,18 @@ impl<P: Persist> Fs<P> {
                     let ext = |n: &Inode| n.ext.iter().map(|(&k, e)| (k, e.len, e.pblk)).collect::<Vec<_>>();
                     let names = |n: &Inode| {
                         n.dir.as_ref().map(|x| {
-                            let mut v: Vec<_> = x.names.iter().map(|(k, e)| (k.clone(), e.ino, e.dtype, e.pos)).collect();
+                            let mut v: Vec<_> =
+                                x.names.iter().map(|(k, e)| (k.clone(), e.ino, e.dtype, e.pos)).collect();
                             v.sort();
                             v
                         })
                     };
-                    if m.d != d.d || ext(m) != ext(d) || names(m) != names(d) || m.xattrs != d.xattrs || m.chain != d.chain {
+                    if m.d != d.d
+                        || ext(m) != ext(d)
+                        || names(m) != names(d)
+                        || m.xattrs != d.xattrs
+                        || m.chain != d.chain
+                    {
                         r.errors.push(format!("inode {i}: in-memory state differs from pmem"));
                     }
                 }
@@ -628,7 +635,15 @@ impl<P: Persist> Fs<P> {
     }
 
     /// Create a node of any type (the common part of create/mknod/mkdir/symlink).
-    fn make_node(&self, parent: u64, name: &[u8], mode: u32, rdev: u64, ids: (u32, u32), link: Option<&[u8]>) -> Result<Attr> {
+    fn make_node(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        rdev: u64,
+        ids: (u32, u32),
+        link: Option<&[u8]>,
+    ) -> Result<Attr> {
         self.live()?;
         check_name(name)?;
         let _ns = self.ns_read();
@@ -828,9 +843,7 @@ impl<P: Persist> Fs<P> {
         self.live()?;
         check_name(sname)?;
         check_name(dname)?;
-        if flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE) != 0
-            || flags == RENAME_NOREPLACE | RENAME_EXCHANGE
-        {
+        if flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE) != 0 || flags == RENAME_NOREPLACE | RENAME_EXCHANGE {
             return Err(FsError::Invalid("rename flags".into()));
         }
         let _ns = self.ns.write().unwrap_or_else(|e| self.poisoned_by_panic(e));
@@ -879,7 +892,11 @@ impl<P: Persist> Fs<P> {
             if s_dir && ancestor_of(se.ino, dp)? {
                 return Err(FsError::Invalid("move a directory under itself".into()));
             }
-            if exchange && d_dir && let Some(d) = de && ancestor_of(d.ino, sp)? {
+            if exchange
+                && d_dir
+                && let Some(d) = de
+                && ancestor_of(d.ino, sp)?
+            {
                 return Err(FsError::Invalid("move a directory under itself".into()));
             }
         }
@@ -1131,13 +1148,28 @@ impl<P: Persist> Fs<P> {
 
     /// Write `len` bytes from `src` at `off`. Data is durable after [`fsync`](Self::fsync) (or on
     /// return with `sync`). Returns bytes written (short only on ENOSPC after some progress).
-    pub fn write(&self, ino: u64, off: u64, src: &dyn DataSource, src_off: usize, len: usize, sync: bool) -> Result<usize> {
+    pub fn write(
+        &self,
+        ino: u64,
+        off: u64,
+        src: &dyn DataSource,
+        src_off: usize,
+        len: usize,
+        sync: bool,
+    ) -> Result<usize> {
         self.write_impl(ino, Some(off), src, src_off, len, sync).map(|w| w.1)
     }
 
     /// O_APPEND write: at the end of file, atomically with respect to other writers.
     /// Returns (offset written at, bytes, size afterwards).
-    pub fn write_append(&self, ino: u64, src: &dyn DataSource, src_off: usize, len: usize, sync: bool) -> Result<(u64, usize, u64)> {
+    pub fn write_append(
+        &self,
+        ino: u64,
+        src: &dyn DataSource,
+        src_off: usize,
+        len: usize,
+        sync: bool,
+    ) -> Result<(u64, usize, u64)> {
         self.write_impl(ino, None, src, src_off, len, sync)
     }
 
@@ -1186,7 +1218,15 @@ impl<P: Persist> Fs<P> {
         Ok((off, done, n.d.size))
     }
 
-    fn write_chunk(&self, ino: u64, n: &mut Inode, off: u64, src: &dyn DataSource, src_off: usize, len: usize) -> Result<()> {
+    fn write_chunk(
+        &self,
+        ino: u64,
+        n: &mut Inode,
+        off: u64,
+        src: &dyn DataSource,
+        src_off: usize,
+        len: usize,
+    ) -> Result<()> {
         let end = off + len as u64;
         let first = off / BLOCK;
         let last = (end - 1) / BLOCK;
@@ -1213,7 +1253,8 @@ impl<P: Persist> Fs<P> {
         let mut pos = off;
         while pos < end {
             let lb = pos / BLOCK;
-            let (p, run) = nb.map(lb).or_else(|| n.map(lb)).ok_or_else(|| FsError::corrupt("write: block not mapped"))?;
+            let (p, run) =
+                nb.map(lb).or_else(|| n.map(lb)).ok_or_else(|| FsError::corrupt("write: block not mapped"))?;
             let seg = ((lb + run) * BLOCK).min(end) - pos;
             let so = src_off + (pos - off) as usize;
             self.pm.write_from(p * BLOCK + pos % BLOCK, src, so, seg as usize, true)?;
@@ -1294,7 +1335,8 @@ impl<P: Persist> Fs<P> {
                 None => {
                     let hole_end = n.next_mapped(lb).map_or(end, |x| (x * BLOCK).min(end));
                     let seg = (hole_end - pos).min(Z.len() as u64);
-                    sink_from_slice(dst, d_at, &Z[..seg as usize]).map_err(|e| FsError::Pmem(zus_pmem::PmemError::Copy(e)))?;
+                    sink_from_slice(dst, d_at, &Z[..seg as usize])
+                        .map_err(|e| FsError::Pmem(zus_pmem::PmemError::Copy(e)))?;
                     pos += seg;
                 }
             }

@@ -229,15 +229,16 @@ impl Inode {
     /// Unmap file blocks `[a, b)`, pushing freed device ranges to `freed`. Stops after `limit`
     /// extents touched (for bounded transactions) and returns the lowest block unmapped so far
     /// (`a` when finished). Splitting an extent in the middle needs a free slot.
-    pub fn ext_remove(&mut self, a: u64, b: u64, limit: usize, txn: &mut Txn, freed: &mut Vec<(u64, u64)>) -> Result<u64> {
-        let keys: Vec<u64> = self
-            .ext
-            .range(..b)
-            .rev()
-            .take_while(|(l, e)| **l + e.len > a)
-            .map(|(l, _)| *l)
-            .take(limit)
-            .collect();
+    pub fn ext_remove(
+        &mut self,
+        a: u64,
+        b: u64,
+        limit: usize,
+        txn: &mut Txn,
+        freed: &mut Vec<(u64, u64)>,
+    ) -> Result<u64> {
+        let keys: Vec<u64> =
+            self.ext.range(..b).rev().take_while(|(l, e)| **l + e.len > a).map(|(l, _)| *l).take(limit).collect();
         let mut low = b;
         let mut freed_blocks = 0u64;
         let mut done_all = true;

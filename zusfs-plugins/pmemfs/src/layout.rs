@@ -142,10 +142,7 @@ impl Geometry {
         }
         let nshards = nshards.unwrap_or(8).clamp(1, 64);
         let mut uuid = [0u8; 16];
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         uuid.copy_from_slice(&t.to_le_bytes());
         let g = Geometry {
             total_blocks,

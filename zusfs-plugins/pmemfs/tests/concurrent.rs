@@ -36,7 +36,10 @@ fn test_parallel_mixed_ops_stay_consistent() {
                                 // another thread may have unlinked it (and the inode number may be reused)
                                 match fs.write_bytes(a.ino, off, &data[..rng.random_range(1..10_000)], false) {
                                     Ok(n) => assert!(n > 0),
-                                    Err(e) => assert!(matches!(e, FsError::NotFound | FsError::IsDir | FsError::Invalid(_)), "{e:?}"),
+                                    Err(e) => assert!(
+                                        matches!(e, FsError::NotFound | FsError::IsDir | FsError::Invalid(_)),
+                                        "{e:?}"
+                                    ),
                                 }
                             }
                         }

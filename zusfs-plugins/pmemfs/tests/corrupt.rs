@@ -80,7 +80,11 @@ fn test_random_metadata_byte_flips_never_panic() {
         let flips = rng.random_range(1..4);
         for _ in 0..flips {
             // mostly metadata areas; sometimes anywhere (dir, chain, xattr blocks live there)
-            let at = if rng.random_bool(0.75) { rng.random_range(4096..meta_end) } else { rng.random_range(meta_end..bad.len()) };
+            let at = if rng.random_bool(0.75) {
+                rng.random_range(4096..meta_end)
+            } else {
+                rng.random_range(meta_end..bad.len())
+            };
             bad[at] ^= 1 << rng.random_range(0..8);
         }
         let r = catch_unwind(AssertUnwindSafe(|| match Fs::mount(CrashSim::from_image(bad.clone())) {

@@ -95,137 +95,216 @@ fn lookup(fs: &Fs<CrashSim>, dir: u64, name: &str) -> u64 {
 #[test]
 fn test_crash_each_metadata_op() {
     let mut total = 0;
-    total += crash_case("create", |_| {}, |fs| {
-        fs.create(ROOT, b"a", 0o644, 0, 0).unwrap();
-    });
-    total += crash_case("mkdir", |fs| {
-        file(fs, ROOT, "x", 10);
-    }, |fs| {
-        fs.mkdir(ROOT, b"d", 0o755, 3, 4).unwrap();
-    });
-    total += crash_case("mknod", |_| {}, |fs| {
-        fs.mknod(ROOT, b"fifo", 0o010644, 0, 0, 0).unwrap();
-    });
-    total += crash_case("unlink file with data", |fs| {
-        file(fs, ROOT, "a", 30_000);
-        file(fs, ROOT, "b", 100);
-    }, |fs| fs.unlink(ROOT, b"a").unwrap());
-    total += crash_steps("unlink of an open file, then release", |fs| {
-        let a = file(fs, ROOT, "a", 9000);
-        fs.open(a).unwrap();
-    }, vec![
-        Box::new(|fs| fs.unlink(ROOT, b"a").unwrap()),
-        Box::new(|fs| fs.release(2).unwrap()),
-    ]);
-    total += crash_case("rmdir", |fs| {
-        let d = fs.mkdir(ROOT, b"d", 0o755, 0, 0).unwrap();
-        file(fs, d.ino, "t", 0);
-        fs.unlink(d.ino, b"t").unwrap();
-    }, |fs| fs.rmdir(ROOT, b"d").unwrap());
-    total += crash_case("rename within a directory", |fs| {
-        file(fs, ROOT, "a", 100);
-    }, |fs| fs.rename(ROOT, b"a", ROOT, b"b", 0).unwrap());
-    total += crash_case("rename replacing a file", |fs| {
-        file(fs, ROOT, "a", 100);
-        file(fs, ROOT, "b", 20_000);
-    }, |fs| fs.rename(ROOT, b"a", ROOT, b"b", 0).unwrap());
-    total += crash_case("rename a directory across directories", |fs| {
-        let d1 = fs.mkdir(ROOT, b"d1", 0o755, 0, 0).unwrap();
-        fs.mkdir(ROOT, b"d2", 0o755, 0, 0).unwrap();
-        let s = fs.mkdir(d1.ino, b"s", 0o755, 0, 0).unwrap();
-        file(fs, s.ino, "f", 10);
-    }, |fs| {
-        let (d1, d2) = (lookup(fs, ROOT, "d1"), lookup(fs, ROOT, "d2"));
-        fs.rename(d1, b"s", d2, b"s2", 0).unwrap();
-    });
-    total += crash_case("rename exchange across directories", |fs| {
-        let d1 = fs.mkdir(ROOT, b"d1", 0o755, 0, 0).unwrap();
-        let d2 = fs.mkdir(ROOT, b"d2", 0o755, 0, 0).unwrap();
-        fs.mkdir(d1.ino, b"s", 0o755, 0, 0).unwrap();
-        file(fs, d2.ino, "f", 10);
-    }, |fs| {
-        let (d1, d2) = (lookup(fs, ROOT, "d1"), lookup(fs, ROOT, "d2"));
-        fs.rename(d1, b"s", d2, b"f", RENAME_EXCHANGE).unwrap();
-    });
-    total += crash_case("rename over an empty directory", |fs| {
-        fs.mkdir(ROOT, b"a", 0o755, 0, 0).unwrap();
-        let b = fs.mkdir(ROOT, b"b", 0o755, 0, 0).unwrap();
-        file(fs, b.ino, "x", 0);
-        fs.unlink(b.ino, b"x").unwrap();
-    }, |fs| fs.rename(ROOT, b"a", ROOT, b"b", 0).unwrap());
-    total += crash_case("link", |fs| {
-        file(fs, ROOT, "a", 10);
-        fs.mkdir(ROOT, b"d", 0o755, 0, 0).unwrap();
-    }, |fs| {
-        let (a, d) = (lookup(fs, ROOT, "a"), lookup(fs, ROOT, "d"));
-        fs.link(a, d, b"b").unwrap();
-    });
-    total += crash_case("symlink inline", |_| {}, |fs| {
-        fs.symlink(ROOT, b"l", b"target/path", 0, 0).unwrap();
-    });
-    total += crash_case("symlink in a block", |_| {}, |fs| {
-        fs.symlink(ROOT, b"l", &[b'z'; 700], 0, 0).unwrap();
-    });
-    total += crash_case("chmod/chown", |fs| {
-        file(fs, ROOT, "a", 10);
-    }, |fs| {
-        let a = lookup(fs, ROOT, "a");
-        fs.setattr(a, &SetAttr { mode: Some(0o600), uid: Some(5), gid: Some(6), ..Default::default() }).unwrap();
-    });
-    total += crash_case("truncate down", |fs| {
-        let a = file(fs, ROOT, "a", 0);
-        // fragmented: several extents
-        for i in 0..12u64 {
-            fs.write_bytes(a, i * 8192, &[i as u8 + 1; 4096], true).unwrap();
-            file(fs, ROOT, &format!("pad{i}"), 4096);
-        }
-    }, |fs| {
-        let a = lookup(fs, ROOT, "a");
-        fs.setattr(a, &SetAttr { size: Some(5000), ..Default::default() }).unwrap();
-    });
-    total += crash_case("truncate up", |fs| {
-        let a = file(fs, ROOT, "a", 10_000);
-        fs.setattr(a, &SetAttr { size: Some(3000), ..Default::default() }).unwrap();
-    }, |fs| {
-        let a = lookup(fs, ROOT, "a");
-        fs.setattr(a, &SetAttr { size: Some(20_000), ..Default::default() }).unwrap();
-    });
-    total += crash_case("setxattr", |fs| {
-        file(fs, ROOT, "a", 10);
-    }, |fs| {
-        let a = lookup(fs, ROOT, "a");
-        fs.setxattr(a, b"user.k", &[1; 100], 0).unwrap();
-    });
-    total += crash_steps("replace and remove xattrs", |fs| {
-        let a = file(fs, ROOT, "a", 10);
-        fs.setxattr(a, b"user.k", &[1; 100], 0).unwrap();
-        fs.setxattr(a, b"user.j", &[2; 10], 0).unwrap();
-    }, vec![
-        Box::new(|fs| fs.setxattr(lookup(fs, ROOT, "a"), b"user.k", &[3; 1000], XATTR_REPLACE).unwrap()),
-        Box::new(|fs| fs.removexattr(lookup(fs, ROOT, "a"), b"user.k").unwrap()),
-        Box::new(|fs| fs.removexattr(lookup(fs, ROOT, "a"), b"user.j").unwrap()),
-    ]);
-    total += crash_steps("directory grows blocks and an extent-chain block", |fs| {
-        // 40-byte names take 2 slots: 64 entries per directory block. A padding file after
-        // each directory block keeps the directory's blocks apart, so each is its own extent and
-        // the 9th needs an extent-chain block.
-        let target = file(fs, ROOT, "t", 0);
-        let d = fs.mkdir(ROOT, b"d", 0o755, 0, 0).unwrap();
-        for k in 0..8 {
-            for i in 0..64 {
-                fs.link(target, d.ino, format!("{:040}", k * 64 + i).as_bytes()).unwrap();
+    total += crash_case(
+        "create",
+        |_| {},
+        |fs| {
+            fs.create(ROOT, b"a", 0o644, 0, 0).unwrap();
+        },
+    );
+    total += crash_case(
+        "mkdir",
+        |fs| {
+            file(fs, ROOT, "x", 10);
+        },
+        |fs| {
+            fs.mkdir(ROOT, b"d", 0o755, 3, 4).unwrap();
+        },
+    );
+    total += crash_case(
+        "mknod",
+        |_| {},
+        |fs| {
+            fs.mknod(ROOT, b"fifo", 0o010644, 0, 0, 0).unwrap();
+        },
+    );
+    total += crash_case(
+        "unlink file with data",
+        |fs| {
+            file(fs, ROOT, "a", 30_000);
+            file(fs, ROOT, "b", 100);
+        },
+        |fs| fs.unlink(ROOT, b"a").unwrap(),
+    );
+    total += crash_steps(
+        "unlink of an open file, then release",
+        |fs| {
+            let a = file(fs, ROOT, "a", 9000);
+            fs.open(a).unwrap();
+        },
+        vec![Box::new(|fs| fs.unlink(ROOT, b"a").unwrap()), Box::new(|fs| fs.release(2).unwrap())],
+    );
+    total += crash_case(
+        "rmdir",
+        |fs| {
+            let d = fs.mkdir(ROOT, b"d", 0o755, 0, 0).unwrap();
+            file(fs, d.ino, "t", 0);
+            fs.unlink(d.ino, b"t").unwrap();
+        },
+        |fs| fs.rmdir(ROOT, b"d").unwrap(),
+    );
+    total += crash_case(
+        "rename within a directory",
+        |fs| {
+            file(fs, ROOT, "a", 100);
+        },
+        |fs| fs.rename(ROOT, b"a", ROOT, b"b", 0).unwrap(),
+    );
+    total += crash_case(
+        "rename replacing a file",
+        |fs| {
+            file(fs, ROOT, "a", 100);
+            file(fs, ROOT, "b", 20_000);
+        },
+        |fs| fs.rename(ROOT, b"a", ROOT, b"b", 0).unwrap(),
+    );
+    total += crash_case(
+        "rename a directory across directories",
+        |fs| {
+            let d1 = fs.mkdir(ROOT, b"d1", 0o755, 0, 0).unwrap();
+            fs.mkdir(ROOT, b"d2", 0o755, 0, 0).unwrap();
+            let s = fs.mkdir(d1.ino, b"s", 0o755, 0, 0).unwrap();
+            file(fs, s.ino, "f", 10);
+        },
+        |fs| {
+            let (d1, d2) = (lookup(fs, ROOT, "d1"), lookup(fs, ROOT, "d2"));
+            fs.rename(d1, b"s", d2, b"s2", 0).unwrap();
+        },
+    );
+    total += crash_case(
+        "rename exchange across directories",
+        |fs| {
+            let d1 = fs.mkdir(ROOT, b"d1", 0o755, 0, 0).unwrap();
+            let d2 = fs.mkdir(ROOT, b"d2", 0o755, 0, 0).unwrap();
+            fs.mkdir(d1.ino, b"s", 0o755, 0, 0).unwrap();
+            file(fs, d2.ino, "f", 10);
+        },
+        |fs| {
+            let (d1, d2) = (lookup(fs, ROOT, "d1"), lookup(fs, ROOT, "d2"));
+            fs.rename(d1, b"s", d2, b"f", RENAME_EXCHANGE).unwrap();
+        },
+    );
+    total += crash_case(
+        "rename over an empty directory",
+        |fs| {
+            fs.mkdir(ROOT, b"a", 0o755, 0, 0).unwrap();
+            let b = fs.mkdir(ROOT, b"b", 0o755, 0, 0).unwrap();
+            file(fs, b.ino, "x", 0);
+            fs.unlink(b.ino, b"x").unwrap();
+        },
+        |fs| fs.rename(ROOT, b"a", ROOT, b"b", 0).unwrap(),
+    );
+    total += crash_case(
+        "link",
+        |fs| {
+            file(fs, ROOT, "a", 10);
+            fs.mkdir(ROOT, b"d", 0o755, 0, 0).unwrap();
+        },
+        |fs| {
+            let (a, d) = (lookup(fs, ROOT, "a"), lookup(fs, ROOT, "d"));
+            fs.link(a, d, b"b").unwrap();
+        },
+    );
+    total += crash_case(
+        "symlink inline",
+        |_| {},
+        |fs| {
+            fs.symlink(ROOT, b"l", b"target/path", 0, 0).unwrap();
+        },
+    );
+    total += crash_case(
+        "symlink in a block",
+        |_| {},
+        |fs| {
+            fs.symlink(ROOT, b"l", &[b'z'; 700], 0, 0).unwrap();
+        },
+    );
+    total += crash_case(
+        "chmod/chown",
+        |fs| {
+            file(fs, ROOT, "a", 10);
+        },
+        |fs| {
+            let a = lookup(fs, ROOT, "a");
+            fs.setattr(a, &SetAttr { mode: Some(0o600), uid: Some(5), gid: Some(6), ..Default::default() }).unwrap();
+        },
+    );
+    total += crash_case(
+        "truncate down",
+        |fs| {
+            let a = file(fs, ROOT, "a", 0);
+            // fragmented: several extents
+            for i in 0..12u64 {
+                fs.write_bytes(a, i * 8192, &[i as u8 + 1; 4096], true).unwrap();
+                file(fs, ROOT, &format!("pad{i}"), 4096);
             }
-            file(fs, ROOT, &format!("pad{k}"), 4096);
-        }
-        for i in 512..575 {
-            fs.link(target, d.ino, format!("{i:040}").as_bytes()).unwrap();
-        }
-    }, (575..580).map(|i| -> Step {
-        Box::new(move |fs| {
-            let (d, t) = (lookup(fs, ROOT, "d"), lookup(fs, ROOT, "t"));
-            fs.link(t, d, format!("{i:040}").as_bytes()).unwrap();
-        })
-    }).collect());
+        },
+        |fs| {
+            let a = lookup(fs, ROOT, "a");
+            fs.setattr(a, &SetAttr { size: Some(5000), ..Default::default() }).unwrap();
+        },
+    );
+    total += crash_case(
+        "truncate up",
+        |fs| {
+            let a = file(fs, ROOT, "a", 10_000);
+            fs.setattr(a, &SetAttr { size: Some(3000), ..Default::default() }).unwrap();
+        },
+        |fs| {
+            let a = lookup(fs, ROOT, "a");
+            fs.setattr(a, &SetAttr { size: Some(20_000), ..Default::default() }).unwrap();
+        },
+    );
+    total += crash_case(
+        "setxattr",
+        |fs| {
+            file(fs, ROOT, "a", 10);
+        },
+        |fs| {
+            let a = lookup(fs, ROOT, "a");
+            fs.setxattr(a, b"user.k", &[1; 100], 0).unwrap();
+        },
+    );
+    total += crash_steps(
+        "replace and remove xattrs",
+        |fs| {
+            let a = file(fs, ROOT, "a", 10);
+            fs.setxattr(a, b"user.k", &[1; 100], 0).unwrap();
+            fs.setxattr(a, b"user.j", &[2; 10], 0).unwrap();
+        },
+        vec![
+            Box::new(|fs| fs.setxattr(lookup(fs, ROOT, "a"), b"user.k", &[3; 1000], XATTR_REPLACE).unwrap()),
+            Box::new(|fs| fs.removexattr(lookup(fs, ROOT, "a"), b"user.k").unwrap()),
+            Box::new(|fs| fs.removexattr(lookup(fs, ROOT, "a"), b"user.j").unwrap()),
+        ],
+    );
+    total += crash_steps(
+        "directory grows blocks and an extent-chain block",
+        |fs| {
+            // 40-byte names take 2 slots: 64 entries per directory block. A padding file after
+            // each directory block keeps the directory's blocks apart, so each is its own extent and
+            // the 9th needs an extent-chain block.
+            let target = file(fs, ROOT, "t", 0);
+            let d = fs.mkdir(ROOT, b"d", 0o755, 0, 0).unwrap();
+            for k in 0..8 {
+                for i in 0..64 {
+                    fs.link(target, d.ino, format!("{:040}", k * 64 + i).as_bytes()).unwrap();
+                }
+                file(fs, ROOT, &format!("pad{k}"), 4096);
+            }
+            for i in 512..575 {
+                fs.link(target, d.ino, format!("{i:040}").as_bytes()).unwrap();
+            }
+        },
+        (575..580)
+            .map(|i| -> Step {
+                Box::new(move |fs| {
+                    let (d, t) = (lookup(fs, ROOT, "d"), lookup(fs, ROOT, "t"));
+                    fs.link(t, d, format!("{i:040}").as_bytes()).unwrap();
+                })
+            })
+            .collect(),
+    );
     eprintln!("metadata ops: {total} crash images");
 }
 
@@ -233,60 +312,92 @@ fn test_crash_each_metadata_op() {
 #[test]
 fn test_crash_each_data_op() {
     let mut total = 0;
-    total += crash_case("append into a new block", |fs| {
-        file(fs, ROOT, "a", 100);
-    }, |fs| {
-        let a = lookup(fs, ROOT, "a");
-        fs.write_bytes(a, 100, &[9; 5000], true).unwrap();
-    });
-    total += crash_case("append within preallocated blocks", |fs| {
-        file(fs, ROOT, "a", 4096);
-    }, |fs| {
-        let a = lookup(fs, ROOT, "a");
-        fs.write_bytes(a, 4096, &[9; 4096], true).unwrap();
-    });
-    total += crash_case("overwrite in place", |fs| {
-        file(fs, ROOT, "a", 12_000);
-    }, |fs| {
-        let a = lookup(fs, ROOT, "a");
-        fs.write_bytes(a, 1000, &[0xEE; 8000], true).unwrap();
-    });
-    total += crash_case("write into a hole past EOF", |fs| {
-        let a = file(fs, ROOT, "a", 6000);
-        fs.setattr(a, &SetAttr { size: Some(100), ..Default::default() }).unwrap();
-    }, |fs| {
-        let a = lookup(fs, ROOT, "a");
-        fs.write_bytes(a, 30_000, b"tail", true).unwrap();
-    });
-    total += crash_case("fallocate", |fs| {
-        file(fs, ROOT, "a", 100);
-    }, |fs| {
-        let a = lookup(fs, ROOT, "a");
-        fs.fallocate(a, 0, 0, 50_000).unwrap();
-    });
-    total += crash_case("fallocate keep size", |fs| {
-        file(fs, ROOT, "a", 100);
-    }, |fs| {
-        let a = lookup(fs, ROOT, "a");
-        fs.fallocate(a, FALLOC_FL_KEEP_SIZE, 8192, 50_000).unwrap();
-    });
-    total += crash_case("punch hole", |fs| {
-        file(fs, ROOT, "a", 40_000);
-    }, |fs| {
-        let a = lookup(fs, ROOT, "a");
-        fs.fallocate(a, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 3000, 20_000).unwrap();
-    });
-    total += crash_case("map for write + map_done", |fs| {
-        file(fs, ROOT, "a", 1000);
-    }, |fs| {
-        let a = lookup(fs, ROOT, "a");
-        let ext = fs.map(a, 1000, 9000, true).unwrap();
-        for e in ext {
-            let d = e.dev_off.unwrap();
-            zus_pmem::Persist::nt_store(fs.pmem(), d, &vec![4u8; e.len as usize]).unwrap();
-        }
-        fs.map_done(a, 10_000).unwrap();
-    });
+    total += crash_case(
+        "append into a new block",
+        |fs| {
+            file(fs, ROOT, "a", 100);
+        },
+        |fs| {
+            let a = lookup(fs, ROOT, "a");
+            fs.write_bytes(a, 100, &[9; 5000], true).unwrap();
+        },
+    );
+    total += crash_case(
+        "append within preallocated blocks",
+        |fs| {
+            file(fs, ROOT, "a", 4096);
+        },
+        |fs| {
+            let a = lookup(fs, ROOT, "a");
+            fs.write_bytes(a, 4096, &[9; 4096], true).unwrap();
+        },
+    );
+    total += crash_case(
+        "overwrite in place",
+        |fs| {
+            file(fs, ROOT, "a", 12_000);
+        },
+        |fs| {
+            let a = lookup(fs, ROOT, "a");
+            fs.write_bytes(a, 1000, &[0xEE; 8000], true).unwrap();
+        },
+    );
+    total += crash_case(
+        "write into a hole past EOF",
+        |fs| {
+            let a = file(fs, ROOT, "a", 6000);
+            fs.setattr(a, &SetAttr { size: Some(100), ..Default::default() }).unwrap();
+        },
+        |fs| {
+            let a = lookup(fs, ROOT, "a");
+            fs.write_bytes(a, 30_000, b"tail", true).unwrap();
+        },
+    );
+    total += crash_case(
+        "fallocate",
+        |fs| {
+            file(fs, ROOT, "a", 100);
+        },
+        |fs| {
+            let a = lookup(fs, ROOT, "a");
+            fs.fallocate(a, 0, 0, 50_000).unwrap();
+        },
+    );
+    total += crash_case(
+        "fallocate keep size",
+        |fs| {
+            file(fs, ROOT, "a", 100);
+        },
+        |fs| {
+            let a = lookup(fs, ROOT, "a");
+            fs.fallocate(a, FALLOC_FL_KEEP_SIZE, 8192, 50_000).unwrap();
+        },
+    );
+    total += crash_case(
+        "punch hole",
+        |fs| {
+            file(fs, ROOT, "a", 40_000);
+        },
+        |fs| {
+            let a = lookup(fs, ROOT, "a");
+            fs.fallocate(a, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 3000, 20_000).unwrap();
+        },
+    );
+    total += crash_case(
+        "map for write + map_done",
+        |fs| {
+            file(fs, ROOT, "a", 1000);
+        },
+        |fs| {
+            let a = lookup(fs, ROOT, "a");
+            let ext = fs.map(a, 1000, 9000, true).unwrap();
+            for e in ext {
+                let d = e.dev_off.unwrap();
+                zus_pmem::Persist::nt_store(fs.pmem(), d, &vec![4u8; e.len as usize]).unwrap();
+            }
+            fs.map_done(a, 10_000).unwrap();
+        },
+    );
     eprintln!("data ops: {total} crash images");
 }
 
@@ -304,11 +415,15 @@ fn test_crash_never_loses_fsynced_data() {
         steps.push(Box::new(move |fs| fs.unlink(ROOT, format!("t{i}").as_bytes()).unwrap()));
     }
     // every image of every step must still hold the fsync'ed bytes: they are in before and after
-    let n = crash_steps("fsync then unrelated churn", |fs| {
-        let a = file(fs, ROOT, "keep", 0);
-        fs.write_bytes(a, 0, &[0x5A; 10_000], false).unwrap();
-        fs.fsync(a, false).unwrap();
-    }, steps);
+    let n = crash_steps(
+        "fsync then unrelated churn",
+        |fs| {
+            let a = file(fs, ROOT, "keep", 0);
+            fs.write_bytes(a, 0, &[0x5A; 10_000], false).unwrap();
+            fs.fsync(a, false).unwrap();
+        },
+        steps,
+    );
     eprintln!("fsync: {n} crash images");
 }
 
@@ -385,7 +500,12 @@ fn random_sequence(seed: u64, nops: usize) -> u64 {
             _ if !files.is_empty() => {
                 let (_, ino) = &files[rng.random_range(0..files.len())];
                 let off = rng.random_range(0..40_000u64);
-                fs.fallocate(*ino, [0, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE][rng.random_range(0..3)], off, rng.random_range(1..20_000))
+                fs.fallocate(
+                    *ino,
+                    [0, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE][rng.random_range(0..3)],
+                    off,
+                    rng.random_range(1..20_000),
+                )
             }
             _ => Ok(()),
         };
@@ -397,7 +517,13 @@ fn random_sequence(seed: u64, nops: usize) -> u64 {
         }
         let mut points = fs.pmem().take_points();
         points.push(fs.pmem().crash_point_now());
-        total += check_points(&points, trees.last().unwrap(), &after, &format!("seed {seed} step {step}"), seed * 1000 + step as u64);
+        total += check_points(
+            &points,
+            trees.last().unwrap(),
+            &after,
+            &format!("seed {seed} step {step}"),
+            seed * 1000 + step as u64,
+        );
         trees.push(after);
     }
     let r = fs.check().unwrap();

@@ -146,7 +146,10 @@ impl Model {
                 Kind::Dir(_) => (0o40755, 0, Vec::new()),
                 Kind::Link(v) => (0o120777, v.len() as u64, v.clone()),
             };
-            t.insert(p.clone(), Node { ino: i, mode, uid: 0, gid: 0, nlink: n.nlink, size, data, xattrs: n.xattrs.clone() });
+            t.insert(
+                p.clone(),
+                Node { ino: i, mode, uid: 0, gid: 0, nlink: n.nlink, size, data, xattrs: n.xattrs.clone() },
+            );
             if let Kind::Dir(_) = n.kind {
                 self.walk(i, &p, t);
             }
@@ -207,7 +210,10 @@ fn run(ops: &[Op]) {
                         _ => unreachable!(),
                     };
                     let dir = matches!(kind, Kind::Dir(_));
-                    m.nodes.insert(a.ino, MNode { kind, nlink: if dir { 2 } else { 1 }, parent: d, xattrs: BTreeMap::new() });
+                    m.nodes.insert(
+                        a.ino,
+                        MNode { kind, nlink: if dir { 2 } else { 1 }, parent: d, xattrs: BTreeMap::new() },
+                    );
                     m.children_mut(d).insert(nm, a.ino);
                     m.fix_dir_nlink(d);
                     0
