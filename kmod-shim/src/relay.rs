@@ -33,6 +33,7 @@ const DOORBELL: usize = core::mem::offset_of!(LaneHeader, doorbell);
 const ZT_SLEEPING: usize = core::mem::offset_of!(LaneHeader, zt_sleeping);
 const ZT_CPU: usize = core::mem::offset_of!(LaneHeader, zt_cpu);
 const ZT_POLLING: usize = core::mem::offset_of!(LaneHeader, zt_polling);
+const LAYOUT_GEN: usize = core::mem::offset_of!(ChannelSetHeader, layout_gen);
 const FREE_SEQ: usize = core::mem::offset_of!(LaneHeader, free_seq);
 const FREE_WAITERS: usize = core::mem::offset_of!(LaneHeader, free_waiters);
 const STATE: usize = core::mem::offset_of!(Slot, state);
@@ -237,6 +238,14 @@ impl Relay {
     #[must_use]
     pub fn lane_zt_sleeping(&self, lane: usize) -> bool {
         self.region.atomic_u32(self.geo.lane_offset(lane) + ZT_SLEEPING).load(Ordering::Relaxed) != 0
+    }
+
+    /// The server's layout generation (`ChannelSetHeader::layout_gen`): changes after any op that
+    /// may have freed or moved file blocks, by any client.
+    #[inline]
+    #[must_use]
+    pub fn layout_gen(&self) -> u64 {
+        self.region.atomic_u64(LAYOUT_GEN).load(Ordering::Acquire)
     }
 
     /// Whether the ZT of `lane` is polling for work on an otherwise idle CPU right now.

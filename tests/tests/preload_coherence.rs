@@ -454,3 +454,37 @@ fn test_kernel_o_append_after_fast_path_growth_dax_mode() {
     skip_unless_ready!("python3");
     kernel_append_after_fast_path_growth("dax");
 }
+
+/// A truncate by another process is seen by a dax process at once (zusd's layout generation),
+/// and the blocks it freed are not handed to another file while a copy may still target them
+/// (pmemfs's reuse grace). On a full device those blocks are the only free ones, so a stale
+/// extent cache would write into the other file: the test checks that file stays intact.
+#[test]
+fn test_truncate_by_another_process_never_lets_dax_writes_into_freed_blocks() {
+    skip_unless_ready!("python3");
+    let f = Fixture::new("preload-trunc", "32M", COHERENT);
+    let x = f.path("x");
+    std::fs::write(&x, vec![7u8; 4 << 20]).unwrap();
+    let mut d = Driver::start(&f, "dax");
+    let fd = d.num(&format!("open {} rw", x.display()));
+    // The driver caches x's extents.
+    assert_eq!(d.ok(&format!("pread {fd} 0 16")), "07".repeat(16));
+    // Fill the device.
+    let mut filler = std::fs::File::create(f.path("filler")).unwrap();
+    let chunk = vec![1u8; 256 << 10];
+    while filler.write_all(&chunk).is_ok() {}
+    drop(filler);
+    // Another process truncates x; once the grace has passed, y gets x's old blocks.
+    std::fs::OpenOptions::new().write(true).open(&x).unwrap().set_len(0).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let y_data = pattern(9, 1 << 20, 0);
+    std::fs::write(f.path("y"), &y_data).unwrap();
+    // The driver writes at offset 0 of x through the fast path: x is empty now, so this must
+    // extend x, not land in the blocks x had.
+    assert_eq!(d.num(&format!("pwrite {fd} 0 8192 5")), 8192);
+    assert_fast_path_used(&d.finish(), "dax");
+    same(&std::fs::read(f.path("y")).unwrap(), &y_data, "another file after a dax write to a truncated file");
+    same(&std::fs::read(&x).unwrap(), &pattern(5, 8192, 0), "the truncated file after the dax write");
+    let out = f.unmount_and_fsck();
+    assert!(out.contains("0 problem"), "{out}");
+}

@@ -83,8 +83,12 @@ pub struct ChannelSetHeader {
     pub nnodes: u32,
     /// NUMA node of each CPU (lane); entries past `ncpu` are zero.
     pub cpu_node: [u16; MAX_CPUS],
+    /// Layout generation: the server raises it (never lowers it) before it answers an op that
+    /// may have freed or moved file blocks (truncate, punch, unlink, ...). A client that caches
+    /// extents (dax) drops them when it changes; freed blocks are not reused for a grace period.
+    pub layout_gen: u64,
     /// Reserved, zero (makes the size a multiple of 64 without implicit padding).
-    pub reserved: [u8; 56],
+    pub reserved: [u8; 48],
 }
 
 crate::ops::pod_impl!(ChannelSetHeader = 2176);
@@ -154,6 +158,7 @@ const _: () = {
     assert!(offset_of!(ChannelSetHeader, client_spin_ns) == 64);
     assert!(offset_of!(ChannelSetHeader, nnodes) == 68);
     assert!(offset_of!(ChannelSetHeader, cpu_node) == 72);
+    assert!(offset_of!(ChannelSetHeader, layout_gen) == 72 + 2 * MAX_CPUS);
 
     assert!(size_of::<LaneHeader>() == 4 * CACHE_LINE);
     assert!(offset_of!(LaneHeader, doorbell) == 0);

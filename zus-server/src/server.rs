@@ -129,6 +129,8 @@ pub struct Server {
     pub state: Mutex<State>,
     /// Set at shutdown.
     pub shutting_down: AtomicBool,
+    /// Layout generation published in every client's channel header (`ChannelSetHeader::layout_gen`).
+    pub layout_gen: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -148,6 +150,7 @@ impl Server {
             snapshot: Mutex::new(Arc::new(Snapshot { generation: 1, ..Default::default() })),
             state: Mutex::new(State { next_client: 1, next_mount: 1, ..Default::default() }),
             shutting_down: AtomicBool::new(false),
+            layout_gen: AtomicU64::new(1),
         })
     }
 
@@ -229,7 +232,8 @@ impl Server {
             client_spin_ns: self.config.client_spin_ns,
             nnodes: u32::try_from(self.config.topology.nnodes).unwrap_or(1),
             cpu_node,
-            reserved: [0; 56],
+            layout_gen: self.layout_gen.load(Ordering::SeqCst),
+            reserved: [0; 48],
         }
     }
 

@@ -19,6 +19,7 @@ const DOORBELL: usize = core::mem::offset_of!(LaneHeader, doorbell);
 const ZT_SLEEPING: usize = core::mem::offset_of!(LaneHeader, zt_sleeping);
 const ZT_CPU: usize = core::mem::offset_of!(LaneHeader, zt_cpu);
 const ZT_POLLING: usize = core::mem::offset_of!(LaneHeader, zt_polling);
+const LAYOUT_GEN: usize = core::mem::offset_of!(zus_api::chan::ChannelSetHeader, layout_gen);
 const OPS_REJECTED: usize = core::mem::offset_of!(LaneHeader, ops_rejected);
 const STATE: usize = core::mem::offset_of!(Slot, state);
 const REPLY_SEQ: usize = core::mem::offset_of!(Slot, reply_seq);
@@ -217,6 +218,31 @@ fn any_submitted(snap: &Snapshot, lane: usize) -> bool {
     })
 }
 
+/// Ops after which cached extents may point at blocks the file no longer owns.
+fn may_free_blocks(opcode: u32) -> bool {
+    use zus_api::ops::OpCode;
+    OpCode::from_u32(opcode).is_some_and(|c| {
+        matches!(
+            c,
+            OpCode::Setattr
+                | OpCode::Fallocate
+                | OpCode::Unlink
+                | OpCode::Rmdir
+                | OpCode::Rename
+                | OpCode::Release
+                | OpCode::Forget
+        )
+    })
+}
+
+/// Raises the layout generation in every client's channel header (never lowering it: ZTs race).
+fn publish_layout_change(server: &Server, snap: &Snapshot) {
+    let g = server.layout_gen.fetch_add(1, Ordering::SeqCst) + 1;
+    for (c, _) in &snap.clients {
+        c.region.atomic_u64(LAYOUT_GEN).fetch_max(g, Ordering::SeqCst);
+    }
+}
+
 /// What one [`serve_pass`] did.
 #[derive(Debug, Clone, Copy, Default)]
 struct Pass {
@@ -245,6 +271,10 @@ fn serve_pass(server: &Server, lane: usize, snap: &Snapshot, scratch: &mut Scrat
             let hdr: OpHeader = client.region.read(so + HDR);
             let window = (g.window_offset(lane, s), g.window_size);
             let out = dispatch::serve(snap, client, attached, &hdr, so + PAYLOAD, window, scratch);
+            if may_free_blocks(hdr.opcode) {
+                // Before the reply: once this op returns, no client may trust extents from before.
+                publish_layout_change(server, snap);
+            }
             let ctl = &server.zts[lane];
             let lo = g.lane_offset(lane);
             if out.rejected {

@@ -123,9 +123,9 @@ fn one(buf: *const c_void, n: size_t) -> iovec {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t {
     let v = one(buf, n);
-    // SAFETY: one iovec for the caller's buffer.
     serve!(
         fd,
+        // SAFETY: one iovec for the caller's buffer.
         |f| unsafe { io::rw(f, fd, false, &raw const v, 1, None, 0) },
         real!(read: fn(c_int, *mut c_void, size_t) -> ssize_t; fd, buf, n)
     )
@@ -134,9 +134,9 @@ pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, n: size_t) -> ssize_t {
     let v = one(buf, n);
-    // SAFETY: one iovec for the caller's buffer.
     serve!(
         fd,
+        // SAFETY: one iovec for the caller's buffer.
         |f| unsafe { io::rw(f, fd, true, &raw const v, 1, None, 0) },
         real!(write: fn(c_int, *const c_void, size_t) -> ssize_t; fd, buf, n)
     )
@@ -164,9 +164,9 @@ pread_like!(pwrite64, true, *const c_void);
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn readv(fd: c_int, iov: *const iovec, cnt: c_int) -> ssize_t {
-    // SAFETY: the caller's iovec array (readv contract).
     serve!(
         fd,
+        // SAFETY: the caller's iovec array (readv contract).
         |f| unsafe { io::rw(f, fd, false, iov, cnt, None, 0) },
         real!(readv: fn(c_int, *const iovec, c_int) -> ssize_t; fd, iov, cnt)
     )
@@ -174,9 +174,9 @@ pub unsafe extern "C" fn readv(fd: c_int, iov: *const iovec, cnt: c_int) -> ssiz
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn writev(fd: c_int, iov: *const iovec, cnt: c_int) -> ssize_t {
-    // SAFETY: the caller's iovec array (writev contract).
     serve!(
         fd,
+        // SAFETY: the caller's iovec array (writev contract).
         |f| unsafe { io::rw(f, fd, true, iov, cnt, None, 0) },
         real!(writev: fn(c_int, *const iovec, c_int) -> ssize_t; fd, iov, cnt)
     )

@@ -17,8 +17,6 @@ use crate::mount::{DataPolicy, LanePolicy, Mount};
 use crate::state::{self, LAYOUT_EPOCH, Slot};
 use crate::sys;
 
-/// How long cached extents are trusted (bounds the window of a truncate by another process).
-pub const LEASE_NS: u64 = 1_000_000;
 /// mtime is committed at most this often by dax writes (like the kernel's coarse clock).
 pub const COMMIT_NS: u64 = 1_000_000;
 
@@ -236,14 +234,20 @@ fn search(ext: &[Extent], size: u64, pos: u64) -> Option<Loc> {
     })
 }
 
+/// What cached extents must have been filled under to be trusted: this process's own layout
+/// epoch (its truncates, punches, reconnects) and zusd's layout generation (raised before any
+/// client's truncate, punch, unlink... returns). Freed blocks are not reused for a grace period
+/// (pmemfs `REUSE_GRACE`), which covers a copy that started just before the generation moved.
+#[inline]
+fn layout_epoch(f: File) -> Result<(u64, u64), i32> {
+    Ok((LAYOUT_EPOCH.load(Ordering::Acquire), f.m.relay()?.layout_gen()))
+}
+
 /// Seqlock read of the cached extents.
 #[inline]
-fn cache_lookup(s: &Slot, pos: u64, now: u64) -> Option<Loc> {
+fn cache_lookup(s: &Slot, pos: u64, (epoch, layout_gen): (u64, u64)) -> Option<Loc> {
     let q = s.seq.load(Ordering::Acquire);
-    if q & 1 == 1
-        || s.epoch.load(Ordering::Relaxed) != LAYOUT_EPOCH.load(Ordering::Relaxed)
-        || now.wrapping_sub(s.filled.load(Ordering::Relaxed)) > LEASE_NS
-    {
+    if q & 1 == 1 || s.epoch.load(Ordering::Relaxed) != epoch || s.layout_gen.load(Ordering::Relaxed) != layout_gen {
         return None;
     }
     let n = (s.n.load(Ordering::Relaxed) as usize).min(MAX_MAP_EXTENTS);
@@ -294,8 +298,8 @@ fn map(f: File, off: u64, len: u64, write: bool, out: &mut [Extent; MAX_MAP_EXTE
 
 /// Maps (for reading) from `from` to the end of file and caches the result when the cache is
 /// not being refilled by another thread.
-fn fill_from(f: File, from: u64, now: u64, buf: &mut [Extent; MAX_MAP_EXTENTS]) -> Result<(usize, u64), i32> {
-    let epoch = LAYOUT_EPOCH.load(Ordering::Acquire);
+fn fill_from(f: File, from: u64, buf: &mut [Extent; MAX_MAP_EXTENTS]) -> Result<(usize, u64), i32> {
+    let (epoch, layout_gen) = layout_epoch(f)?;
     let (n, size) = map(f, from, 1 << 50, false, buf)?;
     let s = f.s;
     let q = s.seq.load(Ordering::Relaxed);
@@ -307,22 +311,22 @@ fn fill_from(f: File, from: u64, now: u64, buf: &mut [Extent; MAX_MAP_EXTENTS]) 
         }
         s.n.store(n as u32, Ordering::Relaxed);
         s.size.store(size, Ordering::Relaxed);
-        s.filled.store(now, Ordering::Relaxed);
         s.epoch.store(epoch, Ordering::Relaxed);
+        s.layout_gen.store(layout_gen, Ordering::Relaxed);
         s.seq.store(q + 2, Ordering::Release);
     }
     Ok((n, size))
 }
 
 /// Where `pos` lives: from the cache unless `force`, else from a fresh MAP.
-fn locate(f: File, pos: u64, now: u64, force: bool) -> Result<Loc, i32> {
-    if !force && let Some(l) = cache_lookup(f.s, pos, now) {
+fn locate(f: File, pos: u64, force: bool) -> Result<Loc, i32> {
+    if !force && let Some(l) = cache_lookup(f.s, pos, layout_epoch(f)?) {
         return Ok(l);
     }
     let mut buf = [Extent::default(); MAX_MAP_EXTENTS];
     // Whole file first (most files have few extents), else from just before pos.
     for from in [0, pos & !0xffff, pos] {
-        let (n, size) = fill_from(f, from, now, &mut buf)?;
+        let (n, size) = fill_from(f, from, &mut buf)?;
         if let Some(l) = search(&buf[..n], size, pos) {
             return Ok(l);
         }
@@ -391,7 +395,7 @@ fn dax_write(f: File, iov: &[IoVec], total: u64, off: u64, flags: u32) -> Result
     let mut pos = off;
     let mut wrote_direct = false;
     while pos < end {
-        match locate(f, pos, now, false)? {
+        match locate(f, pos, false)? {
             Loc::Mapped { dev, run } => {
                 let n = run.min(end - pos);
                 let dst = dev_ptr(f, dev, n)?;
@@ -457,15 +461,14 @@ fn dax_write(f: File, iov: &[IoVec], total: u64, off: u64, flags: u32) -> Result
 }
 
 fn dax_read(f: File, iov: &[IoVec], total: u64, off: u64) -> Result<u64, i32> {
-    let now = sys::now_ns();
     let end = off.saturating_add(total);
     let mut cur = Cursor::new(iov);
     let mut pos = off;
     while pos < end {
-        let mut l = locate(f, pos, now, false)?;
+        let mut l = locate(f, pos, false)?;
         if matches!(l, Loc::Eof | Loc::Hole { .. }) {
             // Another process may have grown the file or filled the hole: ask again.
-            l = locate(f, pos, now, true)?;
+            l = locate(f, pos, true)?;
         }
         match l {
             Loc::Mapped { dev, run } => {

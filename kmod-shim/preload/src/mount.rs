@@ -124,6 +124,9 @@ impl Mount {
                 e
             })?;
         self.mount_id.store(u64::from(id), Ordering::Relaxed);
+        // Extents cached under the old connection are not comparable with the new server's
+        // layout generation.
+        state::LAYOUT_EPOCH.fetch_add(1, Ordering::AcqRel);
         // The previous relay (the parent's, after a fork) is leaked on purpose: its channel memory
         // and socket belong to the parent's session with zusd.
         let p = Box::into_raw(Box::new(r));

@@ -133,8 +133,8 @@ pub struct Slot {
     pub seq: AtomicU64,
     /// [`LAYOUT_EPOCH`] when the cache was filled.
     pub epoch: AtomicU64,
-    /// When the cache was filled ([`crate::sys::now_ns`]).
-    pub filled: AtomicU64,
+    /// zusd's layout generation (`Relay::layout_gen`) when the cache was filled.
+    pub layout_gen: AtomicU64,
     /// Extents in the cache.
     pub n: AtomicU32,
     /// File size as of the fill (raised by our own writes).
@@ -157,7 +157,7 @@ impl Slot {
             dev: AtomicU64::new(0),
             seq: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
-            filled: AtomicU64::new(0),
+            layout_gen: AtomicU64::new(0),
             n: AtomicU32::new(0),
             size: AtomicU64::new(0),
             last_commit: AtomicU64::new(0),

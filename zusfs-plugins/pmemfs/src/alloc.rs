@@ -6,8 +6,16 @@
 //! shard is full. A block is marked taken in DRAM as soon as it is reserved; freed blocks return to
 //! DRAM only after the transaction freeing them committed, so no block is reused while a crash
 //! could still bring back its old owner.
+//!
+//! Committed frees are not handed out again at once: they wait [`REUSE_GRACE`] in a quarantine.
+//! A dax client (the preload library) copies data with extents it got from MAP before; it checks
+//! zusd's layout generation before each copy, but a copy that already started when another
+//! process truncated the file must not land in a block that now belongs to someone else.
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use crate::layout::Geometry;
 
@@ -77,6 +85,9 @@ impl Shard {
     }
 }
 
+/// How long freed blocks stay out of reach after the free committed.
+pub const REUSE_GRACE: Duration = Duration::from_millis(50);
+
 /// The block allocator.
 #[derive(Debug)]
 pub struct BlockAlloc {
@@ -84,6 +95,10 @@ pub struct BlockAlloc {
     per: u64,
     data_blk: u64,
     total: u64,
+    /// Committed frees waiting out [`REUSE_GRACE`]: (reusable from, start, len), oldest first.
+    quarantine: Mutex<VecDeque<(Instant, u64, u64)>>,
+    /// Blocks in `quarantine` (read without the lock on every allocation).
+    quarantined: AtomicU64,
 }
 
 impl BlockAlloc {
@@ -108,7 +123,14 @@ impl BlockAlloc {
             shards.push(Mutex::new(sh));
             s = e;
         }
-        BlockAlloc { shards, per, data_blk: geo.data_blk, total: geo.total_blocks }
+        BlockAlloc {
+            shards,
+            per,
+            data_blk: geo.data_blk,
+            total: geo.total_blocks,
+            quarantine: Mutex::new(VecDeque::new()),
+            quarantined: AtomicU64::new(0),
+        }
     }
 
     fn shard_of(&self, b: u64) -> Option<usize> {
@@ -120,7 +142,22 @@ impl BlockAlloc {
 
     /// Reserve up to `want` contiguous blocks, preferring `goal` (e.g. right after the file's last
     /// block, so extents grow), else the caller's CPU shard, else any shard.
+    /// When only quarantined blocks are left, waits for them (at most [`REUSE_GRACE`]).
     pub fn alloc(&self, want: u64, goal: Option<u64>) -> Option<(u64, u64)> {
+        loop {
+            if self.quarantined.load(Ordering::Acquire) > 0 {
+                self.drain_quarantine();
+            }
+            if let Some(r) = self.alloc_now(want, goal) {
+                return Some(r);
+            }
+            // Full but for blocks freed a moment ago: wait for the oldest to become reusable.
+            let next = lock(&self.quarantine).front().map(|q| q.0)?;
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        }
+    }
+
+    fn alloc_now(&self, want: u64, goal: Option<u64>) -> Option<(u64, u64)> {
         if let Some(g) = goal
             && let Some(si) = self.shard_of(g)
         {
@@ -141,7 +178,36 @@ impl BlockAlloc {
         None
     }
 
-    /// Return blocks to the free pool (after the freeing transaction committed, or on abort).
+    /// Returns blocks freed by a committed transaction: reusable after [`REUSE_GRACE`].
+    pub fn release_committed(&self, start: u64, len: u64) {
+        if len == 0 {
+            return;
+        }
+        lock(&self.quarantine).push_back((Instant::now() + REUSE_GRACE, start, len));
+        self.quarantined.fetch_add(len, Ordering::AcqRel);
+    }
+
+    /// Moves quarantined blocks whose grace has passed back to the free pool.
+    fn drain_quarantine(&self) {
+        let now = Instant::now();
+        let mut q = lock(&self.quarantine);
+        while let Some(&(t, s, n)) = q.front() {
+            if t > now {
+                break;
+            }
+            q.pop_front();
+            self.release(s, n);
+            self.quarantined.fetch_sub(n, Ordering::AcqRel);
+        }
+    }
+
+    /// Whether block `b` waits in the quarantine (free on pmem, not yet reusable).
+    pub fn is_quarantined(&self, b: u64) -> bool {
+        lock(&self.quarantine).iter().any(|&(_, s, n)| (s..s + n).contains(&b))
+    }
+
+    /// Return blocks to the free pool now (blocks of an aborted transaction, never seen by
+    /// anyone; and the quarantine when their grace has passed).
     pub fn release(&self, start: u64, len: u64) {
         for sh in &self.shards {
             let mut s = sh.lock().unwrap_or_else(|e| e.into_inner());
@@ -167,8 +233,13 @@ impl BlockAlloc {
         }
     }
 
-    /// Free blocks.
+    /// Free blocks (quarantined ones count: they are free on pmem and reusable shortly).
     pub fn free_blocks(&self) -> u64 {
-        self.shards.iter().map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).free).sum()
+        self.shards.iter().map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).free).sum::<u64>()
+            + self.quarantined.load(Ordering::Acquire)
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

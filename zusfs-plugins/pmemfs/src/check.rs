@@ -314,6 +314,7 @@ fn load_inode<P: Persist>(
                 return Err(FsError::corrupt(format!("extent {e:?} shares blocks with another owner")));
             }
             node.ext.insert(e.lblk, Ext { len: e.len, pblk: e.pblk, slot });
+            node.mapped += e.len;
         }
         node.free_slots.reverse();
     }

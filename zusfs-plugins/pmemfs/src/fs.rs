@@ -243,7 +243,7 @@ impl<'a, P: Persist> Op<'a, P> {
         match r {
             Ok(()) => {
                 for &(s, n) in &self.free_after {
-                    self.fs.balloc.release(s, n);
+                    self.fs.balloc.release_committed(s, n);
                 }
                 if !self.free_inos.is_empty() {
                     lock(&self.fs.ifree).extend(self.free_inos.iter().copied());
@@ -456,6 +456,8 @@ impl<P: Persist> Fs<P> {
                         || names(m) != names(d)
                         || m.xattrs != d.xattrs
                         || m.chain != d.chain
+                        || m.mapped != d.mapped
+                        || m.mapped != m.ext.values().map(|e| e.len).sum::<u64>()
                     {
                         r.errors.push(format!("inode {i}: in-memory state differs from pmem"));
                     }
@@ -466,7 +468,9 @@ impl<P: Persist> Fs<P> {
         let mut bad = 0;
         for b in self.geo.data_blk..self.geo.total_blocks {
             let on_pm = l.bitmap.get((b / 64) as usize).is_some_and(|w| w & (1 << (b % 64)) != 0);
-            if on_pm != self.balloc.is_used(b) {
+            let in_dram = self.balloc.is_used(b);
+            // Quarantined blocks are free on pmem and still held in DRAM (alloc.rs).
+            if on_pm != in_dram && !(in_dram && self.balloc.is_quarantined(b)) {
                 bad += 1;
             }
         }
@@ -1475,7 +1479,8 @@ impl<P: Persist> Fs<P> {
     /// Map a file range for direct access. Read intent: the extents (and holes) within the file
     /// size. Write intent: allocates (zeroed) blocks for the whole range (at most 1 MiB per call:
     /// the result may cover less) and returns device extents; the size/mtime update is committed by
-    /// [`map_done`](Self::map_done) after the client wrote and flushed its data.
+    /// [`map_done`](Self::map_done) after the client wrote and flushed its data. At most
+    /// `MAX_MAP_EXTENTS` extents, from `off` on.
     pub fn map(&self, ino: u64, off: u64, len: u64, write: bool) -> Result<Vec<MapExtent>> {
         self.live()?;
         let mut g = self.wl(ino)?;
@@ -1513,9 +1518,11 @@ impl<P: Persist> Fs<P> {
         } else {
             end = end.min(n.d.size);
         }
+        // At most MAX_MAP_EXTENTS (what one reply carries): a client mapping "from here to the
+        // end" of a sparse file with many thousand extents must not cost a walk over all of them.
         let mut out = Vec::new();
         let mut pos = off;
-        while pos < end {
+        while pos < end && out.len() < zus_api::ops::MAX_MAP_EXTENTS {
             let lb = pos / BLOCK;
             match n.map(lb) {
                 Some((p, run)) => {

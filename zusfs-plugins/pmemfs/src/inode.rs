@@ -104,6 +104,8 @@ pub struct Inode {
     pub dirty: bool,
     /// highest end offset handed out by a write `map` (bounds `map_done`)
     pub dax_hi: u64,
+    /// blocks mapped by `ext` (kept with every change to it: stat must not walk the extents)
+    pub mapped: u64,
 }
 
 impl Inode {
@@ -120,6 +122,7 @@ impl Inode {
             open: 0,
             dirty: false,
             dax_hi: 0,
+            mapped: 0,
         }
     }
 
@@ -142,7 +145,7 @@ impl Inode {
 
     /// Blocks mapped.
     pub fn nblocks(&self) -> u64 {
-        self.ext.values().map(|e| e.len).sum()
+        self.mapped
     }
 
     /// The device block of file block `lblk` and how many blocks of the same extent follow.
@@ -218,10 +221,12 @@ impl Inode {
             e.len += len;
             let (slot, x) = (e.slot, Extent { lblk: l, len: e.len, pblk: e.pblk });
             self.put_slot(slot, x, txn);
+            self.mapped += len;
             return Ok(());
         }
         let slot = self.free_slots.pop().ok_or(FsError::NoSpace)?;
         self.ext.insert(lblk, Ext { len, pblk, slot });
+        self.mapped += len;
         self.put_slot(slot, Extent { lblk, len, pblk }, txn);
         Ok(())
     }
@@ -281,6 +286,7 @@ impl Inode {
                 freed.push((e.pblk + (s - l), t - s));
             }
             freed_blocks += t - s;
+            self.mapped -= t - s;
         }
         if done_all && keys.len() < limit { Ok(a) } else { Ok(low.max(a)) }
     }

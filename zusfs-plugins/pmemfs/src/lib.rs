@@ -20,6 +20,7 @@ mod journal;
 pub mod layout;
 pub mod plugin;
 
+pub use alloc::REUSE_GRACE;
 pub use check::FsckReport;
 pub use error::{FsError, Result};
 pub use fs::{

@@ -370,3 +370,33 @@ fn test_setattr_size_and_mode_together_and_too_big_changes_nothing() {
     assert_eq!(fs.getattr(f.ino).unwrap().mode & 0o7777, 0o600);
     assert_clean(&fs);
 }
+
+#[test]
+fn test_freed_blocks_are_not_reused_within_the_grace_period() {
+    // A dax client may still be copying with extents of a file another process just truncated:
+    // the blocks it freed must not go to another file at once (alloc.rs: REUSE_GRACE). On a full
+    // device they are the only free blocks, so the next allocation waits for them.
+    let fs = sim(4);
+    let a = fs.create(ROOT, b"a", 0o644, 0, 0).unwrap();
+    fs.write_bytes(a.ino, 0, &[1u8; 16 * 4096], false).unwrap();
+    let old: Vec<(u64, u64)> =
+        fs.map(a.ino, 0, 16 * 4096, false).unwrap().iter().map(|e| (e.dev_off.unwrap(), e.len)).collect();
+    let filler = fs.create(ROOT, b"filler", 0o644, 0, 0).unwrap();
+    let mut off = 0u64;
+    while let Ok(n @ 1..) = fs.write_bytes(filler.ino, off, &[3u8; 4096], false) {
+        off += n as u64;
+    }
+    let free_full = fs.statfs().bfree;
+    fs.setattr(a.ino, &SetAttr { size: Some(0), ..Default::default() }).unwrap();
+    let t0 = std::time::Instant::now();
+    assert_eq!(fs.statfs().bfree, free_full + 16, "quarantined blocks count as free");
+    let b = fs.create(ROOT, b"b", 0o644, 0, 0).unwrap();
+    assert_eq!(fs.write_bytes(b.ino, 0, &[2u8; 4096], false).unwrap(), 4096);
+    let waited = t0.elapsed();
+    let new = fs.map(b.ino, 0, 4096, false).unwrap();
+    let d = new[0].dev_off.unwrap();
+    let reused = old.iter().any(|&(o, l)| d >= o && d < o + l);
+    assert!(reused, "a full device had no other block to give");
+    assert!(waited >= REUSE_GRACE, "a block of the truncated file was reused after {waited:?}");
+    assert_clean(&fs);
+}
