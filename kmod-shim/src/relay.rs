@@ -42,6 +42,9 @@ const CLIENT_WAITING: usize = core::mem::offset_of!(Slot, client_waiting);
 const HDR: usize = core::mem::offset_of!(Slot, hdr);
 const PAYLOAD: usize = core::mem::offset_of!(Slot, payload);
 
+/// Longest a client spins for an op that a ZT on another CPU is already serving (then it sleeps).
+const SERVING_SPIN_CAP: Duration = Duration::from_micros(200);
+
 /// How often a waiting client checks that the server is still alive.
 const LIVENESS_CHECK: Duration = Duration::from_millis(100);
 
@@ -503,16 +506,23 @@ impl Relay {
             futex::wake(bell, 1);
         }
         if spins {
+            // Spin for the client budget; once the ZT has taken the op (SERVING) it is working
+            // for us on its own CPU, and the wait it leaves is the op's own length: keep
+            // spinning up to SERVING_SPIN_CAP rather than pay a cross-CPU wake at the end.
             let t0 = Instant::now();
             let mut n = 0u32;
             loop {
-                if state.load(Ordering::Acquire) == slot_state::DONE {
+                let st = state.load(Ordering::Acquire);
+                if st == slot_state::DONE {
                     return Ok(());
                 }
                 core::hint::spin_loop();
                 n = n.wrapping_add(1);
-                if n.is_multiple_of(64) && t0.elapsed() >= self.client_spin {
-                    break;
+                if n.is_multiple_of(64) {
+                    let waited = t0.elapsed();
+                    if waited >= self.client_spin && (st != slot_state::SERVING || waited >= SERVING_SPIN_CAP) {
+                        break;
+                    }
                 }
             }
         }

@@ -123,6 +123,8 @@ pub fn run(server: &Arc<Server>, lane: usize) {
     let mut touched: Vec<u32> = Vec::new();
     let poll_budget = Duration::from_nanos(u64::from(server.config.zt_poll_ns));
     let mut poll_until: Option<Instant> = None;
+    // When the last pass that found work was followed by one that found none.
+    let mut idle_since: Option<Instant> = None;
     loop {
         let g = server.generation.load(Ordering::SeqCst);
         if g != snap.generation {
@@ -144,10 +146,20 @@ pub fn run(server: &Arc<Server>, lane: usize) {
         }
         let pass = serve_pass(server, lane, &snap, &mut scratch);
         if pass.served > 0 {
+            // Poll only for a client that spins *and* sends back to back: its op came within
+            // one poll budget of our last idle moment. A client with long gaps (dax mode's
+            // MAP_DONE once per ms) would only have us steal its CPU's time from other threads.
             if pass.client_spins && !poll_budget.is_zero() {
-                poll_until = Some(Instant::now() + poll_budget);
+                let now = Instant::now();
+                if idle_since.is_some_and(|t| now.duration_since(t) < poll_budget) {
+                    poll_until = Some(now + poll_budget);
+                }
             }
+            idle_since = None;
             continue;
+        }
+        if idle_since.is_none() {
+            idle_since = Some(Instant::now());
         }
         if let Some(until) = poll_until.take()
             && poll(server, lane, &snap, until)

@@ -47,11 +47,6 @@ pub fn release(entry: u32, commit: bool) {
 }
 
 fn op(f: File, code: OpCode, req: &[&[u8]], reply: &mut [u8]) -> Result<u64, i32> {
-    op_sized(f, code, req, reply, 0)
-}
-
-/// [`op`] for an op moving `bytes` of data (for the lane choice).
-fn op_sized(f: File, code: OpCode, req: &[&[u8]], reply: &mut [u8], bytes: u64) -> Result<u64, i32> {
     let st = &state::STATS;
     state::count(
         match code {
@@ -64,34 +59,19 @@ fn op_sized(f: File, code: OpCode, req: &[&[u8]], reply: &mut [u8], bytes: u64) 
     );
     let r = f.m.relay()?;
     let id = f.m.mount_id.load(Ordering::Relaxed) as u32;
-    let lane = pick_lane(f, r, bytes);
-    r.op_on_lane(lane, id, code, req, DataIn::None, reply, None, None).map(|o| o.value).map_err(|e| e.errno().0)
+    r.op_on_lane(pick_lane(f, r), id, code, req, DataIn::None, reply, None, None)
+        .map(|o| o.value)
+        .map_err(|e| e.errno().0)
 }
 
-/// Largest op (data bytes) the auto lane policy sends to the ZT of the next CPU.
-const AUTO_PEER_MAX_BYTES: u64 = 32 * 1024;
 /// The ZT lane for our next op (see [`crate::mount::LanePolicy`]).
 #[inline]
-fn pick_lane(f: File, r: &kmod_shim::Relay, bytes: u64) -> usize {
+fn pick_lane(f: File, r: &kmod_shim::Relay) -> usize {
     let cpu = zus_api::shm::current_cpu();
     let ncpu = r.geometry().ncpu;
-    let own = cpu % ncpu;
     match f.m.lane {
-        LanePolicy::Own => own,
+        LanePolicy::Own => cpu % ncpu,
         LanePolicy::Peer => (cpu + 1) % ncpu,
-        // A same-CPU hand-off costs two context switches (~5 µs here), and a client that sleeps
-        // on the futex is often woken on the other CPU (tens of µs). The ZT of the next CPU
-        // serves a short op while we spin: it polls for our next op after serving one from a
-        // spinning client, so back-to-back ops need no wake (measured faster than the own lane
-        // at 1-8 jobs on 2 CPUs, docs/benchmarks.md). A long op outlasts the client spin, and
-        // the cross-CPU wake of the sleeping client would then cost more than it saves.
-        LanePolicy::Auto => {
-            if bytes <= AUTO_PEER_MAX_BYTES {
-                (cpu + 1) % ncpu
-            } else {
-                own
-            }
-        }
     }
 }
 
@@ -149,7 +129,7 @@ fn chan_io(f: File, write: bool, iov: &[IoVec], total: u64, off: u64, flags: u32
         reserved: 0,
     };
     let mut rep = [0u8; 16];
-    let n = op_sized(f, code, &[req.as_bytes(), iov_bytes(iov)], &mut rep, total)?;
+    let n = op(f, code, &[req.as_bytes(), iov_bytes(iov)], &mut rep)?;
     Ok((n, IoReply::read_from(&rep).unwrap_or_default()))
 }
 
@@ -175,7 +155,7 @@ fn window_io(f: File, code: OpCode, iov: &[IoVec], mut off: u64, flags: u32) -> 
             let mut rep = [0u8; 16];
             state::count(&state::STATS.window_io, 1);
             let id = f.m.mount_id.load(Ordering::Relaxed) as u32;
-            let lane = pick_lane(f, r, n);
+            let lane = pick_lane(f, r);
             let o = if code == OpCode::Write {
                 // SAFETY: the caller's buffer, valid for `v.len` bytes (write(2) contract).
                 let d = unsafe { core::slice::from_raw_parts(p, n as usize) };

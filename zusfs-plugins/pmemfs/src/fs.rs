@@ -198,7 +198,8 @@ struct Op<'a, P: Persist> {
     fs: &'a Fs<P>,
     txn: Txn,
     allocated: Vec<(u64, u64)>,
-    free_after: Vec<(u64, u64)>,
+    /// (start, len, quarantine): blocks this transaction frees
+    free_after: Vec<(u64, u64, bool)>,
     new_inos: Vec<(u64, u64)>,
     free_inos: Vec<(u64, u64)>,
     done: bool,
@@ -225,9 +226,16 @@ impl<'a, P: Persist> Op<'a, P> {
         Ok((s, n))
     }
 
+    /// Frees metadata blocks (never handed to a client): reusable once the transaction commits.
     fn free(&mut self, s: u64, n: u64) {
         self.txn.clear_bits(s, n);
-        self.free_after.push((s, n));
+        self.free_after.push((s, n, false));
+    }
+
+    /// Frees data blocks of a file; those of a file a client mapped wait out the reuse grace.
+    fn free_data(&mut self, s: u64, n: u64, dax_mapped: bool) {
+        self.txn.clear_bits(s, n);
+        self.free_after.push((s, n, dax_mapped));
     }
 
     fn new_ino(&mut self) -> Result<(u64, u64)> {
@@ -242,8 +250,12 @@ impl<'a, P: Persist> Op<'a, P> {
         let r = lock(&self.fs.journal).commit(&self.fs.pm, &self.fs.geo, txn);
         match r {
             Ok(()) => {
-                for &(s, n) in &self.free_after {
-                    self.fs.balloc.release_committed(s, n);
+                for &(s, n, quarantine) in &self.free_after {
+                    if quarantine {
+                        self.fs.balloc.release_committed(s, n);
+                    } else {
+                        self.fs.balloc.release(s, n);
+                    }
                 }
                 if !self.free_inos.is_empty() {
                     lock(&self.fs.ifree).extend(self.free_inos.iter().copied());
@@ -1057,7 +1069,7 @@ impl<P: Persist> Fs<P> {
             let mut freed = Vec::new();
             let low = n.ext_remove(0, u64::MAX, FREE_BATCH, &mut op.txn, &mut freed)?;
             for (s, l) in freed {
-                op.free(s, l);
+                op.free_data(s, l, n.dax_mapped);
             }
             if low > 0 || !n.ext.is_empty() {
                 n.d.size = n.d.size.min(low * BLOCK);
@@ -1381,7 +1393,7 @@ impl<P: Persist> Fs<P> {
             let mut freed = Vec::new();
             let low = n.ext_remove(keep, u64::MAX, FREE_BATCH, &mut op.txn, &mut freed)?;
             for (s, l) in freed {
-                op.free(s, l);
+                op.free_data(s, l, n.dax_mapped);
             }
             n.d.size = if low <= keep { size } else { low * BLOCK };
             if touch {
@@ -1462,7 +1474,7 @@ impl<P: Persist> Fs<P> {
                     let mut freed = Vec::new();
                     hi = n.ext_remove(a, hi, FREE_BATCH, &mut op.txn, &mut freed)?;
                     for (s, l) in freed {
-                        op.free(s, l);
+                        op.free_data(s, l, n.dax_mapped);
                     }
                     n.d.ctime = now;
                     n.d.mtime = now;
@@ -1489,6 +1501,7 @@ impl<P: Persist> Fs<P> {
             return Err(if n.is_dir() { FsError::IsDir } else { FsError::Invalid("map of a non-regular file".into()) });
         }
         let mut end = off.checked_add(len).ok_or(FsError::TooBig)?;
+        n.dax_mapped = true;
         if write {
             if end > MAX_FILE_BLOCKS * BLOCK {
                 return Err(FsError::TooBig);

@@ -106,6 +106,9 @@ pub struct Inode {
     pub dax_hi: u64,
     /// blocks mapped by `ext` (kept with every change to it: stat must not walk the extents)
     pub mapped: u64,
+    /// a client got this file's extents with `map` since mount: blocks it frees go through the
+    /// allocator's reuse quarantine (a dax client may still be copying with them)
+    pub dax_mapped: bool,
 }
 
 impl Inode {
@@ -123,6 +126,7 @@ impl Inode {
             dirty: false,
             dax_hi: 0,
             mapped: 0,
+            dax_mapped: false,
         }
     }
 
