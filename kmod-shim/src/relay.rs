@@ -42,6 +42,16 @@ const CLIENT_WAITING: usize = core::mem::offset_of!(Slot, client_waiting);
 const HDR: usize = core::mem::offset_of!(Slot, hdr);
 const PAYLOAD: usize = core::mem::offset_of!(Slot, payload);
 
+/// A thread whose next op follows its last spun-for reply within this is "back to back": the ZT
+/// polls for its ops. (dax mode's MAP_DONE once per ms is not: a poll would only steal CPU time
+/// from the job running on the ZT's CPU.)
+const BACK_TO_BACK: Duration = Duration::from_micros(100);
+
+std::thread_local! {
+    /// When this thread last got a reply it spun for (a ZT on another CPU).
+    static LAST_SPUN_REPLY: core::cell::Cell<Option<Instant>> = const { core::cell::Cell::new(None) };
+}
+
 /// Longest a client spins for an op that a ZT on another CPU is already serving (then it sleeps).
 const SERVING_SPIN_CAP: Duration = Duration::from_micros(200);
 
@@ -389,13 +399,15 @@ impl Relay {
         let (lane, slot) = self.claim(lane % self.geo.ncpu)?;
         let so = self.geo.slot_offset(lane, slot);
         let c = creds.unwrap_or_default();
-        // Spinning for the reply only makes sense when the ZT runs on another CPU (P-CH2); we
-        // tell the ZT, which then polls for our next op instead of sleeping at once.
+        // Spinning for the reply only makes sense when the ZT runs on another CPU (P-CH2). When
+        // this thread also sends back to back (its last spun-for reply came a moment ago) we
+        // say so, and the ZT polls for our next op instead of sleeping at once.
         let zt_cpu = self.region.atomic_u32(self.geo.lane_offset(lane) + ZT_CPU).load(Ordering::Relaxed) as usize;
         let spins = zt_cpu != current_cpu() && !self.client_spin.is_zero();
+        let back_to_back = spins && LAST_SPUN_REPLY.get().is_some_and(|t| t.elapsed() < BACK_TO_BACK);
         let hdr = OpHeader {
             opcode: opcode as u32,
-            flags: if spins { HDR_F_CLIENT_SPINS } else { 0 },
+            flags: if back_to_back { HDR_F_CLIENT_SPINS } else { 0 },
             mount_id,
             in_len: u32::try_from(in_len).unwrap_or(0),
             out_len: 0,
@@ -420,6 +432,9 @@ impl Relay {
         // On error the slot stays busy: the server may still write it. A dead server makes the
         // whole channel set useless anyway.
         self.submit_and_wait(lane, so, spins)?;
+        if spins {
+            LAST_SPUN_REPLY.set(Some(Instant::now()));
+        }
         let rh: OpHeader = self.region.read(so + HDR);
         let out = match Errno::from_wire(rh.result) {
             Ok(value) => {

@@ -1,8 +1,9 @@
 //! The preload fast path against tmpfs and classic FUSE (bindfs), one run, same machine:
 //!
 //! - fio 4 KiB randwrite and randread, `--direct=1 --sync=1 --ioengine=psync`, 1/2/4/8 jobs, for
-//!   kernel tmpfs, bindfs over tmpfs, pmemfs under `zufs run --mode channel` (remote iovecs, one
-//!   copy), the same with the two-copy window fallback (`ZUFS_DATA=window`), and `--mode dax`;
+//!   kernel tmpfs, bindfs over tmpfs, pmemfs under `zufs run --mode channel` (default data
+//!   policy), the same with one copy for every size (`ZUFS_DATA=remote`) and with the two-copy
+//!   window fallback for every size (`ZUFS_DATA=window`), and `--mode dax`;
 //! - the scatter-gather shape: preadv/pwritev of 32 x 4 KiB with O_DIRECT, one call per op, by a
 //!   worker mode of this same binary (re-executed under `zufs run`).
 //!
@@ -81,6 +82,7 @@ enum Cfg {
     Tmpfs,
     Bindfs,
     Channel,
+    Remote,
     Window,
     Dax,
 }
@@ -90,7 +92,8 @@ impl Cfg {
         match self {
             Cfg::Tmpfs => "kernel tmpfs",
             Cfg::Bindfs => "bindfs (classic FUSE)",
-            Cfg::Channel => "preload channel (remote iov, 1 copy)",
+            Cfg::Channel => "preload channel (default data policy auto)",
+            Cfg::Remote => "preload channel, one copy (ZUFS_DATA=remote)",
             Cfg::Window => "preload channel, window fallback (2 copies)",
             Cfg::Dax => "preload dax",
         }
@@ -121,7 +124,7 @@ impl Setup {
         match cfg {
             Cfg::Tmpfs => Some(self.tmpfs.clone()),
             Cfg::Bindfs => self.bindfs.clone(),
-            Cfg::Channel | Cfg::Window | Cfg::Dax => Some(self.mnt.clone()),
+            Cfg::Channel | Cfg::Remote | Cfg::Window | Cfg::Dax => Some(self.mnt.clone()),
         }
     }
 
@@ -129,13 +132,15 @@ impl Setup {
     fn cmd(&self, cfg: Cfg, prog: &Path) -> Command {
         match cfg {
             Cfg::Tmpfs | Cfg::Bindfs => Command::new(prog),
-            Cfg::Channel | Cfg::Window | Cfg::Dax => {
+            Cfg::Channel | Cfg::Remote | Cfg::Window | Cfg::Dax => {
                 let mut c = self.zufs();
                 let mode = if cfg == Cfg::Dax { "dax" } else { "channel" };
                 c.args(["run", "--mode", mode, "--"]).arg(prog);
-                if cfg == Cfg::Window {
-                    c.env("ZUFS_DATA", "window");
-                }
+                match cfg {
+                    Cfg::Window => c.env("ZUFS_DATA", "window"),
+                    Cfg::Remote => c.env("ZUFS_DATA", "remote"),
+                    _ => &mut c,
+                };
                 c
             }
         }
@@ -243,7 +248,7 @@ fn main() {
         .arg(&s.dev)
         .arg(&s.mnt));
 
-    let cfgs = [Cfg::Tmpfs, Cfg::Bindfs, Cfg::Channel, Cfg::Window, Cfg::Dax];
+    let cfgs = [Cfg::Tmpfs, Cfg::Bindfs, Cfg::Channel, Cfg::Remote, Cfg::Window, Cfg::Dax];
     let mut md = String::new();
     md.push_str(&format!(
         "fio 4 KiB, `--ioengine=psync --direct=1 --sync=1 --size=64m --runtime={secs} --ramp_time=1`, per job count; IOPS (mean / p99 completion latency in µs)\n\n"
@@ -296,7 +301,7 @@ fn main() {
         }
         md.push_str("\nRatios (IOPS):\n\n| target | vs tmpfs | vs bindfs |\n|---|---|---|\n");
         for (cfg, _, iops) in &rows {
-            if matches!(cfg, Cfg::Channel | Cfg::Window | Cfg::Dax) {
+            if matches!(cfg, Cfg::Channel | Cfg::Remote | Cfg::Window | Cfg::Dax) {
                 let r = |b: &[f64]| {
                     iops.iter().zip(b).map(|(a, b)| format!("{:.2}x", a / b)).collect::<Vec<_>>().join(" / ")
                 };

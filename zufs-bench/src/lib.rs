@@ -143,7 +143,8 @@ pub fn run(plan: &Plan, command: &str) -> Result<Results, BenchError> {
     let stop = Arc::new(AtomicBool::new(false));
     {
         let s = Arc::clone(&stop);
-        // Ctrl-C: finish the current cell's cleanup, skip the rest, tear everything down.
+        // Ctrl-C, SIGTERM or SIGHUP: finish the current cell's cleanup, skip the rest, tear
+        // everything down.
         let _ = ctrlc::set_handler(move || s.store(true, Ordering::SeqCst));
     }
     std::fs::create_dir_all(plan.out.join("raw"))?;

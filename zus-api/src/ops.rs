@@ -154,9 +154,10 @@ impl OpCode {
 
 /// Request flag: the caller was interrupted by a signal while waiting (informational).
 pub const HDR_F_INTR: u32 = 1 << 0;
-/// Request flag: the caller spins for the reply (it runs on another CPU than the ZT). After
-/// serving such an op the ZT polls its lane for a while instead of sleeping at once, so the
-/// caller's next op needs no cross-CPU wake (P-CH2).
+/// Request flag: the caller spins for the reply (it runs on another CPU than the ZT) and sends
+/// back to back (its previous spun-for reply came less than 100 µs before). After serving such
+/// an op the ZT polls its lane for a while instead of sleeping at once, so the caller's next op
+/// needs no cross-CPU wake (P-CH2).
 pub const HDR_F_CLIENT_SPINS: u32 = 1 << 1;
 
 /// Data travels in the slot's data window (bounce copy; counted as such).

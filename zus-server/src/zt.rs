@@ -123,8 +123,6 @@ pub fn run(server: &Arc<Server>, lane: usize) {
     let mut touched: Vec<u32> = Vec::new();
     let poll_budget = Duration::from_nanos(u64::from(server.config.zt_poll_ns));
     let mut poll_until: Option<Instant> = None;
-    // When the last pass that found work was followed by one that found none.
-    let mut idle_since: Option<Instant> = None;
     loop {
         let g = server.generation.load(Ordering::SeqCst);
         if g != snap.generation {
@@ -146,20 +144,13 @@ pub fn run(server: &Arc<Server>, lane: usize) {
         }
         let pass = serve_pass(server, lane, &snap, &mut scratch);
         if pass.served > 0 {
-            // Poll only for a client that spins *and* sends back to back: its op came within
-            // one poll budget of our last idle moment. A client with long gaps (dax mode's
-            // MAP_DONE once per ms) would only have us steal its CPU's time from other threads.
+            // A client that spins for its replies and sends back to back (it says so): poll
+            // for its next op. A client with long gaps (dax mode's MAP_DONE once per ms) does
+            // not ask, so we do not steal CPU time from the job that runs on our CPU.
             if pass.client_spins && !poll_budget.is_zero() {
-                let now = Instant::now();
-                if idle_since.is_some_and(|t| now.duration_since(t) < poll_budget) {
-                    poll_until = Some(now + poll_budget);
-                }
+                poll_until = Some(Instant::now() + poll_budget);
             }
-            idle_since = None;
             continue;
-        }
-        if idle_since.is_none() {
-            idle_since = Some(Instant::now());
         }
         if let Some(until) = poll_until.take()
             && poll(server, lane, &snap, until)
@@ -177,7 +168,7 @@ const POLL_YIELD_EVERY: Duration = Duration::from_micros(4);
 const POLL_CONTENDED: Duration = Duration::from_micros(15);
 
 /// Polls `lane` for new submissions until `until` (P-CH2's bounded ZT spin), announcing it in
-/// `zt_polling` so that clients on other CPUs send their next op here without a wake. Polling
+/// `zt_polling` so that a submission needs no wake. Polling
 /// only pays on an otherwise idle CPU: the ZT yields every few µs, and stops as soon as a yield
 /// shows that another thread wanted this CPU (a client running here, or any other work).
 /// Returns whether work (or a new snapshot) arrived.
@@ -260,7 +251,8 @@ fn publish_layout_change(server: &Server, snap: &Snapshot) {
 struct Pass {
     /// Ops served.
     served: usize,
-    /// One of them came from a client spinning for its reply on another CPU.
+    /// One of them came from a client spinning for its reply on another CPU that sends back to
+    /// back (`HDR_F_CLIENT_SPINS`).
     client_spins: bool,
 }
 

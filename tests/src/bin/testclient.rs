@@ -368,7 +368,8 @@ fn poll(relay: &Relay, iters: usize, idle_ms: u64) -> Result<()> {
             None,
             None,
         )?;
-        seen += usize::from(sees_polling(relay, other, Duration::from_micros(200)));
+        // Within the relay's back-to-back window (100 µs), so the next op asks for a poll.
+        seen += usize::from(sees_polling(relay, other, Duration::from_micros(40)));
     }
     std::thread::sleep(Duration::from_millis(idle_ms));
     println!("OWN polled={own_polled} of {iters}");
