@@ -52,6 +52,9 @@ std::thread_local! {
     static LAST_SPUN_REPLY: core::cell::Cell<Option<Instant>> = const { core::cell::Cell::new(None) };
 }
 
+/// How often a spinning client offers its CPU to other runnable threads (`sched_yield`).
+const SPIN_YIELD_EVERY: Duration = Duration::from_micros(4);
+
 /// Longest a client spins for an op that a ZT on another CPU is already serving (then it sleeps).
 const SERVING_SPIN_CAP: Duration = Duration::from_micros(200);
 
@@ -524,7 +527,10 @@ impl Relay {
             // Spin for the client budget; once the ZT has taken the op (SERVING) it is working
             // for us on its own CPU, and the wait it leaves is the op's own length: keep
             // spinning up to SERVING_SPIN_CAP rather than pay a cross-CPU wake at the end.
+            // The spin is cooperative: every SPIN_YIELD_EVERY we offer our CPU to any other
+            // runnable thread (another client's ZT may be waiting for exactly this CPU).
             let t0 = Instant::now();
+            let mut last_yield = t0;
             let mut n = 0u32;
             loop {
                 let st = state.load(Ordering::Acquire);
@@ -534,9 +540,14 @@ impl Relay {
                 core::hint::spin_loop();
                 n = n.wrapping_add(1);
                 if n.is_multiple_of(64) {
-                    let waited = t0.elapsed();
+                    let now = Instant::now();
+                    let waited = now.duration_since(t0);
                     if waited >= self.client_spin && (st != slot_state::SERVING || waited >= SERVING_SPIN_CAP) {
                         break;
+                    }
+                    if now.duration_since(last_yield) >= SPIN_YIELD_EVERY {
+                        std::thread::yield_now();
+                        last_yield = Instant::now();
                     }
                 }
             }

@@ -47,6 +47,11 @@ pub fn release(entry: u32, commit: bool) {
 }
 
 fn op(f: File, code: OpCode, req: &[&[u8]], reply: &mut [u8]) -> Result<u64, i32> {
+    op_sized(f, code, req, reply, 0)
+}
+
+/// [`op`] for an op moving `bytes` of data (for the lane choice).
+fn op_sized(f: File, code: OpCode, req: &[&[u8]], reply: &mut [u8], bytes: u64) -> Result<u64, i32> {
     let st = &state::STATS;
     state::count(
         match code {
@@ -59,19 +64,24 @@ fn op(f: File, code: OpCode, req: &[&[u8]], reply: &mut [u8]) -> Result<u64, i32
     );
     let r = f.m.relay()?;
     let id = f.m.mount_id.load(Ordering::Relaxed) as u32;
-    r.op_on_lane(pick_lane(f, r), id, code, req, DataIn::None, reply, None, None)
+    r.op_on_lane(pick_lane(f, r, bytes), id, code, req, DataIn::None, reply, None, None)
         .map(|o| o.value)
         .map_err(|e| e.errno().0)
 }
 
+/// Largest op (data bytes) the auto lane policy sends to the next CPU's ZT.
+const AUTO_PEER_MAX_BYTES: u64 = 32 * 1024;
+
 /// The ZT lane for our next op (see [`crate::mount::LanePolicy`]).
 #[inline]
-fn pick_lane(f: File, r: &kmod_shim::Relay) -> usize {
+fn pick_lane(f: File, r: &kmod_shim::Relay, bytes: u64) -> usize {
     let cpu = zus_api::shm::current_cpu();
     let ncpu = r.geometry().ncpu;
     match f.m.lane {
         LanePolicy::Own => cpu % ncpu,
         LanePolicy::Peer => (cpu + 1) % ncpu,
+        LanePolicy::Auto if bytes <= AUTO_PEER_MAX_BYTES => (cpu + 1) % ncpu,
+        LanePolicy::Auto => cpu % ncpu,
     }
 }
 
@@ -129,7 +139,7 @@ fn chan_io(f: File, write: bool, iov: &[IoVec], total: u64, off: u64, flags: u32
         reserved: 0,
     };
     let mut rep = [0u8; 16];
-    let n = op(f, code, &[req.as_bytes(), iov_bytes(iov)], &mut rep)?;
+    let n = op_sized(f, code, &[req.as_bytes(), iov_bytes(iov)], &mut rep, total)?;
     Ok((n, IoReply::read_from(&rep).unwrap_or_default()))
 }
 
@@ -155,7 +165,7 @@ fn window_io(f: File, code: OpCode, iov: &[IoVec], mut off: u64, flags: u32) -> 
             let mut rep = [0u8; 16];
             state::count(&state::STATS.window_io, 1);
             let id = f.m.mount_id.load(Ordering::Relaxed) as u32;
-            let lane = pick_lane(f, r);
+            let lane = pick_lane(f, r, n);
             let o = if code == OpCode::Write {
                 // SAFETY: the caller's buffer, valid for `v.len` bytes (write(2) contract).
                 let d = unsafe { core::slice::from_raw_parts(p, n as usize) };

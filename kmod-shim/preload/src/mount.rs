@@ -51,11 +51,15 @@ pub struct Mount {
 pub enum LanePolicy {
     /// The ZT of our CPU (P-CH1): we sleep on the futex while it serves.
     Own,
-    /// The next CPU's ZT (the default): we spin while it serves, and it polls for our next op.
-    /// A same-CPU hand-off costs two context switches (4.6 µs here), and a caller that sleeps
-    /// on the futex is often woken on the other, idle CPU (28 µs); measured faster than `Own`
-    /// at every job count and size on the 2-vCPU development VM (kmod-shim/preload/README.md).
+    /// The next CPU's ZT: we spin while it serves, and it polls for our next op.
     Peer,
+    /// `Peer` for ops of up to 32 KiB, `Own` for longer ones (the default). A same-CPU hand-off
+    /// costs two context switches (4.6 µs here) and a caller that sleeps on the futex is often
+    /// woken on the other, idle CPU (28 µs): short ops are several times faster on the next
+    /// CPU's ZT at every job count. Long ops are dominated by the copy; with one job the next
+    /// CPU's ZT is ~13% faster for them, with two the own lane is ~65% faster (each job keeps
+    /// its CPU and its ZT). Measured on the 2-vCPU development VM (kmod-shim/preload/README.md).
+    Auto,
 }
 
 /// How channel-mode data travels between the caller's buffers and zusd (`ZUFS_DATA`).
@@ -372,10 +376,11 @@ fn new_mount(dev: u64) -> Option<u32> {
         data,
         lane: match std::env::var("ZUFS_LANE").as_deref() {
             Ok("own") => LanePolicy::Own,
-            Ok("peer" | "auto") | Err(_) => LanePolicy::Peer,
+            Ok("peer") => LanePolicy::Peer,
+            Ok("auto") | Err(_) => LanePolicy::Auto,
             Ok(other) => {
-                sys::say(&format!("unknown ZUFS_LANE={other:?}; using peer"));
-                LanePolicy::Peer
+                sys::say(&format!("unknown ZUFS_LANE={other:?}; using auto"));
+                LanePolicy::Auto
             }
         },
     };
