@@ -164,16 +164,19 @@ pub fn run(server: &Arc<Server>, lane: usize) {
 
 /// How often a polling ZT offers its CPU to other runnable threads.
 const POLL_YIELD_EVERY: Duration = Duration::from_micros(4);
-/// A `sched_yield` that returns later than this means another thread wanted our CPU.
+/// A `sched_yield` that returns later than this (with an involuntary switch of this thread)
+/// means another thread wanted our CPU.
 const POLL_CONTENDED: Duration = Duration::from_micros(15);
 
 /// Polls `lane` for new submissions until `until` (P-CH2's bounded ZT spin), announcing it in
 /// `zt_polling` so that a submission needs no wake. Polling
 /// only pays on an otherwise idle CPU: the ZT yields every few µs, and stops as soon as a yield
-/// shows that another thread wanted this CPU (a client running here, or any other work).
+/// shows that another thread wanted this CPU (a client running here, or any other work), not
+/// when the hypervisor merely took the vCPU away for a while.
 /// Returns whether work (or a new snapshot) arrived.
 fn poll(server: &Server, lane: usize, snap: &Snapshot, until: Instant) -> bool {
     set_lane_word(snap, lane, ZT_POLLING, 1);
+    let switched_out = involuntary_switches();
     let mut found = false;
     let mut last_yield = Instant::now();
     loop {
@@ -195,7 +198,9 @@ fn poll(server: &Server, lane: usize, snap: &Snapshot, until: Instant) -> bool {
             // SAFETY: sched_yield takes no arguments and has no memory effects.
             unsafe { libc::sched_yield() };
             let after = Instant::now();
-            if after.duration_since(now) >= POLL_CONTENDED {
+            // A late return alone may be the hypervisor running another guest (steal time);
+            // an involuntary switch of this thread means another thread here wanted the CPU.
+            if after.duration_since(now) >= POLL_CONTENDED && involuntary_switches() != switched_out {
                 break;
             }
             last_yield = after;
@@ -204,6 +209,19 @@ fn poll(server: &Server, lane: usize, snap: &Snapshot, until: Instant) -> bool {
     set_lane_word(snap, lane, ZT_POLLING, 0);
     // A client that saw `zt_polling == 1` and skipped the wake may have submitted just now.
     found || any_submitted(snap, lane)
+}
+
+/// Involuntary context switches of this thread so far (`getrusage(RUSAGE_THREAD)`): a yield
+/// that let another thread run counts as one.
+fn involuntary_switches() -> i64 {
+    // SAFETY: getrusage writes one rusage into the zeroed struct we own.
+    unsafe {
+        let mut ru: libc::rusage = core::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_THREAD, &raw mut ru) != 0 {
+            return -1;
+        }
+        ru.ru_nivcsw
+    }
 }
 
 fn set_lane_word(snap: &Snapshot, lane: usize, word: usize, v: u32) {
