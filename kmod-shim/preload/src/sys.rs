@@ -74,7 +74,7 @@ pub fn say(msg: &str) {
 }
 
 /// The monotonic clock in nanoseconds (vDSO, no system call). Not the coarse clock: its tick
-/// (4 ms at HZ=250) is longer than the extent lease.
+/// (4 ms at HZ=250) is longer than the 1 ms mtime commit interval.
 pub fn now_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes one timespec; CLOCK_MONOTONIC always exists on Linux.
