@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up a fresh Debian 12 machine and runs every zufs test (unit, property, crash, end-to-end),
-# plus clippy with warnings as errors. Exit status 0 only if everything passed.
+# plus rustfmt --check and clippy with warnings as errors. Exit status 0 only if everything passed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -11,6 +11,12 @@ bash tests/scripts/fuse-deps.sh
 echo "== build (release) =="
 cargo build --release --workspace --all-targets
 stage_plugins
+echo "== format =="
+if cargo fmt --version >/dev/null 2>&1; then
+    cargo fmt --all --check
+else
+    echo "rustfmt is not installed with this toolchain: format check skipped"
+fi
 echo "== clippy =="
 cargo clippy --release --workspace --all-targets -- -D warnings
 echo "== tests =="

@@ -21,43 +21,18 @@ fn fio_verify_with(f: &Fixture, mode: &str, jobs: u32, rw: &str, extra: &[&str])
     let d = dir.display().to_string();
     let nj = format!("--numjobs={jobs}");
     let rw_arg = format!("--rw={rw}");
-    let mut args = vec![
-        "--name=v",
-        "--directory",
-        &d,
-        "--ioengine=psync",
-        &rw_arg,
-        "--bs=4k",
-        "--size=4m",
-        &nj,
-        "--direct=1",
-        "--sync=1",
-        "--verify=crc32c",
-        "--verify_fatal=1",
-        "--verify_state_save=0",
-        "--group_reporting",
-        "--output-format=terse",
-    ];
+    // The same job for the writer and for the verifier.
+    let job = ["--name=v", "--directory", &d, "--ioengine=psync", &rw_arg, "--bs=4k", "--size=4m", &nj];
+    let common = ["--verify=crc32c", "--verify_fatal=1", "--verify_state_save=0", "--output-format=terse"];
+    let mut args: Vec<&str> = job.iter().chain(&common).copied().collect();
+    args.extend(["--direct=1", "--sync=1", "--group_reporting"]);
     args.extend_from_slice(extra);
     f.preload_ok(mode, "fio", &args, 300);
     // The same data, read and verified through the kernel mount only (no preload).
     let o = run_with_timeout(
         std::process::Command::new("fio")
-            .args([
-                "--name=v",
-                "--directory",
-                &d,
-                "--ioengine=psync",
-                &rw_arg,
-                "--bs=4k",
-                "--size=4m",
-                &nj,
-                "--verify=crc32c",
-                "--verify_only",
-                "--verify_fatal=1",
-                "--verify_state_save=0",
-                "--output-format=terse",
-            ])
+            .args(job.iter().chain(&common))
+            .arg("--verify_only")
             .args(extra.iter().filter(|a| **a != "--thread")),
         std::time::Duration::from_secs(300),
     );

@@ -84,15 +84,24 @@ pub enum Mode {
     Dax,
 }
 
-fn env_mode() -> Mode {
-    match std::env::var("ZUFS_MODE").as_deref() {
-        Ok("channel") => Mode::Channel,
-        Ok("dax") | Err(_) => Mode::Dax,
-        Ok(other) => {
-            sys::say(&format!("unknown ZUFS_MODE={other:?}; using dax"));
-            Mode::Dax
-        }
+/// The value named by environment variable `var` among `choices` (the first is the default,
+/// also for a value we do not know, which we say once on stderr).
+fn env_choice<T: Copy>(var: &str, choices: &[(&str, T)]) -> T {
+    let default = choices[0];
+    match std::env::var(var) {
+        Err(_) => default.1,
+        Ok(v) => choices.iter().find(|c| c.0 == v).map_or_else(
+            || {
+                sys::say(&format!("unknown {var}={v:?}; using {}", default.0));
+                default.1
+            },
+            |c| c.1,
+        ),
     }
+}
+
+fn env_mode() -> Mode {
+    env_choice("ZUFS_MODE", &[("dax", Mode::Dax), ("channel", Mode::Channel)])
 }
 
 impl Mount {
@@ -353,15 +362,10 @@ fn new_mount(dev: u64) -> Option<u32> {
         }
     };
     let mode = env_mode();
-    let data = match std::env::var("ZUFS_DATA").as_deref() {
-        Ok("window") => DataPolicy::Window,
-        Ok("remote") => DataPolicy::Remote,
-        Ok("auto") | Err(_) => DataPolicy::Auto,
-        Ok(other) => {
-            sys::say(&format!("unknown ZUFS_DATA={other:?}; using auto"));
-            DataPolicy::Auto
-        }
-    };
+    let data = env_choice(
+        "ZUFS_DATA",
+        &[("auto", DataPolicy::Auto), ("remote", DataPolicy::Remote), ("window", DataPolicy::Window)],
+    );
     let mut m = Mount {
         dev,
         usable: true,
@@ -374,15 +378,10 @@ fn new_mount(dev: u64) -> Option<u32> {
         dax: None,
         dax_ok: AtomicBool::new(true),
         data,
-        lane: match std::env::var("ZUFS_LANE").as_deref() {
-            Ok("own") => LanePolicy::Own,
-            Ok("peer") => LanePolicy::Peer,
-            Ok("auto") | Err(_) => LanePolicy::Auto,
-            Ok(other) => {
-                sys::say(&format!("unknown ZUFS_LANE={other:?}; using auto"));
-                LanePolicy::Auto
-            }
-        },
+        lane: env_choice(
+            "ZUFS_LANE",
+            &[("auto", LanePolicy::Auto), ("own", LanePolicy::Own), ("peer", LanePolicy::Peer)],
+        ),
     };
     match connect_attach(&socket, mount_id, &device) {
         Ok((r, id)) => {

@@ -342,35 +342,27 @@ fn poll(relay: &Relay, iters: usize, idle_ms: u64) -> Result<()> {
     zufs_tests::pin_current(own_cpu as usize)?;
     let mut reply = vec![0u8; PAYLOAD_SIZE];
     let getattr = InoReq { ino: m.root };
-    let mut own_polled = 0;
-    for _ in 0..iters {
-        relay.op_on_lane(
-            0,
-            m.mount_id,
-            OpCode::Getattr,
-            &[getattr.as_bytes()],
-            DataIn::None,
-            &mut reply,
-            None,
-            None,
-        )?;
-        own_polled += usize::from(sees_polling(relay, 0, Duration::from_micros(50)));
-    }
-    let mut seen = 0;
-    for _ in 0..iters {
-        relay.op_on_lane(
-            other,
-            m.mount_id,
-            OpCode::Getattr,
-            &[getattr.as_bytes()],
-            DataIn::None,
-            &mut reply,
-            None,
-            None,
-        )?;
-        // Within the relay's back-to-back window (100 µs), so the next op asks for a poll.
-        seen += usize::from(sees_polling(relay, other, Duration::from_micros(40)));
-    }
+    // `iters` getattrs on `lane`, each followed by a look at its polling flag for 40 µs (within
+    // the relay's back-to-back window of 100 µs, so the next op asks for a poll).
+    let mut polled_after_ops = |lane: usize| -> Result<usize> {
+        let mut seen = 0;
+        for _ in 0..iters {
+            relay.op_on_lane(
+                lane,
+                m.mount_id,
+                OpCode::Getattr,
+                &[getattr.as_bytes()],
+                DataIn::None,
+                &mut reply,
+                None,
+                None,
+            )?;
+            seen += usize::from(sees_polling(relay, lane, Duration::from_micros(40)));
+        }
+        Ok(seen)
+    };
+    let own_polled = polled_after_ops(0)?;
+    let seen = polled_after_ops(other)?;
     std::thread::sleep(Duration::from_millis(idle_ms));
     println!("OWN polled={own_polled} of {iters}");
     println!("OTHER polled={seen} of {iters}");
