@@ -42,14 +42,14 @@ const CLIENT_WAITING: usize = core::mem::offset_of!(Slot, client_waiting);
 const HDR: usize = core::mem::offset_of!(Slot, hdr);
 const PAYLOAD: usize = core::mem::offset_of!(Slot, payload);
 
-/// A thread whose next op follows its last spun-for reply within this is "back to back": the ZT
-/// polls for its ops. (dax mode's MAP_DONE once per ms is not: a poll would only steal CPU time
-/// from the job running on the ZT's CPU.)
+/// A thread whose next op follows its last reply within this is "back to back": a ZT on another
+/// CPU polls for its ops. (dax mode's MAP_DONE once per ms is not: a poll would only steal CPU
+/// time from the job running on the ZT's CPU.)
 const BACK_TO_BACK: Duration = Duration::from_micros(100);
 
 std::thread_local! {
-    /// When this thread last got a reply it spun for (a ZT on another CPU).
-    static LAST_SPUN_REPLY: core::cell::Cell<Option<Instant>> = const { core::cell::Cell::new(None) };
+    /// When this thread last got a reply.
+    static LAST_REPLY: core::cell::Cell<Option<Instant>> = const { core::cell::Cell::new(None) };
 }
 
 /// How often a spinning client offers its CPU to other runnable threads (`sched_yield`).
@@ -264,6 +264,14 @@ impl Relay {
         self.region.atomic_u64(LAYOUT_GEN).load(Ordering::Acquire)
     }
 
+    /// Whether the calling thread sends ops back to back: its last reply (from any lane) came
+    /// less than 100 µs ago.
+    #[inline]
+    #[must_use]
+    pub fn sends_back_to_back() -> bool {
+        LAST_REPLY.get().is_some_and(|t| t.elapsed() < BACK_TO_BACK)
+    }
+
     /// Whether the ZT of `lane` is polling for work on an otherwise idle CPU right now.
     #[must_use]
     pub fn lane_zt_polling(&self, lane: usize) -> bool {
@@ -407,7 +415,7 @@ impl Relay {
         // say so, and the ZT polls for our next op instead of sleeping at once.
         let zt_cpu = self.region.atomic_u32(self.geo.lane_offset(lane) + ZT_CPU).load(Ordering::Relaxed) as usize;
         let spins = zt_cpu != current_cpu() && !self.client_spin.is_zero();
-        let back_to_back = spins && LAST_SPUN_REPLY.get().is_some_and(|t| t.elapsed() < BACK_TO_BACK);
+        let back_to_back = spins && Self::sends_back_to_back();
         let hdr = OpHeader {
             opcode: opcode as u32,
             flags: if back_to_back { HDR_F_CLIENT_SPINS } else { 0 },
@@ -435,9 +443,7 @@ impl Relay {
         // On error the slot stays busy: the server may still write it. A dead server makes the
         // whole channel set useless anyway.
         self.submit_and_wait(lane, so, spins)?;
-        if spins {
-            LAST_SPUN_REPLY.set(Some(Instant::now()));
-        }
+        LAST_REPLY.set(Some(Instant::now()));
         let rh: OpHeader = self.region.read(so + HDR);
         let out = match Errno::from_wire(rh.result) {
             Ok(value) => {

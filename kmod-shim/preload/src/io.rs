@@ -80,7 +80,7 @@ fn pick_lane(f: File, r: &kmod_shim::Relay, bytes: u64) -> usize {
     match f.m.lane {
         LanePolicy::Own => cpu % ncpu,
         LanePolicy::Peer => (cpu + 1) % ncpu,
-        LanePolicy::Auto if bytes <= AUTO_PEER_MAX_BYTES => (cpu + 1) % ncpu,
+        LanePolicy::Auto if bytes <= AUTO_PEER_MAX_BYTES && kmod_shim::Relay::sends_back_to_back() => (cpu + 1) % ncpu,
         LanePolicy::Auto => cpu % ncpu,
     }
 }

@@ -53,12 +53,16 @@ pub enum LanePolicy {
     Own,
     /// The next CPU's ZT: we spin while it serves, and it polls for our next op.
     Peer,
-    /// `Peer` for ops of up to 32 KiB, `Own` for longer ones (the default). A same-CPU hand-off
+    /// `Peer` for ops of up to 32 KiB from a thread that sends back to back (its last reply came
+    /// < 100 µs ago), `Own` for longer ones and isolated ones (the default). A same-CPU hand-off
     /// costs two context switches (4.6 µs here) and a caller that sleeps on the futex is often
     /// woken on the other, idle CPU (28 µs): short ops are several times faster on the next
     /// CPU's ZT at every job count. Long ops are dominated by the copy; with one job the next
     /// CPU's ZT is ~13% faster for them, with two the own lane is ~65% faster (each job keeps
-    /// its CPU and its ZT). Measured on the 2-vCPU development VM (kmod-shim/preload/README.md).
+    /// its CPU and its ZT). An isolated op (dax mode's MAP_DONE once per ms) is better on the
+    /// own lane too: waking the next CPU's ZT preempts whatever runs there (dax at 2 jobs:
+    /// 1.7x of 1 job that way, 1.7-2.0x with the own lane). Measured on the 2-vCPU development
+    /// VM (kmod-shim/preload/README.md).
     Auto,
 }
 
