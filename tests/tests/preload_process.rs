@@ -110,8 +110,15 @@ fn sigkill_mid_write(mode: &str) {
         // Let the jobs lay out their files and get going, then kill the whole group.
         std::thread::sleep(Duration::from_millis(1500 + 300 * round));
         // fio's job processes call setsid(): find them by parent, then SIGKILL each one (jobs
-        // first, mid-write) with kill(2) on exact pids.
+        // first, mid-write) with kill(2) on exact pids. The parent is stopped first, so that it
+        // cannot start a job after we listed them (one would outlive the test and keep the
+        // mount busy).
         let parent = i32::try_from(child.id()).expect("pid");
+        #[allow(unsafe_code)]
+        // SAFETY: kill(2) on the pid of the child we spawned.
+        unsafe {
+            libc::kill(parent, libc::SIGSTOP)
+        };
         let mut pids = children_of(parent);
         pids.push(parent);
         for &p in &pids {
