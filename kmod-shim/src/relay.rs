@@ -250,12 +250,6 @@ impl Relay {
         self.region.atomic_u32(self.geo.lane_offset(lane) + ZT_CPU).load(Ordering::Relaxed)
     }
 
-    /// Whether the ZT of `lane` is asleep (idle) right now, as it last announced.
-    #[must_use]
-    pub fn lane_zt_sleeping(&self, lane: usize) -> bool {
-        self.region.atomic_u32(self.geo.lane_offset(lane) + ZT_SLEEPING).load(Ordering::Relaxed) != 0
-    }
-
     /// The server's layout generation (`ChannelSetHeader::layout_gen`): changes after any op that
     /// may have freed or moved file blocks, by any client.
     #[inline]

@@ -43,10 +43,7 @@ impl ZtWait for FutexWait {
     fn wait(&mut self, server: &Server, lane: usize, snap: &Snapshot) {
         let ctl = &server.zts[lane];
         let wake_val = ctl.wake.load(Ordering::SeqCst);
-        for (c, _) in &snap.clients {
-            let lo = c.geometry.lane_offset(lane);
-            c.region.atomic_u32(lo + ZT_SLEEPING).store(1, Ordering::SeqCst);
-        }
+        set_lane_word(snap, lane, ZT_SLEEPING, 1);
         self.waiters.clear();
         // Shared, like `futex::wake` that the control thread uses (private and shared keys differ).
         self.waiters.push(WaitV::shared(&ctl.wake, wake_val));
@@ -74,10 +71,7 @@ impl ZtWait for FutexWait {
                 unsafe { futex::waitv(&self.waiters, None) };
             }
         }
-        for (c, _) in &snap.clients {
-            let lo = c.geometry.lane_offset(lane);
-            c.region.atomic_u32(lo + ZT_SLEEPING).store(0, Ordering::Relaxed);
-        }
+        set_lane_word(snap, lane, ZT_SLEEPING, 0);
     }
 }
 
@@ -224,6 +218,7 @@ fn involuntary_switches() -> i64 {
     }
 }
 
+/// Stores `v` (SeqCst) into the lane-header word at `word` of `lane` in every client's channels.
 fn set_lane_word(snap: &Snapshot, lane: usize, word: usize, v: u32) {
     for (c, _) in &snap.clients {
         c.region.atomic_u32(c.geometry.lane_offset(lane) + word).store(v, Ordering::SeqCst);

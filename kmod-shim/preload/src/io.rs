@@ -1,6 +1,7 @@
 //! The data path: channel mode (one op per call; data moved once by zusd with
-//! process_vm_readv/writev, or bounced through the slot window for short buffers) and dax mode (extents from MAP cached per file, data copied
-//! directly to and from the mapped device with non-temporal stores).
+//! process_vm_readv/writev, or bounced through the slot window for short buffers) and dax mode
+//! (extents from MAP cached per file, data copied directly to and from the mapped device with
+//! non-temporal stores).
 //!
 //! Every function returns `Ok(value)` or `Err(errno)`; the hooks turn that into the C
 //! convention. Nothing here allocates: requests, iovec arrays and extent lists live on the stack.

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::layout::Geometry;
+use crate::lock;
 
 #[derive(Debug)]
 struct Shard {
@@ -161,7 +162,7 @@ impl BlockAlloc {
         if let Some(g) = goal
             && let Some(si) = self.shard_of(g)
         {
-            let mut s = self.shards[si].lock().unwrap_or_else(|e| e.into_inner());
+            let mut s = lock(&self.shards[si]);
             if g < s.end && !s.is_used(g) {
                 return s.take(want, g);
             }
@@ -169,7 +170,7 @@ impl BlockAlloc {
         let n = self.shards.len();
         let first = zus_pmem::current_cpu() % n;
         for k in 0..n {
-            let mut s = self.shards[(first + k) % n].lock().unwrap_or_else(|e| e.into_inner());
+            let mut s = lock(&self.shards[(first + k) % n]);
             let h = s.hint;
             if let Some(r) = s.take(want, h) {
                 return Some(r);
@@ -210,7 +211,7 @@ impl BlockAlloc {
     /// anyone; and the quarantine when their grace has passed).
     pub fn release(&self, start: u64, len: u64) {
         for sh in &self.shards {
-            let mut s = sh.lock().unwrap_or_else(|e| e.into_inner());
+            let mut s = lock(sh);
             let a = start.max(s.start);
             let e = (start + len).min(s.end);
             for b in a..e {
@@ -226,7 +227,7 @@ impl BlockAlloc {
     pub fn is_used(&self, b: u64) -> bool {
         match self.shard_of(b) {
             Some(i) => {
-                let s = self.shards[i].lock().unwrap_or_else(|e| e.into_inner());
+                let s = lock(&self.shards[i]);
                 (s.start..s.end).contains(&b) && s.is_used(b)
             }
             None => true,
@@ -235,11 +236,6 @@ impl BlockAlloc {
 
     /// Free blocks (quarantined ones count: they are free on pmem and reusable shortly).
     pub fn free_blocks(&self) -> u64 {
-        self.shards.iter().map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).free).sum::<u64>()
-            + self.quarantined.load(Ordering::Acquire)
+        self.shards.iter().map(|s| lock(s).free).sum::<u64>() + self.quarantined.load(Ordering::Acquire)
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -8,7 +8,9 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use crate::lock;
 
 use zus_pmem::{DataSink, DataSource, Persist, sink_from_slice};
 
@@ -228,8 +230,7 @@ impl<'a, P: Persist> Op<'a, P> {
 
     /// Frees metadata blocks (never handed to a client): reusable once the transaction commits.
     fn free(&mut self, s: u64, n: u64) {
-        self.txn.clear_bits(s, n);
-        self.free_after.push((s, n, false));
+        self.free_data(s, n, false);
     }
 
     /// Frees data blocks of a file; those of a file a client mapped wait out the reuse grace.
@@ -282,10 +283,6 @@ impl<P: Persist> Drop for Op<'_, P> {
             }
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn check_name(name: &[u8]) -> Result<()> {

@@ -21,6 +21,12 @@ pub mod layout;
 pub mod plugin;
 
 pub use alloc::REUSE_GRACE;
+
+/// Locks `m`, also after a panic poisoned it: pmemfs's own shutdown flag (`Fs::live`), not the
+/// mutex's, decides whether the filesystem may still change.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 pub use check::FsckReport;
 pub use error::{FsError, Result};
 pub use fs::{
