@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use zus_api::Errno;
@@ -28,8 +28,8 @@ use zus_api::chan::PAYLOAD_SIZE;
 use zus_api::control::MountInfo;
 use zus_api::ops::{
     Attr, CreateReq, DATA_REMOTE_IOV, DATA_WINDOW, Dirent, FallocateReq, ForgetReq, FsyncReq, InoReq, IoReply, IoReq,
-    IoVec, LinkReq, NameReq, OpCode, OpenReply, OpenReq, Pod, ReaddirReq, ReleaseReq, RenameReq, SetattrReq,
-    StatfsReply, SymlinkReq, XattrReq, io_flags,
+    IoVec, KernelCacheReq, LinkReq, NameReq, OpCode, OpenReply, OpenReq, Pod, ReaddirReq, ReleaseReq, RenameReq,
+    SetattrReq, StatfsReply, SymlinkReq, XattrReq, io_flags,
 };
 
 use crate::relay::{Creds, DataIn, OpOutcome, Relay, RelayError};
@@ -60,6 +60,9 @@ impl DataPath {
     }
 }
 
+/// What the bridge announces to zusd: everything, and that it is a mount's kernel side.
+const BRIDGE_FEATURES: u64 = zus_api::features::ALL | zus_api::features::KERNEL_BRIDGE;
+
 /// What the bridge was asked to mount, kept to mount it again on a restarted zusd.
 #[derive(Debug, Clone)]
 pub struct MountSpec {
@@ -89,6 +92,25 @@ struct Handle {
     flags: u32,
     plugin_fh: AtomicU64,
     epoch: AtomicU64,
+    /// The kernel filled (or may have filled) its page cache through this handle: counted in
+    /// [`PageCacheUse::handles`] until released.
+    page_cache: AtomicBool,
+}
+
+/// What the bridge knows of the kernel's page cache of one inode.
+///
+/// The kernel fills its page cache only through requests the bridge serves (a read or write
+/// through a handle that is not `direct_io`, or a page fault of a shared mmap), and a mapping
+/// keeps its file, hence its handle, until munmap. So: before serving the first such request
+/// of a handle, the bridge marks the inode in zusd (`OpCode::KernelCache`), which makes the
+/// preload library serve the inode's data through the kernel too; when the last such handle is
+/// released, it drops the inode's pages (FUSE `notify_inval_inode`) and only then unmarks.
+#[derive(Debug, Default)]
+struct PageCacheUse {
+    /// Open handles counted (see [`Handle::page_cache`]).
+    handles: u32,
+    /// zusd holds our mark.
+    marked: bool,
 }
 
 /// Counters the bridge keeps for `zufs status` and the logs.
@@ -100,6 +122,10 @@ pub struct BridgeStats {
     pub server_gone: AtomicU64,
     /// Successful re-attachments to a restarted zusd.
     pub reattached: AtomicU64,
+    /// Inodes marked as cached by the kernel (`OpCode::KernelCache`), and unmarked.
+    pub page_cache_marks: AtomicU64,
+    /// Of those, unmarked again.
+    pub page_cache_unmarks: AtomicU64,
 }
 
 /// The transport-independent bridge.
@@ -121,6 +147,10 @@ pub struct Bridge {
     gone: Mutex<bool>,
     gone_cv: Condvar,
     stopping: AtomicBool,
+    /// The inodes the kernel caches pages of (see [`PageCacheUse`]).
+    page_cache: Mutex<HashMap<u64, PageCacheUse>>,
+    /// Queue of inodes whose last page-cache handle was released (to the invalidating thread).
+    invalidate: OnceLock<std::sync::mpsc::Sender<u64>>,
     /// Counters.
     pub stats: BridgeStats,
 }
@@ -176,7 +206,7 @@ impl Bridge {
         data_path: DataPath,
         sync_writes: bool,
     ) -> Result<(Arc<Self>, MountInfo), RelayError> {
-        let relay = Relay::connect(&spec.socket, "zufs-fuse")?;
+        let relay = Relay::connect_with(&spec.socket, "zufs-fuse", BRIDGE_FEATURES)?;
         let info = relay.mount(&spec.fs_type, &spec.device, &spec.server_options)?;
         let window = relay.geometry().window_size;
         let reattachable = !info.device.is_empty();
@@ -192,6 +222,8 @@ impl Bridge {
             gone: Mutex::new(false),
             gone_cv: Condvar::new(),
             stopping: AtomicBool::new(false),
+            page_cache: Mutex::new(HashMap::new()),
+            invalidate: OnceLock::new(),
             stats: BridgeStats::default(),
             spec: MountSpec { device: info.device.clone(), ..spec },
         });
@@ -481,6 +513,7 @@ impl Bridge {
             flags: reopen_flags,
             plugin_fh: AtomicU64::new(pfh),
             epoch: AtomicU64::new(c.epoch),
+            page_cache: AtomicBool::new(false),
         });
         self.handles.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(fh, h);
         Ok(fh)
@@ -502,6 +535,9 @@ impl Bridge {
     pub fn release(&self, node: u64, fh: u64) {
         let h = self.handles.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&fh);
         let Some(h) = h else { return };
+        if h.page_cache.load(Ordering::Acquire) {
+            self.page_cache_released(h.ino);
+        }
         if let Some(c) = self.current()
             && h.epoch.load(Ordering::Acquire) == c.epoch
         {
@@ -509,6 +545,105 @@ impl Bridge {
             REPLY.with_borrow_mut(|reply| {
                 let _ = self.op_on(&c, None, OpCode::Release, &[r.as_bytes()], DataIn::None, reply, None);
             });
+        }
+    }
+
+    /// Called before the kernel may fill its page cache through `fh` (see [`PageCacheUse`]):
+    /// the first time for a handle, the inode is marked in zusd unless it already is. Returns
+    /// once the mark holds for every fast-path op zusd serves from now on.
+    pub fn note_page_cache_io(&self, fh: u64) {
+        let h = self.handles.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(&fh).cloned();
+        let Some(h) = h else { return };
+        if h.page_cache.load(Ordering::Acquire) {
+            return;
+        }
+        let mut m = self.page_cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if h.page_cache.load(Ordering::Relaxed) {
+            return;
+        }
+        let u = m.entry(h.ino).or_default();
+        if !u.marked {
+            if let Err(e) = self.kernel_cache_op(h.ino, true) {
+                // zusd is gone (the request fails too) or refused: nothing to keep apart.
+                tracing::debug!("kernel-cache mark of inode {}: {e:?}", h.ino);
+                if u.handles == 0 {
+                    m.remove(&h.ino);
+                }
+                return;
+            }
+            u.marked = true;
+            self.stats.page_cache_marks.fetch_add(1, Ordering::Relaxed);
+        }
+        u.handles += 1;
+        h.page_cache.store(true, Ordering::Release);
+    }
+
+    fn kernel_cache_op(&self, ino: u64, on: bool) -> Result<u64, Errno> {
+        let r = KernelCacheReq { ino, on: u32::from(on), reserved: 0 };
+        self.plain_op(None, OpCode::KernelCache, &[r.as_bytes()], DataIn::None)
+    }
+
+    /// A handle counted in [`PageCacheUse`] was released: the last one queues the inode for
+    /// invalidation and unmarking (without an invalidating thread the mark stays: correct, only
+    /// slower for the fast path).
+    fn page_cache_released(&self, ino: u64) {
+        let mut m = self.page_cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(u) = m.get_mut(&ino) else { return };
+        u.handles = u.handles.saturating_sub(1);
+        if u.handles == 0
+            && let Some(tx) = self.invalidate.get()
+        {
+            let _ = tx.send(ino);
+        }
+    }
+
+    /// Starts the thread that drops the kernel's pages of inodes nobody caches any more (with
+    /// `invalidate(node)`, the transport's `notify_inval_inode`) and then unmarks them. Its own
+    /// thread: the kernel's invalidation waits for page locks that requests in flight hold, and
+    /// those need the transport's request threads.
+    pub fn set_page_cache_invalidator(self: &Arc<Self>, invalidate: Box<dyn Fn(u64) + Send>) {
+        let (tx, rx) = std::sync::mpsc::channel::<u64>();
+        if self.invalidate.set(tx).is_err() {
+            return;
+        }
+        let w = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new().name("zufs-inval".into()).spawn(move || {
+            for ino in rx {
+                let Some(b) = w.upgrade() else { return };
+                if !b.page_cache_idle(ino) {
+                    continue;
+                }
+                invalidate(b.to_node(ino));
+                let mut m = b.page_cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                // A handle that came meanwhile keeps the mark (its pages may be newer).
+                if m.get(&ino).is_some_and(|u| u.handles == 0) {
+                    if m.get(&ino).is_some_and(|u| u.marked) && b.kernel_cache_op(ino, false).is_ok() {
+                        b.stats.page_cache_unmarks.fetch_add(1, Ordering::Relaxed);
+                    }
+                    m.remove(&ino);
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::warn!("no page-cache invalidation thread ({e}): inodes the kernel cached stay marked");
+        }
+    }
+
+    fn page_cache_idle(&self, ino: u64) -> bool {
+        self.page_cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&ino)
+            .is_some_and(|u| u.handles == 0)
+    }
+
+    /// After a re-attach: a restarted zusd knows no marks; set ours again.
+    fn remark_page_cache(&self) {
+        let mut m = self.page_cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (&ino, u) in m.iter_mut() {
+            if u.marked && self.kernel_cache_op(ino, true).is_err() {
+                tracing::warn!("cannot mark inode {ino} as cached by the kernel after re-attach");
+            }
         }
     }
 
@@ -727,7 +862,7 @@ impl Bridge {
 
     /// Attempts one re-attachment to a (restarted) zusd.
     fn try_reattach(&self) -> Result<(), String> {
-        let relay = Relay::connect(&self.spec.socket, "zufs-fuse").map_err(|e| e.to_string())?;
+        let relay = Relay::connect_with(&self.spec.socket, "zufs-fuse", BRIDGE_FEATURES).map_err(|e| e.to_string())?;
         let old_epoch = self.stats.reattached.load(Ordering::Relaxed) + 1;
         // The mount may still exist (zusd restarted its control socket only) or be gone.
         let st = relay.status().map_err(|e| e.to_string())?;
@@ -744,6 +879,7 @@ impl Bridge {
         debug_assert_eq!(conn.root, self.root);
         *self.conn.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(conn));
         self.stats.reattached.fetch_add(1, Ordering::Relaxed);
+        self.remark_page_cache();
         Ok(())
     }
 }

@@ -122,8 +122,13 @@ impl Transport for FuserTransport {
         config.n_threads = Some(opts.threads.max(1));
         config.clone_fd = true;
         PIN.store(opts.pin, std::sync::atomic::Ordering::Relaxed);
-        let fs = FuseFs { bridge, opts: opts.clone() };
+        let fs = FuseFs { bridge: bridge.clone(), opts: opts.clone() };
         let session = fuser::Session::new(fs, mountpoint, &config)?;
+        let notifier = session.notifier();
+        bridge.set_page_cache_invalidator(Box::new(move |node| {
+            // ENOENT: the kernel has forgotten the inode, and its pages with it.
+            let _ = notifier.inval_inode(INodeNo(node), 0, 0);
+        }));
         ready();
         session.run()
     }
@@ -186,6 +191,9 @@ fn pin_reader() {
         tracing::warn!("cannot pin FUSE reader {n} to CPU {cpu}");
     }
 }
+
+/// The kernel's page size on the platforms we build for (x86-64, arm64 with 4 KiB pages).
+const PAGE: u64 = 4096;
 
 fn err(e: Errno) -> FErrno {
     FErrno::from_i32(e.0)
@@ -471,11 +479,17 @@ impl Filesystem for FuseFs {
         fh: FileHandle,
         offset: u64,
         size: u32,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
         pin_reader();
+        // A read through the page cache (or a fault of a shared mmap, which reads whole
+        // pages even of a direct_io file) fills the kernel's cache: keep the fast path off it.
+        let direct = self.opts.direct_io || flags.0 & libc::O_DIRECT != 0;
+        if !direct || (offset.is_multiple_of(PAGE) && u64::from(size).is_multiple_of(PAGE)) {
+            self.bridge.note_page_cache_io(fh.0);
+        }
         BUF.with_borrow_mut(|buf| {
             let n = size as usize;
             if buf.len() < n {
@@ -501,6 +515,10 @@ impl Filesystem for FuseFs {
         reply: ReplyWrite,
     ) {
         pin_reader();
+        if !(self.opts.direct_io || flags.0 & libc::O_DIRECT != 0) {
+            // Written through the page cache: the kernel keeps the pages.
+            self.bridge.note_page_cache_io(fh.0);
+        }
         match self.bridge.write(creds(req), ino.0, fh.0, offset, data, flags.0) {
             Ok(n) => reply.written(u32::try_from(n).unwrap_or(u32::MAX)),
             Err(e) => reply.error(err(e)),

@@ -191,9 +191,18 @@ impl Relay {
     /// # Errors
     /// [`RelayError`].
     pub fn connect(socket: &Path, name: &str) -> Result<Self, RelayError> {
+        Self::connect_with(socket, name, zus_api::features::ALL)
+    }
+
+    /// As [`Relay::connect`], announcing `features` (the bridge adds
+    /// [`zus_api::features::KERNEL_BRIDGE`]).
+    ///
+    /// # Errors
+    /// [`RelayError`].
+    pub fn connect_with(socket: &Path, name: &str, features: u64) -> Result<Self, RelayError> {
         let sock = connect_socket(socket)
             .map_err(|source| RelayError::Connect { path: socket.display().to_string(), source })?;
-        let hello = Request::Hello { features: zus_api::features::ALL, required: 0, name: name.to_owned() };
+        let hello = Request::Hello { features, required: 0, name: name.to_owned() };
         let (reply, fd) = roundtrip(&sock, &hello)?;
         let channel_size = match reply {
             Reply::Hello { channel_size, .. } => {

@@ -89,6 +89,13 @@ def run(cmd, a):
     if cmd == "close":
         os.close(fd)
         return 0
+    if cmd == "stats":
+        # The library's counters so far, one word per field (see zufs_preload_stats).
+        import ctypes
+        lib = ctypes.CDLL(None)
+        buf = ctypes.create_string_buffer(512)
+        lib.zufs_preload_stats(buf, 512)
+        return buf.value.decode()
     raise ValueError("unknown command " + cmd)
 
 

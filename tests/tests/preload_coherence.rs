@@ -485,3 +485,201 @@ fn test_truncate_by_another_process_never_lets_dax_writes_into_freed_blocks() {
     let out = f.unmount_and_fsck();
     assert!(out.contains("0 problem"), "{out}");
 }
+
+/// A shared mapping of a file through the kernel mount (the test process has no preload).
+struct KernelMap {
+    addr: *mut u8,
+    len: usize,
+    _file: std::fs::File,
+}
+
+impl KernelMap {
+    #[allow(unsafe_code)]
+    fn new(path: &std::path::Path, len: usize) -> Self {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+        // SAFETY: a fresh shared mapping of an open file; checked for failure.
+        let p = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
+        Self { addr: p.cast(), len, _file: file }
+    }
+
+    /// The mapped bytes, read with volatile loads (the file changes under us).
+    #[allow(unsafe_code)]
+    fn bytes(&self) -> Vec<u8> {
+        // SAFETY: within the mapping, which lives as long as self.
+        (0..self.len).map(|i| unsafe { self.addr.add(i).read_volatile() }).collect()
+    }
+
+    #[allow(unsafe_code)]
+    fn write(&self, at: usize, data: &[u8]) {
+        assert!(at + data.len() <= self.len);
+        for (i, b) in data.iter().enumerate() {
+            // SAFETY: within the mapping (asserted).
+            unsafe { self.addr.add(at + i).write_volatile(*b) };
+        }
+    }
+
+    #[allow(unsafe_code)]
+    fn msync(&self) {
+        // SAFETY: the whole mapping.
+        let r = unsafe { libc::msync(self.addr.cast(), self.len, libc::MS_SYNC) };
+        assert_eq!(r, 0, "msync: {}", std::io::Error::last_os_error());
+    }
+}
+
+impl Drop for KernelMap {
+    #[allow(unsafe_code)]
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in new().
+        unsafe { libc::munmap(self.addr.cast(), self.len) };
+    }
+}
+
+/// The driver's live counter `name` (zufs_preload_stats).
+fn live_stat(d: &mut Driver, name: &str) -> u64 {
+    stat_field(&format!("zufs-preload: {}", d.ok("stats")), name)
+}
+
+/// Waits until a read through `fd` is served by the fast path (the bridge unmarks an inode on
+/// its own thread after the last kernel user of its page cache goes).
+fn wait_for_fast_path(d: &mut Driver, fd: i64, ctx: &str) {
+    let t0 = std::time::Instant::now();
+    loop {
+        let before = live_stat(d, "kernel_cached");
+        d.ok(&format!("pread {fd} 0 1"));
+        if live_stat(d, "kernel_cached") == before {
+            return;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "{ctx}: the fast path never came back");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Pages the kernel caches (a shared mmap through the mount, or a page-cache open) see
+/// fast-path writes at once, and the fast path sees what was written through them: while the
+/// kernel holds pages of a file, the library serves that file through the kernel; once the
+/// last kernel file that cached pages is closed (the library's own included, since its calls
+/// went through the kernel), the fast path serves it again.
+fn kernel_page_cache_coherence(mode: &str, opts: &str) {
+    const LEN: usize = 64 << 10;
+    let f = Fixture::new(&format!("preload-mmap-{mode}"), "64M", opts);
+    let path = f.path("mapped");
+    let p = path.display().to_string();
+    let mut shadow = pattern(1, LEN, 0);
+    std::fs::write(&path, &shadow).unwrap();
+    let mut d = Driver::start(&f, mode);
+    let fd = d.num(&format!("open {p} rw"));
+    wait_for_fast_path(&mut d, fd, "before the mapping");
+    let fast_before = live_stat(&mut d, "served");
+    // Map and touch every page: the kernel now caches the file.
+    let map = KernelMap::new(&path, LEN);
+    same(&map.bytes(), &shadow, &format!("mapping at first ({mode}, {opts})"));
+    for i in 0..8u64 {
+        let off = (i as usize * 9973) % (LEN - 5000);
+        let len = 1 + (i as usize * 1777) % 5000;
+        assert_eq!(d.num(&format!("pwrite {fd} {off} {len} {}", 10 + i)), len as i64);
+        shadow[off..off + len].copy_from_slice(&pattern(10 + i, len, 0));
+        same(&map.bytes(), &shadow, &format!("mapping after preloaded write {i} ({mode}, {opts})"));
+    }
+    // The other way: stores through the mapping, flushed, are what the preloaded process reads.
+    let mine = pattern(77, 3000, 0);
+    map.write(5000, &mine);
+    shadow[5000..8000].copy_from_slice(&mine);
+    map.msync();
+    same(
+        &unhex(&d.ok(&format!("pread {fd} 0 {LEN}"))),
+        &shadow,
+        &format!("preloaded read after msync ({mode}, {opts})"),
+    );
+    let passed = live_stat(&mut d, "kernel_cached");
+    assert!(passed >= 9, "the calls on the mapped file did not go through the kernel ({passed})");
+    // The mapping goes, and so does the driver's file (its calls went through the kernel, so
+    // its handle may hold pages too): the fast path serves the file again, the kernel sees it.
+    drop(map);
+    d.ok(&format!("close {fd}"));
+    let fd = d.num(&format!("open {p} rw"));
+    wait_for_fast_path(&mut d, fd, "after munmap");
+    assert_eq!(d.num(&format!("pwrite {fd} 100 200 5")), 200);
+    shadow[100..300].copy_from_slice(&pattern(5, 200, 0));
+    assert!(live_stat(&mut d, "served") > fast_before, "nothing served by the fast path");
+    same(&std::fs::read(&path).unwrap(), &shadow, &format!("kernel read after the mapping ({mode}, {opts})"));
+    let stats = d.finish();
+    assert_fast_path_used(&stats, mode);
+    let out = f.unmount_and_fsck();
+    assert!(out.contains(" 0 problem"), "{out}");
+}
+
+/// A page-cache mount (no direct_io): a program holding the file open reads it through the
+/// page cache, and a fast-path write is there on its next read of the same open file.
+fn page_cache_reader_sees_fast_path_writes(mode: &str) {
+    let f = Fixture::new(&format!("preload-pcache-{mode}"), "64M", "attr_timeout=0,entry_timeout=0");
+    let path = f.path("cached");
+    let p = path.display().to_string();
+    let mut shadow = pattern(3, 40_000, 0);
+    std::fs::write(&path, &shadow).unwrap();
+    let mut d = Driver::start(&f, mode);
+    let fd = d.num(&format!("open {p} rw"));
+    let k = std::fs::File::open(&path).unwrap();
+    let read_all = |k: &std::fs::File| {
+        let mut b = vec![0u8; 40_000];
+        k.read_exact_at(&mut b, 0).unwrap();
+        b
+    };
+    same(&read_all(&k), &shadow, "first read through the page cache");
+    for i in 0..6u64 {
+        let off = (i as usize * 6007) % 35_000;
+        assert_eq!(d.num(&format!("pwrite {fd} {off} 4000 {}", 20 + i)), 4000);
+        shadow[off..off + 4000].copy_from_slice(&pattern(20 + i, 4000, 0));
+        same(&read_all(&k), &shadow, &format!("cached reader after preloaded write {i} ({mode})"));
+    }
+    drop(k);
+    d.ok(&format!("close {fd}"));
+    let fd = d.num(&format!("open {p} rw"));
+    wait_for_fast_path(&mut d, fd, "after the cached reader closed");
+    assert_eq!(d.num(&format!("pwrite {fd} 0 4000 40")), 4000);
+    shadow[..4000].copy_from_slice(&pattern(40, 4000, 0));
+    same(&std::fs::read(&path).unwrap(), &shadow, "a new reader after the fast path came back");
+    assert_fast_path_used(&d.finish(), mode);
+    let out = f.unmount_and_fsck();
+    assert!(out.contains(" 0 problem"), "{out}");
+}
+
+#[test]
+fn test_kernel_mmap_sees_fast_path_writes_channel_mode() {
+    skip_unless_ready!("python3");
+    kernel_page_cache_coherence("channel", COHERENT);
+}
+
+#[test]
+fn test_kernel_mmap_sees_fast_path_writes_dax_mode() {
+    skip_unless_ready!("python3");
+    kernel_page_cache_coherence("dax", COHERENT);
+}
+
+#[test]
+fn test_kernel_mmap_on_page_cache_mount_sees_fast_path_writes_dax_mode() {
+    skip_unless_ready!("python3");
+    kernel_page_cache_coherence("dax", "attr_timeout=0,entry_timeout=0");
+}
+
+#[test]
+fn test_page_cache_reader_sees_fast_path_writes_channel_mode() {
+    skip_unless_ready!("python3");
+    page_cache_reader_sees_fast_path_writes("channel");
+}
+
+#[test]
+fn test_page_cache_reader_sees_fast_path_writes_dax_mode() {
+    skip_unless_ready!("python3");
+    page_cache_reader_sees_fast_path_writes("dax");
+}

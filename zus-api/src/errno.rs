@@ -38,6 +38,10 @@ impl Errno {
     pub const EPROTO: Self = Self(libc::EPROTO);
     pub const ENOTCONN: Self = Self(libc::ENOTCONN);
     pub const EINTR: Self = Self(libc::EINTR);
+    /// zufs-private, never returned to a program: the kernel caches this inode's pages
+    /// ([`crate::ops::KernelCacheReq`]); the preload library serves the call through the kernel
+    /// mount instead. Outside the range of Linux errnos.
+    pub const EUSEKERNEL: Self = Self(4000);
 
     /// The wire form of this error (negative).
     #[must_use]

@@ -39,6 +39,10 @@ pub mod features {
     pub const DAX_MAP: u64 = 1 << 1;
     /// All features this build understands.
     pub const ALL: u64 = REMOTE_IOV | DAX_MAP;
+    /// A role, not a capability: the client is the kernel side of a mount (the FUSE bridge).
+    /// Its data ops are what fills the kernel's page cache, so zusd never refuses them with
+    /// `EUSEKERNEL`, and only such a client (and a privileged one) may send `KernelCache`.
+    pub const KERNEL_BRIDGE: u64 = 1 << 2;
 }
 
 /// Checks a peer's magic and ABI version, returning a message fit for a user when they differ.

@@ -83,11 +83,14 @@ pub enum OpCode {
     MapDone = 28,
     /// The caller drops `nlookup` references to an inode.
     Forget = 29,
+    /// The FUSE bridge says the kernel starts or stops caching an inode's pages
+    /// ([`KernelCacheReq`]); served by zusd itself, never by the plugin.
+    KernelCache = 30,
 }
 
 impl OpCode {
     /// Every op code, in numeric order.
-    pub const ALL: [Self; 29] = [
+    pub const ALL: [Self; 30] = [
         Self::Noop,
         Self::Statfs,
         Self::Sync,
@@ -117,6 +120,7 @@ impl OpCode {
         Self::Map,
         Self::MapDone,
         Self::Forget,
+        Self::KernelCache,
     ];
 
     /// Decodes a wire op code.
@@ -148,6 +152,7 @@ impl OpCode {
             Self::Map => size_of::<MapReq>(),
             Self::MapDone => size_of::<MapDoneReq>(),
             Self::Forget => size_of::<ForgetReq>(),
+            Self::KernelCache => size_of::<KernelCacheReq>(),
         }
     }
 }
@@ -514,6 +519,21 @@ pub struct ForgetReq {
     pub nlookup: u64,
 }
 
+/// [`OpCode::KernelCache`]: while an inode is marked, the kernel may hold its pages (a page-cache
+/// read or write, or a shared mmap, through the FUSE mount), and zusd answers the data ops of
+/// every other client on it with [`crate::Errno::EUSEKERNEL`], so that they go through the
+/// kernel too and the page cache stays the one copy everybody sees. Marks nest (`on` counts up,
+/// `off` down); only the kernel bridge (`features::KERNEL_BRIDGE`, privileged) may send it.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+#[allow(missing_docs)]
+pub struct KernelCacheReq {
+    pub ino: u64,
+    /// 1 = mark, 0 = unmark.
+    pub on: u32,
+    pub reserved: u32,
+}
+
 /// Reply to statfs.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -556,6 +576,7 @@ pod_impl! {
     MapReply = 16,
     MapDoneReq = 24,
     ForgetReq = 16,
+    KernelCacheReq = 16,
     StatfsReply = 56,
 }
 
@@ -612,7 +633,7 @@ mod tests {
             assert_eq!(OpCode::from_u32(op as u32), Some(op));
         }
         assert_eq!(OpCode::from_u32(0), None);
-        assert_eq!(OpCode::from_u32(30), None);
+        assert_eq!(OpCode::from_u32(31), None);
         assert_eq!(OpCode::from_u32(u32::MAX), None);
     }
 

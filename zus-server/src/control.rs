@@ -242,10 +242,12 @@ fn handshake(server: &Arc<Server>, conn: &OwnedFd, cred: PeerCred) -> Option<Arc
         }
     };
     region.write(0, &server.channel_header(&g, id));
+    let privileged = cred.uid == 0 || cred.uid == rustix_uid();
     let client = Arc::new(Client {
         id,
         cred,
-        privileged: cred.uid == 0 || cred.uid == rustix_uid(),
+        privileged,
+        kernel_bridge: privileged && features & zus_api::features::KERNEL_BRIDGE != 0,
         name: name.chars().take(64).collect(),
         features,
         region,

@@ -7,8 +7,8 @@
 use zus_api::Errno;
 use zus_api::chan::PAYLOAD_SIZE;
 use zus_api::ops::{
-    CreateReq, DATA_REMOTE_IOV, DATA_WINDOW, InoReq, IoReq, IoVec, LinkReq, MAX_IOV, NAME_MAX, NameReq, OpCode,
-    OpHeader, PATH_MAX, Pod, RenameReq, SymlinkReq, XattrReq, split_names,
+    CreateReq, DATA_REMOTE_IOV, DATA_WINDOW, InoReq, IoReq, IoVec, KernelCacheReq, LinkReq, MAX_IOV, NAME_MAX, NameReq,
+    OpCode, OpHeader, PATH_MAX, Pod, RenameReq, SetattrReq, SymlinkReq, XattrReq, setattr, split_names,
 };
 use zus_api::plugin::{DataDesc, OpCall, data_kind};
 
@@ -150,6 +150,22 @@ fn mutates(op: OpCode) -> bool {
     )
 }
 
+/// Data ops that a fast-path client must send through the kernel while the kernel caches the
+/// inode's pages (see [`crate::kcache`]). Getattr and MapDone (which commits earlier dax writes)
+/// stay; a setattr only when it changes the size.
+fn steps_aside_for_kernel_cache(op: OpCode, payload: &[u8]) -> bool {
+    match op {
+        OpCode::Read | OpCode::Write | OpCode::Map | OpCode::Fallocate | OpCode::Fsync => true,
+        OpCode::Setattr => SetattrReq::read_from(payload).is_some_and(|r| r.valid & setattr::SIZE != 0),
+        _ => false,
+    }
+}
+
+/// The inode of a request whose fixed part starts with it (every data op's does).
+fn first_ino(payload: &[u8]) -> u64 {
+    payload.get(..8).map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
+}
+
 /// Serves one request whose header was copied to `hdr`; the payload sits at `payload_off`.
 pub fn serve(
     snap: &Snapshot,
@@ -176,6 +192,20 @@ pub fn serve(
     }
     if let Err(e) = check_names(op, payload) {
         return reject(e);
+    }
+    if op == OpCode::KernelCache {
+        let Some(r) = KernelCacheReq::read_from(payload) else { return reject(Errno::EINVAL) };
+        if !client.kernel_bridge {
+            return Served { result: Errno::EPERM.to_wire(), ..Served::default() };
+        }
+        let result = mount.kernel_cache.set(r.ino, r.on != 0).map_or_else(Errno::to_wire, |()| 0);
+        return Served { result, ..Served::default() };
+    }
+    if !client.kernel_bridge
+        && steps_aside_for_kernel_cache(op, payload)
+        && mount.kernel_cache.contains(first_ino(payload))
+    {
+        return Served { result: Errno::EUSEKERNEL.to_wire(), ..Served::default() };
     }
     if matches!(op, OpCode::Map) && mount.read_only {
         // A read-only mount may still map for reading; the write flag is refused.

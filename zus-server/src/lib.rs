@@ -12,6 +12,7 @@
 
 pub mod control;
 pub mod dispatch;
+pub mod kcache;
 pub mod mounts;
 pub mod plugins;
 pub mod server;

@@ -87,6 +87,8 @@ pub struct Mount {
     pub read_only: bool,
     /// Device mapped with MAP_SYNC.
     pub map_sync: bool,
+    /// Inodes whose pages the kernel may cache (marked by the FUSE bridge).
+    pub kernel_cache: crate::kcache::KernelCacheMarks,
     vtable: &'static PluginVtable,
     handle: *mut c_void,
     /// The device mapping; declared after `handle` users finish (unmount runs before drop).
@@ -225,6 +227,7 @@ pub fn mount(id: u32, plugin: &Plugin, device: &str, options: &str) -> Result<Mo
         root,
         read_only: so.read_only,
         map_sync: pmem.as_ref().is_some_and(|p| p.map_mode() == MapMode::Sync),
+        kernel_cache: crate::kcache::KernelCacheMarks::default(),
         vtable: plugin.vtable,
         handle,
         pmem,

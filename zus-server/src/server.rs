@@ -50,6 +50,8 @@ pub struct ZtControl {
     pub seen_generation: AtomicU64,
     /// Ops served.
     pub ops: AtomicU64,
+    /// Set while the ZT serves an op (see `zt::wait_for_other_zts`).
+    pub busy: AtomicBool,
     /// Requests refused as malformed.
     pub rejected: AtomicU64,
     /// Set once the ZT exited.
@@ -65,6 +67,9 @@ pub struct Client {
     pub cred: PeerCred,
     /// Root clients (the FUSE bridge) may act on behalf of the users named in op headers.
     pub privileged: bool,
+    /// A privileged client that announced [`zus_api::features::KERNEL_BRIDGE`]: the kernel
+    /// side of a mount (see [`crate::kcache`]).
+    pub kernel_bridge: bool,
     /// Program name from the hello.
     pub name: String,
     /// Features the client announced.

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use zus_api::chan::{LaneHeader, PAYLOAD_SIZE, Slot, slot_state};
-use zus_api::ops::{HDR_F_CLIENT_SPINS, OpHeader};
+use zus_api::ops::{HDR_F_CLIENT_SPINS, OpCode, OpHeader};
 use zus_api::shm::futex::{self, WaitV};
 
 use crate::dispatch::{self, Scratch};
@@ -234,9 +234,9 @@ fn any_submitted(snap: &Snapshot, lane: usize) -> bool {
     })
 }
 
-/// Ops after which cached extents may point at blocks the file no longer owns.
-fn may_free_blocks(opcode: u32) -> bool {
-    use zus_api::ops::OpCode;
+/// Ops after which a client's cached extents may be wrong: they may point at blocks the file no
+/// longer owns, or (KernelCache) the kernel now caches the file and dax access must stop.
+fn invalidates_extents(opcode: u32) -> bool {
     OpCode::from_u32(opcode).is_some_and(|c| {
         matches!(
             c,
@@ -247,8 +247,32 @@ fn may_free_blocks(opcode: u32) -> bool {
                 | OpCode::Rename
                 | OpCode::Release
                 | OpCode::Forget
+                | OpCode::KernelCache
         )
     })
+}
+
+/// Waits until every other ZT has finished the op it is serving now. Called after a kernel-cache
+/// mark was set: an op that read the marks before the mark existed is then over, and every later
+/// op sees the mark (its `busy` store comes first, SeqCst, and the mark is SeqCst too). An op
+/// takes microseconds (the longest, a 1 MiB copy, well under a millisecond), so this spins,
+/// yielding now and then in case the other ZT waits for this CPU.
+fn wait_for_other_zts(server: &Server, lane: usize) {
+    for (i, z) in server.zts.iter().enumerate() {
+        if i == lane {
+            continue;
+        }
+        let ops_before = z.ops.load(Ordering::SeqCst);
+        let mut spins = 0u32;
+        while z.busy.load(Ordering::SeqCst) && z.ops.load(Ordering::SeqCst) == ops_before {
+            spins = spins.wrapping_add(1);
+            if spins.is_multiple_of(64) {
+                std::thread::yield_now();
+            } else {
+                core::hint::spin_loop();
+            }
+        }
+    }
 }
 
 /// Raises the layout generation in every client's channel header (never lowering it: ZTs race).
@@ -287,12 +311,19 @@ fn serve_pass(server: &Server, lane: usize, snap: &Snapshot, scratch: &mut Scrat
             // One fetch of the header into private memory; everything is validated from the copy.
             let hdr: OpHeader = client.region.read(so + HDR);
             let window = (g.window_offset(lane, s), g.window_size);
+            let ctl = &server.zts[lane];
+            // SeqCst: pairs with the load in `wait_for_other_zts` (a Dekker pattern with the
+            // kernel-cache mark, which this op reads after this store).
+            ctl.busy.store(true, Ordering::SeqCst);
             let out = dispatch::serve(snap, client, attached, &hdr, so + PAYLOAD, window, scratch);
-            if may_free_blocks(hdr.opcode) {
+            if hdr.opcode == OpCode::KernelCache as u32 && out.result == 0 {
+                // Before the reply: once a mark returns, no data op that missed it still runs.
+                wait_for_other_zts(server, lane);
+            }
+            if invalidates_extents(hdr.opcode) {
                 // Before the reply: once this op returns, no client may trust extents from before.
                 publish_layout_change(server, snap);
             }
-            let ctl = &server.zts[lane];
             let lo = g.lane_offset(lane);
             if out.rejected {
                 ctl.rejected.fetch_add(1, Ordering::Relaxed);
@@ -316,6 +347,7 @@ fn serve_pass(server: &Server, lane: usize, snap: &Snapshot, scratch: &mut Scrat
             if client.region.atomic_u32(so + CLIENT_WAITING).load(Ordering::SeqCst) != 0 {
                 futex::wake(seq, 1);
             }
+            ctl.busy.store(false, Ordering::Release);
             pass.served += 1;
             pass.client_spins |= hdr.flags & HDR_F_CLIENT_SPINS != 0;
         }

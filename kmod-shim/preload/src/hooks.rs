@@ -102,13 +102,20 @@ macro_rules! real {
     }};
 }
 
-/// Serves `fd` with `$fast` (given the file) when it is ours, else calls `$real`.
+/// Serves `fd` with `$fast` (given the file) when it is ours, else (or when `$fast` answers
+/// [`io::USE_KERNEL`]) calls `$real`.
 macro_rules! serve {
     ($fd:expr, |$f:ident| $fast:expr, $real:expr) => {{
         let saved = sys::errno();
         if let Some((_g, $f)) = enter($fd) {
-            state::count(&state::STATS.served, 1);
-            return finish(guarded(|| $fast), saved) as _;
+            match guarded(|| $fast) {
+                // The kernel caches this file's pages: it serves the call, coherent with them.
+                Err(e) if e == io::USE_KERNEL => state::count(&state::STATS.kernel_cached, 1),
+                r => {
+                    state::count(&state::STATS.served, 1);
+                    return finish(r, saved) as _;
+                }
+            }
         }
         $real
     }};
@@ -528,3 +535,23 @@ macro_rules! truncate_like {
 }
 truncate_like!(truncate);
 truncate_like!(truncate64);
+
+// ---- our own entry point ---------------------------------------------------------------------
+
+/// `ssize_t zufs_preload_stats(char *buf, size_t len)`: copies the stats line (counters are kept
+/// only with `ZUFS_PRELOAD_STATS=1`) into `buf`, NUL-terminated and truncated to fit; returns
+/// its full length. Lets a program (and the tests) see mid-run whether the fast path serves it.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn zufs_preload_stats(buf: *mut c_char, len: size_t) -> ssize_t {
+    let Some(_g) = Guard::enter() else { return -1 };
+    let line = guarded(state::stats_line);
+    if !buf.is_null() && len > 0 {
+        let n = line.len().min(len - 1);
+        // SAFETY: the caller gives `len` writable bytes at `buf`; we write n + 1 <= len.
+        unsafe {
+            core::ptr::copy_nonoverlapping(line.as_ptr().cast::<c_char>(), buf, n);
+            *buf.add(n) = 0;
+        }
+    }
+    line.len() as ssize_t
+}

@@ -67,7 +67,31 @@ fn op_sized(f: File, code: OpCode, req: &[&[u8]], reply: &mut [u8], bytes: u64) 
     let id = f.m.mount_id.load(Ordering::Relaxed) as u32;
     r.op_on_lane(pick_lane(f, r, bytes), id, code, req, DataIn::None, reply, None, None)
         .map(|o| o.value)
-        .map_err(|e| e.errno().0)
+        .map_err(|e| op_errno(f, r, &e))
+}
+
+/// The errno of a failed op; EUSEKERNEL is remembered in the slot (see [`kernel_route`]).
+fn op_errno(f: File, r: &kmod_shim::Relay, e: &kmod_shim::RelayError) -> i32 {
+    let e = e.errno().0;
+    if e == USE_KERNEL {
+        f.s.kernel_gen.store(r.layout_gen().wrapping_add(1), Ordering::Relaxed);
+    }
+    e
+}
+
+/// zusd's answer for a data op on a file whose pages the kernel caches (a shared mmap or a
+/// page-cache open through the mount): the hook then makes the real call, through the kernel.
+pub const USE_KERNEL: i32 = zus_api::Errno::EUSEKERNEL.0;
+
+/// `Err(USE_KERNEL)` while zusd's last word on this file was EUSEKERNEL and its layout
+/// generation has not moved since (the bridge's unmark moves it): no op is sent meanwhile.
+#[inline]
+fn kernel_route(f: File) -> Result<(), i32> {
+    let k = f.s.kernel_gen.load(Ordering::Relaxed);
+    if k != 0 && k == f.m.relay()?.layout_gen().wrapping_add(1) {
+        return Err(USE_KERNEL);
+    }
+    Ok(())
 }
 
 /// Largest op (data bytes) the auto lane policy sends to the next CPU's ZT.
@@ -164,6 +188,7 @@ fn window_io(f: File, code: OpCode, iov: &[IoVec], mut off: u64, flags: u32) -> 
             let req =
                 IoReq { ino: ino(f), fh: 0, offset: off, len: n, flags, data_kind: DATA_WINDOW, niov: 0, reserved: 0 };
             let mut rep = [0u8; 16];
+            state::count(&state::STATS.chan_io, 1);
             state::count(&state::STATS.window_io, 1);
             let id = f.m.mount_id.load(Ordering::Relaxed) as u32;
             let lane = pick_lane(f, r, n);
@@ -175,8 +200,13 @@ fn window_io(f: File, code: OpCode, iov: &[IoVec], mut off: u64, flags: u32) -> 
                 // SAFETY: as above, writable (read(2) contract).
                 let d = unsafe { core::slice::from_raw_parts_mut(p, n as usize) };
                 r.op_on_lane(lane, id, code, &[req.as_bytes()], DataIn::None, &mut rep, Some(d), None)
-            }
-            .map_err(|e| e.errno().0)?;
+            };
+            let o = match o {
+                Ok(o) => o,
+                // What was done stays done (an append must not be repeated by a retry).
+                Err(_) if done > 0 => return Ok((done, last)),
+                Err(e) => return Err(op_errno(f, r, &e)),
+            };
             let got = o.value;
             last = IoReply::read_from(&rep).unwrap_or_default();
             if flags & io_flags::APPEND != 0 && done == 0 {
@@ -544,6 +574,7 @@ pub unsafe fn rw(
     if rwf & !(libc::RWF_HIPRI | libc::RWF_DSYNC | libc::RWF_SYNC | libc::RWF_NOWAIT | libc::RWF_APPEND) != 0 {
         return Err(libc::EOPNOTSUPP);
     }
+    kernel_route(f)?;
     let flags = io_flags_of(f, rwf);
     if let Some(o) = off
         && o < 0
@@ -664,6 +695,7 @@ pub fn lseek_end(f: File, fd: i32, off: i64) -> Result<i64, i32> {
 
 /// fsync/fdatasync.
 pub fn fsync(f: File, datasync: bool) -> Result<i64, i32> {
+    kernel_route(f)?;
     zus_pmem::flush::fence();
     if f.s.dirty.swap(false, Ordering::AcqRel) {
         f.s.last_commit.store(sys::now_ns(), Ordering::Relaxed);
@@ -681,6 +713,7 @@ pub fn ftruncate(f: File, len: i64) -> Result<i64, i32> {
     if oflags(f) & libc::O_ACCMODE == libc::O_RDONLY {
         return Err(libc::EINVAL);
     }
+    kernel_route(f)?;
     let req = SetattrReq { ino: ino(f), valid: setattr::SIZE, size: len as u64, ..SetattrReq::default() };
     let mut rep = [0u8; 80];
     LAYOUT_EPOCH.fetch_add(1, Ordering::AcqRel);
@@ -697,6 +730,7 @@ pub fn fallocate(f: File, mode: i32, off: i64, len: i64) -> Result<i64, i32> {
     if oflags(f) & libc::O_ACCMODE == libc::O_RDONLY {
         return Err(libc::EBADF);
     }
+    kernel_route(f)?;
     let req = FallocateReq { ino: ino(f), offset: off as u64, len: len as u64, mode: mode as u32, reserved: 0 };
     LAYOUT_EPOCH.fetch_add(1, Ordering::AcqRel);
     let r = op(f, OpCode::Fallocate, &[req.as_bytes()], &mut []);

@@ -330,6 +330,7 @@ fn classify(fd: i32) -> u32 {
     s.size.store(0, Ordering::Relaxed);
     s.last_commit.store(0, Ordering::Relaxed);
     s.dirty.store(false, Ordering::Relaxed);
+    s.kernel_gen.store(0, Ordering::Relaxed);
     s.refs.store(1, Ordering::Release);
     FD_SLOT0 + si
 }

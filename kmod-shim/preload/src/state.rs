@@ -143,6 +143,10 @@ pub struct Slot {
     pub last_commit: AtomicU64,
     /// Data was written since the last commit (mtime pending).
     pub dirty: AtomicBool,
+    /// zusd's layout generation + 1 when it last answered EUSEKERNEL for this file (the kernel
+    /// caches its pages); 0 = never. While the generation stays, calls go to the kernel without
+    /// asking zusd again.
+    pub kernel_gen: AtomicU64,
     /// The extents, sorted by file offset, contiguous.
     pub ext: [CachedExtent; MAX_MAP_EXTENTS],
 }
@@ -162,6 +166,7 @@ impl Slot {
             size: AtomicU64::new(0),
             last_commit: AtomicU64::new(0),
             dirty: AtomicBool::new(false),
+            kernel_gen: AtomicU64::new(0),
             ext: [const { CachedExtent { file_off: AtomicU64::new(0), dev_off: AtomicU64::new(0), len: AtomicU64::new(0) } };
                 MAX_MAP_EXTENTS],
         }
@@ -233,6 +238,8 @@ pub struct Stats {
     pub map_done: AtomicU64,
     /// Other ops (getattr, fsync, setattr, fallocate).
     pub other: AtomicU64,
+    /// Calls passed to the kernel because it caches the file's pages.
+    pub kernel_cached: AtomicU64,
 }
 
 /// Whether [`STATS`] are kept.
@@ -246,6 +253,7 @@ pub static STATS: Stats = Stats {
     map: AtomicU64::new(0),
     map_done: AtomicU64::new(0),
     other: AtomicU64::new(0),
+    kernel_cached: AtomicU64::new(0),
 };
 
 /// Adds `n` to a counter when stats are on.
@@ -261,7 +269,7 @@ pub fn stats_line() -> String {
     let s = &STATS;
     let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
     format!(
-        "stats pid {}: served {} chan_io {} window_io {} dax_bytes {} map {} map_done {} other {}",
+        "stats pid {}: served {} chan_io {} window_io {} dax_bytes {} map {} map_done {} other {} kernel_cached {}",
         std::process::id(),
         g(&s.served),
         g(&s.chan_io),
@@ -269,6 +277,7 @@ pub fn stats_line() -> String {
         g(&s.dax_bytes),
         g(&s.map),
         g(&s.map_done),
-        g(&s.other)
+        g(&s.other),
+        g(&s.kernel_cached)
     )
 }

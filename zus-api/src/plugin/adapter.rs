@@ -507,5 +507,7 @@ fn dispatch<T: FileSystem>(fs: &T, call: &mut OpCall) -> Result<u64, Errno> {
             fs.forget(r.ino, r.nlookup);
             Ok(0)
         }
+        // zusd serves it itself; a plugin never sees it.
+        OpCode::KernelCache => Err(Errno::ENOSYS),
     }
 }
