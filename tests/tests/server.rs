@@ -336,3 +336,10 @@ fn test_zt_polls_only_for_spinning_clients_and_only_for_its_budget() {
     let out = run(&z0, &["poll", "--iters", "200", "--idle-ms", "1"], Duration::from_secs(60));
     assert_eq!(polled(&out, "OTHER"), 0, "--zt-poll-ns 0 still polled: {out}");
 }
+
+#[test]
+fn test_kernel_cache_marks_only_from_a_bridge_refuse_fast_path_data_and_leave_with_it() {
+    let (_d, z) = nullfs_server("kcache", &[]);
+    let out = run(&z, &["kcache"], Duration::from_secs(60));
+    assert!(out.contains("KCACHE OK"), "{out}");
+}

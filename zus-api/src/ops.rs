@@ -522,8 +522,9 @@ pub struct ForgetReq {
 /// [`OpCode::KernelCache`]: while an inode is marked, the kernel may hold its pages (a page-cache
 /// read or write, or a shared mmap, through the FUSE mount), and zusd answers the data ops of
 /// every other client on it with [`crate::Errno::EUSEKERNEL`], so that they go through the
-/// kernel too and the page cache stays the one copy everybody sees. Marks nest (`on` counts up,
-/// `off` down); only the kernel bridge (`features::KERNEL_BRIDGE`, privileged) may send it.
+/// kernel too and the page cache stays the one copy everybody sees. Marks nest per client (`on`
+/// counts up, `off` takes back one of the sender's own) and leave with a client that
+/// disconnects; only the kernel bridge (`features::KERNEL_BRIDGE`, privileged) may send it.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
 #[allow(missing_docs)]

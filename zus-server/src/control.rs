@@ -179,6 +179,9 @@ fn connection(server: &Arc<Server>, conn: &OwnedFd) {
     {
         let mut st = server.state();
         st.clients.retain(|(c, _)| c.id != id);
+        for m in &st.mounts {
+            m.kernel_cache.drop_client(id);
+        }
         server.publish(&st);
     }
     tracing::info!("client {id} disconnected; its channels are released");

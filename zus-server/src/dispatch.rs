@@ -198,7 +198,7 @@ pub fn serve(
         if !client.kernel_bridge {
             return Served { result: Errno::EPERM.to_wire(), ..Served::default() };
         }
-        let result = mount.kernel_cache.set(r.ino, r.on != 0).map_or_else(Errno::to_wire, |()| 0);
+        let result = mount.kernel_cache.set(client.id, r.ino, r.on != 0).map_or_else(Errno::to_wire, |()| 0);
         return Served { result, ..Served::default() };
     }
     if !client.kernel_bridge

@@ -16,32 +16,70 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use zus_api::Errno;
 
-/// The marks of one mount: inode -> how many times marked (by every bridge of the mount).
+/// The marks of one mount: per inode, how many times marked, by which client (a bridge that
+/// goes away takes its marks with it).
 #[derive(Debug, Default)]
 pub struct KernelCacheMarks {
     marked: AtomicUsize,
-    counts: Mutex<HashMap<u64, u32>>,
+    inner: Mutex<Marks>,
+}
+
+#[derive(Debug, Default)]
+struct Marks {
+    /// inode -> marks from every client.
+    counts: HashMap<u64, u32>,
+    /// client id -> (inode -> its marks).
+    by_client: HashMap<u32, HashMap<u64, u32>>,
+}
+
+impl Marks {
+    fn unmark(&mut self, ino: u64, n: u32) {
+        if let Some(c) = self.counts.get_mut(&ino) {
+            *c = c.saturating_sub(n);
+            if *c == 0 {
+                self.counts.remove(&ino);
+            }
+        }
+    }
 }
 
 impl KernelCacheMarks {
-    /// Marks (`on`) or unmarks `ino`. Unmarking an inode that is not marked is refused, so that a
-    /// confused bridge cannot drive the count below what another bridge relies on.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Marks> {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Marks (`on`) or unmarks `ino` for `client`. A client may only take back its own marks.
     ///
     /// # Errors
-    /// `EINVAL` for an unmark without a mark.
-    pub fn set(&self, ino: u64, on: bool) -> Result<(), Errno> {
-        let mut m = self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    /// `EINVAL` for an unmark without a mark of this client.
+    pub fn set(&self, client: u32, ino: u64, on: bool) -> Result<(), Errno> {
+        let mut m = self.lock();
+        let mine = m.by_client.entry(client).or_default();
         if on {
-            *m.entry(ino).or_insert(0) += 1;
+            *mine.entry(ino).or_insert(0) += 1;
+            *m.counts.entry(ino).or_insert(0) += 1;
         } else {
-            let Some(n) = m.get_mut(&ino) else { return Err(Errno::EINVAL) };
+            let Some(n) = mine.get_mut(&ino) else { return Err(Errno::EINVAL) };
             *n -= 1;
             if *n == 0 {
-                m.remove(&ino);
+                mine.remove(&ino);
+            }
+            m.unmark(ino, 1);
+        }
+        self.marked.store(m.counts.len(), Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Drops every mark `client` holds (it disconnected: its kernel mount is gone or will mark
+    /// again when it re-attaches).
+    pub fn drop_client(&self, client: u32) {
+        let mut m = self.lock();
+        if let Some(mine) = m.by_client.remove(&client) {
+            for (ino, n) in mine {
+                m.unmark(ino, n);
             }
         }
-        self.marked.store(m.len(), Ordering::SeqCst);
-        Ok(())
+        self.marked.store(m.counts.len(), Ordering::SeqCst);
     }
 
     /// Whether the kernel may cache `ino`'s pages.
@@ -55,7 +93,7 @@ impl KernelCacheMarks {
         if self.marked.load(Ordering::SeqCst) == 0 {
             return false;
         }
-        self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains_key(&ino)
+        self.lock().counts.contains_key(&ino)
     }
 
     /// Number of inodes marked.
@@ -67,12 +105,6 @@ impl KernelCacheMarks {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-
-    /// Drops every mark (the bridges re-mark what they still cache when they re-attach).
-    pub fn clear(&self) {
-        self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
-        self.marked.store(0, Ordering::SeqCst);
-    }
 }
 
 #[cfg(test)]
@@ -80,19 +112,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn test_marks_nest_and_unmark_without_mark_is_refused() {
+    fn test_marks_nest_per_client_and_leave_with_their_client() {
         let m = KernelCacheMarks::default();
         assert!(!m.contains(5));
-        m.set(5, true).unwrap();
-        m.set(5, true).unwrap();
+        m.set(1, 5, true).unwrap();
+        m.set(2, 5, true).unwrap();
         assert!(m.contains(5) && !m.contains(6));
-        m.set(5, false).unwrap();
-        assert!(m.contains(5));
-        m.set(5, false).unwrap();
+        assert_eq!(m.set(3, 5, false), Err(Errno::EINVAL), "not client 3's mark");
+        m.set(1, 5, false).unwrap();
+        assert!(m.contains(5), "client 2 still marks it");
+        m.set(2, 5, false).unwrap();
         assert!(!m.contains(5) && m.is_empty());
-        assert_eq!(m.set(5, false), Err(Errno::EINVAL));
-        m.set(7, true).unwrap();
-        m.clear();
-        assert!(!m.contains(7));
+        assert_eq!(m.set(1, 5, false), Err(Errno::EINVAL));
+        m.set(1, 7, true).unwrap();
+        m.set(1, 7, true).unwrap();
+        m.set(2, 8, true).unwrap();
+        m.drop_client(1);
+        assert!(!m.contains(7) && m.contains(8) && m.len() == 1);
     }
 }

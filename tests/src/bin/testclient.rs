@@ -84,6 +84,9 @@ enum Cmd {
         #[arg(long, default_value_t = 100)]
         idle_ms: u64,
     },
+    /// The kernel-cache marks: who may set them, what they refuse, and that they leave with the
+    /// bridge that set them. Prints `KCACHE OK` or fails with the step that went wrong.
+    Kcache,
 }
 
 fn name_req(dir: u64, name: &[u8]) -> NameReq {
@@ -331,6 +334,60 @@ fn sees_polling(relay: &Relay, lane: usize, window: Duration) -> bool {
     false
 }
 
+/// One op's errno (0 on success).
+fn op_errno(relay: &Relay, mount: u32, code: OpCode, req: &[&[u8]], data: DataIn<'_>, out: Option<&mut [u8]>) -> i32 {
+    let mut reply = vec![0u8; PAYLOAD_SIZE];
+    match relay.op(mount, code, req, data, &mut reply, out, None) {
+        Ok(_) => 0,
+        Err(kmod_shim::RelayError::Op(e)) => e.0,
+        Err(e) => panic!("{code:?}: {e}"),
+    }
+}
+
+fn kcache(relay: &Relay, socket: &Path) -> Result<()> {
+    use zus_api::ops::KernelCacheReq;
+    let m = relay.mount("nullfs", "", "")?;
+    let mut reply = vec![0u8; PAYLOAD_SIZE];
+    let name = b"cached";
+    let cr = CreateReq { dir: m.root, mode: 0o644, rdev: 0, flags: 0, name_len: 6 };
+    let o = relay.op(m.mount_id, OpCode::Create, &[cr.as_bytes(), name], DataIn::None, &mut reply, None, None)?;
+    let ino = attr_of(&reply[..o.reply_len])?.ino;
+    let mark = |r: &Relay, on: bool| {
+        let k = KernelCacheReq { ino, on: u32::from(on), reserved: 0 };
+        op_errno(r, m.mount_id, OpCode::KernelCache, &[k.as_bytes()], DataIn::None, None)
+    };
+    let data = [7u8; 512];
+    let w = IoReq { ino, fh: 0, offset: 0, len: 512, flags: 0, data_kind: 0, niov: 0, reserved: 0 };
+    let write = |r: &Relay| op_errno(r, m.mount_id, OpCode::Write, &[w.as_bytes()], DataIn::Window(&data), None);
+    let getattr =
+        |r: &Relay| op_errno(r, m.mount_id, OpCode::Getattr, &[InoReq { ino }.as_bytes()], DataIn::None, None);
+    ensure!(mark(relay, true) == libc::EPERM, "a client that is not a bridge could mark");
+    let bridge =
+        Relay::connect_with(socket, "kcache-bridge", zus_api::features::ALL | zus_api::features::KERNEL_BRIDGE)?;
+    bridge.attach(m.mount_id)?;
+    ensure!(write(relay) == 0, "write before any mark");
+    let gen0 = relay.layout_gen();
+    ensure!(mark(&bridge, true) == 0, "the bridge could not mark");
+    ensure!(relay.layout_gen() > gen0, "a mark did not move the layout generation (dax caches would stay)");
+    ensure!(write(relay) == Errno::EUSEKERNEL.0, "a write on a marked inode was not sent to the kernel");
+    ensure!(getattr(relay) == 0, "getattr on a marked inode was refused");
+    ensure!(write(&bridge) == 0, "the bridge's own write was refused");
+    ensure!(mark(relay, false) == libc::EPERM, "a client that is not a bridge could unmark");
+    ensure!(mark(&bridge, false) == 0, "unmark");
+    ensure!(mark(&bridge, false) == libc::EINVAL, "unmark without a mark");
+    ensure!(write(relay) == 0, "write after the unmark");
+    // A bridge that goes away takes its marks with it.
+    ensure!(mark(&bridge, true) == 0 && write(relay) == Errno::EUSEKERNEL.0, "second mark");
+    drop(bridge);
+    let t0 = Instant::now();
+    while write(relay) != 0 {
+        ensure!(t0.elapsed() < Duration::from_secs(5), "the marks of a disconnected bridge stayed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    println!("KCACHE OK");
+    Ok(())
+}
+
 fn poll(relay: &Relay, iters: usize, idle_ms: u64) -> Result<()> {
     let m = relay.mount("nullfs", "", "")?;
     let ncpu = relay.geometry().ncpu;
@@ -433,6 +490,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Poll { iters, idle_ms } => poll(&relay, iters, idle_ms),
+        Cmd::Kcache => kcache(&relay, &args.socket),
         Cmd::Garbage { .. } | Cmd::BadHello => unreachable!(),
     }
 }
