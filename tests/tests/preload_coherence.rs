@@ -266,8 +266,12 @@ fn join(v: &[usize]) -> String {
     v.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
 }
 
-fn fsx(mode: &str, seed: u64, ops: usize) {
-    eprintln!("fsx {mode} seed {seed}");
+/// fsx-style random operations through the fast path and the kernel mount, against a shadow
+/// copy. With `with_mmap`, a shared mapping through the kernel mount comes and goes among them
+/// (mapped reads compared, mapped stores msync'ed), so the fast path keeps stepping aside for
+/// the kernel's page cache and coming back.
+fn fsx(mode: &str, seed: u64, ops: usize, with_mmap: bool) {
+    eprintln!("fsx {mode} seed {seed} mmap {with_mmap}");
     let f = Fixture::new(&format!("preload-fsx-{mode}"), "256M", COHERENT);
     let path = f.path("fsx");
     let p = path.display().to_string();
@@ -279,6 +283,7 @@ fn fsx(mode: &str, seed: u64, ops: usize) {
     let mut shadow: Vec<u8> = Vec::new();
     let mut pos = 0usize; // offset of `fd`
     let mut hist: Vec<String> = Vec::new();
+    let mut map: Option<KernelMap> = None;
     const MAXLEN: usize = 300_000;
     let put = |shadow: &mut Vec<u8>, off: usize, data: &[u8]| {
         if shadow.len() < off + data.len() {
@@ -300,7 +305,32 @@ fn fsx(mode: &str, seed: u64, ops: usize) {
             &hist[hist.len().saturating_sub(6)..]
         );
         hist.push(format!("{step}:{what}@{off}+{len} size {}", shadow.len()));
+        if with_mmap && what >= 90 && map.is_some() {
+            let size = std::fs::metadata(&path).unwrap().len() as usize;
+            assert_eq!(size, shadow.len(), "{ctx}: stat before a mapped access");
+        }
         match what {
+            // The mapping: made over the current size, then read, written (and msync'ed)
+            // within what is still file (a page wholly past the end would fault), or dropped.
+            // Before a mapped access the test stats the file, as a program that maps a file
+            // others resize does before it relies on its size (and checks that size).
+            88..=99 if with_mmap => match (map.as_ref(), what) {
+                (None, _) if shadow.len() >= 4096 => map = Some(KernelMap::new(&path, shadow.len() / 4096 * 4096)),
+                (None, _) => {}
+                (Some(_), 88..=89) => map = None,
+                (Some(m), 90..=94) => {
+                    let n = m.len.min(shadow.len());
+                    same(&m.bytes(n), &shadow[..n], &format!("{ctx}: mapped read"));
+                }
+                (Some(m), _) => {
+                    let n = m.len.min(shadow.len());
+                    let at = off % n;
+                    let data = pattern(s, len.min(n - at), 0);
+                    m.write(at, &data);
+                    m.msync();
+                    put(&mut shadow, at, &data);
+                }
+            },
             0..=24 => {
                 assert_eq!(d.num(&format!("pwrite {fd} {off} {len} {s}")), len as i64, "{ctx}");
                 put(&mut shadow, off, &pattern(s, len, 0));
@@ -390,6 +420,7 @@ fn fsx(mode: &str, seed: u64, ops: usize) {
         }
     }
     same(&std::fs::read(&path).unwrap(), &shadow, &format!("final content ({mode} seed {seed})"));
+    drop(map);
     d.ok(&format!("close {afd}"));
     d.ok(&format!("close {fd}"));
     let stats = d.finish();
@@ -407,19 +438,31 @@ fn seed() -> u64 {
 #[test]
 fn test_fsx_random_ops_match_shadow_channel_mode() {
     skip_unless_ready!("python3");
-    fsx("channel", seed(), 1500);
+    fsx("channel", seed(), 1500, false);
 }
 
 #[test]
 fn test_fsx_random_ops_match_shadow_channel_mode_one_copy() {
     skip_unless_ready!("python3");
-    fsx("channel+remote", seed() ^ 1, 1000);
+    fsx("channel+remote", seed() ^ 1, 1000, false);
 }
 
 #[test]
 fn test_fsx_random_ops_match_shadow_dax_mode() {
     skip_unless_ready!("python3");
-    fsx("dax", seed() + 1, 1500);
+    fsx("dax", seed() + 1, 1500, false);
+}
+
+#[test]
+fn test_fsx_with_kernel_mmap_channel_mode() {
+    skip_unless_ready!("python3");
+    fsx("channel", seed() + 2, 1500, true);
+}
+
+#[test]
+fn test_fsx_with_kernel_mmap_dax_mode() {
+    skip_unless_ready!("python3");
+    fsx("dax", seed() + 3, 1500, true);
 }
 
 /// An O_APPEND write through the kernel mount lands at the true end of file even when the fast
@@ -513,11 +556,12 @@ impl KernelMap {
         Self { addr: p.cast(), len, _file: file }
     }
 
-    /// The mapped bytes, read with volatile loads (the file changes under us).
+    /// The first `n` mapped bytes, read with volatile loads (the file changes under us).
     #[allow(unsafe_code)]
-    fn bytes(&self) -> Vec<u8> {
-        // SAFETY: within the mapping, which lives as long as self.
-        (0..self.len).map(|i| unsafe { self.addr.add(i).read_volatile() }).collect()
+    fn bytes(&self, n: usize) -> Vec<u8> {
+        assert!(n <= self.len);
+        // SAFETY: within the mapping (asserted), which lives as long as self.
+        (0..n).map(|i| unsafe { self.addr.add(i).read_volatile() }).collect()
     }
 
     #[allow(unsafe_code)]
@@ -583,13 +627,13 @@ fn kernel_page_cache_coherence(mode: &str, opts: &str) {
     let fast_before = live_stat(&mut d, "served");
     // Map and touch every page: the kernel now caches the file.
     let map = KernelMap::new(&path, LEN);
-    same(&map.bytes(), &shadow, &format!("mapping at first ({mode}, {opts})"));
+    same(&map.bytes(LEN), &shadow, &format!("mapping at first ({mode}, {opts})"));
     for i in 0..8u64 {
         let off = (i as usize * 9973) % (LEN - 5000);
         let len = 1 + (i as usize * 1777) % 5000;
         assert_eq!(d.num(&format!("pwrite {fd} {off} {len} {}", 10 + i)), len as i64);
         shadow[off..off + len].copy_from_slice(&pattern(10 + i, len, 0));
-        same(&map.bytes(), &shadow, &format!("mapping after preloaded write {i} ({mode}, {opts})"));
+        same(&map.bytes(LEN), &shadow, &format!("mapping after preloaded write {i} ({mode}, {opts})"));
     }
     // The other way: stores through the mapping, flushed, are what the preloaded process reads.
     let mine = pattern(77, 3000, 0);
