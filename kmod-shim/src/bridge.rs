@@ -28,8 +28,8 @@ use zus_api::chan::PAYLOAD_SIZE;
 use zus_api::control::MountInfo;
 use zus_api::ops::{
     Attr, CreateReq, DATA_REMOTE_IOV, DATA_WINDOW, Dirent, FallocateReq, ForgetReq, FsyncReq, InoReq, IoReply, IoReq,
-    IoVec, KernelCacheReq, LinkReq, NameReq, OpCode, OpenReply, OpenReq, Pod, ReaddirReq, ReleaseReq, RenameReq,
-    SetattrReq, StatfsReply, SymlinkReq, XattrReq, io_flags,
+    IoVec, IoctlTicket, KernelCacheReq, LinkReq, NameReq, OpCode, OpenReply, OpenReq, Pod, ReaddirReq, ReleaseReq,
+    RenameReq, SetattrReq, StatfsReply, SymlinkReq, TicketReq, XattrReq, io_flags,
 };
 
 use crate::relay::{Creds, DataIn, OpOutcome, Relay, RelayError};
@@ -95,6 +95,9 @@ struct Handle {
     /// The kernel filled (or may have filled) its page cache through this handle: counted in
     /// [`PageCacheUse::handles`] until released.
     page_cache: AtomicBool,
+    /// Tickets zusd issued for this open file, per uid (`ZUFS_IOC_TICKET`), and the connection
+    /// epoch they belong to; revoked on release.
+    tickets: Mutex<(u64, Vec<(u32, u64)>)>,
 }
 
 /// What the bridge knows of the kernel's page cache of one inode.
@@ -514,6 +517,7 @@ impl Bridge {
             plugin_fh: AtomicU64::new(pfh),
             epoch: AtomicU64::new(c.epoch),
             page_cache: AtomicBool::new(false),
+            tickets: Mutex::new((c.epoch, Vec::new())),
         });
         self.handles.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(fh, h);
         Ok(fh)
@@ -538,6 +542,14 @@ impl Bridge {
         if h.page_cache.load(Ordering::Acquire) {
             self.page_cache_released(h.ino);
         }
+        if let Some(c) = self.current() {
+            let (epoch, issued) =
+                std::mem::take(&mut *h.tickets.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+            for (_, t) in issued.into_iter().filter(|_| epoch == c.epoch) {
+                let r = TicketReq { ino: h.ino, ticket: t, uid: 0, writable: 0 };
+                let _ = self.plain_op(None, OpCode::Ticket, &[r.as_bytes()], DataIn::None);
+            }
+        }
         if let Some(c) = self.current()
             && h.epoch.load(Ordering::Acquire) == c.epoch
         {
@@ -546,6 +558,35 @@ impl Bridge {
                 let _ = self.op_on(&c, None, OpCode::Release, &[r.as_bytes()], DataIn::None, reply, None);
             });
         }
+    }
+
+    /// `ZUFS_IOC_TICKET` on the open file `fh` by user `uid`: a ticket zusd checks on that user's
+    /// fast-path ops for this inode, allowing writes when the file was opened for writing (the
+    /// kernel checked the user's permissions at open). The same user gets the same ticket again;
+    /// it is revoked when the kernel releases the file.
+    ///
+    /// # Errors
+    /// `EBADF` for an unknown handle; the op's errno.
+    pub fn ticket(&self, fh: u64, uid: u32) -> Result<IoctlTicket, Errno> {
+        let c = self.conn_or_eio()?;
+        let h = self.handles.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(&fh).cloned();
+        let h = h.ok_or(Errno::EBADF)?;
+        let writable = h.flags & libc::O_ACCMODE.cast_unsigned() != libc::O_RDONLY.cast_unsigned();
+        let mut g = h.tickets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if g.0 != c.epoch {
+            // Issued by a zusd that has since restarted: they died with it.
+            *g = (c.epoch, Vec::new());
+        }
+        let ticket = match g.1.iter().find(|(u, _)| *u == uid) {
+            Some(&(_, t)) => t,
+            None => {
+                let r = TicketReq { ino: h.ino, ticket: 0, uid, writable: u32::from(writable) };
+                let t = self.plain_op(None, OpCode::Ticket, &[r.as_bytes()], DataIn::None)?;
+                g.1.push((uid, t));
+                t
+            }
+        };
+        Ok(IoctlTicket { ino: h.ino, ticket, mount_id: c.mount_id, writable: u32::from(writable) })
     }
 
     /// Called before the kernel may fill its page cache through `fh` (see [`PageCacheUse`]):

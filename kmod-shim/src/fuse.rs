@@ -17,12 +17,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, Errno as FErrno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL,
-    TimeOrNow, WriteFlags,
+    InitFlags, IoctlFlags, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, SessionACL, TimeOrNow, WriteFlags,
 };
 use zus_api::Errno;
-use zus_api::ops::{Attr, OpCode, SetattrReq, setattr};
+use zus_api::ops::{Attr, IoctlTicket, OpCode, Pod, SetattrReq, ZUFS_IOC_TICKET, setattr};
 
 use crate::bridge::Bridge;
 use crate::relay::Creds;
@@ -521,6 +521,30 @@ impl Filesystem for FuseFs {
         }
         match self.bridge.write(creds(req), ino.0, fh.0, offset, data, flags.0) {
             Ok(n) => reply.written(u32::try_from(n).unwrap_or(u32::MAX)),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn ioctl(
+        &self,
+        req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: IoctlFlags,
+        cmd: u32,
+        _in_data: &[u8],
+        out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        pin_reader();
+        if cmd != ZUFS_IOC_TICKET {
+            return reply.error(FErrno::from_i32(libc::ENOTTY));
+        }
+        if (out_size as usize) < size_of::<IoctlTicket>() {
+            return reply.error(FErrno::from_i32(libc::EINVAL));
+        }
+        match self.bridge.ticket(fh.0, req.uid()) {
+            Ok(t) => reply.ioctl(0, t.as_bytes()),
             Err(e) => reply.error(err(e)),
         }
     }

@@ -396,6 +396,27 @@ impl Relay {
         data_out: Option<&mut [u8]>,
         creds: Option<Creds>,
     ) -> Result<OpOutcome, RelayError> {
+        self.op_with_ticket(lane, mount_id, opcode, req, data_in, reply, data_out, creds, 0)
+    }
+
+    /// As [`Relay::op_on_lane`], showing `ticket` for the op's inode (`OpHeader::ticket`; a
+    /// client attached to a mount it does not own needs one for every op).
+    ///
+    /// # Errors
+    /// As [`Relay::op`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn op_with_ticket(
+        &self,
+        lane: usize,
+        mount_id: u32,
+        opcode: zus_api::ops::OpCode,
+        req: &[&[u8]],
+        data_in: DataIn<'_>,
+        reply: &mut [u8],
+        data_out: Option<&mut [u8]>,
+        creds: Option<Creds>,
+        ticket: u64,
+    ) -> Result<OpOutcome, RelayError> {
         let in_len: usize = req.iter().map(|p| p.len()).sum();
         if in_len > PAYLOAD_SIZE {
             return Err(RelayError::TooLarge(in_len));
@@ -431,7 +452,8 @@ impl Relay {
             uid: c.uid,
             gid: c.gid,
             pid: c.pid,
-            reserved: [0; 3],
+            reserved: 0,
+            ticket,
         };
         self.region.write(so + HDR, &hdr);
         let mut at = so + PAYLOAD;

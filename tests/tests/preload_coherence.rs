@@ -30,9 +30,18 @@ struct Driver {
 
 impl Driver {
     fn start(f: &Fixture, mode: &str) -> Self {
+        Self::start_as(f, mode, None)
+    }
+
+    /// The driver, run as user `uid` (and group `uid`) when given.
+    fn start_as(f: &Fixture, mode: &str, uid: Option<u32>) -> Self {
+        use std::os::unix::process::CommandExt;
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/preload_driver.py");
-        let mut child = f
-            .preload(mode, "python3")
+        let mut cmd = f.preload(mode, "python3");
+        if let Some(u) = uid {
+            cmd.uid(u).gid(u);
+        }
+        let mut child = cmd
             .arg(script)
             .env("ZUFS_PRELOAD_STATS", "1")
             .stdin(Stdio::piped())
@@ -726,4 +735,58 @@ fn test_page_cache_reader_sees_fast_path_writes_channel_mode() {
 fn test_page_cache_reader_sees_fast_path_writes_dax_mode() {
     skip_unless_ready!("python3");
     page_cache_reader_sees_fast_path_writes("dax");
+}
+
+/// A user who does not own the mount (on an `allow_other` mount) gets the fast path through
+/// tickets: the kernel checks the user's permissions at open, the bridge hands the library a
+/// ticket for that open file, and zusd serves that user's data ops on that inode only. dax mode
+/// needs the device file, which this user may not open: channel mode, said once on stderr.
+fn another_user_with_tickets(mode: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    const NOBODY: u32 = 65534;
+    let f = Fixture::new(&format!("preload-tickets-{mode}"), "64M", &format!("{COHERENT},allow_other"));
+    for d in [&f.dir.0, &f.mnt] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let shared = f.path("shared");
+    let mut shadow = pattern(1, 20_000, 0);
+    std::fs::write(&shared, &shadow).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let private = f.path("private");
+    std::fs::write(&private, b"root only").unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut d = Driver::start_as(&f, mode, Some(NOBODY));
+    assert_eq!(d.cmd(&format!("open {} rw", private.display())), Err(libc::EACCES), "the kernel's check at open");
+    let fd = d.num(&format!("open {} rw", shared.display()));
+    for i in 0..8u64 {
+        let off = (i as usize * 2311) % 15_000;
+        assert_eq!(d.num(&format!("pwrite {fd} {off} 3000 {}", 30 + i)), 3000);
+        shadow[off..off + 3000].copy_from_slice(&pattern(30 + i, 3000, 0));
+        same(&unhex(&d.ok(&format!("pread {fd} 0 30000"))), &shadow, &format!("pread as another user ({mode})"));
+    }
+    same(&std::fs::read(&shared).unwrap(), &shadow, "the owner reads what the other user wrote");
+    let ro = d.num(&format!("open {} ro", shared.display()));
+    assert_eq!(d.cmd(&format!("pwrite {ro} 0 10 1")), Err(libc::EBADF));
+    same(&unhex(&d.ok(&format!("pread {ro} 0 30000"))), &shadow, "read through a read-only file");
+    let stats = d.finish();
+    assert!(stat_field(&stats, "chan_io") >= 16, "the other user's calls did not take the fast path: {stats}");
+    assert_eq!(stat_field(&stats, "kernel_cached"), 0, "{stats}");
+    if mode == "dax" {
+        assert!(stats.contains("dax mode unavailable"), "no word of the fallback to channel mode: {stats}");
+        assert_eq!(stats.matches("dax mode unavailable").count(), 1, "said more than once: {stats}");
+    }
+    let out = f.unmount_and_fsck();
+    assert!(out.contains(" 0 problem"), "{out}");
+}
+
+#[test]
+fn test_another_user_gets_the_fast_path_with_tickets_channel_mode() {
+    skip_unless_ready!("python3");
+    another_user_with_tickets("channel");
+}
+
+#[test]
+fn test_another_user_gets_the_fast_path_with_tickets_dax_mode() {
+    skip_unless_ready!("python3");
+    another_user_with_tickets("dax");
 }

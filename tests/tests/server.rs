@@ -343,3 +343,12 @@ fn test_kernel_cache_marks_only_from_a_bridge_refuse_fast_path_data_and_leave_wi
     let out = run(&z, &["kcache"], Duration::from_secs(60));
     assert!(out.contains("KCACHE OK"), "{out}");
 }
+
+#[test]
+fn test_tickets_let_another_user_do_data_ops_on_their_inode_only() {
+    // A user who does not own a mount attaches with tickets only: data ops on the inode a
+    // ticket names, writes only with a write ticket, nothing else, and a revoked ticket is dead.
+    let (_d, z) = nullfs_server("tickets", &[]);
+    let out = run(&z, &["tickets"], Duration::from_secs(60));
+    assert!(out.contains("TICKETS OK"), "{out}");
+}

@@ -94,6 +94,10 @@ pub struct MountInfo {
     pub root: u64,
     /// Whether the device is mapped with MAP_SYNC.
     pub map_sync: bool,
+    /// Attached with tickets only (the client does not own the mount): data ops on inodes the
+    /// client holds a ticket for ([`crate::ops::OpCode::Ticket`]), nothing else.
+    #[serde(default)]
+    pub ticketed: bool,
 }
 
 /// One ZT lane, as reported by status.

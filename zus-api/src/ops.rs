@@ -86,11 +86,14 @@ pub enum OpCode {
     /// The FUSE bridge says the kernel starts or stops caching an inode's pages
     /// ([`KernelCacheReq`]); served by zusd itself, never by the plugin.
     KernelCache = 30,
+    /// The FUSE bridge issues (or revokes) a ticket for one inode to one user ([`TicketReq`]);
+    /// served by zusd itself.
+    Ticket = 31,
 }
 
 impl OpCode {
     /// Every op code, in numeric order.
-    pub const ALL: [Self; 30] = [
+    pub const ALL: [Self; 31] = [
         Self::Noop,
         Self::Statfs,
         Self::Sync,
@@ -121,6 +124,7 @@ impl OpCode {
         Self::MapDone,
         Self::Forget,
         Self::KernelCache,
+        Self::Ticket,
     ];
 
     /// Decodes a wire op code.
@@ -153,6 +157,7 @@ impl OpCode {
             Self::MapDone => size_of::<MapDoneReq>(),
             Self::Forget => size_of::<ForgetReq>(),
             Self::KernelCache => size_of::<KernelCacheReq>(),
+            Self::Ticket => size_of::<TicketReq>(),
         }
     }
 }
@@ -199,7 +204,10 @@ pub struct OpHeader {
     /// See `uid`.
     pub pid: u32,
     /// Reserved, zero.
-    pub reserved: [u32; 3],
+    pub reserved: u32,
+    /// The ticket ([`OpCode::Ticket`]) a client attached to a mount it does not own shows for the
+    /// inode of this op; 0 otherwise.
+    pub ticket: u64,
 }
 
 /// Attributes of an inode, returned by lookup/getattr/create/...
@@ -535,6 +543,41 @@ pub struct KernelCacheReq {
     pub reserved: u32,
 }
 
+/// [`OpCode::Ticket`]. A user's process that opened a file through the kernel mount (so the
+/// kernel checked its permissions) asks the bridge for a ticket with [`ZUFS_IOC_TICKET`]; the
+/// bridge has zusd issue one (`ticket` 0: the result is the new ticket, 63 random bits, never 0)
+/// for `ino`, the caller's `uid` and `writable` = the file was opened for writing, and revokes
+/// it (`ticket` set) when the kernel releases that open file. A client attached to a mount it
+/// does not own may send only data ops, each with a ticket of its uid for that inode
+/// ([`OpHeader::ticket`]). Only the kernel bridge may send this op.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+#[allow(missing_docs)]
+pub struct TicketReq {
+    pub ino: u64,
+    pub ticket: u64,
+    pub uid: u32,
+    pub writable: u32,
+}
+
+/// What the bridge answers to [`ZUFS_IOC_TICKET`] on a file of its mount.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+#[allow(missing_docs)]
+pub struct IoctlTicket {
+    /// The plugin's inode of the file.
+    pub ino: u64,
+    pub ticket: u64,
+    /// zusd's id of the mount (what to attach to).
+    pub mount_id: u32,
+    /// 1 when the ticket allows writes.
+    pub writable: u32,
+}
+
+/// `_IOR('Z', 1, IoctlTicket)`: the private ioctl the FUSE bridge answers on its files.
+#[allow(clippy::cast_possible_truncation)] // 24 (asserted below) fits the 14-bit size field
+pub const ZUFS_IOC_TICKET: u32 = (2 << 30) | ((size_of::<IoctlTicket>() as u32) << 16) | ((b'Z' as u32) << 8) | 1;
+
 /// Reply to statfs.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -578,6 +621,8 @@ pod_impl! {
     MapDoneReq = 24,
     ForgetReq = 16,
     KernelCacheReq = 16,
+    TicketReq = 24,
+    IoctlTicket = 24,
     StatfsReply = 56,
 }
 
@@ -593,6 +638,8 @@ const _: () = {
     assert!(offset_of!(OpHeader, uid) == 40);
     assert!(offset_of!(OpHeader, gid) == 44);
     assert!(offset_of!(OpHeader, pid) == 48);
+    assert!(offset_of!(OpHeader, ticket) == 56);
+    assert!(ZUFS_IOC_TICKET == 0x8018_5a01);
     assert!(offset_of!(Attr, ino) == 0);
     assert!(offset_of!(Attr, size) == 16);
     assert!(offset_of!(Attr, mode) == 56);
@@ -634,7 +681,7 @@ mod tests {
             assert_eq!(OpCode::from_u32(op as u32), Some(op));
         }
         assert_eq!(OpCode::from_u32(0), None);
-        assert_eq!(OpCode::from_u32(31), None);
+        assert_eq!(OpCode::from_u32(32), None);
         assert_eq!(OpCode::from_u32(u32::MAX), None);
     }
 

@@ -11,12 +11,12 @@ use std::sync::Arc;
 
 use zus_api::Errno;
 use zus_api::chan::Geometry;
-use zus_api::control::{self, Reply, Request};
+use zus_api::control::{self, MountInfo, Reply, Request};
 use zus_api::shm::ShmRegion;
 use zus_api::sock::{self, PeerCred};
 
 use crate::mounts;
-use crate::server::{Client, Server, finish_unmount, mount_info};
+use crate::server::{Attachment, Client, Server, finish_unmount, mount_info};
 
 /// Listener errors.
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +97,10 @@ pub fn listen(path: &Path) -> Result<OwnedFd, ControlError> {
     if unsafe { libc::bind(fd.as_raw_fd(), (&raw const addr).cast(), len) } != 0 {
         return Err(err(std::io::Error::last_os_error()));
     }
+    // Every user may connect: what a client may do is decided per request (mounts: root; a
+    // mount's namespace: its owner; other users: ticketed data ops, see crate::tickets).
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(err)?;
     // SAFETY: listen on our own bound socket.
     if unsafe { libc::listen(fd.as_raw_fd(), 128) } != 0 {
         return Err(err(std::io::Error::last_os_error()));
@@ -181,6 +185,7 @@ fn connection(server: &Arc<Server>, conn: &OwnedFd) {
         st.clients.retain(|(c, _)| c.id != id);
         for m in &st.mounts {
             m.kernel_cache.drop_client(id);
+            m.tickets.drop_issuer(id);
         }
         server.publish(&st);
     }
@@ -315,7 +320,7 @@ fn handle(server: &Arc<Server>, client: &Arc<Client>, req: Request) -> Reply {
                     st.mounts.push(Arc::new(m));
                     st.mount_owner.push((id, client.cred.uid));
                     if let Some(c) = st.clients.iter_mut().find(|c| c.0.id == client.id) {
-                        c.1.push(id);
+                        c.1.push(Attachment { mount_id: id, ticketed: false });
                     }
                     server.publish(&st);
                     tracing::info!("mounted {} on {:?} as mount {id}", info.fs_type, info.device);
@@ -333,14 +338,15 @@ fn handle(server: &Arc<Server>, client: &Arc<Client>, req: Request) -> Reply {
                 return error(Errno::ENOENT, format!("no mount {mount_id}"));
             };
             let owner = st.mount_owner.iter().find(|o| o.0 == mount_id).map_or(0, |o| o.1);
-            if !client.privileged && client.cred.uid != owner {
-                return error(Errno::EPERM, "only root or the mount's owner may attach");
-            }
-            if let Some(c) = st.clients.iter_mut().find(|c| c.0.id == client.id && !c.1.contains(&mount_id)) {
-                c.1.push(mount_id);
+            // Anyone else may attach, but only to show tickets (crate::tickets).
+            let ticketed = !client.privileged && client.cred.uid != owner;
+            if let Some(c) = st.clients.iter_mut().find(|c| c.0.id == client.id)
+                && !c.1.iter().any(|a| a.mount_id == mount_id)
+            {
+                c.1.push(Attachment { mount_id, ticketed });
             }
             server.publish(&st);
-            Reply::Mounted { mount: mount_info(&m) }
+            Reply::Mounted { mount: MountInfo { ticketed, ..mount_info(&m) } }
         }
         Request::Unmount { mount_id } => {
             if !client.privileged {
@@ -354,7 +360,7 @@ fn handle(server: &Arc<Server>, client: &Arc<Client>, req: Request) -> Reply {
                 let m = st.mounts.remove(pos);
                 st.mount_owner.retain(|o| o.0 != mount_id);
                 for c in &mut st.clients {
-                    c.1.retain(|&x| x != mount_id);
+                    c.1.retain(|a| a.mount_id != mount_id);
                 }
                 server.publish(&st);
                 m

@@ -8,11 +8,13 @@ use zus_api::Errno;
 use zus_api::chan::PAYLOAD_SIZE;
 use zus_api::ops::{
     CreateReq, DATA_REMOTE_IOV, DATA_WINDOW, InoReq, IoReq, IoVec, KernelCacheReq, LinkReq, MAX_IOV, NAME_MAX, NameReq,
-    OpCode, OpHeader, PATH_MAX, Pod, RenameReq, SetattrReq, SymlinkReq, XattrReq, setattr, split_names,
+    OpCode, OpHeader, PATH_MAX, Pod, RenameReq, SetattrReq, SymlinkReq, TicketReq, XattrReq, setattr, split_names,
 };
 use zus_api::plugin::{DataDesc, OpCall, data_kind};
 
-use crate::server::{Client, Snapshot};
+use crate::mounts::Mount;
+use crate::server::{Attachment, Client, Snapshot};
+use crate::tickets::Ticket;
 
 /// Per-ZT buffers, allocated once.
 #[derive(Debug)]
@@ -161,6 +163,20 @@ fn steps_aside_for_kernel_cache(op: OpCode, payload: &[u8]) -> bool {
     }
 }
 
+/// A client attached with tickets only (it does not own the mount) may send the data ops of
+/// the preload library, each with a ticket of its uid for the op's inode, issued for writing
+/// when the op writes (see [`crate::tickets`]).
+fn check_ticket(mount: &Mount, client: &Client, op: OpCode, ticket: u64, payload: &[u8]) -> Result<(), Errno> {
+    let write = match op {
+        OpCode::Read | OpCode::Getattr | OpCode::Fsync => false,
+        OpCode::Write | OpCode::Fallocate | OpCode::MapDone => true,
+        OpCode::Setattr if SetattrReq::read_from(payload).is_some_and(|r| r.valid == setattr::SIZE) => true,
+        OpCode::Map => zus_api::ops::MapReq::read_from(payload).is_none_or(|r| r.write != 0),
+        _ => return Err(Errno::EPERM),
+    };
+    mount.tickets.check(ticket, client.cred.uid, first_ino(payload), write)
+}
+
 /// The inode of a request whose fixed part starts with it (every data op's does).
 fn first_ino(payload: &[u8]) -> u64 {
     payload.get(..8).map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
@@ -170,7 +186,7 @@ fn first_ino(payload: &[u8]) -> u64 {
 pub fn serve(
     snap: &Snapshot,
     client: &Client,
-    attached: &[u32],
+    attached: &[Attachment],
     hdr: &OpHeader,
     payload_off: usize,
     window: (usize, usize),
@@ -186,7 +202,7 @@ pub fn serve(
     }
     client.region.copy_out(payload_off, &mut scratch.req[..in_len]);
     let payload = &scratch.req[..in_len];
-    let Some(mount) = snap.mount_for(attached, hdr.mount_id) else { return reject(Errno::EBADF) };
+    let Some((mount, ticketed)) = snap.mount_for(attached, hdr.mount_id) else { return reject(Errno::EBADF) };
     if mount.read_only && mutates(op) {
         return Served { result: Errno::EROFS.to_wire(), ..Served::default() };
     }
@@ -200,6 +216,22 @@ pub fn serve(
         }
         let result = mount.kernel_cache.set(client.id, r.ino, r.on != 0).map_or_else(Errno::to_wire, |()| 0);
         return Served { result, ..Served::default() };
+    }
+    if op == OpCode::Ticket {
+        let Some(r) = TicketReq::read_from(payload) else { return reject(Errno::EINVAL) };
+        if !client.kernel_bridge {
+            return Served { result: Errno::EPERM.to_wire(), ..Served::default() };
+        }
+        let result = if r.ticket == 0 {
+            let t = Ticket { ino: r.ino, uid: r.uid, writable: r.writable != 0, issuer: client.id };
+            mount.tickets.issue(t).map_or_else(Errno::to_wire, |id| i64::try_from(id).unwrap_or(0))
+        } else {
+            mount.tickets.revoke(client.id, r.ticket).map_or_else(Errno::to_wire, |()| 0)
+        };
+        return Served { result, ..Served::default() };
+    }
+    if ticketed && let Err(e) = check_ticket(mount, client, op, hdr.ticket, payload) {
+        return Served { result: e.to_wire(), ..Served::default() };
     }
     if !client.kernel_bridge
         && steps_aside_for_kernel_cache(op, payload)

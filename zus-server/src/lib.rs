@@ -16,6 +16,7 @@ pub mod kcache;
 pub mod mounts;
 pub mod plugins;
 pub mod server;
+pub mod tickets;
 pub mod topology;
 pub mod zt;
 

@@ -89,6 +89,8 @@ pub struct Mount {
     pub map_sync: bool,
     /// Inodes whose pages the kernel may cache (marked by the FUSE bridge).
     pub kernel_cache: crate::kcache::KernelCacheMarks,
+    /// Tickets issued for the mount's inodes (users who do not own the mount).
+    pub tickets: crate::tickets::Tickets,
     vtable: &'static PluginVtable,
     handle: *mut c_void,
     /// The device mapping; declared after `handle` users finish (unmount runs before drop).
@@ -228,6 +230,7 @@ pub fn mount(id: u32, plugin: &Plugin, device: &str, options: &str) -> Result<Mo
         read_only: so.read_only,
         map_sync: pmem.as_ref().is_some_and(|p| p.map_mode() == MapMode::Sync),
         kernel_cache: crate::kcache::KernelCacheMarks::default(),
+        tickets: crate::tickets::Tickets::default(),
         vtable: plugin.vtable,
         handle,
         pmem,

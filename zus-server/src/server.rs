@@ -85,20 +85,28 @@ pub struct Client {
 pub struct Snapshot {
     /// Generation this snapshot belongs to.
     pub generation: u64,
-    /// Clients and the mount ids they attached.
-    pub clients: Vec<(Arc<Client>, Vec<u32>)>,
+    /// Clients and the mounts they attached.
+    pub clients: Vec<(Arc<Client>, Vec<Attachment>)>,
     /// Mounts.
     pub mounts: Vec<Arc<Mount>>,
 }
 
+/// A client's attachment to a mount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attachment {
+    /// The mount.
+    pub mount_id: u32,
+    /// The client does not own the mount: data ops with tickets only ([`crate::tickets`]).
+    pub ticketed: bool,
+}
+
 impl Snapshot {
-    /// The mount `id`, if `attached` allows it.
+    /// The mount `id` and whether the client is attached with tickets only, if `attached`
+    /// allows it at all.
     #[must_use]
-    pub fn mount_for(&self, attached: &[u32], id: u32) -> Option<&Arc<Mount>> {
-        if !attached.contains(&id) {
-            return None;
-        }
-        self.mounts.iter().find(|m| m.id == id)
+    pub fn mount_for(&self, attached: &[Attachment], id: u32) -> Option<(&Arc<Mount>, bool)> {
+        let a = attached.iter().find(|a| a.mount_id == id)?;
+        self.mounts.iter().find(|m| m.id == id).map(|m| (m, a.ticketed))
     }
 }
 
@@ -106,7 +114,7 @@ impl Snapshot {
 #[derive(Debug, Default)]
 pub struct State {
     /// Clients and attached mounts.
-    pub clients: Vec<(Arc<Client>, Vec<u32>)>,
+    pub clients: Vec<(Arc<Client>, Vec<Attachment>)>,
     /// Mounts.
     pub mounts: Vec<Arc<Mount>>,
     /// Who mounted each mount (uid), for attach permission.
@@ -309,6 +317,7 @@ pub fn mount_info(m: &Mount) -> MountInfo {
         options: m.options.clone(),
         root: m.root,
         map_sync: m.map_sync,
+        ticketed: false,
     }
 }
 

@@ -65,16 +65,25 @@ fn op_sized(f: File, code: OpCode, req: &[&[u8]], reply: &mut [u8], bytes: u64) 
     );
     let r = f.m.relay()?;
     let id = f.m.mount_id.load(Ordering::Relaxed) as u32;
-    r.op_on_lane(pick_lane(f, r, bytes), id, code, req, DataIn::None, reply, None, None)
+    let ticket = f.s.ticket.load(Ordering::Relaxed);
+    r.op_with_ticket(pick_lane(f, r, bytes), id, code, req, DataIn::None, reply, None, None, ticket)
         .map(|o| o.value)
         .map_err(|e| op_errno(f, r, &e))
 }
 
-/// The errno of a failed op; EUSEKERNEL is remembered in the slot (see [`kernel_route`]).
+/// Slot `kernel_gen` value: the kernel serves this file for good.
+const KERNEL_FOR_GOOD: u64 = u64::MAX;
+
+/// The errno of a failed op; EUSEKERNEL is remembered in the slot (see [`kernel_route`]). A
+/// refused ticket (a zusd restarted since the bridge issued it) sends the file to the kernel
+/// for good: the kernel mount always serves it correctly.
 fn op_errno(f: File, r: &kmod_shim::Relay, e: &kmod_shim::RelayError) -> i32 {
     let e = e.errno().0;
     if e == USE_KERNEL {
         f.s.kernel_gen.store(r.layout_gen().wrapping_add(1), Ordering::Relaxed);
+    } else if e == libc::EACCES && f.s.ticket.load(Ordering::Relaxed) != 0 {
+        f.s.kernel_gen.store(KERNEL_FOR_GOOD, Ordering::Relaxed);
+        return USE_KERNEL;
     }
     e
 }
@@ -88,7 +97,7 @@ pub const USE_KERNEL: i32 = zus_api::Errno::EUSEKERNEL.0;
 #[inline]
 fn kernel_route(f: File) -> Result<(), i32> {
     let k = f.s.kernel_gen.load(Ordering::Relaxed);
-    if k != 0 && k == f.m.relay()?.layout_gen().wrapping_add(1) {
+    if k != 0 && (k == KERNEL_FOR_GOOD || k == f.m.relay()?.layout_gen().wrapping_add(1)) {
         return Err(USE_KERNEL);
     }
     Ok(())
@@ -192,14 +201,15 @@ fn window_io(f: File, code: OpCode, iov: &[IoVec], mut off: u64, flags: u32) -> 
             state::count(&state::STATS.window_io, 1);
             let id = f.m.mount_id.load(Ordering::Relaxed) as u32;
             let lane = pick_lane(f, r, n);
+            let ticket = f.s.ticket.load(Ordering::Relaxed);
             let o = if code == OpCode::Write {
                 // SAFETY: the caller's buffer, valid for `v.len` bytes (write(2) contract).
                 let d = unsafe { core::slice::from_raw_parts(p, n as usize) };
-                r.op_on_lane(lane, id, code, &[req.as_bytes()], DataIn::Window(d), &mut rep, None, None)
+                r.op_with_ticket(lane, id, code, &[req.as_bytes()], DataIn::Window(d), &mut rep, None, None, ticket)
             } else {
                 // SAFETY: as above, writable (read(2) contract).
                 let d = unsafe { core::slice::from_raw_parts_mut(p, n as usize) };
-                r.op_on_lane(lane, id, code, &[req.as_bytes()], DataIn::None, &mut rep, Some(d), None)
+                r.op_with_ticket(lane, id, code, &[req.as_bytes()], DataIn::None, &mut rep, Some(d), None, ticket)
             };
             let o = match o {
                 Ok(o) => o,

@@ -36,6 +36,9 @@ pub struct Mount {
     socket: PathBuf,
     relay: AtomicPtr<Relay>,
     relay_gen: AtomicU64,
+    /// Attached with tickets only (we do not own the mount): each file needs a ticket from the
+    /// bridge (`ZUFS_IOC_TICKET`) before we serve it.
+    pub ticketed: AtomicBool,
     /// Dax mapping, when dax mode is on and the device could be mapped.
     pub dax: Option<DaxMap>,
     /// The plugin answers MAP (cleared on ENOSYS/EOPNOTSUPP: channel mode from then on).
@@ -136,12 +139,15 @@ impl Mount {
                 return Ok(r);
             }
         }
-        let (r, id) = connect_attach(&self.socket, self.mount_id.load(Ordering::Relaxed) as u32, &self.device)
-            .map_err(|(e, why)| {
-                sys::say(&format!("{}: reconnecting to zusd: {why}", self.mountpoint));
-                e
-            })?;
+        let (r, id, ticketed) =
+            connect_attach(&self.socket, self.mount_id.load(Ordering::Relaxed) as u32, &self.device).map_err(
+                |(e, why)| {
+                    sys::say(&format!("{}: reconnecting to zusd: {why}", self.mountpoint));
+                    e
+                },
+            )?;
         self.mount_id.store(u64::from(id), Ordering::Relaxed);
+        self.ticketed.store(ticketed, Ordering::Relaxed);
         // Extents cached under the old connection are not comparable with the new server's
         // layout generation.
         state::LAYOUT_EPOCH.fetch_add(1, Ordering::AcqRel);
@@ -156,10 +162,11 @@ impl Mount {
 }
 
 /// Connects to zusd and attaches to the mount of `device` (by id, else by looking it up).
-fn connect_attach(socket: &Path, mount_id: u32, device: &str) -> Result<(Relay, u32), (i32, String)> {
+/// Returns the relay, the mount id, and whether we are attached with tickets only.
+fn connect_attach(socket: &Path, mount_id: u32, device: &str) -> Result<(Relay, u32, bool), (i32, String)> {
     let r = Relay::connect(socket, "zufs-preload").map_err(|e| (e.errno().0, e.to_string()))?;
     match r.attach(mount_id) {
-        Ok(info) if device.is_empty() || info.device == device => return Ok((r, mount_id)),
+        Ok(info) if device.is_empty() || info.device == device => return Ok((r, mount_id, info.ticketed)),
         Ok(_) => {}
         Err(e) if e.errno().0 == libc::EPERM => return Err((libc::EPERM, e.to_string())),
         Err(_) => {}
@@ -172,8 +179,8 @@ fn connect_attach(socket: &Path, mount_id: u32, device: &str) -> Result<(Relay, 
         .find(|m| !device.is_empty() && m.device == device)
         .ok_or((libc::ENODEV, format!("zusd has no mount of {device}")))?;
     let id = m.mount_id;
-    r.attach(id).map_err(|e| (e.errno().0, e.to_string()))?;
-    Ok((r, id))
+    let info = r.attach(id).map_err(|e| (e.errno().0, e.to_string()))?;
+    Ok((r, id, info.ticketed))
 }
 
 /// What the FUSE bridge writes under `<run dir>/mounts/`.
@@ -319,6 +326,16 @@ fn classify(fd: i32) -> u32 {
     if !m.usable {
         return FD_KERNEL;
     }
+    // On a mount we do not own, the bridge's ticket for this open file (the kernel checked our
+    // permissions when it opened it); none: the kernel serves the file.
+    let ticket = if m.ticketed.load(Ordering::Relaxed) {
+        match sys::ticket(fd) {
+            Some(t) if t.ino == st.st_ino && u64::from(t.mount_id) == m.mount_id.load(Ordering::Relaxed) => t.ticket,
+            _ => return FD_KERNEL,
+        }
+    } else {
+        0
+    };
     let Some(si) = state::alloc_slot() else { return FD_KERNEL };
     let s = &state::SLOTS[si as usize];
     s.mount.store(mi, Ordering::Relaxed);
@@ -331,6 +348,7 @@ fn classify(fd: i32) -> u32 {
     s.last_commit.store(0, Ordering::Relaxed);
     s.dirty.store(false, Ordering::Relaxed);
     s.kernel_gen.store(0, Ordering::Relaxed);
+    s.ticket.store(ticket, Ordering::Relaxed);
     s.refs.store(1, Ordering::Release);
     FD_SLOT0 + si
 }
@@ -380,6 +398,7 @@ fn new_mount(dev: u64) -> Option<u32> {
         socket: socket.clone(),
         relay: AtomicPtr::new(core::ptr::null_mut()),
         relay_gen: AtomicU64::new(0),
+        ticketed: AtomicBool::new(false),
         dax: None,
         dax_ok: AtomicBool::new(true),
         data,
@@ -389,8 +408,9 @@ fn new_mount(dev: u64) -> Option<u32> {
         ),
     };
     match connect_attach(&socket, mount_id, &device) {
-        Ok((r, id)) => {
+        Ok((r, id, ticketed)) => {
             m.mount_id.store(u64::from(id), Ordering::Relaxed);
+            m.ticketed.store(ticketed, Ordering::Relaxed);
             m.relay = AtomicPtr::new(Box::into_raw(Box::new(r)));
             m.relay_gen = AtomicU64::new(state::FORK_GEN.load(Ordering::Acquire));
             if mode == Mode::Dax {
@@ -400,10 +420,9 @@ fn new_mount(dev: u64) -> Option<u32> {
                 }
             }
         }
-        Err((e, why)) => {
+        Err((_, why)) => {
             m.usable = false;
-            let who = if e == libc::EPERM { " (only root or the mount's owner may use the fast path)" } else { "" };
-            sys::say(&format!("{mp}: fast path unavailable: {why}{who}; using the kernel mount"));
+            sys::say(&format!("{mp}: fast path unavailable: {why}; using the kernel mount"));
         }
     }
     let p = Box::into_raw(Box::new(m));

@@ -147,6 +147,8 @@ pub struct Slot {
     /// caches its pages); 0 = never. While the generation stays, calls go to the kernel without
     /// asking zusd again.
     pub kernel_gen: AtomicU64,
+    /// The bridge's ticket for this file on a mount we do not own (0: none needed).
+    pub ticket: AtomicU64,
     /// The extents, sorted by file offset, contiguous.
     pub ext: [CachedExtent; MAX_MAP_EXTENTS],
 }
@@ -167,6 +169,7 @@ impl Slot {
             last_commit: AtomicU64::new(0),
             dirty: AtomicBool::new(false),
             kernel_gen: AtomicU64::new(0),
+            ticket: AtomicU64::new(0),
             ext: [const { CachedExtent { file_off: AtomicU64::new(0), dev_off: AtomicU64::new(0), len: AtomicU64::new(0) } };
                 MAX_MAP_EXTENTS],
         }

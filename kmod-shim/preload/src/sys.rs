@@ -46,6 +46,17 @@ pub fn getfl(fd: c_int) -> Result<i32, i32> {
     check(unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_GETFL) }).map(|v| v as i32)
 }
 
+/// The bridge's ticket for the file open as `fd` (`ZUFS_IOC_TICKET`), or None (not a zufs file,
+/// or the bridge would not issue one).
+pub fn ticket(fd: c_int) -> Option<zus_api::ops::IoctlTicket> {
+    let mut t = zus_api::ops::IoctlTicket::default();
+    // SAFETY: the ioctl writes at most size_of::<IoctlTicket>() bytes (encoded in the request
+    // number) into `t`, which we own.
+    let r =
+        unsafe { libc::syscall(libc::SYS_ioctl, fd, libc::c_ulong::from(zus_api::ops::ZUFS_IOC_TICKET), &raw mut t) };
+    (r == 0 && t.ticket != 0).then_some(t)
+}
+
 /// close(2) without the libc wrapper.
 pub fn close(fd: c_int) {
     // SAFETY: closing an fd we own.

@@ -87,6 +87,30 @@ enum Cmd {
     /// The kernel-cache marks: who may set them, what they refuse, and that they leave with the
     /// bridge that set them. Prints `KCACHE OK` or fails with the step that went wrong.
     Kcache,
+    /// Tickets: as root, mount nullfs, issue tickets to `--uid` through a bridge connection, and
+    /// run `ticket-user` as that user to use them; then revoke one and check it is refused.
+    /// Prints `TICKETS OK`.
+    Tickets {
+        #[arg(long, default_value_t = 65534)]
+        uid: u32,
+    },
+    /// Run by `tickets` as another user: attach to a mount we do not own and check what our
+    /// tickets allow. Prints `USER OK`.
+    TicketUser {
+        #[arg(long)]
+        mount_id: u32,
+        #[arg(long)]
+        ino: u64,
+        #[arg(long)]
+        other_ino: u64,
+        #[arg(long)]
+        ro: u64,
+        #[arg(long)]
+        rw: u64,
+        /// The rw ticket was revoked: only check that it is refused now.
+        #[arg(long)]
+        revoked: bool,
+    },
 }
 
 fn name_req(dir: u64, name: &[u8]) -> NameReq {
@@ -238,7 +262,8 @@ fn garbage(socket: &Path, mount_id: u32, iters: usize, seed: u64) -> Result<()> 
             uid: rng.random(),
             gid: rng.random(),
             pid: rng.random(),
-            reserved: [rng.random(), rng.random(), rng.random()],
+            reserved: rng.random(),
+            ticket: rng.random(),
         };
         if rng.random_bool(0.05) {
             hdr.opcode = OpCode::Noop as u32;
@@ -388,6 +413,98 @@ fn kcache(relay: &Relay, socket: &Path) -> Result<()> {
     Ok(())
 }
 
+fn tickets(relay: &Relay, socket: &Path, uid: u32) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    use zus_api::ops::TicketReq;
+    let m = relay.mount("nullfs", "", "")?;
+    let bridge =
+        Relay::connect_with(socket, "tickets-bridge", zus_api::features::ALL | zus_api::features::KERNEL_BRIDGE)?;
+    bridge.attach(m.mount_id)?;
+    let mut reply = vec![0u8; PAYLOAD_SIZE];
+    let mut create = |name: &[u8]| -> Result<u64> {
+        let cr = CreateReq { dir: m.root, mode: 0o644, rdev: 0, flags: 0, name_len: u32::try_from(name.len())? };
+        let o = relay.op(m.mount_id, OpCode::Create, &[cr.as_bytes(), name], DataIn::None, &mut reply, None, None)?;
+        Ok(attr_of(&reply[..o.reply_len])?.ino)
+    };
+    let (ino, other) = (create(b"mine")?, create(b"other")?);
+    let ticket_op = |r: &Relay, t: TicketReq| -> i32 {
+        op_errno(r, m.mount_id, OpCode::Ticket, &[t.as_bytes()], DataIn::None, None)
+    };
+    ensure!(
+        ticket_op(relay, TicketReq { ino, ticket: 0, uid, writable: 1 }) == libc::EPERM,
+        "a client that is not a bridge got a ticket"
+    );
+    let mut issue = |writable: u32| -> Result<u64> {
+        let t = TicketReq { ino, ticket: 0, uid, writable };
+        let o = bridge.op(m.mount_id, OpCode::Ticket, &[t.as_bytes()], DataIn::None, &mut reply, None, None)?;
+        ensure!(o.value != 0, "ticket 0");
+        Ok(o.value)
+    };
+    let (ro, rw) = (issue(0)?, issue(1)?);
+    let user = |revoked: bool| -> Result<String> {
+        let mut c = std::process::Command::new(std::env::current_exe()?);
+        c.arg("--socket").arg(socket).arg("ticket-user");
+        for (k, v) in
+            [("--mount-id", u64::from(m.mount_id)), ("--ino", ino), ("--other-ino", other), ("--ro", ro), ("--rw", rw)]
+        {
+            c.arg(k).arg(v.to_string());
+        }
+        if revoked {
+            c.arg("--revoked");
+        }
+        let o = c.uid(uid).gid(uid).output()?;
+        let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        ensure!(o.status.success() && out.contains("USER OK"), "as uid {uid}: {out}");
+        Ok(out)
+    };
+    user(false)?;
+    ensure!(ticket_op(&bridge, TicketReq { ino, ticket: rw, uid: 0, writable: 0 }) == 0, "revoke");
+    ensure!(
+        ticket_op(&bridge, TicketReq { ino, ticket: rw, uid: 0, writable: 0 }) == libc::EINVAL,
+        "a revoked ticket was revoked again"
+    );
+    user(true)?;
+    println!("TICKETS OK");
+    Ok(())
+}
+
+fn ticket_user(relay: &Relay, mount_id: u32, [ino, other]: [u64; 2], [ro, rw]: [u64; 2], revoked: bool) -> Result<()> {
+    let info = relay.attach(mount_id)?;
+    ensure!(info.ticketed, "attached to a mount we do not own without tickets");
+    let op = |code: OpCode, req: &[&[u8]], data: DataIn<'_>, ticket: u64| -> i32 {
+        let mut reply = vec![0u8; PAYLOAD_SIZE];
+        let mut back = vec![0u8; 4096];
+        let out = if code == OpCode::Read { Some(&mut back[..]) } else { None };
+        match relay.op_with_ticket(0, mount_id, code, req, data, &mut reply, out, None, ticket) {
+            Ok(_) => 0,
+            Err(kmod_shim::RelayError::Op(e)) => e.0,
+            Err(e) => panic!("{code:?}: {e}"),
+        }
+    };
+    let data = [5u8; 512];
+    let io = |i: u64| IoReq { ino: i, fh: 0, offset: 0, len: 512, flags: 0, data_kind: 0, niov: 0, reserved: 0 };
+    let write = |i: u64, t: u64| op(OpCode::Write, &[io(i).as_bytes()], DataIn::Window(&data), t);
+    let read = |i: u64, t: u64| op(OpCode::Read, &[io(i).as_bytes()], DataIn::None, t);
+    if revoked {
+        ensure!(write(ino, rw) == libc::EACCES, "a revoked ticket still allowed a write");
+        ensure!(read(ino, ro) == 0, "the other ticket went with the revoked one");
+        println!("USER OK");
+        return Ok(());
+    }
+    let look = NameReq { dir: ino, name_len: 1, reserved: 0 };
+    ensure!(op(OpCode::Lookup, &[look.as_bytes(), b"x"], DataIn::None, rw) == libc::EPERM, "lookup with tickets only");
+    ensure!(read(ino, 0) == libc::EACCES, "a read without a ticket");
+    ensure!(read(ino, rw ^ 1) == libc::EACCES, "a read with a forged ticket");
+    ensure!(read(ino, ro) == 0, "a read with the read ticket");
+    ensure!(write(ino, ro) == libc::EACCES, "a write with the read ticket");
+    ensure!(write(ino, rw) == 0, "a write with the write ticket");
+    ensure!(read(other, rw) == libc::EACCES, "the ticket of one inode opened another");
+    let getattr = InoReq { ino };
+    ensure!(op(OpCode::Getattr, &[getattr.as_bytes()], DataIn::None, ro) == 0, "getattr with a ticket");
+    println!("USER OK");
+    Ok(())
+}
+
 fn poll(relay: &Relay, iters: usize, idle_ms: u64) -> Result<()> {
     let m = relay.mount("nullfs", "", "")?;
     let ncpu = relay.geometry().ncpu;
@@ -491,6 +608,10 @@ fn main() -> Result<()> {
         }
         Cmd::Poll { iters, idle_ms } => poll(&relay, iters, idle_ms),
         Cmd::Kcache => kcache(&relay, &args.socket),
+        Cmd::Tickets { uid } => tickets(&relay, &args.socket, uid),
+        Cmd::TicketUser { mount_id, ino, other_ino, ro, rw, revoked } => {
+            ticket_user(&relay, mount_id, [ino, other_ino], [ro, rw], revoked)
+        }
         Cmd::Garbage { .. } | Cmd::BadHello => unreachable!(),
     }
 }

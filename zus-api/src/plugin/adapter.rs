@@ -508,6 +508,6 @@ fn dispatch<T: FileSystem>(fs: &T, call: &mut OpCall) -> Result<u64, Errno> {
             Ok(0)
         }
         // zusd serves it itself; a plugin never sees it.
-        OpCode::KernelCache => Err(Errno::ENOSYS),
+        OpCode::KernelCache | OpCode::Ticket => Err(Errno::ENOSYS),
     }
 }
