@@ -7,21 +7,37 @@
 //! library serves them through the kernel mount: the page cache and the fast path never hold two
 //! views of the same bytes.
 //!
-//! The check is on every data op of a fast-path client, so the common case (nothing marked on
-//! the mount) is one relaxed load; the set is looked at only while some inode is marked.
+//! The check is on every data op of a fast-path client, so it is one load of a word of a
+//! 4096-bit filter (a hash of the inode); only when that bit is set is the set looked at.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use zus_api::Errno;
 
 /// The marks of one mount: per inode, how many times marked, by which client (a bridge that
 /// goes away takes its marks with it).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct KernelCacheMarks {
-    marked: AtomicUsize,
+    /// Bit `filter_bit(ino)` is set while some marked inode hashes there (rebuilt from
+    /// `inner` on every change).
+    filter: [AtomicU64; FILTER_WORDS],
     inner: Mutex<Marks>,
+}
+
+const FILTER_WORDS: usize = 64;
+
+impl Default for KernelCacheMarks {
+    fn default() -> Self {
+        Self { filter: [const { AtomicU64::new(0) }; FILTER_WORDS], inner: Mutex::default() }
+    }
+}
+
+/// The filter word and bit of `ino`.
+fn filter_bit(ino: u64) -> (usize, u64) {
+    let h = ino.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 52; // 12 bits
+    ((h >> 6) as usize % FILTER_WORDS, 1 << (h & 63))
 }
 
 #[derive(Debug, Default)]
@@ -66,8 +82,20 @@ impl KernelCacheMarks {
             }
             m.unmark(ino, 1);
         }
-        self.marked.store(m.counts.len(), Ordering::SeqCst);
+        self.rebuild_filter(&m);
         Ok(())
+    }
+
+    /// Sets exactly the bits of the marked inodes (SeqCst: see [`Self::contains`]).
+    fn rebuild_filter(&self, m: &Marks) {
+        let mut words = [0u64; FILTER_WORDS];
+        for &ino in m.counts.keys() {
+            let (w, b) = filter_bit(ino);
+            words[w] |= b;
+        }
+        for (f, w) in self.filter.iter().zip(words) {
+            f.store(w, Ordering::SeqCst);
+        }
     }
 
     /// Drops every mark `client` holds (it disconnected: its kernel mount is gone or will mark
@@ -79,7 +107,7 @@ impl KernelCacheMarks {
                 m.unmark(ino, n);
             }
         }
-        self.marked.store(m.counts.len(), Ordering::SeqCst);
+        self.rebuild_filter(&m);
     }
 
     /// Whether the kernel may cache `ino`'s pages.
@@ -90,7 +118,8 @@ impl KernelCacheMarks {
     pub fn contains(&self, ino: u64) -> bool {
         // SeqCst: the ZT's `busy` store comes before this load (see `zt::wait_for_other_zts`);
         // a plain load on x86.
-        if self.marked.load(Ordering::SeqCst) == 0 {
+        let (w, b) = filter_bit(ino);
+        if self.filter[w].load(Ordering::SeqCst) & b == 0 {
             return false;
         }
         self.lock().counts.contains_key(&ino)
@@ -98,7 +127,7 @@ impl KernelCacheMarks {
 
     /// Number of inodes marked.
     pub fn len(&self) -> usize {
-        self.marked.load(Ordering::Relaxed)
+        self.lock().counts.len()
     }
 
     /// Whether nothing is marked.
@@ -129,5 +158,19 @@ mod tests {
         m.set(2, 8, true).unwrap();
         m.drop_client(1);
         assert!(!m.contains(7) && m.contains(8) && m.len() == 1);
+    }
+
+    #[test]
+    fn test_filter_never_hides_a_mark_and_clears_with_the_last() {
+        let m = KernelCacheMarks::default();
+        for ino in 0..10_000u64 {
+            m.set(1, ino, true).unwrap();
+        }
+        assert!((0..10_000u64).all(|i| m.contains(i)));
+        for ino in 0..10_000u64 {
+            m.set(1, ino, false).unwrap();
+        }
+        assert!(m.filter.iter().all(|w| w.load(Ordering::Relaxed) == 0));
+        assert!(!m.contains(5));
     }
 }

@@ -9,7 +9,7 @@
 //! client cannot guess another's, and one that leaks to another user does not pass the uid check.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::RwLock;
 
 use zus_api::Errno;
 
@@ -26,10 +26,11 @@ pub struct Ticket {
     pub issuer: u32,
 }
 
-/// The live tickets of one mount.
+/// The live tickets of one mount (a read lock per op of a ticketed client: ZTs check in
+/// parallel; issuing and revoking are rare).
 #[derive(Debug, Default)]
 pub struct Tickets {
-    live: Mutex<HashMap<u64, Ticket>>,
+    live: RwLock<HashMap<u64, Ticket>>,
 }
 
 /// 63 random bits, never 0 (0 means "no ticket").
@@ -41,8 +42,12 @@ fn random_ticket() -> Result<u64, Errno> {
 }
 
 impl Tickets {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Ticket>> {
-        self.live.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<u64, Ticket>> {
+        self.live.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<u64, Ticket>> {
+        self.live.read().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Issues a ticket.
@@ -85,7 +90,7 @@ impl Tickets {
     /// # Errors
     /// `EACCES` when it does not.
     pub fn check(&self, id: u64, uid: u32, ino: u64, write: bool) -> Result<(), Errno> {
-        match self.lock().get(&id) {
+        match self.read().get(&id) {
             Some(t) if t.ino == ino && t.uid == uid && (t.writable || !write) => Ok(()),
             _ => Err(Errno::EACCES),
         }
@@ -93,7 +98,7 @@ impl Tickets {
 
     /// Live tickets.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.read().len()
     }
 
     /// Whether no ticket is live.
