@@ -125,10 +125,6 @@ pub struct BridgeStats {
     pub server_gone: AtomicU64,
     /// Successful re-attachments to a restarted zusd.
     pub reattached: AtomicU64,
-    /// Inodes marked as cached by the kernel (`OpCode::KernelCache`), and unmarked.
-    pub page_cache_marks: AtomicU64,
-    /// Of those, unmarked again.
-    pub page_cache_unmarks: AtomicU64,
 }
 
 /// The transport-independent bridge.
@@ -613,7 +609,7 @@ impl Bridge {
                 return;
             }
             u.marked = true;
-            self.stats.page_cache_marks.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("inode {}: the kernel caches its pages; the fast path steps aside", h.ino);
         }
         u.handles += 1;
         h.page_cache.store(true, Ordering::Release);
@@ -659,7 +655,7 @@ impl Bridge {
                 // A handle that came meanwhile keeps the mark (its pages may be newer).
                 if m.get(&ino).is_some_and(|u| u.handles == 0) {
                     if m.get(&ino).is_some_and(|u| u.marked) && b.kernel_cache_op(ino, false).is_ok() {
-                        b.stats.page_cache_unmarks.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!("inode {ino}: pages dropped; the fast path may serve it again");
                     }
                     m.remove(&ino);
                 }
