@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use zus_api::shm::ShmRegion;
+
 /// Directory holding the built binaries and plugins (`target/<profile>`).
 ///
 /// # Panics
@@ -156,6 +158,66 @@ impl Drop for Zusd {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A shared read-write mapping of a file (`MAP_SHARED`), for tests that look at a file through
+/// mmap: zus_api's [`ShmRegion`] (raw-pointer copies, never references into the mapping) plus
+/// msync.
+#[derive(Debug)]
+pub struct SharedFileMap(ShmRegion);
+
+impl SharedFileMap {
+    /// Maps the first `len` bytes of `file` (open read-write).
+    ///
+    /// # Panics
+    /// When mmap fails.
+    #[must_use]
+    pub fn new(file: &std::fs::File, len: usize) -> Self {
+        use std::os::fd::AsFd;
+        Self(ShmRegion::map(file.as_fd(), len).expect("mmap"))
+    }
+
+    /// Mapped length.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the mapping is empty.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The bytes of `range`.
+    ///
+    /// # Panics
+    /// When `range` leaves the mapping.
+    #[must_use]
+    pub fn bytes(&self, range: std::ops::Range<usize>) -> Vec<u8> {
+        let mut v = vec![0u8; range.len()];
+        self.0.copy_out(range.start, &mut v);
+        v
+    }
+
+    /// Stores `data` at `at`.
+    ///
+    /// # Panics
+    /// When it leaves the mapping.
+    pub fn write(&self, at: usize, data: &[u8]) {
+        self.0.copy_in(at, data);
+    }
+
+    /// `msync(MS_SYNC)` of the whole mapping.
+    ///
+    /// # Panics
+    /// When msync fails.
+    #[allow(unsafe_code)]
+    pub fn msync(&self) {
+        // SAFETY: msync of the whole live mapping; it reads no memory of ours.
+        let r = unsafe { libc::msync(self.0.raw(0, self.len()).cast(), self.len(), libc::MS_SYNC) };
+        assert_eq!(r, 0, "msync: {}", std::io::Error::last_os_error());
     }
 }
 

@@ -14,6 +14,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
+use zufs_tests::SharedFileMap;
 
 macro_rules! skip_without_pmemfs {
     () => {
@@ -172,12 +173,12 @@ fn test_shared_mmap_is_coherent_with_read_and_write() {
     let len = 1 << 20;
     let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&p).unwrap();
     file.set_len(len as u64).unwrap();
-    let map = MapShared::new(&file, len);
+    let map = SharedFileMap::new(&file, len);
     // Stores through the mapping, seen by read(2) after msync and by a second mapping at once.
-    for (i, b) in map.slice().iter_mut().enumerate().step_by(4096) {
-        *b = u8::try_from(i / 4096 % 251).unwrap() + 1;
+    for i in (0..len).step_by(4096) {
+        map.write(i, &[u8::try_from(i / 4096 % 251).unwrap() + 1]);
     }
-    map.sync();
+    map.msync();
     let mut buf = vec![0u8; len];
     let mut f2 = std::fs::File::open(&p).unwrap();
     f2.read_exact(&mut buf).unwrap();
@@ -185,15 +186,15 @@ fn test_shared_mmap_is_coherent_with_read_and_write() {
         assert_eq!(buf[i], u8::try_from(i / 4096 % 251).unwrap() + 1, "read(2) at {i} after msync");
     }
     let file2 = std::fs::OpenOptions::new().read(true).write(true).open(&p).unwrap();
-    let map2 = MapShared::new(&file2, len);
-    assert_eq!(map2.slice()[4096 * 7], 8);
+    let map2 = SharedFileMap::new(&file2, len);
+    assert_eq!(map2.bytes(4096 * 7..4096 * 7 + 1), [8]);
     // write(2) seen by both mappings.
     file.write_at(b"written-by-pwrite", 8192 + 100).unwrap();
-    assert_eq!(&map.slice()[8192 + 100..8192 + 117], b"written-by-pwrite");
-    assert_eq!(&map2.slice()[8192 + 100..8192 + 117], b"written-by-pwrite");
+    assert_eq!(map.bytes(8192 + 100..8192 + 117), b"written-by-pwrite");
+    assert_eq!(map2.bytes(8192 + 100..8192 + 117), b"written-by-pwrite");
     // A store through one mapping is visible in the other immediately (same page cache).
-    map.slice()[12345] = 0xAB;
-    assert_eq!(map2.slice()[12345], 0xAB);
+    map.write(12345, &[0xAB]);
+    assert_eq!(map2.bytes(12345..12346), [0xAB]);
     drop(map);
     drop(map2);
     drop(f2);
@@ -279,58 +280,6 @@ fn test_zusd_restart_reattaches_a_mounted_pmemfs() {
     assert_eq!(f.bridge_pid(), pid, "the same bridge serves the mount");
     assert!(f.bridge_logs().contains("re-attached"), "{}", f.bridge_logs());
     f.umount();
-}
-
-/// A MAP_SHARED mapping of a whole file.
-struct MapShared {
-    ptr: *mut u8,
-    len: usize,
-}
-
-impl MapShared {
-    fn new(file: &std::fs::File, len: usize) -> Self {
-        use std::os::fd::AsRawFd;
-        #[allow(unsafe_code)]
-        // SAFETY: mapping a file we hold open; checked for MAP_FAILED.
-        let p = unsafe {
-            libc::mmap(
-                core::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
-        Self { ptr: p.cast(), len }
-    }
-
-    #[allow(clippy::mut_from_ref)]
-    fn slice(&self) -> &mut [u8] {
-        #[allow(unsafe_code)]
-        // SAFETY: the mapping is live for self's lifetime; the test is single-threaded over it.
-        unsafe {
-            std::slice::from_raw_parts_mut(self.ptr, self.len)
-        }
-    }
-
-    fn sync(&self) {
-        #[allow(unsafe_code)]
-        // SAFETY: msync of our own mapping.
-        let rc = unsafe { libc::msync(self.ptr.cast(), self.len, libc::MS_SYNC) };
-        assert_eq!(rc, 0, "msync: {}", std::io::Error::last_os_error());
-    }
-}
-
-impl Drop for MapShared {
-    fn drop(&mut self) {
-        #[allow(unsafe_code)]
-        // SAFETY: unmapping our own mapping once.
-        unsafe {
-            libc::munmap(self.ptr.cast(), self.len);
-        }
-    }
 }
 
 #[test]

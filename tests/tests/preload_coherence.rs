@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::*;
 use rand::{Rng, SeedableRng};
+use zufs_tests::SharedFileMap;
 
 fn pattern(seed: u64, n: usize, start: usize) -> Vec<u8> {
     (0..n).map(|i| ((seed as usize + (start + i) * 131 + ((start + i) >> 9)) % 251) as u8).collect()
@@ -292,7 +293,7 @@ fn fsx(mode: &str, seed: u64, ops: usize, with_mmap: bool) {
     let mut shadow: Vec<u8> = Vec::new();
     let mut pos = 0usize; // offset of `fd`
     let mut hist: Vec<String> = Vec::new();
-    let mut map: Option<KernelMap> = None;
+    let mut map: Option<SharedFileMap> = None;
     const MAXLEN: usize = 300_000;
     let put = |shadow: &mut Vec<u8>, off: usize, data: &[u8]| {
         if shadow.len() < off + data.len() {
@@ -324,15 +325,15 @@ fn fsx(mode: &str, seed: u64, ops: usize, with_mmap: bool) {
             // Before a mapped access the test stats the file, as a program that maps a file
             // others resize does before it relies on its size (and checks that size).
             88..=99 if with_mmap => match (map.as_ref(), what) {
-                (None, _) if shadow.len() >= 4096 => map = Some(KernelMap::new(&path, shadow.len() / 4096 * 4096)),
+                (None, _) if shadow.len() >= 4096 => map = Some(kernel_map(&path, shadow.len() / 4096 * 4096)),
                 (None, _) => {}
                 (Some(_), 88..=89) => map = None,
                 (Some(m), 90..=94) => {
-                    let n = m.len.min(shadow.len());
-                    same(&m.bytes(n), &shadow[..n], &format!("{ctx}: mapped read"));
+                    let n = m.len().min(shadow.len());
+                    same(&m.bytes(0..n), &shadow[..n], &format!("{ctx}: mapped read"));
                 }
                 (Some(m), _) => {
-                    let n = m.len.min(shadow.len());
+                    let n = m.len().min(shadow.len());
                     let at = off % n;
                     let data = pattern(s, len.min(n - at), 0);
                     m.write(at, &data);
@@ -539,63 +540,8 @@ fn test_truncate_by_another_process_never_lets_dax_writes_into_freed_blocks() {
 }
 
 /// A shared mapping of a file through the kernel mount (the test process has no preload).
-struct KernelMap {
-    addr: *mut u8,
-    len: usize,
-    _file: std::fs::File,
-}
-
-impl KernelMap {
-    #[allow(unsafe_code)]
-    fn new(path: &std::path::Path, len: usize) -> Self {
-        use std::os::fd::AsRawFd;
-        let file = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
-        // SAFETY: a fresh shared mapping of an open file; checked for failure.
-        let p = unsafe {
-            libc::mmap(
-                core::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
-        Self { addr: p.cast(), len, _file: file }
-    }
-
-    /// The first `n` mapped bytes, read with volatile loads (the file changes under us).
-    #[allow(unsafe_code)]
-    fn bytes(&self, n: usize) -> Vec<u8> {
-        assert!(n <= self.len);
-        // SAFETY: within the mapping (asserted), which lives as long as self.
-        (0..n).map(|i| unsafe { self.addr.add(i).read_volatile() }).collect()
-    }
-
-    #[allow(unsafe_code)]
-    fn write(&self, at: usize, data: &[u8]) {
-        assert!(at + data.len() <= self.len);
-        for (i, b) in data.iter().enumerate() {
-            // SAFETY: within the mapping (asserted).
-            unsafe { self.addr.add(at + i).write_volatile(*b) };
-        }
-    }
-
-    #[allow(unsafe_code)]
-    fn msync(&self) {
-        // SAFETY: the whole mapping.
-        let r = unsafe { libc::msync(self.addr.cast(), self.len, libc::MS_SYNC) };
-        assert_eq!(r, 0, "msync: {}", std::io::Error::last_os_error());
-    }
-}
-
-impl Drop for KernelMap {
-    #[allow(unsafe_code)]
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in new().
-        unsafe { libc::munmap(self.addr.cast(), self.len) };
-    }
+fn kernel_map(path: &std::path::Path, len: usize) -> SharedFileMap {
+    SharedFileMap::new(&std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap(), len)
 }
 
 /// The driver's live counter `name` (zufs_preload_stats).
@@ -635,14 +581,14 @@ fn kernel_page_cache_coherence(mode: &str, opts: &str) {
     wait_for_fast_path(&mut d, fd, "before the mapping");
     let fast_before = live_stat(&mut d, "served");
     // Map and touch every page: the kernel now caches the file.
-    let map = KernelMap::new(&path, LEN);
-    same(&map.bytes(LEN), &shadow, &format!("mapping at first ({mode}, {opts})"));
+    let map = kernel_map(&path, LEN);
+    same(&map.bytes(0..LEN), &shadow, &format!("mapping at first ({mode}, {opts})"));
     for i in 0..8u64 {
         let off = (i as usize * 9973) % (LEN - 5000);
         let len = 1 + (i as usize * 1777) % 5000;
         assert_eq!(d.num(&format!("pwrite {fd} {off} {len} {}", 10 + i)), len as i64);
         shadow[off..off + len].copy_from_slice(&pattern(10 + i, len, 0));
-        same(&map.bytes(LEN), &shadow, &format!("mapping after preloaded write {i} ({mode}, {opts})"));
+        same(&map.bytes(0..LEN), &shadow, &format!("mapping after preloaded write {i} ({mode}, {opts})"));
     }
     // The other way: stores through the mapping, flushed, are what the preloaded process reads.
     let mine = pattern(77, 3000, 0);
