@@ -234,6 +234,12 @@ impl Relay {
         })
     }
 
+    /// Dax reader slot `i` of our channel set (see [`zus_api::chan::DAX_READER_SLOTS`]).
+    #[must_use]
+    pub fn dax_reader_slot(&self, i: usize) -> &AtomicU64 {
+        self.region.atomic_u64(self.geo.dax_reader_offset(i))
+    }
+
     /// Id the server gave us.
     #[must_use]
     pub fn client_id(&self) -> u32 {

@@ -234,3 +234,106 @@ fn test_dax_falls_back_to_channel_mode_when_device_cannot_be_mapped() {
     let out = f.unmount_and_fsck();
     assert!(out.contains(" 0 problem"), "{out}");
 }
+
+fn signal(pid: i32, sig: i32) {
+    assert!(pid > 1);
+    #[allow(unsafe_code)]
+    // SAFETY: kill(2) on a positive pid of a process this test started (or its fio job).
+    unsafe {
+        libc::kill(pid, sig)
+    };
+}
+
+/// A dax writer stopped in the middle of a long copy while another process truncates its file:
+/// the freed blocks are the only free ones on the full device, yet they must not go to another
+/// file until the stopped copy has ended (zusd's dax reader slots hold pmemfs's quarantine past
+/// its 50 ms grace). Otherwise the copy, resumed, would write into the other file.
+#[test]
+fn test_stopped_dax_writer_keeps_freed_blocks_from_reuse() {
+    skip_unless_ready!("fio");
+    let f = Fixture::new("preload-stop", "48M", COHERENT);
+    let x = f.path("x");
+    std::fs::write(&x, vec![7u8; 16 << 20]).unwrap();
+    let mut filler = std::fs::File::create(f.path("filler")).unwrap();
+    let chunk = vec![1u8; 256 << 10];
+    while std::io::Write::write_all(&mut filler, &chunk).is_ok() {}
+    drop(filler);
+    let mut waited_for_reader = 0;
+    for round in 0..4u32 {
+        if round > 0 {
+            // Give the file its blocks back for the next round.
+            let _ = std::fs::remove_file(f.path("y"));
+            std::thread::sleep(Duration::from_millis(100));
+            std::fs::write(&x, vec![7u8; 16 << 20]).unwrap();
+        }
+        // 16 MiB per pwrite, copied into x's cached extents: each call is mostly one long copy.
+        let mut fio = f
+            .preload("dax", "fio")
+            .args([
+                "--name=w",
+                "--filename",
+                &x.display().to_string(),
+                "--rw=write",
+                "--bs=16m",
+                "--size=16m",
+                "--ioengine=psync",
+                "--time_based",
+                "--runtime=30",
+                "--fallocate=none",
+                "--output-format=terse",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("fio");
+        std::thread::sleep(Duration::from_millis(700 + 97 * u64::from(round)));
+        let parent = i32::try_from(fio.id()).expect("pid");
+        signal(parent, libc::SIGSTOP);
+        let mut pids = children_of(parent);
+        for &p in &pids {
+            signal(p, libc::SIGSTOP);
+        }
+        pids.push(parent);
+        // Another process truncates x and writes y: on the full device only x's old blocks
+        // are free, and they are still the target of the stopped copy.
+        std::fs::OpenOptions::new().write(true).open(&x).unwrap().set_len(0).unwrap();
+        let y_data: Vec<u8> = (0..(4usize << 20)).map(|i| (i % 251) as u8).collect();
+        let y = f.path("y");
+        let want = y_data.clone();
+        let writer = std::thread::spawn(move || std::fs::write(&y, &want));
+        std::thread::sleep(Duration::from_millis(400));
+        if !writer.is_finished() {
+            waited_for_reader += 1;
+        }
+        for &p in &pids {
+            signal(p, libc::SIGCONT);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        for &p in &pids {
+            signal(p, libc::SIGKILL);
+        }
+        let _ = fio.wait();
+        let t0 = std::time::Instant::now();
+        while pids.iter().any(|p| alive(*p)) {
+            assert!(t0.elapsed() < Duration::from_secs(20), "fio did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if let Err(e) = writer.join().unwrap() {
+            // The resumed fio extended x again and took the blocks first (y's allocation was
+            // waiting for them, as it should): nothing was at risk; write y now.
+            assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "writing y: {e}");
+            std::fs::OpenOptions::new().write(true).open(&x).unwrap().set_len(0).unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+            std::fs::write(f.path("y"), &y_data).unwrap();
+        }
+        let got = std::fs::read(f.path("y")).unwrap();
+        assert!(got == y_data, "round {round}: the stopped dax copy, resumed, wrote into another file's blocks");
+    }
+    // A stop may fall between two writes (no copy in progress): then nothing holds the blocks
+    // and the round proves nothing, so this is reported, not asserted. With the reader slots
+    // ignored, 1 run in 3 caught the resumed copy writing into y (checked by hand).
+    println!("y's allocation waited for the stopped copy in {waited_for_reader} of 4 rounds");
+    let out = f.unmount_and_fsck();
+    assert!(out.contains(" 0 problem"), "{out}");
+}

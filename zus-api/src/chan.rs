@@ -122,6 +122,12 @@ pub struct LaneHeader {
     _pad3: [u8; CACHE_LINE - 16],
 }
 
+/// Dax reader slots per client (one cache line each, after the header page). A client thread
+/// that copies through cached extents writes the layout generation it checked them against
+/// into its slot for the length of the copy (0 when idle), so that zusd can tell when no copy
+/// that may still target freed blocks is running (see `HostApi::oldest_dax_reader`).
+pub const DAX_READER_SLOTS: usize = 128;
+
 /// One slot: a request/reply exchange between one client thread and the lane's ZT.
 #[repr(C, align(64))]
 #[derive(Debug, Clone, Copy)]
@@ -231,10 +237,22 @@ impl Geometry {
         ctl.next_multiple_of(4096) + self.slots_per_cpu * self.window_size
     }
 
+    /// Offset of the dax reader slots ([`DAX_READER_SLOTS`] cache lines after the header page).
+    #[must_use]
+    pub fn dax_readers_offset(&self) -> usize {
+        4096
+    }
+
+    /// Offset of dax reader slot `i` (its `u64` word).
+    #[must_use]
+    pub fn dax_reader_offset(&self, i: usize) -> usize {
+        self.dax_readers_offset() + (i % DAX_READER_SLOTS) * CACHE_LINE
+    }
+
     /// Offset of lane 0.
     #[must_use]
     pub fn lanes_offset(&self) -> usize {
-        4096
+        self.dax_readers_offset() + DAX_READER_SLOTS * CACHE_LINE
     }
 
     /// Total bytes of the channel set.

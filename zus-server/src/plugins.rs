@@ -83,7 +83,28 @@ static HOST_API: HostApi = HostApi {
     #[allow(clippy::cast_possible_truncation)] // 24 bytes, asserted in zus-api
     struct_size: size_of::<HostApi>() as u32,
     log: Some(host_log),
+    layout_gen: Some(host_layout_gen),
+    oldest_dax_reader: Some(host_oldest_dax_reader),
 };
+
+/// The running server, for the host functions plugins call (set once by `Server::start`).
+static SERVER: std::sync::OnceLock<std::sync::Weak<crate::server::Server>> = std::sync::OnceLock::new();
+
+/// Makes `server` the one the host functions answer for.
+pub fn set_host_server(server: &std::sync::Arc<crate::server::Server>) {
+    let _ = SERVER.set(std::sync::Arc::downgrade(server));
+}
+
+unsafe extern "C" fn host_layout_gen() -> u64 {
+    SERVER
+        .get()
+        .and_then(std::sync::Weak::upgrade)
+        .map_or(0, |s| s.layout_gen.load(std::sync::atomic::Ordering::SeqCst))
+}
+
+unsafe extern "C" fn host_oldest_dax_reader() -> u64 {
+    SERVER.get().and_then(std::sync::Weak::upgrade).map_or(u64::MAX, |s| s.oldest_dax_reader())
+}
 
 /// Checks a vtable a plugin returned.
 ///

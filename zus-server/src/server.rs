@@ -155,7 +155,7 @@ impl Server {
     #[must_use]
     pub fn new(config: Config, plugins: Vec<Plugin>) -> Arc<Self> {
         let zts = (0..config.topology.cpus.len()).map(|_| ZtControl::default()).collect();
-        Arc::new(Self {
+        let s = Arc::new(Self {
             config,
             plugins,
             zts,
@@ -164,7 +164,26 @@ impl Server {
             state: Mutex::new(State { next_client: 1, next_mount: 1, ..Default::default() }),
             shutting_down: AtomicBool::new(false),
             layout_gen: AtomicU64::new(1),
-        })
+        });
+        crate::plugins::set_host_server(&s);
+        s
+    }
+
+    /// The oldest layout generation any client's dax copy in progress checked its extents
+    /// against (its reader slots; `u64::MAX` when no copy is in progress).
+    #[must_use]
+    pub fn oldest_dax_reader(&self) -> u64 {
+        let snap = self.current_snapshot();
+        let mut oldest = u64::MAX;
+        for (c, _) in &snap.clients {
+            for i in 0..zus_api::chan::DAX_READER_SLOTS {
+                let g = c.region.atomic_u64(c.geometry.dax_reader_offset(i)).load(Ordering::SeqCst);
+                if g != 0 {
+                    oldest = oldest.min(g);
+                }
+            }
+        }
+        oldest
     }
 
     /// Locks the control state.

@@ -532,6 +532,35 @@ fn dax_on(f: File) -> bool {
     f.m.dax.is_some() && f.m.dax_ok.load(Ordering::Relaxed)
 }
 
+/// A dax copy in progress, as zusd sees it: this thread's reader slot holds the layout
+/// generation current when the copy began (re-read after the slot was written, so that zusd,
+/// which raises the generation before it scans the slots, either sees the slot or we see the
+/// new generation), and 0 again when the guard drops. pmemfs reuses freed blocks only once no
+/// slot holds their generation or an older one.
+struct DaxReader<'a>(&'a core::sync::atomic::AtomicU64);
+
+impl DaxReader<'_> {
+    /// Publishes this thread's copy; `Ok(None)` when no reader slot is left for this thread.
+    fn enter(f: File) -> Result<Option<Self>, i32> {
+        let Some(i) = state::reader_index() else { return Ok(None) };
+        let r = f.m.relay()?;
+        let slot = r.dax_reader_slot(i);
+        loop {
+            let g = r.layout_gen();
+            slot.store(g, Ordering::SeqCst);
+            if r.layout_gen() == g {
+                return Ok(Some(Self(slot)));
+            }
+        }
+    }
+}
+
+impl Drop for DaxReader<'_> {
+    fn drop(&mut self) {
+        self.0.store(0, Ordering::Release);
+    }
+}
+
 /// One read or write of up to `MAX_IOV` buffers at `off` (`None`: append), either mode.
 /// Returns (bytes, offset the data landed at).
 fn io_chunk(f: File, write: bool, iov: &[IoVec], off: Option<u64>, flags: u32) -> Result<(u64, u64), i32> {
@@ -540,7 +569,10 @@ fn io_chunk(f: File, write: bool, iov: &[IoVec], off: Option<u64>, flags: u32) -
         return Err(libc::EINVAL);
     }
     match off {
-        Some(off) if dax_on(f) => {
+        Some(off)
+            if dax_on(f)
+                && let Some(_reader) = DaxReader::enter(f)? =>
+        {
             let r = if write { dax_write(f, iov, total, off, flags) } else { dax_read(f, iov, total, off) };
             match r {
                 Err(e) if (e == libc::ENOSYS || e == libc::EOPNOTSUPP) && !f.m.dax_ok.load(Ordering::Relaxed) => {}

@@ -8,6 +8,7 @@
 use core::cell::Cell;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
+use zus_api::chan::DAX_READER_SLOTS;
 use zus_api::ops::MAX_MAP_EXTENTS;
 
 use crate::mount::Mount;
@@ -57,6 +58,56 @@ impl Drop for Guard {
     fn drop(&mut self) {
         IN_HOOK.with(|g| g.set(false));
     }
+}
+
+/// Dax reader slot indexes in use by this process's threads (one bit per slot).
+static READERS_USED: [AtomicU64; DAX_READER_SLOTS / 64] = [const { AtomicU64::new(0) }; DAX_READER_SLOTS / 64];
+
+/// A thread's dax reader slot index, given back when the thread exits.
+#[derive(Debug)]
+struct ReaderIndex(Cell<u32>);
+
+const READER_NONE: u32 = u32::MAX;
+const READER_FULL: u32 = u32::MAX - 1;
+
+impl Drop for ReaderIndex {
+    fn drop(&mut self) {
+        let i = self.0.get();
+        if (i as usize) < DAX_READER_SLOTS {
+            READERS_USED[i as usize / 64].fetch_and(!(1u64 << (i % 64)), Ordering::AcqRel);
+        }
+    }
+}
+
+thread_local! {
+    static READER: ReaderIndex = const { ReaderIndex(Cell::new(READER_NONE)) };
+}
+
+/// This thread's dax reader slot index (claimed on first use), or None when all
+/// [`DAX_READER_SLOTS`] are taken by other threads (the caller then uses channel mode).
+pub fn reader_index() -> Option<usize> {
+    READER
+        .try_with(|r| {
+            let cur = r.0.get();
+            if cur == READER_NONE {
+                let claimed = READERS_USED.iter().enumerate().find_map(|(w, word)| {
+                    let mut v = word.load(Ordering::Relaxed);
+                    while v != u64::MAX {
+                        let bit = (!v).trailing_zeros();
+                        match word.compare_exchange(v, v | 1 << bit, Ordering::AcqRel, Ordering::Relaxed) {
+                            Ok(_) => return Some(w as u32 * 64 + bit),
+                            Err(now) => v = now,
+                        }
+                    }
+                    None
+                });
+                r.0.set(claimed.unwrap_or(READER_FULL));
+            }
+            let i = r.0.get();
+            ((i as usize) < DAX_READER_SLOTS).then_some(i as usize)
+        })
+        .ok()
+        .flatten()
 }
 
 /// Bumped in a forked child: connections made before belong to the parent.

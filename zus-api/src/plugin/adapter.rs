@@ -29,6 +29,24 @@ pub unsafe fn set_host(host: *const HostApi) {
     HOST.store(host.cast_mut(), Ordering::Release);
 }
 
+/// The host's layout generation and oldest dax reader (see [`HostApi`]), or None when the
+/// plugin runs without a host that tracks them (in-process tools, tests, an older zusd).
+#[must_use]
+pub fn dax_readers() -> Option<(u64, u64)> {
+    let host = HOST.load(Ordering::Acquire);
+    if host.is_null() {
+        return None;
+    }
+    // SAFETY: set_host's contract: the host API outlives the plugin.
+    let h = unsafe { &*host };
+    if (h.struct_size as usize) < size_of::<HostApi>() {
+        return None;
+    }
+    let (Some(g), Some(r)) = (h.layout_gen, h.oldest_dax_reader) else { return None };
+    // SAFETY: host functions without arguments, callable from any thread.
+    Some(unsafe { (g(), r()) })
+}
+
 /// Logs through the server's logger (or stderr before registration).
 pub fn log(level: u32, msg: &str) {
     let host = HOST.load(Ordering::Acquire);

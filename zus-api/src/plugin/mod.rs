@@ -50,6 +50,12 @@ pub struct HostApi {
     pub struct_size: u32,
     /// Writes a log line (UTF-8, not NUL-terminated) at a [`log_level`].
     pub log: Option<unsafe extern "C" fn(level: u32, msg: *const u8, len: usize)>,
+    /// The server's layout generation now (raised after every op that may free blocks).
+    pub layout_gen: Option<unsafe extern "C" fn() -> u64>,
+    /// The oldest layout generation a client's dax copy in progress checked its extents
+    /// against (`u64::MAX` when none is in progress). Blocks freed while the generation was G
+    /// may be reused once this is above G.
+    pub oldest_dax_reader: Option<unsafe extern "C" fn() -> u64>,
 }
 
 /// A device mapping handed to a plugin.
@@ -175,7 +181,7 @@ pub struct PluginVtable {
 unsafe impl Sync for PluginVtable {}
 
 const _: () = {
-    assert!(size_of::<HostApi>() == 24);
+    assert!(size_of::<HostApi>() == 40);
     assert!(size_of::<DeviceDesc>() == 24);
     assert!(size_of::<DataDesc>() == 40);
     assert!(size_of::<OpCall>() == 64 + 6 * 8 + 40);

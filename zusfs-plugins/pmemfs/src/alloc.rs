@@ -7,10 +7,14 @@
 //! DRAM only after the transaction freeing them committed, so no block is reused while a crash
 //! could still bring back its old owner.
 //!
-//! Committed frees are not handed out again at once: they wait [`REUSE_GRACE`] in a quarantine.
-//! A dax client (the preload library) copies data with extents it got from MAP before; it checks
-//! zusd's layout generation before each copy, but a copy that already started when another
-//! process truncated the file must not land in a block that now belongs to someone else.
+//! Committed frees are not handed out again at once: they wait in a quarantine. A dax client
+//! (the preload library) copies data with extents it got from MAP before; it checks zusd's
+//! layout generation before each copy, but a copy that already started when another process
+//! truncated the file must not land in a block that now belongs to someone else. So freed
+//! blocks are tagged with the layout generation of the free, and come back once
+//! [`REUSE_GRACE`] has passed *and* no client copy checked against that generation or an older
+//! one is still running (zusd's dax reader slots, through the host API). A reader that never
+//! finishes (a client that stopped, or lies) holds them for [`REUSE_MAX_WAIT`] at most.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -86,8 +90,23 @@ impl Shard {
     }
 }
 
-/// How long freed blocks stay out of reach after the free committed.
+/// How long freed blocks stay out of reach after the free committed, at least.
 pub const REUSE_GRACE: Duration = Duration::from_millis(50);
+/// How long a dax copy still running under an older layout generation may hold freed blocks.
+pub const REUSE_MAX_WAIT: Duration = Duration::from_secs(10);
+
+/// The host's (layout generation, oldest dax reader), or None without such a host.
+pub type ReaderProbe = fn() -> Option<(u64, u64)>;
+
+/// Blocks freed by a committed transaction, waiting to be reusable.
+#[derive(Debug, Clone, Copy)]
+struct Quarantined {
+    freed: Instant,
+    /// The layout generation when they were freed (None: no host tracks dax readers).
+    tag: Option<u64>,
+    start: u64,
+    len: u64,
+}
 
 /// The block allocator.
 #[derive(Debug)]
@@ -96,10 +115,12 @@ pub struct BlockAlloc {
     per: u64,
     data_blk: u64,
     total: u64,
-    /// Committed frees waiting out [`REUSE_GRACE`]: (reusable from, start, len), oldest first.
-    quarantine: Mutex<VecDeque<(Instant, u64, u64)>>,
+    /// Committed frees not reusable yet, oldest first.
+    quarantine: Mutex<VecDeque<Quarantined>>,
     /// Blocks in `quarantine` (read without the lock on every allocation).
     quarantined: AtomicU64,
+    /// Where the layout generation and the oldest dax reader come from.
+    readers: Mutex<ReaderProbe>,
 }
 
 impl BlockAlloc {
@@ -131,7 +152,18 @@ impl BlockAlloc {
             total: geo.total_blocks,
             quarantine: Mutex::new(VecDeque::new()),
             quarantined: AtomicU64::new(0),
+            readers: Mutex::new(zus_api::plugin::adapter::dax_readers),
         }
+    }
+
+    /// Replaces the host's reader probe (tests, tools).
+    pub fn set_reader_probe(&self, probe: ReaderProbe) {
+        *lock(&self.readers) = probe;
+    }
+
+    fn probe(&self) -> Option<(u64, u64)> {
+        let p = *lock(&self.readers);
+        p()
     }
 
     fn shard_of(&self, b: u64) -> Option<usize> {
@@ -143,7 +175,8 @@ impl BlockAlloc {
 
     /// Reserve up to `want` contiguous blocks, preferring `goal` (e.g. right after the file's last
     /// block, so extents grow), else the caller's CPU shard, else any shard.
-    /// When only quarantined blocks are left, waits for them (at most [`REUSE_GRACE`]).
+    /// When only quarantined blocks are left, waits for them (their grace, then the dax copies
+    /// that may still target them, [`REUSE_MAX_WAIT`] at most).
     pub fn alloc(&self, want: u64, goal: Option<u64>) -> Option<(u64, u64)> {
         loop {
             if self.quarantined.load(Ordering::Acquire) > 0 {
@@ -153,8 +186,9 @@ impl BlockAlloc {
                 return Some(r);
             }
             // Full but for blocks freed a moment ago: wait for the oldest to become reusable.
-            let next = lock(&self.quarantine).front().map(|q| q.0)?;
-            std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            let freed = lock(&self.quarantine).front().map(|q| q.freed)?;
+            let wait = (freed + REUSE_GRACE).saturating_duration_since(Instant::now());
+            std::thread::sleep(wait.max(Duration::from_millis(1)));
         }
     }
 
@@ -184,27 +218,47 @@ impl BlockAlloc {
         if len == 0 {
             return;
         }
-        lock(&self.quarantine).push_back((Instant::now() + REUSE_GRACE, start, len));
+        let tag = self.probe().map(|(gen_now, _)| gen_now);
+        lock(&self.quarantine).push_back(Quarantined { freed: Instant::now(), tag, start, len });
         self.quarantined.fetch_add(len, Ordering::AcqRel);
     }
 
-    /// Moves quarantined blocks whose grace has passed back to the free pool.
+    /// Moves quarantined blocks back to the free pool once their grace has passed and no dax
+    /// copy checked against their generation (or an older one) still runs.
     fn drain_quarantine(&self) {
         let now = Instant::now();
+        let mut oldest_reader: Option<u64> = None;
         let mut q = lock(&self.quarantine);
-        while let Some(&(t, s, n)) = q.front() {
-            if t > now {
+        while let Some(&e) = q.front() {
+            let age = now.saturating_duration_since(e.freed);
+            if age < REUSE_GRACE {
                 break;
             }
+            if let Some(tag) = e.tag {
+                let oldest = *oldest_reader.get_or_insert_with(|| self.probe().map_or(u64::MAX, |(_, r)| r));
+                if oldest <= tag {
+                    if age < REUSE_MAX_WAIT {
+                        break;
+                    }
+                    zus_api::plugin::adapter::log(
+                        zus_api::plugin::log_level::WARN,
+                        &format!(
+                            "pmemfs: a dax copy under layout generation {oldest} has run for {age:?}; reusing {} \
+                             freed blocks anyway",
+                            e.len
+                        ),
+                    );
+                }
+            }
             q.pop_front();
-            self.release(s, n);
-            self.quarantined.fetch_sub(n, Ordering::AcqRel);
+            self.release(e.start, e.len);
+            self.quarantined.fetch_sub(e.len, Ordering::AcqRel);
         }
     }
 
     /// Whether block `b` waits in the quarantine (free on pmem, not yet reusable).
     pub fn is_quarantined(&self, b: u64) -> bool {
-        lock(&self.quarantine).iter().any(|&(_, s, n)| (s..s + n).contains(&b))
+        lock(&self.quarantine).iter().any(|e| (e.start..e.start + e.len).contains(&b))
     }
 
     /// Return blocks to the free pool now (blocks of an aborted transaction, never seen by

@@ -521,6 +521,12 @@ impl<P: Persist> Fs<P> {
 
     // ---------------------------------------------------------------- attributes
 
+    /// Replaces where the allocator learns the layout generation and the oldest dax copy in
+    /// progress (zusd's host API by default): for tests and in-process tools.
+    pub fn set_dax_reader_probe(&self, probe: crate::alloc::ReaderProbe) {
+        self.balloc.set_reader_probe(probe);
+    }
+
     /// statfs.
     pub fn statfs(&self) -> StatFs {
         let free = self.balloc.free_blocks();

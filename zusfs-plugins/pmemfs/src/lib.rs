@@ -20,7 +20,7 @@ mod journal;
 pub mod layout;
 pub mod plugin;
 
-pub use alloc::REUSE_GRACE;
+pub use alloc::{REUSE_GRACE, REUSE_MAX_WAIT, ReaderProbe};
 
 /// Locks `m`, also after a panic poisoned it: pmemfs's own shutdown flag (`Fs::live`), not the
 /// mutex's, decides whether the filesystem may still change.

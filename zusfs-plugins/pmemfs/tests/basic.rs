@@ -400,3 +400,51 @@ fn test_freed_blocks_are_not_reused_within_the_grace_period() {
     assert!(waited >= REUSE_GRACE, "a block of the truncated file was reused after {waited:?}");
     assert_clean(&fs);
 }
+
+static PROBE_GEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(5);
+static PROBE_OLDEST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(u64::MAX);
+
+fn probe() -> Option<(u64, u64)> {
+    use std::sync::atomic::Ordering::SeqCst;
+    Some((PROBE_GEN.load(SeqCst), PROBE_OLDEST.load(SeqCst)))
+}
+
+#[test]
+fn test_freed_blocks_wait_for_dax_copies_under_their_generation() {
+    // Past the grace, blocks freed under layout generation 5 still wait while a dax copy that
+    // checked its extents against generation 5 runs (zusd's reader slots, faked here), and are
+    // reused as soon as it ends.
+    use std::sync::atomic::Ordering::SeqCst;
+    let fs = std::sync::Arc::new(sim(4));
+    fs.set_dax_reader_probe(probe);
+    let a = fs.create(ROOT, b"a", 0o644, 0, 0).unwrap();
+    fs.write_bytes(a.ino, 0, &[1u8; 16 * 4096], false).unwrap();
+    let old: Vec<(u64, u64)> =
+        fs.map(a.ino, 0, 16 * 4096, false).unwrap().iter().map(|e| (e.dev_off.unwrap(), e.len)).collect();
+    let filler = fs.create(ROOT, b"filler", 0o644, 0, 0).unwrap();
+    let mut off = 0u64;
+    while let Ok(n @ 1..) = fs.write_bytes(filler.ino, off, &[3u8; 4096], false) {
+        off += n as u64;
+    }
+    PROBE_OLDEST.store(5, SeqCst); // a copy under generation 5 is in progress
+    fs.setattr(a.ino, &SetAttr { size: Some(0), ..Default::default() }).unwrap();
+    PROBE_GEN.store(6, SeqCst); // zusd raises the generation after the op
+    let b = fs.create(ROOT, b"b", 0o644, 0, 0).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let fs2 = std::sync::Arc::clone(&fs);
+    let writer = std::thread::spawn(move || {
+        let r = fs2.write_bytes(b.ino, 0, &[2u8; 4096], false);
+        let _ = tx.send(());
+        r
+    });
+    assert!(
+        rx.recv_timeout(REUSE_GRACE * 6).is_err(),
+        "freed blocks were reused while a dax copy under their generation was running"
+    );
+    PROBE_OLDEST.store(u64::MAX, SeqCst); // the copy ended
+    rx.recv_timeout(std::time::Duration::from_secs(5)).expect("the write did not go on once the copy ended");
+    assert_eq!(writer.join().unwrap().unwrap(), 4096);
+    let d = fs.map(b.ino, 0, 4096, false).unwrap()[0].dev_off.unwrap();
+    assert!(old.iter().any(|&(o, l)| d >= o && d < o + l), "a full device had no other block to give");
+    assert_clean(&fs);
+}
