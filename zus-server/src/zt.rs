@@ -276,10 +276,28 @@ fn wait_for_other_zts(server: &Server, lane: usize) {
 }
 
 /// Raises the layout generation in every client's channel header (never lowering it: ZTs race).
-fn publish_layout_change(server: &Server, snap: &Snapshot) {
-    let g = server.layout_gen.fetch_add(1, Ordering::SeqCst) + 1;
+/// Returns the generation before.
+fn publish_layout_change(server: &Server, snap: &Snapshot) -> u64 {
+    let before = server.layout_gen.fetch_add(1, Ordering::SeqCst);
     for (c, _) in &snap.clients {
-        c.region.atomic_u64(LAYOUT_GEN).fetch_max(g, Ordering::SeqCst);
+        c.region.atomic_u64(LAYOUT_GEN).fetch_max(before + 1, Ordering::SeqCst);
+    }
+    before
+}
+
+/// How long a kernel-cache mark waits for dax copies under an older layout generation (a client
+/// stopped mid-copy must not stall the kernel's page fault for long).
+const DAX_READER_WAIT: Duration = Duration::from_secs(1);
+
+/// Waits (bounded) until no client's dax reader slot holds generation `old` or older.
+fn wait_for_dax_readers(server: &Server, old: u64) {
+    let t0 = Instant::now();
+    while server.oldest_dax_reader() <= old {
+        if t0.elapsed() >= DAX_READER_WAIT {
+            tracing::warn!("a dax copy under layout generation {old} still runs after {DAX_READER_WAIT:?}; going on");
+            return;
+        }
+        std::thread::yield_now();
     }
 }
 
@@ -322,7 +340,12 @@ fn serve_pass(server: &Server, lane: usize, snap: &Snapshot, scratch: &mut Scrat
             }
             if invalidates_extents(hdr.opcode) {
                 // Before the reply: once this op returns, no client may trust extents from before.
-                publish_layout_change(server, snap);
+                let before = publish_layout_change(server, snap);
+                if hdr.opcode == OpCode::KernelCache as u32 && out.result == 0 {
+                    // And no dax copy checked against the layout from before the mark still
+                    // runs, so the kernel reads what those copies wrote.
+                    wait_for_dax_readers(server, before);
+                }
             }
             let lo = g.lane_offset(lane);
             if out.rejected {
