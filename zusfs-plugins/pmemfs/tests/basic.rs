@@ -371,21 +371,27 @@ fn test_setattr_size_and_mode_together_and_too_big_changes_nothing() {
     assert_clean(&fs);
 }
 
+/// A 16-block file mapped as a dax client would, then the device filled up: returns the file and
+/// its extents (device offset, length).
+fn mapped_file_on_full_device(fs: &Fs<CrashSim>) -> (Attr, Vec<(u64, u64)>) {
+    let a = fs.create(ROOT, b"a", 0o644, 0, 0).unwrap();
+    fs.write_bytes(a.ino, 0, &[1u8; 16 * 4096], false).unwrap();
+    let old = fs.map(a.ino, 0, 16 * 4096, false).unwrap().iter().map(|e| (e.dev_off.unwrap(), e.len)).collect();
+    let filler = fs.create(ROOT, b"filler", 0o644, 0, 0).unwrap();
+    let mut off = 0u64;
+    while let Ok(n @ 1..) = fs.write_bytes(filler.ino, off, &[3u8; 4096], false) {
+        off += n as u64;
+    }
+    (a, old)
+}
+
 #[test]
 fn test_freed_blocks_are_not_reused_within_the_grace_period() {
     // A dax client may still be copying with extents of a file another process just truncated:
     // the blocks it freed must not go to another file at once (alloc.rs: REUSE_GRACE). On a full
     // device they are the only free blocks, so the next allocation waits for them.
     let fs = sim(4);
-    let a = fs.create(ROOT, b"a", 0o644, 0, 0).unwrap();
-    fs.write_bytes(a.ino, 0, &[1u8; 16 * 4096], false).unwrap();
-    let old: Vec<(u64, u64)> =
-        fs.map(a.ino, 0, 16 * 4096, false).unwrap().iter().map(|e| (e.dev_off.unwrap(), e.len)).collect();
-    let filler = fs.create(ROOT, b"filler", 0o644, 0, 0).unwrap();
-    let mut off = 0u64;
-    while let Ok(n @ 1..) = fs.write_bytes(filler.ino, off, &[3u8; 4096], false) {
-        off += n as u64;
-    }
+    let (a, old) = mapped_file_on_full_device(&fs);
     let free_full = fs.statfs().bfree;
     fs.setattr(a.ino, &SetAttr { size: Some(0), ..Default::default() }).unwrap();
     let t0 = std::time::Instant::now();
@@ -417,15 +423,7 @@ fn test_freed_blocks_wait_for_dax_copies_under_their_generation() {
     use std::sync::atomic::Ordering::SeqCst;
     let fs = std::sync::Arc::new(sim(4));
     fs.set_dax_reader_probe(probe);
-    let a = fs.create(ROOT, b"a", 0o644, 0, 0).unwrap();
-    fs.write_bytes(a.ino, 0, &[1u8; 16 * 4096], false).unwrap();
-    let old: Vec<(u64, u64)> =
-        fs.map(a.ino, 0, 16 * 4096, false).unwrap().iter().map(|e| (e.dev_off.unwrap(), e.len)).collect();
-    let filler = fs.create(ROOT, b"filler", 0o644, 0, 0).unwrap();
-    let mut off = 0u64;
-    while let Ok(n @ 1..) = fs.write_bytes(filler.ino, off, &[3u8; 4096], false) {
-        off += n as u64;
-    }
+    let (a, old) = mapped_file_on_full_device(&fs);
     PROBE_OLDEST.store(5, SeqCst); // a copy under generation 5 is in progress
     fs.setattr(a.ino, &SetAttr { size: Some(0), ..Default::default() }).unwrap();
     PROBE_GEN.store(6, SeqCst); // zusd raises the generation after the op
