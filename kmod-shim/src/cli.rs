@@ -650,14 +650,16 @@ pub fn status(env: &Env, json: bool) -> Result<()> {
     for m in &st.mounts {
         let (mp, pid) = mp_of(m).map_or(("-".to_owned(), "-".to_owned()), |(a, b)| (a, b.to_string()));
         println!(
-            "  #{:<3} {:<8} {:<30} on {:<30} bridge pid {:<7} options {:?}{}",
+            "  #{:<3} {:<8} {:<30} on {:<30} bridge pid {:<7} options {:?}{}; kernel-cached inodes {}, tickets {}",
             m.mount_id,
             m.fs_type,
             if m.device.is_empty() { "none" } else { &m.device },
             mp,
             pid,
             m.options,
-            if m.map_sync { " MAP_SYNC" } else { "" }
+            if m.map_sync { " MAP_SYNC" } else { "" },
+            m.kernel_cached,
+            m.tickets
         );
     }
     println!("channels (per-CPU ZT lanes):");

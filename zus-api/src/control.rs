@@ -98,6 +98,12 @@ pub struct MountInfo {
     /// client holds a ticket for ([`crate::ops::OpCode::Ticket`]), nothing else.
     #[serde(default)]
     pub ticketed: bool,
+    /// In status: inodes the kernel caches pages of (the fast path steps aside for them).
+    #[serde(default)]
+    pub kernel_cached: u64,
+    /// In status: live tickets (other users' open files on the fast path).
+    #[serde(default)]
+    pub tickets: u64,
 }
 
 /// One ZT lane, as reported by status.

@@ -337,6 +337,8 @@ pub fn mount_info(m: &Mount) -> MountInfo {
         root: m.root,
         map_sync: m.map_sync,
         ticketed: false,
+        kernel_cached: m.kernel_cache.len() as u64,
+        tickets: m.tickets.len() as u64,
     }
 }
 

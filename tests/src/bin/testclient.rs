@@ -395,6 +395,9 @@ fn kcache(relay: &Relay, socket: &Path) -> Result<()> {
     ensure!(mark(&bridge, true) == 0, "the bridge could not mark");
     ensure!(relay.layout_gen() > gen0, "a mark did not move the layout generation (dax caches would stay)");
     ensure!(write(relay) == Errno::EUSEKERNEL.0, "a write on a marked inode was not sent to the kernel");
+    let st = relay.status()?;
+    let shown = st.mounts.iter().find(|x| x.mount_id == m.mount_id).map(|x| x.kernel_cached);
+    ensure!(shown == Some(1), "status shows {shown:?} kernel-cached inodes, not 1");
     ensure!(getattr(relay) == 0, "getattr on a marked inode was refused");
     ensure!(write(&bridge) == 0, "the bridge's own write was refused");
     ensure!(mark(relay, false) == libc::EPERM, "a client that is not a bridge could unmark");
