@@ -419,14 +419,19 @@ fn dev_ptr(f: File, dev: u64, n: u64) -> Result<*mut u8, i32> {
     Ok((d.base + dev as usize) as *mut u8)
 }
 
-fn dax_write(f: File, iov: &[IoVec], total: u64, off: u64, flags: u32) -> Result<u64, i32> {
+fn dax_write(f: File, r: &DaxReader<'_>, iov: &[IoVec], total: u64, off: u64, flags: u32) -> Result<u64, i32> {
     let now = sys::now_ns();
     let end = off.checked_add(total).ok_or(libc::EFBIG)?;
     let mut cur = Cursor::new(iov);
     let mut pos = off;
     let mut wrote_direct = false;
     while pos < end {
-        match locate(f, pos, false)? {
+        let loc = match locate_published(f, r, pos, false) {
+            // Done so far stays done; the rest goes in channel mode (a partial write).
+            Err(DAX_USE_CHANNEL) if pos > off => break,
+            l => l?,
+        };
+        match loc {
             Loc::Mapped { dev, run } => {
                 let n = run.min(end - pos);
                 let dst = dev_ptr(f, dev, n)?;
@@ -435,15 +440,23 @@ fn dax_write(f: File, iov: &[IoVec], total: u64, off: u64, flags: u32) -> Result
                 // device mapping unless the caller passes it to us, which only a program that
                 // mapped the device itself could do.
                 cur.each(n, |src, len, at| unsafe { zus_pmem::flush::nt_copy(dst.add(at as usize), src, len) });
+                r.clear();
                 pos += n;
                 wrote_direct = true;
             }
             Loc::Hole { run } => {
-                // Allocate the hole's blocks (zeroed by the server), then copy.
+                // Allocate the hole's blocks (zeroed by the server), then copy, unless the layout
+                // moved meanwhile (then look again).
+                r.clear();
                 let want = run.min(end - pos);
                 let mut buf = [Extent::default(); MAX_MAP_EXTENTS];
+                let before = f.m.relay()?.layout_gen();
                 let (n, _) = map(f, pos, want, true, &mut buf)?;
                 f.s.invalidate();
+                if r.publish() != before {
+                    r.clear();
+                    continue;
+                }
                 let mut progressed = false;
                 for e in &buf[..n] {
                     if e.file_offset != pos || e.dev_offset == EXTENT_HOLE || e.len == 0 {
@@ -457,11 +470,13 @@ fn dax_write(f: File, iov: &[IoVec], total: u64, off: u64, flags: u32) -> Result
                     progressed = true;
                     wrote_direct = true;
                 }
+                r.clear();
                 if !progressed {
                     return Err(libc::EIO);
                 }
             }
             Loc::Eof => {
+                r.clear();
                 // Extending: the server writes and moves the size in one op (atomic against other
                 // writers, no MAP_DONE round trip).
                 let mut rest = [IoVec::default(); MAX_IOV];
@@ -491,16 +506,23 @@ fn dax_write(f: File, iov: &[IoVec], total: u64, off: u64, flags: u32) -> Result
     Ok(pos - off)
 }
 
-fn dax_read(f: File, iov: &[IoVec], total: u64, off: u64) -> Result<u64, i32> {
+fn dax_read(f: File, r: &DaxReader<'_>, iov: &[IoVec], total: u64, off: u64) -> Result<u64, i32> {
     let end = off.saturating_add(total);
     let mut cur = Cursor::new(iov);
     let mut pos = off;
     while pos < end {
-        let mut l = locate(f, pos, false)?;
-        if matches!(l, Loc::Eof | Loc::Hole { .. }) {
+        let found = locate_published(f, r, pos, false).and_then(|l| match l {
             // Another process may have grown the file or filled the hole: ask again.
-            l = locate(f, pos, true)?;
-        }
+            Loc::Eof | Loc::Hole { .. } => {
+                r.clear();
+                locate_published(f, r, pos, true)
+            }
+            l => Ok(l),
+        });
+        let l = match found {
+            Err(DAX_USE_CHANNEL) if pos > off => break,
+            l => l?,
+        };
         match l {
             Loc::Mapped { dev, run } => {
                 let n = run.min(end - pos);
@@ -508,6 +530,7 @@ fn dax_read(f: File, iov: &[IoVec], total: u64, off: u64) -> Result<u64, i32> {
                 // SAFETY: source in the device mapping (checked), destination the caller's
                 // buffers (read(2) contract).
                 cur.each(n, |dst, len, at| unsafe { core::ptr::copy_nonoverlapping(src.add(at as usize), dst, len) });
+                r.clear();
                 pos += n;
             }
             Loc::Hole { run } => {
@@ -532,33 +555,68 @@ fn dax_on(f: File) -> bool {
     f.m.dax.is_some() && f.m.dax_ok.load(Ordering::Relaxed)
 }
 
-/// A dax copy in progress, as zusd sees it: this thread's reader slot holds the layout
-/// generation current when the copy began (re-read after the slot was written, so that zusd,
-/// which raises the generation before it scans the slots, either sees the slot or we see the
-/// new generation), and 0 again when the guard drops. pmemfs reuses freed blocks only once no
-/// slot holds their generation or an older one.
-struct DaxReader<'a>(&'a core::sync::atomic::AtomicU64);
+/// This thread's dax reader slot, as zusd sees it: while the thread copies to or from the
+/// device, the slot holds the layout generation current when it checked where to copy
+/// (re-read after the slot was written, so that zusd, which raises the generation before it
+/// looks at the slots, either sees the slot or we see the new generation); 0 otherwise. pmemfs
+/// reuses freed blocks only once no slot holds their generation or an older one. The slot is
+/// never published across an op to zusd: the ZT may be waiting for exactly this slot.
+struct DaxReader<'a> {
+    slot: &'a core::sync::atomic::AtomicU64,
+    relay: &'a kmod_shim::Relay,
+}
 
-impl DaxReader<'_> {
-    /// Publishes this thread's copy; `Ok(None)` when no reader slot is left for this thread.
-    fn enter(f: File) -> Result<Option<Self>, i32> {
+impl<'a> DaxReader<'a> {
+    /// This thread's slot (nothing published yet); `Ok(None)` when none is left for it.
+    fn new(f: File) -> Result<Option<Self>, i32> {
         let Some(i) = state::reader_index() else { return Ok(None) };
-        let r = f.m.relay()?;
-        let slot = r.dax_reader_slot(i);
+        let relay: &'a kmod_shim::Relay = f.m.relay()?;
+        Ok(Some(Self { slot: relay.dax_reader_slot(i), relay }))
+    }
+
+    /// Publishes the current layout generation; returns it.
+    fn publish(&self) -> u64 {
         loop {
-            let g = r.layout_gen();
-            slot.store(g, Ordering::SeqCst);
-            if r.layout_gen() == g {
-                return Ok(Some(Self(slot)));
+            let g = self.relay.layout_gen();
+            self.slot.store(g, Ordering::SeqCst);
+            if self.relay.layout_gen() == g {
+                return g;
             }
         }
+    }
+
+    /// Nothing copied through extents from here on.
+    fn clear(&self) {
+        self.slot.store(0, Ordering::Release);
     }
 }
 
 impl Drop for DaxReader<'_> {
     fn drop(&mut self) {
-        self.0.store(0, Ordering::Release);
+        self.clear();
     }
+}
+
+/// A dax access that gave up on the extent cache (refilled by other threads or invalidated
+/// every time it looked): the caller does this piece in channel mode. Outside errno's range.
+const DAX_USE_CHANNEL: i32 = 4001;
+
+/// Where `pos` lives, with the reader slot published and the answer checked against the
+/// generation published (a cache hit after the publication). Misses are refilled with MAP ops
+/// while the slot is clear. `force` refills first (another process may have grown the file).
+fn locate_published(f: File, r: &DaxReader<'_>, pos: u64, force: bool) -> Result<Loc, i32> {
+    if force {
+        locate(f, pos, true)?;
+    }
+    for _ in 0..8 {
+        r.publish();
+        if let Some(l) = cache_lookup(f.s, pos, layout_epoch(f)?) {
+            return Ok(l);
+        }
+        r.clear();
+        locate(f, pos, true)?;
+    }
+    Err(DAX_USE_CHANNEL)
 }
 
 /// One read or write of up to `MAX_IOV` buffers at `off` (`None`: append), either mode.
@@ -571,11 +629,16 @@ fn io_chunk(f: File, write: bool, iov: &[IoVec], off: Option<u64>, flags: u32) -
     match off {
         Some(off)
             if dax_on(f)
-                && let Some(_reader) = DaxReader::enter(f)? =>
+                && let Some(reader) = DaxReader::new(f)? =>
         {
-            let r = if write { dax_write(f, iov, total, off, flags) } else { dax_read(f, iov, total, off) };
+            let r = if write {
+                dax_write(f, &reader, iov, total, off, flags)
+            } else {
+                dax_read(f, &reader, iov, total, off)
+            };
             match r {
                 Err(e) if (e == libc::ENOSYS || e == libc::EOPNOTSUPP) && !f.m.dax_ok.load(Ordering::Relaxed) => {}
+                Err(DAX_USE_CHANNEL) => {}
                 r => return r.map(|n| (n, off)),
             }
             chan_io(f, write, iov, total, off, flags).map(|(n, _)| (n, off))
