@@ -20,7 +20,7 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use zus_api::chan::{ChannelSetHeader, Geometry, LaneHeader, PAYLOAD_SIZE, Slot, slot_state};
@@ -41,6 +41,7 @@ const REPLY_SEQ: usize = core::mem::offset_of!(Slot, reply_seq);
 const CLIENT_WAITING: usize = core::mem::offset_of!(Slot, client_waiting);
 const HDR: usize = core::mem::offset_of!(Slot, hdr);
 const PAYLOAD: usize = core::mem::offset_of!(Slot, payload);
+const DATA_READY: usize = core::mem::offset_of!(Slot, data_ready);
 
 /// A thread whose next op follows its last reply within this is "back to back": a ZT on another
 /// CPU polls for its ops. (dax mode's MAP_DONE once per ms is not: a poll would only steal CPU
@@ -138,6 +139,43 @@ pub enum DataIn<'a> {
     Window(&'a [u8]),
 }
 
+/// The caller's buffers that a streamed write copies into the window, visited in order.
+pub trait GatherSource {
+    /// Total bytes.
+    fn total(&self) -> usize;
+    /// The next at most `max` bytes (empty once every byte was handed out).
+    fn next_piece(&mut self, max: usize) -> &[u8];
+}
+
+/// The caller's buffers that a streamed read fills from the window, visited in order.
+pub trait ScatterSink {
+    /// Total bytes.
+    fn total(&self) -> usize;
+    /// Room for the next at most `max` bytes (empty once every byte was handed out).
+    fn next_piece(&mut self, max: usize) -> &mut [u8];
+}
+
+/// The data of a streamed read or write ([`Relay::op_streamed`]).
+pub enum Stream<'a> {
+    /// A write: the caller's bytes go into the window as the ZT consumes them.
+    Write(&'a mut dyn GatherSource),
+    /// A read: the caller copies the window out as the ZT fills it.
+    Read(&'a mut dyn ScatterSink),
+}
+
+impl core::fmt::Debug for Stream<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Write(g) => write!(f, "Stream::Write({} bytes)", g.total()),
+            Self::Read(s) => write!(f, "Stream::Read({} bytes)", s.total()),
+        }
+    }
+}
+
+/// Largest piece a streamed op copies before it announces it (the ZT's own piece is
+/// `zus_pmem::STREAM_PIECE`; smaller here so the ZT starts early).
+const STREAM_CLIENT_PIECE: usize = 8 * 1024;
+
 /// A connection to zusd with this process's channel set.
 #[derive(Debug)]
 pub struct Relay {
@@ -154,6 +192,8 @@ pub struct Relay {
     /// Bytes that went through the bounce window (two copies), for stats (P-CH6).
     pub bounce_bytes: AtomicU64,
     client_id: u32,
+    /// Feature bits the server offers (`ChannelSetHeader::features`).
+    server_features: u64,
 }
 
 fn connect_socket(path: &Path) -> std::io::Result<OwnedFd> {
@@ -231,7 +271,14 @@ impl Relay {
             seq: AtomicU64::new(1),
             bounce_bytes: AtomicU64::new(0),
             client_id: h.client_id,
+            server_features: h.features,
         })
+    }
+
+    /// Whether the server accepts streamed-window reads and writes ([`Relay::op_streamed`]).
+    #[must_use]
+    pub fn streams(&self) -> bool {
+        self.server_features & zus_api::features::STREAMED_WINDOW != 0
     }
 
     /// Dax reader slot `i` of our channel set (see [`zus_api::chan::DAX_READER_SLOTS`]).
@@ -423,14 +470,167 @@ impl Relay {
         creds: Option<Creds>,
         ticket: u64,
     ) -> Result<OpOutcome, RelayError> {
-        let in_len: usize = req.iter().map(|p| p.len()).sum();
-        if in_len > PAYLOAD_SIZE {
-            return Err(RelayError::TooLarge(in_len));
-        }
         let data_len = match data_in {
             DataIn::None => 0,
             DataIn::Window(d) => d.len(),
         };
+        let (lane, slot, so, spins) = self.begin(lane, mount_id, opcode, req, data_len, creds, ticket)?;
+        if let DataIn::Window(d) = data_in {
+            self.region.copy_in(self.geo.window_offset(lane, slot), d);
+            self.bounce_bytes.fetch_add(d.len() as u64, Ordering::Relaxed);
+        }
+        // On error the slot stays busy: the server may still write it. A dead server makes the
+        // whole channel set useless anyway.
+        self.submit(lane, so);
+        self.wait_reply(so, spins)?;
+        self.finish(lane, slot, so, reply, |region, win, dl| {
+            let mut got = 0;
+            if let Some(d) = data_out {
+                got = dl.min(d.len());
+                if got > 0 {
+                    region.copy_out(win, &mut d[..got]);
+                }
+            }
+            got
+        })
+    }
+
+    /// A read or write whose data goes through the slot's window while the op runs
+    /// ([`zus_api::ops::DATA_WINDOW_STREAM`]; `req` starts with an `IoReq` of that kind). When
+    /// the ZT runs on another CPU we submit first and copy while it works: our copy and its
+    /// copy overlap, so the op takes about one copy's time. On our own CPU's ZT we copy a
+    /// write's data in before submitting (the ZT could not run while we copy anyway). Counted
+    /// in `bounce_bytes` (two copies, P-CH6's named fallback).
+    ///
+    /// # Errors
+    /// As [`Relay::op`]; [`RelayError::TooLarge`] for more data than a window holds.
+    #[allow(clippy::too_many_arguments)] // the hot path takes plain arguments: nothing to build per op
+    pub fn op_streamed(
+        &self,
+        lane: usize,
+        mount_id: u32,
+        opcode: zus_api::ops::OpCode,
+        req: &[&[u8]],
+        data: Stream<'_>,
+        reply: &mut [u8],
+        ticket: u64,
+    ) -> Result<OpOutcome, RelayError> {
+        let (total, data_len) = match &data {
+            Stream::Write(g) => (g.total(), g.total()),
+            Stream::Read(s) => (s.total(), 0),
+        };
+        if total > self.geo.window_size {
+            return Err(RelayError::TooLarge(total));
+        }
+        let (lane, slot, so, spins) = self.begin(lane, mount_id, opcode, req, data_len, None, ticket)?;
+        let win = self.geo.window_offset(lane, slot);
+        let ready = self.region.atomic_u32(so + DATA_READY);
+        self.bounce_bytes.fetch_add(total as u64, Ordering::Relaxed);
+        match data {
+            Stream::Write(src) => {
+                if spins {
+                    ready.store(0, Ordering::Relaxed);
+                    self.submit(lane, so);
+                    self.gather_into_window(src, win, ready);
+                } else {
+                    self.gather_into_window(src, win, ready);
+                    self.submit(lane, so);
+                }
+                self.wait_reply(so, spins)?;
+                self.finish(lane, slot, so, reply, |_, _, _| 0)
+            }
+            Stream::Read(dst) => {
+                ready.store(0, Ordering::Relaxed);
+                self.submit(lane, so);
+                let mut copied = 0;
+                if spins {
+                    copied = self.scatter_while_served(dst, win, so);
+                }
+                self.wait_reply(so, spins)?;
+                self.finish(lane, slot, so, reply, |region, win, dl| {
+                    let end = dl.min(total);
+                    while copied < end {
+                        let piece = dst.next_piece(end - copied);
+                        if piece.is_empty() {
+                            break;
+                        }
+                        region.copy_out(win + copied, piece);
+                        copied += piece.len();
+                    }
+                    copied.min(dl)
+                })
+            }
+        }
+    }
+
+    /// Copies a streamed write's bytes into the window, announcing each piece.
+    fn gather_into_window(&self, src: &mut dyn GatherSource, win: usize, ready: &AtomicU32) {
+        let total = src.total().min(self.geo.window_size);
+        let mut at = 0;
+        while at < total {
+            let piece = src.next_piece((total - at).min(STREAM_CLIENT_PIECE));
+            if piece.is_empty() {
+                break;
+            }
+            self.region.copy_in(win + at, piece);
+            at += piece.len();
+            ready.store(u32::try_from(at).unwrap_or(u32::MAX), Ordering::Release);
+        }
+    }
+
+    /// While a ZT on another CPU serves a streamed read, copies out what it announced; returns
+    /// the bytes copied once the op is done or the ZT stops making progress for a while (the
+    /// rest is copied after the reply).
+    fn scatter_while_served(&self, dst: &mut dyn ScatterSink, win: usize, so: usize) -> usize {
+        let total = dst.total().min(self.geo.window_size);
+        let ready = self.region.atomic_u32(so + DATA_READY);
+        let state = self.region.atomic_u32(so + STATE);
+        let mut copied = 0;
+        let mut progress_at = Instant::now();
+        let mut n = 0u32;
+        while copied < total {
+            let r = (ready.load(Ordering::Acquire) as usize).min(total);
+            if r > copied {
+                while copied < r {
+                    let piece = dst.next_piece(r - copied);
+                    if piece.is_empty() {
+                        return copied;
+                    }
+                    self.region.copy_out(win + copied, piece);
+                    copied += piece.len();
+                }
+                progress_at = Instant::now();
+                continue;
+            }
+            if state.load(Ordering::Acquire) == slot_state::DONE {
+                break;
+            }
+            core::hint::spin_loop();
+            n = n.wrapping_add(1);
+            if n.is_multiple_of(64) && progress_at.elapsed() >= self.client_spin.max(SPIN_YIELD_EVERY) {
+                break;
+            }
+        }
+        copied
+    }
+
+    /// Claims a slot (from `lane`, else a peer lane of its node) and writes the request header
+    /// and payload. Returns (lane, slot, slot offset, whether to spin for the reply).
+    #[allow(clippy::too_many_arguments)]
+    fn begin(
+        &self,
+        lane: usize,
+        mount_id: u32,
+        opcode: zus_api::ops::OpCode,
+        req: &[&[u8]],
+        data_len: usize,
+        creds: Option<Creds>,
+        ticket: u64,
+    ) -> Result<(usize, usize, usize, bool), RelayError> {
+        let in_len: usize = req.iter().map(|p| p.len()).sum();
+        if in_len > PAYLOAD_SIZE {
+            return Err(RelayError::TooLarge(in_len));
+        }
         if data_len > self.geo.window_size {
             return Err(RelayError::TooLarge(data_len));
         }
@@ -467,13 +667,19 @@ impl Relay {
             self.region.copy_in(at, p);
             at += p.len();
         }
-        if let DataIn::Window(d) = data_in {
-            self.region.copy_in(self.geo.window_offset(lane, slot), d);
-            self.bounce_bytes.fetch_add(d.len() as u64, Ordering::Relaxed);
-        }
-        // On error the slot stays busy: the server may still write it. A dead server makes the
-        // whole channel set useless anyway.
-        self.submit_and_wait(lane, so, spins)?;
+        Ok((lane, slot, so, spins))
+    }
+
+    /// Reads the reply of a finished op, lets `data_out(region, window offset, data_len)` copy
+    /// its data (returning the bytes it took) and frees the slot.
+    fn finish(
+        &self,
+        lane: usize,
+        slot: usize,
+        so: usize,
+        reply: &mut [u8],
+        data_out: impl FnOnce(&ShmRegion, usize, usize) -> usize,
+    ) -> Result<OpOutcome, RelayError> {
         LAST_REPLY.set(Some(Instant::now()));
         let rh: OpHeader = self.region.read(so + HDR);
         let out = match Errno::from_wire(rh.result) {
@@ -482,14 +688,9 @@ impl Relay {
                 if rl > 0 {
                     self.region.copy_out(so + PAYLOAD, &mut reply[..rl]);
                 }
-                let mut dl = 0;
-                if let Some(d) = data_out {
-                    dl = (rh.data_len as usize).min(d.len()).min(self.geo.window_size);
-                    if dl > 0 {
-                        self.region.copy_out(self.geo.window_offset(lane, slot), &mut d[..dl]);
-                    }
-                }
-                Ok(OpOutcome { value, reply_len: rl, data_len: dl })
+                let dl = (rh.data_len as usize).min(self.geo.window_size);
+                let data_len = data_out(&self.region, self.geo.window_offset(lane, slot), dl);
+                Ok(OpOutcome { value, reply_len: rl, data_len })
             }
             Err(e) => Err(RelayError::Op(e)),
         };
@@ -550,16 +751,20 @@ impl Relay {
         }
     }
 
-    /// Submits the request in slot `so` and waits for the reply, spinning first when `spins`.
-    fn submit_and_wait(&self, lane: usize, so: usize, spins: bool) -> Result<(), RelayError> {
+    /// Submits the request in slot `so` of `lane` (a futex wake only when the ZT sleeps).
+    fn submit(&self, lane: usize, so: usize) {
         let lo = self.geo.lane_offset(lane);
-        let state = self.region.atomic_u32(so + STATE);
-        state.store(slot_state::SUBMITTED, Ordering::Release);
+        self.region.atomic_u32(so + STATE).store(slot_state::SUBMITTED, Ordering::Release);
         let bell = self.region.atomic_u32(lo + DOORBELL);
         bell.fetch_add(1, Ordering::SeqCst);
         if self.region.atomic_u32(lo + ZT_SLEEPING).load(Ordering::SeqCst) != 0 {
             futex::wake(bell, 1);
         }
+    }
+
+    /// Waits for the reply in slot `so`, spinning first when `spins`.
+    fn wait_reply(&self, so: usize, spins: bool) -> Result<(), RelayError> {
+        let state = self.region.atomic_u32(so + STATE);
         if spins {
             // Spin for the client budget; once the ZT has taken the op (SERVING) it is working
             // for us on its own CPU, and the wait it leaves is the op's own length: keep

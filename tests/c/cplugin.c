@@ -16,7 +16,7 @@
 struct host_api { uint64_t magic; uint32_t abi_version, struct_size; void (*log)(uint32_t, const uint8_t *, size_t); };
 struct device_desc { uint8_t *base; uint64_t len; uint32_t map_sync, read_only; };
 struct op_header { uint32_t opcode, flags, mount_id, in_len, out_len, data_len; uint64_t seq; int64_t result; uint32_t uid, gid, pid, reserved[3]; };
-struct data_desc { uint32_t kind; int32_t pid; uint8_t *window; uint64_t window_len; const void *iov; uint64_t niov; };
+struct data_desc { uint32_t kind; int32_t pid; uint8_t *window; uint64_t window_len; const void *iov; uint64_t niov; uint32_t *ready; };
 struct op_call { struct op_header hdr; const uint8_t *req; size_t req_len; uint8_t *reply; size_t reply_cap, reply_len, data_out; struct data_desc data; };
 struct attr { uint64_t ino, generation, size, blocks; int64_t atime, mtime, ctime; uint32_t mode, nlink, uid, gid, rdev, blksize; };
 struct vtable {

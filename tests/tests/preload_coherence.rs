@@ -457,6 +457,13 @@ fn test_fsx_random_ops_match_shadow_channel_mode_one_copy() {
     fsx("channel+remote", seed() ^ 1, 1000, false);
 }
 
+/// Every read and write as one op through a streamed window (single buffers too).
+#[test]
+fn test_fsx_random_ops_match_shadow_channel_mode_streamed() {
+    skip_unless_ready!("python3");
+    fsx("channel+stream", seed() ^ 2, 1000, false);
+}
+
 #[test]
 fn test_fsx_random_ops_match_shadow_dax_mode() {
     skip_unless_ready!("python3");

@@ -338,6 +338,13 @@ fn test_zt_polls_only_for_spinning_clients_and_only_for_its_budget() {
 }
 
 #[test]
+fn test_streamed_window_reads_writes_and_a_stalled_writer() {
+    let (_d, z) = nullfs_server("stream", &[]);
+    let out = run(&z, &["stream"], Duration::from_secs(60));
+    assert!(out.contains("STREAM OK"), "{out}");
+}
+
+#[test]
 fn test_kernel_cache_marks_only_from_a_bridge_refuse_fast_path_data_and_leave_with_it() {
     let (_d, z) = nullfs_server("kcache", &[]);
     let out = run(&z, &["kcache"], Duration::from_secs(60));

@@ -139,7 +139,12 @@ pub struct Slot {
     pub reply_seq: u32,
     /// Client sets 1 before it futex-waits on `reply_seq`; the server only wakes when it is 1.
     pub client_waiting: u32,
-    _pad1: [u8; CACHE_LINE - 8],
+    /// Streamed window ([`crate::ops::DATA_WINDOW_STREAM`]): bytes at the start of the slot's
+    /// window that hold the op's data so far. The client resets it before it submits; the
+    /// producer (client for a write, server for a read) only raises it, with release stores.
+    /// The server never trusts it: it bounds how long it waits for a write's bytes.
+    pub data_ready: u32,
+    _pad1: [u8; CACHE_LINE - 12],
     /// Request header in, reply header out.
     pub hdr: OpHeader,
     /// Inline payload: op-specific struct followed by names, then the reply struct.
@@ -180,6 +185,7 @@ const _: () = {
     assert!(offset_of!(Slot, state) == 0);
     assert!(offset_of!(Slot, reply_seq) == 64);
     assert!(offset_of!(Slot, client_waiting) == 68);
+    assert!(offset_of!(Slot, data_ready) == 72);
     assert!(offset_of!(Slot, hdr) == 128);
     assert!(offset_of!(Slot, payload) == 192);
 };

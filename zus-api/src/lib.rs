@@ -37,8 +37,10 @@ pub mod features {
     pub const REMOTE_IOV: u64 = 1 << 0;
     /// The server implements the MAP / MAP_DONE ops for direct (dax) data access.
     pub const DAX_MAP: u64 = 1 << 1;
+    /// The server accepts [`crate::ops::DATA_WINDOW_STREAM`] reads and writes.
+    pub const STREAMED_WINDOW: u64 = 1 << 3;
     /// All features this build understands.
-    pub const ALL: u64 = REMOTE_IOV | DAX_MAP;
+    pub const ALL: u64 = REMOTE_IOV | DAX_MAP | STREAMED_WINDOW;
     /// A role, not a capability: the client is the kernel side of a mount (the FUSE bridge).
     /// Its data ops are what fills the kernel's page cache, so zusd never refuses them with
     /// `EUSEKERNEL`, and only such a client (and a privileged one) may send `KernelCache`.

@@ -175,6 +175,14 @@ pub const DATA_WINDOW: u32 = 0;
 /// Data travels between the caller's memory and pmem via process_vm_readv/writev: the payload
 /// after the request struct holds `IoReq::niov` [`IoVec`]s in the caller's address space.
 pub const DATA_REMOTE_IOV: u32 = 1;
+/// Data travels in the slot's data window, and the window fills while the op runs: the side
+/// that produces the data raises the slot's `data_ready` word (`Slot::data_ready`, bytes valid
+/// from the window's start) as it copies, and the other side copies each part out as soon as
+/// it is there. A write's producer is the client (it may submit before it has copied anything;
+/// `OpHeader::data_len` says how much will come), a read's the server. With the ZT on another
+/// CPU the two copies overlap, so the op takes about one copy's time (see docs/design.md,
+/// "streamed window"). Needs [`crate::features::STREAMED_WINDOW`]; counted as a window op.
+pub const DATA_WINDOW_STREAM: u32 = 2;
 
 /// The op header at the start of every slot.
 #[repr(C)]

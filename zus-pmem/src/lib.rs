@@ -27,4 +27,4 @@ pub use crashsim::{CrashPoint, CrashSim, ImageBudget, SimStats};
 pub use flush::{FlushKind, current_cpu, flush_kind};
 pub use mapped::{MapMode, MappedPmem};
 pub use persist::{CACHE_LINE, Persist, PmemError, Result};
-pub use source::{DataSink, DataSource, SliceSink, SliceSource, sink_from_slice, source_to_vec};
+pub use source::{DataSink, DataSource, STREAM_PIECE, SliceSink, SliceSource, sink_from_slice, source_to_vec};

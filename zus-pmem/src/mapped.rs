@@ -8,7 +8,7 @@ use std::ptr::NonNull;
 
 use crate::flush;
 use crate::persist::{Persist, PmemError, Result, check_buf, check_range};
-use crate::source::{DataSink, DataSource};
+use crate::source::{DataSink, DataSource, STREAM_PIECE};
 
 /// How a device file was mapped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -202,9 +202,19 @@ impl Persist for MappedPmem {
         check_buf(src_off, len, src.len())?;
         match (nontemporal, src.as_ptr()) {
             (true, Some(p)) => {
-                // SAFETY: src_off+len is within the source (checked) whose pointer is valid for
-                // len() reads; destination inside the mapping; client buffers never alias pmem.
-                unsafe { flush::nt_copy(self.ptr(o), p.add(src_off), l) };
+                // A piece at a time: a streamed source (a window the client is still filling)
+                // says when each piece is there.
+                let mut done = 0;
+                while done < l {
+                    // Pieces end on STREAM_PIECE boundaries of the destination (aligned stores).
+                    let n = (l - done).min(STREAM_PIECE - (o + done) % STREAM_PIECE);
+                    src.wait_ready(src_off + done + n).map_err(PmemError::Copy)?;
+                    // SAFETY: src_off+done+n is within the source (checked) whose pointer is
+                    // valid for len() reads; destination inside the mapping; client buffers
+                    // never alias pmem.
+                    unsafe { flush::nt_copy(self.ptr(o + done), p.add(src_off + done), n) };
+                    done += n;
+                }
             }
             _ => {
                 // SAFETY: destination inside the mapping and valid for l writes.

@@ -28,7 +28,18 @@ pub unsafe trait DataSource {
     fn as_ptr(&self) -> Option<*const u8> {
         None
     }
+    /// Waits until bytes `[0, end)` may be read through [`as_ptr`](DataSource::as_ptr): a
+    /// streamed source fills while the op runs (`copy_to` waits by itself). Errors are errnos
+    /// (EFAULT when the producer stalls or `end` is out of range).
+    fn wait_ready(&self, end: usize) -> Result<(), i32> {
+        if end > self.len() { Err(libc::EFAULT) } else { Ok(()) }
+    }
 }
+
+/// Unit in which a persistence backend copies from a streamed source (and a streamed window
+/// announces what it filled): big enough that the wait per piece costs nothing, small enough
+/// that the two sides of a streamed op overlap well.
+pub const STREAM_PIECE: usize = 16 * 1024;
 
 /// A writable client buffer.
 ///

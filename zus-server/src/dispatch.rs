@@ -7,8 +7,9 @@
 use zus_api::Errno;
 use zus_api::chan::PAYLOAD_SIZE;
 use zus_api::ops::{
-    CreateReq, DATA_REMOTE_IOV, DATA_WINDOW, InoReq, IoReq, IoVec, KernelCacheReq, LinkReq, MAX_IOV, NAME_MAX, NameReq,
-    OpCode, OpHeader, PATH_MAX, Pod, RenameReq, SetattrReq, SymlinkReq, TicketReq, XattrReq, setattr, split_names,
+    CreateReq, DATA_REMOTE_IOV, DATA_WINDOW, DATA_WINDOW_STREAM, InoReq, IoReq, IoVec, KernelCacheReq, LinkReq,
+    MAX_IOV, NAME_MAX, NameReq, OpCode, OpHeader, PATH_MAX, Pod, RenameReq, SetattrReq, SymlinkReq, TicketReq,
+    XattrReq, setattr, split_names,
 };
 use zus_api::plugin::{DataDesc, OpCall, data_kind};
 
@@ -52,6 +53,24 @@ pub struct Served {
     pub data_len: usize,
     /// Whether the request was refused as malformed.
     pub rejected: bool,
+}
+
+/// Where an op's data window and its streamed-window word lie in the client's channel set.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    /// Offset of the slot's data window.
+    pub offset: usize,
+    /// Bytes of the window.
+    pub size: usize,
+    /// Offset of the slot's `data_ready` word.
+    pub ready_offset: usize,
+}
+
+/// Waits until a streamed write's `len` bytes are all in the window (for a plugin that does not
+/// read streamed windows itself), bounded like the plugin-side wait.
+fn wait_for_stream(ready: &core::sync::atomic::AtomicU32, len: u64) -> Result<(), Errno> {
+    let len = usize::try_from(len).map_err(|_| Errno::EINVAL)?;
+    zus_api::plugin::wait_stream_ready(ready, len).map_err(Errno)
 }
 
 fn reject(e: Errno) -> Served {
@@ -189,7 +208,7 @@ pub fn serve(
     attached: &[Attachment],
     hdr: &OpHeader,
     payload_off: usize,
-    window: (usize, usize),
+    window: Window,
     scratch: &mut Scratch,
 ) -> Served {
     let Some(op) = OpCode::from_u32(hdr.opcode) else { return reject(Errno::ENOSYS) };
@@ -245,7 +264,7 @@ pub fn serve(
             return Served { result: Errno::EROFS.to_wire(), ..Served::default() };
         }
     }
-    let (win_off, win_size) = window;
+    let Window { offset: win_off, size: win_size, ready_offset } = window;
     let mut data = DataDesc {
         kind: data_kind::NONE,
         pid: 0,
@@ -253,6 +272,7 @@ pub fn serve(
         window_len: 0,
         iov: core::ptr::null(),
         niov: 0,
+        ready: core::ptr::null_mut(),
     };
     let data_in = |len: usize| -> Result<usize, Errno> { if len > win_size { Err(Errno::EINVAL) } else { Ok(len) } };
     match op {
@@ -274,6 +294,28 @@ pub fn serve(
                     data.kind = data_kind::WINDOW;
                     data.window = client.region.raw(win_off, win_size);
                     data.window_len = avail as u64;
+                }
+                DATA_WINDOW_STREAM => {
+                    // The window fills while we serve (a write's data from the client, a read's
+                    // from the plugin); the op's own length bounds it in both directions.
+                    if io.niov != 0 || io.len > win_size as u64 {
+                        return reject(Errno::EINVAL);
+                    }
+                    if op == OpCode::Write && u64::from(hdr.data_len) != io.len {
+                        return reject(Errno::EINVAL);
+                    }
+                    let ready = client.region.atomic_u32(ready_offset);
+                    if mount.plugin_streams() {
+                        data.ready = ready.as_ptr();
+                    } else if op == OpCode::Write
+                        && let Err(e) = wait_for_stream(ready, io.len)
+                    {
+                        // A plugin that does not stream gets the whole write at once.
+                        return Served { result: e.to_wire(), ..Served::default() };
+                    }
+                    data.kind = data_kind::WINDOW;
+                    data.window = client.region.raw(win_off, win_size);
+                    data.window_len = io.len;
                 }
                 DATA_REMOTE_IOV => {
                     let n = io.niov as usize;

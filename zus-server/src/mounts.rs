@@ -238,6 +238,12 @@ pub fn mount(id: u32, plugin: &Plugin, device: &str, options: &str) -> Result<Mo
 }
 
 impl Mount {
+    /// Whether the plugin honours `DataDesc::ready` (streamed windows).
+    #[must_use]
+    pub fn plugin_streams(&self) -> bool {
+        self.vtable.flags & zus_api::plugin::plugin_flags::STREAMED_WINDOW != 0
+    }
+
     /// Calls the plugin for one op.
     pub fn op(&self, call: &mut OpCall) -> i64 {
         match self.vtable.op {

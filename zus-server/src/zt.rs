@@ -24,6 +24,7 @@ const OPS_REJECTED: usize = core::mem::offset_of!(LaneHeader, ops_rejected);
 const STATE: usize = core::mem::offset_of!(Slot, state);
 const REPLY_SEQ: usize = core::mem::offset_of!(Slot, reply_seq);
 const CLIENT_WAITING: usize = core::mem::offset_of!(Slot, client_waiting);
+const DATA_READY: usize = core::mem::offset_of!(Slot, data_ready);
 const HDR: usize = core::mem::offset_of!(Slot, hdr);
 const PAYLOAD: usize = core::mem::offset_of!(Slot, payload);
 
@@ -328,7 +329,11 @@ fn serve_pass(server: &Server, lane: usize, snap: &Snapshot, scratch: &mut Scrat
             }
             // One fetch of the header into private memory; everything is validated from the copy.
             let hdr: OpHeader = client.region.read(so + HDR);
-            let window = (g.window_offset(lane, s), g.window_size);
+            let window = dispatch::Window {
+                offset: g.window_offset(lane, s),
+                size: g.window_size,
+                ready_offset: so + DATA_READY,
+            };
             let ctl = &server.zts[lane];
             // SeqCst: pairs with the load in `wait_for_other_zts` (a Dekker pattern with the
             // kernel-cache mark, which this op reads after this store).

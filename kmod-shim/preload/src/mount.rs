@@ -57,15 +57,16 @@ pub enum LanePolicy {
     /// The next CPU's ZT: we spin while it serves, and it polls for our next op.
     Peer,
     /// `Peer` for ops of up to 32 KiB from a thread that sends back to back (its last reply came
-    /// < 100 µs ago), `Own` for longer ones and isolated ones (the default). A same-CPU hand-off
-    /// costs two context switches (4.6 µs here) and a caller that sleeps on the futex is often
-    /// woken on the other, idle CPU (28 µs): short ops are several times faster on the next
-    /// CPU's ZT at every job count. Long ops are dominated by the copy; with one job the next
-    /// CPU's ZT is ~13% faster for them, with two the own lane is ~65% faster (each job keeps
-    /// its CPU and its ZT). An isolated op (dax mode's MAP_DONE once per ms) is better on the
-    /// own lane too: waking the next CPU's ZT preempts whatever runs there (dax at 2 jobs:
-    /// 1.7x of 1 job that way, 1.7-2.0x with the own lane). Measured on the 2-vCPU development
-    /// VM (kmod-shim/preload/README.md).
+    /// < 100 µs ago), `Own` for isolated ones, and for longer back-to-back ops whichever the
+    /// thread measured faster (the default). A same-CPU hand-off costs two context switches
+    /// (4.6 µs here) and a caller that sleeps on the futex is often woken on the other, idle CPU
+    /// (28 µs): short ops are several times faster on the next CPU's ZT at every job count.
+    /// Long ops are dominated by the copy: with the next CPU free its ZT copies while we copy
+    /// (streamed window, 1.7x faster), with another job there the own lane is 2-7x faster, so
+    /// each thread learns which (`io::long_lane`). An isolated op (dax mode's MAP_DONE once
+    /// per ms) is better on the own lane: waking the next CPU's ZT preempts whatever runs there
+    /// (dax at 2 jobs: 1.7x of 1 job that way, 1.7-2.0x with the own lane). Measured on the
+    /// 2-vCPU development VM (kmod-shim/preload/README.md).
     Auto,
 }
 
@@ -75,10 +76,15 @@ pub enum DataPolicy {
     /// One copy: zusd moves data straight between our buffers and pmem with
     /// `process_vm_readv`/`writev` (P-CH6).
     Remote,
-    /// The named two-copy fallback: data bounces through the slot's window.
+    /// The named two-copy fallback: data bounces through the slot's window, one op per buffer.
     Window,
+    /// Two copies in one op: all buffers stream through the slot's window while the ZT works
+    /// (ops larger than a window go remote).
+    Stream,
     /// The window for one short buffer (where a `process_vm_readv` costs more than two memcpys:
-    /// measured 1.4 µs vs 0.2 µs for 4 KiB here), one copy for everything else (the default).
+    /// measured 1.4 µs vs 0.2 µs for 4 KiB here), a streamed window for anything else up to a
+    /// window (two copies that overlap: 32 x 4 KiB 1.8-2x faster than one `process_vm_readv`),
+    /// one copy above (the default).
     Auto,
 }
 
@@ -387,7 +393,12 @@ fn new_mount(dev: u64) -> Option<u32> {
     let mode = env_mode();
     let data = env_choice(
         "ZUFS_DATA",
-        &[("auto", DataPolicy::Auto), ("remote", DataPolicy::Remote), ("window", DataPolicy::Window)],
+        &[
+            ("auto", DataPolicy::Auto),
+            ("remote", DataPolicy::Remote),
+            ("window", DataPolicy::Window),
+            ("stream", DataPolicy::Stream),
+        ],
     );
     let mut m = Mount {
         dev,

@@ -280,8 +280,9 @@ impl Data {
 unsafe fn data_of(d: &DataDesc) -> Data {
     match d.kind {
         data_kind::WINDOW if !d.window.is_null() => {
-            // SAFETY: the server's window stays mapped for the call.
-            Data::Window(unsafe { WindowData::new(d.window, usize::try_from(d.window_len).unwrap_or(0)) })
+            // SAFETY: the server's window and its ready word (null unless streamed) stay mapped
+            // for the call.
+            Data::Window(unsafe { WindowData::streamed(d.window, usize::try_from(d.window_len).unwrap_or(0), d.ready) })
         }
         data_kind::REMOTE if !d.iov.is_null() => {
             let n = usize::try_from(d.niov).unwrap_or(0).min(crate::ops::MAX_IOV);

@@ -2,26 +2,107 @@
 //! calling process reached with `process_vm_readv/writev` (one copy, P-CH6).
 #![allow(unsafe_code)]
 
+use core::cell::Cell;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
 use zus_pmem::{DataSink, DataSource};
 
 use crate::ops::IoVec;
 
-/// A data window in shared memory.
+/// A data window in shared memory, optionally streamed (`DataDesc::ready`).
 #[derive(Debug)]
 pub struct WindowData {
     base: *mut u8,
     len: usize,
+    /// The shared count of window bytes holding data (streamed windows), else null.
+    ready: *mut u32,
+    /// Streamed reads: the prefix of the window this side has filled and announced.
+    published: Cell<usize>,
 }
 
+/// Longest a streamed write waits for the client's next bytes (any progress restarts it).
+/// A live client copies a whole window in well under a millisecond; one that stops (killed,
+/// stopped, hostile) costs the ZT this long once, and its op fails with EFAULT.
+pub const STREAM_STALL_LIMIT: Duration = Duration::from_millis(100);
+
+/// How often a streamed write that waits for the client yields its CPU (the client may share it).
+const STREAM_YIELD_EVERY: Duration = Duration::from_micros(4);
+
 impl WindowData {
-    /// Wraps a window.
+    /// Wraps a window whose data is all there.
     ///
     /// # Safety
     /// `[base, base+len)` must stay mapped while the value is used; it may be concurrently
     /// written by the peer (only raw copies are made).
     #[must_use]
     pub unsafe fn new(base: *mut u8, len: usize) -> Self {
-        Self { base, len }
+        Self { base, len, ready: core::ptr::null_mut(), published: Cell::new(0) }
+    }
+
+    /// Wraps a streamed window: `*ready` counts the bytes from the window's start that hold
+    /// data (a write's source waits for them; a read's sink raises it as it fills the window).
+    ///
+    /// # Safety
+    /// As [`WindowData::new`]; `ready` must be null or a 4-byte aligned word that stays mapped
+    /// while the value is used (it is only ever accessed atomically).
+    #[must_use]
+    pub unsafe fn streamed(base: *mut u8, len: usize, ready: *mut u32) -> Self {
+        Self { base, len, ready, published: Cell::new(0) }
+    }
+
+    fn ready_word(&self) -> Option<&AtomicU32> {
+        if self.ready.is_null() {
+            return None;
+        }
+        // SAFETY: non-null, aligned and mapped for the life of self (constructor contract); the
+        // word is shared with the client and only accessed through this atomic.
+        Some(unsafe { AtomicU32::from_ptr(self.ready) })
+    }
+
+    /// Waits until the client has put the first `end` bytes into a streamed window.
+    fn wait_for(&self, end: usize) -> Result<(), i32> {
+        match self.ready_word() {
+            Some(word) => wait_stream_ready(word, end),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Waits until a streamed window's `ready` word (raised by the client) reaches `end`: spins,
+/// yields every few µs (the client may need this CPU), and gives up with EFAULT after
+/// [`STREAM_STALL_LIMIT`] without progress.
+///
+/// # Errors
+/// EFAULT when the client stops filling the window.
+pub fn wait_stream_ready(word: &AtomicU32, end: usize) -> Result<(), i32> {
+    let mut seen = word.load(Ordering::Acquire) as usize;
+    if seen >= end {
+        return Ok(());
+    }
+    let mut progress_at = Instant::now();
+    let mut yielded_at = progress_at;
+    let mut n = 0u32;
+    loop {
+        core::hint::spin_loop();
+        let now_ready = word.load(Ordering::Acquire) as usize;
+        if now_ready >= end {
+            return Ok(());
+        }
+        n = n.wrapping_add(1);
+        if now_ready != seen {
+            seen = now_ready;
+            progress_at = Instant::now();
+        } else if n.is_multiple_of(64) {
+            let now = Instant::now();
+            if now.duration_since(progress_at) >= STREAM_STALL_LIMIT {
+                return Err(libc::EFAULT);
+            }
+            if now.duration_since(yielded_at) >= STREAM_YIELD_EVERY {
+                std::thread::yield_now();
+                yielded_at = Instant::now();
+            }
+        }
     }
 }
 
@@ -39,6 +120,7 @@ unsafe impl DataSource for WindowData {
     }
     unsafe fn copy_to(&self, src_off: usize, dst: *mut u8, len: usize) -> Result<(), i32> {
         in_range(src_off, len, self.len)?;
+        self.wait_for(src_off + len)?;
         // SAFETY: source in bounds (checked); dst valid per the caller's contract.
         unsafe { core::ptr::copy_nonoverlapping(self.base.add(src_off), dst, len) };
         Ok(())
@@ -46,6 +128,10 @@ unsafe impl DataSource for WindowData {
     /// The window is mapped here: pmem can stream from it with non-temporal stores (one copy).
     fn as_ptr(&self) -> Option<*const u8> {
         Some(self.base.cast_const())
+    }
+    fn wait_ready(&self, end: usize) -> Result<(), i32> {
+        in_range(0, end, self.len)?;
+        self.wait_for(end)
     }
 }
 
@@ -56,8 +142,25 @@ unsafe impl DataSink for WindowData {
     }
     unsafe fn copy_from(&self, dst_off: usize, src: *const u8, len: usize) -> Result<(), i32> {
         in_range(dst_off, len, self.len)?;
-        // SAFETY: destination in bounds (checked); src valid per the caller's contract.
-        unsafe { core::ptr::copy_nonoverlapping(src, self.base.add(dst_off), len) };
+        let Some(word) = self.ready_word() else {
+            // SAFETY: destination in bounds (checked); src valid per the caller's contract.
+            unsafe { core::ptr::copy_nonoverlapping(src, self.base.add(dst_off), len) };
+            return Ok(());
+        };
+        // Streamed: copy a piece at a time and announce each one that extends the filled
+        // prefix, so that the client copies it out while we copy the next.
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(zus_pmem::STREAM_PIECE);
+            // SAFETY: [dst_off+done, +n) lies inside the checked range; src valid for len reads.
+            unsafe { core::ptr::copy_nonoverlapping(src.add(done), self.base.add(dst_off + done), n) };
+            if self.published.get() == dst_off + done {
+                let end = dst_off + done + n;
+                self.published.set(end);
+                word.store(u32::try_from(end).unwrap_or(u32::MAX), Ordering::Release);
+            }
+            done += n;
+        }
         Ok(())
     }
 }
@@ -180,4 +283,93 @@ pub fn sink_write(dst: &dyn DataSink, off: usize, src: &[u8]) -> Result<(), crat
 pub fn source_read(src: &dyn DataSource, off: usize, dst: &mut [u8]) -> Result<(), crate::Errno> {
     // SAFETY: dst is a valid, exclusive slice of dst.len() bytes; the source checks its range.
     unsafe { src.copy_to(off, dst.as_mut_ptr(), dst.len()) }.map_err(crate::Errno)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use zus_pmem::{MappedPmem, Persist};
+
+    use super::*;
+
+    /// A page-aligned buffer standing in for a slot's window, plus its ready word.
+    struct Shared {
+        window: Vec<u64>,
+        ready: AtomicU32,
+    }
+
+    fn pattern(n: usize) -> Vec<u8> {
+        (0..n).map(|i| u8::try_from(i * 7 % 251).unwrap_or(0)).collect()
+    }
+
+    #[test]
+    fn test_streamed_write_waits_for_each_piece_the_client_announces() {
+        const LEN: usize = 200_000;
+        let shared = Arc::new(Shared { window: vec![0u64; LEN / 8 + 1], ready: AtomicU32::new(0) });
+        let base = shared.window.as_ptr().cast::<u8>().cast_mut();
+        let data = pattern(LEN);
+        let base_addr = base as usize;
+        let (sh, d) = (Arc::clone(&shared), data.clone());
+        // The "client": fills the window 3000 bytes at a time, announcing each piece.
+        let client = std::thread::spawn(move || {
+            let mut at = 0;
+            while at < LEN {
+                let n = (LEN - at).min(3000);
+                // SAFETY: inside the window, which outlives the thread (Arc); the server side
+                // reads only bytes below `ready`.
+                unsafe { core::ptr::copy_nonoverlapping(d[at..].as_ptr(), (base_addr as *mut u8).add(at), n) };
+                at += n;
+                sh.ready.store(u32::try_from(at).unwrap_or(u32::MAX), Ordering::Release);
+                std::thread::yield_now();
+            }
+        });
+        let pm = MappedPmem::anonymous(1 << 20).unwrap();
+        // SAFETY: the window and ready word live in `shared` for the whole test.
+        let src = unsafe { WindowData::streamed(base, LEN, shared.ready.as_ptr()) };
+        pm.write_from(4096 + 5, &src, 0, LEN, true).unwrap();
+        pm.fence();
+        client.join().unwrap();
+        let mut back = vec![0u8; LEN];
+        pm.read(4096 + 5, &mut back).unwrap();
+        assert!(back == data, "streamed write copied bytes before they were announced");
+    }
+
+    #[test]
+    fn test_streamed_write_from_a_client_that_stops_fails_with_efault() {
+        let shared = Shared { window: vec![0u64; 4096], ready: AtomicU32::new(100) };
+        let base = shared.window.as_ptr().cast::<u8>().cast_mut();
+        // SAFETY: as above.
+        let src = unsafe { WindowData::streamed(base, 32768, shared.ready.as_ptr()) };
+        let pm = MappedPmem::anonymous(1 << 16).unwrap();
+        let t0 = Instant::now();
+        let err = pm.write_from(0, &src, 0, 32768, true).unwrap_err();
+        assert!(matches!(err, zus_pmem::PmemError::Copy(libc::EFAULT)), "{err}");
+        let waited = t0.elapsed();
+        assert!(waited >= STREAM_STALL_LIMIT && waited < STREAM_STALL_LIMIT * 5, "waited {waited:?}");
+        // What the client did announce is there to be read at once.
+        let mut b = [0u8; 100];
+        // SAFETY: b is a valid buffer of 100 bytes.
+        unsafe { src.copy_to(0, b.as_mut_ptr(), 100) }.unwrap();
+    }
+
+    #[test]
+    fn test_streamed_read_announces_the_filled_prefix_only() {
+        let shared = Shared { window: vec![0u64; 8192], ready: AtomicU32::new(0) };
+        let base = shared.window.as_ptr().cast::<u8>().cast_mut();
+        // SAFETY: as above.
+        let sink = unsafe { WindowData::streamed(base, 65536, shared.ready.as_ptr()) };
+        let data = pattern(40_000);
+        // Out of order first: nothing may be announced, the prefix below it is not filled.
+        // SAFETY: data is valid for the lengths given.
+        unsafe { sink.copy_from(30_000, data.as_ptr(), 10_000) }.unwrap();
+        assert_eq!(shared.ready.load(Ordering::Acquire), 0);
+        // SAFETY: as above.
+        unsafe { sink.copy_from(0, data.as_ptr(), 30_000) }.unwrap();
+        assert_eq!(shared.ready.load(Ordering::Acquire), 30_000);
+        let mut out = vec![0u8; 30_000];
+        // SAFETY: reading back the bytes just written, inside the window.
+        unsafe { core::ptr::copy_nonoverlapping(base, out.as_mut_ptr(), 30_000) };
+        assert_eq!(out, data[..30_000]);
+    }
 }

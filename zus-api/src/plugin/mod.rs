@@ -18,7 +18,7 @@ pub mod data;
 use core::ffi::c_void;
 use core::mem::{offset_of, size_of};
 
-pub use data::{RemoteIov, WindowData, sink_write, source_read};
+pub use data::{RemoteIov, STREAM_STALL_LIMIT, WindowData, sink_write, source_read, wait_stream_ready};
 pub use zus_pmem::{DataSink, DataSource};
 
 use crate::Errno;
@@ -98,6 +98,12 @@ pub struct DataDesc {
     pub iov: *const crate::ops::IoVec,
     /// Number of remote buffers.
     pub niov: u64,
+    /// Streamed window (only for plugins with [`plugin_flags::STREAMED_WINDOW`], else null):
+    /// the shared `u32` that counts the bytes of the window holding data. On a write the plugin
+    /// must not read window bytes at or beyond its value (it waits, bounded, for more); on a
+    /// read it raises it as it fills the window, so the client can copy out meanwhile. Accessed
+    /// atomically only. [`crate::plugin::WindowData`] does both for Rust plugins.
+    pub ready: *mut u32,
 }
 
 /// One op call from the server to a plugin.
@@ -126,6 +132,11 @@ pub struct OpCall {
 pub mod plugin_flags {
     /// The filesystem needs a device (pmemfs); device-less ones (nullfs) get none.
     pub const NEEDS_DEVICE: u32 = 1 << 0;
+    /// The plugin honours `DataDesc::ready` (streamed windows). Without it zusd waits until a
+    /// streamed write's data is all in the window before it calls the plugin, and a read's
+    /// data reaches the client only with the reply. Every plugin built on
+    /// [`crate::export_plugin!`] has it.
+    pub const STREAMED_WINDOW: u32 = 1 << 1;
 }
 
 /// Creates a filesystem on a device. Returns 0 or -errno; writes a message to `msg`.
@@ -183,8 +194,9 @@ unsafe impl Sync for PluginVtable {}
 const _: () = {
     assert!(size_of::<HostApi>() == 40);
     assert!(size_of::<DeviceDesc>() == 24);
-    assert!(size_of::<DataDesc>() == 40);
-    assert!(size_of::<OpCall>() == 64 + 6 * 8 + 40);
+    assert!(size_of::<DataDesc>() == 48);
+    assert!(offset_of!(DataDesc, ready) == 40);
+    assert!(size_of::<OpCall>() == 64 + 6 * 8 + 48);
     assert!(offset_of!(OpCall, data) == 112);
     assert!(size_of::<PluginVtable>() == 40 + 5 * 8);
     assert!(offset_of!(PluginVtable, abi_version) == 8);
@@ -569,7 +581,8 @@ pub const fn vtable<T: FileSystem>() -> PluginVtable {
         #[allow(clippy::cast_possible_truncation)] // 80 bytes, asserted above
         struct_size: size_of::<PluginVtable>() as u32,
         name,
-        flags: if T::NEEDS_DEVICE { plugin_flags::NEEDS_DEVICE } else { 0 },
+        // Streamed windows are honoured by `WindowData`, which every Rust plugin reads through.
+        flags: if T::NEEDS_DEVICE { plugin_flags::NEEDS_DEVICE } else { 0 } | plugin_flags::STREAMED_WINDOW,
         reserved: 0,
         mkfs: Some(adapter::mkfs::<T>),
         fsck: Some(adapter::fsck::<T>),
