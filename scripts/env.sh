@@ -11,7 +11,10 @@ stage_plugins() {
     for d in "$ZUFS_ROOT"/zusfs-plugins/*/; do
         name="$(basename "$d")"
         if [ -f "$ZUFS_BIN/lib$name.so" ]; then
-            cp -f "$ZUFS_BIN/lib$name.so" "$ZUFS_PLUGINS/"
+            # A new file renamed over the old one: a running zusd keeps the library it mapped
+            # (copying over it in place would change the code under it).
+            cp -f "$ZUFS_BIN/lib$name.so" "$ZUFS_PLUGINS/.lib$name.so.new"
+            mv -f "$ZUFS_PLUGINS/.lib$name.so.new" "$ZUFS_PLUGINS/lib$name.so"
         fi
     done
 }

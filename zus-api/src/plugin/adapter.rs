@@ -252,13 +252,13 @@ pub unsafe extern "C" fn op<T: FileSystem>(handle: *mut c_void, call: *mut OpCal
     })
 }
 
-enum Data {
+enum Data<'a> {
     None,
     Window(WindowData),
-    Remote(RemoteIov),
+    Remote(RemoteIov<'a>),
 }
 
-impl Data {
+impl Data<'_> {
     fn source(&self) -> Result<&dyn DataSource, Errno> {
         match self {
             Self::None => Err(Errno::EINVAL),
@@ -277,7 +277,7 @@ impl Data {
 
 /// # Safety
 /// `d` describes server-owned memory valid for the call.
-unsafe fn data_of(d: &DataDesc) -> Data {
+unsafe fn data_of(d: &DataDesc) -> Data<'_> {
     match d.kind {
         data_kind::WINDOW if !d.window.is_null() => {
             // SAFETY: the server's window and its ready word (null unless streamed) stay mapped
@@ -286,8 +286,9 @@ unsafe fn data_of(d: &DataDesc) -> Data {
         }
         data_kind::REMOTE if !d.iov.is_null() => {
             let n = usize::try_from(d.niov).unwrap_or(0).min(crate::ops::MAX_IOV);
-            // SAFETY: the server passes a private, validated iovec array of niov entries.
-            let iov = unsafe { core::slice::from_raw_parts(d.iov, n) }.to_vec();
+            // SAFETY: the server passes a private, validated iovec array of niov entries that
+            // stays put for the call (the borrow of `d` covers it).
+            let iov = unsafe { core::slice::from_raw_parts(d.iov, n) };
             Data::Remote(RemoteIov::new(d.pid, iov))
         }
         _ => Data::None,
@@ -347,8 +348,11 @@ fn dispatch<T: FileSystem>(fs: &T, call: &mut OpCall) -> Result<u64, Errno> {
         unsafe { core::slice::from_raw_parts(call.req, call.req_len) }
     };
     let c = Caller { uid: call.hdr.uid, gid: call.hdr.gid, pid: call.hdr.pid };
+    // A copy of the descriptor, so the data it describes is borrowed apart from `call` (which
+    // the op's reply goes into).
+    let desc = call.data;
     // SAFETY: the server's data descriptor is valid for the call.
-    let data = unsafe { data_of(&call.data) };
+    let data = unsafe { data_of(&desc) };
     match op {
         OpCode::Noop => Ok(0),
         OpCode::Statfs => {

@@ -167,65 +167,74 @@ unsafe impl DataSink for WindowData {
 
 /// Buffers in another process, addressed by its iovecs (validated by the server: count and
 /// total length). The kernel checks every address against the target process's own mappings,
-/// so a client can only ever name its own memory.
+/// so a client can only ever name its own memory. Borrows the server's private copy of the
+/// iovecs for the call and moves data without allocating.
 #[derive(Debug)]
-pub struct RemoteIov {
+pub struct RemoteIov<'a> {
     pid: i32,
-    iov: Vec<IoVec>,
+    iov: &'a [IoVec],
     total: usize,
 }
 
-impl RemoteIov {
+/// Remote iovecs handed to one `process_vm_readv/writev` call (more take several calls).
+const REMOTE_BATCH: usize = 64;
+
+impl<'a> RemoteIov<'a> {
     /// Describes buffers in process `pid`.
     #[must_use]
-    pub fn new(pid: i32, iov: Vec<IoVec>) -> Self {
+    pub fn new(pid: i32, iov: &'a [IoVec]) -> Self {
         let total =
             iov.iter().map(|v| usize::try_from(v.len).unwrap_or(usize::MAX)).fold(0usize, usize::saturating_add);
         Self { pid, iov, total }
     }
 
-    /// Remote iovecs covering `[off, off+len)`.
-    fn slice(&self, mut off: usize, mut len: usize) -> Vec<libc::iovec> {
-        let mut out = Vec::new();
-        for v in &self.iov {
+    /// Fills `out` with remote iovecs covering the start of `[off, off+len)`; returns how many
+    /// and the bytes they cover.
+    fn batch(&self, mut off: usize, mut len: usize, out: &mut [libc::iovec; REMOTE_BATCH]) -> (usize, usize) {
+        let (mut k, mut bytes) = (0, 0);
+        for v in self.iov {
             let vlen = usize::try_from(v.len).unwrap_or(0);
             if off >= vlen {
                 off -= vlen;
                 continue;
             }
-            let take = (vlen - off).min(len);
-            out.push(libc::iovec {
-                iov_base: (usize::try_from(v.addr).unwrap_or(0) + off) as *mut libc::c_void,
-                iov_len: take,
-            });
-            len -= take;
-            off = 0;
-            if len == 0 {
+            if k == REMOTE_BATCH || len == 0 {
                 break;
             }
+            let take = (vlen - off).min(len);
+            out[k] = libc::iovec {
+                iov_base: (usize::try_from(v.addr).unwrap_or(0) + off) as *mut libc::c_void,
+                iov_len: take,
+            };
+            k += 1;
+            bytes += take;
+            len -= take;
+            off = 0;
         }
-        out
+        (k, bytes)
     }
 
     fn xfer(&self, off: usize, local: *mut u8, len: usize, write_remote: bool) -> Result<(), i32> {
         in_range(off, len, self.total)?;
-        if len == 0 {
-            return Ok(());
-        }
-        let remote = self.slice(off, len);
-        let local_iov = libc::iovec { iov_base: local.cast(), iov_len: len };
+        let mut rem = [libc::iovec { iov_base: core::ptr::null_mut(), iov_len: 0 }; REMOTE_BATCH];
         let mut done = 0usize;
-        // Retry partial transfers (the kernel stops at page boundaries on some errors).
-        let mut rem = remote;
-        let mut lio = local_iov;
+        // A call moves at most one batch; a partial transfer (the kernel stops at a page it
+        // cannot reach) resumes where it stopped.
         while done < len {
-            // SAFETY: local buffer valid for len bytes per the caller's contract; remote addresses
-            // are checked by the kernel against the target process's mappings.
+            let (k, bytes) = self.batch(off + done, len - done, &mut rem);
+            if k == 0 {
+                return Err(libc::EFAULT);
+            }
+            // SAFETY: done < len, so the local pointer stays inside the caller's buffer, which is
+            // valid for len bytes (caller contract) and so for the `bytes` <= len - done here.
+            let lio = libc::iovec { iov_base: unsafe { local.add(done) }.cast(), iov_len: bytes };
+            // SAFETY: local buffer as above; remote addresses are checked by the kernel against
+            // the target process's mappings; `rem` holds k initialised entries.
             let n = unsafe {
                 if write_remote {
-                    libc::process_vm_writev(self.pid, &raw const lio, 1, rem.as_ptr(), rem.len() as libc::c_ulong, 0)
+                    libc::process_vm_writev(self.pid, &raw const lio, 1, rem.as_ptr(), k as libc::c_ulong, 0)
                 } else {
-                    libc::process_vm_readv(self.pid, &raw const lio, 1, rem.as_ptr(), rem.len() as libc::c_ulong, 0)
+                    libc::process_vm_readv(self.pid, &raw const lio, 1, rem.as_ptr(), k as libc::c_ulong, 0)
                 }
             };
             if n <= 0 {
@@ -235,20 +244,14 @@ impl RemoteIov {
                     std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EFAULT)
                 });
             }
-            let n = n.unsigned_abs();
-            done += n;
-            if done < len {
-                rem = self.slice(off + done, len - done);
-                // SAFETY: done < len, so the advanced pointer stays inside the local buffer.
-                lio = libc::iovec { iov_base: unsafe { local.add(done) }.cast(), iov_len: len - done };
-            }
+            done += n.unsigned_abs();
         }
         Ok(())
     }
 }
 
 // SAFETY: bounds checked against the validated total; the kernel validates remote addresses.
-unsafe impl DataSource for RemoteIov {
+unsafe impl DataSource for RemoteIov<'_> {
     fn len(&self) -> usize {
         self.total
     }
@@ -258,7 +261,7 @@ unsafe impl DataSource for RemoteIov {
 }
 
 // SAFETY: as above.
-unsafe impl DataSink for RemoteIov {
+unsafe impl DataSink for RemoteIov<'_> {
     fn len(&self) -> usize {
         self.total
     }
@@ -351,6 +354,33 @@ mod tests {
         let mut b = [0u8; 100];
         // SAFETY: b is a valid buffer of 100 bytes.
         unsafe { src.copy_to(0, b.as_mut_ptr(), 100) }.unwrap();
+    }
+
+    #[test]
+    fn test_remote_iov_moves_ranges_across_many_buffers_both_ways() {
+        // 150 buffers of uneven sizes (more than one process_vm_* batch), in this process.
+        let mut bufs: Vec<Vec<u8>> = (0..150).map(|i| vec![0u8; 1 + (i * 37) % 300]).collect();
+        let flat = pattern(bufs.iter().map(Vec::len).sum());
+        let iov: Vec<IoVec> =
+            bufs.iter_mut().map(|b| IoVec { addr: b.as_mut_ptr() as u64, len: b.len() as u64 }).collect();
+        let remote = RemoteIov::new(i32::try_from(std::process::id()).unwrap(), &iov);
+        assert_eq!(DataSink::len(&remote), flat.len());
+        // Write the pattern in three uneven pieces, then read ranges back and compare.
+        let cuts = [0, 777, 20_001, flat.len()];
+        for w in cuts.windows(2) {
+            // SAFETY: flat is valid for the range's length.
+            unsafe { remote.copy_from(w[0], flat[w[0]..].as_ptr(), w[1] - w[0]) }.unwrap();
+        }
+        for (off, len) in [(0, flat.len()), (5, 1), (299, 12_345), (flat.len() - 3, 3)] {
+            let mut out = vec![0u8; len];
+            // SAFETY: out is valid for len bytes.
+            unsafe { remote.copy_to(off, out.as_mut_ptr(), len) }.unwrap();
+            assert!(out == flat[off..off + len], "range {off}+{len}");
+        }
+        let mut one = [0u8; 1];
+        // SAFETY: one byte past the end is refused before any copy.
+        assert_eq!(unsafe { remote.copy_to(flat.len(), one.as_mut_ptr(), 1) }, Err(libc::EFAULT));
+        drop(bufs);
     }
 
     #[test]
