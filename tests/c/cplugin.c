@@ -1,6 +1,8 @@
 /* A zufs plugin written in C, used by the end-to-end tests to show the vtable is a C ABI.
- * Built twice: -DABI_VERSION=1 (loads; its only working op is getattr on the root) and
- * -DABI_VERSION=999 (zusd must refuse it, naming both versions). */
+ * Built twice: -DABI_VERSION=1 (loads; its working ops are getattr on the root, and a write whose
+ * result is the sum of the bytes it was handed) and -DABI_VERSION=999 (zusd must refuse it,
+ * naming both versions). It declares no STREAMED_WINDOW flag: zusd must hand it a streamed
+ * write's data whole, with no ready word. */
 #include <stdint.h>
 #include <stddef.h>
 #include <string.h>
@@ -51,6 +53,14 @@ static int64_t c_op(void *h, struct op_call *c)
         memcpy(c->reply, &a, sizeof a);
         c->reply_len = sizeof a;
         return 0;
+    }
+    if (c->hdr.opcode == 20 /* write */ && c->req_len >= 48) {
+        uint64_t len; memcpy(&len, c->req + 24, 8);
+        if (c->data.kind != 1 /* window */ || c->data.ready != NULL) return -EPROTO;
+        if (len > c->data.window_len) return -EINVAL;
+        int64_t sum = 0;
+        for (uint64_t i = 0; i < len; i++) sum += c->data.window[i];
+        return sum;
     }
     return -ENOSYS;
 }

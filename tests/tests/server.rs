@@ -210,8 +210,12 @@ fn test_c_plugin_loads_and_other_abi_is_refused() {
     let st = status(&z);
     let names: Vec<&str> = st["plugins"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
     assert_eq!(names, vec!["cnull", "nullfs"]);
-    let out = run(&z, &["probe", "--fs", "cnull"], Duration::from_secs(10));
+    let out = run(&z, &["probe", "--fs", "cnull", "--streamed-write-sum", "300000"], Duration::from_secs(10));
     assert!(out.contains("ROOT ino=1 mode=40755 nlink=2"), "{out}");
+    // The plugin does not stream: zusd waited for all the bytes (they came 50 ms late) and
+    // handed it the window whole.
+    let want: u64 = (0..300_000u64).map(|i| i % 251).sum();
+    assert!(out.contains(&format!("SUM got={want} want={want}")), "{out}");
     assert!(z.log_text().contains("cnull mounted"), "plugin log line not routed");
 }
 

@@ -246,6 +246,11 @@ fn iov_bytes(v: &[IoVec]) -> &[u8] {
     unsafe { core::slice::from_raw_parts(v.as_ptr().cast::<u8>(), core::mem::size_of_val(v)) }
 }
 
+/// The request of a read or write of `len` bytes at `off` on this file.
+fn io_req(f: File, off: u64, len: u64, flags: u32, data_kind: u32, niov: u32) -> IoReq {
+    IoReq { ino: ino(f), fh: 0, offset: off, len, flags, data_kind, niov, reserved: 0 }
+}
+
 /// One channel read or write of the buffers `iov` at `off`: (bytes, reply).
 fn chan_io(f: File, write: bool, iov: &[IoVec], total: u64, off: u64, flags: u32) -> Result<(u64, IoReply), i32> {
     if total == 0 {
@@ -265,16 +270,7 @@ fn chan_io(f: File, write: bool, iov: &[IoVec], total: u64, off: u64, flags: u32
         DataPolicy::Auto if fits_window => return stream_io(f, write, iov, total, off, flags),
         DataPolicy::Auto => {}
     }
-    let req = IoReq {
-        ino: ino(f),
-        fh: 0,
-        offset: off,
-        len: total,
-        flags,
-        data_kind: DATA_REMOTE_IOV,
-        niov: iov.len() as u32,
-        reserved: 0,
-    };
+    let req = io_req(f, off, total, flags, DATA_REMOTE_IOV, iov.len() as u32);
     let mut rep = [0u8; 16];
     let (lane, learn) = pick_long_lane(f, r, total);
     let n = timed_long_op(learn, total, || op_on_lane(f, lane, code, &[req.as_bytes(), iov_bytes(iov)], &mut rep))?;
@@ -348,16 +344,7 @@ impl kmod_shim::relay::ScatterSink for IovPieces<'_> {
 fn stream_io(f: File, write: bool, iov: &[IoVec], total: u64, off: u64, flags: u32) -> Result<(u64, IoReply), i32> {
     let r = f.m.relay()?;
     let code = if write { OpCode::Write } else { OpCode::Read };
-    let req = IoReq {
-        ino: ino(f),
-        fh: 0,
-        offset: off,
-        len: total,
-        flags,
-        data_kind: DATA_WINDOW_STREAM,
-        niov: 0,
-        reserved: 0,
-    };
+    let req = io_req(f, off, total, flags, DATA_WINDOW_STREAM, 0);
     state::count(&state::STATS.chan_io, 1);
     state::count(&state::STATS.window_io, 1);
     let id = f.m.mount_id.load(Ordering::Relaxed) as u32;

@@ -73,6 +73,11 @@ enum Cmd {
     Probe {
         #[arg(long)]
         fs: String,
+        /// Then a streamed write of this many bytes to the root (the C test plugin answers
+        /// with the sum of the bytes it got), the data arriving 50 ms after the submit where
+        /// another CPU's lane allows it; prints `SUM got=.. want=..`.
+        #[arg(long)]
+        streamed_write_sum: Option<usize>,
     },
     /// Print each lane's NUMA node and the CPU its ZT runs on.
     Lanes,
@@ -241,6 +246,19 @@ impl ScatterSink for VecSink<'_> {
     }
 }
 
+/// One streamed read or write (the op follows the data's direction).
+fn streamed(
+    relay: &Relay,
+    lane: usize,
+    mount_id: u32,
+    req: &IoReq,
+    data: Stream<'_>,
+) -> Result<kmod_shim::relay::OpOutcome, kmod_shim::RelayError> {
+    let code = if matches!(data, Stream::Write(_)) { OpCode::Write } else { OpCode::Read };
+    let mut reply = [0u8; 64];
+    relay.op_streamed(lane, mount_id, code, &[req.as_bytes()], data, &mut reply, 0)
+}
+
 fn stream(relay: &Relay) -> Result<()> {
     ensure!(relay.streams(), "server does not offer streamed windows");
     let m = relay.mount("nullfs", "", "")?;
@@ -268,28 +286,12 @@ fn stream(relay: &Relay) -> Result<()> {
     for lane in std::iter::once(0).chain(other) {
         let w = io(len, 4096 * lane as u64);
         let mut src = VecSource { data: &data, at: 0, stall: Duration::ZERO };
-        let o = relay.op_streamed(
-            lane,
-            m.mount_id,
-            OpCode::Write,
-            &[w.as_bytes()],
-            Stream::Write(&mut src),
-            &mut reply,
-            0,
-        )?;
+        let o = streamed(relay, lane, m.mount_id, &w, Stream::Write(&mut src))?;
         ensure!(o.value == len as u64, "streamed write on lane {lane} wrote {}", o.value);
         // Reads: streamed, against the same range through the plain window.
         let mut got = vec![0u8; len];
         let mut sink = VecSink { data: &mut got, at: 0 };
-        let o = relay.op_streamed(
-            lane,
-            m.mount_id,
-            OpCode::Read,
-            &[w.as_bytes()],
-            Stream::Read(&mut sink),
-            &mut reply,
-            0,
-        )?;
+        let o = streamed(relay, lane, m.mount_id, &w, Stream::Read(&mut sink))?;
         ensure!(o.value == len as u64 && o.data_len == len, "streamed read on lane {lane}: {o:?}");
         let mut want = vec![0u8; len];
         let plain = IoReq { data_kind: DATA_WINDOW, ..w };
@@ -307,15 +309,7 @@ fn stream(relay: &Relay) -> Result<()> {
         // A read past the end: only what is there.
         let tail = io(len, 4096 * lane as u64 + len as u64 - 1000);
         let mut sink = VecSink { data: &mut got, at: 0 };
-        let o = relay.op_streamed(
-            lane,
-            m.mount_id,
-            OpCode::Read,
-            &[tail.as_bytes()],
-            Stream::Read(&mut sink),
-            &mut reply,
-            0,
-        )?;
+        let o = streamed(relay, lane, m.mount_id, &tail, Stream::Read(&mut sink))?;
         ensure!(o.value == 1000 && o.data_len == 1000, "streamed read across EOF on lane {lane}: {o:?}");
     }
     // Malformed: the data length disagrees with the request; a request longer than a window.
@@ -323,23 +317,14 @@ fn stream(relay: &Relay) -> Result<()> {
     let small = vec![1u8; 4096];
     for (what, req) in [("data_len != len", io(8192, 0)), ("longer than a window", io(win + 4096, 0))] {
         let mut src = VecSource { data: &small, at: 0, stall: Duration::ZERO };
-        match relay.op_streamed(0, m.mount_id, OpCode::Write, &[req.as_bytes()], Stream::Write(&mut src), &mut reply, 0)
-        {
+        match streamed(relay, 0, m.mount_id, &req, Stream::Write(&mut src)) {
             Err(kmod_shim::RelayError::Op(e)) if e == Errno::EINVAL => {}
             other => bail!("streamed write with {what} gave {other:?}, expected EINVAL"),
         }
     }
     let mut big = vec![0u8; 4096];
     let mut sink = VecSink { data: &mut big, at: 0 };
-    match relay.op_streamed(
-        0,
-        m.mount_id,
-        OpCode::Read,
-        &[io(win + 4096, 0).as_bytes()],
-        Stream::Read(&mut sink),
-        &mut reply,
-        0,
-    ) {
+    match streamed(relay, 0, m.mount_id, &io(win + 4096, 0), Stream::Read(&mut sink)) {
         Err(kmod_shim::RelayError::Op(e)) if e == Errno::EINVAL => {}
         other => bail!("streamed read longer than a window gave {other:?}, expected EINVAL"),
     }
@@ -347,15 +332,7 @@ fn stream(relay: &Relay) -> Result<()> {
     if let Some(lane) = other {
         let mut src = VecSource { data: &data, at: 0, stall: Duration::from_millis(600) };
         let t0 = Instant::now();
-        let r = relay.op_streamed(
-            lane,
-            m.mount_id,
-            OpCode::Write,
-            &[io(len, 0).as_bytes()],
-            Stream::Write(&mut src),
-            &mut reply,
-            0,
-        );
+        let r = streamed(relay, lane, m.mount_id, &io(len, 0), Stream::Write(&mut src));
         let waited = t0.elapsed();
         match r {
             Err(kmod_shim::RelayError::Op(e)) if e == Errno::EFAULT => {}
@@ -364,15 +341,7 @@ fn stream(relay: &Relay) -> Result<()> {
         ensure!(waited < Duration::from_secs(3), "stalled streamed write took {waited:?}");
         // The ZT is free again and the next write goes through.
         let mut src = VecSource { data: &data, at: 0, stall: Duration::ZERO };
-        let o = relay.op_streamed(
-            lane,
-            m.mount_id,
-            OpCode::Write,
-            &[io(len, 0).as_bytes()],
-            Stream::Write(&mut src),
-            &mut reply,
-            0,
-        )?;
+        let o = streamed(relay, lane, m.mount_id, &io(len, 0), Stream::Write(&mut src))?;
         ensure!(o.value == len as u64, "write after the stalled one wrote {}", o.value);
     } else {
         println!("one CPU: no stalled-writer check (the data always goes in before the submit)");
@@ -774,7 +743,7 @@ fn main() -> Result<()> {
             println!("{}", serde_json::to_string(&relay.status()?)?);
             Ok(())
         }
-        Cmd::Probe { fs } => {
+        Cmd::Probe { fs, streamed_write_sum } => {
             let m = relay.mount(&fs, "", "")?;
             let mut reply = vec![0u8; PAYLOAD_SIZE];
             let o = relay.op(
@@ -788,6 +757,26 @@ fn main() -> Result<()> {
             )?;
             let a = attr_of(&reply[..o.reply_len])?;
             println!("ROOT ino={} mode={:o} nlink={}", a.ino, a.mode, a.nlink);
+            if let Some(len) = streamed_write_sum {
+                let data: Vec<u8> = (0..len).map(|i| u8::try_from(i % 251).unwrap_or(0)).collect();
+                let want: u64 = data.iter().map(|&b| u64::from(b)).sum();
+                let own = relay.lane_zt_cpu(0);
+                let lane = (1..relay.geometry().ncpu).find(|&l| relay.lane_zt_cpu(l) != own).unwrap_or(0);
+                zufs_tests::pin_current(own as usize)?;
+                let req = IoReq {
+                    ino: m.root,
+                    fh: 0,
+                    offset: 0,
+                    len: len as u64,
+                    flags: 0,
+                    data_kind: DATA_WINDOW_STREAM,
+                    niov: 0,
+                    reserved: 0,
+                };
+                let mut src = VecSource { data: &data, at: 0, stall: Duration::from_millis(50) };
+                let o = streamed(&relay, lane, m.mount_id, &req, Stream::Write(&mut src))?;
+                println!("SUM got={} want={want}", o.value);
+            }
             Ok(())
         }
         Cmd::Lanes => {
