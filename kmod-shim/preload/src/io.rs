@@ -1,5 +1,6 @@
-//! The data path: channel mode (one op per call; data moved once by zusd with
-//! process_vm_readv/writev, or bounced through the slot window for short buffers) and dax mode
+//! The data path: channel mode (one op per call; data bounced through the slot window for a
+//! short buffer, streamed through it for other calls up to a window, moved once by zusd with
+//! process_vm_readv/writev above) and dax mode
 //! (extents from MAP cached per file, data copied directly to and from the mapped device with
 //! non-temporal stores).
 //!

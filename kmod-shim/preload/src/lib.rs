@@ -7,9 +7,11 @@
 //! (SEEK_END), fsync, fdatasync, ftruncate, fallocate and fstat itself:
 //!
 //! - **channel mode** (`ZUFS_MODE=channel`): each call is one op on a ZT lane (the next CPU's ZT
-//!   for short ops, which polls for the next one; our own CPU's for long ones); zusd moves the data straight between the caller's buffers and pmem with
-//!   process_vm_readv/writev (one copy), short single buffers through the slot window (two copies,
-//!   faster at that size here); `ZUFS_DATA=remote|window` forces one or the other.
+//!   for short back-to-back ops, which polls for the next one; for long ones whichever lane the
+//!   thread measured faster); a short single buffer bounces through the slot window, anything
+//!   else up to a window streams through it while the ZT works (two copies that overlap), and
+//!   longer calls go one copy, zusd moving the data straight between the caller's buffers and
+//!   pmem with process_vm_readv/writev; `ZUFS_DATA=remote|window|stream` forces one path.
 //! - **dax mode** (`ZUFS_MODE=dax`, the default): the device is mapped into the process; extents
 //!   come from the MAP op and are cached per file; data is copied with non-temporal stores and a
 //!   fence; size growth goes through zusd; mtime is committed with MAP_DONE at most every
