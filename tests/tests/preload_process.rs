@@ -84,14 +84,21 @@ fn sigkill_mid_write(mode: &str) {
     let f = Fixture::new(&format!("preload-kill-{mode}"), "256M", COHERENT);
     let d = f.path("k").display().to_string();
     std::fs::create_dir_all(&d).unwrap();
-    for round in 0..3 {
+    // Rounds 0-2 one buffer per call; round 3 readv/writev of 32 buffers (in channel mode one
+    // streamed-window op each, killed while the client fills the window).
+    for round in 0..4 {
+        let engine: &[&str] = if round == 3 {
+            &["--ioengine=vsync", "--iodepth=32", "--iodepth_batch_submit=32", "--iodepth_batch_complete_min=32"]
+        } else {
+            &["--ioengine=psync"]
+        };
         let mut child = f
             .preload(mode, "fio")
+            .args(engine)
             .args([
                 "--name=k",
                 "--directory",
                 &d,
-                "--ioengine=psync",
                 "--rw=randrw",
                 "--bs=4k",
                 "--size=16m",
