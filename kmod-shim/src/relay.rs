@@ -548,16 +548,7 @@ impl Relay {
                 }
                 self.wait_reply(so, spins)?;
                 self.finish(lane, slot, so, reply, |region, win, dl| {
-                    let end = dl.min(total);
-                    while copied < end {
-                        let piece = dst.next_piece(end - copied);
-                        if piece.is_empty() {
-                            break;
-                        }
-                        region.copy_out(win + copied, piece);
-                        copied += piece.len();
-                    }
-                    copied.min(dl)
+                    scatter_from_window(region, dst, win, copied, dl.min(total)).min(dl)
                 })
             }
         }
@@ -591,14 +582,11 @@ impl Relay {
         while copied < total {
             let r = (ready.load(Ordering::Acquire) as usize).min(total);
             if r > copied {
-                while copied < r {
-                    let piece = dst.next_piece(r - copied);
-                    if piece.is_empty() {
-                        return copied;
-                    }
-                    self.region.copy_out(win + copied, piece);
-                    copied += piece.len();
+                let now_copied = scatter_from_window(&self.region, dst, win, copied, r);
+                if now_copied < r {
+                    return now_copied;
                 }
+                copied = now_copied;
                 progress_at = Instant::now();
                 continue;
             }
@@ -809,6 +797,21 @@ impl Relay {
             }
         }
     }
+}
+
+/// Copies window bytes `[from, to)` (offsets in the window at `win`) into the next pieces of
+/// `dst`; returns where it stopped (`to`, or earlier when `dst` has no more room).
+fn scatter_from_window(region: &ShmRegion, dst: &mut dyn ScatterSink, win: usize, from: usize, to: usize) -> usize {
+    let mut at = from;
+    while at < to {
+        let piece = dst.next_piece(to - at);
+        if piece.is_empty() {
+            break;
+        }
+        region.copy_out(win + at, piece);
+        at += piece.len();
+    }
+    at
 }
 
 fn roundtrip(sock: &OwnedFd, req: &Request) -> Result<(Reply, Option<OwnedFd>), RelayError> {

@@ -56,11 +56,18 @@ fn op(f: File, code: OpCode, req: &[&[u8]], reply: &mut [u8]) -> Result<u64, i32
 /// [`op`] for an op moving `bytes` of data (for the lane choice).
 fn op_sized(f: File, code: OpCode, req: &[&[u8]], reply: &mut [u8], bytes: u64) -> Result<u64, i32> {
     let r = f.m.relay()?;
-    op_on_lane(f, pick_lane(f, r, bytes), code, req, reply)
+    op_on_lane(f, r, pick_lane(f, r, bytes), code, req, reply)
 }
 
 /// [`op`] on a given lane.
-fn op_on_lane(f: File, lane: usize, code: OpCode, req: &[&[u8]], reply: &mut [u8]) -> Result<u64, i32> {
+fn op_on_lane(
+    f: File,
+    r: &kmod_shim::Relay,
+    lane: usize,
+    code: OpCode,
+    req: &[&[u8]],
+    reply: &mut [u8],
+) -> Result<u64, i32> {
     let st = &state::STATS;
     state::count(
         match code {
@@ -71,7 +78,6 @@ fn op_on_lane(f: File, lane: usize, code: OpCode, req: &[&[u8]], reply: &mut [u8
         },
         1,
     );
-    let r = f.m.relay()?;
     let id = f.m.mount_id.load(Ordering::Relaxed) as u32;
     let ticket = f.s.ticket.load(Ordering::Relaxed);
     r.op_with_ticket(lane, id, code, req, DataIn::None, reply, None, None, ticket)
@@ -117,14 +123,18 @@ const AUTO_PEER_MAX_BYTES: u64 = 32 * 1024;
 /// The ZT lane for our next op (see [`crate::mount::LanePolicy`]).
 #[inline]
 fn pick_lane(f: File, r: &kmod_shim::Relay, bytes: u64) -> usize {
-    let cpu = zus_api::shm::current_cpu();
-    let ncpu = r.geometry().ncpu;
-    match f.m.lane {
-        LanePolicy::Own => cpu % ncpu,
-        LanePolicy::Peer => (cpu + 1) % ncpu,
-        LanePolicy::Auto if bytes <= AUTO_PEER_MAX_BYTES && kmod_shim::Relay::sends_back_to_back() => (cpu + 1) % ncpu,
-        LanePolicy::Auto => cpu % ncpu,
-    }
+    let peer = match f.m.lane {
+        LanePolicy::Own => false,
+        LanePolicy::Peer => true,
+        LanePolicy::Auto => bytes <= AUTO_PEER_MAX_BYTES && kmod_shim::Relay::sends_back_to_back(),
+    };
+    lane_of(r, peer)
+}
+
+/// The lane of our CPU's ZT, or of the next CPU's.
+#[inline]
+fn lane_of(r: &kmod_shim::Relay, peer: bool) -> usize {
+    (zus_api::shm::current_cpu() + usize::from(peer)) % r.geometry().ncpu
 }
 
 /// The lane of a long op (above [`AUTO_PEER_MAX_BYTES`]) and, under the auto policy for a
@@ -133,9 +143,8 @@ fn pick_long_lane(f: File, r: &kmod_shim::Relay, bytes: u64) -> (usize, Option<b
     if f.m.lane != LanePolicy::Auto || bytes <= AUTO_PEER_MAX_BYTES || !kmod_shim::Relay::sends_back_to_back() {
         return (pick_lane(f, r, bytes), None);
     }
-    let cpu = zus_api::shm::current_cpu();
     let peer = long_lane::choose();
-    (if peer { (cpu + 1) % r.geometry().ncpu } else { cpu % r.geometry().ncpu }, Some(peer))
+    (lane_of(r, peer), Some(peer))
 }
 
 /// The lane choice for long back-to-back ops under `ZUFS_LANE=auto`, learnt per thread. Which
@@ -341,51 +350,31 @@ fn chan_io(f: File, write: bool, iov: &[IoVec], total: u64, off: u64, flags: u32
     let fits_window = total <= r.geometry().window_size as u64 && r.streams();
     match f.m.data {
         DataPolicy::Remote => {}
-        DataPolicy::Window => return window_io(f, code, iov, off, flags),
-        DataPolicy::Stream if fits_window => return stream_io(f, write, iov, total, off, flags),
+        DataPolicy::Window => return window_io(f, r, code, iov, off, flags),
+        DataPolicy::Stream if fits_window => return stream_io(f, r, write, iov, total, off, flags),
         DataPolicy::Stream => {}
         DataPolicy::Auto if iov.len() == 1 && total <= AUTO_WINDOW_MAX_BYTES => {
-            return window_io(f, code, iov, off, flags);
+            return window_io(f, r, code, iov, off, flags);
         }
-        DataPolicy::Auto if fits_window => return stream_io(f, write, iov, total, off, flags),
+        DataPolicy::Auto if fits_window => return stream_io(f, r, write, iov, total, off, flags),
         DataPolicy::Auto => {}
     }
     let req = io_req(f, off, total, flags, DATA_REMOTE_IOV, iov.len() as u32);
     let mut rep = [0u8; 16];
     let (lane, learn) = pick_long_lane(f, r, total);
-    let n = timed_long_op(learn, total, || op_on_lane(f, lane, code, &[req.as_bytes(), iov_bytes(iov)], &mut rep))?;
+    let n = timed_long_op(learn, total, || op_on_lane(f, r, lane, code, &[req.as_bytes(), iov_bytes(iov)], &mut rep))?;
     Ok((n, IoReply::read_from(&rep).unwrap_or_default()))
 }
 
 /// The caller's iovecs, handed to the relay a piece at a time for a streamed op.
 struct IovPieces<'a> {
-    iov: &'a [IoVec],
+    cur: Cursor<'a>,
     total: usize,
-    i: usize,
-    at: u64,
 }
 
 impl<'a> IovPieces<'a> {
     fn new(iov: &'a [IoVec], total: u64) -> Self {
-        Self { iov, total: usize::try_from(total).unwrap_or(usize::MAX), i: 0, at: 0 }
-    }
-
-    /// (address, length) of the next at most `max` bytes.
-    fn next(&mut self, max: usize) -> (u64, usize) {
-        while self.i < self.iov.len() {
-            let v = self.iov[self.i];
-            let left = v.len - self.at;
-            if left == 0 {
-                self.i += 1;
-                self.at = 0;
-                continue;
-            }
-            let take = left.min(max as u64);
-            let addr = v.addr + self.at;
-            self.at += take;
-            return (addr, take as usize);
-        }
-        (0, 0)
+        Self { cur: Cursor::new(iov), total: usize::try_from(total).unwrap_or(usize::MAX) }
     }
 }
 
@@ -394,13 +383,10 @@ impl kmod_shim::relay::GatherSource for IovPieces<'_> {
         self.total
     }
     fn next_piece(&mut self, max: usize) -> &[u8] {
-        let (addr, n) = self.next(max);
-        if n == 0 {
-            return &[];
-        }
+        let Some((addr, n)) = self.cur.next(max as u64) else { return &[] };
         // SAFETY: a part of one of the caller's buffers, readable for its length (the
         // write(2)/writev(2) contract), borrowed no longer than the call.
-        unsafe { core::slice::from_raw_parts(addr as *const u8, n) }
+        unsafe { core::slice::from_raw_parts(addr.cast_const(), n) }
     }
 }
 
@@ -409,20 +395,24 @@ impl kmod_shim::relay::ScatterSink for IovPieces<'_> {
         self.total
     }
     fn next_piece(&mut self, max: usize) -> &mut [u8] {
-        let (addr, n) = self.next(max);
-        if n == 0 {
-            return &mut [];
-        }
+        let Some((addr, n)) = self.cur.next(max as u64) else { return &mut [] };
         // SAFETY: a part of one of the caller's buffers, writable for its length (the
         // read(2)/readv(2) contract), handed out once and borrowed no longer than the call.
-        unsafe { core::slice::from_raw_parts_mut(addr as *mut u8, n) }
+        unsafe { core::slice::from_raw_parts_mut(addr, n) }
     }
 }
 
 /// One read or write of all of `iov` as a single op whose data streams through the slot's
 /// window (two copies that overlap when the ZT runs on another CPU; counted in `window_io`).
-fn stream_io(f: File, write: bool, iov: &[IoVec], total: u64, off: u64, flags: u32) -> Result<(u64, IoReply), i32> {
-    let r = f.m.relay()?;
+fn stream_io(
+    f: File,
+    r: &kmod_shim::Relay,
+    write: bool,
+    iov: &[IoVec],
+    total: u64,
+    off: u64,
+    flags: u32,
+) -> Result<(u64, IoReply), i32> {
     let code = if write { OpCode::Write } else { OpCode::Read };
     let req = io_req(f, off, total, flags, DATA_WINDOW_STREAM, 0);
     state::count(&state::STATS.chan_io, 1);
@@ -448,8 +438,14 @@ const AUTO_WINDOW_MAX_BYTES: u64 = 32 * 1024;
 
 /// The named two-copy fallback (`ZUFS_DATA=window`, and short buffers under `auto`): data
 /// bounces through the slot's window, one buffer (piece) per op. Counted in `window_io`.
-fn window_io(f: File, code: OpCode, iov: &[IoVec], mut off: u64, flags: u32) -> Result<(u64, IoReply), i32> {
-    let r = f.m.relay()?;
+fn window_io(
+    f: File,
+    r: &kmod_shim::Relay,
+    code: OpCode,
+    iov: &[IoVec],
+    mut off: u64,
+    flags: u32,
+) -> Result<(u64, IoReply), i32> {
     let win = r.geometry().window_size as u64;
     let mut done = 0u64;
     let mut last = IoReply { size: 0, offset: off };
@@ -641,22 +637,33 @@ impl<'a> Cursor<'a> {
         Self { iov, i: 0, at: 0 }
     }
 
-    /// Calls `f(buffer pointer, len)` for the next `n` bytes, piece by piece.
-    fn each(&mut self, mut n: u64, mut f: impl FnMut(*mut u8, usize, u64)) {
-        let mut done = 0u64;
-        while n > 0 && self.i < self.iov.len() {
+    /// The next piece of at most `max` (> 0) bytes, within one buffer: (pointer, length);
+    /// `None` once every buffer was visited.
+    fn next(&mut self, max: u64) -> Option<(*mut u8, usize)> {
+        while self.i < self.iov.len() {
             let v = self.iov[self.i];
-            let take = (v.len - self.at).min(n);
-            if take > 0 {
-                f((v.addr + self.at) as *mut u8, take as usize, done);
-            }
-            done += take;
-            n -= take;
+            let take = (v.len - self.at).min(max);
+            let piece = (v.addr + self.at) as *mut u8;
             self.at += take;
             if self.at == v.len {
                 self.i += 1;
                 self.at = 0;
             }
+            if take > 0 {
+                return Some((piece, take as usize));
+            }
+        }
+        None
+    }
+
+    /// Calls `f(buffer pointer, len, bytes before it)` for the next `n` bytes, piece by piece.
+    fn each(&mut self, mut n: u64, mut f: impl FnMut(*mut u8, usize, u64)) {
+        let mut done = 0u64;
+        while n > 0 {
+            let Some((p, len)) = self.next(n) else { return };
+            f(p, len, done);
+            done += len as u64;
+            n -= len as u64;
         }
     }
 

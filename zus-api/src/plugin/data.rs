@@ -37,7 +37,8 @@ impl WindowData {
     /// written by the peer (only raw copies are made).
     #[must_use]
     pub unsafe fn new(base: *mut u8, len: usize) -> Self {
-        Self { base, len, ready: core::ptr::null_mut(), published: Cell::new(0) }
+        // SAFETY: the caller's contract for `new` is the one of `streamed` with no ready word.
+        unsafe { Self::streamed(base, len, core::ptr::null_mut()) }
     }
 
     /// Wraps a streamed window: `*ready` counts the bytes from the window's start that hold
