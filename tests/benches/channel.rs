@@ -16,11 +16,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use kmod_shim::Relay;
-use kmod_shim::relay::DataIn;
 use zufs_tests::{TempDir, Zusd, online_cpus, pin_current, plugin_dir};
 use zus_api::ops::OpCode;
-use zus_api::shm::futex;
+use zus_channel::shm::futex;
+use zus_client::DataIn;
+use zus_client::Relay;
 
 fn iters() -> usize {
     std::env::var("ZUFS_BENCH_ITERS").ok().and_then(|s| s.parse().ok()).unwrap_or(200_000)

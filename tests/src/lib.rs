@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use zus_api::shm::ShmRegion;
+use zus_channel::shm::ShmRegion;
 
 /// Directory holding the built binaries and plugins (`target/<profile>`).
 ///

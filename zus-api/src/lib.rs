@@ -1,16 +1,16 @@
-//! `zus_api`: the contract between every zufs component.
+//! `zus_api`: the contract between every zufs component, as plain data.
 //!
-//! Everything that crosses a process boundary (client <-> `zusd` channels and control socket) or a
-//! plugin boundary (`zusd` <-> filesystem `.so`) is defined here, with `#[repr(C)]` layouts whose
-//! sizes and field offsets are asserted at compile time. See `docs/abi.md` for the protocol.
+//! Everything that crosses a process boundary (client <-> `zusd` channels and control socket), a
+//! plugin boundary (`zusd` <-> filesystem `.so`) or the kernel boundary (`zusd` <-> the zufs
+//! module) is defined here, with `#[repr(C)]` layouts whose sizes and field offsets are asserted
+//! at compile time. The crate has no runtime: no I/O, no threads, no shared-memory access. The
+//! C header `include/zus_api.h` is generated from it (see `docs/abi.md`).
 //!
 //! - [`chan`]: the shared channel memory (one lane per CPU, slots, futex words, data windows).
-//! - [`ops`]: op codes and the request/reply structs carried in a slot.
-//! - [`control`]: the control-socket handshake and messages.
+//! - [`ops`]: op codes, the per-op facts table, and the request/reply structs carried in a slot.
+//! - [`control`]: the control-socket message header.
 //! - [`device`]: the generic on-pmem device header.
-//! - [`plugin`]: the C vtable a plugin exports, the safe Rust [`plugin::FileSystem`] trait and the
-//!   [`export_plugin!`] macro.
-//! - [`shm`]: the only code that touches shared memory (atomics and raw copies, never references).
+//! - [`plugin`]: the C vtable a plugin exports and what `zusd` hands it.
 
 pub mod chan;
 pub mod control;
@@ -18,12 +18,8 @@ pub mod device;
 pub mod errno;
 pub mod ops;
 pub mod plugin;
-pub mod shm;
-pub mod sock;
 
 pub use errno::Errno;
-/// The persistence API offered to plugins (store, flush, fence, non-temporal copy).
-pub use zus_pmem as persist;
 
 /// Magic that opens every zus_api structure exchanged between peers ("ZUSAPI01" little-endian).
 pub const ZUS_MAGIC: u64 = u64::from_le_bytes(*b"ZUSAPI01");

@@ -11,9 +11,9 @@ use std::sync::Arc;
 
 use zus_api::Errno;
 use zus_api::chan::Geometry;
-use zus_api::control::{self, MountInfo, Reply, Request};
-use zus_api::shm::ShmRegion;
-use zus_api::sock::{self, PeerCred};
+use zus_channel::control::{self, MountInfo, Reply, Request};
+use zus_channel::shm::ShmRegion;
+use zus_channel::sock::{self, PeerCred};
 
 use crate::mounts;
 use crate::server::{Attachment, Client, Server, finish_unmount, mount_info};

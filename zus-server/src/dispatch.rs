@@ -11,7 +11,7 @@ use zus_api::ops::{
     MAX_IOV, NAME_MAX, NameReq, OpCode, OpHeader, PATH_MAX, Pod, RenameReq, SetattrReq, SymlinkReq, TicketReq,
     XattrReq, setattr, split_names,
 };
-use zus_api::plugin::{DataDesc, OpCall, data_kind};
+use zus_plugin::{DataDesc, OpCall, data_kind};
 
 use crate::mounts::Mount;
 use crate::server::{Attachment, Client, Snapshot};
@@ -70,7 +70,7 @@ pub struct Window {
 /// read streamed windows itself), bounded like the plugin-side wait.
 fn wait_for_stream(ready: &core::sync::atomic::AtomicU32, len: u64) -> Result<(), Errno> {
     let len = usize::try_from(len).map_err(|_| Errno::EINVAL)?;
-    zus_api::plugin::wait_stream_ready(ready, len).map_err(Errno)
+    zus_plugin::wait_stream_ready(ready, len).map_err(Errno)
 }
 
 fn reject(e: Errno) -> Served {

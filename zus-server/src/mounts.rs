@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use zus_api::Errno;
 use zus_api::device::{DEVICE_ALIGN, DEVICE_HEADER_SIZE, DeviceHeader, DeviceHeaderError};
-use zus_api::plugin::{DeviceDesc, OpCall, PluginVtable};
+use zus_plugin::{DeviceDesc, OpCall, PluginVtable};
 use zus_pmem::{MapMode, MappedPmem, Persist};
 
 use crate::plugins::Plugin;
@@ -241,7 +241,7 @@ impl Mount {
     /// Whether the plugin honours `DataDesc::ready` (streamed windows).
     #[must_use]
     pub fn plugin_streams(&self) -> bool {
-        self.vtable.flags & zus_api::plugin::plugin_flags::STREAMED_WINDOW != 0
+        self.vtable.flags & zus_plugin::plugin_flags::STREAMED_WINDOW != 0
     }
 
     /// Calls the plugin for one op.

@@ -6,7 +6,7 @@
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
-use zus_api::plugin::{HostApi, PLUGIN_MAGIC, PluginVtable, REGISTER_SYMBOL, log_level, plugin_flags};
+use zus_plugin::{HostApi, PLUGIN_MAGIC, PluginVtable, REGISTER_SYMBOL, log_level, plugin_flags};
 
 /// Why a plugin was refused.
 #[derive(Debug, thiserror::Error)]

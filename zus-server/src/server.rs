@@ -12,9 +12,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use zus_api::chan::{ChannelSetHeader, Geometry};
-use zus_api::control::{FsTypeInfo, LaneInfo, MountInfo, StatusInfo};
-use zus_api::shm::{ShmRegion, futex};
-use zus_api::sock::PeerCred;
+use zus_channel::control::{FsTypeInfo, LaneInfo, MountInfo, StatusInfo};
+use zus_channel::shm::{ShmRegion, futex};
+use zus_channel::sock::PeerCred;
 
 use crate::mounts::Mount;
 use crate::plugins::Plugin;

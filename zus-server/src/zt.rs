@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use zus_api::chan::{LaneHeader, PAYLOAD_SIZE, Slot, slot_state};
 use zus_api::ops::{HDR_F_CLIENT_SPINS, OpCode, OpHeader};
-use zus_api::shm::futex::{self, WaitV};
+use zus_channel::shm::futex::{self, WaitV};
 
 use crate::dispatch::{self, Scratch};
 use crate::server::{Server, Snapshot};

@@ -9,12 +9,12 @@
 
 use core::sync::atomic::{Ordering, fence};
 
-use kmod_shim::relay::{DataIn, Stream};
 use zus_api::ops::{
     Attr, DATA_REMOTE_IOV, DATA_WINDOW, DATA_WINDOW_STREAM, EXTENT_HOLE, Extent, FallocateReq, FsyncReq, InoReq,
     IoReply, IoReq, IoVec, MAX_IOV, MAX_MAP_EXTENTS, MapDoneReq, MapReply, MapReq, OpCode, Pod, SetattrReq, io_flags,
     setattr,
 };
+use zus_client::{DataIn, Stream};
 
 use crate::mount::{DataPolicy, LanePolicy, Mount};
 use crate::state::{self, LAYOUT_EPOCH, Slot};
@@ -62,7 +62,7 @@ fn op_sized(f: File, code: OpCode, req: &[&[u8]], reply: &mut [u8], bytes: u64) 
 /// [`op`] on a given lane.
 fn op_on_lane(
     f: File,
-    r: &kmod_shim::Relay,
+    r: &zus_client::Relay,
     lane: usize,
     code: OpCode,
     req: &[&[u8]],
@@ -91,7 +91,7 @@ const KERNEL_FOR_GOOD: u64 = u64::MAX;
 /// The errno of a failed op; EUSEKERNEL is remembered in the slot (see [`kernel_route`]). A
 /// refused ticket (a zusd restarted since the bridge issued it) sends the file to the kernel
 /// for good: the kernel mount always serves it correctly.
-fn op_errno(f: File, r: &kmod_shim::Relay, e: &kmod_shim::RelayError) -> i32 {
+fn op_errno(f: File, r: &zus_client::Relay, e: &zus_client::RelayError) -> i32 {
     let e = e.errno().0;
     if e == USE_KERNEL {
         f.s.kernel_gen.store(r.layout_gen().wrapping_add(1), Ordering::Relaxed);
@@ -122,25 +122,25 @@ const AUTO_PEER_MAX_BYTES: u64 = 32 * 1024;
 
 /// The ZT lane for our next op (see [`crate::mount::LanePolicy`]).
 #[inline]
-fn pick_lane(f: File, r: &kmod_shim::Relay, bytes: u64) -> usize {
+fn pick_lane(f: File, r: &zus_client::Relay, bytes: u64) -> usize {
     let peer = match f.m.lane {
         LanePolicy::Own => false,
         LanePolicy::Peer => true,
-        LanePolicy::Auto => bytes <= AUTO_PEER_MAX_BYTES && kmod_shim::Relay::sends_back_to_back(),
+        LanePolicy::Auto => bytes <= AUTO_PEER_MAX_BYTES && zus_client::Relay::sends_back_to_back(),
     };
     lane_of(r, peer)
 }
 
 /// The lane of our CPU's ZT, or of the next CPU's.
 #[inline]
-fn lane_of(r: &kmod_shim::Relay, peer: bool) -> usize {
-    (zus_api::shm::current_cpu() + usize::from(peer)) % r.geometry().ncpu
+fn lane_of(r: &zus_client::Relay, peer: bool) -> usize {
+    (zus_client::current_cpu() + usize::from(peer)) % r.geometry().ncpu
 }
 
 /// The lane of a long op (above [`AUTO_PEER_MAX_BYTES`]) and, under the auto policy for a
 /// thread that sends back to back, which choice its time should teach ([`long_lane`]).
-fn pick_long_lane(f: File, r: &kmod_shim::Relay, bytes: u64) -> (usize, Option<bool>) {
-    if f.m.lane != LanePolicy::Auto || bytes <= AUTO_PEER_MAX_BYTES || !kmod_shim::Relay::sends_back_to_back() {
+fn pick_long_lane(f: File, r: &zus_client::Relay, bytes: u64) -> (usize, Option<bool>) {
+    if f.m.lane != LanePolicy::Auto || bytes <= AUTO_PEER_MAX_BYTES || !zus_client::Relay::sends_back_to_back() {
         return (pick_lane(f, r, bytes), None);
     }
     let peer = long_lane::choose();
@@ -378,7 +378,7 @@ impl<'a> IovPieces<'a> {
     }
 }
 
-impl kmod_shim::relay::GatherSource for IovPieces<'_> {
+impl zus_client::GatherSource for IovPieces<'_> {
     fn total(&self) -> usize {
         self.total
     }
@@ -390,7 +390,7 @@ impl kmod_shim::relay::GatherSource for IovPieces<'_> {
     }
 }
 
-impl kmod_shim::relay::ScatterSink for IovPieces<'_> {
+impl zus_client::ScatterSink for IovPieces<'_> {
     fn total(&self) -> usize {
         self.total
     }
@@ -406,7 +406,7 @@ impl kmod_shim::relay::ScatterSink for IovPieces<'_> {
 /// window (two copies that overlap when the ZT runs on another CPU; counted in `window_io`).
 fn stream_io(
     f: File,
-    r: &kmod_shim::Relay,
+    r: &zus_client::Relay,
     write: bool,
     iov: &[IoVec],
     total: u64,
@@ -440,7 +440,7 @@ const AUTO_WINDOW_MAX_BYTES: u64 = 32 * 1024;
 /// bounces through the slot's window, one buffer (piece) per op. Counted in `window_io`.
 fn window_io(
     f: File,
-    r: &kmod_shim::Relay,
+    r: &zus_client::Relay,
     code: OpCode,
     iov: &[IoVec],
     mut off: u64,
@@ -834,14 +834,14 @@ fn dax_on(f: File) -> bool {
 /// never published across an op to zusd: the ZT may be waiting for exactly this slot.
 struct DaxReader<'a> {
     slot: &'a core::sync::atomic::AtomicU64,
-    relay: &'a kmod_shim::Relay,
+    relay: &'a zus_client::Relay,
 }
 
 impl<'a> DaxReader<'a> {
     /// This thread's slot (nothing published yet); `Ok(None)` when none is left for it.
     fn new(f: File) -> Result<Option<Self>, i32> {
         let Some(i) = state::reader_index() else { return Ok(None) };
-        let relay: &'a kmod_shim::Relay = f.m.relay()?;
+        let relay: &'a zus_client::Relay = f.m.relay()?;
         Ok(Some(Self { slot: relay.dax_reader_slot(i), relay }))
     }
 

@@ -5,8 +5,8 @@ use std::ffi::CString;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 
-use kmod_shim::Relay;
-use kmod_shim::cli::unescape_mountinfo as unescape;
+use zus_client::Relay;
+use zus_client::unescape_mountinfo as unescape;
 
 use crate::state::{self, FD_KERNEL, FD_SLOT0, MAX_MOUNTS, MOUNTS};
 use crate::sys;

@@ -8,16 +8,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::{Parser, Subcommand};
-use kmod_shim::Relay;
-use kmod_shim::relay::{DataIn, GatherSource, ScatterSink, Stream};
 use rand::{Rng, SeedableRng};
+use zus_api::Errno;
 use zus_api::chan::{Geometry, LaneHeader, PAYLOAD_SIZE, Slot, slot_state};
-use zus_api::control::{self, Reply, Request};
 use zus_api::ops::{
     Attr, CreateReq, DATA_WINDOW, DATA_WINDOW_STREAM, InoReq, IoReq, NameReq, OpCode, OpHeader, Pod, ReaddirReq,
 };
-use zus_api::shm::{ShmRegion, futex};
-use zus_api::{Errno, sock};
+use zus_channel::control::{self, Reply, Request};
+use zus_channel::shm::{ShmRegion, futex};
+use zus_channel::sock;
+use zus_client::Relay;
+use zus_client::{DataIn, GatherSource, ScatterSink, Stream};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -169,11 +170,11 @@ fn worker(relay: &Relay, mount: u32, root: u64, tid: usize, iters: usize, counte
     let mut dents = vec![0u8; 64 * 1024];
     let rd = ReaddirReq { dir: root, cookie: 0 };
     let o = relay.op(mount, OpCode::Readdir, &[rd.as_bytes()], DataIn::None, &mut reply, Some(&mut dents), None)?;
-    let list = zus_api::plugin::parse_dirents(&dents[..o.data_len]).context("readdir records")?;
+    let list = zus_plugin::parse_dirents(&dents[..o.data_len]).context("readdir records")?;
     ensure!(list.iter().any(|(i, _, n, _)| *i == ino && n == name.as_bytes()), "readdir misses {name}");
     relay.op(mount, OpCode::Unlink, &[l.as_bytes(), name.as_bytes()], DataIn::None, &mut reply, None, None)?;
     match relay.op(mount, OpCode::Lookup, &[l.as_bytes(), name.as_bytes()], DataIn::None, &mut reply, None, None) {
-        Err(kmod_shim::RelayError::Op(e)) if e == Errno::ENOENT => {}
+        Err(zus_client::RelayError::Op(e)) if e == Errno::ENOENT => {}
         other => bail!("lookup after unlink gave {other:?}"),
     }
     Ok(())
@@ -253,7 +254,7 @@ fn streamed(
     mount_id: u32,
     req: &IoReq,
     data: Stream<'_>,
-) -> Result<kmod_shim::relay::OpOutcome, kmod_shim::RelayError> {
+) -> Result<zus_client::OpOutcome, zus_client::RelayError> {
     let code = if matches!(data, Stream::Write(_)) { OpCode::Write } else { OpCode::Read };
     let mut reply = [0u8; 64];
     relay.op_streamed(lane, mount_id, code, &[req.as_bytes()], data, &mut reply, 0)
@@ -318,14 +319,14 @@ fn stream(relay: &Relay) -> Result<()> {
     for (what, req) in [("data_len != len", io(8192, 0)), ("longer than a window", io(win + 4096, 0))] {
         let mut src = VecSource { data: &small, at: 0, stall: Duration::ZERO };
         match streamed(relay, 0, m.mount_id, &req, Stream::Write(&mut src)) {
-            Err(kmod_shim::RelayError::Op(e)) if e == Errno::EINVAL => {}
+            Err(zus_client::RelayError::Op(e)) if e == Errno::EINVAL => {}
             other => bail!("streamed write with {what} gave {other:?}, expected EINVAL"),
         }
     }
     let mut big = vec![0u8; 4096];
     let mut sink = VecSink { data: &mut big, at: 0 };
     match streamed(relay, 0, m.mount_id, &io(win + 4096, 0), Stream::Read(&mut sink)) {
-        Err(kmod_shim::RelayError::Op(e)) if e == Errno::EINVAL => {}
+        Err(zus_client::RelayError::Op(e)) if e == Errno::EINVAL => {}
         other => bail!("streamed read longer than a window gave {other:?}, expected EINVAL"),
     }
     // A writer that stops: only where the op is submitted before the data (another CPU's ZT).
@@ -335,7 +336,7 @@ fn stream(relay: &Relay) -> Result<()> {
         let r = streamed(relay, lane, m.mount_id, &io(len, 0), Stream::Write(&mut src));
         let waited = t0.elapsed();
         match r {
-            Err(kmod_shim::RelayError::Op(e)) if e == Errno::EFAULT => {}
+            Err(zus_client::RelayError::Op(e)) if e == Errno::EFAULT => {}
             other => bail!("stalled streamed write gave {other:?}, expected EFAULT"),
         }
         ensure!(waited < Duration::from_secs(3), "stalled streamed write took {waited:?}");
@@ -521,7 +522,7 @@ fn op_errno(relay: &Relay, mount: u32, code: OpCode, req: &[&[u8]], data: DataIn
     let mut reply = vec![0u8; PAYLOAD_SIZE];
     match relay.op(mount, code, req, data, &mut reply, out, None) {
         Ok(_) => 0,
-        Err(kmod_shim::RelayError::Op(e)) => e.0,
+        Err(zus_client::RelayError::Op(e)) => e.0,
         Err(e) => panic!("{code:?}: {e}"),
     }
 }
@@ -637,7 +638,7 @@ fn ticket_user(relay: &Relay, mount_id: u32, [ino, other]: [u64; 2], [ro, rw]: [
         let out = if code == OpCode::Read { Some(&mut back[..]) } else { None };
         match relay.op_with_ticket(0, mount_id, code, req, data, &mut reply, out, None, ticket) {
             Ok(_) => 0,
-            Err(kmod_shim::RelayError::Op(e)) => e.0,
+            Err(zus_client::RelayError::Op(e)) => e.0,
             Err(e) => panic!("{code:?}: {e}"),
         }
     };
@@ -728,12 +729,12 @@ fn main() -> Result<()> {
             let mut reply = vec![0u8; PAYLOAD_SIZE];
             let l = name_req(m.root, b"boom");
             match relay.op(m.mount_id, OpCode::Lookup, &[l.as_bytes(), b"boom"], DataIn::None, &mut reply, None, None) {
-                Err(kmod_shim::RelayError::Op(e)) if e == Errno::EIO => {}
+                Err(zus_client::RelayError::Op(e)) if e == Errno::EIO => {}
                 other => bail!("panicking lookup gave {other:?}, expected EIO"),
             }
             let l = name_req(m.root, b"fine");
             match relay.op(m.mount_id, OpCode::Lookup, &[l.as_bytes(), b"fine"], DataIn::None, &mut reply, None, None) {
-                Err(kmod_shim::RelayError::Op(e)) if e == Errno::ENOENT => {}
+                Err(zus_client::RelayError::Op(e)) if e == Errno::ENOENT => {}
                 other => bail!("lookup after the panic gave {other:?}, expected ENOENT"),
             }
             println!("PANIC OK");

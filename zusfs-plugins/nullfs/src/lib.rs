@@ -16,7 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use zus_api::Errno;
 use zus_api::ops::{Attr, SetattrReq, StatfsReply, io_flags, setattr};
-use zus_api::plugin::{
+use zus_plugin::{
     Caller, DataSink, DataSource, Device, DirSink, FileSystem, PluginError, WriteDone, sink_write, source_read,
 };
 
@@ -352,4 +352,4 @@ impl FileSystem for NullFs {
     }
 }
 
-zus_api::export_plugin!(NullFs);
+zus_plugin::export_plugin!(NullFs);

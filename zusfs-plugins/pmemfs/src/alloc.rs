@@ -152,7 +152,7 @@ impl BlockAlloc {
             total: geo.total_blocks,
             quarantine: Mutex::new(VecDeque::new()),
             quarantined: AtomicU64::new(0),
-            readers: Mutex::new(zus_api::plugin::adapter::dax_readers),
+            readers: Mutex::new(zus_plugin::adapter::dax_readers),
         }
     }
 
@@ -240,8 +240,8 @@ impl BlockAlloc {
                     if age < REUSE_MAX_WAIT {
                         break;
                     }
-                    zus_api::plugin::adapter::log(
-                        zus_api::plugin::log_level::WARN,
+                    zus_plugin::adapter::log(
+                        zus_plugin::log_level::WARN,
                         &format!(
                             "pmemfs: a dax copy under layout generation {oldest} has run for {age:?}; reusing {} \
                              freed blocks anyway",

@@ -1,9 +1,9 @@
-//! The zusd plugin: a thin adapter from [`zus_api::plugin::FileSystem`] to [`Fs`] over the
+//! The zusd plugin: a thin adapter from [`zus_plugin::FileSystem`] to [`Fs`] over the
 //! server's device mapping. Safe code only; the export macro supplies the C ABI.
 
 use zus_api::Errno;
 use zus_api::ops::{Attr as ApiAttr, EXTENT_HOLE, Extent, MAX_MAP_EXTENTS, SetattrReq, StatfsReply, io_flags, setattr};
-use zus_api::plugin::{Caller, DataSink, DataSource, Device, DirSink, FileSystem, PluginError, WriteDone};
+use zus_plugin::{Caller, DataSink, DataSource, Device, DirSink, FileSystem, PluginError, WriteDone};
 use zus_pmem::MappedPmem;
 
 use crate::error::FsError;
@@ -269,4 +269,4 @@ impl FileSystem for PmemFs {
     }
 }
 
-zus_api::export_plugin!(PmemFs);
+zus_plugin::export_plugin!(PmemFs);

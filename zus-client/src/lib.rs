@@ -1,4 +1,4 @@
-//! The relay: a zusd client (P-CH1..P-CH5).
+//! The zusd channel client, "the relay" (P-CH1..P-CH5).
 //!
 //! `Relay::connect` performs the handshake and maps the channel set the server created for this
 //! process. [`Relay::op`] runs one op synchronously:
@@ -23,11 +23,14 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use zus_api::Errno;
 use zus_api::chan::{ChannelSetHeader, Geometry, LaneHeader, PAYLOAD_SIZE, Slot, slot_state};
-use zus_api::control::{self, FsTypeInfo, MountInfo, Reply, Request, StatusInfo};
 use zus_api::ops::{HDR_F_CLIENT_SPINS, OpHeader};
-use zus_api::shm::{ShmRegion, current_cpu, futex};
-use zus_api::{Errno, sock};
+use zus_channel::control::{self, FsTypeInfo, MountInfo, Reply, Request, StatusInfo};
+/// The CPU the calling thread runs on (vDSO `getcpu`): the lane an op goes to.
+pub use zus_channel::shm::current_cpu;
+use zus_channel::shm::{ShmRegion, futex};
+use zus_channel::sock;
 
 const DOORBELL: usize = core::mem::offset_of!(LaneHeader, doorbell);
 const ZT_SLEEPING: usize = core::mem::offset_of!(LaneHeader, zt_sleeping);
@@ -824,4 +827,25 @@ fn roundtrip(sock: &OwnedFd, req: &Request) -> Result<(Reply, Option<OwnedFd>), 
         }
         Ok(None) | Err(_) => Err(RelayError::ServerGone),
     }
+}
+
+/// Undoes the octal escapes (`\\040` for a space ...) of /proc/self/mountinfo fields.
+#[must_use]
+pub fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 4 <= b.len()
+            && let Some(v) = std::str::from_utf8(&b[i + 1..i + 4]).ok().and_then(|d| u8::from_str_radix(d, 8).ok())
+        {
+            out.push(v);
+            i += 4;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }

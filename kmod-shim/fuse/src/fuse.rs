@@ -25,7 +25,7 @@ use zus_api::Errno;
 use zus_api::ops::{Attr, IoctlTicket, OpCode, Pod, SetattrReq, ZUFS_IOC_TICKET, setattr};
 
 use crate::bridge::Bridge;
-use crate::relay::Creds;
+use zus_client::Creds;
 
 /// Options of the FUSE side of a mount.
 #[derive(Debug, Clone)]

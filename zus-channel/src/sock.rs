@@ -5,7 +5,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
-use crate::control::MAX_CTL_MSG;
+use zus_api::control::MAX_CTL_MSG;
 
 /// Peer credentials of a connected Unix socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::bridge::{Bridge, DataPath, MountSpec};
-use crate::fuse::{FuseOptions, FuserTransport, Transport};
-use crate::relay::{Relay, RelayError};
+use zufs_fuse::bridge::{Bridge, DataPath, MountSpec};
+use zufs_fuse::fuse::{FuseOptions, FuserTransport, Transport};
+use zus_client::{Relay, RelayError};
 
 /// Default control socket.
 pub const DEFAULT_SOCKET: &str = "/run/zufs/zusd.sock";
@@ -189,26 +189,7 @@ pub struct MountEntry {
     pub source: String,
 }
 
-/// Undoes the octal escapes (`\\040` for a space ...) of /proc/self/mountinfo fields.
-#[must_use]
-pub fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 4 <= b.len()
-            && let Some(v) = std::str::from_utf8(&b[i + 1..i + 4]).ok().and_then(|d| u8::from_str_radix(d, 8).ok())
-        {
-            out.push(v);
-            i += 4;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
+pub use zus_client::unescape_mountinfo;
 
 /// The current mounts.
 #[must_use]
@@ -619,7 +600,7 @@ pub fn status(env: &Env, json: bool) -> Result<()> {
     let r = connect(env, false).with_context(|| format!("zusd is not running at {}", env.socket.display()))?;
     let st = r.status()?;
     let recs: Vec<MountRecord> = all_records(env).into_iter().filter(|x| pid_alive(x.pid)).collect();
-    let mp_of = |m: &zus_api::control::MountInfo| {
+    let mp_of = |m: &zus_channel::control::MountInfo| {
         recs.iter()
             .find(|x| {
                 x.mount_id == m.mount_id || (!m.device.is_empty() && x.device == m.device && x.fs_type == m.fs_type)

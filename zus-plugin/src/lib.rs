@@ -1,210 +1,28 @@
-//! The plugin boundary (P-PL1..P-PL4).
+//! Writing a zusd plugin in safe Rust (P-PL3).
 //!
-//! A plugin is a shared object that exports one C symbol, [`REGISTER_SYMBOL`]
-//! (`zus_plugin_register`), returning a pointer to a static [`PluginVtable`]. The vtable opens
-//! with magic, ABI version and struct size so `zusd` can refuse a plugin built for another ABI.
-//! Everything that crosses is `#[repr(C)]`: a plugin may be written in C. A Rust plugin instead
-//! implements the safe [`FileSystem`] trait and calls [`crate::export_plugin!`]; the adapter in
-//! [`adapter`] turns the C calls into trait calls, catches panics (P-PL2) and never lets a Rust
-//! type cross the boundary.
-//!
-//! Ownership: the server owns the device mapping, the request copy, the reply buffer and the data
-//! window; it keeps them alive for the duration of the call (and the device until `unmount`
-//! returns). The plugin owns the handle `mount` returns and frees it in `unmount`.
+//! A plugin implements [`FileSystem`] in a `cdylib` crate and calls [`export_plugin!`]. The C
+//! boundary itself (the vtable, the op call, the host API) is plain data in `zus_api::plugin`;
+//! [`adapter`] turns those C calls into trait calls, decodes each request once, catches panics
+//! (P-PL2) and never lets a Rust type cross the boundary. [`data`] gives the plugin its bulk data
+//! (a shared window, streamed or whole, or the caller's own buffers).
 
 pub mod adapter;
 pub mod data;
 
-use core::ffi::c_void;
-use core::mem::{offset_of, size_of};
+use core::mem::size_of;
 
 pub use data::{RemoteIov, STREAM_STALL_LIMIT, WindowData, sink_write, source_read, wait_stream_ready};
+pub use zus_api;
+pub use zus_api::Errno;
+pub use zus_api::plugin::{
+    DataDesc, DeviceDesc, HostApi, OpCall, PLUGIN_MAGIC, PluginVtable, REGISTER_SYMBOL, data_kind, log_level,
+    plugin_flags,
+};
+/// The persistence API offered to plugins (store, flush, fence, non-temporal copy).
+pub use zus_pmem as persist;
 pub use zus_pmem::{DataSink, DataSource};
 
-use crate::Errno;
-use crate::ops::{Attr, Extent, OpHeader, SetattrReq, StatfsReply};
-
-/// The symbol every plugin exports.
-pub const REGISTER_SYMBOL: &[u8] = b"zus_plugin_register\0";
-/// Magic at the start of a [`PluginVtable`] ("ZUSPLUG1").
-pub const PLUGIN_MAGIC: u64 = u64::from_le_bytes(*b"ZUSPLUG1");
-
-/// Log levels for [`HostApi::log`].
-pub mod log_level {
-    #![allow(missing_docs)]
-    pub const ERROR: u32 = 1;
-    pub const WARN: u32 = 2;
-    pub const INFO: u32 = 3;
-    pub const DEBUG: u32 = 4;
-}
-
-/// What the server offers a plugin at registration.
-#[repr(C)]
-#[derive(Debug, Clone, Copy)]
-pub struct HostApi {
-    /// [`crate::ZUS_MAGIC`].
-    pub magic: u64,
-    /// [`crate::ZUS_ABI_VERSION`].
-    pub abi_version: u32,
-    /// `size_of::<HostApi>()`.
-    pub struct_size: u32,
-    /// Writes a log line (UTF-8, not NUL-terminated) at a [`log_level`].
-    pub log: Option<unsafe extern "C" fn(level: u32, msg: *const u8, len: usize)>,
-    /// The server's layout generation now (raised after every op that may free blocks).
-    pub layout_gen: Option<unsafe extern "C" fn() -> u64>,
-    /// The oldest layout generation a client's dax copy in progress checked its extents
-    /// against (`u64::MAX` when none is in progress). Blocks freed while the generation was G
-    /// may be reused once this is above G.
-    pub oldest_dax_reader: Option<unsafe extern "C" fn() -> u64>,
-}
-
-/// A device mapping handed to a plugin.
-#[repr(C)]
-#[derive(Debug, Clone, Copy)]
-pub struct DeviceDesc {
-    /// Start of the `MAP_SHARED` mapping (null for device-less mounts).
-    pub base: *mut u8,
-    /// Bytes mapped.
-    pub len: u64,
-    /// 1 when mapped with MAP_SYNC (CPU flushes alone make stores durable).
-    pub map_sync: u32,
-    /// 1 when mounted read-only.
-    pub read_only: u32,
-}
-
-/// Data descriptor kinds.
-pub mod data_kind {
-    /// The op moves no bulk data.
-    pub const NONE: u32 = 0;
-    /// `window`/`window_len` is a shared-memory data window.
-    pub const WINDOW: u32 = 1;
-    /// `iov`/`niov` are buffers in process `pid`.
-    pub const REMOTE: u32 = 2;
-}
-
-/// Where an op's bulk data lives.
-#[repr(C)]
-#[derive(Debug, Clone, Copy)]
-pub struct DataDesc {
-    /// [`data_kind`].
-    pub kind: u32,
-    /// Process that owns `iov` buffers.
-    pub pid: i32,
-    /// Window start.
-    pub window: *mut u8,
-    /// Window bytes available (write: bytes of data in it).
-    pub window_len: u64,
-    /// Remote buffers.
-    pub iov: *const crate::ops::IoVec,
-    /// Number of remote buffers.
-    pub niov: u64,
-    /// Streamed window (only for plugins with [`plugin_flags::STREAMED_WINDOW`], else null):
-    /// the shared `u32` that counts the bytes of the window holding data. On a write the plugin
-    /// must not read window bytes at or beyond its value (it waits, bounded, for more); on a
-    /// read it raises it as it fills the window, so the client can copy out meanwhile. Accessed
-    /// atomically only. [`crate::plugin::WindowData`] does both for Rust plugins.
-    pub ready: *mut u32,
-}
-
-/// One op call from the server to a plugin.
-#[repr(C)]
-#[derive(Debug)]
-pub struct OpCall {
-    /// Private copy of the request header (already validated for opcode and lengths).
-    pub hdr: OpHeader,
-    /// Private copy of the request payload (`hdr.in_len` bytes).
-    pub req: *const u8,
-    /// Bytes at `req`.
-    pub req_len: usize,
-    /// Reply buffer.
-    pub reply: *mut u8,
-    /// Reply buffer capacity.
-    pub reply_cap: usize,
-    /// Out: reply bytes written.
-    pub reply_len: usize,
-    /// Out: data bytes placed in the window (read, readdir, getxattr ...).
-    pub data_out: usize,
-    /// Bulk data.
-    pub data: DataDesc,
-}
-
-/// Plugin flags.
-pub mod plugin_flags {
-    /// The filesystem needs a device (pmemfs); device-less ones (nullfs) get none.
-    pub const NEEDS_DEVICE: u32 = 1 << 0;
-    /// The plugin honours `DataDesc::ready` (streamed windows). Without it zusd waits until a
-    /// streamed write's data is all in the window before it calls the plugin, and a read's
-    /// data reaches the client only with the reply. Every plugin built on
-    /// [`crate::export_plugin!`] has it.
-    pub const STREAMED_WINDOW: u32 = 1 << 1;
-}
-
-/// Creates a filesystem on a device. Returns 0 or -errno; writes a message to `msg`.
-pub type MkfsFn =
-    unsafe extern "C" fn(dev: *const DeviceDesc, opts: *const u8, opts_len: usize, msg: *mut u8, msg_cap: usize) -> i64;
-/// Checks a device. Returns bytes of report written to `msg` (>= 0: clean if 0 problems, see
-/// report) or -errno; `*problems` receives the number of problems found.
-pub type FsckFn = unsafe extern "C" fn(dev: *const DeviceDesc, problems: *mut u64, msg: *mut u8, msg_cap: usize) -> i64;
-/// Mounts. On success stores the handle and root inode and returns 0; else -errno with `msg`.
-pub type MountFn = unsafe extern "C" fn(
-    dev: *const DeviceDesc,
-    opts: *const u8,
-    opts_len: usize,
-    handle: *mut *mut c_void,
-    root: *mut u64,
-    msg: *mut u8,
-    msg_cap: usize,
-) -> i64;
-/// Unmounts and frees the handle.
-pub type UnmountFn = unsafe extern "C" fn(handle: *mut c_void) -> i64;
-/// Serves one op; returns the op result (>= 0) or -errno.
-pub type OpFn = unsafe extern "C" fn(handle: *mut c_void, call: *mut OpCall) -> i64;
-
-/// The table a plugin exports.
-#[repr(C)]
-#[derive(Debug)]
-pub struct PluginVtable {
-    /// [`PLUGIN_MAGIC`].
-    pub magic: u64,
-    /// [`crate::ZUS_ABI_VERSION`] the plugin was built for.
-    pub abi_version: u32,
-    /// `size_of::<PluginVtable>()` as the plugin knows it.
-    pub struct_size: u32,
-    /// Filesystem type name, NUL padded.
-    pub name: [u8; 16],
-    /// [`plugin_flags`].
-    pub flags: u32,
-    /// Reserved, zero.
-    pub reserved: u32,
-    /// mkfs (NULL: not supported).
-    pub mkfs: Option<MkfsFn>,
-    /// fsck (NULL: not supported).
-    pub fsck: Option<FsckFn>,
-    /// mount (required).
-    pub mount: Option<MountFn>,
-    /// unmount (required).
-    pub unmount: Option<UnmountFn>,
-    /// op dispatch (required). A NULL op table means every op fails with ENOSYS.
-    pub op: Option<OpFn>,
-}
-
-// SAFETY: the vtable holds only integers and function pointers, which are freely shareable.
-unsafe impl Sync for PluginVtable {}
-
-const _: () = {
-    assert!(size_of::<HostApi>() == 40);
-    assert!(size_of::<DeviceDesc>() == 24);
-    assert!(size_of::<DataDesc>() == 48);
-    assert!(offset_of!(DataDesc, ready) == 40);
-    assert!(size_of::<OpCall>() == 64 + 6 * 8 + 48);
-    assert!(offset_of!(OpCall, data) == 112);
-    assert!(size_of::<PluginVtable>() == 40 + 5 * 8);
-    assert!(offset_of!(PluginVtable, abi_version) == 8);
-    assert!(offset_of!(PluginVtable, struct_size) == 12);
-    assert!(offset_of!(PluginVtable, name) == 16);
-    assert!(offset_of!(PluginVtable, mkfs) == 40);
-    assert!(offset_of!(PluginVtable, op) == 72);
-};
+use zus_api::ops::{Attr, Extent, SetattrReq, StatfsReply};
 
 /// An error from mkfs/fsck/mount: an errno plus a message for the user.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -278,9 +96,9 @@ impl DirSink {
 
     /// Adds an entry; `cookie` resumes after it. Returns false (and adds nothing) when full.
     pub fn push(&mut self, ino: u64, kind: u32, name: &[u8], cookie: u64) -> bool {
-        use crate::ops::{Dirent, Pod};
+        use zus_api::ops::{Dirent, Pod};
         let rec = (size_of::<Dirent>() + name.len()).next_multiple_of(8);
-        if self.buf.len() + rec > self.cap || name.len() > crate::ops::NAME_MAX {
+        if self.buf.len() + rec > self.cap || name.len() > zus_api::ops::NAME_MAX {
             return false;
         }
         let d = Dirent { ino, cookie, kind, name_len: u32::try_from(name.len()).unwrap_or(0) };
@@ -303,7 +121,7 @@ pub type DirEntry = (u64, u32, Vec<u8>, u64);
 /// Parses readdir records (as written by [`DirSink`]).
 #[must_use]
 pub fn parse_dirents(mut buf: &[u8]) -> Option<Vec<DirEntry>> {
-    use crate::ops::{Dirent, Pod};
+    use zus_api::ops::{Dirent, Pod};
     let mut out = Vec::new();
     while !buf.is_empty() {
         let d = Dirent::read_from(buf)?;
@@ -546,7 +364,7 @@ pub trait FileSystem: Send + Sync + Sized + 'static {
         Err(Errno::EOPNOTSUPP)
     }
     /// Maps a file range to device extents (allocating and zeroing for writes); also returns the
-    /// current file size. At most [`crate::ops::MAX_MAP_EXTENTS`] extents.
+    /// current file size. At most [`zus_api::ops::MAX_MAP_EXTENTS`] extents.
     ///
     /// # Errors
     /// Errno.
@@ -564,7 +382,7 @@ pub trait FileSystem: Send + Sync + Sized + 'static {
     fn forget(&self, ino: u64, nlookup: u64) {}
 }
 
-/// Builds the vtable for a [`FileSystem`]; used by [`crate::export_plugin!`].
+/// Builds the vtable for a [`FileSystem`]; used by [`export_plugin!`].
 #[must_use]
 pub const fn vtable<T: FileSystem>() -> PluginVtable {
     let mut name = [0u8; 16];
@@ -577,7 +395,7 @@ pub const fn vtable<T: FileSystem>() -> PluginVtable {
     }
     PluginVtable {
         magic: PLUGIN_MAGIC,
-        abi_version: crate::ZUS_ABI_VERSION,
+        abi_version: zus_api::ZUS_ABI_VERSION,
         #[allow(clippy::cast_possible_truncation)] // 80 bytes, asserted above
         struct_size: size_of::<PluginVtable>() as u32,
         name,
@@ -592,22 +410,20 @@ pub const fn vtable<T: FileSystem>() -> PluginVtable {
     }
 }
 
-/// Exports a [`FileSystem`] as a zusd plugin: `zus_api::export_plugin!(MyFs);` in a `cdylib`.
+/// Exports a [`FileSystem`] as a zusd plugin: `zus_plugin::export_plugin!(MyFs);` in a `cdylib`.
 #[macro_export]
 macro_rules! export_plugin {
     ($fs:ty) => {
-        static ZUS_PLUGIN_VTABLE: $crate::plugin::PluginVtable = $crate::plugin::vtable::<$fs>();
+        static ZUS_PLUGIN_VTABLE: $crate::PluginVtable = $crate::vtable::<$fs>();
 
         /// The plugin registration symbol zusd looks up.
         ///
         /// # Safety
         /// `host` must be null or point to a valid `HostApi` for the life of the process.
         #[unsafe(no_mangle)]
-        pub unsafe extern "C" fn zus_plugin_register(
-            host: *const $crate::plugin::HostApi,
-        ) -> *const $crate::plugin::PluginVtable {
+        pub unsafe extern "C" fn zus_plugin_register(host: *const $crate::HostApi) -> *const $crate::PluginVtable {
             // SAFETY: forwarded contract: host is null or valid for the process lifetime.
-            unsafe { $crate::plugin::adapter::set_host(host) };
+            unsafe { $crate::adapter::set_host(host) };
             &raw const ZUS_PLUGIN_VTABLE
         }
     };

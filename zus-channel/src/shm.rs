@@ -11,7 +11,7 @@ use core::sync::atomic::{AtomicU32, AtomicU64};
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::Duration;
 
-use crate::ops::Pod;
+use zus_api::ops::Pod;
 
 /// Errors mapping or addressing shared memory.
 #[derive(Debug, thiserror::Error)]
@@ -118,7 +118,7 @@ impl ShmRegion {
         );
     }
 
-    /// The atomic u32 at `off`. Offsets come from [`crate::chan::Geometry`], never from a peer.
+    /// The atomic u32 at `off`. Offsets come from [`zus_api::chan::Geometry`], never from a peer.
     ///
     /// # Panics
     /// If `off` is out of bounds or misaligned: a bug in our own geometry code.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use zus_pmem::{DataSink, DataSource};
 
-use crate::ops::IoVec;
+use zus_api::ops::IoVec;
 
 /// A data window in shared memory, optionally streamed (`DataDesc::ready`).
 #[derive(Debug)]
@@ -275,18 +275,18 @@ unsafe impl DataSink for RemoteIov<'_> {
 ///
 /// # Errors
 /// EFAULT when the range is outside the sink (or the remote memory is gone).
-pub fn sink_write(dst: &dyn DataSink, off: usize, src: &[u8]) -> Result<(), crate::Errno> {
+pub fn sink_write(dst: &dyn DataSink, off: usize, src: &[u8]) -> Result<(), zus_api::Errno> {
     // SAFETY: src is a valid slice for src.len() bytes; the sink checks its own range.
-    unsafe { dst.copy_from(off, src.as_ptr(), src.len()) }.map_err(crate::Errno)
+    unsafe { dst.copy_from(off, src.as_ptr(), src.len()) }.map_err(zus_api::Errno)
 }
 
 /// Copies bytes from a data source at `off` into `dst` (safe wrapper for plugins, P-PL3).
 ///
 /// # Errors
 /// EFAULT when the range is outside the source.
-pub fn source_read(src: &dyn DataSource, off: usize, dst: &mut [u8]) -> Result<(), crate::Errno> {
+pub fn source_read(src: &dyn DataSource, off: usize, dst: &mut [u8]) -> Result<(), zus_api::Errno> {
     // SAFETY: dst is a valid, exclusive slice of dst.len() bytes; the source checks its range.
-    unsafe { src.copy_to(off, dst.as_mut_ptr(), dst.len()) }.map_err(crate::Errno)
+    unsafe { src.copy_to(off, dst.as_mut_ptr(), dst.len()) }.map_err(zus_api::Errno)
 }
 
 #[cfg(test)]

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use kmod_shim::cli::{self, Env, MountArgs};
+mod cli;
+
+use cli::{Env, MountArgs};
 
 /// zufs: user-mode pmem filesystems mounted through the kernel's FUSE module.
 #[derive(Debug, Parser)]

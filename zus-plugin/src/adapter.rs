@@ -8,12 +8,12 @@ use core::ffi::c_void;
 use core::sync::atomic::{AtomicPtr, Ordering};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use super::{
+use crate::{
     Caller, DataDesc, Device, DeviceDesc, DirSink, FileSystem, HostApi, OpCall, PluginError, RemoteIov, WindowData,
     data_kind, log_level,
 };
-use crate::Errno;
-use crate::ops::{
+use zus_api::Errno;
+use zus_api::ops::{
     CreateReq, FallocateReq, FsyncReq, InoReq, IoReply, IoReq, LinkReq, MapDoneReq, MapReply, MapReq, NameReq, OpCode,
     OpenReply, OpenReq, Pod, ReaddirReq, ReleaseReq, RenameReq, SetattrReq, SymlinkReq, XattrReq, split_names,
 };
@@ -285,7 +285,7 @@ unsafe fn data_of(d: &DataDesc) -> Data<'_> {
             Data::Window(unsafe { WindowData::streamed(d.window, usize::try_from(d.window_len).unwrap_or(0), d.ready) })
         }
         data_kind::REMOTE if !d.iov.is_null() => {
-            let n = usize::try_from(d.niov).unwrap_or(0).min(crate::ops::MAX_IOV);
+            let n = usize::try_from(d.niov).unwrap_or(0).min(zus_api::ops::MAX_IOV);
             // SAFETY: the server passes a private, validated iovec array of niov entries that
             // stays put for the call (the borrow of `d` covers it).
             let iov = unsafe { core::slice::from_raw_parts(d.iov, n) };
@@ -512,7 +512,7 @@ fn dispatch<T: FileSystem>(fs: &T, call: &mut OpCall) -> Result<u64, Errno> {
         OpCode::Map => {
             let (r, _) = req::<MapReq>(payload)?;
             let (ext, size) = fs.map(r.ino, r.offset, r.len, r.write != 0)?;
-            if ext.len() > crate::ops::MAX_MAP_EXTENTS {
+            if ext.len() > zus_api::ops::MAX_MAP_EXTENTS {
                 return Err(Errno::EIO);
             }
             put_reply(call, &MapReply { count: u32::try_from(ext.len()).unwrap_or(0), reserved: 0, size })?;
@@ -526,7 +526,7 @@ fn dispatch<T: FileSystem>(fs: &T, call: &mut OpCall) -> Result<u64, Errno> {
             fs.map_done(r.ino, r.end, r.sync != 0).map(|()| 0)
         }
         OpCode::Forget => {
-            let (r, _) = req::<crate::ops::ForgetReq>(payload)?;
+            let (r, _) = req::<zus_api::ops::ForgetReq>(payload)?;
             fs.forget(r.ino, r.nlookup);
             Ok(0)
         }

@@ -25,14 +25,14 @@ use std::time::{Duration, Instant};
 
 use zus_api::Errno;
 use zus_api::chan::PAYLOAD_SIZE;
-use zus_api::control::MountInfo;
 use zus_api::ops::{
     Attr, CreateReq, DATA_REMOTE_IOV, DATA_WINDOW, Dirent, FallocateReq, ForgetReq, FsyncReq, InoReq, IoReply, IoReq,
     IoVec, IoctlTicket, KernelCacheReq, LinkReq, NameReq, OpCode, OpenReply, OpenReq, Pod, ReaddirReq, ReleaseReq,
     RenameReq, SetattrReq, StatfsReply, SymlinkReq, TicketReq, XattrReq, io_flags,
 };
+use zus_channel::control::MountInfo;
 
-use crate::relay::{Creds, DataIn, OpOutcome, Relay, RelayError};
+use zus_client::{Creds, DataIn, OpOutcome, Relay, RelayError};
 
 /// How the bridge moves file data to and from zusd.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -987,7 +987,7 @@ mod tests {
 
     #[test]
     fn test_parse_dirents_tolerates_truncation() {
-        let mut sink = zus_api::plugin::DirSink::new(4096);
+        let mut sink = zus_plugin::DirSink::new(4096);
         assert!(sink.push(5, 4, b".", 1));
         assert!(sink.push(9, 8, b"hello", 2));
         let b = sink.bytes();
