@@ -16,6 +16,8 @@ pub mod kcache;
 pub mod mounts;
 pub mod plugins;
 pub mod server;
+#[cfg(test)]
+mod testutil;
 pub mod tickets;
 pub mod topology;
 pub mod zt;

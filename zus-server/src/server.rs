@@ -342,13 +342,59 @@ pub fn mount_info(m: &Mount) -> MountInfo {
     }
 }
 
+/// How long [`finish_unmount`] waits for the last reference to a removed mount.
+pub const UNMOUNT_WAIT: Duration = Duration::from_secs(10);
+
 /// Runs the plugin's unmount once the last reference is gone.
 pub fn finish_unmount(m: Arc<Mount>) {
+    finish_unmount_within(m, UNMOUNT_WAIT);
+}
+
+/// [`finish_unmount`], waiting `wait` for stragglers before handing the mount to a thread of
+/// its own that waits on.
+///
+/// The device is unmapped only by [`Mount::unmount`], after the plugin's unmount: a mount still
+/// referenced when the wait ends stays mapped (the holder may be calling into the plugin, which
+/// uses the mapping) until the last reference is gone and the plugin has flushed.
+fn finish_unmount_within(m: Arc<Mount>, wait: Duration) {
     let id = m.id;
     // After the barrier only the old snapshot (held by the server mutex) may still reference it;
     // wait briefly for stragglers (a connection thread building a status reply).
+    let m = match unmount_when_free(m, wait) {
+        Ok(()) => return,
+        Err(m) => m,
+    };
+    tracing::error!("mount {id} still referenced after {wait:?}; leaving it mapped until the last reference is gone");
+    let held = Arc::clone(&m);
+    let spawned = std::thread::Builder::new().name(format!("zusd-unmount{id}")).spawn(move || {
+        let mut m = m;
+        loop {
+            match unmount_when_free(m, Duration::from_secs(60)) {
+                Ok(()) => return,
+                Err(back) => {
+                    tracing::warn!("mount {id} is still referenced; its unmount waits on");
+                    m = back;
+                }
+            }
+        }
+    });
+    match spawned {
+        Ok(_) => drop(held),
+        Err(e) => {
+            // Never unmap under a user: keep the mount (and its mapping) for the process's life.
+            tracing::error!("mount {id}: cannot start a thread to finish its unmount ({e}); it stays mapped");
+            std::mem::forget(held);
+        }
+    }
+}
+
+/// Runs the plugin's unmount once `m` is the last reference, waiting at most `wait` for that;
+/// gives `m` back when it is still shared.
+fn unmount_when_free(m: Arc<Mount>, wait: Duration) -> Result<(), Arc<Mount>> {
+    let id = m.id;
     let mut m = m;
-    for _ in 0..10_000 {
+    let t0 = std::time::Instant::now();
+    loop {
         match Arc::try_unwrap(m) {
             Ok(mount) => {
                 let dev = mount.device.clone();
@@ -356,13 +402,43 @@ pub fn finish_unmount(m: Arc<Mount>) {
                     Ok(()) => tracing::info!("unmounted mount {id} ({dev})"),
                     Err(e) => tracing::error!("unmount of mount {id} ({dev}) reported: {e}"),
                 }
-                return;
+                return Ok(());
             }
-            Err(back) => {
+            Err(back) if t0.elapsed() < wait => {
                 m = back;
                 std::thread::sleep(Duration::from_millis(1));
             }
+            Err(back) => return Err(back),
         }
     }
-    tracing::error!("mount {id} still referenced after 10 s; leaving it mapped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil;
+
+    #[test]
+    fn test_unmount_timeout_leaves_the_device_mapped_until_the_plugin_unmounted() {
+        let dev = testutil::Device::new("unmount-timeout");
+        let m = Arc::new(crate::mounts::mount(7, &testutil::plugin(), &dev.0, &dev.0).unwrap());
+        assert!(testutil::mapped(&dev.0));
+        // A straggler (a ZT stuck in a long op, say) still holds the mount when the wait ends.
+        let straggler = Arc::clone(&m);
+        finish_unmount_within(m, Duration::from_millis(50));
+        assert!(testutil::unmounts_of(&dev.0).is_empty(), "unmount ran while the mount was in use");
+        assert!(testutil::mapped(&dev.0), "the device was unmapped while the mount was in use");
+        // Once the straggler lets go, the plugin unmounts (with the device still mapped), and
+        // only then is the device unmapped.
+        drop(straggler);
+        let t0 = std::time::Instant::now();
+        while testutil::unmounts_of(&dev.0).is_empty() && t0.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(testutil::unmounts_of(&dev.0), vec![true], "the plugin's unmount must run, before the unmap");
+        while testutil::mapped(&dev.0) && t0.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(!testutil::mapped(&dev.0), "the device stays mapped after the unmount");
+    }
 }
