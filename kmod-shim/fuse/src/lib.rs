@@ -6,5 +6,6 @@
 //!   through fuser, one pinned reader per CPU with a cloned fd).
 #![deny(unsafe_code)]
 
+pub mod abi;
 pub mod bridge;
 pub mod fuse;
