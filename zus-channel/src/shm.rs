@@ -290,12 +290,24 @@ pub mod futex {
         }
     }
 
+    /// More words than one `futex_waitv` call can wait on.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+    #[error("futex_waitv waits on at most {WAITV_MAX} words, {0} given")]
+    pub struct TooManyWaiters(pub usize);
+
     /// Sleeps until any word in `waiters` is woken or differs from its expected value.
+    ///
+    /// # Errors
+    /// [`TooManyWaiters`] (without waiting) for more than [`WAITV_MAX`] words: the kernel
+    /// cannot watch them all, and leaving some out would sleep through their wakes.
     ///
     /// # Safety
     /// Every `WaitV` must name a word that stays mapped for the duration of the call.
-    pub unsafe fn waitv(waiters: &[WaitV], timeout: Option<Duration>) -> WaitResult {
-        let n = waiters.len().min(WAITV_MAX);
+    pub unsafe fn waitv(waiters: &[WaitV], timeout: Option<Duration>) -> Result<WaitResult, TooManyWaiters> {
+        let n = waiters.len();
+        if n > WAITV_MAX {
+            return Err(TooManyWaiters(n));
+        }
         // futex_waitv takes an absolute CLOCK_MONOTONIC timeout.
         let ts = timeout.map(|d| {
             let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -314,9 +326,9 @@ pub mod futex {
         let rc =
             unsafe { libc::syscall(libc::SYS_futex_waitv, waiters.as_ptr(), n, 0u32, ts_ptr, libc::CLOCK_MONOTONIC) };
         if rc == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ETIMEDOUT) {
-            WaitResult::TimedOut
+            Ok(WaitResult::TimedOut)
         } else {
-            WaitResult::Retry
+            Ok(WaitResult::Retry)
         }
     }
 }
@@ -327,4 +339,29 @@ pub fn current_cpu() -> usize {
     // SAFETY: sched_getcpu has no preconditions.
     let c = unsafe { libc::sched_getcpu() };
     usize::try_from(c).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::futex::{self, TooManyWaiters, WAITV_MAX, WaitResult, WaitV};
+    use core::sync::atomic::AtomicU32;
+    use std::time::Duration;
+
+    #[test]
+    fn test_waitv_refuses_more_words_than_it_can_wait_on() {
+        // WAITV_MAX words that would all sleep, and one more that has already changed.
+        let words: Vec<AtomicU32> = (0..=WAITV_MAX).map(|_| AtomicU32::new(0)).collect();
+        let mut ws: Vec<WaitV> = words.iter().map(|w| WaitV::private(w, 0)).collect();
+        ws[WAITV_MAX] = WaitV::private(&words[WAITV_MAX], 1);
+        // SAFETY: every word lives in `words` for the whole call.
+        let r = unsafe { futex::waitv(&ws, Some(Duration::from_millis(200))) };
+        assert_eq!(r, Err(TooManyWaiters(WAITV_MAX + 1)), "the word past the limit must not be silently left out");
+        // At the limit it waits on every word: the last one has changed, so no sleep.
+        // SAFETY: as above.
+        let r = unsafe { futex::waitv(&ws[1..], Some(Duration::from_secs(5))) };
+        assert_eq!(r, Ok(WaitResult::Retry));
+        // SAFETY: as above.
+        let r = unsafe { futex::waitv(&ws[..WAITV_MAX], Some(Duration::from_millis(20))) };
+        assert_eq!(r, Ok(WaitResult::TimedOut));
+    }
 }

@@ -25,7 +25,7 @@ pub mod zt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-pub use server::{Config, Server};
+pub use server::{Config, ConfigError, Server};
 
 /// A running server: its threads and listening socket.
 #[derive(Debug)]
@@ -39,6 +39,9 @@ pub struct Running {
 /// Errors starting the server.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The configuration is out of range.
+    #[error("configuration: {0}")]
+    Config(#[from] ConfigError),
     /// Control socket problem.
     #[error(transparent)]
     Control(#[from] control::ControlError),
@@ -55,9 +58,10 @@ pub enum StartError {
 /// # Errors
 /// [`StartError`].
 pub fn start(config: Config) -> Result<Running, StartError> {
+    config.validate()?;
     let plugins = plugins::load_dir(&config.plugin_dir)?;
     let listener = control::listen(&config.socket)?;
-    let server = Server::new(config, plugins);
+    let server = Server::new(config, plugins)?;
     let mut zts = Vec::new();
     for lane in 0..server.config.topology.cpus.len() {
         let s = Arc::clone(&server);

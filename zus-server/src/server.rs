@@ -37,8 +37,64 @@ pub struct Config {
     pub client_spin_ns: u32,
     /// How long a ZT polls for new work after serving a client that spins on another CPU.
     pub zt_poll_ns: u32,
-    /// Most connected clients (futex_waitv takes at most 128 words, one is the control word).
+    /// Most connected clients, 1..=[`Config::MAX_CLIENTS`].
     pub max_clients: usize,
+}
+
+/// A configuration the server cannot run with.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// `max_clients` outside 1..=[`Config::MAX_CLIENTS`].
+    #[error(
+        "max_clients {0} is out of range 1..={max}: a ZT sleeps on every client's doorbell and its own control word \
+         in one futex_waitv, which takes at most {waitv} words",
+        max = Config::MAX_CLIENTS,
+        waitv = futex::WAITV_MAX
+    )]
+    MaxClients(usize),
+    /// The CPU count, slots per CPU or window size make no channel geometry.
+    #[error(transparent)]
+    Geometry(#[from] zus_api::chan::GeometryError),
+}
+
+impl Config {
+    /// Most clients one server can serve: each ZT waits on every client's doorbell plus its own
+    /// control word in one `futex_waitv` call ([`futex::WAITV_MAX`] words).
+    pub const MAX_CLIENTS: usize = futex::WAITV_MAX - 1;
+    /// Default for [`Config::max_clients`].
+    pub const DEFAULT_MAX_CLIENTS: usize = 120;
+    /// Default for [`Config::window_size`].
+    pub const DEFAULT_WINDOW_SIZE: usize = 1 << 20;
+    /// Default for [`Config::client_spin_ns`].
+    pub const DEFAULT_CLIENT_SPIN_NS: u32 = 20_000;
+    /// Default for [`Config::zt_poll_ns`].
+    pub const DEFAULT_ZT_POLL_NS: u32 = 50_000;
+
+    /// A configuration with the default limits.
+    #[must_use]
+    pub fn new(plugin_dir: PathBuf, socket: PathBuf, topology: Topology) -> Self {
+        Self {
+            plugin_dir,
+            socket,
+            topology,
+            slots_per_cpu: zus_api::chan::DEFAULT_SLOTS_PER_CPU,
+            window_size: Self::DEFAULT_WINDOW_SIZE,
+            client_spin_ns: Self::DEFAULT_CLIENT_SPIN_NS,
+            zt_poll_ns: Self::DEFAULT_ZT_POLL_NS,
+            max_clients: Self::DEFAULT_MAX_CLIENTS,
+        }
+    }
+
+    /// Checks the limits; returns the channel geometry every client gets.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the value out of range.
+    pub fn validate(&self) -> Result<Geometry, ConfigError> {
+        if !(1..=Self::MAX_CLIENTS).contains(&self.max_clients) {
+            return Err(ConfigError::MaxClients(self.max_clients));
+        }
+        Ok(Geometry::new(self.topology.cpus.len(), self.slots_per_cpu, self.window_size)?)
+    }
 }
 
 /// Per-ZT control words and counters (server-private memory).
@@ -152,8 +208,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Server {
     /// Creates the server state (no threads yet).
-    #[must_use]
-    pub fn new(config: Config, plugins: Vec<Plugin>) -> Arc<Self> {
+    ///
+    /// # Errors
+    /// [`ConfigError`] when `config` does not [validate](Config::validate).
+    pub fn new(config: Config, plugins: Vec<Plugin>) -> Result<Arc<Self>, ConfigError> {
+        config.validate()?;
         let zts = (0..config.topology.cpus.len()).map(|_| ZtControl::default()).collect();
         let s = Arc::new(Self {
             config,
@@ -166,7 +225,7 @@ impl Server {
             layout_gen: AtomicU64::new(1),
         });
         crate::plugins::set_host_server(&s);
-        s
+        Ok(s)
     }
 
     /// The oldest layout generation any client's dax copy in progress checked its extents
@@ -440,5 +499,29 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert!(!testutil::mapped(&dev.0), "the device stays mapped after the unmount");
+    }
+
+    #[test]
+    fn test_config_refuses_more_clients_than_a_zt_can_wait_on() {
+        for bad in [0, 128, 500] {
+            let mut c = testutil::config("cap");
+            c.max_clients = bad;
+            match crate::start(c) {
+                Err(crate::StartError::Config(e)) => {
+                    assert_eq!(e, ConfigError::MaxClients(bad));
+                    assert!(e.to_string().contains("1..=127"), "{e}");
+                }
+                r => panic!("max_clients {bad}: {r:?}"),
+            }
+        }
+        for good in [1, Config::MAX_CLIENTS] {
+            let mut c = testutil::config("cap");
+            c.max_clients = good;
+            assert_eq!(c.validate().map(|g| g.ncpu), Ok(1));
+        }
+        let mut c = testutil::config("cap");
+        c.window_size = 1000;
+        assert!(matches!(c.validate(), Err(ConfigError::Geometry(_))));
+        assert_eq!(Config::MAX_CLIENTS, 127);
     }
 }

@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use zus_plugin::{DeviceDesc, OpCall, PLUGIN_MAGIC, PluginVtable, plugin_flags};
 
 use crate::plugins::Plugin;
+use crate::server::Config;
+use crate::topology::{Cpu, Topology};
 
 /// What the fake plugin saw: per device path, the unmounts and whether the device was still
 /// mapped when each ran.
@@ -103,4 +105,21 @@ impl Drop for Device {
 /// The fake plugin's unmounts of `device`: for each, whether the device was still mapped.
 pub fn unmounts_of(device: &str) -> Vec<bool> {
     UNMOUNTS.lock().unwrap().iter().filter(|(d, _)| d == device).map(|(_, m)| *m).collect()
+}
+
+/// A one-CPU configuration with sockets and plugins under a fresh temporary directory.
+pub fn config(tag: &str) -> Config {
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("zufs-test-{tag}-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(dir.join("plugins")).unwrap();
+    Config {
+        plugin_dir: dir.join("plugins"),
+        socket: dir.join("zusd.sock"),
+        topology: Topology { cpus: vec![Cpu { id: 0, node: 0, os_cpu: 0 }], nnodes: 1, simulated: true },
+        slots_per_cpu: 4,
+        window_size: 64 << 10,
+        client_spin_ns: 0,
+        zt_poll_ns: 0,
+        max_clients: 8,
+    }
 }

@@ -69,7 +69,12 @@ impl ZtWait for FutexWait {
             } else {
                 // SAFETY: every word lives in memory the snapshot keeps mapped (clients' regions
                 // are Arc'd by `snap`) or in the server's own ZtControl, for the whole call.
-                unsafe { futex::waitv(&self.waiters, None) };
+                if let Err(e) = unsafe { futex::waitv(&self.waiters, None) } {
+                    // Config::validate keeps clients under the limit; past it, poll rather
+                    // than sleep through the doorbells futex_waitv cannot watch.
+                    tracing::error!("ZT {lane}: {e}");
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
             }
         }
         set_lane_word(snap, lane, ZT_SLEEPING, 0);

@@ -20,21 +20,21 @@ struct Args {
     /// Force a simulated topology NODESxCPUS (e.g. 2x4) instead of reading sysfs.
     #[arg(long)]
     topology: Option<String>,
-    /// Slots per CPU lane in each client's channel set.
+    /// Slots per CPU lane in each client's channel set (1..=64).
     #[arg(long, default_value_t = zus_api::chan::DEFAULT_SLOTS_PER_CPU)]
     slots: usize,
-    /// Data window per slot, KiB.
-    #[arg(long, default_value_t = 1024)]
+    /// Data window per slot, KiB (4..=65536, a multiple of 4).
+    #[arg(long, default_value_t = Config::DEFAULT_WINDOW_SIZE / 1024)]
     window_kib: usize,
     /// Nanoseconds a client spins for a reply from a ZT on another CPU before sleeping.
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = Config::DEFAULT_CLIENT_SPIN_NS)]
     client_spin_ns: u32,
     /// Nanoseconds a ZT polls for new work after serving a client that spins for its reply on
     /// another CPU (it yields to other threads and stops early when its CPU is wanted); 0: never.
-    #[arg(long, default_value_t = 50_000)]
+    #[arg(long, default_value_t = Config::DEFAULT_ZT_POLL_NS)]
     zt_poll_ns: u32,
-    /// Most connected clients.
-    #[arg(long, default_value_t = 120)]
+    /// Most connected clients (1..=127).
+    #[arg(long, default_value_t = Config::DEFAULT_MAX_CLIENTS)]
     max_clients: usize,
 }
 
@@ -81,18 +81,17 @@ fn main() -> Result<()> {
         Some(spec) => Topology::simulated(spec, &Topology::online_cpus(sys)?)?,
         None => Topology::from_sysfs(sys).context("reading the CPU topology")?,
     };
+    // The library checks every limit (Config::validate, in start).
     let config = Config {
         plugin_dir: args.plugins.clone(),
         socket: args.socket.clone(),
         slots_per_cpu: args.slots,
-        window_size: args.window_kib * 1024,
+        window_size: args.window_kib.saturating_mul(1024),
         client_spin_ns: args.client_spin_ns,
         zt_poll_ns: args.zt_poll_ns,
-        max_clients: args.max_clients.clamp(1, 127),
+        max_clients: args.max_clients,
         topology,
     };
-    zus_api::chan::Geometry::new(config.topology.cpus.len(), config.slots_per_cpu, config.window_size)
-        .context("channel geometry")?;
     let signals = block_signals();
     let running = start(config).context("starting zusd")?;
     let s = &running.server;
