@@ -344,3 +344,33 @@ fn test_stopped_dax_writer_keeps_freed_blocks_from_reuse() {
     let out = f.unmount_and_fsck();
     assert!(out.contains(" 0 problem"), "{out}");
 }
+
+/// Runs `tests/scripts/preload_races.py CASE DIR` under the library in `mode` with the test
+/// hooks `hooks` (`ZUFS_PRELOAD_TEST`); returns the fixture for further checks.
+fn races(mode: &str, case: &str, hooks: &str) -> Fixture {
+    let f = Fixture::new(&format!("preload-race-{case}-{mode}"), "64M", COHERENT);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/preload_races.py");
+    let d = f.path("r");
+    std::fs::create_dir_all(&d).unwrap();
+    let o = run_with_timeout(
+        f.preload(mode, "python3")
+            .arg(script)
+            .arg(case)
+            .arg(&d)
+            .env("ZUFS_PRELOAD_TEST", hooks)
+            .env("ZUFS_PRELOAD_STATS", "1"),
+        Duration::from_secs(60),
+    );
+    let out = text(&o);
+    assert!(o.status.success() && out.contains("races ok"), "{case} ({mode}): {out}");
+    assert!(!out.contains("fast path unavailable"), "{out}");
+    f
+}
+
+/// A dax write whose MAP_DONE (the mtime commit) fails still reports its bytes (they landed),
+/// and the mtime stays pending until the next commit (here: the close).
+#[test]
+fn test_failed_map_done_keeps_the_write_and_its_mtime() {
+    skip_unless_ready!("python3");
+    races("dax", "map_done_fails", "fail_map_done=1");
+}

@@ -46,6 +46,7 @@ pub fn release(entry: u32, commit: bool) {
     if commit && f.s.refs.load(Ordering::Acquire) == 1 && f.s.dirty.swap(false, Ordering::AcqRel) {
         let _ = map_done(f, 0, false);
     }
+    crate::testhook::pause_release();
     f.s.refs.fetch_sub(1, Ordering::AcqRel);
 }
 
@@ -696,85 +697,108 @@ fn dax_write(f: File, r: &DaxReader<'_>, iov: &[IoVec], total: u64, off: u64, fl
     let mut cur = Cursor::new(iov);
     let mut pos = off;
     let mut wrote_direct = false;
-    while pos < end {
-        let loc = match locate_published(f, r, pos, false) {
-            // Done so far stays done; the rest goes in channel mode (a partial write).
-            Err(DAX_USE_CHANNEL) if pos > off => break,
-            l => l?,
-        };
-        match loc {
-            Loc::Mapped { dev, run } => {
-                let n = run.min(end - pos);
-                let dst = dev_ptr(f, dev, n)?;
-                // SAFETY: `dst..dst+n` lies in the device mapping (checked); the source pieces are
-                // the caller's buffers (write(2) contract); they cannot overlap the private
-                // device mapping unless the caller passes it to us, which only a program that
-                // mapped the device itself could do.
-                cur.each(n, |src, len, at| unsafe { zus_pmem::flush::nt_copy(dst.add(at as usize), src, len) });
-                r.clear();
-                pos += n;
-                wrote_direct = true;
-            }
-            Loc::Hole { run } => {
-                // Allocate the hole's blocks (zeroed by the server), then copy, unless the layout
-                // moved meanwhile (then look again).
-                r.clear();
-                let want = run.min(end - pos);
-                let mut buf = [Extent::default(); MAX_MAP_EXTENTS];
-                let before = f.m.relay()?.layout_gen();
-                let (n, _) = map(f, pos, want, true, &mut buf)?;
-                f.s.invalidate();
-                if r.publish() != before {
+    // Bytes copied stay copied whatever happens next: an error after some landed makes a short
+    // write (with their mtime pending), like the kernel's.
+    let res = (|| {
+        while pos < end {
+            let loc = match locate_published(f, r, pos, false) {
+                // Done so far stays done; the rest goes in channel mode (a partial write).
+                Err(DAX_USE_CHANNEL) if pos > off => break,
+                l => l?,
+            };
+            match loc {
+                Loc::Mapped { dev, run } => {
+                    let n = run.min(end - pos);
+                    let dst = dev_ptr(f, dev, n)?;
+                    // SAFETY: `dst..dst+n` lies in the device mapping (checked); the source pieces are
+                    // the caller's buffers (write(2) contract); they cannot overlap the private
+                    // device mapping unless the caller passes it to us, which only a program that
+                    // mapped the device itself could do.
+                    cur.each(n, |src, len, at| unsafe { zus_pmem::flush::nt_copy(dst.add(at as usize), src, len) });
                     r.clear();
-                    continue;
-                }
-                let mut progressed = false;
-                for e in &buf[..n] {
-                    if e.file_offset != pos || e.dev_offset == EXTENT_HOLE || e.len == 0 {
-                        break;
-                    }
-                    let len = e.len.min(end - pos);
-                    let dst = dev_ptr(f, e.dev_offset, len)?;
-                    // SAFETY: as above.
-                    cur.each(len, |src, l, at| unsafe { zus_pmem::flush::nt_copy(dst.add(at as usize), src, l) });
-                    pos += len;
-                    progressed = true;
+                    pos += n;
                     wrote_direct = true;
                 }
-                r.clear();
-                if !progressed {
-                    return Err(libc::EIO);
+                Loc::Hole { run } => {
+                    // Allocate the hole's blocks (zeroed by the server), then copy, unless the layout
+                    // moved meanwhile (then look again).
+                    r.clear();
+                    let want = run.min(end - pos);
+                    let mut buf = [Extent::default(); MAX_MAP_EXTENTS];
+                    let before = f.m.relay()?.layout_gen();
+                    let (n, _) = map(f, pos, want, true, &mut buf)?;
+                    f.s.invalidate();
+                    if r.publish() != before {
+                        r.clear();
+                        continue;
+                    }
+                    let mut progressed = false;
+                    for e in &buf[..n] {
+                        if e.file_offset != pos || e.dev_offset == EXTENT_HOLE || e.len == 0 {
+                            break;
+                        }
+                        let len = e.len.min(end - pos);
+                        let dst = dev_ptr(f, e.dev_offset, len)?;
+                        // SAFETY: as above.
+                        cur.each(len, |src, l, at| unsafe { zus_pmem::flush::nt_copy(dst.add(at as usize), src, l) });
+                        pos += len;
+                        progressed = true;
+                        wrote_direct = true;
+                    }
+                    r.clear();
+                    if !progressed {
+                        return Err(libc::EIO);
+                    }
+                }
+                Loc::Eof => {
+                    r.clear();
+                    // Extending: the server writes and moves the size in one op (atomic against other
+                    // writers, no MAP_DONE round trip).
+                    let mut rest = [IoVec::default(); MAX_IOV];
+                    let k = cur.rest(&mut rest);
+                    zus_pmem::flush::fence();
+                    let (n, rep) = chan_io(f, true, &rest[..k], end - pos, pos, flags & !io_flags::APPEND)?;
+                    f.s.size.fetch_max(rep.size, Ordering::Relaxed);
+                    pos += n;
+                    break;
                 }
             }
-            Loc::Eof => {
-                r.clear();
-                // Extending: the server writes and moves the size in one op (atomic against other
-                // writers, no MAP_DONE round trip).
-                let mut rest = [IoVec::default(); MAX_IOV];
-                let k = cur.rest(&mut rest);
-                zus_pmem::flush::fence();
-                let (n, rep) = chan_io(f, true, &rest[..k], end - pos, pos, flags & !io_flags::APPEND)?;
-                f.s.size.fetch_max(rep.size, Ordering::Relaxed);
-                pos += n;
-                break;
-            }
         }
-    }
+        Ok(())
+    })();
     state::count(&state::STATS.dax_bytes, pos - off);
     if wrote_direct {
         // Drain the non-temporal stores: durable for O_SYNC/O_DIRECT and visible to zusd
-        // (and so to the kernel mount) before we return.
+        // (and so to the kernel mount) before we return. From here the data has landed and its
+        // mtime is pending.
         zus_pmem::flush::fence();
+        f.s.dirty.store(true, Ordering::Release);
         let last = f.s.last_commit.load(Ordering::Relaxed);
-        if now.wrapping_sub(last) >= COMMIT_NS {
-            f.s.last_commit.store(now, Ordering::Relaxed);
-            f.s.dirty.store(false, Ordering::Relaxed);
-            map_done(f, 0, flags & io_flags::SYNC != 0)?;
-        } else {
-            f.s.dirty.store(true, Ordering::Relaxed);
+        if now.wrapping_sub(last) >= COMMIT_NS
+            && let Err(e) = commit_mtime(f, flags & io_flags::SYNC != 0)
+            && flags & io_flags::SYNC != 0
+            && res.is_ok()
+        {
+            // An O_SYNC/O_DSYNC write whose metadata did not reach pmem fails, as the kernel's
+            // does when its sync after the write fails; the mtime stays pending either way.
+            return Err(e);
         }
     }
-    Ok(pos - off)
+    match res {
+        Err(e) if pos == off => Err(e),
+        _ => Ok(pos - off),
+    }
+}
+
+/// Commits a pending mtime (MAP_DONE). A failed commit leaves it pending, for the next commit
+/// point (a later write after [`COMMIT_NS`], fstat, fsync, the last close) to try again.
+fn commit_mtime(f: File, sync: bool) -> Result<(), i32> {
+    // Cleared before the op: a write that lands meanwhile sets it again and is committed later.
+    if !f.s.dirty.swap(false, Ordering::AcqRel) {
+        return Ok(());
+    }
+    f.s.last_commit.store(sys::now_ns(), Ordering::Relaxed);
+    map_done(f, 0, sync).map(drop).inspect_err(|_| f.s.dirty.store(true, Ordering::Release))
 }
 
 fn dax_read(f: File, r: &DaxReader<'_>, iov: &[IoVec], total: u64, off: u64) -> Result<u64, i32> {
@@ -818,6 +842,9 @@ fn dax_read(f: File, r: &DaxReader<'_>, iov: &[IoVec], total: u64, off: u64) -> 
 }
 
 fn map_done(f: File, end: u64, sync: bool) -> Result<u64, i32> {
+    if crate::testhook::fail_map_done() {
+        return Err(libc::EIO);
+    }
     let req = MapDoneReq { ino: ino(f), end, sync: u32::from(sync), reserved: 0 };
     op(f, OpCode::MapDone, &[req.as_bytes()], &mut [])
 }
@@ -970,6 +997,9 @@ pub unsafe fn rw(
     let cnt = cnt as usize;
     let mut err = None;
     while i < cnt {
+        if i > 0 {
+            crate::testhook::pause_rw();
+        }
         let mut buf = [IoVec::default(); MAX_IOV];
         let mut k = 0;
         let mut want = 0u64;
@@ -1017,10 +1047,7 @@ pub unsafe fn rw(
 
 /// Current attributes (after committing a pending mtime).
 pub fn getattr(f: File) -> Result<Attr, i32> {
-    if f.s.dirty.swap(false, Ordering::AcqRel) {
-        f.s.last_commit.store(sys::now_ns(), Ordering::Relaxed);
-        map_done(f, 0, false)?;
-    }
+    commit_mtime(f, false)?;
     let mut rep = [0u8; 80];
     op(f, OpCode::Getattr, &[InoReq { ino: ino(f) }.as_bytes()], &mut rep)?;
     Attr::read_from(&rep).ok_or(libc::EIO)
@@ -1073,10 +1100,7 @@ pub fn lseek_end(f: File, fd: i32, off: i64) -> Result<i64, i32> {
 pub fn fsync(f: File, datasync: bool) -> Result<i64, i32> {
     kernel_route(f)?;
     zus_pmem::flush::fence();
-    if f.s.dirty.swap(false, Ordering::AcqRel) {
-        f.s.last_commit.store(sys::now_ns(), Ordering::Relaxed);
-        map_done(f, 0, true)?;
-    }
+    commit_mtime(f, true)?;
     let req = FsyncReq { ino: ino(f), fh: 0, datasync: u32::from(datasync), reserved: 0 };
     op(f, OpCode::Fsync, &[req.as_bytes()], &mut []).map(|_| 0)
 }

@@ -29,10 +29,12 @@ mod io;
 mod mount;
 mod state;
 mod sys;
+mod testhook;
 
 /// The constructor: only symbol lookup (no connection, no threads).
 extern "C" fn init() {
     sys::resolve_all();
+    testhook::init();
     // SAFETY: getenv with a NUL-terminated name; it does not allocate.
     let v = unsafe { libc::getenv(c"ZUFS_PRELOAD_STATS".as_ptr()) };
     // SAFETY: a non-null getenv result is a NUL-terminated string.
