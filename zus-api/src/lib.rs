@@ -7,7 +7,9 @@
 //! C header `include/zus_api.h` is generated from it (see `docs/abi.md`).
 //!
 //! - [`chan`]: the shared channel memory (one lane per CPU, slots, futex words, data windows).
-//! - [`ops`]: op codes, the per-op facts table, and the request/reply structs carried in a slot.
+//! - [`ops`]: op codes and the request/reply structs carried in a slot.
+//! - [`request`]: a request payload decoded once into a typed [`request::Request`], and the one
+//!   table of per-op facts ([`ops::OpCode::facts`]).
 //! - [`control`]: the control-socket message header.
 //! - [`device`]: the generic on-pmem device header.
 //! - [`plugin`]: the C vtable a plugin exports and what `zusd` hands it.
@@ -18,6 +20,7 @@ pub mod device;
 pub mod errno;
 pub mod ops;
 pub mod plugin;
+pub mod request;
 
 pub use errno::Errno;
 

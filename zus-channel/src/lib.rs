@@ -11,5 +11,6 @@
 //! The layouts themselves are plain data in the `zus-api` crate.
 
 pub mod control;
+pub mod proto;
 pub mod shm;
 pub mod sock;

@@ -20,31 +20,18 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use zus_api::Errno;
-use zus_api::chan::{ChannelSetHeader, Geometry, LaneHeader, PAYLOAD_SIZE, Slot, slot_state};
+use zus_api::chan::{ChannelSetHeader, Geometry, PAYLOAD_SIZE, slot_state};
 use zus_api::ops::{HDR_F_CLIENT_SPINS, OpHeader};
 use zus_channel::control::{self, FsTypeInfo, MountInfo, Reply, Request, StatusInfo};
+use zus_channel::proto::{Channel, ReplyWait, Slot};
+use zus_channel::shm::ShmRegion;
 /// The CPU the calling thread runs on (vDSO `getcpu`): the lane an op goes to.
 pub use zus_channel::shm::current_cpu;
-use zus_channel::shm::{ShmRegion, futex};
 use zus_channel::sock;
-
-const DOORBELL: usize = core::mem::offset_of!(LaneHeader, doorbell);
-const ZT_SLEEPING: usize = core::mem::offset_of!(LaneHeader, zt_sleeping);
-const ZT_CPU: usize = core::mem::offset_of!(LaneHeader, zt_cpu);
-const ZT_POLLING: usize = core::mem::offset_of!(LaneHeader, zt_polling);
-const LAYOUT_GEN: usize = core::mem::offset_of!(ChannelSetHeader, layout_gen);
-const FREE_SEQ: usize = core::mem::offset_of!(LaneHeader, free_seq);
-const FREE_WAITERS: usize = core::mem::offset_of!(LaneHeader, free_waiters);
-const STATE: usize = core::mem::offset_of!(Slot, state);
-const REPLY_SEQ: usize = core::mem::offset_of!(Slot, reply_seq);
-const CLIENT_WAITING: usize = core::mem::offset_of!(Slot, client_waiting);
-const HDR: usize = core::mem::offset_of!(Slot, hdr);
-const PAYLOAD: usize = core::mem::offset_of!(Slot, payload);
-const DATA_READY: usize = core::mem::offset_of!(Slot, data_ready);
 
 /// A thread whose next op follows its last reply within this is "back to back": a ZT on another
 /// CPU polls for its ops. (dax mode's MAP_DONE once per ms is not: a poll would only steal CPU
@@ -287,7 +274,12 @@ impl Relay {
     /// Dax reader slot `i` of our channel set (see [`zus_api::chan::DAX_READER_SLOTS`]).
     #[must_use]
     pub fn dax_reader_slot(&self, i: usize) -> &AtomicU64 {
-        self.region.atomic_u64(self.geo.dax_reader_offset(i))
+        self.chan().dax_reader(i)
+    }
+
+    /// Our channel set, as the slot protocol sees it.
+    fn chan(&self) -> Channel<'_> {
+        Channel::new(&self.region, self.geo)
     }
 
     /// Id the server gave us.
@@ -312,7 +304,7 @@ impl Relay {
     /// CPU the ZT of `lane` is pinned to (written by that ZT).
     #[must_use]
     pub fn lane_zt_cpu(&self, lane: usize) -> u32 {
-        self.region.atomic_u32(self.geo.lane_offset(lane) + ZT_CPU).load(Ordering::Relaxed)
+        self.chan().lane(lane).zt_cpu()
     }
 
     /// The server's layout generation (`ChannelSetHeader::layout_gen`): changes after any op that
@@ -320,7 +312,7 @@ impl Relay {
     #[inline]
     #[must_use]
     pub fn layout_gen(&self) -> u64 {
-        self.region.atomic_u64(LAYOUT_GEN).load(Ordering::Acquire)
+        self.chan().layout_gen().load(Ordering::Acquire)
     }
 
     /// Whether the calling thread sends ops back to back: its last reply (from any lane) came
@@ -334,7 +326,7 @@ impl Relay {
     /// Whether the ZT of `lane` is polling for work on an otherwise idle CPU right now.
     #[must_use]
     pub fn lane_zt_polling(&self, lane: usize) -> bool {
-        self.region.atomic_u32(self.geo.lane_offset(lane) + ZT_POLLING).load(Ordering::Relaxed) != 0
+        self.chan().lane(lane).zt_polling()
     }
 
     /// Sends a control request and returns the reply.
@@ -477,21 +469,21 @@ impl Relay {
             DataIn::None => 0,
             DataIn::Window(d) => d.len(),
         };
-        let (lane, slot, so, spins) = self.begin(lane, mount_id, opcode, req, data_len, creds, ticket)?;
+        let (slot, spins) = self.begin(lane, mount_id, opcode, req, data_len, creds, ticket)?;
         if let DataIn::Window(d) = data_in {
-            self.region.copy_in(self.geo.window_offset(lane, slot), d);
+            slot.copy_to_window(0, d);
             self.bounce_bytes.fetch_add(d.len() as u64, Ordering::Relaxed);
         }
         // On error the slot stays busy: the server may still write it. A dead server makes the
         // whole channel set useless anyway.
-        self.submit(lane, so);
-        self.wait_reply(so, spins)?;
-        self.finish(lane, slot, so, reply, |region, win, dl| {
+        self.chan().lane(slot.lane()).submit(slot);
+        self.wait_reply(slot, spins)?;
+        self.finish(slot, reply, |slot, dl| {
             let mut got = 0;
             if let Some(d) = data_out {
                 got = dl.min(d.len());
                 if got > 0 {
-                    region.copy_out(win, &mut d[..got]);
+                    slot.copy_from_window(0, &mut d[..got]);
                 }
             }
             got
@@ -525,40 +517,39 @@ impl Relay {
         if total > self.geo.window_size {
             return Err(RelayError::TooLarge(total));
         }
-        let (lane, slot, so, spins) = self.begin(lane, mount_id, opcode, req, data_len, None, ticket)?;
-        let win = self.geo.window_offset(lane, slot);
-        let ready = self.region.atomic_u32(so + DATA_READY);
+        let (slot, spins) = self.begin(lane, mount_id, opcode, req, data_len, None, ticket)?;
+        let lane = self.chan().lane(slot.lane());
+        let ready = slot.data_ready();
         self.bounce_bytes.fetch_add(total as u64, Ordering::Relaxed);
         match data {
             Stream::Write(src) => {
                 if spins {
                     ready.store(0, Ordering::Relaxed);
-                    self.submit(lane, so);
-                    self.gather_into_window(src, win, ready);
+                    lane.submit(slot);
+                    self.gather_into_window(src, slot);
                 } else {
-                    self.gather_into_window(src, win, ready);
-                    self.submit(lane, so);
+                    self.gather_into_window(src, slot);
+                    lane.submit(slot);
                 }
-                self.wait_reply(so, spins)?;
-                self.finish(lane, slot, so, reply, |_, _, _| 0)
+                self.wait_reply(slot, spins)?;
+                self.finish(slot, reply, |_, _| 0)
             }
             Stream::Read(dst) => {
                 ready.store(0, Ordering::Relaxed);
-                self.submit(lane, so);
+                lane.submit(slot);
                 let mut copied = 0;
                 if spins {
-                    copied = self.scatter_while_served(dst, win, so);
+                    copied = self.scatter_while_served(dst, slot);
                 }
-                self.wait_reply(so, spins)?;
-                self.finish(lane, slot, so, reply, |region, win, dl| {
-                    scatter_from_window(region, dst, win, copied, dl.min(total)).min(dl)
-                })
+                self.wait_reply(slot, spins)?;
+                self.finish(slot, reply, |slot, dl| scatter_from_window(slot, dst, copied, dl.min(total)).min(dl))
             }
         }
     }
 
     /// Copies a streamed write's bytes into the window, announcing each piece.
-    fn gather_into_window(&self, src: &mut dyn GatherSource, win: usize, ready: &AtomicU32) {
+    fn gather_into_window(&self, src: &mut dyn GatherSource, slot: Slot<'_>) {
+        let ready = slot.data_ready();
         let total = src.total().min(self.geo.window_size);
         let mut at = 0;
         while at < total {
@@ -566,7 +557,7 @@ impl Relay {
             if piece.is_empty() {
                 break;
             }
-            self.region.copy_in(win + at, piece);
+            slot.copy_to_window(at, piece);
             at += piece.len();
             ready.store(u32::try_from(at).unwrap_or(u32::MAX), Ordering::Release);
         }
@@ -575,17 +566,16 @@ impl Relay {
     /// While a ZT on another CPU serves a streamed read, copies out what it announced; returns
     /// the bytes copied once the op is done or the ZT stops making progress for a while (the
     /// rest is copied after the reply).
-    fn scatter_while_served(&self, dst: &mut dyn ScatterSink, win: usize, so: usize) -> usize {
+    fn scatter_while_served(&self, dst: &mut dyn ScatterSink, slot: Slot<'_>) -> usize {
         let total = dst.total().min(self.geo.window_size);
-        let ready = self.region.atomic_u32(so + DATA_READY);
-        let state = self.region.atomic_u32(so + STATE);
+        let ready = slot.data_ready();
         let mut copied = 0;
         let mut progress_at = Instant::now();
         let mut n = 0u32;
         while copied < total {
             let r = (ready.load(Ordering::Acquire) as usize).min(total);
             if r > copied {
-                let now_copied = scatter_from_window(&self.region, dst, win, copied, r);
+                let now_copied = scatter_from_window(slot, dst, copied, r);
                 if now_copied < r {
                     return now_copied;
                 }
@@ -593,7 +583,7 @@ impl Relay {
                 progress_at = Instant::now();
                 continue;
             }
-            if state.load(Ordering::Acquire) == slot_state::DONE {
+            if slot.state() == slot_state::DONE {
                 break;
             }
             core::hint::spin_loop();
@@ -606,7 +596,7 @@ impl Relay {
     }
 
     /// Claims a slot (from `lane`, else a peer lane of its node) and writes the request header
-    /// and payload. Returns (lane, slot, slot offset, whether to spin for the reply).
+    /// and payload. Returns the slot and whether to spin for the reply.
     #[allow(clippy::too_many_arguments)]
     fn begin(
         &self,
@@ -617,7 +607,7 @@ impl Relay {
         data_len: usize,
         creds: Option<Creds>,
         ticket: u64,
-    ) -> Result<(usize, usize, usize, bool), RelayError> {
+    ) -> Result<(Slot<'_>, bool), RelayError> {
         let in_len: usize = req.iter().map(|p| p.len()).sum();
         if in_len > PAYLOAD_SIZE {
             return Err(RelayError::TooLarge(in_len));
@@ -628,13 +618,12 @@ impl Relay {
         if self.dead.load(Ordering::Relaxed) {
             return Err(RelayError::ServerGone);
         }
-        let (lane, slot) = self.claim(lane % self.geo.ncpu)?;
-        let so = self.geo.slot_offset(lane, slot);
+        let slot = self.claim(lane % self.geo.ncpu)?;
         let c = creds.unwrap_or_default();
         // Spinning for the reply only makes sense when the ZT runs on another CPU (P-CH2). When
         // this thread also sends back to back (its last spun-for reply came a moment ago) we
         // say so, and the ZT polls for our next op instead of sleeping at once.
-        let zt_cpu = self.region.atomic_u32(self.geo.lane_offset(lane) + ZT_CPU).load(Ordering::Relaxed) as usize;
+        let zt_cpu = self.chan().lane(slot.lane()).zt_cpu() as usize;
         let spins = zt_cpu != current_cpu() && !self.client_spin.is_zero();
         let back_to_back = spins && Self::sends_back_to_back();
         let hdr = OpHeader {
@@ -652,110 +641,64 @@ impl Relay {
             reserved: 0,
             ticket,
         };
-        self.region.write(so + HDR, &hdr);
-        let mut at = so + PAYLOAD;
-        for p in req {
-            self.region.copy_in(at, p);
-            at += p.len();
-        }
-        Ok((lane, slot, so, spins))
+        slot.write_request(&hdr, req);
+        Ok((slot, spins))
     }
 
-    /// Reads the reply of a finished op, lets `data_out(region, window offset, data_len)` copy
-    /// its data (returning the bytes it took) and frees the slot.
+    /// Reads the reply of a finished op, lets `data_out(slot, data_len)` copy its data
+    /// (returning the bytes it took) and frees the slot.
     fn finish(
         &self,
-        lane: usize,
-        slot: usize,
-        so: usize,
+        slot: Slot<'_>,
         reply: &mut [u8],
-        data_out: impl FnOnce(&ShmRegion, usize, usize) -> usize,
+        data_out: impl FnOnce(Slot<'_>, usize) -> usize,
     ) -> Result<OpOutcome, RelayError> {
         LAST_REPLY.set(Some(Instant::now()));
-        let rh: OpHeader = self.region.read(so + HDR);
+        let rh: OpHeader = slot.reply_header();
         let out = match Errno::from_wire(rh.result) {
             Ok(value) => {
                 let rl = (rh.out_len as usize).min(reply.len()).min(PAYLOAD_SIZE);
                 if rl > 0 {
-                    self.region.copy_out(so + PAYLOAD, &mut reply[..rl]);
+                    slot.copy_reply(&mut reply[..rl]);
                 }
                 let dl = (rh.data_len as usize).min(self.geo.window_size);
-                let data_len = data_out(&self.region, self.geo.window_offset(lane, slot), dl);
+                let data_len = data_out(slot, dl);
                 Ok(OpOutcome { value, reply_len: rl, data_len })
             }
             Err(e) => Err(RelayError::Op(e)),
         };
-        self.release(lane, so);
+        self.chan().lane(slot.lane()).release(slot);
         out
     }
 
-    fn try_claim_lane(&self, lane: usize) -> Option<usize> {
-        (0..self.geo.slots_per_cpu).find(|&s| {
-            let st = self.region.atomic_u32(self.geo.slot_offset(lane, s) + STATE);
-            st.load(Ordering::Relaxed) == slot_state::FREE
-                && st
-                    .compare_exchange(slot_state::FREE, slot_state::CLAIMED, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
-        })
-    }
-
-    fn try_claim(&self, lane: usize) -> Option<(usize, usize)> {
-        if let Some(s) = self.try_claim_lane(lane) {
-            return Some((lane, s));
+    fn try_claim(&self, lane: usize) -> Option<Slot<'_>> {
+        let chan = self.chan();
+        if let Some(s) = chan.lane(lane).try_claim() {
+            return Some(s);
         }
         // Spill within the node (P-CH3).
-        self.peers[lane].iter().find_map(|&l| self.try_claim_lane(l).map(|s| (l, s)))
+        self.peers[lane].iter().find_map(|&l| chan.lane(l).try_claim())
     }
 
-    fn claim(&self, lane: usize) -> Result<(usize, usize), RelayError> {
-        if let Some(x) = self.try_claim(lane) {
-            return Ok(x);
+    /// Claims a slot on `lane` or a peer lane; with every slot busy, sleeps on `lane`'s
+    /// slot-freed futex (P-CH3: never a fixed sleep), checking the server's liveness.
+    fn claim(&self, lane: usize) -> Result<Slot<'_>, RelayError> {
+        if let Some(s) = self.try_claim(lane) {
+            return Ok(s);
         }
-        let lo = self.geo.lane_offset(lane);
-        let waiters = self.region.atomic_u32(lo + FREE_WAITERS);
-        let free_seq = self.region.atomic_u32(lo + FREE_SEQ);
+        let home = self.chan().lane(lane);
         loop {
-            waiters.fetch_add(1, Ordering::SeqCst);
-            let seq = free_seq.load(Ordering::SeqCst);
-            if let Some(x) = self.try_claim(lane) {
-                waiters.fetch_sub(1, Ordering::SeqCst);
-                return Ok(x);
+            if let Some(s) = home.wait_for_free(LIVENESS_CHECK, || self.try_claim(lane)) {
+                return Ok(s);
             }
-            let r = futex::wait(free_seq, seq, Some(LIVENESS_CHECK));
-            waiters.fetch_sub(1, Ordering::SeqCst);
-            if r == futex::WaitResult::TimedOut && self.server_gone() {
+            if self.server_gone() {
                 return Err(RelayError::ServerGone);
             }
-            if let Some(x) = self.try_claim(lane) {
-                return Ok(x);
-            }
         }
     }
 
-    fn release(&self, lane: usize, so: usize) {
-        self.region.atomic_u32(so + STATE).store(slot_state::FREE, Ordering::SeqCst);
-        let lo = self.geo.lane_offset(lane);
-        if self.region.atomic_u32(lo + FREE_WAITERS).load(Ordering::SeqCst) > 0 {
-            let fs = self.region.atomic_u32(lo + FREE_SEQ);
-            fs.fetch_add(1, Ordering::SeqCst);
-            futex::wake(fs, 1);
-        }
-    }
-
-    /// Submits the request in slot `so` of `lane` (a futex wake only when the ZT sleeps).
-    fn submit(&self, lane: usize, so: usize) {
-        let lo = self.geo.lane_offset(lane);
-        self.region.atomic_u32(so + STATE).store(slot_state::SUBMITTED, Ordering::Release);
-        let bell = self.region.atomic_u32(lo + DOORBELL);
-        bell.fetch_add(1, Ordering::SeqCst);
-        if self.region.atomic_u32(lo + ZT_SLEEPING).load(Ordering::SeqCst) != 0 {
-            futex::wake(bell, 1);
-        }
-    }
-
-    /// Waits for the reply in slot `so`, spinning first when `spins`.
-    fn wait_reply(&self, so: usize, spins: bool) -> Result<(), RelayError> {
-        let state = self.region.atomic_u32(so + STATE);
+    /// Waits for the reply in `slot`, spinning first when `spins`.
+    fn wait_reply(&self, slot: Slot<'_>, spins: bool) -> Result<(), RelayError> {
         if spins {
             // Spin for the client budget; once the ZT has taken the op (SERVING) it is working
             // for us on its own CPU, and the wait it leaves is the op's own length: keep
@@ -766,7 +709,7 @@ impl Relay {
             let mut last_yield = t0;
             let mut n = 0u32;
             loop {
-                let st = state.load(Ordering::Acquire);
+                let st = slot.state();
                 if st == slot_state::DONE {
                     return Ok(());
                 }
@@ -785,18 +728,11 @@ impl Relay {
                 }
             }
         }
-        let seq = self.region.atomic_u32(so + REPLY_SEQ);
-        let waiting = self.region.atomic_u32(so + CLIENT_WAITING);
         loop {
-            waiting.store(1, Ordering::SeqCst);
-            let s = seq.load(Ordering::SeqCst);
-            if state.load(Ordering::Acquire) == slot_state::DONE {
-                waiting.store(0, Ordering::Relaxed);
-                return Ok(());
-            }
-            if futex::wait(seq, s, Some(LIVENESS_CHECK)) == futex::WaitResult::TimedOut && self.server_gone() {
-                waiting.store(0, Ordering::Relaxed);
-                return Err(RelayError::ServerGone);
+            match slot.wait_done(LIVENESS_CHECK) {
+                ReplyWait::Done => return Ok(()),
+                ReplyWait::TimedOut if self.server_gone() => return Err(RelayError::ServerGone),
+                ReplyWait::TimedOut | ReplyWait::Pending => {}
             }
         }
     }
@@ -804,14 +740,14 @@ impl Relay {
 
 /// Copies window bytes `[from, to)` (offsets in the window at `win`) into the next pieces of
 /// `dst`; returns where it stopped (`to`, or earlier when `dst` has no more room).
-fn scatter_from_window(region: &ShmRegion, dst: &mut dyn ScatterSink, win: usize, from: usize, to: usize) -> usize {
+fn scatter_from_window(slot: Slot<'_>, dst: &mut dyn ScatterSink, from: usize, to: usize) -> usize {
     let mut at = from;
     while at < to {
         let piece = dst.next_piece(to - at);
         if piece.is_empty() {
             break;
         }
-        region.copy_out(win + at, piece);
+        slot.copy_from_window(at, piece);
         at += piece.len();
     }
     at

@@ -13,10 +13,8 @@ use crate::{
     data_kind, log_level,
 };
 use zus_api::Errno;
-use zus_api::ops::{
-    CreateReq, FallocateReq, FsyncReq, InoReq, IoReply, IoReq, LinkReq, MapDoneReq, MapReply, MapReq, NameReq, OpCode,
-    OpenReply, OpenReq, Pod, ReaddirReq, ReleaseReq, RenameReq, SetattrReq, SymlinkReq, XattrReq, split_names,
-};
+use zus_api::ops::{IoReply, MapReply, OpCode, OpenReply, Pod};
+use zus_api::request::Request;
 use zus_pmem::{DataSink, DataSource};
 
 static HOST: AtomicPtr<HostApi> = AtomicPtr::new(core::ptr::null_mut());
@@ -295,18 +293,8 @@ unsafe fn data_of(d: &DataDesc) -> Data<'_> {
     }
 }
 
-fn req<R: Pod>(bytes: &[u8]) -> Result<(R, &[u8]), Errno> {
-    let r = R::read_from(bytes).ok_or(Errno::EINVAL)?;
-    Ok((r, &bytes[size_of::<R>()..]))
-}
-
-fn names<'a>(var: &'a [u8], lens: &[u32]) -> Result<Vec<&'a [u8]>, Errno> {
-    let v = split_names(var, lens).ok_or(Errno::EINVAL)?;
-    Ok(v)
-}
-
 fn put_reply<R: Pod>(call: &mut OpCall, r: &R) -> Result<(), Errno> {
-    let b = r.as_bytes();
+    let b = Pod::as_bytes(r);
     if b.len() > call.reply_cap || call.reply.is_null() {
         return Err(Errno::EOVERFLOW);
     }
@@ -353,92 +341,76 @@ fn dispatch<T: FileSystem>(fs: &T, call: &mut OpCall) -> Result<u64, Errno> {
     let desc = call.data;
     // SAFETY: the server's data descriptor is valid for the call.
     let data = unsafe { data_of(&desc) };
-    match op {
-        OpCode::Noop => Ok(0),
-        OpCode::Statfs => {
+    // zusd validated the request with this same decoder; decoding it again here (from the
+    // bytes the C vtable carries) costs a few bounds checks and no allocation.
+    match Request::decode(op, payload)? {
+        Request::Noop => Ok(0),
+        Request::Statfs => {
             let s = fs.statfs()?;
             put_reply(call, &s)?;
             Ok(0)
         }
-        OpCode::Sync => fs.sync().map(|()| 0),
-        OpCode::Lookup => {
-            let (r, var) = req::<NameReq>(payload)?;
-            let n = names(var, &[r.name_len])?;
-            let a = fs.lookup(&c, r.dir, n[0])?;
+        Request::Sync => fs.sync().map(|()| 0),
+        Request::Lookup(r, name) => {
+            let a = fs.lookup(&c, r.dir, name)?;
             put_reply(call, &a)?;
             Ok(0)
         }
-        OpCode::Getattr => {
-            let (r, _) = req::<InoReq>(payload)?;
+        Request::Getattr(r) => {
             let a = fs.getattr(r.ino)?;
             put_reply(call, &a)?;
             Ok(0)
         }
-        OpCode::Setattr => {
-            let (r, _) = req::<SetattrReq>(payload)?;
+        Request::Setattr(r) => {
             let a = fs.setattr(&c, &r)?;
             put_reply(call, &a)?;
             Ok(0)
         }
-        OpCode::Create | OpCode::Mknod | OpCode::Mkdir => {
-            let (r, var) = req::<CreateReq>(payload)?;
-            let n = names(var, &[r.name_len])?;
-            let a = match op {
-                OpCode::Create => fs.create(&c, r.dir, n[0], r.mode, r.flags)?,
-                OpCode::Mknod => fs.mknod(&c, r.dir, n[0], r.mode, r.rdev)?,
-                _ => fs.mkdir(&c, r.dir, n[0], r.mode)?,
-            };
+        Request::Create(r, name) => {
+            let a = fs.create(&c, r.dir, name, r.mode, r.flags)?;
             put_reply(call, &a)?;
             Ok(0)
         }
-        OpCode::Unlink | OpCode::Rmdir => {
-            let (r, var) = req::<NameReq>(payload)?;
-            let n = names(var, &[r.name_len])?;
-            if op == OpCode::Unlink { fs.unlink(&c, r.dir, n[0]) } else { fs.rmdir(&c, r.dir, n[0]) }.map(|()| 0)
-        }
-        OpCode::Rename => {
-            let (r, var) = req::<RenameReq>(payload)?;
-            let n = names(var, &[r.old_len, r.new_len])?;
-            fs.rename(&c, r.old_dir, n[0], r.new_dir, n[1], r.flags).map(|()| 0)
-        }
-        OpCode::Link => {
-            let (r, var) = req::<LinkReq>(payload)?;
-            let n = names(var, &[r.name_len])?;
-            let a = fs.link(&c, r.ino, r.new_dir, n[0])?;
+        Request::Mknod(r, name) => {
+            let a = fs.mknod(&c, r.dir, name, r.mode, r.rdev)?;
             put_reply(call, &a)?;
             Ok(0)
         }
-        OpCode::Symlink => {
-            let (r, var) = req::<SymlinkReq>(payload)?;
-            let n = names(var, &[r.name_len, r.target_len])?;
-            let a = fs.symlink(&c, r.dir, n[0], n[1])?;
+        Request::Mkdir(r, name) => {
+            let a = fs.mkdir(&c, r.dir, name, r.mode)?;
             put_reply(call, &a)?;
             Ok(0)
         }
-        OpCode::Readlink => {
-            let (r, _) = req::<InoReq>(payload)?;
+        Request::Unlink(r, name) => fs.unlink(&c, r.dir, name).map(|()| 0),
+        Request::Rmdir(r, name) => fs.rmdir(&c, r.dir, name).map(|()| 0),
+        Request::Rename(r, old, new) => fs.rename(&c, r.old_dir, old, r.new_dir, new, r.flags).map(|()| 0),
+        Request::Link(r, name) => {
+            let a = fs.link(&c, r.ino, r.new_dir, name)?;
+            put_reply(call, &a)?;
+            Ok(0)
+        }
+        Request::Symlink(r, name, target) => {
+            let a = fs.symlink(&c, r.dir, name, target)?;
+            put_reply(call, &a)?;
+            Ok(0)
+        }
+        Request::Readlink(r) => {
             let t = fs.readlink(r.ino)?;
             put_data(call, &data, &t)
         }
-        OpCode::Readdir => {
-            let (r, _) = req::<ReaddirReq>(payload)?;
+        Request::Readdir(r) => {
             let cap = data.sink()?.len();
             let mut sink = DirSink::new(cap);
             fs.readdir(r.dir, r.cookie, &mut sink)?;
             put_data(call, &data, sink.bytes())
         }
-        OpCode::Open => {
-            let (r, _) = req::<OpenReq>(payload)?;
+        Request::Open(r) => {
             let fh = fs.open(&c, r.ino, r.flags)?;
             put_reply(call, &OpenReply { fh })?;
             Ok(0)
         }
-        OpCode::Release => {
-            let (r, _) = req::<ReleaseReq>(payload)?;
-            fs.release(r.ino, r.fh).map(|()| 0)
-        }
-        OpCode::Read => {
-            let (r, _) = req::<IoReq>(payload)?;
+        Request::Release(r) => fs.release(r.ino, r.fh).map(|()| 0),
+        Request::Read(r, _) => {
             let sink = data.sink()?;
             if r.len > sink.len() as u64 {
                 return Err(Errno::EINVAL);
@@ -450,8 +422,7 @@ fn dispatch<T: FileSystem>(fs: &T, call: &mut OpCall) -> Result<u64, Errno> {
             }
             Ok(n)
         }
-        OpCode::Write => {
-            let (r, _) = req::<IoReq>(payload)?;
+        Request::Write(r, _) => {
             let src = data.source()?;
             if r.len > src.len() as u64 {
                 return Err(Errno::EINVAL);
@@ -460,18 +431,10 @@ fn dispatch<T: FileSystem>(fs: &T, call: &mut OpCall) -> Result<u64, Errno> {
             put_reply(call, &IoReply { size: w.size, offset: w.offset })?;
             Ok(w.bytes)
         }
-        OpCode::Fsync => {
-            let (r, _) = req::<FsyncReq>(payload)?;
-            fs.fsync(r.ino, r.fh, r.datasync != 0).map(|()| 0)
-        }
-        OpCode::Fallocate => {
-            let (r, _) = req::<FallocateReq>(payload)?;
-            fs.fallocate(&c, r.ino, r.mode, r.offset, r.len).map(|()| 0)
-        }
-        OpCode::Getxattr => {
-            let (r, var) = req::<XattrReq>(payload)?;
-            let n = names(var, &[r.name_len])?;
-            let v = fs.getxattr(r.ino, n[0])?;
+        Request::Fsync(r) => fs.fsync(r.ino, r.fh, r.datasync != 0).map(|()| 0),
+        Request::Fallocate(r) => fs.fallocate(&c, r.ino, r.mode, r.offset, r.len).map(|()| 0),
+        Request::Getxattr(r, name) => {
+            let v = fs.getxattr(r.ino, name)?;
             if r.size == 0 {
                 return Ok(v.len() as u64);
             }
@@ -480,8 +443,7 @@ fn dispatch<T: FileSystem>(fs: &T, call: &mut OpCall) -> Result<u64, Errno> {
             }
             put_data(call, &data, &v)
         }
-        OpCode::Listxattr => {
-            let (r, _) = req::<XattrReq>(payload)?;
+        Request::Listxattr(r) => {
             let v = fs.listxattr(r.ino)?;
             if r.size == 0 {
                 return Ok(v.len() as u64);
@@ -491,9 +453,7 @@ fn dispatch<T: FileSystem>(fs: &T, call: &mut OpCall) -> Result<u64, Errno> {
             }
             put_data(call, &data, &v)
         }
-        OpCode::Setxattr => {
-            let (r, var) = req::<XattrReq>(payload)?;
-            let n = names(var, &[r.name_len])?;
+        Request::Setxattr(r, name) => {
             let src = data.source()?;
             let len = r.size as usize;
             if len > src.len() {
@@ -502,35 +462,26 @@ fn dispatch<T: FileSystem>(fs: &T, call: &mut OpCall) -> Result<u64, Errno> {
             let mut value = vec![0u8; len];
             // SAFETY: value is private memory of len bytes; range checked against the source.
             unsafe { src.copy_to(0, value.as_mut_ptr(), len) }.map_err(Errno)?;
-            fs.setxattr(&c, r.ino, n[0], &value, r.flags).map(|()| 0)
+            fs.setxattr(&c, r.ino, name, &value, r.flags).map(|()| 0)
         }
-        OpCode::Removexattr => {
-            let (r, var) = req::<XattrReq>(payload)?;
-            let n = names(var, &[r.name_len])?;
-            fs.removexattr(&c, r.ino, n[0]).map(|()| 0)
-        }
-        OpCode::Map => {
-            let (r, _) = req::<MapReq>(payload)?;
+        Request::Removexattr(r, name) => fs.removexattr(&c, r.ino, name).map(|()| 0),
+        Request::Map(r) => {
             let (ext, size) = fs.map(r.ino, r.offset, r.len, r.write != 0)?;
             if ext.len() > zus_api::ops::MAX_MAP_EXTENTS {
                 return Err(Errno::EIO);
             }
             put_reply(call, &MapReply { count: u32::try_from(ext.len()).unwrap_or(0), reserved: 0, size })?;
             for e in &ext {
-                put_reply_extra(call, e.as_bytes())?;
+                put_reply_extra(call, Pod::as_bytes(e))?;
             }
             Ok(ext.len() as u64)
         }
-        OpCode::MapDone => {
-            let (r, _) = req::<MapDoneReq>(payload)?;
-            fs.map_done(r.ino, r.end, r.sync != 0).map(|()| 0)
-        }
-        OpCode::Forget => {
-            let (r, _) = req::<zus_api::ops::ForgetReq>(payload)?;
+        Request::MapDone(r) => fs.map_done(r.ino, r.end, r.sync != 0).map(|()| 0),
+        Request::Forget(r) => {
             fs.forget(r.ino, r.nlookup);
             Ok(0)
         }
-        // zusd serves it itself; a plugin never sees it.
-        OpCode::KernelCache | OpCode::Ticket => Err(Errno::ENOSYS),
+        // zusd serves them itself; a plugin never sees them.
+        Request::KernelCache(_) | Request::Ticket(_) => Err(Errno::ENOSYS),
     }
 }

@@ -8,25 +8,23 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use zus_api::chan::{LaneHeader, PAYLOAD_SIZE, Slot, slot_state};
+use zus_api::chan::PAYLOAD_SIZE;
 use zus_api::ops::{HDR_F_CLIENT_SPINS, OpCode, OpHeader};
+use zus_channel::proto::{Channel, Lane};
 use zus_channel::shm::futex::{self, WaitV};
 
 use crate::dispatch::{self, Scratch};
 use crate::server::{Server, Snapshot};
 
-const DOORBELL: usize = core::mem::offset_of!(LaneHeader, doorbell);
-const ZT_SLEEPING: usize = core::mem::offset_of!(LaneHeader, zt_sleeping);
-const ZT_CPU: usize = core::mem::offset_of!(LaneHeader, zt_cpu);
-const ZT_POLLING: usize = core::mem::offset_of!(LaneHeader, zt_polling);
-const LAYOUT_GEN: usize = core::mem::offset_of!(zus_api::chan::ChannelSetHeader, layout_gen);
-const OPS_REJECTED: usize = core::mem::offset_of!(LaneHeader, ops_rejected);
-const STATE: usize = core::mem::offset_of!(Slot, state);
-const REPLY_SEQ: usize = core::mem::offset_of!(Slot, reply_seq);
-const CLIENT_WAITING: usize = core::mem::offset_of!(Slot, client_waiting);
-const DATA_READY: usize = core::mem::offset_of!(Slot, data_ready);
-const HDR: usize = core::mem::offset_of!(Slot, hdr);
-const PAYLOAD: usize = core::mem::offset_of!(Slot, payload);
+/// The slot protocol's view of a client's channel set.
+fn chan(c: &crate::server::Client) -> Channel<'_> {
+    Channel::new(&c.region, c.geometry)
+}
+
+/// `lane` of a client's channel set.
+fn lane_of(c: &crate::server::Client, lane: usize) -> Lane<'_> {
+    chan(c).lane(lane)
+}
 
 /// How a ZT sleeps until there may be work (the transport boundary).
 pub trait ZtWait {
@@ -44,26 +42,23 @@ impl ZtWait for FutexWait {
     fn wait(&mut self, server: &Server, lane: usize, snap: &Snapshot) {
         let ctl = &server.zts[lane];
         let wake_val = ctl.wake.load(Ordering::SeqCst);
-        set_lane_word(snap, lane, ZT_SLEEPING, 1);
+        for_each_lane(snap, lane, |l| l.set_zt_sleeping(true));
         self.waiters.clear();
         // Shared, like `futex::wake` that the control thread uses (private and shared keys differ).
         self.waiters.push(WaitV::shared(&ctl.wake, wake_val));
         let mut pending = server.generation.load(Ordering::SeqCst) != snap.generation;
         for (c, _) in &snap.clients {
-            let lo = c.geometry.lane_offset(lane);
-            let bell = c.region.atomic_u32(lo + DOORBELL);
+            let l = lane_of(c, lane);
+            let bell = l.doorbell();
             self.waiters.push(WaitV::shared(bell, bell.load(Ordering::SeqCst)));
-            pending |= (0..c.geometry.slots_per_cpu).any(|s| {
-                c.region.atomic_u32(c.geometry.slot_offset(lane, s) + STATE).load(Ordering::SeqCst)
-                    == slot_state::SUBMITTED
-            });
+            pending |= l.any_submitted();
         }
         if !pending {
             if let [(c, _)] = snap.clients.as_slice() {
                 // One client (the common case: the FUSE bridge, or one preloaded program): a
                 // plain futex wait on its doorbell is cheaper than futex_waitv. The control
                 // thread rings this doorbell too when it needs us (Server::wake_zts).
-                let bell = c.region.atomic_u32(c.geometry.lane_offset(lane) + DOORBELL);
+                let bell = lane_of(c, lane).doorbell();
                 let expected = u32::try_from(self.waiters[1].val).unwrap_or(0);
                 futex::wait(bell, expected, None);
             } else {
@@ -77,7 +72,7 @@ impl ZtWait for FutexWait {
                 }
             }
         }
-        set_lane_word(snap, lane, ZT_SLEEPING, 0);
+        for_each_lane(snap, lane, |l| l.set_zt_sleeping(false));
     }
 }
 
@@ -131,9 +126,9 @@ pub fn run(server: &Arc<Server>, lane: usize) {
             touched.retain(|id| snap.clients.iter().any(|(c, _)| c.id == *id));
             for (c, _) in &snap.clients {
                 if !touched.contains(&c.id) {
-                    let lo = c.geometry.lane_offset(lane);
-                    c.region.first_touch(lo, c.geometry.lane_size());
-                    c.region.atomic_u32(lo + ZT_CPU).store(u32::try_from(cpu.os_cpu).unwrap_or(0), Ordering::Relaxed);
+                    let l = lane_of(c, lane);
+                    l.first_touch();
+                    l.set_zt_cpu(u32::try_from(cpu.os_cpu).unwrap_or(0));
                     touched.push(c.id);
                 }
             }
@@ -175,7 +170,7 @@ const POLL_CONTENDED: Duration = Duration::from_micros(15);
 /// when the hypervisor merely took the vCPU away for a while.
 /// Returns whether work (or a new snapshot) arrived.
 fn poll(server: &Server, lane: usize, snap: &Snapshot, until: Instant) -> bool {
-    set_lane_word(snap, lane, ZT_POLLING, 1);
+    for_each_lane(snap, lane, |l| l.set_zt_polling(true));
     let switched_out = involuntary_switches();
     let mut found = false;
     let mut last_yield = Instant::now();
@@ -206,7 +201,7 @@ fn poll(server: &Server, lane: usize, snap: &Snapshot, until: Instant) -> bool {
             last_yield = after;
         }
     }
-    set_lane_word(snap, lane, ZT_POLLING, 0);
+    for_each_lane(snap, lane, |l| l.set_zt_polling(false));
     // A client that saw `zt_polling == 1` and skipped the wake may have submitted just now.
     found || any_submitted(snap, lane)
 }
@@ -224,38 +219,15 @@ fn involuntary_switches() -> i64 {
     }
 }
 
-/// Stores `v` (SeqCst) into the lane-header word at `word` of `lane` in every client's channels.
-fn set_lane_word(snap: &Snapshot, lane: usize, word: usize, v: u32) {
+/// Runs `f` on `lane` of every client's channel set.
+fn for_each_lane(snap: &Snapshot, lane: usize, f: impl Fn(Lane<'_>)) {
     for (c, _) in &snap.clients {
-        c.region.atomic_u32(c.geometry.lane_offset(lane) + word).store(v, Ordering::SeqCst);
+        f(lane_of(c, lane));
     }
 }
 
 fn any_submitted(snap: &Snapshot, lane: usize) -> bool {
-    snap.clients.iter().any(|(c, _)| {
-        (0..c.geometry.slots_per_cpu).any(|s| {
-            c.region.atomic_u32(c.geometry.slot_offset(lane, s) + STATE).load(Ordering::Relaxed)
-                == slot_state::SUBMITTED
-        })
-    })
-}
-
-/// Ops after which a client's cached extents may be wrong: they may point at blocks the file no
-/// longer owns, or (KernelCache) the kernel now caches the file and dax access must stop.
-fn invalidates_extents(opcode: u32) -> bool {
-    OpCode::from_u32(opcode).is_some_and(|c| {
-        matches!(
-            c,
-            OpCode::Setattr
-                | OpCode::Fallocate
-                | OpCode::Unlink
-                | OpCode::Rmdir
-                | OpCode::Rename
-                | OpCode::Release
-                | OpCode::Forget
-                | OpCode::KernelCache
-        )
-    })
+    snap.clients.iter().any(|(c, _)| lane_of(c, lane).any_submitted())
 }
 
 /// Waits until every other ZT has finished the op it is serving now. Called after a kernel-cache
@@ -286,7 +258,7 @@ fn wait_for_other_zts(server: &Server, lane: usize) {
 fn publish_layout_change(server: &Server, snap: &Snapshot) -> u64 {
     let before = server.layout_gen.fetch_add(1, Ordering::SeqCst);
     for (c, _) in &snap.clients {
-        c.region.atomic_u64(LAYOUT_GEN).fetch_max(before + 1, Ordering::SeqCst);
+        chan(c).layout_gen().fetch_max(before + 1, Ordering::SeqCst);
     }
     before
 }
@@ -321,34 +293,23 @@ struct Pass {
 fn serve_pass(server: &Server, lane: usize, snap: &Snapshot, scratch: &mut Scratch) -> Pass {
     let mut pass = Pass::default();
     for (client, attached) in &snap.clients {
-        let g = &client.geometry;
-        for s in 0..g.slots_per_cpu {
-            let so = g.slot_offset(lane, s);
-            let state = client.region.atomic_u32(so + STATE);
-            if state.load(Ordering::Relaxed) != slot_state::SUBMITTED
-                || state
-                    .compare_exchange(slot_state::SUBMITTED, slot_state::SERVING, Ordering::Acquire, Ordering::Relaxed)
-                    .is_err()
-            {
+        let l = lane_of(client, lane);
+        for slot in l.slots() {
+            if !slot.take() {
                 continue;
             }
             // One fetch of the header into private memory; everything is validated from the copy.
-            let hdr: OpHeader = client.region.read(so + HDR);
-            let window = dispatch::Window {
-                offset: g.window_offset(lane, s),
-                size: g.window_size,
-                ready_offset: so + DATA_READY,
-            };
+            let hdr: OpHeader = slot.request_header();
             let ctl = &server.zts[lane];
             // SeqCst: pairs with the load in `wait_for_other_zts` (a Dekker pattern with the
             // kernel-cache mark, which this op reads after this store).
             ctl.busy.store(true, Ordering::SeqCst);
-            let out = dispatch::serve(snap, client, attached, &hdr, so + PAYLOAD, window, scratch);
+            let out = dispatch::serve(snap, client, attached, &hdr, slot, scratch);
             if hdr.opcode == OpCode::KernelCache as u32 && out.result == 0 {
                 // Before the reply: once a mark returns, no data op that missed it still runs.
                 wait_for_other_zts(server, lane);
             }
-            if invalidates_extents(hdr.opcode) {
+            if OpCode::from_u32(hdr.opcode).is_some_and(|op| op.facts().invalidates_extents) {
                 // Before the reply: once this op returns, no client may trust extents from before.
                 let before = publish_layout_change(server, snap);
                 if hdr.opcode == OpCode::KernelCache as u32 && out.result == 0 {
@@ -357,10 +318,9 @@ fn serve_pass(server: &Server, lane: usize, snap: &Snapshot, scratch: &mut Scrat
                     wait_for_dax_readers(server, before);
                 }
             }
-            let lo = g.lane_offset(lane);
             if out.rejected {
                 ctl.rejected.fetch_add(1, Ordering::Relaxed);
-                client.region.atomic_u64(lo + OPS_REJECTED).fetch_add(1, Ordering::Relaxed);
+                l.count_rejected();
             }
             ctl.ops.fetch_add(1, Ordering::Relaxed);
             let reply = OpHeader {
@@ -369,17 +329,7 @@ fn serve_pass(server: &Server, lane: usize, snap: &Snapshot, scratch: &mut Scrat
                 data_len: u32::try_from(out.data_len).unwrap_or(0),
                 ..hdr
             };
-            if out.reply_len > 0 {
-                client.region.copy_in(so + PAYLOAD, &scratch.reply[..out.reply_len.min(PAYLOAD_SIZE)]);
-            }
-            client.region.write(so + HDR, &reply);
-            // A client that scribbled on the state meanwhile only confuses itself.
-            let _ = state.compare_exchange(slot_state::SERVING, slot_state::DONE, Ordering::Release, Ordering::Relaxed);
-            let seq = client.region.atomic_u32(so + REPLY_SEQ);
-            seq.fetch_add(1, Ordering::SeqCst);
-            if client.region.atomic_u32(so + CLIENT_WAITING).load(Ordering::SeqCst) != 0 {
-                futex::wake(seq, 1);
-            }
+            slot.complete(&reply, &scratch.reply[..out.reply_len.min(PAYLOAD_SIZE)]);
             ctl.busy.store(false, Ordering::Release);
             pass.served += 1;
             pass.client_spins |= hdr.flags & HDR_F_CLIENT_SPINS != 0;
