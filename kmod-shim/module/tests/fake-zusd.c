@@ -1,0 +1,836 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * fake-zusd: a small server for /dev/zufs and the transport tests that use it.
+ *
+ *   fake-zusd test     run every transport test; prints "TEST name ... ok"
+ *                      or "TEST name ... FAILED: why" per test
+ *   fake-zusd serve [SLOTS [WINDOW]]
+ *                      serve until SIGTERM (SIGUSR1 kicks every ZT)
+ *
+ * The server does what zusd does with the kernel channel set: HELLO, mmap,
+ * one thread per CPU pinned to it (ZT_INIT), and per lane the same
+ * SUBMITTED -> SERVING -> DONE exchange as zusd's serve_pass, then ZT_WAIT.
+ * What it replies is chosen per op by the request payload (args[0]): a NOOP
+ * without payload gets zusd's NOOP reply; the B_* behaviours reply with
+ * malformed headers, delay or never reply, so the tests can check that the
+ * module refuses what it must and never hangs.
+ *
+ * Built static (gcc -static); runs in the guest's busybox initramfs.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/fsuid.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../zus_api_tmp.h"
+#include "../zufs_kabi.h"
+
+#define DEV "/dev/zufs"
+#define MAX_THREADS 256
+
+/* behaviours, chosen by args[0] */
+enum {
+	B_OK = 1,	/* reply[] = served cpu, uid, gid, pid; out_len 32 */
+	B_ECHO,		/* window data back xor 0x5a; reply[] = in_len, data_len, seq */
+	B_OUTLEN,	/* out_len = args[1] */
+	B_DATALEN,	/* data_len = args[1] */
+	B_RESULT,	/* result = args[1] */
+	B_SEQ,		/* reply for another seq */
+	B_DELAY,	/* reply after args[1] microseconds */
+	B_HANG,		/* never reply */
+	B_SCRIBBLE,	/* garbage header, and every free slot of the lane DONE */
+};
+
+static int npass, nfail;
+
+static void report(const char *name, int ok, const char *fmt, ...)
+{
+	char why[256] = "";
+	va_list ap;
+
+	if (fmt) {
+		va_start(ap, fmt);
+		vsnprintf(why, sizeof(why), fmt, ap);
+		va_end(ap);
+	}
+	if (ok) {
+		npass++;
+		dprintf(1, "TEST %s ... ok\n", name);
+	} else {
+		nfail++;
+		dprintf(1, "TEST %s ... FAILED: %s\n", name, why);
+	}
+}
+
+static double now_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static int pin(int cpu)
+{
+	cpu_set_t set;
+
+	CPU_ZERO(&set);
+	CPU_SET(cpu, &set);
+	return sched_setaffinity(0, sizeof(set), &set);
+}
+
+static int online_cpus(int *cpus)
+{
+	cpu_set_t set;
+	int n = 0, c;
+
+	if (sched_getaffinity(0, sizeof(set), &set))
+		return 0;
+	for (c = 0; c < CPU_SETSIZE && n < MAX_THREADS; c++)
+		if (CPU_ISSET(c, &set))
+			cpus[n++] = c;
+	return n;
+}
+
+/* ======================= the server ======================= */
+
+struct server {
+	int fd;
+	char *mem;
+	struct zufs_ioc_hello h;
+	size_t ctl;
+	int ncpus;
+	int cpus[MAX_THREADS];
+	pthread_t zt[MAX_THREADS];
+	int kicked[MAX_THREADS];
+	int broke[MAX_THREADS];
+	int started;
+};
+
+static struct server srv;
+
+static struct zus_slot *slot_at(int lane, int i)
+{
+	return (struct zus_slot *)(srv.mem + ZUS_PAGE_SIZE +
+		ZUS_DAX_READER_SLOTS * ZUS_CACHE_LINE +
+		(size_t)lane * srv.h.lane_size + sizeof(struct zus_lane_header) +
+		(size_t)i * ZUS_SLOT_SIZE);
+}
+
+static unsigned char *window_at(int lane, int i)
+{
+	return (unsigned char *)srv.mem + ZUS_PAGE_SIZE +
+		ZUS_DAX_READER_SLOTS * ZUS_CACHE_LINE +
+		(size_t)lane * srv.h.lane_size + srv.ctl +
+		(size_t)i * srv.h.window_size;
+}
+
+static void serve_one(int lane, int i)
+{
+	struct zus_slot *sl = slot_at(lane, i);
+	struct zus_op_header h;
+	uint64_t args[4] = { 0 };
+	uint32_t n, k;
+	unsigned char *w = window_at(lane, i);
+	uint64_t *rw = (uint64_t *)sl->payload;
+
+	memcpy(&h, (void *)&sl->hdr, sizeof(h));
+	if (h.in_len >= 8 && h.in_len <= sizeof(args))
+		memcpy(args, sl->payload, h.in_len);
+	h.result = 0;
+	h.out_len = 0;
+	h.data_len = 0;
+	if (h.in_len == 0)
+		args[0] = 0;
+	switch (args[0]) {
+	case B_OK:
+		rw[0] = sched_getcpu();
+		rw[1] = h.uid;
+		rw[2] = h.gid;
+		rw[3] = h.pid;
+		h.out_len = 32;
+		break;
+	case B_ECHO:
+		n = sl->hdr.data_len;
+		if (n > srv.h.window_size)
+			n = srv.h.window_size;
+		for (k = 0; k < n; k++)
+			w[k] ^= 0x5a;
+		rw[0] = h.in_len;
+		rw[1] = n;
+		rw[2] = h.seq;
+		rw[3] = 0;
+		h.out_len = 32;
+		h.data_len = n;
+		break;
+	case B_OUTLEN:
+		h.out_len = args[1];
+		break;
+	case B_DATALEN:
+		h.data_len = args[1];
+		break;
+	case B_RESULT:
+		h.result = (int64_t)args[1];
+		break;
+	case B_SEQ:
+		h.seq ^= 1;
+		break;
+	case B_DELAY:
+		usleep(args[1]);
+		break;
+	case B_HANG:
+		return;
+	case B_SCRIBBLE:
+		memset(&h, 0xff, sizeof(h));
+		for (k = 0; k < srv.h.slots_per_cpu; k++)
+			if (k != (uint32_t)i)
+				__atomic_compare_exchange_n(&slot_at(lane, k)->state,
+					&(uint32_t){ ZUS_SLOT_FREE }, ZUS_SLOT_DONE, 0,
+					__ATOMIC_RELEASE, __ATOMIC_RELAXED);
+		break;
+	}
+	memcpy((void *)&sl->hdr, &h, sizeof(h));
+	__atomic_compare_exchange_n(&sl->state, &(uint32_t){ ZUS_SLOT_SERVING },
+				    ZUS_SLOT_DONE, 0, __ATOMIC_RELEASE,
+				    __ATOMIC_RELAXED);
+}
+
+static int serve_pass(int lane)
+{
+	uint32_t i, served = 0;
+
+	for (i = 0; i < srv.h.slots_per_cpu; i++) {
+		struct zus_slot *sl = slot_at(lane, i);
+		uint32_t want = ZUS_SLOT_SUBMITTED;
+
+		if (__atomic_load_n(&sl->state, __ATOMIC_RELAXED) != want ||
+		    !__atomic_compare_exchange_n(&sl->state, &want,
+						 ZUS_SLOT_SERVING, 0,
+						 __ATOMIC_ACQUIRE,
+						 __ATOMIC_RELAXED))
+			continue;
+		serve_one(lane, i);
+		served++;
+	}
+	return served;
+}
+
+static void *zt_main(void *arg)
+{
+	int idx = (int)(long)arg, cpu = srv.cpus[idx];
+	struct zufs_ioc_zt_init zi = { .cpu = cpu };
+	struct zufs_ioc_zt_wait zw;
+
+	if (pin(cpu) || ioctl(srv.fd, ZUFS_IOC_ZT_INIT, &zi)) {
+		dprintf(1, "fake-zusd: ZT %d: %s\n", cpu, strerror(errno));
+		return NULL;
+	}
+	__atomic_add_fetch(&srv.started, 1, __ATOMIC_SEQ_CST);
+	for (;;) {
+		while (serve_pass(cpu))
+			;
+		memset(&zw, 0, sizeof(zw));
+		zw.cpu = cpu;
+		if (ioctl(srv.fd, ZUFS_IOC_ZT_WAIT, &zw)) {
+			if (errno == EINTR)
+				continue;
+			dprintf(1, "fake-zusd: ZT_WAIT %d: %s\n", cpu,
+				strerror(errno));
+			return NULL;
+		}
+		if (zw.flags & ZUFS_ZT_KICKED)
+			__atomic_store_n(&srv.kicked[idx], 1, __ATOMIC_SEQ_CST);
+		if (zw.flags & ZUFS_ZT_BREAK) {
+			srv.broke[idx] = 1;
+			return NULL;
+		}
+	}
+}
+
+/* Checks made from inside the server process. */
+static void server_selftests(void)
+{
+	struct zus_channel_set_header *ch = (void *)srv.mem;
+	struct zufs_ioc_zt_init zi = { .cpu = srv.cpus[0] };
+	struct zufs_ioc_zt_wait zw = { .cpu = srv.cpus[0] };
+	struct zufs_ioc_dbg_op d = { 0 };
+	size_t lane = srv.ctl + (size_t)ch->slots_per_cpu * ch->window_size;
+	int ok;
+
+	ok = ch->magic == ZUS_MAGIC && ch->abi_version == ZUS_ABI_VERSION &&
+	     ch->header_size == sizeof(*ch) && ch->ncpu == srv.h.ncpu &&
+	     ch->lane_size == lane && ch->lanes_offset == ZUS_PAGE_SIZE +
+	     ZUS_DAX_READER_SLOTS * ZUS_CACHE_LINE &&
+	     ch->total_size == ch->lanes_offset + ch->ncpu * lane &&
+	     ch->server_pid == (uint32_t)getpid() && ch->total_size == srv.h.total_size;
+	report("server_channel_header_matches_geometry", ok,
+	       "magic %llx ncpu %u lane_size %u total %llu",
+	       (unsigned long long)ch->magic, ch->ncpu, ch->lane_size,
+	       (unsigned long long)ch->total_size);
+
+	/* the main thread is not pinned */
+	ok = ioctl(srv.fd, ZUFS_IOC_ZT_INIT, &zi) == -1 && errno == EINVAL;
+	report("server_zt_init_refuses_unpinned_thread", ok, "errno %d", errno);
+	if (srv.ncpus > 1) {
+		pin(srv.cpus[1]);
+		ok = ioctl(srv.fd, ZUFS_IOC_ZT_INIT, &zi) == -1 && errno == EINVAL;
+		report("server_zt_init_refuses_other_cpu", ok, "errno %d", errno);
+	}
+	pin(srv.cpus[0]);
+	ok = ioctl(srv.fd, ZUFS_IOC_ZT_INIT, &zi) == -1 && errno == EBUSY;
+	report("server_zt_init_refuses_second_zt", ok, "errno %d", errno);
+	ok = ioctl(srv.fd, ZUFS_IOC_ZT_WAIT, &zw) == -1 && errno == EPERM;
+	report("server_zt_wait_refuses_non_zt", ok, "errno %d", errno);
+	ok = ioctl(srv.fd, ZUFS_IOC_DBG_OP, &d) == -1 && errno == EDEADLK;
+	report("server_own_op_is_edeadlk", ok, "errno %d", errno);
+	ok = mmap(NULL, 4096, PROT_READ, MAP_PRIVATE, srv.fd, 0) == MAP_FAILED;
+	report("server_private_mmap_refused", ok, NULL);
+}
+
+/* Serves until SIGTERM; SIGUSR1 kicks. Writes one byte to @ready_fd when up. */
+static int serve(unsigned int slots, unsigned int window, int ready_fd)
+{
+	sigset_t set;
+	int i, sig, kicked;
+	double t;
+
+	memset(&srv, 0, sizeof(srv));
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGUSR1);
+	pthread_sigmask(SIG_BLOCK, &set, NULL);
+
+	srv.fd = open(DEV, O_RDWR | O_CLOEXEC);
+	if (srv.fd < 0)
+		return dprintf(1, "fake-zusd: open: %s\n", strerror(errno)), 1;
+	srv.h.magic = ZUS_MAGIC;
+	srv.h.abi_version = ZUS_ABI_VERSION;
+	srv.h.slots_per_cpu = slots;
+	srv.h.window_size = window;
+	if (ioctl(srv.fd, ZUFS_IOC_HELLO, &srv.h))
+		return dprintf(1, "fake-zusd: HELLO: %s\n", strerror(errno)), 1;
+	srv.mem = mmap(NULL, srv.h.total_size, PROT_READ | PROT_WRITE,
+		       MAP_SHARED, srv.fd, 0);
+	if (srv.mem == MAP_FAILED)
+		return dprintf(1, "fake-zusd: mmap: %s\n", strerror(errno)), 1;
+	srv.ctl = (sizeof(struct zus_lane_header) +
+		   (size_t)srv.h.slots_per_cpu * ZUS_SLOT_SIZE + 4095) & ~4095UL;
+	srv.ncpus = online_cpus(srv.cpus);
+	for (i = 0; i < srv.ncpus; i++)
+		pthread_create(&srv.zt[i], NULL, zt_main, (void *)(long)i);
+	t = now_s();
+	while (__atomic_load_n(&srv.started, __ATOMIC_SEQ_CST) < srv.ncpus &&
+	       now_s() - t < 10)
+		usleep(1000);
+	if (srv.started < srv.ncpus)
+		return dprintf(1, "fake-zusd: only %d of %d ZTs\n", srv.started,
+			       srv.ncpus), 1;
+	if (ready_fd >= 0) {
+		cpu_set_t all;
+
+		sched_getaffinity(0, sizeof(all), &all);
+		server_selftests();
+		sched_setaffinity(0, sizeof(all), &all);
+		if (write(ready_fd, "r", 1) != 1)
+			return 1;
+		close(ready_fd);
+	}
+	for (;;) {
+		if (sigwait(&set, &sig))
+			continue;
+		if (sig == SIGUSR1) {
+			ioctl(srv.fd, ZUFS_IOC_KICK_ALL);
+			t = now_s();
+			do {
+				kicked = 0;
+				for (i = 0; i < srv.ncpus; i++)
+					kicked += __atomic_load_n(&srv.kicked[i],
+								  __ATOMIC_SEQ_CST);
+				if (kicked < srv.ncpus)
+					usleep(1000);
+			} while (kicked < srv.ncpus && now_s() - t < 5);
+			report("server_kick_all_reaches_every_zt",
+			       kicked == srv.ncpus, "%d of %d", kicked,
+			       srv.ncpus);
+			continue;
+		}
+		break;
+	}
+	ioctl(srv.fd, ZUFS_IOC_BREAK);
+	for (i = 0; i < srv.ncpus; i++)
+		pthread_join(srv.zt[i], NULL);
+	for (i = 0, kicked = 0; i < srv.ncpus; i++)
+		kicked += srv.broke[i];
+	report("server_break_ends_every_zt", kicked == srv.ncpus, "%d of %d",
+	       kicked, srv.ncpus);
+	munmap(srv.mem, srv.h.total_size);
+	close(srv.fd);
+	return 0;
+}
+
+/* ======================= the tests ======================= */
+
+static pid_t server_pid;
+static unsigned int cur_window;
+
+static int start_server(unsigned int slots, unsigned int window)
+{
+	int p[2];
+	char c;
+
+	if (pipe(p))
+		return -1;
+	server_pid = fork();
+	if (server_pid == 0) {
+		close(p[0]);
+		_exit(serve(slots, window, p[1]));
+	}
+	close(p[1]);
+	if (read(p[0], &c, 1) != 1) {
+		close(p[0]);
+		waitpid(server_pid, NULL, 0);
+		server_pid = 0;
+		return -1;
+	}
+	close(p[0]);
+	cur_window = window;
+	return 0;
+}
+
+/* SIGTERM: the server breaks its ZTs and exits; returns its exit status */
+static int stop_server(void)
+{
+	int st = -1;
+
+	if (!server_pid)
+		return -1;
+	kill(server_pid, SIGTERM);
+	waitpid(server_pid, &st, 0);
+	server_pid = 0;
+	return st;
+}
+
+static int dev_fd(void)
+{
+	static int fd = -1;
+
+	if (fd < 0)
+		fd = open(DEV, O_RDWR | O_CLOEXEC);
+	return fd;
+}
+
+/* One debug op; returns 0 or -errno. */
+static int dbg(struct zufs_ioc_dbg_op *d)
+{
+	return ioctl(dev_fd(), ZUFS_IOC_DBG_OP, d) ? -errno : 0;
+}
+
+static int dbg_b(uint64_t b, uint64_t a1, struct zufs_ioc_dbg_op *out)
+{
+	struct zufs_ioc_dbg_op d = {
+		.flags = ZUFS_DBG_F_ARGS, .nargs = 2, .args = { b, a1 },
+		.reply_size = ZUS_PAYLOAD_SIZE,
+	};
+	int r = dbg(&d);
+
+	if (out)
+		*out = d;
+	return r;
+}
+
+struct percpu {
+	int cpu;
+	int err;
+	struct zufs_ioc_dbg_op d;
+};
+
+static void *percpu_op(void *arg)
+{
+	struct percpu *p = arg;
+
+	memset(&p->d, 0, sizeof(p->d));
+	p->err = pin(p->cpu) ? -errno : dbg(&p->d);
+	return NULL;
+}
+
+static void test_hello_checks(void)
+{
+	struct zufs_ioc_hello h;
+	int fd = open(DEV, O_RDWR | O_CLOEXEC), ok;
+
+	report("open_dev_zufs", fd >= 0, "%s", strerror(errno));
+	if (fd < 0)
+		return;
+	memset(&h, 0, sizeof(h));
+	h.abi_version = ZUS_ABI_VERSION;
+	ok = ioctl(fd, ZUFS_IOC_HELLO, &h) == -1 && errno == EINVAL;
+	report("hello_bad_magic_einval", ok, "errno %d", errno);
+	h.magic = ZUS_MAGIC;
+	h.abi_version = 999;
+	ok = ioctl(fd, ZUFS_IOC_HELLO, &h) == -1 && errno == EPROTO;
+	report("hello_bad_abi_eproto", ok, "errno %d", errno);
+	h.abi_version = ZUS_ABI_VERSION;
+	h.window_size = 1000;
+	ok = ioctl(fd, ZUFS_IOC_HELLO, &h) == -1 && errno == EINVAL;
+	h.window_size = 0;
+	h.slots_per_cpu = 65;
+	ok = ok && ioctl(fd, ZUFS_IOC_HELLO, &h) == -1 && errno == EINVAL;
+	h.slots_per_cpu = 0;
+	h.reserved[2] = 1;
+	ok = ok && ioctl(fd, ZUFS_IOC_HELLO, &h) == -1 && errno == EINVAL;
+	report("hello_bad_geometry_einval", ok, "errno %d", errno);
+	ok = mmap(NULL, 4096, PROT_READ, MAP_SHARED, fd, 0) == MAP_FAILED &&
+	     errno == EINVAL;
+	report("mmap_before_hello_einval", ok, "errno %d", errno);
+	ok = ioctl(fd, ZUFS_IOC_ZT_WAIT, &(struct zufs_ioc_zt_wait){ 0 }) == -1 &&
+	     errno == EINVAL;
+	report("zt_wait_without_session_einval", ok, "errno %d", errno);
+	ok = ioctl(fd, _IO('Z', 0x7f)) == -1 && errno == ENOTTY;
+	report("unknown_ioctl_enotty", ok, "errno %d", errno);
+	close(fd);
+}
+
+static void test_percpu(int ncpus, const int *cpus)
+{
+	struct percpu p[MAX_THREADS];
+	pthread_t t[MAX_THREADS];
+	int i, bad = 0;
+	char why[200] = "";
+
+	for (i = 0; i < ncpus; i++) {
+		p[i].cpu = cpus[i];
+		pthread_create(&t[i], NULL, percpu_op, &p[i]);
+	}
+	for (i = 0; i < ncpus; i++) {
+		pthread_join(t[i], NULL);
+		if (p[i].err || p[i].d.result || p[i].d.submit_cpu != (uint32_t)p[i].cpu ||
+		    p[i].d.lane != (uint32_t)p[i].cpu ||
+		    p[i].d.zt_cpu != (uint32_t)p[i].cpu ||
+		    p[i].d.done_cpu != (uint32_t)p[i].cpu) {
+			if (!bad++)
+				snprintf(why, sizeof(why),
+					 "cpu %d: err %d submit %u lane %u zt %u done %u",
+					 p[i].cpu, p[i].err, p[i].d.submit_cpu,
+					 p[i].d.lane, p[i].d.zt_cpu, p[i].d.done_cpu);
+		}
+	}
+	report("noop_on_every_cpu_served_by_that_cpus_zt", !bad, "%s", why);
+}
+
+static void *creds_op(void *arg)
+{
+	struct percpu *p = arg;
+
+	setfsuid(1234);
+	setfsgid(4321);
+	p->err = dbg_b(B_OK, 0, &p->d);
+	return NULL;
+}
+
+static void test_creds(void)
+{
+	struct percpu p = { 0 };
+	pthread_t t;
+
+	pthread_create(&t, NULL, creds_op, &p);
+	pthread_join(t, NULL);
+	report("op_header_carries_fsuid_fsgid_tgid",
+	       !p.err && p.d.out_len == 32 && p.d.reply[1] == 1234 &&
+	       p.d.reply[2] == 4321 && p.d.reply[3] == (uint64_t)getpid(),
+	       "err %d out_len %u uid %llu gid %llu pid %llu", p.err,
+	       p.d.out_len, (unsigned long long)p.d.reply[1],
+	       (unsigned long long)p.d.reply[2], (unsigned long long)p.d.reply[3]);
+}
+
+static void test_echo(void)
+{
+	size_t n = cur_window - 1000, i;
+	unsigned char *in = malloc(n), *out = malloc(cur_window);
+	struct zufs_ioc_dbg_op d = {
+		.flags = ZUFS_DBG_F_ARGS, .nargs = 1, .args = { B_ECHO },
+		.data_in = (uintptr_t)in, .data_in_len = n,
+		.data_out = (uintptr_t)out, .data_out_size = cur_window,
+		.reply_size = 64,
+	};
+	int r, ok;
+
+	for (i = 0; i < n; i++)
+		in[i] = i * 7 + 3;
+	memset(out, 0, cur_window);
+	r = dbg(&d);
+	ok = !r && d.data_len == n && d.out_len == 32 && d.reply[0] == 8 &&
+	     d.reply[1] == n;
+	for (i = 0; ok && i < n; i++)
+		ok = out[i] == (unsigned char)(in[i] ^ 0x5a);
+	report("window_data_round_trip", ok, "r %d data_len %u out_len %u", r,
+	       d.data_len, d.out_len);
+
+	d.data_in_len = cur_window + 1;
+	report("data_in_past_window_einval", dbg(&d) == -EINVAL, NULL);
+	free(in);
+	free(out);
+}
+
+static void test_malformed(void)
+{
+	static char buf[2 << 20];
+	struct zufs_ioc_dbg_op d;
+	int r;
+
+#define EXPECT(name, want, ...) do {					\
+		memset(&d, 0, sizeof(d));				\
+		d.flags = ZUFS_DBG_F_ARGS;				\
+		d.nargs = 2;						\
+		d.reply_size = ZUS_PAYLOAD_SIZE;			\
+		__VA_ARGS__;						\
+		r = dbg(&d);						\
+		report(name, r == (want), "got %d (%s), want %d", r,	\
+		       strerror(-r), want);				\
+	} while (0)
+
+	EXPECT("reply_out_len_past_buffer_eio", -EIO,
+	       d.args[0] = B_OUTLEN; d.args[1] = 17; d.reply_size = 16);
+	EXPECT("reply_out_len_past_payload_eio", -EIO,
+	       d.args[0] = B_OUTLEN; d.args[1] = ZUS_PAYLOAD_SIZE + 1);
+	EXPECT("reply_out_len_huge_eio", -EIO,
+	       d.args[0] = B_OUTLEN; d.args[1] = 0xffffffffu);
+	EXPECT("reply_out_len_within_buffer_ok", 0,
+	       d.args[0] = B_OUTLEN; d.args[1] = 16; d.reply_size = 16);
+	EXPECT("reply_data_len_past_buffer_eio", -EIO,
+	       d.args[0] = B_DATALEN; d.args[1] = 101;
+	       d.data_out = (uintptr_t)buf; d.data_out_size = 100);
+	EXPECT("reply_data_len_past_window_eio", -EIO,
+	       d.args[0] = B_DATALEN; d.args[1] = cur_window + 4096;
+	       d.data_out = (uintptr_t)buf; d.data_out_size = sizeof(buf));
+	EXPECT("reply_data_without_buffer_eio", -EIO,
+	       d.args[0] = B_DATALEN; d.args[1] = 1);
+	EXPECT("reply_result_kernel_errno_eio", -EIO,
+	       d.args[0] = B_RESULT; d.args[1] = (uint64_t)-512);
+	EXPECT("reply_result_private_errno_eio", -EIO,
+	       d.args[0] = B_RESULT; d.args[1] = (uint64_t)-4000);
+	EXPECT("reply_result_int64_min_eio", -EIO,
+	       d.args[0] = B_RESULT; d.args[1] = 1ULL << 63);
+	EXPECT("reply_result_above_max_eio", -EIO,
+	       d.args[0] = B_RESULT; d.args[1] = 1);
+	EXPECT("reply_result_errno_passed_through", -ENOENT,
+	       d.args[0] = B_RESULT; d.args[1] = (uint64_t)-ENOENT);
+	EXPECT("reply_result_within_max_ok", 0,
+	       d.args[0] = B_RESULT; d.args[1] = 7; d.result_max = 7);
+	EXPECT("reply_wrong_seq_eio", -EIO, d.args[0] = B_SEQ);
+	EXPECT("reply_scribbled_slot_eio", -EIO, d.args[0] = B_SCRIBBLE);
+	EXPECT("noop_after_malformed_replies_ok", 0, d.nargs = 0);
+	EXPECT("dbg_op_bad_flags_einval", -EINVAL, d.flags = 0x80);
+#undef EXPECT
+}
+
+struct loop_arg {
+	int n;
+	int errs;
+	int first_err;
+	uint64_t b;
+	uint64_t a1;
+	int cpu;
+	uint32_t lane;
+};
+
+static void *loop_ops(void *arg)
+{
+	struct loop_arg *a = arg;
+	struct zufs_ioc_dbg_op d;
+	int i, r;
+
+	if (a->cpu >= 0)
+		pin(a->cpu);
+	for (i = 0; i < a->n; i++) {
+		r = a->b ? dbg_b(a->b, a->a1, &d) : dbg(&(struct zufs_ioc_dbg_op){ 0 });
+		if (r && !a->errs++)
+			a->first_err = r;
+		if (!r && a->b)
+			a->lane = d.lane;
+	}
+	return NULL;
+}
+
+static void test_concurrent(int ncpus)
+{
+	struct loop_arg a[16];
+	pthread_t t[16];
+	int i, n = 16, errs = 0, first = 0;
+	double t0 = now_s();
+
+	for (i = 0; i < n; i++) {
+		a[i] = (struct loop_arg){ .n = 500, .cpu = -1 };
+		pthread_create(&t[i], NULL, loop_ops, &a[i]);
+	}
+	for (i = 0; i < n; i++) {
+		pthread_join(t[i], NULL);
+		errs += a[i].errs;
+		if (!first)
+			first = a[i].first_err;
+	}
+	report("concurrent_16_threads_x_500_noops", !errs, "%d errors, first %d",
+	       errs, first);
+	dprintf(1, "fake-zusd: 8000 noops from 16 threads on %d cpus: %.2f s\n",
+		ncpus, now_s() - t0);
+}
+
+/* More delayed ops on one CPU than its lane has slots: they spill or wait. */
+static void test_full_lane(int ncpus, const int *cpus, unsigned int slots)
+{
+	struct loop_arg a[MAX_THREADS];
+	pthread_t t[MAX_THREADS];
+	int i, n = slots * ncpus + 2, errs = 0, spilled = 0;
+
+	if (n > MAX_THREADS)
+		n = MAX_THREADS;
+	for (i = 0; i < n; i++) {
+		a[i] = (struct loop_arg){ .n = 1, .b = B_DELAY, .a1 = 200000,
+					  .cpu = cpus[0] };
+		pthread_create(&t[i], NULL, loop_ops, &a[i]);
+	}
+	for (i = 0; i < n; i++) {
+		pthread_join(t[i], NULL);
+		errs += a[i].errs;
+		spilled += !a[i].errs && a[i].lane != (uint32_t)cpus[0];
+	}
+	report("full_lane_spills_then_waits", !errs && (ncpus == 1 || spilled > 0),
+	       "%d errors, %d spilled", errs, spilled);
+}
+
+/* A caller killed while its op runs: the slot comes back when the reply does. */
+static void test_killed_caller(int ncpus, const int *cpus, unsigned int slots)
+{
+	pid_t kids[64];
+	int i, n = slots, st, ok = 1;
+	double t0;
+
+	for (i = 0; i < n; i++) {
+		kids[i] = fork();
+		if (!kids[i]) {
+			pin(cpus[0]);
+			_exit(dbg_b(B_DELAY, 300000, NULL) ? 1 : 0);
+		}
+	}
+	usleep(100000);
+	t0 = now_s();
+	for (i = 0; i < n; i++)
+		kill(kids[i], SIGKILL);
+	for (i = 0; i < n; i++) {
+		waitpid(kids[i], &st, 0);
+		ok &= WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL;
+	}
+	report("caller_killed_mid_op_dies_at_once", ok && now_s() - t0 < 1.0,
+	       "after %.2f s", now_s() - t0);
+	/* the server answers the abandoned ops (300 ms each, one ZT) */
+	usleep(n * 300000 + 300000);
+	test_percpu(ncpus, cpus);
+}
+
+struct hang_arg {
+	int err;
+	double t_ret;
+};
+
+static void *hang_op(void *arg)
+{
+	struct hang_arg *h = arg;
+
+	h->err = dbg_b(B_HANG, 0, NULL);
+	h->t_ret = now_s();
+	return NULL;
+}
+
+static void test_server_killed(void)
+{
+	struct hang_arg h[4] = { 0 };
+	pthread_t t[4];
+	double t0;
+	int i, ok = 1, st;
+
+	for (i = 0; i < 4; i++)
+		pthread_create(&t[i], NULL, hang_op, &h[i]);
+	usleep(300000);
+	t0 = now_s();
+	kill(server_pid, SIGKILL);
+	waitpid(server_pid, &st, 0);
+	server_pid = 0;
+	for (i = 0; i < 4; i++) {
+		pthread_join(t[i], NULL);
+		ok &= h[i].err == -EIO && h[i].t_ret - t0 < 3.0;
+	}
+	report("server_sigkilled_waiting_ops_eio_within_3s", ok,
+	       "err %d after %.2f s", h[0].err, h[0].t_ret - t0);
+	t0 = now_s();
+	i = dbg(&(struct zufs_ioc_dbg_op){ 0 });
+	report("op_after_server_death_eio_at_once", i == -EIO && now_s() - t0 < 0.5,
+	       "got %d after %.2f s", i, now_s() - t0);
+}
+
+static int run_tests(void)
+{
+	int cpus[MAX_THREADS], ncpus = online_cpus(cpus), st, r;
+	double t0 = now_s();
+
+	setvbuf(stdout, NULL, _IONBF, 0);
+	dprintf(1, "fake-zusd: %d cpus\n", ncpus);
+	test_hello_checks();
+	r = dbg(&(struct zufs_ioc_dbg_op){ 0 });
+	report("op_without_server_eio", r == -EIO, "got %d", r);
+
+	if (start_server(2, 64 << 10)) {
+		report("server_starts", 0, "see above");
+		return 1;
+	}
+	report("server_starts", 1, NULL);
+	r = ioctl(dev_fd(), ZUFS_IOC_HELLO, &(struct zufs_ioc_hello){
+		.magic = ZUS_MAGIC, .abi_version = ZUS_ABI_VERSION });
+	report("second_session_ebusy", r == -1 && errno == EBUSY, "errno %d", errno);
+	test_percpu(ncpus, cpus);
+	test_creds();
+	test_echo();
+	test_malformed();
+	test_concurrent(ncpus);
+	test_full_lane(ncpus, cpus, 2);
+	test_killed_caller(ncpus, cpus, 2);
+	kill(server_pid, SIGUSR1);
+	st = stop_server();
+	report("server_exits_cleanly_on_break", WIFEXITED(st) && !WEXITSTATUS(st),
+	       "status %#x", st);
+	r = dbg(&(struct zufs_ioc_dbg_op){ 0 });
+	report("op_after_server_exit_eio", r == -EIO, "got %d", r);
+
+	if (start_server(1, 16 << 10)) {
+		report("server_restarts", 0, "see above");
+		return 1;
+	}
+	report("server_restarts", 1, NULL);
+	test_percpu(ncpus, cpus);
+	test_server_killed();
+	dprintf(1, "fake-zusd: tests took %.2f s\n", now_s() - t0);
+	return nfail ? 1 : 0;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc >= 2 && !strcmp(argv[1], "test"))
+		return run_tests();
+	if (argc >= 2 && !strcmp(argv[1], "serve"))
+		return serve(argc > 2 ? atoi(argv[2]) : 0,
+			     argc > 3 ? atoi(argv[3]) : 0, -1);
+	fprintf(stderr, "usage: %s test | serve [SLOTS [WINDOW]]\n", argv[0]);
+	return 2;
+}
