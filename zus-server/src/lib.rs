@@ -5,13 +5,15 @@
 //! nothing of FUSE or LD_PRELOAD: clients (the kmod-shim bridge and preload library, tests,
 //! benchmarks) speak zus_api over the control socket and channels only.
 //!
-//! Modules: [`topology`] (sysfs or simulated), [`plugins`] (loader), [`mounts`] (devices, mkfs,
-//! fsck), [`server`] (state and the generation barrier), [`zt`] (the per-CPU threads),
-//! [`dispatch`] (request validation), [`control`] (the socket).
+//! Modules: [`topology`] (sysfs or simulated), [`plugins`] (loader), [`host`] (the functions
+//! plugins call), [`mounts`] (devices, mkfs, fsck), [`server`] (state and the generation
+//! barrier), [`zt`] (the per-CPU threads), [`dispatch`] (request validation), [`control`] (the
+//! socket).
 #![deny(unsafe_code)]
 
 pub mod control;
 pub mod dispatch;
+pub mod host;
 pub mod kcache;
 pub mod mounts;
 pub mod plugins;

@@ -6,7 +6,7 @@
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
-use zus_plugin::{HostApi, PLUGIN_MAGIC, PluginVtable, REGISTER_SYMBOL, log_level, plugin_flags};
+use zus_plugin::{HostApi, PLUGIN_MAGIC, PluginVtable, REGISTER_SYMBOL, plugin_flags};
 
 /// Why a plugin was refused.
 #[derive(Debug, thiserror::Error)]
@@ -62,50 +62,6 @@ impl Plugin {
     }
 }
 
-unsafe extern "C" fn host_log(level: u32, msg: *const u8, len: usize) {
-    if msg.is_null() {
-        return;
-    }
-    // SAFETY: the plugin passes a buffer valid for len bytes for the duration of the call.
-    let bytes = unsafe { core::slice::from_raw_parts(msg, len) };
-    let text = String::from_utf8_lossy(bytes);
-    match level {
-        log_level::ERROR => tracing::error!(target: "plugin", "{text}"),
-        log_level::WARN => tracing::warn!(target: "plugin", "{text}"),
-        log_level::INFO => tracing::info!(target: "plugin", "{text}"),
-        _ => tracing::debug!(target: "plugin", "{text}"),
-    }
-}
-
-static HOST_API: HostApi = HostApi {
-    magic: zus_api::ZUS_MAGIC,
-    abi_version: zus_api::ZUS_ABI_VERSION,
-    #[allow(clippy::cast_possible_truncation)] // 24 bytes, asserted in zus-api
-    struct_size: size_of::<HostApi>() as u32,
-    log: Some(host_log),
-    layout_gen: Some(host_layout_gen),
-    oldest_dax_reader: Some(host_oldest_dax_reader),
-};
-
-/// The running server, for the host functions plugins call (set once by `Server::start`).
-static SERVER: std::sync::OnceLock<std::sync::Weak<crate::server::Server>> = std::sync::OnceLock::new();
-
-/// Makes `server` the one the host functions answer for.
-pub fn set_host_server(server: &std::sync::Arc<crate::server::Server>) {
-    let _ = SERVER.set(std::sync::Arc::downgrade(server));
-}
-
-unsafe extern "C" fn host_layout_gen() -> u64 {
-    SERVER
-        .get()
-        .and_then(std::sync::Weak::upgrade)
-        .map_or(0, |s| s.layout_gen.load(std::sync::atomic::Ordering::SeqCst))
-}
-
-unsafe extern "C" fn host_oldest_dax_reader() -> u64 {
-    SERVER.get().and_then(std::sync::Weak::upgrade).map_or(u64::MAX, |s| s.oldest_dax_reader())
-}
-
 /// Checks a vtable a plugin returned.
 ///
 /// # Errors
@@ -148,8 +104,8 @@ pub fn load(path: &Path) -> Result<Plugin, PluginLoadError> {
     // SAFETY: the symbol's type is fixed by the zus_api contract.
     let register: libloading::Symbol<'_, unsafe extern "C" fn(*const HostApi) -> *const PluginVtable> =
         unsafe { lib.get(REGISTER_SYMBOL) }.map_err(|_| PluginLoadError::NoSymbol { path: p.clone() })?;
-    // SAFETY: HOST_API is static, so valid for the process lifetime as the contract requires.
-    let vt_ptr = unsafe { register(&raw const HOST_API) };
+    // SAFETY: the host API is static, so valid for the process lifetime as the contract requires.
+    let vt_ptr = unsafe { register(crate::host::api()) };
     if vt_ptr.is_null() {
         return Err(PluginLoadError::Refused { path: p, reason: "registration returned NULL".into() });
     }

@@ -198,8 +198,9 @@ pub struct Server {
     pub state: Mutex<State>,
     /// Set at shutdown.
     pub shutting_down: AtomicBool,
-    /// Layout generation published in every client's channel header (`ChannelSetHeader::layout_gen`).
-    pub layout_gen: AtomicU64,
+    /// Layout generation published in every client's channel header (`ChannelSetHeader::layout_gen`):
+    /// the process's one clock, [`crate::host::LAYOUT_GEN`], shared with every other server here.
+    pub layout_gen: &'static AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -222,9 +223,10 @@ impl Server {
             snapshot: Mutex::new(Arc::new(Snapshot { generation: 1, ..Default::default() })),
             state: Mutex::new(State { next_client: 1, next_mount: 1, ..Default::default() }),
             shutting_down: AtomicBool::new(false),
-            layout_gen: AtomicU64::new(1),
+            layout_gen: &crate::host::LAYOUT_GEN,
         });
-        crate::plugins::set_host_server(&s);
+        let weak: std::sync::Weak<Self> = Arc::downgrade(&s);
+        crate::host::register(weak);
         Ok(s)
     }
 
@@ -382,6 +384,12 @@ impl Server {
         for m in mounts {
             finish_unmount(m);
         }
+    }
+}
+
+impl crate::host::DaxReaders for Server {
+    fn oldest_dax_reader(&self) -> u64 {
+        Server::oldest_dax_reader(self)
     }
 }
 

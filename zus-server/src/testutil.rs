@@ -3,14 +3,15 @@
 #![allow(unsafe_code)]
 
 use core::ffi::c_void;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use zus_plugin::{DeviceDesc, OpCall, PLUGIN_MAGIC, PluginVtable, plugin_flags};
 
 use crate::plugins::Plugin;
-use crate::server::Config;
+use crate::server::{Client, Config, Server};
 use crate::topology::{Cpu, Topology};
 
 /// What the fake plugin saw: per device path, the unmounts and whether the device was still
@@ -122,4 +123,37 @@ pub fn config(tag: &str) -> Config {
         zt_poll_ns: 0,
         max_clients: 8,
     }
+}
+
+/// A server without ZT threads (its one ZT marked exited, so publishing does not wait).
+pub fn server(tag: &str) -> Arc<Server> {
+    let s = Server::new(config(tag), vec![plugin()]).unwrap();
+    for z in &s.zts {
+        z.exited.store(true, Ordering::SeqCst);
+    }
+    s
+}
+
+/// Connects a client to `server` as the control socket would (channel memory, published).
+pub fn client(server: &Server) -> Arc<Client> {
+    let g = server.config.validate().unwrap();
+    let memfd = zus_channel::shm::ShmRegion::create_memfd(c"zufs-test", g.total_size()).unwrap();
+    let region = zus_channel::shm::ShmRegion::map(memfd.as_fd(), g.total_size()).unwrap();
+    let mut st = server.state();
+    let id = st.next_client;
+    st.next_client += 1;
+    region.write(0, &server.channel_header(&g, id));
+    let c = Arc::new(Client {
+        id,
+        cred: zus_channel::sock::PeerCred { pid: std::process::id(), uid: 0, gid: 0 },
+        privileged: true,
+        kernel_bridge: false,
+        name: "test".into(),
+        features: 0,
+        region,
+        geometry: g,
+    });
+    st.clients.push((Arc::clone(&c), Vec::new()));
+    server.publish(&st);
+    c
 }
