@@ -367,6 +367,14 @@ fn races(mode: &str, case: &str, hooks: &str) -> Fixture {
     f
 }
 
+/// Two threads close two dup'ed fds of a file with a pending dax mtime at once: whichever
+/// drops the last reference commits it.
+#[test]
+fn test_concurrent_closes_of_dup_fds_commit_the_pending_mtime() {
+    skip_unless_ready!("python3");
+    races("dax", "dup_close_mtime", "pause_release=500");
+}
+
 /// A dax write whose MAP_DONE (the mtime commit) fails still reports its bytes (they landed),
 /// and the mtime stays pending until the next commit (here: the close).
 #[test]

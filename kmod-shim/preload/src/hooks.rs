@@ -318,12 +318,7 @@ fn copy_entry(old: c_int, new: c_int) {
     if old == new || usize::try_from(new).map_or(true, |n| n >= state::MAX_FDS) {
         return;
     }
-    let e = match state::fd_entry(old) {
-        // Out of range or never looked at: let the new fd be detected on its own.
-        FD_KERNEL if usize::try_from(old).map_or(true, |o| o >= state::MAX_FDS) => FD_UNKNOWN,
-        e => e,
-    };
-    state::retain(e);
+    let e = state::dup_entry(old);
     let prev = state::set_entry(new, e);
     let g = Guard::enter();
     guarded(|| io::release(prev, g.is_some()));

@@ -40,14 +40,14 @@ pub fn file(entry: u32) -> Option<File> {
     Some(File { s, m })
 }
 
-/// Drops one reference on the slot an entry names; the last one commits a pending mtime.
+/// Drops one reference on the slot an entry names; the last one commits a pending mtime
+/// (when `commit`) before the slot can be reused.
 pub fn release(entry: u32, commit: bool) {
-    let Some(f) = file(entry) else { return };
-    if commit && f.s.refs.load(Ordering::Acquire) == 1 && f.s.dirty.swap(false, Ordering::AcqRel) {
-        let _ = map_done(f, 0, false);
+    let Some(s) = state::slot_of(entry) else { return };
+    let Some(last) = s.release() else { return };
+    if commit && let Some(m) = state::mount(s.mount.load(Ordering::Relaxed)) {
+        let _ = commit_mtime(File { s: last.slot(), m }, false);
     }
-    crate::testhook::pause_release();
-    f.s.refs.fetch_sub(1, Ordering::AcqRel);
 }
 
 fn op(f: File, code: OpCode, req: &[&[u8]], reply: &mut [u8]) -> Result<u64, i32> {

@@ -300,7 +300,10 @@ pub fn detect(fd: i32) -> u32 {
     match cell.compare_exchange(state::FD_UNKNOWN, e, Ordering::AcqRel, Ordering::Acquire) {
         Ok(_) => e,
         Err(cur) => {
-            crate::io::release(e, false);
+            // Our slot was never named by an fd: its last reference drops with nothing to commit.
+            if let Some(s) = state::slot_of(e) {
+                drop(s.release());
+            }
             cur
         }
     }
@@ -355,7 +358,7 @@ fn classify(fd: i32) -> u32 {
     s.dirty.store(false, Ordering::Relaxed);
     s.kernel_gen.store(0, Ordering::Relaxed);
     s.ticket.store(ticket, Ordering::Relaxed);
-    s.refs.store(1, Ordering::Release);
+    s.publish();
     FD_SLOT0 + si
 }
 

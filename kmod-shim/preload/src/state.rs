@@ -166,11 +166,17 @@ pub struct CachedExtent {
     pub len: AtomicU64,
 }
 
+/// [`Slot::refs`] while the slot is set up (between [`alloc_slot`] and its first fd) or torn
+/// down (after its last reference, while the pending mtime is committed): not free, and no
+/// reference can be taken.
+const REFS_BUSY: u32 = u32::MAX;
+
 /// One open file description we serve.
 #[derive(Debug)]
 pub struct Slot {
-    /// fds naming this slot; 0 = free.
-    pub refs: AtomicU32,
+    /// fds naming this slot; 0 = free, [`REFS_BUSY`] while set up or torn down. Changed only by
+    /// [`alloc_slot`], [`Slot::publish`], [`Slot::try_retain`] and [`Slot::release`].
+    refs: AtomicU32,
     /// Index into [`MOUNTS`].
     pub mount: AtomicU32,
     /// Open flags (O_ACCMODE, O_APPEND, O_SYNC, O_DSYNC, O_DIRECT).
@@ -230,16 +236,73 @@ impl Slot {
     pub fn invalidate(&self) {
         self.epoch.store(0, Ordering::Release);
     }
+
+    /// A slot from [`alloc_slot`], set up: it now has one reference (the fd about to name it).
+    pub fn publish(&self) {
+        self.refs.store(1, Ordering::Release);
+    }
+
+    /// Takes one more reference (a dup'ed fd) unless the slot is free, set up or torn down.
+    pub fn try_retain(&self) -> bool {
+        let mut v = self.refs.load(Ordering::Relaxed);
+        loop {
+            if v == 0 || v == REFS_BUSY {
+                return false;
+            }
+            match self.refs.compare_exchange_weak(v, v + 1, Ordering::Acquire, Ordering::Relaxed) {
+                Ok(_) => return true,
+                Err(now) => v = now,
+            }
+        }
+    }
+
+    /// Drops one reference. Deciding whether it was the last is the same atomic step as the
+    /// drop (two threads closing two dup'ed fds at once: exactly one of them is last), and the
+    /// last one gets the slot as a [`LastRef`]: it is neither reused nor retained until that is
+    /// dropped, so its holder can still commit the file's pending mtime.
+    pub fn release(&'static self) -> Option<LastRef> {
+        crate::testhook::pause_release();
+        let mut v = self.refs.load(Ordering::Relaxed);
+        loop {
+            if v == 0 || v == REFS_BUSY {
+                return None;
+            }
+            let next = if v == 1 { REFS_BUSY } else { v - 1 };
+            match self.refs.compare_exchange_weak(v, next, Ordering::AcqRel, Ordering::Relaxed) {
+                // (Not `then_some`: a LastRef built and dropped would free the slot.)
+                Ok(_) if v == 1 => return Some(LastRef(self)),
+                Ok(_) => return None,
+                Err(now) => v = now,
+            }
+        }
+    }
+}
+
+/// The last reference to a slot, dropped: the slot is free when this is dropped.
+#[derive(Debug)]
+pub struct LastRef(&'static Slot);
+
+impl LastRef {
+    /// The slot.
+    pub fn slot(&self) -> &'static Slot {
+        self.0
+    }
+}
+
+impl Drop for LastRef {
+    fn drop(&mut self) {
+        self.0.refs.store(0, Ordering::Release);
+    }
 }
 
 /// The slots.
 pub static SLOTS: [Slot; MAX_SLOTS] = [const { Slot::new() }; MAX_SLOTS];
 
-/// Claims a free slot.
+/// Claims a free slot, to be set up and then [`Slot::publish`]ed.
 pub fn alloc_slot() -> Option<u32> {
     SLOTS
         .iter()
-        .position(|s| s.refs.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed).is_ok())
+        .position(|s| s.refs.compare_exchange(0, REFS_BUSY, Ordering::AcqRel, Ordering::Relaxed).is_ok())
         .map(|i| i as u32)
 }
 
@@ -254,11 +317,25 @@ pub fn set_entry(fd: i32, e: u32) -> u32 {
     usize::try_from(fd).ok().and_then(|i| FDS.get(i)).map_or(FD_KERNEL, |x| x.swap(e, Ordering::AcqRel))
 }
 
-/// Takes one more reference on the slot an entry names (for dup).
-pub fn retain(e: u32) {
-    if let Some(s) = slot_of(e) {
-        s.refs.fetch_add(1, Ordering::AcqRel);
+/// The entry a new fd that shares `old`'s file (dup) gets, with the reference it holds taken:
+/// `old`'s entry, or [`FD_UNKNOWN`] (the new fd is detected on its own) when `old` was closed
+/// meanwhile or its slot cannot be retained.
+pub fn dup_entry(old: i32) -> u32 {
+    let e = match fd_entry(old) {
+        // Out of range or never looked at: let the new fd be detected on its own.
+        FD_KERNEL if usize::try_from(old).map_or(true, |o| o >= MAX_FDS) => return FD_UNKNOWN,
+        e => e,
+    };
+    let Some(s) = slot_of(e) else { return e };
+    if !s.try_retain() {
+        return FD_UNKNOWN;
     }
+    // The slot may have been freed and taken by another file between the load and the retain.
+    if fd_entry(old) != e {
+        drop(s.release());
+        return FD_UNKNOWN;
+    }
+    e
 }
 
 /// In a forked child: connections are the parent's, and locks held by other parent threads
@@ -334,4 +411,41 @@ pub fn stats_line() -> String {
         g(&s.other),
         g(&s.kernel_cached)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two threads drop the two references of a slot at once, many times over: each time
+    /// exactly one of them is the last (and it alone may commit the mtime), and the slot is
+    /// not handed out again before that one is done.
+    #[test]
+    fn test_exactly_one_of_two_concurrent_releases_is_the_last() {
+        let s: &'static Slot = &SLOTS[MAX_SLOTS - 1];
+        s.refs.store(REFS_BUSY, Ordering::Release);
+        for _ in 0..2000 {
+            s.publish();
+            assert!(s.try_retain());
+            let go = std::sync::Barrier::new(2);
+            let lasts: u32 = std::thread::scope(|sc| {
+                let h: Vec<_> = (0..2)
+                    .map(|_| {
+                        sc.spawn(|| {
+                            go.wait();
+                            s.release().map(|last| {
+                                // Not reusable while the last holder works.
+                                assert!(!s.try_retain());
+                                assert_eq!(s.refs.load(Ordering::Acquire), REFS_BUSY);
+                                core::mem::forget(last);
+                            })
+                        })
+                    })
+                    .collect();
+                h.into_iter().map(|h| u32::from(h.join().unwrap().is_some())).sum()
+            });
+            assert_eq!(lasts, 1);
+        }
+        s.refs.store(0, Ordering::Release);
+    }
 }
