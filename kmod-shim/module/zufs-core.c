@@ -36,7 +36,7 @@
 /* The largest errno a server may return (EHWPOISON); others become EIO. */
 #define ZUFS_MAX_ERRNO		133
 
-#define ZUFS_LANES_OFFSET	(ZUS_PAGE_SIZE + ZUS_DAX_READER_SLOTS * ZUS_CACHE_LINE)
+#define ZUFS_LANES_OFFSET	(ZUFS_SET_PAGE + ZUS_DAX_READER_SLOTS * ZUS_CACHE_LINE)
 
 /*
  * Kernel-private slot states. Ownership lives here, not in the shared state
@@ -148,7 +148,7 @@ static void zufs_free_slot(struct zufs_session *s, u32 lane, u32 i)
 {
 	struct zufs_kslot *ks = &s->lanes[lane].kslots[i];
 
-	WRITE_ONCE(zufs_slot(s, lane, i)->state, ZUS_SLOT_FREE);
+	WRITE_ONCE(zufs_slot(s, lane, i)->state, ZUS_SLOT_STATE_FREE);
 	atomic_set_release(&ks->state, ZK_FREE);
 	if (wq_has_sleeper(&s->free_wq))
 		wake_up(&s->free_wq);
@@ -223,7 +223,7 @@ static u32 zufs_reap(struct zufs_session *s, u32 lane)
 		if (st != ZK_SUBMITTED && st != ZK_ABANDONED)
 			continue;
 		if (smp_load_acquire(&zufs_slot(s, lane, i)->state) !=
-		    ZUS_SLOT_DONE)
+		    ZUS_SLOT_STATE_DONE)
 			continue;
 		ks[i].done_cpu = raw_smp_processor_id();
 		if (atomic_cmpxchg(&ks[i].state, ZK_SUBMITTED, ZK_DONE) ==
@@ -244,7 +244,7 @@ static u32 zufs_lane_submitted(struct zufs_session *s, u32 lane)
 
 	for (i = 0; i < s->nslots; i++)
 		if (READ_ONCE(zufs_slot(s, lane, i)->state) ==
-		    ZUS_SLOT_SUBMITTED)
+		    ZUS_SLOT_STATE_SUBMITTED)
 			n++;
 	return n;
 }
@@ -362,7 +362,7 @@ s64 zufs_dispatch(struct zufs_op *op)
 	hdr.pid = task_tgid_nr(current);
 	hdr.ticket = op->ticket;
 	/* overwrite whatever zusd left there before the ZT can reap this slot */
-	WRITE_ONCE(slot->state, ZUS_SLOT_CLAIMED);
+	WRITE_ONCE(slot->state, ZUS_SLOT_STATE_CLAIMED);
 	memcpy(&slot->hdr, &hdr, sizeof(hdr));
 	if (op->req_len)
 		memcpy(slot->payload, op->req, op->req_len);
@@ -380,7 +380,7 @@ s64 zufs_dispatch(struct zufs_op *op)
 	op->zt_cpu = READ_ONCE(s->lanes[lane].zt_cpu);
 
 	atomic_set_release(&ks->state, ZK_SUBMITTED);
-	smp_store_release(&slot->state, ZUS_SLOT_SUBMITTED);
+	smp_store_release(&slot->state, ZUS_SLOT_STATE_SUBMITTED);
 	wake_up(&s->lanes[lane].zt_wq);
 
 	err = wait_event_killable(ks->wq,
@@ -429,12 +429,12 @@ static long zufs_hello(struct file *file, void __user *uarg)
 		return -EINVAL;
 	slots = h.slots_per_cpu ?: ZUFS_DEFAULT_SLOTS;
 	window = h.window_size ?: ZUFS_DEFAULT_WINDOW;
-	if (slots > 64 || window % ZUS_PAGE_SIZE || window > ZUFS_MAX_WINDOW)
+	if (slots > 64 || window % ZUFS_SET_PAGE || window > ZUFS_MAX_WINDOW)
 		return -EINVAL;
 	if (ncpu > ZUS_MAX_CPUS)
 		return -EOPNOTSUPP;
 	ctl = round_up(sizeof(struct zus_lane_header) +
-		       (size_t)slots * ZUS_SLOT_SIZE, ZUS_PAGE_SIZE);
+		       (size_t)slots * ZUS_SLOT_SIZE, ZUFS_SET_PAGE);
 	lane_size = ctl + (size_t)slots * window;
 	total = ZUFS_LANES_OFFSET + (u64)ncpu * lane_size;
 	if (total > ZUFS_MAX_SET_SIZE)

@@ -25,6 +25,9 @@
 
 #define ZUFS_IOC_TYPE		'Z'
 
+/* chan.rs aligns lanes and data windows to this, whatever the page size */
+#define ZUFS_SET_PAGE		4096
+
 /* Default and limits of the kernel channel set */
 #define ZUFS_DEFAULT_SLOTS	4
 #define ZUFS_DEFAULT_WINDOW	(256 * 1024)

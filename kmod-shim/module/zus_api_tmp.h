@@ -23,14 +23,13 @@
 #define ZUS_SLOT_SIZE		8192
 #define ZUS_PAYLOAD_SIZE	(ZUS_SLOT_SIZE - 3 * ZUS_CACHE_LINE)
 #define ZUS_DAX_READER_SLOTS	128
-#define ZUS_PAGE_SIZE		4096
 
 /* slot states (chan.rs slot_state) */
-#define ZUS_SLOT_FREE		0
-#define ZUS_SLOT_CLAIMED	1
-#define ZUS_SLOT_SUBMITTED	2
-#define ZUS_SLOT_SERVING	3
-#define ZUS_SLOT_DONE		4
+#define ZUS_SLOT_STATE_FREE		0
+#define ZUS_SLOT_STATE_CLAIMED	1
+#define ZUS_SLOT_STATE_SUBMITTED	2
+#define ZUS_SLOT_STATE_SERVING	3
+#define ZUS_SLOT_STATE_DONE		4
 
 /* op codes (ops.rs OpCode), only those the module sends so far */
 #define ZUS_OP_NOOP		1
@@ -57,17 +56,17 @@ struct zus_channel_set_header {
 
 struct zus_lane_header {
 	__u32 doorbell;
-	__u8 pad0[ZUS_CACHE_LINE - 4];
+	__u8 _pad0[ZUS_CACHE_LINE - 4];
 	__u32 zt_sleeping;
 	__u32 zt_cpu;
 	__u32 zt_polling;
-	__u8 pad1[ZUS_CACHE_LINE - 12];
+	__u8 _pad1[ZUS_CACHE_LINE - 12];
 	__u32 free_seq;
 	__u32 free_waiters;
-	__u8 pad2[ZUS_CACHE_LINE - 8];
+	__u8 _pad2[ZUS_CACHE_LINE - 8];
 	__u64 reserved;
 	__u64 ops_rejected;
-	__u8 pad3[ZUS_CACHE_LINE - 16];
+	__u8 _pad3[ZUS_CACHE_LINE - 16];
 } __attribute__((aligned(64)));
 
 struct zus_op_header {
@@ -88,11 +87,11 @@ struct zus_op_header {
 
 struct zus_slot {
 	__u32 state;
-	__u8 pad0[ZUS_CACHE_LINE - 4];
+	__u8 _pad0[ZUS_CACHE_LINE - 4];
 	__u32 reply_seq;
 	__u32 client_waiting;
 	__u32 data_ready;
-	__u8 pad1[ZUS_CACHE_LINE - 12];
+	__u8 _pad1[ZUS_CACHE_LINE - 12];
 	struct zus_op_header hdr;
 	__u8 payload[ZUS_PAYLOAD_SIZE];
 } __attribute__((aligned(64)));

@@ -125,7 +125,7 @@ static struct server srv;
 
 static struct zus_slot *slot_at(int lane, int i)
 {
-	return (struct zus_slot *)(srv.mem + ZUS_PAGE_SIZE +
+	return (struct zus_slot *)(srv.mem + ZUFS_SET_PAGE +
 		ZUS_DAX_READER_SLOTS * ZUS_CACHE_LINE +
 		(size_t)lane * srv.h.lane_size + sizeof(struct zus_lane_header) +
 		(size_t)i * ZUS_SLOT_SIZE);
@@ -133,7 +133,7 @@ static struct zus_slot *slot_at(int lane, int i)
 
 static unsigned char *window_at(int lane, int i)
 {
-	return (unsigned char *)srv.mem + ZUS_PAGE_SIZE +
+	return (unsigned char *)srv.mem + ZUFS_SET_PAGE +
 		ZUS_DAX_READER_SLOTS * ZUS_CACHE_LINE +
 		(size_t)lane * srv.h.lane_size + srv.ctl +
 		(size_t)i * srv.h.window_size;
@@ -199,13 +199,13 @@ static void serve_one(int lane, int i)
 		for (k = 0; k < srv.h.slots_per_cpu; k++)
 			if (k != (uint32_t)i)
 				__atomic_compare_exchange_n(&slot_at(lane, k)->state,
-					&(uint32_t){ ZUS_SLOT_FREE }, ZUS_SLOT_DONE, 0,
+					&(uint32_t){ ZUS_SLOT_STATE_FREE }, ZUS_SLOT_STATE_DONE, 0,
 					__ATOMIC_RELEASE, __ATOMIC_RELAXED);
 		break;
 	}
 	memcpy((void *)&sl->hdr, &h, sizeof(h));
-	__atomic_compare_exchange_n(&sl->state, &(uint32_t){ ZUS_SLOT_SERVING },
-				    ZUS_SLOT_DONE, 0, __ATOMIC_RELEASE,
+	__atomic_compare_exchange_n(&sl->state, &(uint32_t){ ZUS_SLOT_STATE_SERVING },
+				    ZUS_SLOT_STATE_DONE, 0, __ATOMIC_RELEASE,
 				    __ATOMIC_RELAXED);
 }
 
@@ -215,11 +215,11 @@ static int serve_pass(int lane)
 
 	for (i = 0; i < srv.h.slots_per_cpu; i++) {
 		struct zus_slot *sl = slot_at(lane, i);
-		uint32_t want = ZUS_SLOT_SUBMITTED;
+		uint32_t want = ZUS_SLOT_STATE_SUBMITTED;
 
 		if (__atomic_load_n(&sl->state, __ATOMIC_RELAXED) != want ||
 		    !__atomic_compare_exchange_n(&sl->state, &want,
-						 ZUS_SLOT_SERVING, 0,
+						 ZUS_SLOT_STATE_SERVING, 0,
 						 __ATOMIC_ACQUIRE,
 						 __ATOMIC_RELAXED))
 			continue;
@@ -273,7 +273,7 @@ static void server_selftests(void)
 
 	ok = ch->magic == ZUS_MAGIC && ch->abi_version == ZUS_ABI_VERSION &&
 	     ch->header_size == sizeof(*ch) && ch->ncpu == srv.h.ncpu &&
-	     ch->lane_size == lane && ch->lanes_offset == ZUS_PAGE_SIZE +
+	     ch->lane_size == lane && ch->lanes_offset == ZUFS_SET_PAGE +
 	     ZUS_DAX_READER_SLOTS * ZUS_CACHE_LINE &&
 	     ch->total_size == ch->lanes_offset + ch->ncpu * lane &&
 	     ch->server_pid == (uint32_t)getpid() && ch->total_size == srv.h.total_size;
