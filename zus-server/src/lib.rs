@@ -42,7 +42,7 @@ pub struct Running {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The configuration is out of range.
-    #[error("configuration: {0}")]
+    #[error(transparent)]
     Config(#[from] ConfigError),
     /// Control socket problem.
     #[error(transparent)]
