@@ -225,15 +225,8 @@ impl SharedFileMap {
 ///
 /// # Errors
 /// The sched_setaffinity error.
-#[allow(unsafe_code)]
 pub fn pin_current(cpu: usize) -> std::io::Result<()> {
-    // SAFETY: cpu_set_t is plain data; CPU_SET stays within it.
-    let rc = unsafe {
-        let mut set: libc::cpu_set_t = core::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set)
-    };
-    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+    zus_channel::cpu::pin_to(cpu)
 }
 
 /// Number of online CPUs.

@@ -6,11 +6,13 @@
 //!   (claim, write the request, submit, wait, release) and the server's (take, complete, mark
 //!   sleeping or polling). Each memory-ordering pairing is explained there.
 //! - [`control`]: the control-socket messages (JSON after the ABI's fixed header).
-//! - [`sock`]: `SOCK_SEQPACKET` helpers with `SCM_RIGHTS` and peer credentials.
+//! - [`sock`]: `SOCK_SEQPACKET` connect, send and receive with `SCM_RIGHTS`, peer credentials.
+//! - [`cpu`]: pinning a thread to the CPU whose lane it serves.
 //!
 //! The layouts themselves are plain data in the `zus-api` crate.
 
 pub mod control;
+pub mod cpu;
 pub mod proto;
 pub mod shm;
 pub mod sock;

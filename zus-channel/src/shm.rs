@@ -72,29 +72,13 @@ impl ShmRegion {
     /// # Errors
     /// The memfd_create/ftruncate error.
     pub fn create_memfd(name: &std::ffi::CStr, len: usize) -> Result<std::os::fd::OwnedFd, ShmError> {
-        use std::os::fd::FromRawFd;
-        // SAFETY: name is a valid C string; the returned fd is checked before use.
-        let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
-        if fd < 0 {
-            return Err(ShmError::Memfd(std::io::Error::last_os_error()));
-        }
-        // SAFETY: fd was just returned by memfd_create and is owned by nobody else.
-        let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-        let size =
-            libc::off_t::try_from(len).map_err(|_| ShmError::Memfd(std::io::Error::from_raw_os_error(libc::EFBIG)))?;
-        // SAFETY: plain syscalls on an fd we own.
-        let rc = unsafe { libc::ftruncate(fd, size) };
-        if rc != 0 {
-            return Err(ShmError::Memfd(std::io::Error::last_os_error()));
-        }
+        use rustix::fs::{MemfdFlags, SealFlags};
+        let memfd = |e: rustix::io::Errno| ShmError::Memfd(e.into());
+        let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).map_err(memfd)?;
+        rustix::fs::ftruncate(&fd, len as u64).map_err(memfd)?;
         // Seal the size so a client cannot shrink the memfd under the server (SIGBUS).
-        // SAFETY: as above.
-        let rc =
-            unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL) };
-        if rc != 0 {
-            return Err(ShmError::Memfd(std::io::Error::last_os_error()));
-        }
-        Ok(owned)
+        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL).map_err(memfd)?;
+        Ok(fd)
     }
 
     /// Length of the mapping.
@@ -230,30 +214,23 @@ pub mod futex {
         TimedOut,
     }
 
-    /// Sleeps while `*word == expected`, at most `timeout`.
+    /// Sleeps while `*word == expected`, at most `timeout`. The futex is shared (no
+    /// `FUTEX_PRIVATE_FLAG`): the word lives in memory two processes map.
     pub fn wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) -> WaitResult {
-        let ts = timeout.map(|d| libc::timespec {
-            tv_sec: libc::time_t::try_from(d.as_secs()).unwrap_or(libc::time_t::MAX),
-            tv_nsec: libc::c_long::from(d.subsec_nanos().cast_signed()),
+        let ts = timeout.map(|d| rustix::time::Timespec {
+            tv_sec: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            tv_nsec: i64::from(d.subsec_nanos()),
         });
-        let ts_ptr = ts.as_ref().map_or(core::ptr::null(), |t| t as *const libc::timespec);
-        // SAFETY: FUTEX_WAIT on a valid aligned u32 that lives as long as the borrow; the kernel
-        // only reads it. Not FUTEX_PRIVATE: the word is shared between processes.
-        let rc =
-            unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAIT, expected, ts_ptr, 0usize, 0u32) };
-        if rc == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ETIMEDOUT) {
-            WaitResult::TimedOut
-        } else {
-            WaitResult::Retry
+        match rustix::thread::futex::wait(word, rustix::thread::futex::Flags::empty(), expected, ts.as_ref()) {
+            Err(rustix::io::Errno::TIMEDOUT) => WaitResult::TimedOut,
+            _ => WaitResult::Retry,
         }
     }
 
-    /// Wakes up to `n` waiters on `word`; returns how many were woken.
+    /// Wakes up to `n` waiters on `word` (shared futex); returns how many were woken.
     pub fn wake(word: &AtomicU32, n: u32) -> usize {
-        let n = i32::try_from(n).unwrap_or(i32::MAX);
-        // SAFETY: FUTEX_WAKE only uses the address as a key.
-        let rc = unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, n, 0usize, 0usize, 0u32) };
-        usize::try_from(rc).unwrap_or(0)
+        let n = n.min(i32::MAX.unsigned_abs());
+        rustix::thread::futex::wake(word, rustix::thread::futex::Flags::empty(), n).unwrap_or(0)
     }
 
     /// One entry of a `futex_waitv` call.
@@ -333,7 +310,9 @@ pub mod futex {
     }
 }
 
-/// The CPU the calling thread runs on (vDSO-backed `sched_getcpu`).
+/// The CPU the calling thread runs on. glibc's `sched_getcpu` reads the rseq area the kernel
+/// keeps up to date (no syscall, no vDSO call); rustix's goes through the vDSO, so this one stays
+/// on libc.
 #[must_use]
 pub fn current_cpu() -> usize {
     // SAFETY: sched_getcpu has no preconditions.

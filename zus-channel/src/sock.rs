@@ -1,10 +1,18 @@
 //! Control-socket plumbing shared by `zusd` and its clients: whole-message send/receive on a
 //! `SOCK_SEQPACKET` Unix socket, file-descriptor passing (`SCM_RIGHTS`) and peer credentials.
-#![allow(unsafe_code)]
+//! All through rustix's safe wrappers: no `unsafe` here.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::io::{IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::path::Path;
 
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketFlags, SocketType,
+};
 use zus_api::control::MAX_CTL_MSG;
 
 /// Peer credentials of a connected Unix socket.
@@ -23,118 +31,82 @@ pub struct PeerCred {
 /// # Errors
 /// The getsockopt error.
 pub fn peer_cred(fd: BorrowedFd<'_>) -> io::Result<PeerCred> {
-    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
-    let mut len = libc::socklen_t::try_from(size_of::<libc::ucred>()).unwrap_or(12);
-    // SAFETY: valid out buffer and length for SO_PEERCRED.
-    let rc = unsafe {
-        libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEERCRED, (&raw mut cred).cast(), &raw mut len)
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(PeerCred { pid: cred.pid.unsigned_abs(), uid: cred.uid, gid: cred.gid })
+    let c = rustix::net::sockopt::socket_peercred(fd)?;
+    Ok(PeerCred { pid: c.pid.as_raw_nonzero().get().unsigned_abs(), uid: c.uid.as_raw(), gid: c.gid.as_raw() })
 }
 
-/// Bytes of one fd in SCM_RIGHTS data.
-#[allow(clippy::cast_possible_truncation)] // 4
-const FD_LEN: u32 = size_of::<RawFd>() as u32;
+/// Connects a `SOCK_SEQPACKET` socket (close-on-exec) to the Unix socket at `path`.
+///
+/// # Errors
+/// The socket or connect error (`ENAMETOOLONG` for a path too long for `sun_path`).
+pub fn connect(path: &Path) -> io::Result<OwnedFd> {
+    let sock = rustix::net::socket_with(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)?;
+    let addr = SocketAddrUnix::new(path)?;
+    rustix::net::connect(&sock, &addr)?;
+    Ok(sock)
+}
 
 /// Sends one message, optionally with one fd attached.
 ///
 /// # Errors
 /// The sendmsg error.
 pub fn send_msg(sock: BorrowedFd<'_>, data: &[u8], fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
-    let mut iov = libc::iovec { iov_base: data.as_ptr().cast_mut().cast(), iov_len: data.len() };
-    // Room for one fd of control data, 8-aligned.
-    let mut cbuf = [0u64; 4];
-    // SAFETY: msghdr is plain data; zero is a valid initial state.
-    let mut msg: libc::msghdr = unsafe { core::mem::zeroed() };
-    msg.msg_iov = &raw mut iov;
-    msg.msg_iovlen = 1;
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    let fds;
     if let Some(fd) = fd {
-        // SAFETY: CMSG_SPACE is a pure computation.
-        let space = unsafe { libc::CMSG_SPACE(FD_LEN) } as usize;
-        msg.msg_control = cbuf.as_mut_ptr().cast();
-        msg.msg_controllen = space;
-        // SAFETY: msg_control points at cbuf, large enough for one cmsg with one fd.
-        unsafe {
-            let c = libc::CMSG_FIRSTHDR(&raw const msg);
-            (*c).cmsg_level = libc::SOL_SOCKET;
-            (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN(FD_LEN) as usize;
-            libc::CMSG_DATA(c).cast::<RawFd>().write_unaligned(fd.as_raw_fd());
+        fds = [fd];
+        if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+            return Err(io::Error::other("no room for SCM_RIGHTS"));
         }
     }
-    // SAFETY: msg describes valid buffers for the duration of the call.
-    let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &raw const msg, libc::MSG_NOSIGNAL) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if n.unsigned_abs() != data.len() {
+    let n = rustix::net::sendmsg(sock, &[IoSlice::new(data)], &mut control, SendFlags::NOSIGNAL)?;
+    if n != data.len() {
         return Err(io::Error::new(io::ErrorKind::WriteZero, "short control message send"));
     }
     Ok(())
 }
 
-/// Receives one message (and at most one attached fd). Returns `Ok(None)` at end of stream.
+/// Receives one message (and at most one attached fd; any more are closed). Returns `Ok(None)`
+/// at end of stream.
 ///
 /// # Errors
 /// The recvmsg error, or a truncated message.
 pub fn recv_msg(sock: BorrowedFd<'_>) -> io::Result<Option<(Vec<u8>, Option<OwnedFd>)>> {
     let mut buf = vec![0u8; MAX_CTL_MSG];
-    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
-    let mut cbuf = [0u64; 8];
-    // SAFETY: msghdr is plain data; zero is a valid initial state.
-    let mut msg: libc::msghdr = unsafe { core::mem::zeroed() };
-    msg.msg_iov = &raw mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr().cast();
-    msg.msg_controllen = size_of_val(&cbuf);
-    let n = loop {
-        // SAFETY: msg describes valid buffers for the duration of the call.
-        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &raw mut msg, libc::MSG_CMSG_CLOEXEC) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(4))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let r = loop {
+        match rustix::net::recvmsg(sock, &mut [IoSliceMut::new(&mut buf)], &mut control, RecvFlags::CMSG_CLOEXEC) {
+            Err(rustix::io::Errno::INTR) => {}
+            other => break other?,
         }
-        break n.unsigned_abs();
     };
     let mut fd = None;
-    // SAFETY: walking the control buffer the kernel filled, with the libc CMSG macros.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&raw const msg);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                let nfds = ((*c).cmsg_len - libc::CMSG_LEN(0) as usize) / size_of::<RawFd>();
-                for i in 0..nfds {
-                    let raw = libc::CMSG_DATA(c).cast::<RawFd>().add(i).read_unaligned();
-                    let owned = OwnedFd::from_raw_fd(raw);
-                    if fd.is_none() {
-                        fd = Some(owned);
-                    }
+    for msg in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(fds) = msg {
+            for owned in fds {
+                if fd.is_none() {
+                    fd = Some(owned);
                 }
             }
-            c = libc::CMSG_NXTHDR(&raw const msg, c);
         }
     }
-    if msg.msg_flags & libc::MSG_TRUNC != 0 {
+    if r.flags.contains(ReturnFlags::TRUNC) || r.flags.contains(ReturnFlags::CTRUNC) {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "control message too large"));
     }
-    if n == 0 {
+    if r.bytes == 0 {
         return Ok(None);
     }
-    buf.truncate(n);
+    buf.truncate(r.bytes);
     Ok(Some((buf, fd)))
 }
 
 /// Whether the peer hung up (non-blocking check used by waiting clients).
 #[must_use]
 pub fn peer_hung_up(sock: BorrowedFd<'_>) -> bool {
-    let mut p = libc::pollfd { fd: sock.as_raw_fd(), events: libc::POLLRDHUP, revents: 0 };
-    // SAFETY: one valid pollfd, zero timeout.
-    let rc = unsafe { libc::poll(&raw mut p, 1, 0) };
-    rc > 0 && (p.revents & (libc::POLLHUP | libc::POLLRDHUP | libc::POLLERR | libc::POLLNVAL)) != 0
+    let mut p = [PollFd::new(&sock, PollFlags::RDHUP)];
+    let zero = Timespec { tv_sec: 0, tv_nsec: 0 };
+    matches!(rustix::event::poll(&mut p, Some(&zero)), Ok(n) if n > 0)
+        && p[0].revents().intersects(PollFlags::HUP | PollFlags::RDHUP | PollFlags::ERR | PollFlags::NVAL)
 }

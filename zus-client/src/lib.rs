@@ -186,35 +186,6 @@ pub struct Relay {
     server_features: u64,
 }
 
-fn connect_socket(path: &Path) -> std::io::Result<OwnedFd> {
-    use std::os::fd::FromRawFd;
-    use std::os::unix::ffi::OsStrExt;
-    #[allow(unsafe_code)]
-    // SAFETY: socket/connect with a properly built sockaddr_un; the fd is checked and owned.
-    unsafe {
-        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let owned = OwnedFd::from_raw_fd(fd);
-        let mut addr: libc::sockaddr_un = core::mem::zeroed();
-        addr.sun_family = libc::sa_family_t::try_from(libc::AF_UNIX).unwrap_or(1);
-        let b = path.as_os_str().as_bytes();
-        if b.len() >= addr.sun_path.len() {
-            return Err(std::io::Error::from_raw_os_error(libc::ENAMETOOLONG));
-        }
-        for (d, s) in addr.sun_path.iter_mut().zip(b) {
-            *d = s.cast_signed();
-        }
-        let len = libc::socklen_t::try_from(core::mem::offset_of!(libc::sockaddr_un, sun_path) + b.len() + 1)
-            .map_err(|_| std::io::Error::from_raw_os_error(libc::ENAMETOOLONG))?;
-        if libc::connect(fd, (&raw const addr).cast(), len) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(owned)
-    }
-}
-
 impl Relay {
     /// Connects to zusd at `socket` and maps this process's channel set.
     ///
@@ -230,7 +201,7 @@ impl Relay {
     /// # Errors
     /// [`RelayError`].
     pub fn connect_with(socket: &Path, name: &str, features: u64) -> Result<Self, RelayError> {
-        let sock = connect_socket(socket)
+        let sock = sock::connect(socket)
             .map_err(|source| RelayError::Connect { path: socket.display().to_string(), source })?;
         let hello = Request::Hello { features, required: 0, name: name.to_owned() };
         let (reply, fd) = roundtrip(&sock, &hello)?;

@@ -76,16 +76,6 @@ impl ZtWait for FutexWait {
     }
 }
 
-fn pin_to(os_cpu: usize) -> std::io::Result<()> {
-    // SAFETY: cpu_set_t is plain data; CPU_SET writes within it; sched_setaffinity reads it.
-    let rc = unsafe {
-        let mut set: libc::cpu_set_t = core::mem::zeroed();
-        libc::CPU_SET(os_cpu, &mut set);
-        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set)
-    };
-    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
-}
-
 fn prefer_node(node: usize) {
     const MPOL_PREFERRED: libc::c_long = 1;
     let mut mask = [0u64; 16];
@@ -103,7 +93,7 @@ fn prefer_node(node: usize) {
 /// The ZT main loop for lane `lane`.
 pub fn run(server: &Arc<Server>, lane: usize) {
     let cpu = server.config.topology.cpus[lane];
-    if let Err(e) = pin_to(cpu.os_cpu) {
+    if let Err(e) = zus_channel::cpu::pin_to(cpu.os_cpu) {
         tracing::warn!("ZT {lane}: cannot pin to CPU {}: {e}", cpu.os_cpu);
     }
     // Real multi-node machines: allocate this thread's memory (and first-touched channel pages)

@@ -390,7 +390,7 @@ fn spin(relay: &Relay, mount_id: u32, threads: usize) -> Result<()> {
 /// Raw channel access for the hostile client: speaks the protocol by hand.
 fn garbage(socket: &Path, mount_id: u32, iters: usize, seed: u64) -> Result<()> {
     // A normal relay connection to attach the mount, plus our own hand-driven channel set.
-    let sock = kmod_shim_connect(socket)?;
+    let sock = raw_connect(socket)?;
     let hello = Request::Hello { features: 0, required: 0, name: "garbage".into() };
     sock::send_msg(sock.as_fd(), &control::encode(&hello)?, None)?;
     let (msg, fd) = sock::recv_msg(sock.as_fd())?.context("no hello reply")?;
@@ -461,39 +461,12 @@ fn garbage(socket: &Path, mount_id: u32, iters: usize, seed: u64) -> Result<()> 
     Ok(())
 }
 
-fn kmod_shim_connect(socket: &Path) -> Result<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd;
-    use std::os::unix::ffi::OsStrExt;
-    let fd = {
-        #[allow(unsafe_code)]
-        // SAFETY: socket(2); checked below and owned.
-        unsafe {
-            libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0)
-        }
-    };
-    ensure!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-    #[allow(unsafe_code)]
-    // SAFETY: fresh fd.
-    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-    #[allow(unsafe_code)]
-    // SAFETY: zeroed sockaddr_un is valid.
-    let mut addr: libc::sockaddr_un = unsafe { core::mem::zeroed() };
-    addr.sun_family = libc::sa_family_t::try_from(libc::AF_UNIX)?;
-    for (d, s) in addr.sun_path.iter_mut().zip(socket.as_os_str().as_bytes()) {
-        *d = s.cast_signed();
-    }
-    #[allow(unsafe_code)]
-    // SAFETY: valid address and length.
-    let len = libc::socklen_t::try_from(size_of::<libc::sockaddr_un>())?;
-    #[allow(unsafe_code)]
-    // SAFETY: valid address and length.
-    let rc = unsafe { libc::connect(fd, (&raw const addr).cast(), len) };
-    ensure!(rc == 0, "connect: {}", std::io::Error::last_os_error());
-    Ok(owned)
+fn raw_connect(socket: &Path) -> Result<std::os::fd::OwnedFd> {
+    sock::connect(socket).with_context(|| format!("connect {}", socket.display()))
 }
 
 fn bad_hello(socket: &Path) -> Result<()> {
-    let sock = kmod_shim_connect(socket)?;
+    let sock = raw_connect(socket)?;
     let mut m = control::encode(&Request::Hello { features: 0, required: 0, name: "old".into() })?;
     m[8..12].copy_from_slice(&99u32.to_le_bytes());
     sock::send_msg(sock.as_fd(), &m, None)?;
