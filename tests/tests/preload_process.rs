@@ -367,6 +367,29 @@ fn races(mode: &str, case: &str, hooks: &str) -> Fixture {
     f
 }
 
+/// A close on another thread, then an open that takes the same fd number (and, in the library,
+/// the same file slot), while a long pwritev is between two chunks: the whole write lands in
+/// the file it was called on (the kernel pins an open file for the length of a call; the
+/// library must pin its file slot the same way).
+fn slot_reuse(mode: &str) {
+    let f = races(mode, "slot_reuse", "pause_rw=1500");
+    let b = std::fs::read(f.path("r/b")).unwrap();
+    assert!(b.is_empty(), "{mode}: {} bytes of a write on a closed fd landed in the file opened after it", b.len());
+    assert_eq!(std::fs::metadata(f.path("r/a")).unwrap().len(), 300 * 4096, "{mode}");
+}
+
+#[test]
+fn test_close_and_reopen_during_a_write_never_redirects_it_channel_mode() {
+    skip_unless_ready!("python3");
+    slot_reuse("channel");
+}
+
+#[test]
+fn test_close_and_reopen_during_a_write_never_redirects_it_dax_mode() {
+    skip_unless_ready!("python3");
+    slot_reuse("dax");
+}
+
 /// Two threads close two dup'ed fds of a file with a pending dax mtime at once: whichever
 /// drops the last reference commits it.
 #[test]

@@ -16,7 +16,7 @@ use libc::{FILE, iovec, off_t, size_t, ssize_t};
 
 use crate::io::{self, File};
 use crate::state::{self, FD_KERNEL, FD_UNKNOWN, Guard};
-use crate::{mount, sys};
+use crate::sys;
 
 /// Runs `f`, aborting the process if it panics (the workspace profile unwinds; a hook must not).
 #[inline]
@@ -30,17 +30,17 @@ fn guarded<R>(f: impl FnOnce() -> R) -> R {
     }
 }
 
-/// The file behind `fd` when we serve it (detecting it on first use), with the guard held.
+/// Runs `fast` on the file behind `fd` when we serve it (detecting it on first use), with the
+/// guard held and the file held for the call ([`io::Held`]); None when we do not serve it.
 #[inline]
-fn enter(fd: c_int) -> Option<(Guard, File)> {
+fn with_file(fd: c_int, fast: impl FnOnce(File) -> Result<i64, i32>) -> Option<Result<i64, i32>> {
     let e = state::fd_entry(fd);
     if e == FD_KERNEL {
         return None;
     }
-    let g = Guard::enter()?;
-    let e = if e == FD_UNKNOWN { guarded(|| mount::detect(fd)) } else { e };
-    let f = io::file(e)?;
-    Some((g, f))
+    let _g = Guard::enter()?;
+    // The file is let go (which may commit its mtime) inside the guard and the panic catch.
+    guarded(|| io::hold(fd, e).map(|h| fast(h.file())))
 }
 
 #[inline]
@@ -107,14 +107,13 @@ macro_rules! real {
 macro_rules! serve {
     ($fd:expr, |$f:ident| $fast:expr, $real:expr) => {{
         let saved = sys::errno();
-        if let Some((_g, $f)) = enter($fd) {
-            match guarded(|| $fast) {
-                // The kernel caches this file's pages: it serves the call, coherent with them.
-                Err(e) if e == io::USE_KERNEL => state::count(&state::STATS.kernel_cached, 1),
-                r => {
-                    state::count(&state::STATS.served, 1);
-                    return finish(r, saved) as _;
-                }
+        match with_file($fd, |$f| $fast) {
+            None => {}
+            // The kernel caches this file's pages: it serves the call, coherent with them.
+            Some(Err(e)) if e == io::USE_KERNEL => state::count(&state::STATS.kernel_cached, 1),
+            Some(r) => {
+                state::count(&state::STATS.served, 1);
+                return finish(r, saved) as _;
             }
         }
         $real
@@ -385,8 +384,11 @@ fn after_fcntl(fd: c_int, cmd: c_int, r: c_int) {
     match cmd {
         libc::F_DUPFD | libc::F_DUPFD_CLOEXEC if r >= 0 => copy_entry(fd, r),
         libc::F_SETFL if r >= 0 => {
-            if let Some(f) = io::file(state::fd_entry(fd)) {
-                io::refresh_flags(f, fd);
+            let e = state::fd_entry(fd);
+            if state::slot_of(e).is_some()
+                && let Some(_g) = Guard::enter()
+            {
+                guarded(|| io::hold(fd, e).map(|h| io::refresh_flags(h.file(), fd)));
             }
         }
         _ => {}

@@ -16,8 +16,9 @@ use zus_api::ops::{
 };
 use zus_client::{DataIn, Stream};
 
+use crate::mount;
 use crate::mount::{DataPolicy, LanePolicy, Mount};
-use crate::state::{self, LAYOUT_EPOCH, Slot};
+use crate::state::{self, FD_UNKNOWN, LAYOUT_EPOCH, Ref, Slot};
 use crate::sys;
 
 /// mtime is committed at most this often by dax writes (like the kernel's coarse clock).
@@ -32,19 +33,67 @@ pub struct File {
     pub m: &'static Mount,
 }
 
-/// The file an fd table entry names, if any.
-#[inline]
-pub fn file(entry: u32) -> Option<File> {
-    let s = state::slot_of(entry)?;
-    let m = state::mount(s.mount.load(Ordering::Relaxed))?;
-    Some(File { s, m })
+/// A served fd's file, held for the length of a call ([`Ref::Call`]): its slot stays this
+/// file's, even when another thread closes the fd meanwhile and an open reuses the number.
+/// Dropping it may commit the pending mtime (when the fd was closed during the call).
+#[derive(Debug)]
+pub struct Held(File);
+
+impl Held {
+    /// The file.
+    #[inline]
+    pub fn file(&self) -> File {
+        self.0
+    }
 }
 
-/// Drops one reference on the slot an entry names; the last one commits a pending mtime
-/// (when `commit`) before the slot can be reused.
+impl Drop for Held {
+    #[inline]
+    fn drop(&mut self) {
+        release_slot(self.0.s, Ref::Call, true);
+    }
+}
+
+/// Holds the file `fd` names for a call; `e` is its fd table entry as just loaded (an unknown
+/// fd is detected first). None: we do not serve it.
+#[inline]
+pub fn hold(fd: i32, mut e: u32) -> Option<Held> {
+    loop {
+        if e == FD_UNKNOWN {
+            e = mount::detect(fd);
+        }
+        let s = state::slot_of(e)?;
+        if s.try_retain(Ref::Call) {
+            // The slot is ours now; it is still this fd's file unless the fd was closed (and
+            // the slot set up for another file) between the load and the retain.
+            if state::fd_entry(fd) == e {
+                let Some(m) = state::mount(s.mount.load(Ordering::Relaxed)) else {
+                    release_slot(s, Ref::Call, true);
+                    return None;
+                };
+                return Some(Held(File { s, m }));
+            }
+            release_slot(s, Ref::Call, true);
+        }
+        e = state::fd_entry(fd);
+    }
+}
+
+/// Whether `fd` still names `f` (not closed, or closed and reused, since the call began).
+fn names(fd: i32, f: File) -> bool {
+    state::slot_of(state::fd_entry(fd)).is_some_and(|s| core::ptr::eq(s, f.s))
+}
+
+/// Drops one reference on the slot an fd table entry names (a closed or reused fd); the last
+/// one commits a pending mtime (when `commit`) before the slot can be reused.
 pub fn release(entry: u32, commit: bool) {
-    let Some(s) = state::slot_of(entry) else { return };
-    let Some(last) = s.release() else { return };
+    if let Some(s) = state::slot_of(entry) {
+        release_slot(s, Ref::Fd, commit);
+    }
+}
+
+fn release_slot(s: &'static Slot, r: Ref, commit: bool) {
+    let Some(last) = s.release(r) else { return };
     if commit && let Some(m) = state::mount(s.mount.load(Ordering::Relaxed)) {
         let _ = commit_mtime(File { s: last.slot(), m }, false);
     }
@@ -1034,8 +1083,11 @@ pub unsafe fn rw(
             }
         }
     }
+    // The kernel's offset of the file: unless another thread closed the fd meanwhile (the
+    // offset went with the file; the number may name another file now).
     if off.is_none()
         && let Some(p) = last_end
+        && names(fd, f)
     {
         sys::lseek(fd, p as i64, libc::SEEK_SET)?;
     }

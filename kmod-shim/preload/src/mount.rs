@@ -302,7 +302,7 @@ pub fn detect(fd: i32) -> u32 {
         Err(cur) => {
             // Our slot was never named by an fd: its last reference drops with nothing to commit.
             if let Some(s) = state::slot_of(e) {
-                drop(s.release());
+                drop(s.release(state::Ref::Fd));
             }
             cur
         }

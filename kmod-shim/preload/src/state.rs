@@ -169,14 +169,46 @@ pub struct CachedExtent {
 /// [`Slot::refs`] while the slot is set up (between [`alloc_slot`] and its first fd) or torn
 /// down (after its last reference, while the pending mtime is committed): not free, and no
 /// reference can be taken.
-const REFS_BUSY: u32 = u32::MAX;
+const REFS_BUSY: u64 = u64::MAX;
+
+/// A reference to a [`Slot`]: an fd that names it, or a call in progress on it. A call holds
+/// its file's slot from its first look at the fd table to its return, as the kernel holds an
+/// open file for a system call: a `close` of the fd on another thread meanwhile, and an open
+/// that takes the fd number, give the new file another slot, and the call goes on with its own
+/// file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ref {
+    /// An fd naming the slot (counted in the low 32 bits of [`Slot::refs`]).
+    Fd,
+    /// A call in progress (the high 32 bits; a forked child drops these: the calls were its
+    /// parent's other threads').
+    Call,
+}
+
+impl Ref {
+    const fn unit(self) -> u64 {
+        match self {
+            Self::Fd => 1,
+            Self::Call => 1 << 32,
+        }
+    }
+
+    const fn count(self, refs: u64) -> u64 {
+        match self {
+            Self::Fd => refs & 0xffff_ffff,
+            Self::Call => refs >> 32,
+        }
+    }
+}
 
 /// One open file description we serve.
 #[derive(Debug)]
 pub struct Slot {
-    /// fds naming this slot; 0 = free, [`REFS_BUSY`] while set up or torn down. Changed only by
-    /// [`alloc_slot`], [`Slot::publish`], [`Slot::try_retain`] and [`Slot::release`].
-    refs: AtomicU32,
+    /// References ([`Ref`]): fds naming this slot in the low 32 bits, calls in progress in the
+    /// high 32; 0 = free, [`REFS_BUSY`] while set up or torn down. Changed only by
+    /// [`alloc_slot`], [`Slot::publish`], [`Slot::try_retain`], [`Slot::release`] and
+    /// [`after_fork_child`].
+    refs: AtomicU64,
     /// Index into [`MOUNTS`].
     pub mount: AtomicU32,
     /// Open flags (O_ACCMODE, O_APPEND, O_SYNC, O_DSYNC, O_DIRECT).
@@ -213,7 +245,7 @@ pub struct Slot {
 impl Slot {
     const fn new() -> Self {
         Self {
-            refs: AtomicU32::new(0),
+            refs: AtomicU64::new(0),
             mount: AtomicU32::new(0),
             flags: AtomicU32::new(0),
             ino: AtomicU64::new(0),
@@ -239,38 +271,49 @@ impl Slot {
 
     /// A slot from [`alloc_slot`], set up: it now has one reference (the fd about to name it).
     pub fn publish(&self) {
-        self.refs.store(1, Ordering::Release);
+        self.refs.store(Ref::Fd.unit(), Ordering::Release);
     }
 
-    /// Takes one more reference (a dup'ed fd) unless the slot is free, set up or torn down.
-    pub fn try_retain(&self) -> bool {
+    /// Takes one more reference (a dup'ed fd, a call) unless the slot is free, set up or torn
+    /// down. A caller that found the slot through an fd checks afterwards that the fd still
+    /// names it: the slot may have been freed and set up for another file in between.
+    pub fn try_retain(&self, r: Ref) -> bool {
         let mut v = self.refs.load(Ordering::Relaxed);
         loop {
             if v == 0 || v == REFS_BUSY {
                 return false;
             }
-            match self.refs.compare_exchange_weak(v, v + 1, Ordering::Acquire, Ordering::Relaxed) {
+            match self.refs.compare_exchange_weak(v, v + r.unit(), Ordering::Acquire, Ordering::Relaxed) {
                 Ok(_) => return true,
                 Err(now) => v = now,
             }
         }
     }
 
+    /// In a forked child: drops the references of calls in progress, and a set-up or tear-down
+    /// in progress (see [`after_fork_child`]).
+    fn forget_calls(&self) {
+        let v = self.refs.load(Ordering::Relaxed);
+        self.refs.store(if v == REFS_BUSY { 0 } else { Ref::Fd.count(v) }, Ordering::Relaxed);
+    }
+
     /// Drops one reference. Deciding whether it was the last is the same atomic step as the
     /// drop (two threads closing two dup'ed fds at once: exactly one of them is last), and the
     /// last one gets the slot as a [`LastRef`]: it is neither reused nor retained until that is
     /// dropped, so its holder can still commit the file's pending mtime.
-    pub fn release(&'static self) -> Option<LastRef> {
-        crate::testhook::pause_release();
+    pub fn release(&'static self, r: Ref) -> Option<LastRef> {
+        if r == Ref::Fd {
+            crate::testhook::pause_release();
+        }
         let mut v = self.refs.load(Ordering::Relaxed);
         loop {
-            if v == 0 || v == REFS_BUSY {
+            if v == REFS_BUSY || r.count(v) == 0 {
                 return None;
             }
-            let next = if v == 1 { REFS_BUSY } else { v - 1 };
+            let next = if v == r.unit() { REFS_BUSY } else { v - r.unit() };
             match self.refs.compare_exchange_weak(v, next, Ordering::AcqRel, Ordering::Relaxed) {
                 // (Not `then_some`: a LastRef built and dropped would free the slot.)
-                Ok(_) if v == 1 => return Some(LastRef(self)),
+                Ok(_) if next == REFS_BUSY => return Some(LastRef(self)),
                 Ok(_) => return None,
                 Err(now) => v = now,
             }
@@ -327,12 +370,12 @@ pub fn dup_entry(old: i32) -> u32 {
         e => e,
     };
     let Some(s) = slot_of(e) else { return e };
-    if !s.try_retain() {
+    if !s.try_retain(Ref::Fd) {
         return FD_UNKNOWN;
     }
     // The slot may have been freed and taken by another file between the load and the retain.
     if fd_entry(old) != e {
-        drop(s.release());
+        drop(s.release(Ref::Fd));
         return FD_UNKNOWN;
     }
     e
@@ -344,6 +387,9 @@ pub fn after_fork_child() {
     FORK_GEN.fetch_add(1, Ordering::AcqRel);
     INIT_LOCK.0.store(false, Ordering::Release);
     for s in &SLOTS {
+        // Calls in progress were other threads' (gone here), as were slots being set up (no fd
+        // names them yet) or torn down (the parent commits their mtime).
+        s.forget_calls();
         let q = s.seq.load(Ordering::Relaxed);
         if q & 1 == 1 {
             s.invalidate();
@@ -426,16 +472,16 @@ mod tests {
         s.refs.store(REFS_BUSY, Ordering::Release);
         for _ in 0..2000 {
             s.publish();
-            assert!(s.try_retain());
+            assert!(s.try_retain(Ref::Fd));
             let go = std::sync::Barrier::new(2);
             let lasts: u32 = std::thread::scope(|sc| {
                 let h: Vec<_> = (0..2)
                     .map(|_| {
                         sc.spawn(|| {
                             go.wait();
-                            s.release().map(|last| {
+                            s.release(Ref::Fd).map(|last| {
                                 // Not reusable while the last holder works.
-                                assert!(!s.try_retain());
+                                assert!(!s.try_retain(Ref::Fd));
                                 assert_eq!(s.refs.load(Ordering::Acquire), REFS_BUSY);
                                 core::mem::forget(last);
                             })
@@ -446,6 +492,37 @@ mod tests {
             });
             assert_eq!(lasts, 1);
         }
+        s.refs.store(0, Ordering::Release);
+    }
+
+    /// A call holds its slot: the fd's close leaves the slot to the call, which is then its
+    /// last reference; another file gets another slot meanwhile; a forked child, where the call
+    /// does not go on, drops the call's reference.
+    #[test]
+    fn test_a_call_holds_its_slot_past_the_close_of_its_fd() {
+        let s: &'static Slot = &SLOTS[MAX_SLOTS - 2];
+        s.refs.store(REFS_BUSY, Ordering::Release);
+        s.publish();
+        assert!(s.try_retain(Ref::Call));
+        assert!(s.release(Ref::Fd).is_none(), "the call still holds the slot");
+        assert_ne!(s.refs.load(Ordering::Acquire), 0);
+        assert!(s.try_retain(Ref::Call), "a second call on the same file (no fd names it now)");
+        assert!(s.release(Ref::Call).is_none());
+        let last = s.release(Ref::Call).expect("the last call is the last reference");
+        assert!(!s.try_retain(Ref::Fd));
+        drop(last);
+        assert_eq!(s.refs.load(Ordering::Acquire), 0, "free again");
+        // Fork: two fds and a call in the parent; the child has the two fds only.
+        s.refs.store(REFS_BUSY, Ordering::Release);
+        s.publish();
+        assert!(s.try_retain(Ref::Fd) && s.try_retain(Ref::Call));
+        s.forget_calls();
+        assert!(s.release(Ref::Call).is_none(), "no call to drop in the child");
+        assert!(s.release(Ref::Fd).is_none());
+        drop(s.release(Ref::Fd).expect("the second fd is the last reference"));
+        s.refs.store(REFS_BUSY, Ordering::Release);
+        s.forget_calls();
+        assert_eq!(s.refs.load(Ordering::Acquire), 0, "a tear-down in another thread of the parent");
         s.refs.store(0, Ordering::Release);
     }
 }

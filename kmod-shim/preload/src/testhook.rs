@@ -4,8 +4,8 @@
 //!
 //! - `pause_rw=MS`: a read/write call of more than `MAX_IOV` buffers sleeps MS ms between its
 //!   chunks (another thread then closes the fd and opens another file);
-//! - `pause_release=MS`: dropping a reference to a file slot sleeps MS ms before the drop (two
-//!   threads close two dup'ed fds at once);
+//! - `pause_release=MS`: dropping an fd's reference to a file slot (a close) sleeps MS ms before
+//!   the drop (two threads close two dup'ed fds at once);
 //! - `fail_map_done=N`: the next N MAP_DONE ops fail with EIO without being sent.
 //!
 //! Unset (always, outside the tests), each hook costs one relaxed load, on paths that are not
@@ -60,7 +60,7 @@ pub fn pause_rw() {
     sleep_ms(PAUSE_RW_MS.load(Ordering::Relaxed));
 }
 
-/// Before a reference to a file slot is dropped.
+/// Before an fd's reference to a file slot is dropped.
 #[inline]
 pub fn pause_release() {
     sleep_ms(PAUSE_RELEASE_MS.load(Ordering::Relaxed));
