@@ -36,6 +36,54 @@ pub fn plugin_available(name: &str) -> bool {
 
 pub use zufs_tests::run_with_timeout;
 
+thread_local! {
+    /// The bridge transport of this test's mounts (`classic`, `uring`; empty: the default).
+    static TRANSPORT: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+/// This test's transport (set by [`with_transport`]).
+pub fn transport() -> String {
+    TRANSPORT.with_borrow(Clone::clone)
+}
+
+/// Why FUSE over io_uring cannot be used here, if it cannot.
+pub fn uring_unavailable() -> Option<String> {
+    let p = "/sys/module/fuse/parameters/enable_uring";
+    let v = std::fs::read_to_string(p).ok()?;
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    (v.trim() != "Y" && !root).then(|| format!("{p} is off and we are not root"))
+}
+
+/// Runs `test` with its mounts on `transport` (skipped with a printed reason when the kernel
+/// has no FUSE over io_uring).
+pub fn with_transport(transport: &str, test: fn()) {
+    if transport == "uring" {
+        if !std::path::Path::new("/sys/module/fuse/parameters/enable_uring").exists() {
+            eprintln!("SKIPPED: this kernel has no FUSE over io_uring (needs 6.14+, CONFIG_FUSE_IO_URING)");
+            return;
+        }
+        if let Some(why) = uring_unavailable() {
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+    }
+    TRANSPORT.with_borrow_mut(|t| transport.clone_into(t));
+    test();
+}
+
+/// Declares each listed test function twice, in modules `classic` and `uring`.
+macro_rules! on_both_transports {
+    ($($t:ident),* $(,)?) => {
+        mod classic {
+            $( #[test] fn $t() { super::common::with_transport("classic", super::$t) } )*
+        }
+        mod uring {
+            $( #[test] fn $t() { super::common::with_transport("uring", super::$t) } )*
+        }
+    };
+}
+
 /// Shell command with a deadline; returns (success, stdout+stderr).
 pub fn sh(script: &str, timeout: Duration) -> (bool, String) {
     let o = run_with_timeout(Command::new("bash").arg("-c").arg(script), timeout);
@@ -101,6 +149,10 @@ impl Fixture {
         c.arg("--socket").arg(&self.socket).arg("--plugins").arg(&self.plugins);
         c.env("ZUFS_RUN_DIR", &self.run_dir);
         c.env("ZUFS_ZUSD", artifact("zusd"));
+        let t = transport();
+        if !t.is_empty() {
+            c.env("ZUFS_TRANSPORT", t);
+        }
         c
     }
 

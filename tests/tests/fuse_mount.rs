@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-#[test]
 fn test_nullfs_namespace_through_the_kernel_and_clean_umount() {
     skip_without_fuse!();
     let f = Fixture::new("fuse-ns", &["nullfs"], true);
@@ -70,7 +69,6 @@ fn test_nullfs_namespace_through_the_kernel_and_clean_umount() {
     assert!(st["zusd"]["mounts"].as_array().unwrap().is_empty(), "zusd mount left behind: {st}");
 }
 
-#[test]
 fn test_mount_errors_are_clear_and_change_nothing() {
     skip_without_fuse!();
     let f = Fixture::new("fuse-err", &["nullfs"], true);
@@ -123,7 +121,6 @@ fn test_mount_errors_are_clear_and_change_nothing() {
     assert_eq!(before, after, "mount table changed");
 }
 
-#[test]
 fn test_mount_options_ro_timeouts_and_permissions() {
     skip_without_fuse!();
     let f = Fixture::new("fuse-opts", &["nullfs"], true);
@@ -160,7 +157,6 @@ fn test_mount_options_ro_timeouts_and_permissions() {
     f.umount();
 }
 
-#[test]
 fn test_zusd_killed_ops_fail_with_eio_promptly_and_umount_works() {
     skip_without_fuse!();
     let mut f = Fixture::new("fuse-kill", &["nullfs"], true);
@@ -183,7 +179,6 @@ fn test_zusd_killed_ops_fail_with_eio_promptly_and_umount_works() {
     );
 }
 
-#[test]
 fn test_zusd_started_on_demand_and_bridge_sigterm_unmounts() {
     skip_without_fuse!();
     let f = Fixture::new("fuse-demand", &["nullfs"], false);
@@ -201,7 +196,6 @@ fn test_zusd_started_on_demand_and_bridge_sigterm_unmounts() {
     );
 }
 
-#[test]
 fn test_reader_threads_are_pinned_one_per_cpu() {
     skip_without_fuse!();
     let f = Fixture::new("fuse-pin", &["nullfs"], true);
@@ -223,7 +217,8 @@ fn test_reader_threads_are_pinned_one_per_cpu() {
     let mut pinned = Vec::new();
     for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
         let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-        if let Some(n) = comm.trim().strip_prefix("fuser-") {
+        let prefix = if transport() == "uring" { "fuse-ring-" } else { "fuser-" };
+        if let Some(n) = comm.trim().strip_prefix(prefix) {
             let st = std::fs::read_to_string(t.path().join("status")).unwrap();
             let cpus = st.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).unwrap().trim().to_owned();
             pinned.push((n.parse::<usize>().unwrap(), cpus));
@@ -239,7 +234,6 @@ fn test_reader_threads_are_pinned_one_per_cpu() {
     f.umount();
 }
 
-#[test]
 fn test_fio_on_nullfs_direct_sync() {
     skip_without_fuse!();
     if std::process::Command::new("fio").arg("--version").output().is_err() {
@@ -264,3 +258,71 @@ fn test_fio_on_nullfs_direct_sync() {
     }
     f.umount();
 }
+
+/// FUSE over io_uring: requests from a thread pinned to CPU n are served on CPU n (the ring
+/// thread counts what it served per CPU; `zufs status --json` shows the counts).
+#[test]
+fn test_uring_serves_each_request_on_the_callers_cpu() {
+    skip_without_fuse!();
+    if let Some(why) = uring_unavailable() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    if !std::path::Path::new("/sys/module/fuse/parameters/enable_uring").exists() {
+        eprintln!("SKIPPED: this kernel has no FUSE over io_uring");
+        return;
+    }
+    let f = Fixture::new("fuse-uring-cpu", &["nullfs"], true);
+    f.mount("nullfs", "none", "transport=uring,attr_timeout=0,entry_timeout=0");
+    let served = || -> Vec<u64> {
+        let st = f.status();
+        let m = st["mounts"]
+            .as_array()
+            .and_then(|a| a.iter().find(|m| m["mountpoint"].as_str() == Some(&f.mnt.display().to_string())))
+            .cloned()
+            .expect("mount in status");
+        assert_eq!(m["transport"].as_str(), Some("uring"), "{m}");
+        m["served_per_cpu"]
+            .as_array()
+            .map(|a| a.iter().filter_map(serde_json::Value::as_u64).collect())
+            .unwrap_or_default()
+    };
+    let ncpu = zufs_tests::online_cpus();
+    for cpu in 0..ncpu {
+        let before = served();
+        let m = f.mnt.clone();
+        std::thread::spawn(move || {
+            zufs_tests::pin_current(cpu).expect("pin");
+            for i in 0..200 {
+                let _ = std::fs::metadata(m.join(format!("nope{cpu}-{i}")));
+            }
+        })
+        .join()
+        .unwrap();
+        // The record is rewritten within 100 ms of a change.
+        let mut after = served();
+        let t0 = Instant::now();
+        while after.get(cpu).copied().unwrap_or(0) < before.get(cpu).copied().unwrap_or(0) + 200
+            && t0.elapsed() < Duration::from_secs(3)
+        {
+            std::thread::sleep(Duration::from_millis(50));
+            after = served();
+        }
+        let on = |v: &Vec<u64>, c: usize| v.get(c).copied().unwrap_or(0);
+        let here = on(&after, cpu) - on(&before, cpu);
+        let elsewhere: u64 = (0..after.len()).filter(|&c| c != cpu).map(|c| on(&after, c) - on(&before, c)).sum();
+        assert!(here >= 200, "CPU {cpu}: {here} of 200 lookups served on the caller's CPU ({before:?} -> {after:?})");
+        assert!(elsewhere <= 10, "CPU {cpu}: {elsewhere} served elsewhere ({before:?} -> {after:?})");
+    }
+    f.umount();
+}
+
+on_both_transports!(
+    test_nullfs_namespace_through_the_kernel_and_clean_umount,
+    test_mount_errors_are_clear_and_change_nothing,
+    test_mount_options_ro_timeouts_and_permissions,
+    test_zusd_killed_ops_fail_with_eio_promptly_and_umount_works,
+    test_zusd_started_on_demand_and_bridge_sigterm_unmounts,
+    test_reader_threads_are_pinned_one_per_cpu,
+    test_fio_on_nullfs_direct_sync,
+);

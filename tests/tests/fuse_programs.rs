@@ -53,7 +53,6 @@ fn sh_ok(script: &str, secs: u64) -> String {
     out
 }
 
-#[test]
 fn test_coreutils_and_tar_round_trip_survives_remount_and_fsck() {
     skip_without_pmemfs!();
     let (f, dev) = pmemfs("fuse-tar", "512M", "");
@@ -115,7 +114,6 @@ fn test_coreutils_and_tar_round_trip_survives_remount_and_fsck() {
     f.umount();
 }
 
-#[test]
 fn test_git_init_add_commit_status_gc() {
     skip_without_pmemfs!();
     if !need("git") {
@@ -141,7 +139,6 @@ fn test_git_init_add_commit_status_gc() {
     f.umount();
 }
 
-#[test]
 fn test_sqlite_wal_thousands_of_transactions_and_integrity() {
     skip_without_pmemfs!();
     if !need("sqlite3") {
@@ -165,7 +162,6 @@ fn test_sqlite_wal_thousands_of_transactions_and_integrity() {
     f.umount();
 }
 
-#[test]
 fn test_shared_mmap_is_coherent_with_read_and_write() {
     skip_without_pmemfs!();
     let (f, _dev) = pmemfs("fuse-mmap", "256M", "");
@@ -216,7 +212,6 @@ fn test_shared_mmap_is_coherent_with_read_and_write() {
     f.umount();
 }
 
-#[test]
 fn test_o_direct_o_sync_any_alignment() {
     skip_without_pmemfs!();
     let (f, _dev) = pmemfs("fuse-odirect", "256M", "");
@@ -242,7 +237,6 @@ fn test_o_direct_o_sync_any_alignment() {
     f.umount();
 }
 
-#[test]
 fn test_zusd_restart_reattaches_a_mounted_pmemfs() {
     skip_without_pmemfs!();
     let (mut f, _dev) = pmemfs("fuse-reattach", "256M", "attr_timeout=0,entry_timeout=0");
@@ -282,7 +276,6 @@ fn test_zusd_restart_reattaches_a_mounted_pmemfs() {
     f.umount();
 }
 
-#[test]
 fn test_read_only_mount_reads_and_refuses_changes() {
     skip_without_pmemfs!();
     let (f, dev) = pmemfs("fuse-ro", "64M", "");
@@ -308,3 +301,13 @@ fn test_read_only_mount_reads_and_refuses_changes() {
     let o = f.zufs_run(&["fsck", "-t", "pmemfs", &dev]);
     assert!(o.status.success(), "fsck after a ro mount: {}", String::from_utf8_lossy(&o.stdout));
 }
+
+on_both_transports!(
+    test_coreutils_and_tar_round_trip_survives_remount_and_fsck,
+    test_git_init_add_commit_status_gc,
+    test_sqlite_wal_thousands_of_transactions_and_integrity,
+    test_shared_mmap_is_coherent_with_read_and_write,
+    test_o_direct_o_sync_any_alignment,
+    test_zusd_restart_reattaches_a_mounted_pmemfs,
+    test_read_only_mount_reads_and_refuses_changes,
+);

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use zufs_fuse::bridge::{Bridge, DataPath, MountSpec};
 use zufs_fuse::fuse::{FuseOptions, FuserTransport, Transport};
+use zufs_fuse::uring::{UringState, UringTransport, uring_support};
 use zus_client::{Relay, RelayError};
 
 /// Default control socket.
@@ -67,6 +68,20 @@ pub struct MountOptions {
     pub server: String,
     /// Data path.
     pub data_path: DataPath,
+    /// Kernel transport of the bridge.
+    pub transport: TransportChoice,
+}
+
+/// `-o transport=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TransportChoice {
+    /// FUSE over io_uring where the kernel offers it, else classic /dev/fuse (saying why once).
+    #[default]
+    Auto,
+    /// FUSE over io_uring, or the mount fails.
+    Uring,
+    /// Classic /dev/fuse (fuser).
+    Classic,
 }
 
 fn secs(v: &str, name: &str) -> Result<Duration> {
@@ -85,6 +100,12 @@ pub fn parse_mount_options(opts: &str, fsname: &str) -> Result<MountOptions> {
     let mut f = FuseOptions { fsname: fsname.to_owned(), ..FuseOptions::default() };
     let mut server = Vec::new();
     let mut data_path = DataPath::Auto;
+    // The default transport may come from the environment (ZUFS_TRANSPORT=auto|uring|classic).
+    let mut transport = match std::env::var("ZUFS_TRANSPORT").as_deref() {
+        Ok("uring") => TransportChoice::Uring,
+        Ok("classic") => TransportChoice::Classic,
+        _ => TransportChoice::Auto,
+    };
     for o in opts.split(',').map(str::trim).filter(|o| !o.is_empty()) {
         let (k, v) = o.split_once('=').map_or((o, None), |(k, v)| (k, Some(v)));
         match (k, v) {
@@ -109,6 +130,9 @@ pub fn parse_mount_options(opts: &str, fsname: &str) -> Result<MountOptions> {
             ("data", Some("window")) => data_path = DataPath::Window,
             ("data", Some("auto")) => data_path = DataPath::Auto,
             ("fsname", Some(v)) => f.fsname = v.to_owned(),
+            ("transport", Some("auto")) => transport = TransportChoice::Auto,
+            ("transport", Some("uring")) => transport = TransportChoice::Uring,
+            ("transport", Some("classic")) => transport = TransportChoice::Classic,
             ("ro", None) => {
                 f.read_only = true;
                 server.push(o.to_owned());
@@ -122,13 +146,13 @@ pub fn parse_mount_options(opts: &str, fsname: &str) -> Result<MountOptions> {
                 server.push(o.to_owned());
             }
             ("async", None) => f.sync = false,
-            ("attr_timeout" | "entry_timeout" | "threads" | "data" | "fsname", _) => {
+            ("attr_timeout" | "entry_timeout" | "threads" | "data" | "fsname" | "transport", _) => {
                 bail!("mount option {o:?}: bad value")
             }
             _ => server.push(o.to_owned()),
         }
     }
-    Ok(MountOptions { fuse: f, server: server.join(","), data_path })
+    Ok(MountOptions { fuse: f, server: server.join(","), data_path, transport })
 }
 
 /// One mount as `zufs` records it (in `<run dir>/mounts/`).
@@ -148,6 +172,12 @@ pub struct MountRecord {
     pub device: String,
     /// Options as given.
     pub options: String,
+    /// The bridge's kernel transport (`uring` or `classic`).
+    #[serde(default)]
+    pub transport: String,
+    /// FUSE-over-io_uring requests served per CPU (the CPU the ring thread served them on).
+    #[serde(default)]
+    pub served_per_cpu: Vec<u64>,
 }
 
 fn record_path(env: &Env, mountpoint: &str) -> PathBuf {
@@ -493,6 +523,8 @@ pub fn serve(env: &Env, a: &MountArgs, notify_stdout: bool) -> Result<()> {
         fs_type: a.fs_type.clone(),
         device: info.device.clone(),
         options: a.options.clone(),
+        transport: String::new(),
+        served_per_cpu: Vec::new(),
     };
     let rpath = record_path(env, &rec.mountpoint);
     // Signals: unmount (lazily) and let the session end normally.
@@ -506,9 +538,32 @@ pub fn serve(env: &Env, a: &MountArgs, notify_stdout: bool) -> Result<()> {
             let _ = umount2(&mp, libc::MNT_DETACH);
         });
     }
-    let transport = FuserTransport;
+    let (transport, ustate): (Box<dyn Transport>, Option<Arc<UringState>>) = match mo.transport {
+        TransportChoice::Classic => (Box::new(FuserTransport), None),
+        TransportChoice::Uring => match uring_support() {
+            Ok(_) => {
+                let t = UringTransport::new(true);
+                let st = t.state();
+                (Box::new(t), Some(st))
+            }
+            Err(why) => return Err(report_err(format!("transport=uring: {why}"))),
+        },
+        TransportChoice::Auto => match uring_support() {
+            Ok(_) => {
+                let t = UringTransport::new(false);
+                let st = t.state();
+                (Box::new(t), Some(st))
+            }
+            Err(why) => {
+                tracing::warn!("transport classic: {why}");
+                (Box::new(FuserTransport), None)
+            }
+        },
+    };
     let mut ready = || {
         let _ = std::fs::create_dir_all(env.mounts_dir());
+        let mut rec = rec.clone();
+        rec.transport = ustate.as_ref().map_or_else(|| "classic".to_owned(), |s| s.active());
         if let Ok(s) = serde_json::to_string(&rec) {
             let _ = std::fs::write(&rpath, s);
         }
@@ -518,10 +573,36 @@ pub fn serve(env: &Env, a: &MountArgs, notify_stdout: bool) -> Result<()> {
             rec.device,
             rec.mountpoint,
             rec.mount_id,
-            transport.name()
+            rec.transport
         );
+        let mount_id = rec.mount_id;
+        if let Some(st) = ustate.clone() {
+            // Per-CPU counts for `zufs status`: the record is rewritten when they change.
+            let rpath = rpath.clone();
+            let _ = std::thread::Builder::new().name("zufs-stats".into()).spawn(move || {
+                let mut last = Vec::new();
+                loop {
+                    std::thread::sleep(Duration::from_millis(100));
+                    let now = st.served_per_cpu();
+                    if now == last {
+                        continue;
+                    }
+                    if !rpath.exists() {
+                        return;
+                    }
+                    rec.served_per_cpu.clone_from(&now);
+                    last = now;
+                    if let Ok(s) = serde_json::to_string(&rec) {
+                        let tmp = rpath.with_extension("tmp");
+                        if std::fs::write(&tmp, s).is_ok() {
+                            let _ = std::fs::rename(&tmp, &rpath);
+                        }
+                    }
+                }
+            });
+        }
         if notify_stdout {
-            println!("READY {}", rec.mount_id);
+            println!("READY {mount_id}");
             // Nobody reads stdout any more: point it at /dev/null.
             if let Ok(f) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
                 use std::os::fd::AsRawFd;
@@ -605,15 +686,17 @@ pub fn status(env: &Env, json: bool) -> Result<()> {
             .find(|x| {
                 x.mount_id == m.mount_id || (!m.device.is_empty() && x.device == m.device && x.fs_type == m.fs_type)
             })
-            .map(|x| (x.mountpoint.clone(), x.pid))
+            .map(|x| (x.mountpoint.clone(), x.pid, x.transport.clone(), x.served_per_cpu.clone()))
     };
     if json {
         let mounts: Vec<serde_json::Value> = st
             .mounts
             .iter()
             .map(|m| {
-                let (mp, pid) = mp_of(m).map_or((None, None), |(a, b)| (Some(a), Some(b)));
-                serde_json::json!({"mount": m, "mountpoint": mp, "bridge_pid": pid})
+                let (mp, pid, tr, served) =
+                    mp_of(m).map_or((None, None, None, None), |(a, b, t, c)| (Some(a), Some(b), Some(t), Some(c)));
+                serde_json::json!({"mount": m, "mountpoint": mp, "bridge_pid": pid, "transport": tr,
+                    "served_per_cpu": served})
             })
             .collect();
         println!("{}", serde_json::json!({"zusd": st, "mounts": mounts}));
@@ -629,7 +712,10 @@ pub fn status(env: &Env, json: bool) -> Result<()> {
         println!("  (none)");
     }
     for m in &st.mounts {
-        let (mp, pid) = mp_of(m).map_or(("-".to_owned(), "-".to_owned()), |(a, b)| (a, b.to_string()));
+        let (mp, pid, tr, served) = mp_of(m)
+            .map_or(("-".to_owned(), "-".to_owned(), String::new(), Vec::new()), |(a, b, t, c)| {
+                (a, b.to_string(), t, c)
+            });
         println!(
             "  #{:<3} {:<8} {:<30} on {:<30} bridge pid {:<7} options {:?}{}; kernel-cached inodes {}, tickets {}",
             m.mount_id,
@@ -642,6 +728,10 @@ pub fn status(env: &Env, json: bool) -> Result<()> {
             m.kernel_cached,
             m.tickets
         );
+        if !tr.is_empty() {
+            let per_cpu = served.iter().enumerate().map(|(c, n)| format!("cpu{c}={n}")).collect::<Vec<_>>().join(" ");
+            println!("        transport {tr}{}{per_cpu}", if per_cpu.is_empty() { "" } else { "; served per CPU: " });
+        }
     }
     println!("channels (per-CPU ZT lanes):");
     println!("  {:>4} {:>4} {:>14} {:>10}", "cpu", "node", "ops", "rejected");

@@ -50,7 +50,8 @@ enum Cmd {
     ///
     /// Options (-o, comma-separated): ro, rw, sync, attr_timeout=SECS, entry_timeout=SECS,
     /// allow_other|noallow_other (default allow_other), default_permissions|nodefault_permissions
-    /// (default on), direct_io, keep_cache, threads=N (default: one per CPU), pin|nopin (pin reader n to CPU n; default pin), data=auto|remote|window (default auto: window up to 32 KiB, one-copy remote above),
+    /// (default on), direct_io, keep_cache, threads=N (default: one per CPU), pin|nopin (pin reader n to CPU n; default pin),
+    /// transport=auto|uring|classic (default auto or $ZUFS_TRANSPORT: FUSE over io_uring where the kernel offers it), data=auto|remote|window (default auto: window up to 32 KiB, one-copy remote above),
     /// fsname=NAME; anything else goes to the plugin.
     Mount {
         /// Filesystem type.

@@ -9,3 +9,4 @@
 pub mod abi;
 pub mod bridge;
 pub mod fuse;
+pub mod uring;
