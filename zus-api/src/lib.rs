@@ -13,11 +13,13 @@
 //! - [`control`]: the control-socket message header.
 //! - [`device`]: the generic on-pmem device header.
 //! - [`plugin`]: the C vtable a plugin exports and what `zusd` hands it.
+//! - [`kabi`]: the ioctl ABI of `/dev/zufs`, the zufs kernel module.
 
 pub mod chan;
 pub mod control;
 pub mod device;
 pub mod errno;
+pub mod kabi;
 pub mod ops;
 pub mod plugin;
 pub mod request;
