@@ -22,6 +22,10 @@ pub enum Config {
     NullfsBridge,
     /// pmemfs through the zufs FUSE bridge.
     PmemfsBridge,
+    /// nullfs through the zufs FUSE bridge over FUSE io_uring.
+    NullfsUring,
+    /// pmemfs through the zufs FUSE bridge over FUSE io_uring.
+    PmemfsUring,
     /// pmemfs with fio under `zufs run --mode channel` (the preload fast path over ZT channels).
     PreloadChannel,
     /// pmemfs with fio under `zufs run --mode dax` (the preload path copying to pmem itself).
@@ -30,8 +34,16 @@ pub enum Config {
 
 impl Config {
     /// All, in table order.
-    pub const ALL: [Self; 6] =
-        [Self::Tmpfs, Self::Fuse, Self::NullfsBridge, Self::PmemfsBridge, Self::PreloadChannel, Self::PreloadDax];
+    pub const ALL: [Self; 8] = [
+        Self::Tmpfs,
+        Self::Fuse,
+        Self::NullfsBridge,
+        Self::PmemfsBridge,
+        Self::NullfsUring,
+        Self::PmemfsUring,
+        Self::PreloadChannel,
+        Self::PreloadDax,
+    ];
 
     /// Column name.
     #[must_use]
@@ -41,6 +53,8 @@ impl Config {
             Self::Fuse => "fuse (bindfs)",
             Self::NullfsBridge => "nullfs bridge",
             Self::PmemfsBridge => "pmemfs bridge",
+            Self::NullfsUring => "nullfs uring",
+            Self::PmemfsUring => "pmemfs uring",
             Self::PreloadChannel => "pmemfs preload channel",
             Self::PreloadDax => "pmemfs preload dax",
         }
@@ -54,6 +68,8 @@ impl Config {
             Self::Fuse => "fuse",
             Self::NullfsBridge => "nullfs-bridge",
             Self::PmemfsBridge => "pmemfs-bridge",
+            Self::NullfsUring => "nullfs-uring",
+            Self::PmemfsUring => "pmemfs-uring",
             Self::PreloadChannel => "preload-channel",
             Self::PreloadDax => "preload-dax",
         }
@@ -196,13 +212,26 @@ impl Env {
                     undo: vec![Undo::Fusermount(dir), Undo::RemoveDir(src)],
                 })
             }
-            Config::NullfsBridge => {
+            Config::NullfsBridge | Config::NullfsUring => {
                 self.zufs_ready()?;
-                sh(self.zufs().args(["mount", "-t", "nullfs", "none"]).arg(&dir))?;
+                let t = if cfg == Config::NullfsUring { "transport=uring" } else { "transport=classic" };
+                sh(self.zufs().args(["mount", "-t", "nullfs", "-o", t, "none"]).arg(&dir))?;
                 Ok(Prepared {
                     dir: dir.clone(),
                     wrapper: vec![],
                     undo: vec![Undo::Zufs(self.zufs.clone(), self.socket.clone(), dir)],
+                })
+            }
+            Config::PmemfsUring => {
+                // A pmemfs of its own (the classic bridge's mount stays as it is).
+                self.zufs_ready()?;
+                let dev = self.device.with_extension("uring");
+                sh(self.zufs().args(["mkfs", "-t", "pmemfs", "--size"]).arg(self.device_size.to_string()).arg(&dev))?;
+                sh(self.zufs().args(["mount", "-t", "pmemfs", "-o", "transport=uring"]).arg(&dev).arg(&dir))?;
+                Ok(Prepared {
+                    dir: dir.clone(),
+                    wrapper: vec![],
+                    undo: vec![Undo::Zufs(self.zufs.clone(), self.socket.clone(), dir), Undo::RemoveFile(dev)],
                 })
             }
             Config::PmemfsBridge | Config::PreloadChannel | Config::PreloadDax => {
@@ -222,7 +251,11 @@ impl Env {
                             .arg(self.device_size.to_string())
                             .arg(&self.device))?;
                     }
-                    sh(self.zufs().args(["mount", "-t", "pmemfs"]).arg(&self.device).arg(&mnt))?;
+                    sh(self
+                        .zufs()
+                        .args(["mount", "-t", "pmemfs", "-o", "transport=classic"])
+                        .arg(&self.device)
+                        .arg(&mnt))?;
                     std::fs::write(mnt.join(".zufs-bench-mounted"), b"").map_err(|e| e.to_string())?;
                     return Ok(Prepared {
                         dir: mnt.clone(),
