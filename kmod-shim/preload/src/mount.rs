@@ -8,8 +8,22 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 use zus_client::Relay;
 use zus_client::unescape_mountinfo as unescape;
 
-use crate::state::{self, FD_KERNEL, FD_SLOT0, MAX_MOUNTS, MOUNTS};
+use crate::state::{self, FD_KERNEL, FD_SLOT0};
 use crate::sys;
+
+/// Mounts known at once.
+const MAX_MOUNTS: usize = 32;
+
+/// The mount table (entries are leaked boxes, never freed).
+static MOUNTS: [AtomicPtr<Mount>; MAX_MOUNTS] = [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_MOUNTS];
+
+/// Mount `i`.
+#[inline]
+pub fn mount(i: u32) -> Option<&'static Mount> {
+    let p = MOUNTS.get(i as usize)?.load(Ordering::Acquire);
+    // SAFETY: entries are leaked `Box<Mount>`s that are never freed.
+    unsafe { p.as_ref() }
+}
 
 /// The pmem device mapped into this process (dax mode).
 #[derive(Debug, Clone, Copy)]
@@ -63,7 +77,7 @@ pub enum LanePolicy {
     /// (28 µs): short ops are several times faster on the next CPU's ZT at every job count.
     /// Long ops are dominated by the copy: with the next CPU free its ZT copies while we copy
     /// (streamed window, 1.7x faster), with another job there the own lane is 2-7x faster, so
-    /// each thread learns which (`io::long_lane`). An isolated op (dax mode's MAP_DONE once
+    /// each thread learns which (`io::lane::long_lane`). An isolated op (dax mode's MAP_DONE once
     /// per ms) is better on the own lane: waking the next CPU's ZT preempts whatever runs there
     /// (dax at 2 jobs: 1.7x of 1 job that way, 1.7-2.0x with the own lane). Measured on the
     /// 2-vCPU development VM (kmod-shim/preload/README.md).
@@ -254,7 +268,7 @@ fn mark_not_zufs(dev: u64) {
 }
 
 fn find_mount(dev: u64) -> Option<u32> {
-    (0..MAX_MOUNTS as u32).find(|&i| state::mount(i).is_some_and(|m| m.dev == dev))
+    (0..MAX_MOUNTS as u32).find(|&i| mount(i).is_some_and(|m| m.dev == dev))
 }
 
 static ATFORK: AtomicBool = AtomicBool::new(false);
@@ -331,7 +345,7 @@ fn classify(fd: i32) -> u32 {
             }
         }
     };
-    let Some(m) = state::mount(mi) else { return FD_KERNEL };
+    let Some(m) = mount(mi) else { return FD_KERNEL };
     if !m.usable {
         return FD_KERNEL;
     }

@@ -1,24 +1,21 @@
-//! Process state, all preallocated: the fd table, per-file slots, the mount table, the
-//! re-entrancy guard and the fork generation.
+//! Process state, all preallocated: the fd table, per-file slots and their references, the
+//! re-entrancy guard and the fork generation. (The mount table is `mount`'s: this module
+//! depends on no other of the crate's but the test hooks.)
 //!
 //! The hot path reads one `AtomicU32` of the fd table; for our fds that names a [`Slot`], which
-//! names a [`Mount`]. Nothing here allocates or blocks after initialization; the slow paths
+//! names a mount (`mount::Mount`). Nothing here allocates or blocks after initialization; the slow paths
 //! (detection, connecting) take [`InitLock`], a spin lock that a forked child resets.
 
 use core::cell::Cell;
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use zus_api::chan::DAX_READER_SLOTS;
 use zus_api::ops::MAX_MAP_EXTENTS;
-
-use crate::mount::Mount;
 
 /// fds at or above this go straight to the kernel.
 pub const MAX_FDS: usize = 1 << 16;
 /// Files (open file descriptions) served at once; more fall back to the kernel path.
 pub const MAX_SLOTS: usize = 1024;
-/// Mounts known at once.
-pub const MAX_MOUNTS: usize = 32;
 
 /// fd table entry: never looked at (or closed since).
 pub const FD_UNKNOWN: u32 = 0;
@@ -144,17 +141,6 @@ impl Drop for InitGuard {
     }
 }
 
-/// The mount table (entries are leaked boxes, never freed).
-pub static MOUNTS: [AtomicPtr<Mount>; MAX_MOUNTS] = [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_MOUNTS];
-
-/// Mount `i`.
-#[inline]
-pub fn mount(i: u32) -> Option<&'static Mount> {
-    let p = MOUNTS.get(i as usize)?.load(Ordering::Acquire);
-    // SAFETY: entries are leaked `Box<Mount>`s that are never freed.
-    unsafe { p.as_ref() }
-}
-
 /// A cached extent: `len` bytes of the file at `file_off` at `dev_off` (or a hole).
 #[derive(Debug)]
 pub struct CachedExtent {
@@ -209,7 +195,7 @@ pub struct Slot {
     /// [`alloc_slot`], [`Slot::publish`], [`Slot::try_retain`], [`Slot::release`] and
     /// [`after_fork_child`].
     refs: AtomicU64,
-    /// Index into [`MOUNTS`].
+    /// Index into the mount table (`mount::MOUNTS`).
     pub mount: AtomicU32,
     /// Open flags (O_ACCMODE, O_APPEND, O_SYNC, O_DSYNC, O_DIRECT).
     pub flags: AtomicU32,
