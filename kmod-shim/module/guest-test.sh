@@ -157,7 +157,8 @@ mknod -m 600 "$R/dev/console" c 5 1
 cp "$B/module/zufs.ko" "$R/lib/modules/$KABI/extra/"
 cp "$B/fake-zusd" "$R/bin/"
 cp "$HERE/tests/guest-tests.sh" "$R/tests/00-transport.sh"
-n=1
+cp "$HERE/tests/guest-fs.sh" "$R/tests/10-fs.sh"
+n=20
 for t in ${ZUFS_GUEST_TESTS:-}; do
   cp "$t" "$R/tests/$(printf '%02d' $n)-$(basename "$t")"; n=$((n + 1))
 done
@@ -259,12 +260,12 @@ set +e
 timeout $((TIMEOUT + 120)) "${QEMU[@]}" -accel tcg,thread=multi -cpu max -M q35 -m "$MEM" -smp "$SMP" \
   -kernel "$VMLINUZ" -initrd "$B/initramfs.cpio.gz" -append "$CMDLINE" \
   -nographic -no-reboot -nic none </dev/null 2>&1 | tr -d '\r' | tee "$W/boot.log" \
-  | grep -E --line-buffered '^GUEST:|^TEST|^fake-zusd|^[0-9]+ passed|Kernel panic|BUG:|WARNING:|Oops|Call Trace|zufs'
+  | grep -aE --line-buffered '^GUEST:|^TEST|^fake-zusd|^[0-9]+ passed|Kernel panic|BUG:|WARNING:|Oops|Call Trace|zufs'
 QRC=${PIPESTATUS[0]}
 set -e
 step "guest ran $(el "$B0") (qemu rc $QRC); serial log: $W/boot.log"
 
-LINE=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$W/boot.log" | tail -1 || true)
+LINE=$(grep -aE '^[0-9]+ passed, [0-9]+ failed$' "$W/boot.log" | tail -1 || true)
 [ -n "$LINE" ] || die "the guest printed no result line (panic or timeout: see $W/boot.log)"
 echo "$LINE"
 P=${LINE%% passed*}

@@ -405,6 +405,17 @@ out_put:
 }
 EXPORT_SYMBOL_GPL(zufs_dispatch);
 
+/* The most data one op carries: the current session's window, 0 without one. */
+size_t zufs_data_max(void)
+{
+	struct zufs_session *s = zufs_get_session();
+	size_t n = s ? s->window : 0;
+
+	if (s)
+		zufs_put_session(s);
+	return n;
+}
+
 /* ----- the server's ioctls ----- */
 
 static long zufs_hello(struct file *file, void __user *uarg)
@@ -761,10 +772,15 @@ static struct miscdevice zufs_misc = {
 
 static int __init zufs_init(void)
 {
-	int err = misc_register(&zufs_misc);
+	int err = zufs_fs_init();
 
 	if (err)
 		return err;
+	err = misc_register(&zufs_misc);
+	if (err) {
+		zufs_fs_exit();
+		return err;
+	}
 	pr_info("loaded: /dev/zufs, zus_api ABI %u\n", ZUS_ABI_VERSION);
 	return 0;
 }
@@ -772,6 +788,7 @@ static int __init zufs_init(void)
 static void __exit zufs_exit(void)
 {
 	misc_deregister(&zufs_misc);
+	zufs_fs_exit();
 	pr_info("unloaded\n");
 }
 

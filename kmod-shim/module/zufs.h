@@ -45,5 +45,9 @@ struct zufs_op {
 };
 
 s64 zufs_dispatch(struct zufs_op *op);
+size_t zufs_data_max(void);
+
+int zufs_fs_init(void);
+void zufs_fs_exit(void);
 
 #endif /* ZUFS_H */

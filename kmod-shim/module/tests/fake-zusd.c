@@ -31,6 +31,7 @@
 #include <sys/fsuid.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -139,6 +140,518 @@ static unsigned char *window_at(int lane, int i)
 		(size_t)i * srv.h.window_size;
 }
 
+
+/* ============ a small in-memory filesystem (mount_id FS_MOUNT_ID) ============ */
+
+#define FS_MOUNT_ID	7
+#define FS_ROOT		1
+#define FS_NODES	8192
+#define FS_HANG_NAME	"hang-forever"	/* a lookup of it is never answered */
+
+struct fent {
+	char name[ZUS_NAME_MAX + 1];
+	uint64_t ino;
+};
+
+struct fnode {
+	int used;
+	struct zus_attr a;
+	uint64_t nlookup;
+	unsigned char *data;	/* file bytes or symlink target */
+	size_t cap;
+	struct fent *ents;	/* directory entries */
+	uint32_t nents, cents;
+};
+
+static struct fnode fs_nodes[FS_NODES];
+static pthread_mutex_t fs_lock = PTHREAD_MUTEX_INITIALIZER;
+static uint64_t fs_forgets;
+
+static int64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static struct fnode *fs_node(uint64_t ino)
+{
+	return ino && ino < FS_NODES && fs_nodes[ino].used ? &fs_nodes[ino] : NULL;
+}
+
+static struct fnode *fs_new(uint32_t mode, uint32_t uid, uint32_t gid)
+{
+	uint64_t i;
+
+	for (i = FS_ROOT; i < FS_NODES; i++) {
+		struct fnode *n = &fs_nodes[i];
+
+		if (n->used)
+			continue;
+		memset(n, 0, sizeof(*n));
+		n->used = 1;
+		n->a.ino = i;
+		n->a.generation = 1;
+		n->a.mode = mode;
+		n->a.nlink = S_ISDIR(mode) ? 2 : 1;
+		n->a.uid = uid;
+		n->a.gid = gid;
+		n->a.blksize = 4096;
+		n->a.atime_ns = n->a.mtime_ns = n->a.ctime_ns = now_ns();
+		return n;
+	}
+	return NULL;
+}
+
+static void fs_maybe_free(struct fnode *n)
+{
+	if (n->a.nlink || n->nlookup || n->a.ino == FS_ROOT)
+		return;
+	free(n->data);
+	free(n->ents);
+	n->used = 0;
+}
+
+static int fs_find(struct fnode *d, const char *name, uint32_t len)
+{
+	uint32_t i;
+
+	for (i = 0; i < d->nents; i++)
+		if (strlen(d->ents[i].name) == len &&
+		    !memcmp(d->ents[i].name, name, len))
+			return i;
+	return -1;
+}
+
+static int fs_add(struct fnode *d, const char *name, uint32_t len, uint64_t ino)
+{
+	if (d->nents == d->cents) {
+		uint32_t c = d->cents ? 2 * d->cents : 16;
+		struct fent *e = realloc(d->ents, c * sizeof(*e));
+
+		if (!e)
+			return -ENOSPC;
+		d->ents = e;
+		d->cents = c;
+	}
+	memcpy(d->ents[d->nents].name, name, len);
+	d->ents[d->nents].name[len] = 0;
+	d->ents[d->nents].ino = ino;
+	d->nents++;
+	d->a.mtime_ns = d->a.ctime_ns = now_ns();
+	return 0;
+}
+
+static void fs_del(struct fnode *d, int i)
+{
+	/* keep the order: readdir cookies are indexes */
+	memmove(&d->ents[i], &d->ents[i + 1], (d->nents - i - 1) * sizeof(d->ents[0]));
+	d->nents--;
+	d->a.mtime_ns = d->a.ctime_ns = now_ns();
+}
+
+static int fs_resize(struct fnode *n, uint64_t size)
+{
+	if (size > (64 << 20))
+		return -EFBIG;
+	if (size > n->cap) {
+		size_t c = size < 4096 ? 4096 : size * 2;
+		unsigned char *d = realloc(n->data, c);
+
+		if (!d)
+			return -ENOSPC;
+		n->data = d;
+		n->cap = c;
+	}
+	if (size > n->a.size)
+		memset(n->data + n->a.size, 0, size - n->a.size);
+	n->a.size = size;
+	n->a.blocks = (size + 511) / 512;
+	return 0;
+}
+
+static int name_ok(const char *p, uint32_t len)
+{
+	return len && len <= ZUS_NAME_MAX && !memchr(p, '/', len) && !memchr(p, 0, len);
+}
+
+/* Serves one filesystem op; returns 0 to reply, 1 to never reply. */
+static int fs_serve(struct zus_slot *sl, struct zus_op_header *h,
+		    unsigned char *w, uint32_t wsize)
+{
+	unsigned char req[ZUS_PAYLOAD_SIZE];
+	unsigned char *out = sl->payload;
+	uint32_t in = h->in_len, din = h->data_len;
+	struct fnode *n, *d, *d2;
+	int64_t r = 0;
+	int i, j;
+
+	h->out_len = 0;
+	h->data_len = 0;
+
+	if (in > sizeof(req) || h->mount_id != FS_MOUNT_ID) {
+		h->result = -EINVAL;
+		return 0;
+	}
+	memcpy(req, sl->payload, in);
+	pthread_mutex_lock(&fs_lock);
+#define NEED(t) do { if (in < sizeof(t)) { r = -EINVAL; goto out; } } while (0)
+#define ATTR(node) do { memcpy(out, &(node)->a, sizeof((node)->a)); \
+			h->out_len = sizeof((node)->a); } while (0)
+	switch (h->opcode) {
+	case ZUS_OP_STATFS: {
+		struct zus_statfs_reply s = { .blocks = 1 << 20, .bfree = 1 << 19,
+			.bavail = 1 << 19, .files = FS_NODES, .ffree = FS_NODES / 2,
+			.bsize = 4096, .namelen = ZUS_NAME_MAX, .frsize = 4096 };
+
+		memcpy(out, &s, sizeof(s));
+		h->out_len = sizeof(s);
+		break;
+	}
+	case ZUS_OP_GETATTR: {
+		struct zus_ino_req q;
+
+		NEED(q);
+		memcpy(&q, req, sizeof(q));
+		n = fs_node(q.ino);
+		if (!n) { r = -ENOENT; break; }
+		ATTR(n);
+		break;
+	}
+	case ZUS_OP_SETATTR: {
+		struct zus_setattr_req q;
+
+		NEED(q);
+		memcpy(&q, req, sizeof(q));
+		n = fs_node(q.ino);
+		if (!n) { r = -ENOENT; break; }
+		if (q.valid & ZUS_SETATTR_SIZE) {
+			if (!S_ISREG(n->a.mode)) { r = -EINVAL; break; }
+			r = fs_resize(n, q.size);
+			if (r)
+				break;
+			n->a.mtime_ns = now_ns();
+		}
+		if (q.valid & ZUS_SETATTR_MODE)
+			n->a.mode = (n->a.mode & S_IFMT) | (q.mode & 07777);
+		if (q.valid & ZUS_SETATTR_UID)
+			n->a.uid = q.uid;
+		if (q.valid & ZUS_SETATTR_GID)
+			n->a.gid = q.gid;
+		if (q.valid & ZUS_SETATTR_ATIME)
+			n->a.atime_ns = q.atime_ns;
+		if (q.valid & ZUS_SETATTR_ATIME_NOW)
+			n->a.atime_ns = now_ns();
+		if (q.valid & ZUS_SETATTR_MTIME)
+			n->a.mtime_ns = q.mtime_ns;
+		if (q.valid & ZUS_SETATTR_MTIME_NOW)
+			n->a.mtime_ns = now_ns();
+		n->a.ctime_ns = now_ns();
+		ATTR(n);
+		break;
+	}
+	case ZUS_OP_LOOKUP: {
+		struct zus_name_req q;
+		const char *nm = (char *)req + sizeof(q);
+
+		NEED(q);
+		memcpy(&q, req, sizeof(q));
+		if (in != sizeof(q) + q.name_len || !name_ok(nm, q.name_len)) { r = -EINVAL; break; }
+		if (q.name_len == strlen(FS_HANG_NAME) && !memcmp(nm, FS_HANG_NAME, q.name_len)) {
+			pthread_mutex_unlock(&fs_lock);
+			return 1;
+		}
+		d = fs_node(q.dir);
+		if (!d || !S_ISDIR(d->a.mode)) { r = -ENOTDIR; break; }
+		i = fs_find(d, nm, q.name_len);
+		if (i < 0) { r = -ENOENT; break; }
+		n = fs_node(d->ents[i].ino);
+		n->nlookup++;
+		ATTR(n);
+		break;
+	}
+	case ZUS_OP_CREATE:
+	case ZUS_OP_MKNOD:
+	case ZUS_OP_MKDIR: {
+		struct zus_create_req q;
+		const char *nm = (char *)req + sizeof(q);
+
+		NEED(q);
+		memcpy(&q, req, sizeof(q));
+		if (in != sizeof(q) + q.name_len || !name_ok(nm, q.name_len)) { r = -EINVAL; break; }
+		d = fs_node(q.dir);
+		if (!d || !S_ISDIR(d->a.mode)) { r = -ENOTDIR; break; }
+		if (fs_find(d, nm, q.name_len) >= 0) { r = -EEXIST; break; }
+		if (h->opcode == ZUS_OP_MKDIR)
+			q.mode = S_IFDIR | (q.mode & 07777);
+		else if (h->opcode == ZUS_OP_CREATE)
+			q.mode = S_IFREG | (q.mode & 07777);
+		n = fs_new(q.mode, h->uid, h->gid);
+		if (!n) { r = -ENOSPC; break; }
+		n->a.rdev = q.rdev;
+		r = fs_add(d, nm, q.name_len, n->a.ino);
+		if (r) { n->a.nlink = 0; fs_maybe_free(n); break; }
+		if (S_ISDIR(q.mode))
+			d->a.nlink++;
+		n->nlookup++;
+		ATTR(n);
+		break;
+	}
+	case ZUS_OP_UNLINK:
+	case ZUS_OP_RMDIR: {
+		struct zus_name_req q;
+		const char *nm = (char *)req + sizeof(q);
+
+		NEED(q);
+		memcpy(&q, req, sizeof(q));
+		if (in != sizeof(q) + q.name_len || !name_ok(nm, q.name_len)) { r = -EINVAL; break; }
+		d = fs_node(q.dir);
+		if (!d || !S_ISDIR(d->a.mode)) { r = -ENOTDIR; break; }
+		i = fs_find(d, nm, q.name_len);
+		if (i < 0) { r = -ENOENT; break; }
+		n = fs_node(d->ents[i].ino);
+		if (h->opcode == ZUS_OP_UNLINK && S_ISDIR(n->a.mode)) { r = -EISDIR; break; }
+		if (h->opcode == ZUS_OP_RMDIR) {
+			if (!S_ISDIR(n->a.mode)) { r = -ENOTDIR; break; }
+			if (n->nents) { r = -ENOTEMPTY; break; }
+			d->a.nlink--;
+			n->a.nlink = 0;
+		} else {
+			n->a.nlink--;
+		}
+		n->a.ctime_ns = now_ns();
+		fs_del(d, i);
+		fs_maybe_free(n);
+		break;
+	}
+	case ZUS_OP_RENAME: {
+		struct zus_rename_req q;
+		const char *on = (char *)req + sizeof(q), *nn;
+
+		NEED(q);
+		memcpy(&q, req, sizeof(q));
+		nn = on + q.old_len;
+		if (in != sizeof(q) + q.old_len + q.new_len || !name_ok(on, q.old_len) ||
+		    !name_ok(nn, q.new_len) || (q.flags & ~3u)) { r = -EINVAL; break; }
+		d = fs_node(q.old_dir);
+		d2 = fs_node(q.new_dir);
+		if (!d || !d2 || !S_ISDIR(d->a.mode) || !S_ISDIR(d2->a.mode)) { r = -ENOTDIR; break; }
+		i = fs_find(d, on, q.old_len);
+		if (i < 0) { r = -ENOENT; break; }
+		n = fs_node(d->ents[i].ino);
+		j = fs_find(d2, nn, q.new_len);
+		if (q.flags & 2) {	/* exchange */
+			uint64_t t;
+
+			if (j < 0) { r = -ENOENT; break; }
+			t = d->ents[i].ino;
+			d->ents[i].ino = d2->ents[j].ino;
+			d2->ents[j].ino = t;
+			break;
+		}
+		if (j >= 0) {
+			struct fnode *o = fs_node(d2->ents[j].ino);
+
+			if (q.flags & 1) { r = -EEXIST; break; }
+			if (o == n)
+				break;
+			if (S_ISDIR(o->a.mode) != S_ISDIR(n->a.mode)) {
+				r = S_ISDIR(o->a.mode) ? -EISDIR : -ENOTDIR;
+				break;
+			}
+			if (S_ISDIR(o->a.mode)) {
+				if (o->nents) { r = -ENOTEMPTY; break; }
+				o->a.nlink = 0;
+				d2->a.nlink--;
+			} else {
+				o->a.nlink--;
+			}
+			fs_del(d2, j);
+			fs_maybe_free(o);
+			if (d == d2 && j < i)
+				i--;
+		}
+		fs_del(d, i);
+		r = fs_add(d2, nn, q.new_len, n->a.ino);
+		if (!r && S_ISDIR(n->a.mode) && d != d2) {
+			d->a.nlink--;
+			d2->a.nlink++;
+		}
+		n->a.ctime_ns = now_ns();
+		break;
+	}
+	case ZUS_OP_LINK: {
+		struct zus_link_req q;
+		const char *nm = (char *)req + sizeof(q);
+
+		NEED(q);
+		memcpy(&q, req, sizeof(q));
+		if (in != sizeof(q) + q.name_len || !name_ok(nm, q.name_len)) { r = -EINVAL; break; }
+		n = fs_node(q.ino);
+		d = fs_node(q.new_dir);
+		if (!n || !d) { r = -ENOENT; break; }
+		if (S_ISDIR(n->a.mode)) { r = -EPERM; break; }
+		if (fs_find(d, nm, q.name_len) >= 0) { r = -EEXIST; break; }
+		r = fs_add(d, nm, q.name_len, n->a.ino);
+		if (r)
+			break;
+		n->a.nlink++;
+		n->nlookup++;
+		n->a.ctime_ns = now_ns();
+		ATTR(n);
+		break;
+	}
+	case ZUS_OP_SYMLINK: {
+		struct zus_symlink_req q;
+		const char *nm = (char *)req + sizeof(q), *t;
+
+		NEED(q);
+		memcpy(&q, req, sizeof(q));
+		t = nm + q.name_len;
+		if (in != sizeof(q) + q.name_len + q.target_len || !name_ok(nm, q.name_len) ||
+		    !q.target_len || q.target_len >= ZUS_PATH_MAX) { r = -EINVAL; break; }
+		d = fs_node(q.dir);
+		if (!d || !S_ISDIR(d->a.mode)) { r = -ENOTDIR; break; }
+		if (fs_find(d, nm, q.name_len) >= 0) { r = -EEXIST; break; }
+		n = fs_new(S_IFLNK | 0777, h->uid, h->gid);
+		if (!n) { r = -ENOSPC; break; }
+		n->data = malloc(q.target_len);
+		memcpy(n->data, t, q.target_len);
+		n->a.size = q.target_len;
+		fs_add(d, nm, q.name_len, n->a.ino);
+		n->nlookup++;
+		ATTR(n);
+		break;
+	}
+	case ZUS_OP_READLINK: {
+		struct zus_ino_req q;
+
+		NEED(q);
+		memcpy(&q, req, sizeof(q));
+		n = fs_node(q.ino);
+		if (!n || !S_ISLNK(n->a.mode)) { r = -EINVAL; break; }
+		memcpy(w, n->data, n->a.size);
+		h->data_len = n->a.size;
+		r = n->a.size;
+		break;
+	}
+	case ZUS_OP_READDIR: {
+		struct zus_readdir_req q;
+		uint32_t off = 0, k;
+
+		NEED(q);
+		memcpy(&q, req, sizeof(q));
+		d = fs_node(q.dir);
+		if (!d || !S_ISDIR(d->a.mode)) { r = -ENOTDIR; break; }
+		for (k = q.cookie; k < d->nents; k++) {
+			struct zus_dirent de;
+			uint32_t len = strlen(d->ents[k].name);
+			uint32_t rec = (sizeof(de) + len + 7) & ~7u;
+
+			if (off + rec > wsize)
+				break;
+			de.ino = d->ents[k].ino;
+			de.cookie = k + 1;
+			de.kind = (fs_node(de.ino)->a.mode & S_IFMT) >> 12;
+			de.name_len = len;
+			memcpy(w + off, &de, sizeof(de));
+			memcpy(w + off + sizeof(de), d->ents[k].name, len);
+			off += rec;
+		}
+		h->data_len = off;
+		r = off;
+		break;
+	}
+	case ZUS_OP_OPEN: {
+		struct zus_open_req q;
+		struct zus_open_reply o;
+
+		NEED(q);
+		memcpy(&q, req, sizeof(q));
+		if (!fs_node(q.ino)) { r = -ENOENT; break; }
+		o.fh = 1000 + q.ino;
+		memcpy(out, &o, sizeof(o));
+		h->out_len = sizeof(o);
+		break;
+	}
+	case ZUS_OP_READ:
+	case ZUS_OP_WRITE: {
+		struct zus_io_req q;
+		struct zus_io_reply o;
+		uint64_t len;
+
+		NEED(q);
+		memcpy(&q, req, sizeof(q));
+		n = fs_node(q.ino);
+		if (!n || !S_ISREG(n->a.mode)) { r = -EINVAL; break; }
+		if (q.fh != 1000 + q.ino || q.data_kind != ZUS_DATA_WINDOW) { r = -EBADF; break; }
+		if (q.len > wsize) { r = -EINVAL; break; }
+		if (h->opcode == ZUS_OP_READ) {
+			len = q.offset >= n->a.size ? 0 : n->a.size - q.offset;
+			if (len > q.len)
+				len = q.len;
+			memcpy(w, n->data + q.offset, len);
+			h->data_len = len;
+			n->a.atime_ns = now_ns();
+		} else {
+			if (din != q.len) { r = -EINVAL; break; }
+			if (q.flags & ZUS_IO_FLAGS_APPEND)
+				q.offset = n->a.size;
+			len = q.len;
+			if (q.offset + len > n->a.size) {
+				r = fs_resize(n, q.offset + len);
+				if (r)
+					break;
+			}
+			memcpy(n->data + q.offset, w, len);
+			n->a.mtime_ns = n->a.ctime_ns = now_ns();
+		}
+		o.size = n->a.size;
+		o.offset = q.offset;
+		memcpy(out, &o, sizeof(o));
+		h->out_len = sizeof(o);
+		r = len;
+		break;
+	}
+	case ZUS_OP_RELEASE:
+	case ZUS_OP_FSYNC:
+	case ZUS_OP_SYNC:
+		break;
+	case ZUS_OP_FORGET: {
+		struct zus_forget_req q;
+
+		NEED(q);
+		memcpy(&q, req, sizeof(q));
+		n = fs_node(q.ino);
+		if (!n) { r = -ENOENT; break; }
+		n->nlookup = q.nlookup > n->nlookup ? 0 : n->nlookup - q.nlookup;
+		fs_forgets++;
+		fs_maybe_free(n);
+		break;
+	}
+	default:
+		r = -ENOSYS;
+	}
+#undef NEED
+#undef ATTR
+out:
+	pthread_mutex_unlock(&fs_lock);
+	if (r < 0) {
+		h->out_len = 0;
+		h->data_len = 0;
+	}
+	h->result = r;
+	return 0;
+}
+
+static void fs_init(void)
+{
+	struct fnode *root = fs_new(S_IFDIR | 0755, 0, 0);
+
+	root->nlookup = 1;
+}
+
 static void serve_one(int lane, int i)
 {
 	struct zus_slot *sl = slot_at(lane, i);
@@ -149,6 +662,11 @@ static void serve_one(int lane, int i)
 	uint64_t *rw = (uint64_t *)sl->payload;
 
 	memcpy(&h, (void *)&sl->hdr, sizeof(h));
+	if (h.opcode != ZUS_OP_NOOP) {
+		if (fs_serve(sl, &h, w, srv.h.window_size))
+			return;
+		goto reply;
+	}
 	if (h.in_len >= 8 && h.in_len <= sizeof(args))
 		memcpy(args, sl->payload, h.in_len);
 	h.result = 0;
@@ -203,6 +721,7 @@ static void serve_one(int lane, int i)
 					__ATOMIC_RELEASE, __ATOMIC_RELAXED);
 		break;
 	}
+reply:
 	memcpy((void *)&sl->hdr, &h, sizeof(h));
 	__atomic_compare_exchange_n(&sl->state, &(uint32_t){ ZUS_SLOT_STATE_SERVING },
 				    ZUS_SLOT_STATE_DONE, 0, __ATOMIC_RELEASE,
@@ -309,6 +828,7 @@ static int serve(unsigned int slots, unsigned int window, int ready_fd)
 	double t;
 
 	memset(&srv, 0, sizeof(srv));
+	fs_init();
 	sigemptyset(&set);
 	sigaddset(&set, SIGTERM);
 	sigaddset(&set, SIGUSR1);
@@ -366,6 +886,17 @@ static int serve(unsigned int slots, unsigned int window, int ready_fd)
 			report("server_kick_all_reaches_every_zt",
 			       kicked == srv.ncpus, "%d of %d", kicked,
 			       srv.ncpus);
+			memset(srv.kicked, 0, sizeof(srv.kicked));
+			pthread_mutex_lock(&fs_lock);
+			t = fs_forgets;
+			pthread_mutex_unlock(&fs_lock);
+			/* for the guest's shell tests */
+			i = open("/tmp/fake-zusd.forgets",
+				 O_WRONLY | O_CREAT | O_TRUNC, 0644);
+			if (i >= 0) {
+				dprintf(i, "%.0f\n", t);
+				close(i);
+			}
 			continue;
 		}
 		break;
@@ -375,8 +906,11 @@ static int serve(unsigned int slots, unsigned int window, int ready_fd)
 		pthread_join(srv.zt[i], NULL);
 	for (i = 0, kicked = 0; i < srv.ncpus; i++)
 		kicked += srv.broke[i];
-	report("server_break_ends_every_zt", kicked == srv.ncpus, "%d of %d",
-	       kicked, srv.ncpus);
+	if (ready_fd >= 0)
+		report("server_break_ends_every_zt", kicked == srv.ncpus,
+		       "%d of %d", kicked, srv.ncpus);
+	dprintf(1, "fake-zusd: exits; %llu forgets received\n",
+		(unsigned long long)fs_forgets);
 	munmap(srv.mem, srv.h.total_size);
 	close(srv.fd);
 	return 0;

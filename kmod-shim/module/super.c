@@ -1,0 +1,1087 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * super.c - the zufs filesystem type.
+ *
+ *   mount -t zufs -o mount_id=N,root=INO none /mnt
+ *
+ * names a mount that zusd already holds (the control socket made it). Every
+ * VFS operation is one op to zusd through zufs_dispatch(); inodes are built
+ * from the Attr replies; file data goes through the slot's data window (two
+ * copies, no page cache). Inode numbers are the plugin's; each reply that
+ * hands the kernel an inode (lookup, create, mkdir, mknod, symlink, link)
+ * counts one lookup reference, given back with FORGET when the inode is
+ * evicted, in batches from a work item (never from reclaim itself).
+ */
+#define pr_fmt(fmt) "zufs: " fmt
+
+#include <linux/module.h>
+#include <linux/fs.h>
+#include <linux/fs_context.h>
+#include <linux/fs_parser.h>
+#include <linux/slab.h>
+#include <linux/statfs.h>
+#include <linux/namei.h>
+#include <linux/uio.h>
+#include <linux/workqueue.h>
+#include <linux/time64.h>
+#include <linux/kdev_t.h>
+#include <linux/seq_file.h>
+#include <linux/mm.h>
+
+#include "zufs.h"
+
+#define ZUFS_SUPER_MAGIC	0x5a554653	/* "ZUFS" */
+
+struct zufs_sb_info {
+	u32 mount_id;
+	u64 root;
+	spinlock_t forget_lock;
+	struct list_head forgets;
+	struct work_struct forget_work;
+};
+
+struct zufs_inode {
+	struct inode vfs;
+	atomic64_t nlookup;	/* lookup references zusd counted for us */
+};
+
+struct zufs_forget {
+	struct list_head list;
+	u64 ino;
+	u64 nlookup;
+};
+
+static struct kmem_cache *zufs_inode_cachep;
+
+static inline struct zufs_sb_info *ZUFS_SB(struct super_block *sb)
+{
+	return sb->s_fs_info;
+}
+
+static inline struct zufs_inode *ZUFS_I(struct inode *inode)
+{
+	return container_of(inode, struct zufs_inode, vfs);
+}
+
+static const struct inode_operations zufs_dir_iops;
+static const struct inode_operations zufs_file_iops;
+static const struct inode_operations zufs_symlink_iops;
+static const struct inode_operations zufs_special_iops;
+static const struct file_operations zufs_dir_fops;
+static const struct file_operations zufs_file_fops;
+
+/* An op with a fixed request and a reply in kernel memory. */
+static s64 zufs_simple(u32 mount_id, u32 opcode, const void *req, u32 req_len,
+		       void *reply, u32 reply_size, u32 reply_min)
+{
+	struct zufs_op op = {
+		.opcode = opcode,
+		.mount_id = mount_id,
+		.req = req,
+		.req_len = req_len,
+		.reply = reply,
+		.reply_size = reply_size,
+		.reply_min = reply_min,
+	};
+
+	return zufs_dispatch(&op);
+}
+
+/* A request of @fixed followed by the names @a and @b (@b may be NULL). */
+static void *zufs_req_names(const void *fixed, size_t flen,
+			    const struct qstr *a, const char *b, u32 blen,
+			    u32 *len)
+{
+	size_t n = flen + a->len + (b ? blen : 0);
+	char *req;
+
+	if (n > ZUS_PAYLOAD_SIZE)
+		return ERR_PTR(-ENAMETOOLONG);
+	req = kmalloc(n, GFP_KERNEL);
+	if (!req)
+		return ERR_PTR(-ENOMEM);
+	memcpy(req, fixed, flen);
+	memcpy(req + flen, a->name, a->len);
+	if (b)
+		memcpy(req + flen + a->len, b, blen);
+	*len = n;
+	return req;
+}
+
+static bool zufs_mode_ok(u32 mode)
+{
+	switch (mode & S_IFMT) {
+	case S_IFREG:
+	case S_IFDIR:
+	case S_IFLNK:
+	case S_IFCHR:
+	case S_IFBLK:
+	case S_IFIFO:
+	case S_IFSOCK:
+		return true;
+	}
+	return false;
+}
+
+/* Takes the attributes of a reply; the type was checked by the caller. */
+static void zufs_fill_inode(struct inode *inode, const struct zus_attr *a)
+{
+	inode->i_mode = (inode->i_mode & S_IFMT) | (a->mode & ~S_IFMT);
+	set_nlink(inode, a->nlink);
+	inode->i_uid = make_kuid(&init_user_ns, a->uid);
+	inode->i_gid = make_kgid(&init_user_ns, a->gid);
+	i_size_write(inode, min_t(u64, a->size, MAX_LFS_FILESIZE));
+	inode->i_blocks = a->blocks;
+	inode->i_atime = ns_to_timespec64(a->atime_ns);
+	inode->i_mtime = ns_to_timespec64(a->mtime_ns);
+	inode->i_ctime = ns_to_timespec64(a->ctime_ns);
+	inode->i_generation = a->generation;
+}
+
+/* The inode of an Attr reply; @counted: the reply counted a lookup. */
+static struct inode *zufs_iget(struct super_block *sb,
+			       const struct zus_attr *a, bool counted)
+{
+	struct inode *inode;
+
+	if (!a->ino || !zufs_mode_ok(a->mode)) {
+		pr_warn_ratelimited("bad attr: ino %llu mode %o\n", a->ino,
+				    a->mode);
+		return ERR_PTR(-EIO);
+	}
+	inode = iget_locked(sb, a->ino);
+	if (!inode)
+		return ERR_PTR(-ENOMEM);
+	if (counted)
+		atomic64_inc(&ZUFS_I(inode)->nlookup);
+	if (!(inode->i_state & I_NEW)) {
+		if (inode_wrong_type(inode, a->mode)) {
+			iput(inode);
+			return ERR_PTR(-EIO);
+		}
+		zufs_fill_inode(inode, a);
+		return inode;
+	}
+	inode->i_mode = a->mode & S_IFMT;
+	zufs_fill_inode(inode, a);
+	switch (a->mode & S_IFMT) {
+	case S_IFREG:
+		inode->i_op = &zufs_file_iops;
+		inode->i_fop = &zufs_file_fops;
+		break;
+	case S_IFDIR:
+		inode->i_op = &zufs_dir_iops;
+		inode->i_fop = &zufs_dir_fops;
+		break;
+	case S_IFLNK:
+		inode->i_op = &zufs_symlink_iops;
+		break;
+	default:
+		inode->i_op = &zufs_special_iops;
+		init_special_inode(inode, inode->i_mode, new_decode_dev(a->rdev));
+		break;
+	}
+	unlock_new_inode(inode);
+	return inode;
+}
+
+/* Re-reads an inode's attributes from zusd. */
+static int zufs_refresh(struct inode *inode)
+{
+	struct zus_ino_req r = { .ino = inode->i_ino };
+	struct zus_attr a;
+	s64 ret;
+
+	ret = zufs_simple(ZUFS_SB(inode->i_sb)->mount_id, ZUS_OP_GETATTR, &r,
+			  sizeof(r), &a, sizeof(a), sizeof(a));
+	if (ret < 0)
+		return ret;
+	if (a.ino != inode->i_ino || inode_wrong_type(inode, a.mode))
+		return -EIO;
+	zufs_fill_inode(inode, &a);
+	return 0;
+}
+
+/* ----- forgets ----- */
+
+static void zufs_send_forgets(struct zufs_sb_info *sbi)
+{
+	struct zufs_forget *f, *tmp;
+	LIST_HEAD(batch);
+
+	spin_lock(&sbi->forget_lock);
+	list_splice_init(&sbi->forgets, &batch);
+	spin_unlock(&sbi->forget_lock);
+	list_for_each_entry_safe(f, tmp, &batch, list) {
+		struct zus_forget_req r = { .ino = f->ino, .nlookup = f->nlookup };
+
+		zufs_simple(sbi->mount_id, ZUS_OP_FORGET, &r, sizeof(r), NULL,
+			    0, 0);
+		list_del(&f->list);
+		kfree(f);
+	}
+}
+
+static void zufs_forget_work(struct work_struct *work)
+{
+	zufs_send_forgets(container_of(work, struct zufs_sb_info, forget_work));
+}
+
+static void zufs_evict_inode(struct inode *inode)
+{
+	struct zufs_sb_info *sbi = ZUFS_SB(inode->i_sb);
+	u64 n = atomic64_read(&ZUFS_I(inode)->nlookup);
+	struct zufs_forget *f;
+
+	truncate_inode_pages_final(&inode->i_data);
+	clear_inode(inode);
+	if (!n)
+		return;
+	/* may run in reclaim: no op here, and no allocation that waits */
+	f = kmalloc(sizeof(*f), GFP_NOWAIT | __GFP_NOWARN);
+	if (!f)
+		return;	/* zusd keeps the inode until the unmount */
+	f->ino = inode->i_ino;
+	f->nlookup = n;
+	spin_lock(&sbi->forget_lock);
+	list_add_tail(&f->list, &sbi->forgets);
+	spin_unlock(&sbi->forget_lock);
+	schedule_work(&sbi->forget_work);
+}
+
+/* ----- inodes ----- */
+
+static struct inode *zufs_alloc_inode(struct super_block *sb)
+{
+	struct zufs_inode *zi = alloc_inode_sb(sb, zufs_inode_cachep,
+					       GFP_KERNEL);
+
+	if (!zi)
+		return NULL;
+	atomic64_set(&zi->nlookup, 0);
+	return &zi->vfs;
+}
+
+static void zufs_free_inode(struct inode *inode)
+{
+	kmem_cache_free(zufs_inode_cachep, ZUFS_I(inode));
+}
+
+static void zufs_inode_init_once(void *p)
+{
+	inode_init_once(&((struct zufs_inode *)p)->vfs);
+}
+
+static int zufs_getattr(struct user_namespace *mnt_userns,
+			const struct path *path, struct kstat *stat,
+			u32 request_mask, unsigned int flags)
+{
+	struct inode *inode = d_inode(path->dentry);
+	int err = zufs_refresh(inode);
+
+	if (err)
+		return err;
+	generic_fillattr(&init_user_ns, inode, stat);
+	return 0;
+}
+
+static int zufs_setattr(struct user_namespace *mnt_userns,
+			struct dentry *dentry, struct iattr *ia)
+{
+	struct inode *inode = d_inode(dentry);
+	struct zus_setattr_req r = { .ino = inode->i_ino };
+	struct zus_attr a;
+	s64 ret;
+	int err;
+
+	err = setattr_prepare(&init_user_ns, dentry, ia);
+	if (err)
+		return err;
+	if (ia->ia_valid & ATTR_MODE) {
+		r.valid |= ZUS_SETATTR_MODE;
+		r.mode = ia->ia_mode;
+	}
+	if (ia->ia_valid & ATTR_UID) {
+		r.valid |= ZUS_SETATTR_UID;
+		r.uid = from_kuid(&init_user_ns, ia->ia_uid);
+	}
+	if (ia->ia_valid & ATTR_GID) {
+		r.valid |= ZUS_SETATTR_GID;
+		r.gid = from_kgid(&init_user_ns, ia->ia_gid);
+	}
+	if (ia->ia_valid & ATTR_SIZE) {
+		r.valid |= ZUS_SETATTR_SIZE;
+		r.size = ia->ia_size;
+	}
+	if (ia->ia_valid & ATTR_ATIME) {
+		if (ia->ia_valid & ATTR_ATIME_SET) {
+			r.valid |= ZUS_SETATTR_ATIME;
+			r.atime_ns = timespec64_to_ns(&ia->ia_atime);
+		} else {
+			r.valid |= ZUS_SETATTR_ATIME_NOW;
+		}
+	}
+	if (ia->ia_valid & ATTR_MTIME) {
+		if (ia->ia_valid & ATTR_MTIME_SET) {
+			r.valid |= ZUS_SETATTR_MTIME;
+			r.mtime_ns = timespec64_to_ns(&ia->ia_mtime);
+		} else {
+			r.valid |= ZUS_SETATTR_MTIME_NOW;
+		}
+	}
+	if (!r.valid)
+		return 0;
+	ret = zufs_simple(ZUFS_SB(inode->i_sb)->mount_id, ZUS_OP_SETATTR, &r,
+			  sizeof(r), &a, sizeof(a), sizeof(a));
+	if (ret < 0)
+		return ret;
+	if (a.ino != inode->i_ino || inode_wrong_type(inode, a.mode))
+		return -EIO;
+	zufs_fill_inode(inode, &a);
+	return 0;
+}
+
+/* ----- directories ----- */
+
+static struct dentry *zufs_lookup(struct inode *dir, struct dentry *dentry,
+				  unsigned int flags)
+{
+	struct zus_name_req r = { .dir = dir->i_ino,
+				  .name_len = dentry->d_name.len };
+	struct inode *inode = NULL;
+	struct zus_attr a;
+	void *req;
+	u32 len;
+	s64 ret;
+
+	if (dentry->d_name.len > ZUS_NAME_MAX)
+		return ERR_PTR(-ENAMETOOLONG);
+	req = zufs_req_names(&r, sizeof(r), &dentry->d_name, NULL, 0, &len);
+	if (IS_ERR(req))
+		return req;
+	ret = zufs_simple(ZUFS_SB(dir->i_sb)->mount_id, ZUS_OP_LOOKUP, req,
+			  len, &a, sizeof(a), sizeof(a));
+	kfree(req);
+	if (ret >= 0) {
+		inode = zufs_iget(dir->i_sb, &a, true);
+		if (IS_ERR(inode))
+			return ERR_CAST(inode);
+	} else if (ret != -ENOENT) {
+		return ERR_PTR(ret);
+	}
+	return d_splice_alias(inode, dentry);
+}
+
+/* create, mknod, mkdir */
+static int zufs_make(struct inode *dir, struct dentry *dentry, u32 opcode,
+		     umode_t mode, dev_t rdev, u32 flags)
+{
+	struct zus_create_req r = {
+		.dir = dir->i_ino,
+		.mode = mode,
+		.rdev = new_encode_dev(rdev),
+		.flags = flags,
+		.name_len = dentry->d_name.len,
+	};
+	struct inode *inode;
+	struct zus_attr a;
+	void *req;
+	u32 len;
+	s64 ret;
+
+	req = zufs_req_names(&r, sizeof(r), &dentry->d_name, NULL, 0, &len);
+	if (IS_ERR(req))
+		return PTR_ERR(req);
+	ret = zufs_simple(ZUFS_SB(dir->i_sb)->mount_id, opcode, req, len, &a,
+			  sizeof(a), sizeof(a));
+	kfree(req);
+	if (ret < 0)
+		return ret;
+	if ((a.mode & S_IFMT) != (mode & S_IFMT))
+		return -EIO;
+	inode = zufs_iget(dir->i_sb, &a, true);
+	if (IS_ERR(inode))
+		return PTR_ERR(inode);
+	d_instantiate(dentry, inode);
+	if (S_ISDIR(mode))
+		inc_nlink(dir);
+	return 0;
+}
+
+static int zufs_create(struct user_namespace *mnt_userns, struct inode *dir,
+		       struct dentry *dentry, umode_t mode, bool excl)
+{
+	return zufs_make(dir, dentry, ZUS_OP_CREATE, mode | S_IFREG, 0,
+			 O_CREAT | (excl ? O_EXCL : 0));
+}
+
+static int zufs_mknod(struct user_namespace *mnt_userns, struct inode *dir,
+		      struct dentry *dentry, umode_t mode, dev_t rdev)
+{
+	return zufs_make(dir, dentry, ZUS_OP_MKNOD, mode, rdev, 0);
+}
+
+static int zufs_mkdir(struct user_namespace *mnt_userns, struct inode *dir,
+		      struct dentry *dentry, umode_t mode)
+{
+	return zufs_make(dir, dentry, ZUS_OP_MKDIR, mode | S_IFDIR, 0, 0);
+}
+
+static int zufs_remove(struct inode *dir, struct dentry *dentry, u32 opcode)
+{
+	struct zus_name_req r = { .dir = dir->i_ino,
+				  .name_len = dentry->d_name.len };
+	void *req;
+	u32 len;
+	s64 ret;
+
+	req = zufs_req_names(&r, sizeof(r), &dentry->d_name, NULL, 0, &len);
+	if (IS_ERR(req))
+		return PTR_ERR(req);
+	ret = zufs_simple(ZUFS_SB(dir->i_sb)->mount_id, opcode, req, len,
+			  NULL, 0, 0);
+	kfree(req);
+	return ret < 0 ? ret : 0;
+}
+
+static int zufs_unlink(struct inode *dir, struct dentry *dentry)
+{
+	struct inode *inode = d_inode(dentry);
+	int err = zufs_remove(dir, dentry, ZUS_OP_UNLINK);
+
+	if (err)
+		return err;
+	inode->i_ctime = current_time(inode);
+	drop_nlink(inode);
+	return 0;
+}
+
+static int zufs_rmdir(struct inode *dir, struct dentry *dentry)
+{
+	int err = zufs_remove(dir, dentry, ZUS_OP_RMDIR);
+
+	if (err)
+		return err;
+	clear_nlink(d_inode(dentry));
+	drop_nlink(dir);
+	return 0;
+}
+
+static int zufs_rename(struct user_namespace *mnt_userns,
+		       struct inode *old_dir, struct dentry *old_dentry,
+		       struct inode *new_dir, struct dentry *new_dentry,
+		       unsigned int flags)
+{
+	struct zus_rename_req r = {
+		.old_dir = old_dir->i_ino,
+		.new_dir = new_dir->i_ino,
+		.flags = flags,
+		.old_len = old_dentry->d_name.len,
+		.new_len = new_dentry->d_name.len,
+	};
+	struct inode *target = d_inode(new_dentry);
+	void *req;
+	u32 len;
+	s64 ret;
+
+	if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE))
+		return -EINVAL;
+	req = zufs_req_names(&r, sizeof(r), &old_dentry->d_name,
+			     new_dentry->d_name.name, new_dentry->d_name.len,
+			     &len);
+	if (IS_ERR(req))
+		return PTR_ERR(req);
+	ret = zufs_simple(ZUFS_SB(old_dir->i_sb)->mount_id, ZUS_OP_RENAME,
+			  req, len, NULL, 0, 0);
+	kfree(req);
+	if (ret < 0)
+		return ret;
+	if (target && !(flags & RENAME_EXCHANGE)) {
+		if (S_ISDIR(target->i_mode)) {
+			clear_nlink(target);
+			drop_nlink(new_dir);
+		} else {
+			drop_nlink(target);
+		}
+	}
+	if (S_ISDIR(d_inode(old_dentry)->i_mode) && old_dir != new_dir &&
+	    !(flags & RENAME_EXCHANGE)) {
+		drop_nlink(old_dir);
+		if (!target)
+			inc_nlink(new_dir);
+	}
+	return 0;
+}
+
+static int zufs_link(struct dentry *old, struct inode *dir,
+		     struct dentry *dentry)
+{
+	struct zus_link_req r = { .ino = d_inode(old)->i_ino,
+				  .new_dir = dir->i_ino,
+				  .name_len = dentry->d_name.len };
+	struct inode *inode;
+	struct zus_attr a;
+	void *req;
+	u32 len;
+	s64 ret;
+
+	req = zufs_req_names(&r, sizeof(r), &dentry->d_name, NULL, 0, &len);
+	if (IS_ERR(req))
+		return PTR_ERR(req);
+	ret = zufs_simple(ZUFS_SB(dir->i_sb)->mount_id, ZUS_OP_LINK, req, len,
+			  &a, sizeof(a), sizeof(a));
+	kfree(req);
+	if (ret < 0)
+		return ret;
+	if (a.ino != d_inode(old)->i_ino)
+		return -EIO;
+	inode = zufs_iget(dir->i_sb, &a, true);
+	if (IS_ERR(inode))
+		return PTR_ERR(inode);
+	d_instantiate(dentry, inode);
+	return 0;
+}
+
+static int zufs_symlink(struct user_namespace *mnt_userns, struct inode *dir,
+			struct dentry *dentry, const char *target)
+{
+	size_t tlen = strlen(target);
+	struct zus_symlink_req r = { .dir = dir->i_ino,
+				     .name_len = dentry->d_name.len,
+				     .target_len = tlen };
+	struct inode *inode;
+	struct zus_attr a;
+	void *req;
+	u32 len;
+	s64 ret;
+
+	if (tlen >= ZUS_PATH_MAX)
+		return -ENAMETOOLONG;
+	req = zufs_req_names(&r, sizeof(r), &dentry->d_name, target, tlen,
+			     &len);
+	if (IS_ERR(req))
+		return PTR_ERR(req);
+	ret = zufs_simple(ZUFS_SB(dir->i_sb)->mount_id, ZUS_OP_SYMLINK, req,
+			  len, &a, sizeof(a), sizeof(a));
+	kfree(req);
+	if (ret < 0)
+		return ret;
+	if (!S_ISLNK(a.mode))
+		return -EIO;
+	inode = zufs_iget(dir->i_sb, &a, true);
+	if (IS_ERR(inode))
+		return PTR_ERR(inode);
+	d_instantiate(dentry, inode);
+	return 0;
+}
+
+static const char *zufs_get_link(struct dentry *dentry, struct inode *inode,
+				 struct delayed_call *done)
+{
+	struct zus_ino_req r = { .ino = inode->i_ino };
+	struct kvec kv;
+	struct iov_iter it;
+	struct zufs_op op = {
+		.opcode = ZUS_OP_READLINK,
+		.req = &r,
+		.req_len = sizeof(r),
+		.result_max = ZUS_PATH_MAX,
+		.data_out = &it,
+		.data_out_size = ZUS_PATH_MAX - 1,
+	};
+	char *buf;
+	s64 ret;
+
+	if (!dentry)
+		return ERR_PTR(-ECHILD);
+	buf = kmalloc(ZUS_PATH_MAX, GFP_KERNEL);
+	if (!buf)
+		return ERR_PTR(-ENOMEM);
+	kv.iov_base = buf;
+	kv.iov_len = ZUS_PATH_MAX - 1;
+	iov_iter_kvec(&it, ITER_DEST, &kv, 1, kv.iov_len);
+	op.mount_id = ZUFS_SB(inode->i_sb)->mount_id;
+	ret = zufs_dispatch(&op);
+	if (ret >= 0 && (!op.data_len || memchr(buf, 0, op.data_len)))
+		ret = -EIO;
+	if (ret < 0) {
+		kfree(buf);
+		return ERR_PTR(ret);
+	}
+	buf[op.data_len] = 0;
+	set_delayed_call(done, kfree_link, buf);
+	return buf;
+}
+
+static int zufs_readdir(struct file *file, struct dir_context *ctx)
+{
+	struct inode *dir = file_inode(file);
+	struct zus_readdir_req r = { .dir = dir->i_ino };
+	struct zus_dirent de;
+	struct iov_iter it;
+	struct kvec kv;
+	size_t size;
+	char *buf;
+	int err = 0;
+
+	if (!dir_emit_dots(file, ctx))
+		return 0;
+	/* zusd may fill the whole window */
+	size = zufs_data_max();
+	if (!size)
+		return -EIO;
+	buf = kvmalloc(size, GFP_KERNEL);
+	if (!buf)
+		return -ENOMEM;
+	for (;;) {
+		struct zufs_op op = {
+			.opcode = ZUS_OP_READDIR,
+			.mount_id = ZUFS_SB(dir->i_sb)->mount_id,
+			.req = &r,
+			.req_len = sizeof(r),
+			.result_max = size,
+			.data_out = &it,
+			.data_out_size = size,
+		};
+		size_t off = 0, n;
+		bool progress = false;
+		s64 ret;
+
+		r.cookie = ctx->pos - 2;
+		kv.iov_base = buf;
+		kv.iov_len = size;
+		iov_iter_kvec(&it, ITER_DEST, &kv, 1, size);
+		ret = zufs_dispatch(&op);
+		if (ret < 0) {
+			err = ret;
+			break;
+		}
+		n = op.data_len;
+		if (!n)
+			break;
+		while (off + sizeof(de) <= n) {
+			const char *name = buf + off + sizeof(de);
+
+			memcpy(&de, buf + off, sizeof(de));
+			if (!de.name_len || de.name_len > ZUS_NAME_MAX ||
+			    off + sizeof(de) + de.name_len > n || de.kind > 15 ||
+			    de.cookie >= (u64)LLONG_MAX - 2 || !de.ino) {
+				err = -EIO;
+				goto out;
+			}
+			if (!is_dot_dotdot(name, de.name_len) &&
+			    !dir_emit(ctx, name, de.name_len, de.ino, de.kind))
+				goto out;
+			ctx->pos = de.cookie + 2;
+			progress = true;
+			off += round_up(sizeof(de) + de.name_len, 8);
+		}
+		if (!progress) {
+			err = -EIO;
+			break;
+		}
+	}
+out:
+	kvfree(buf);
+	return err;
+}
+
+static int zufs_dir_fsync(struct file *file, loff_t start, loff_t end,
+			  int datasync)
+{
+	return 0;
+}
+
+/* ----- files ----- */
+
+static int zufs_open(struct inode *inode, struct file *file)
+{
+	struct zus_open_req r = {
+		.ino = inode->i_ino,
+		.flags = file->f_flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_TRUNC),
+	};
+	struct zus_open_reply rep;
+	s64 ret;
+
+	ret = zufs_simple(ZUFS_SB(inode->i_sb)->mount_id, ZUS_OP_OPEN, &r,
+			  sizeof(r), &rep, sizeof(rep), sizeof(rep));
+	if (ret < 0)
+		return ret;
+	file->private_data = (void *)(uintptr_t)rep.fh;
+	return 0;
+}
+
+static int zufs_release(struct inode *inode, struct file *file)
+{
+	struct zus_release_req r = {
+		.ino = inode->i_ino,
+		.fh = (uintptr_t)file->private_data,
+	};
+
+	zufs_simple(ZUFS_SB(inode->i_sb)->mount_id, ZUS_OP_RELEASE, &r,
+		    sizeof(r), NULL, 0, 0);
+	return 0;
+}
+
+static ssize_t zufs_read_iter(struct kiocb *iocb, struct iov_iter *to)
+{
+	struct file *file = iocb->ki_filp;
+	struct inode *inode = file_inode(file);
+	size_t chunk = zufs_data_max();
+	loff_t pos = iocb->ki_pos;
+	ssize_t done = 0;
+	s64 ret = 0;
+
+	if (!chunk)
+		return -EIO;
+	while (iov_iter_count(to)) {
+		size_t len = min(iov_iter_count(to), chunk);
+		struct zus_io_req r = {
+			.ino = inode->i_ino,
+			.fh = (uintptr_t)file->private_data,
+			.offset = pos,
+			.len = len,
+			.data_kind = ZUS_DATA_WINDOW,
+		};
+		struct zus_io_reply rep = {};
+		struct zufs_op op = {
+			.opcode = ZUS_OP_READ,
+			.mount_id = ZUFS_SB(inode->i_sb)->mount_id,
+			.req = &r,
+			.req_len = sizeof(r),
+			.reply = &rep,
+			.reply_size = sizeof(rep),
+			.result_max = len,
+			.data_out = to,
+			.data_out_size = len,
+		};
+
+		ret = zufs_dispatch(&op);
+		if (ret >= 0 && op.data_len != ret)
+			ret = -EIO;
+		if (ret <= 0)
+			break;
+		pos += ret;
+		done += ret;
+		if (ret < len)
+			break;
+	}
+	iocb->ki_pos = pos;
+	return done ? done : ret;
+}
+
+static ssize_t zufs_write_iter(struct kiocb *iocb, struct iov_iter *from)
+{
+	struct file *file = iocb->ki_filp;
+	struct inode *inode = file_inode(file);
+	size_t chunk = zufs_data_max();
+	ssize_t done = 0;
+	s64 ret;
+	loff_t pos;
+
+	if (!chunk)
+		return -EIO;
+	inode_lock(inode);
+	ret = generic_write_checks(iocb, from);
+	if (ret <= 0)
+		goto out;
+	ret = file_remove_privs(file);
+	if (ret)
+		goto out;
+	pos = iocb->ki_pos;
+	while (iov_iter_count(from)) {
+		size_t len = min(iov_iter_count(from), chunk);
+		struct zus_io_req r = {
+			.ino = inode->i_ino,
+			.fh = (uintptr_t)file->private_data,
+			.offset = pos,
+			.len = len,
+			.data_kind = ZUS_DATA_WINDOW,
+		};
+		struct zus_io_reply rep = {};
+		struct zufs_op op = {
+			.opcode = ZUS_OP_WRITE,
+			.mount_id = ZUFS_SB(inode->i_sb)->mount_id,
+			.req = &r,
+			.req_len = sizeof(r),
+			.reply = &rep,
+			.reply_size = sizeof(rep),
+			.reply_min = sizeof(rep),
+			.result_max = len,
+			.data_in = from,
+			.data_in_len = len,
+		};
+
+		if (iocb->ki_flags & IOCB_APPEND)
+			r.flags |= ZUS_IO_FLAGS_APPEND;
+		if (iocb_is_dsync(iocb))
+			r.flags |= ZUS_IO_FLAGS_SYNC;
+		ret = zufs_dispatch(&op);
+		if (ret >= 0 && (rep.offset > MAX_LFS_FILESIZE ||
+				 rep.size > MAX_LFS_FILESIZE))
+			ret = -EIO;
+		if (ret <= 0)
+			break;
+		pos = rep.offset + ret;
+		done += ret;
+		i_size_write(inode, rep.size);
+		if (ret < len)
+			break;
+	}
+	if (done) {
+		iocb->ki_pos = pos;
+		ret = done;
+	}
+out:
+	inode_unlock(inode);
+	return ret;
+}
+
+static int zufs_fsync(struct file *file, loff_t start, loff_t end,
+		      int datasync)
+{
+	struct inode *inode = file_inode(file);
+	struct zus_fsync_req r = {
+		.ino = inode->i_ino,
+		.fh = (uintptr_t)file->private_data,
+		.datasync = datasync,
+	};
+	s64 ret;
+
+	ret = zufs_simple(ZUFS_SB(inode->i_sb)->mount_id, ZUS_OP_FSYNC, &r,
+			  sizeof(r), NULL, 0, 0);
+	return ret < 0 ? ret : 0;
+}
+
+static const struct file_operations zufs_file_fops = {
+	.open		= zufs_open,
+	.release	= zufs_release,
+	.read_iter	= zufs_read_iter,
+	.write_iter	= zufs_write_iter,
+	.fsync		= zufs_fsync,
+	.llseek		= generic_file_llseek,
+};
+
+static const struct file_operations zufs_dir_fops = {
+	.read		= generic_read_dir,
+	.iterate_shared	= zufs_readdir,
+	.fsync		= zufs_dir_fsync,
+	.llseek		= generic_file_llseek,
+};
+
+static const struct inode_operations zufs_dir_iops = {
+	.lookup		= zufs_lookup,
+	.create		= zufs_create,
+	.mknod		= zufs_mknod,
+	.mkdir		= zufs_mkdir,
+	.unlink		= zufs_unlink,
+	.rmdir		= zufs_rmdir,
+	.rename		= zufs_rename,
+	.link		= zufs_link,
+	.symlink	= zufs_symlink,
+	.getattr	= zufs_getattr,
+	.setattr	= zufs_setattr,
+};
+
+static const struct inode_operations zufs_file_iops = {
+	.getattr	= zufs_getattr,
+	.setattr	= zufs_setattr,
+};
+
+static const struct inode_operations zufs_symlink_iops = {
+	.get_link	= zufs_get_link,
+	.getattr	= zufs_getattr,
+	.setattr	= zufs_setattr,
+};
+
+static const struct inode_operations zufs_special_iops = {
+	.getattr	= zufs_getattr,
+	.setattr	= zufs_setattr,
+};
+
+/* ----- the super block ----- */
+
+static int zufs_statfs(struct dentry *dentry, struct kstatfs *buf)
+{
+	struct zus_statfs_reply s;
+	s64 ret;
+
+	ret = zufs_simple(ZUFS_SB(dentry->d_sb)->mount_id, ZUS_OP_STATFS,
+			  NULL, 0, &s, sizeof(s), sizeof(s));
+	if (ret < 0)
+		return ret;
+	buf->f_type = ZUFS_SUPER_MAGIC;
+	buf->f_bsize = s.bsize;
+	buf->f_frsize = s.frsize ?: s.bsize;
+	buf->f_blocks = s.blocks;
+	buf->f_bfree = s.bfree;
+	buf->f_bavail = s.bavail;
+	buf->f_files = s.files;
+	buf->f_ffree = s.ffree;
+	buf->f_namelen = min_t(u32, s.namelen, ZUS_NAME_MAX);
+	return 0;
+}
+
+static int zufs_show_options(struct seq_file *m, struct dentry *root)
+{
+	struct zufs_sb_info *sbi = ZUFS_SB(root->d_sb);
+
+	seq_printf(m, ",mount_id=%u,root=%llu", sbi->mount_id, sbi->root);
+	return 0;
+}
+
+static const struct super_operations zufs_sops = {
+	.alloc_inode	= zufs_alloc_inode,
+	.free_inode	= zufs_free_inode,
+	.evict_inode	= zufs_evict_inode,
+	.statfs		= zufs_statfs,
+	.show_options	= zufs_show_options,
+};
+
+enum { OPT_MOUNT_ID, OPT_ROOT };
+
+static const struct fs_parameter_spec zufs_params[] = {
+	fsparam_u32("mount_id", OPT_MOUNT_ID),
+	fsparam_u64("root", OPT_ROOT),
+	{}
+};
+
+struct zufs_fs_context {
+	u32 mount_id;
+	u64 root;
+	bool have_id;
+	bool have_root;
+};
+
+static int zufs_parse_param(struct fs_context *fc, struct fs_parameter *param)
+{
+	struct zufs_fs_context *ctx = fc->fs_private;
+	struct fs_parse_result result;
+	int opt = fs_parse(fc, zufs_params, param, &result);
+
+	if (opt < 0)
+		return opt;
+	switch (opt) {
+	case OPT_MOUNT_ID:
+		ctx->mount_id = result.uint_32;
+		ctx->have_id = true;
+		break;
+	case OPT_ROOT:
+		ctx->root = result.uint_64;
+		ctx->have_root = true;
+		break;
+	}
+	return 0;
+}
+
+static int zufs_fill_super(struct super_block *sb, struct fs_context *fc)
+{
+	struct zufs_fs_context *ctx = fc->fs_private;
+	struct zufs_sb_info *sbi;
+	struct zus_ino_req r = { .ino = ctx->root };
+	struct inode *root;
+	struct zus_attr a;
+	s64 ret;
+
+	sbi = kzalloc(sizeof(*sbi), GFP_KERNEL);
+	if (!sbi)
+		return -ENOMEM;
+	sbi->mount_id = ctx->mount_id;
+	sbi->root = ctx->root;
+	spin_lock_init(&sbi->forget_lock);
+	INIT_LIST_HEAD(&sbi->forgets);
+	INIT_WORK(&sbi->forget_work, zufs_forget_work);
+	sb->s_fs_info = sbi;
+	sb->s_magic = ZUFS_SUPER_MAGIC;
+	sb->s_op = &zufs_sops;
+	sb->s_maxbytes = MAX_LFS_FILESIZE;
+	sb->s_blocksize = PAGE_SIZE;
+	sb->s_blocksize_bits = PAGE_SHIFT;
+	sb->s_time_gran = 1;
+
+	ret = zufs_simple(sbi->mount_id, ZUS_OP_GETATTR, &r, sizeof(r), &a,
+			  sizeof(a), sizeof(a));
+	if (ret < 0)
+		return ret;
+	if (a.ino != ctx->root || !S_ISDIR(a.mode))
+		return -EIO;
+	root = zufs_iget(sb, &a, false);
+	if (IS_ERR(root))
+		return PTR_ERR(root);
+	sb->s_root = d_make_root(root);
+	return sb->s_root ? 0 : -ENOMEM;
+}
+
+static int zufs_get_tree(struct fs_context *fc)
+{
+	struct zufs_fs_context *ctx = fc->fs_private;
+
+	if (!ctx->have_id || !ctx->have_root)
+		return invalfc(fc, "zufs needs mount_id= and root=");
+	return get_tree_nodev(fc, zufs_fill_super);
+}
+
+static void zufs_free_fc(struct fs_context *fc)
+{
+	kfree(fc->fs_private);
+}
+
+static const struct fs_context_operations zufs_context_ops = {
+	.parse_param	= zufs_parse_param,
+	.get_tree	= zufs_get_tree,
+	.free		= zufs_free_fc,
+};
+
+static int zufs_init_fs_context(struct fs_context *fc)
+{
+	fc->fs_private = kzalloc(sizeof(struct zufs_fs_context), GFP_KERNEL);
+	if (!fc->fs_private)
+		return -ENOMEM;
+	fc->ops = &zufs_context_ops;
+	return 0;
+}
+
+static void zufs_kill_sb(struct super_block *sb)
+{
+	struct zufs_sb_info *sbi = ZUFS_SB(sb);
+
+	kill_anon_super(sb);
+	if (!sbi)
+		return;
+	flush_work(&sbi->forget_work);
+	zufs_send_forgets(sbi);
+	kfree(sbi);
+}
+
+static struct file_system_type zufs_fs_type = {
+	.owner			= THIS_MODULE,
+	.name			= "zufs",
+	.init_fs_context	= zufs_init_fs_context,
+	.parameters		= zufs_params,
+	.kill_sb		= zufs_kill_sb,
+};
+
+int __init zufs_fs_init(void)
+{
+	int err;
+
+	zufs_inode_cachep = kmem_cache_create("zufs_inode",
+					      sizeof(struct zufs_inode), 0,
+					      SLAB_RECLAIM_ACCOUNT | SLAB_ACCOUNT,
+					      zufs_inode_init_once);
+	if (!zufs_inode_cachep)
+		return -ENOMEM;
+	err = register_filesystem(&zufs_fs_type);
+	if (err)
+		kmem_cache_destroy(zufs_inode_cachep);
+	return err;
+}
+
+void zufs_fs_exit(void)
+{
+	unregister_filesystem(&zufs_fs_type);
+	rcu_barrier();	/* inodes freed by RCU */
+	kmem_cache_destroy(zufs_inode_cachep);
+}
+
+MODULE_ALIAS_FS("zufs");
