@@ -50,7 +50,7 @@ pub mod slot_state {
 
 /// Page 0 of a channel set: what the client needs to find its way around.
 #[repr(C, align(64))]
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable)]
 pub struct ChannelSetHeader {
     /// [`crate::ZUS_MAGIC`].
     pub magic: u64,
@@ -99,7 +99,8 @@ crate::ops::pod_impl!(ChannelSetHeader = 2176);
 pub struct LaneHeader {
     /// Client increments after submitting a request; the ZT futex-waits on it.
     pub doorbell: u32,
-    _pad0: [u8; CACHE_LINE - 4],
+    /// Keeps the next word on its own cache line; zero.
+    pub _pad0: [u8; CACHE_LINE - 4],
     /// Server sets 1 just before it sleeps, 0 when awake. Clients only `FUTEX_WAKE` the doorbell
     /// when it is 1, so the common case costs no syscall.
     pub zt_sleeping: u32,
@@ -109,17 +110,20 @@ pub struct LaneHeader {
     /// serving a spinning client), 0 otherwise. A submission seen by a polling ZT needs no wake;
     /// clients on other CPUs prefer such a lane.
     pub zt_polling: u32,
-    _pad1: [u8; CACHE_LINE - 12],
+    /// Keeps the next word on its own cache line; zero.
+    pub _pad1: [u8; CACHE_LINE - 12],
     /// Bumped by a client thread that frees a slot while others wait for one (P-CH3).
     pub free_seq: u32,
     /// Number of client threads waiting for a free slot in this lane.
     pub free_waiters: u32,
-    _pad2: [u8; CACHE_LINE - 8],
+    /// Keeps the next word on its own cache line; zero.
+    pub _pad2: [u8; CACHE_LINE - 8],
     /// Reserved, zero (per-op counters live in the server: `zufs status`).
     pub reserved: u64,
     /// Requests refused as malformed on this lane.
     pub ops_rejected: u64,
-    _pad3: [u8; CACHE_LINE - 16],
+    /// Keeps the next word on its own cache line; zero.
+    pub _pad3: [u8; CACHE_LINE - 16],
 }
 
 /// Dax reader slots per client (one cache line each, after the header page). A client thread
@@ -134,7 +138,8 @@ pub const DAX_READER_SLOTS: usize = 128;
 pub struct Slot {
     /// [`slot_state`].
     pub state: u32,
-    _pad0: [u8; CACHE_LINE - 4],
+    /// Keeps the next word on its own cache line; zero.
+    pub _pad0: [u8; CACHE_LINE - 4],
     /// The reply futex word: the server increments it after setting DONE.
     pub reply_seq: u32,
     /// Client sets 1 before it futex-waits on `reply_seq`; the server only wakes when it is 1.
@@ -144,7 +149,8 @@ pub struct Slot {
     /// producer (client for a write, server for a read) only raises it, with release stores.
     /// The server never trusts it: it bounds how long it waits for a write's bytes.
     pub data_ready: u32,
-    _pad1: [u8; CACHE_LINE - 12],
+    /// Keeps the next word on its own cache line; zero.
+    pub _pad1: [u8; CACHE_LINE - 12],
     /// Request header in, reply header out.
     pub hdr: OpHeader,
     /// Inline payload: op-specific struct followed by names, then the reply struct.

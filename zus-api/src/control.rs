@@ -3,7 +3,7 @@
 
 /// Fixed header of every control message.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable)]
 pub struct CtlHeader {
     /// [`crate::ZUS_MAGIC`].
     pub magic: u64,

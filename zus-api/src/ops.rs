@@ -13,34 +13,56 @@ use core::mem::{offset_of, size_of};
 
 /// Marker for plain-old-data wire structs: every bit pattern is valid, there is no padding.
 ///
-/// # Safety
-/// Implementors must be `#[repr(C)]`, contain only integer fields and arrays of integers, and have
-/// no implicit padding (each impl is accompanied by a size assertion).
-pub unsafe trait Pod: Copy + 'static {
+/// The proof is zerocopy's: each implementor derives [`zerocopy::FromBytes`] (every bit pattern
+/// is a valid value), [`zerocopy::IntoBytes`] (no padding, so every byte is initialised; the
+/// derive refuses a struct with padding at compile time) and [`zerocopy::Immutable`] (no interior
+/// mutability). A padded struct cannot be `Pod`, so no uninitialised byte is ever sent:
+///
+/// ```compile_fail
+/// # use zus_api::ops::Pod;
+/// // 4 bytes of padding after `a`: the IntoBytes derive refuses it.
+/// #[repr(C)]
+/// #[derive(Clone, Copy, zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable)]
+/// struct Padded {
+///     a: u32,
+///     b: u64,
+/// }
+/// impl Pod for Padded {}
+/// ```
+///
+/// The same struct without the hole is accepted:
+///
+/// ```
+/// # use zus_api::ops::Pod;
+/// #[repr(C)]
+/// #[derive(Clone, Copy, zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable)]
+/// struct Packed {
+///     a: u32,
+///     reserved: u32,
+///     b: u64,
+/// }
+/// impl Pod for Packed {}
+/// assert_eq!(Packed::read_from(&[1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0]).map(|p| p.b), Some(2));
+/// ```
+pub trait Pod: zerocopy::FromBytes + zerocopy::IntoBytes + zerocopy::Immutable + Copy + 'static {
     /// Reads a value from the start of `bytes`, or `None` if `bytes` is too short.
     fn read_from(bytes: &[u8]) -> Option<Self> {
-        if bytes.len() < size_of::<Self>() {
-            return None;
-        }
-        // SAFETY: the length was checked; `Self: Pod` makes every bit pattern valid; the read is
-        // unaligned-safe.
-        Some(unsafe { bytes.as_ptr().cast::<Self>().read_unaligned() })
+        <Self as zerocopy::FromBytes>::read_from_prefix(bytes).ok().map(|(v, _)| v)
     }
 
     /// The value's bytes.
     fn as_bytes(&self) -> &[u8] {
-        // SAFETY: `Self: Pod` has no padding, so every byte is initialized; the slice borrows self.
-        unsafe { core::slice::from_raw_parts((self as *const Self).cast::<u8>(), size_of::<Self>()) }
+        <Self as zerocopy::IntoBytes>::as_bytes(self)
     }
 }
 
-/// Declares wire structs as [`Pod`] and asserts their sizes.
+/// Declares wire structs as [`Pod`] and asserts their sizes. The [`Pod`] bound itself proves
+/// there is no padding: each struct must derive zerocopy's `FromBytes`, `IntoBytes` (which
+/// rejects padding) and `Immutable`.
 macro_rules! pod_impl {
     ($($t:ty = $size:expr),* $(,)?) => {$(
         const _: () = assert!(core::mem::size_of::<$t>() == $size);
-        // SAFETY: `$t` is repr(C) with integer fields only and its size equals the sum of its
-        // fields (asserted above), so it has no padding and every bit pattern is valid.
-        unsafe impl $crate::ops::Pod for $t {}
+        impl $crate::ops::Pod for $t {}
     )*};
 }
 pub(crate) use pod_impl;
@@ -186,7 +208,7 @@ pub const DATA_WINDOW_STREAM: u32 = 2;
 
 /// The op header at the start of every slot.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable)]
 pub struct OpHeader {
     /// [`OpCode`] as u32.
     pub opcode: u32,
@@ -220,7 +242,7 @@ pub struct OpHeader {
 
 /// Attributes of an inode, returned by lookup/getattr/create/...
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable)]
 #[allow(missing_docs)]
 pub struct Attr {
     pub ino: u64,
@@ -241,7 +263,7 @@ pub struct Attr {
 
 /// Request naming only an inode.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable)]
 #[allow(missing_docs)]
 pub struct InoReq {
     pub ino: u64,
@@ -249,7 +271,7 @@ pub struct InoReq {
 
 /// Request naming a directory and a name that follows the struct (lookup, unlink, rmdir).
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable)]
 #[allow(missing_docs)]
 pub struct NameReq {
     pub dir: u64,
@@ -273,7 +295,7 @@ pub mod setattr {
 
 /// Change attributes.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable)]
 #[allow(missing_docs)]
 pub struct SetattrReq {
     pub ino: u64,
@@ -289,7 +311,7 @@ pub struct SetattrReq {
 
 /// Create a file, node or directory; the name follows.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable)]
 #[allow(missing_docs)]
 pub struct CreateReq {
     pub dir: u64,
@@ -302,7 +324,7 @@ pub struct CreateReq {
 
 /// Rename; the old name then the new name follow.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable)]
 #[allow(missing_docs)]
 pub struct RenameReq {
     pub old_dir: u64,
@@ -316,7 +338,7 @@ pub struct RenameReq {
 
 /// Hard link `ino` as a name (following) in `new_dir`.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable)]
 #[allow(missing_docs)]
 pub struct LinkReq {
     pub ino: u64,
@@ -327,7 +349,7 @@ pub struct LinkReq {
 
 /// Create a symlink; the name then the target follow.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable)]
 #[allow(missing_docs)]
 pub struct SymlinkReq {
     pub dir: u64,
@@ -338,7 +360,7 @@ pub struct SymlinkReq {
 /// Read directory entries starting after `cookie` (0 = from the start) into the data window as
 /// [`Dirent`] records; the reply result is the number of bytes written.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable)]
 #[allow(missing_docs)]
 pub struct ReaddirReq {
     pub dir: u64,
@@ -347,7 +369,7 @@ pub struct ReaddirReq {
 
 /// A directory entry record in the data window; the name follows, the record is padded to 8.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable)]
 #[allow(missing_docs)]
 pub struct Dirent {
     pub ino: u64,
@@ -360,7 +382,7 @@ pub struct Dirent {
 
 /// Open an inode.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable)]
 #[allow(missing_docs)]
 pub struct OpenReq {
     pub ino: u64,
@@ -370,7 +392,7 @@ pub struct OpenReq {
 
 /// Reply to open (and create): a file handle.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable)]
 #[allow(missing_docs)]
 pub struct OpenReply {
     pub fh: u64,
@@ -378,7 +400,7 @@ pub struct OpenReply {
 
 /// Release a file handle.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable)]
 #[allow(missing_docs)]
 pub struct ReleaseReq {
     pub ino: u64,
@@ -397,7 +419,7 @@ pub mod io_flags {
 
 /// Read or write `len` bytes at `offset`.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable)]
 #[allow(missing_docs)]
 pub struct IoReq {
     pub ino: u64,
@@ -415,7 +437,7 @@ pub struct IoReq {
 
 /// Reply to read/write.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable)]
 #[allow(missing_docs)]
 pub struct IoReply {
     /// File size after the op.
@@ -426,7 +448,7 @@ pub struct IoReply {
 
 /// A buffer in the caller's address space.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable)]
 #[allow(missing_docs)]
 pub struct IoVec {
     pub addr: u64,
@@ -438,7 +460,7 @@ pub const MAX_IOV: usize = 256;
 
 /// Flush a file.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable)]
 #[allow(missing_docs)]
 pub struct FsyncReq {
     pub ino: u64,
@@ -449,7 +471,7 @@ pub struct FsyncReq {
 
 /// fallocate(2).
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable)]
 #[allow(missing_docs)]
 pub struct FallocateReq {
     pub ino: u64,
@@ -462,7 +484,7 @@ pub struct FallocateReq {
 /// xattr get/set/remove; the name follows; set's value is in the data window; get's value is
 /// returned in the data window (result = value length; `size` 0 asks for the length only).
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable)]
 #[allow(missing_docs)]
 pub struct XattrReq {
     pub ino: u64,
@@ -476,7 +498,7 @@ pub struct XattrReq {
 
 /// Map a file range to pmem extents.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable)]
 #[allow(missing_docs)]
 pub struct MapReq {
     pub ino: u64,
@@ -490,7 +512,7 @@ pub struct MapReq {
 /// One mapped extent: `len` bytes of the file at `file_offset` live at `dev_offset` on the device.
 /// `dev_offset == u64::MAX` marks a hole (reads as zeros).
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable)]
 #[allow(missing_docs)]
 pub struct Extent {
     pub file_offset: u64,
@@ -505,7 +527,7 @@ pub const MAX_MAP_EXTENTS: usize = 64;
 
 /// Reply to map: `count` extents follow.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable)]
 #[allow(missing_docs)]
 pub struct MapReply {
     pub count: u32,
@@ -516,7 +538,7 @@ pub struct MapReply {
 
 /// Commit a dax write: the file now extends to at least `end` (size update) and mtime is now.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable)]
 #[allow(missing_docs)]
 pub struct MapDoneReq {
     pub ino: u64,
@@ -528,7 +550,7 @@ pub struct MapDoneReq {
 
 /// Drop lookup references.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable)]
 #[allow(missing_docs)]
 pub struct ForgetReq {
     pub ino: u64,
@@ -542,7 +564,7 @@ pub struct ForgetReq {
 /// counts up, `off` takes back one of the sender's own) and leave with a client that
 /// disconnects; only the kernel bridge (`features::KERNEL_BRIDGE`, privileged) may send it.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable)]
 #[allow(missing_docs)]
 pub struct KernelCacheReq {
     pub ino: u64,
@@ -559,7 +581,7 @@ pub struct KernelCacheReq {
 /// does not own may send only data ops, each with a ticket of its uid for that inode
 /// ([`OpHeader::ticket`]). Only the kernel bridge may send this op.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable)]
 #[allow(missing_docs)]
 pub struct TicketReq {
     pub ino: u64,
@@ -570,7 +592,7 @@ pub struct TicketReq {
 
 /// What the bridge answers to [`ZUFS_IOC_TICKET`] on a file of its mount.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable)]
 #[allow(missing_docs)]
 pub struct IoctlTicket {
     /// The plugin's inode of the file.
@@ -588,7 +610,7 @@ pub const ZUFS_IOC_TICKET: u32 = (2 << 30) | ((size_of::<IoctlTicket>() as u32) 
 
 /// Reply to statfs.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable)]
 #[allow(missing_docs)]
 pub struct StatfsReply {
     pub blocks: u64,
@@ -603,6 +625,12 @@ pub struct StatfsReply {
 }
 
 pod_impl! {
+    u8 = 1,
+    u16 = 2,
+    u32 = 4,
+    u64 = 8,
+    i32 = 4,
+    i64 = 8,
     OpHeader = 64,
     Attr = 80,
     InoReq = 8,
