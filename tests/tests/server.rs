@@ -185,23 +185,34 @@ fn test_plugin_panic_is_eio_and_server_lives() {
     assert!(out.starts_with("OK"));
 }
 
-fn gcc(out: &std::path::Path, defs: &[&str]) -> bool {
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("c/cplugin.c");
-    match Command::new("gcc").args(["-shared", "-fPIC", "-O2", "-o"]).arg(out).arg(&src).args(defs).status() {
-        Ok(s) => s.success(),
-        Err(_) => false,
-    }
+/// Builds the C plugin; `None` when there is no gcc. A compile error is a failure, not a skip:
+/// it means the generated header and the C plugin disagree.
+fn gcc(out: &std::path::Path, defs: &[&str]) -> Option<bool> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let src = root.join("c/cplugin.c");
+    // The plugin includes the generated C header of the ABI (zus-api/include/zus_api.h).
+    let include = root.join("../zus-api/include");
+    let status = Command::new("gcc")
+        .args(["-shared", "-fPIC", "-O2", "-Wall", "-Wextra", "-Werror", "-I"])
+        .arg(&include)
+        .arg("-o")
+        .arg(out)
+        .arg(&src)
+        .args(defs)
+        .status();
+    status.ok().map(|s| s.success())
 }
 
 #[test]
 fn test_c_plugin_loads_and_other_abi_is_refused() {
     let dir = TempDir::new("cplugin");
     let plugins = plugin_dir(&dir.0, &["nullfs"]);
-    if !gcc(&plugins.join("libcnull.so"), &[]) {
+    let Some(built) = gcc(&plugins.join("libcnull.so"), &[]) else {
         eprintln!("SKIPPED: gcc is not available to build the C plugin");
         return;
-    }
-    assert!(gcc(&plugins.join("libcbad.so"), &["-DABI_VERSION=999", "-DFS_NAME=\"cbad\""]));
+    };
+    assert!(built, "tests/c/cplugin.c does not compile against zus-api/include/zus_api.h");
+    assert_eq!(gcc(&plugins.join("libcbad.so"), &["-DABI_VERSION=999", "-DFS_NAME=\"cbad\""]), Some(true));
     std::fs::write(plugins.join("libjunk.so"), b"not an elf").unwrap();
     let z = Zusd::start(&dir.0, &plugins, &[]);
     let log = z.log_text();
