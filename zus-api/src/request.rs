@@ -15,9 +15,9 @@ use core::mem::size_of;
 
 use crate::Errno;
 use crate::ops::{
-    CreateReq, FallocateReq, ForgetReq, FsyncReq, InoReq, IoReq, KernelCacheReq, LinkReq, MapDoneReq, MapReq,
-    NAME_MAX, NameReq, OpCode, OpenReq, PATH_MAX, Pod, ReaddirReq, ReleaseReq, RenameReq, SetattrReq, SymlinkReq,
-    TicketReq, XattrReq, setattr,
+    CreateReq, FallocateReq, ForgetReq, FsyncReq, InoReq, IoReq, KernelCacheReq, LinkReq, MapDoneReq, MapReq, NAME_MAX,
+    NameReq, OpCode, OpenReq, PATH_MAX, Pod, ReaddirReq, ReleaseReq, RenameReq, SetattrReq, SymlinkReq, TicketReq,
+    XattrReq, setattr,
 };
 
 /// When a fast-path (non-kernel) client must send an op through the kernel instead while the
@@ -73,7 +73,8 @@ use TicketRule::{Read, Refused, Write, WriteIfMapWrite, WriteIfSizeOnly};
 /// The table, indexed by op code - 1 (the op codes are dense from 1).
 const FACTS: [OpFacts; OpCode::ALL.len()] = [
     // op                  request size                   mutates kernel cache     ticket           invalidates
-    /* Noop */ f(0, false, Never, Refused, false),
+    /* Noop */
+    f(0, false, Never, Refused, false),
     /* Statfs */ f(0, false, Never, Refused, false),
     /* Sync */ f(0, false, Never, Refused, false),
     /* Lookup */ f(size_of::<NameReq>(), false, Never, Refused, false),
@@ -371,7 +372,9 @@ mod tests {
     #[test]
     fn test_names_are_exact_and_checked() {
         let r = NameReq { dir: 1, name_len: 3, reserved: 0 };
-        assert!(matches!(Request::decode(OpCode::Lookup, &bytes(&r, b"abc")), Ok(Request::Lookup(q, b"abc")) if q.dir == 1));
+        assert!(
+            matches!(Request::decode(OpCode::Lookup, &bytes(&r, b"abc")), Ok(Request::Lookup(q, b"abc")) if q.dir == 1)
+        );
         assert_eq!(Request::decode(OpCode::Lookup, &bytes(&r, b"abcd")).err(), Some(Errno::EINVAL), "trailing byte");
         assert_eq!(Request::decode(OpCode::Lookup, &bytes(&r, b"ab")).err(), Some(Errno::EINVAL), "short");
         assert_eq!(Request::decode(OpCode::Lookup, &bytes(&r, b"a/c")).err(), Some(Errno::EINVAL));
@@ -379,9 +382,16 @@ mod tests {
         let long = NameReq { dir: 1, name_len: 256, reserved: 0 };
         assert_eq!(Request::decode(OpCode::Unlink, &bytes(&long, &[b'x'; 256])).err(), Some(Errno::ENAMETOOLONG));
         let s = SymlinkReq { dir: 1, name_len: 1, target_len: 4 };
-        assert!(matches!(Request::decode(OpCode::Symlink, &bytes(&s, b"l/a/b")), Ok(Request::Symlink(_, b"l", b"/a/b"))));
+        assert!(matches!(
+            Request::decode(OpCode::Symlink, &bytes(&s, b"l/a/b")),
+            Ok(Request::Symlink(_, b"l", b"/a/b"))
+        ));
         let huge = RenameReq { old_dir: 1, new_dir: 1, flags: 0, old_len: u32::MAX, new_len: 2, reserved: 0 };
-        assert_eq!(Request::decode(OpCode::Rename, &bytes(&huge, b"ab")).err(), Some(Errno::EINVAL), "overflowing lengths");
+        assert_eq!(
+            Request::decode(OpCode::Rename, &bytes(&huge, b"ab")).err(),
+            Some(Errno::EINVAL),
+            "overflowing lengths"
+        );
         let x = XattrReq { ino: 1, name_len: 256, flags: 0, size: 0, reserved: 0 };
         assert_eq!(Request::decode(OpCode::Getxattr, &bytes(&x, &[b'u'; 256])).err(), Some(Errno::ERANGE));
     }
