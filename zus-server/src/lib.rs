@@ -8,13 +8,14 @@
 //! Modules: [`topology`] (sysfs or simulated), [`plugins`] (loader), [`host`] (the functions
 //! plugins call), [`mounts`] (devices, mkfs, fsck), [`server`] (state and the generation
 //! barrier), [`zt`] (the per-CPU threads), [`dispatch`] (request validation), [`control`] (the
-//! socket).
+//! socket), [`kernel`] (the kernel module's transport: `/dev/zufs` and its K-ZTs).
 #![deny(unsafe_code)]
 
 pub mod control;
 pub mod dispatch;
 pub mod host;
 pub mod kcache;
+pub mod kernel;
 pub mod mounts;
 pub mod plugins;
 pub mod server;
@@ -27,6 +28,7 @@ pub mod zt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+pub use kernel::KernelMode;
 pub use server::{Config, ConfigError, Server};
 
 /// A running server: its threads and listening socket.
@@ -36,6 +38,7 @@ pub struct Running {
     pub server: Arc<Server>,
     zts: Vec<std::thread::JoinHandle<()>>,
     listener: std::os::fd::OwnedFd,
+    kernel: Option<kernel::Attached>,
 }
 
 /// Errors starting the server.
@@ -53,6 +56,9 @@ pub enum StartError {
     /// Thread creation failed.
     #[error("starting ZT threads: {0}")]
     Threads(std::io::Error),
+    /// The kernel transport was asked for ([`KernelMode::On`]) and could not attach.
+    #[error(transparent)]
+    Kernel(#[from] kernel::KernelError),
 }
 
 /// Loads plugins, starts ZTs and the listener.
@@ -75,18 +81,45 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     }
     // Wait until every ZT runs (pinned, first snapshot picked up).
     server.wait_for_zts(server.generation.load(Ordering::SeqCst));
+    let kernel = if kernel::wanted(&server.config) {
+        match kernel::attach(&server) {
+            Ok(k) => Some(k),
+            Err(e) if server.config.kernel == KernelMode::Auto => {
+                tracing::warn!("not serving the kernel module: {e}");
+                None
+            }
+            Err(e) => {
+                server.shutting_down.store(true, Ordering::SeqCst);
+                server.wait_for_zts(u64::MAX);
+                for z in zts {
+                    let _ = z.join();
+                }
+                let _ = std::fs::remove_file(&server.config.socket);
+                return Err(e.into());
+            }
+        }
+    } else {
+        None
+    };
     let s = Arc::clone(&server);
     let lfd = listener.try_clone().map_err(StartError::Threads)?;
     std::thread::Builder::new()
         .name("zusd-accept".into())
         .spawn(move || control::accept_loop(&s, &lfd))
         .map_err(StartError::Threads)?;
-    Ok(Running { server, zts, listener })
+    Ok(Running { server, zts, listener, kernel })
 }
 
 impl Running {
-    /// Clean shutdown (P-OP1): stop accepting, unmount every mount (plugins flush), stop ZTs,
-    /// remove the socket file.
+    /// The number of K-ZTs serving the kernel module (0 when zusd does not serve it).
+    #[must_use]
+    pub fn kernel_zts(&self) -> usize {
+        self.kernel.as_ref().map_or(0, kernel::Attached::zts)
+    }
+
+    /// Clean shutdown (P-OP1): stop accepting, end the kernel module's session (its ops fail
+    /// with `EIO` from then on), unmount every mount (plugins flush), stop ZTs, remove the
+    /// socket file.
     pub fn shutdown(self) {
         let s = &self.server;
         s.shutting_down.store(true, Ordering::SeqCst);
@@ -96,6 +129,9 @@ impl Running {
             libc::shutdown(std::os::fd::AsRawFd::as_raw_fd(&self.listener), libc::SHUT_RDWR);
         }
         let _ = std::fs::remove_file(&s.config.socket);
+        if let Some(k) = self.kernel {
+            k.stop(s);
+        }
         // ZTs exit between ops once they see the flag, so after the joins nothing references a
         // mount and every plugin can flush and unmount.
         s.wait_for_zts(u64::MAX);
@@ -103,5 +139,7 @@ impl Running {
             let _ = z.join();
         }
         s.unmount_all();
+        // The kernel client goes last: closing the device ends the module's session.
+        kernel::detach(s);
     }
 }

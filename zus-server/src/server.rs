@@ -16,6 +16,7 @@ use zus_channel::control::{FsTypeInfo, LaneInfo, MountInfo, StatusInfo};
 use zus_channel::shm::{ShmRegion, futex};
 use zus_channel::sock::PeerCred;
 
+use crate::kernel::{KernelMode, Port};
 use crate::mounts::Mount;
 use crate::plugins::Plugin;
 use crate::topology::Topology;
@@ -39,6 +40,8 @@ pub struct Config {
     pub zt_poll_ns: u32,
     /// Most connected clients, 1..=[`Config::MAX_CLIENTS`].
     pub max_clients: usize,
+    /// Whether to serve the kernel module through `/dev/zufs` ([`crate::kernel`]).
+    pub kernel: KernelMode,
 }
 
 /// A configuration the server cannot run with.
@@ -55,6 +58,12 @@ pub enum ConfigError {
     /// The CPU count, slots per CPU or window size make no channel geometry.
     #[error(transparent)]
     Geometry(#[from] zus_api::chan::GeometryError),
+    /// The kernel transport was asked for with a simulated topology.
+    #[error(
+        "the kernel transport (/dev/zufs) needs the real CPU topology: the module's lanes are the kernel's CPUs, \
+         one K-ZT pinned to each; drop the simulated topology or turn the kernel transport off"
+    )]
+    KernelWithSimulatedTopology,
 }
 
 impl Config {
@@ -82,6 +91,7 @@ impl Config {
             client_spin_ns: Self::DEFAULT_CLIENT_SPIN_NS,
             zt_poll_ns: Self::DEFAULT_ZT_POLL_NS,
             max_clients: Self::DEFAULT_MAX_CLIENTS,
+            kernel: KernelMode::Off,
         }
     }
 
@@ -92,6 +102,9 @@ impl Config {
     pub fn validate(&self) -> Result<Geometry, ConfigError> {
         if !(1..=Self::MAX_CLIENTS).contains(&self.max_clients) {
             return Err(ConfigError::MaxClients(self.max_clients));
+        }
+        if self.kernel == KernelMode::On && self.topology.simulated {
+            return Err(ConfigError::KernelWithSimulatedTopology);
         }
         Ok(Geometry::new(self.topology.cpus.len(), self.slots_per_cpu, self.window_size)?)
     }
@@ -145,6 +158,9 @@ pub struct Snapshot {
     pub clients: Vec<(Arc<Client>, Vec<Attachment>)>,
     /// Mounts.
     pub mounts: Vec<Arc<Mount>>,
+    /// The kernel module's channel set ([`crate::kernel`]), attached to every mount. Not among
+    /// `clients`: its lanes are the kernel's CPUs, served by the K-ZTs alone.
+    pub kernel: Option<(Arc<Client>, Vec<Attachment>)>,
 }
 
 /// A client's attachment to a mount.
@@ -164,6 +180,11 @@ impl Snapshot {
         let a = attached.iter().find(|a| a.mount_id == id)?;
         self.mounts.iter().find(|m| m.id == id).map(|m| (m, a.ticketed))
     }
+
+    /// Every client's channel set: the user clients', then the kernel's.
+    pub fn all_clients(&self) -> impl Iterator<Item = &Arc<Client>> {
+        self.clients.iter().map(|(c, _)| c).chain(self.kernel.as_ref().map(|(c, _)| c))
+    }
 }
 
 /// Mutable server state, under one mutex (control plane only).
@@ -179,6 +200,8 @@ pub struct State {
     pub next_client: u32,
     /// Next mount id.
     pub next_mount: u32,
+    /// The kernel client, while zusd serves the module.
+    pub kernel: Option<Arc<Client>>,
 }
 
 /// The server.
@@ -190,6 +213,11 @@ pub struct Server {
     pub plugins: Vec<Plugin>,
     /// Per-ZT control.
     pub zts: Vec<ZtControl>,
+    /// Per-K-ZT control (the kernel transport's thread on each CPU, by topology lane); marked
+    /// exited while none runs.
+    pub kzts: Vec<ZtControl>,
+    /// The module's device while zusd serves it (for kicks).
+    kernel: Mutex<Option<Arc<dyn Port>>>,
     /// Current generation.
     pub generation: AtomicU64,
     /// Published snapshot.
@@ -215,10 +243,15 @@ impl Server {
     pub fn new(config: Config, plugins: Vec<Plugin>) -> Result<Arc<Self>, ConfigError> {
         config.validate()?;
         let zts = (0..config.topology.cpus.len()).map(|_| ZtControl::default()).collect();
+        let kzts = (0..config.topology.cpus.len())
+            .map(|_| ZtControl { exited: AtomicBool::new(true), ..ZtControl::default() })
+            .collect();
         let s = Arc::new(Self {
             config,
             plugins,
             zts,
+            kzts,
+            kernel: Mutex::new(None),
             generation: AtomicU64::new(1),
             snapshot: Mutex::new(Arc::new(Snapshot { generation: 1, ..Default::default() })),
             state: Mutex::new(State { next_client: 1, next_mount: 1, ..Default::default() }),
@@ -236,7 +269,7 @@ impl Server {
     pub fn oldest_dax_reader(&self) -> u64 {
         let snap = self.current_snapshot();
         let mut oldest = u64::MAX;
-        for (c, _) in &snap.clients {
+        for c in snap.all_clients() {
             for i in 0..zus_api::chan::DAX_READER_SLOTS {
                 let g = c.region.atomic_u64(c.geometry.dax_reader_offset(i)).load(Ordering::SeqCst);
                 if g != 0 {
@@ -261,7 +294,11 @@ impl Server {
     /// Publishes `st` as a new snapshot and waits until every live ZT has picked it up.
     pub fn publish(&self, st: &State) {
         let generation = self.generation.load(Ordering::SeqCst) + 1;
-        let snap = Arc::new(Snapshot { generation, clients: st.clients.clone(), mounts: st.mounts.clone() });
+        let kernel = st.kernel.as_ref().map(|k| {
+            // The module's mounts name zusd mounts: the kernel may address every one.
+            (Arc::clone(k), st.mounts.iter().map(|m| Attachment { mount_id: m.id, ticketed: false }).collect())
+        });
+        let snap = Arc::new(Snapshot { generation, clients: st.clients.clone(), mounts: st.mounts.clone(), kernel });
         // Keep the old snapshot alive until every ZT moved on: a ZT may be asleep on its doorbells.
         let old = std::mem::replace(&mut *lock(&self.snapshot), snap);
         self.generation.store(generation, Ordering::SeqCst);
@@ -269,9 +306,24 @@ impl Server {
         self.wait_for_zts(generation);
     }
 
+    /// The module's port while zusd serves it.
+    #[must_use]
+    pub fn kernel_port(&self) -> Option<Arc<dyn Port>> {
+        lock(&self.kernel).clone()
+    }
+
+    /// Sets or clears the module's port ([`crate::kernel`]).
+    pub(crate) fn kernel_slot(&self) -> MutexGuard<'_, Option<Arc<dyn Port>>> {
+        lock(&self.kernel)
+    }
+
     /// Wakes every ZT: through its control word, and through the doorbells of the clients of
-    /// `snap` (a ZT serving exactly one client sleeps on that client's doorbell alone).
+    /// `snap` (a ZT serving exactly one client sleeps on that client's doorbell alone); and
+    /// every K-ZT, through the module's `KICK_ALL`.
     fn wake_zts(&self, snap: &Snapshot) {
+        if let Some(p) = self.kernel_port() {
+            p.kick_all();
+        }
         for (lane, z) in self.zts.iter().enumerate() {
             z.wake.fetch_add(1, Ordering::SeqCst);
             futex::wake(&z.wake, 1);
@@ -289,7 +341,7 @@ impl Server {
     pub fn wait_for_zts(&self, generation: u64) {
         self.wake_zts(&self.current_snapshot());
         let mut waited = Duration::ZERO;
-        for z in &self.zts {
+        for z in self.zts.iter().chain(&self.kzts) {
             while z.seen_generation.load(Ordering::SeqCst) < generation && !z.exited.load(Ordering::SeqCst) {
                 std::thread::sleep(Duration::from_micros(100));
                 waited += Duration::from_micros(100);
@@ -344,12 +396,13 @@ impl Server {
                 .topology
                 .cpus
                 .iter()
-                .zip(&self.zts)
-                .map(|(c, z)| LaneInfo {
+                .zip(self.zts.iter().zip(&self.kzts))
+                .map(|(c, (z, k))| LaneInfo {
                     cpu: u32::try_from(c.id).unwrap_or(0),
                     node: u32::try_from(c.node).unwrap_or(0),
-                    ops: z.ops.load(Ordering::Relaxed),
-                    rejected: z.rejected.load(Ordering::Relaxed),
+                    // Both threads of the CPU: its ZT's and its K-ZT's ops.
+                    ops: z.ops.load(Ordering::Relaxed) + k.ops.load(Ordering::Relaxed),
+                    rejected: z.rejected.load(Ordering::Relaxed) + k.rejected.load(Ordering::Relaxed),
                 })
                 .collect(),
             topology: self.config.topology.describe(),

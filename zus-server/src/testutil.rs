@@ -122,6 +122,7 @@ pub fn config(tag: &str) -> Config {
         client_spin_ns: 0,
         zt_poll_ns: 0,
         max_clients: 8,
+        kernel: crate::KernelMode::Off,
     }
 }
 

@@ -1,7 +1,7 @@
 //! ZT threads: one per CPU, pinned, serving its lane of every client's channel set (P-CH1).
 //!
-//! The wait/wake of a ZT sits behind [`ZtWait`], so a kernel-module transport (a ZT sleeping in
-//! an ioctl, as in ZUFS) can replace the futex one.
+//! The wait/wake of a ZT sits behind [`ZtWait`]. The kernel module's lanes are served by a
+//! second thread per CPU, the K-ZT ([`crate::kernel`]), with the same [`serve_client`].
 #![allow(unsafe_code)]
 
 use std::sync::Arc;
@@ -14,7 +14,7 @@ use zus_channel::proto::{Channel, Lane};
 use zus_channel::shm::futex::{self, WaitV};
 
 use crate::dispatch::{self, Scratch};
-use crate::server::{Server, Snapshot};
+use crate::server::{Attachment, Client, Server, Snapshot, ZtControl};
 
 /// The slot protocol's view of a client's channel set.
 fn chan(c: &crate::server::Client) -> Channel<'_> {
@@ -220,14 +220,14 @@ fn any_submitted(snap: &Snapshot, lane: usize) -> bool {
     snap.clients.iter().any(|(c, _)| lane_of(c, lane).any_submitted())
 }
 
-/// Waits until every other ZT has finished the op it is serving now. Called after a kernel-cache
+/// Waits until every other ZT and K-ZT (all but `me`) has finished the op it is serving now. Called after a kernel-cache
 /// mark was set: an op that read the marks before the mark existed is then over, and every later
 /// op sees the mark (its `busy` store comes first, SeqCst, and the mark is SeqCst too). An op
 /// takes microseconds (the longest, a 1 MiB copy, well under a millisecond), so this spins,
 /// yielding now and then in case the other ZT waits for this CPU.
-fn wait_for_other_zts(server: &Server, lane: usize) {
-    for (i, z) in server.zts.iter().enumerate() {
-        if i == lane {
+fn wait_for_other_zts(server: &Server, me: &ZtControl) {
+    for z in server.zts.iter().chain(&server.kzts) {
+        if core::ptr::eq(z, me) {
             continue;
         }
         let ops_before = z.ops.load(Ordering::SeqCst);
@@ -245,9 +245,9 @@ fn wait_for_other_zts(server: &Server, lane: usize) {
 
 /// Raises the layout generation in every client's channel header (never lowering it: ZTs race).
 /// Returns the generation before.
-fn publish_layout_change(server: &Server, snap: &Snapshot) -> u64 {
+pub(crate) fn publish_layout_change(server: &Server, snap: &Snapshot) -> u64 {
     let before = server.layout_gen.fetch_add(1, Ordering::SeqCst);
-    for (c, _) in &snap.clients {
+    for c in snap.all_clients() {
         chan(c).layout_gen().fetch_max(before + 1, Ordering::SeqCst);
     }
     before
@@ -269,61 +269,80 @@ fn wait_for_dax_readers(server: &Server, old: u64) {
     }
 }
 
-/// What one [`serve_pass`] did.
+/// What one [`serve_pass`] or [`serve_client`] did.
 #[derive(Debug, Clone, Copy, Default)]
-struct Pass {
+pub struct Pass {
     /// Ops served.
-    served: usize,
+    pub served: usize,
     /// One of them came from a client spinning for its reply on another CPU that sends back to
     /// back (`HDR_F_CLIENT_SPINS`).
-    client_spins: bool,
+    pub client_spins: bool,
 }
 
-/// Serves every submitted slot of `lane` once; returns how many were served.
+/// Serves every submitted slot of `lane` of every user client once.
 fn serve_pass(server: &Server, lane: usize, snap: &Snapshot, scratch: &mut Scratch) -> Pass {
     let mut pass = Pass::default();
+    let ctl = &server.zts[lane];
     for (client, attached) in &snap.clients {
-        let l = lane_of(client, lane);
-        for slot in l.slots() {
-            if !slot.take() {
-                continue;
-            }
-            // One fetch of the header into private memory; everything is validated from the copy.
-            let hdr: OpHeader = slot.request_header();
-            let ctl = &server.zts[lane];
-            // SeqCst: pairs with the load in `wait_for_other_zts` (a Dekker pattern with the
-            // kernel-cache mark, which this op reads after this store).
-            ctl.busy.store(true, Ordering::SeqCst);
-            let out = dispatch::serve(snap, client, attached, &hdr, slot, scratch);
-            if hdr.opcode == OpCode::KernelCache as u32 && out.result == 0 {
-                // Before the reply: once a mark returns, no data op that missed it still runs.
-                wait_for_other_zts(server, lane);
-            }
-            if OpCode::from_u32(hdr.opcode).is_some_and(|op| op.facts().invalidates_extents) {
-                // Before the reply: once this op returns, no client may trust extents from before.
-                let before = publish_layout_change(server, snap);
-                if hdr.opcode == OpCode::KernelCache as u32 && out.result == 0 {
-                    // And no dax copy checked against the layout from before the mark still
-                    // runs, so the kernel reads what those copies wrote.
-                    wait_for_dax_readers(server, before);
-                }
-            }
-            if out.rejected {
-                ctl.rejected.fetch_add(1, Ordering::Relaxed);
-                l.count_rejected();
-            }
-            ctl.ops.fetch_add(1, Ordering::Relaxed);
-            let reply = OpHeader {
-                result: out.result,
-                out_len: u32::try_from(out.reply_len).unwrap_or(0),
-                data_len: u32::try_from(out.data_len).unwrap_or(0),
-                ..hdr
-            };
-            slot.complete(&reply, &scratch.reply[..out.reply_len.min(PAYLOAD_SIZE)]);
-            ctl.busy.store(false, Ordering::Release);
-            pass.served += 1;
-            pass.client_spins |= hdr.flags & HDR_F_CLIENT_SPINS != 0;
+        let p = serve_client(server, ctl, lane, snap, client, attached, scratch);
+        pass.served += p.served;
+        pass.client_spins |= p.client_spins;
+    }
+    pass
+}
+
+/// Serves every submitted slot of `lane` of `client`'s channel set once, as the thread whose
+/// control words are `ctl` (a ZT's, or a K-ZT's for the kernel client).
+#[inline]
+pub fn serve_client(
+    server: &Server,
+    ctl: &ZtControl,
+    lane: usize,
+    snap: &Snapshot,
+    client: &Client,
+    attached: &[Attachment],
+    scratch: &mut Scratch,
+) -> Pass {
+    let mut pass = Pass::default();
+    let l = lane_of(client, lane);
+    for slot in l.slots() {
+        if !slot.take() {
+            continue;
         }
+        // One fetch of the header into private memory; everything is validated from the copy.
+        let hdr: OpHeader = slot.request_header();
+        // SeqCst: pairs with the load in `wait_for_other_zts` (a Dekker pattern with the
+        // kernel-cache mark, which this op reads after this store).
+        ctl.busy.store(true, Ordering::SeqCst);
+        let out = dispatch::serve(snap, client, attached, &hdr, slot, scratch);
+        if hdr.opcode == OpCode::KernelCache as u32 && out.result == 0 {
+            // Before the reply: once a mark returns, no data op that missed it still runs.
+            wait_for_other_zts(server, ctl);
+        }
+        if OpCode::from_u32(hdr.opcode).is_some_and(|op| op.facts().invalidates_extents) {
+            // Before the reply: once this op returns, no client may trust extents from before.
+            let before = publish_layout_change(server, snap);
+            if hdr.opcode == OpCode::KernelCache as u32 && out.result == 0 {
+                // And no dax copy checked against the layout from before the mark still
+                // runs, so the kernel reads what those copies wrote.
+                wait_for_dax_readers(server, before);
+            }
+        }
+        if out.rejected {
+            ctl.rejected.fetch_add(1, Ordering::Relaxed);
+            l.count_rejected();
+        }
+        ctl.ops.fetch_add(1, Ordering::Relaxed);
+        let reply = OpHeader {
+            result: out.result,
+            out_len: u32::try_from(out.reply_len).unwrap_or(0),
+            data_len: u32::try_from(out.data_len).unwrap_or(0),
+            ..hdr
+        };
+        slot.complete(&reply, &scratch.reply[..out.reply_len.min(PAYLOAD_SIZE)]);
+        ctl.busy.store(false, Ordering::Release);
+        pass.served += 1;
+        pass.client_spins |= hdr.flags & HDR_F_CLIENT_SPINS != 0;
     }
     pass
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Parser;
 use zus_server::topology::Topology;
-use zus_server::{Config, start};
+use zus_server::{Config, KernelMode, start};
 
 /// The zufs user-mode server: one pinned ZT thread per CPU serving pluggable pmem filesystems.
 #[derive(Debug, Parser)]
@@ -36,6 +36,10 @@ struct Args {
     /// Most connected clients (1..=127).
     #[arg(long, default_value_t = Config::DEFAULT_MAX_CLIENTS)]
     max_clients: usize,
+    /// Serve the zufs kernel module through /dev/zufs (one K-ZT per CPU): auto (when /dev/zufs
+    /// exists and the topology is the real one), on (`--kernel`: fail without it) or off.
+    #[arg(long, default_value = "auto", num_args = 0..=1, default_missing_value = "on", require_equals = true)]
+    kernel: KernelMode,
 }
 
 fn notify_ready() {
@@ -90,14 +94,16 @@ fn main() -> Result<()> {
         client_spin_ns: args.client_spin_ns,
         zt_poll_ns: args.zt_poll_ns,
         max_clients: args.max_clients,
+        kernel: args.kernel,
         topology,
     };
     let signals = block_signals();
     let running = start(config).context("starting zusd")?;
     let s = &running.server;
     tracing::info!(
-        "zusd ready: {} ZT(s), topology {}, plugins [{}], socket {}",
+        "zusd ready: {} ZT(s), {} K-ZT(s), topology {}, plugins [{}], socket {}",
         s.zts.len(),
+        running.kernel_zts(),
         s.config.topology.describe(),
         s.plugins.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", "),
         s.config.socket.display()
