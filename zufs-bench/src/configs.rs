@@ -26,6 +26,9 @@ pub enum Config {
     NullfsUring,
     /// pmemfs through the zufs FUSE bridge over FUSE io_uring.
     PmemfsUring,
+    /// pmemfs over FUSE io_uring with each op served on its ring thread, the plugin loaded in
+    /// the bridge process (`serve=inline`: the mode (b) prototype of issue 13, no channel hop).
+    PmemfsUringInline,
     /// pmemfs with fio under `zufs run --mode channel` (the preload fast path over ZT channels).
     PreloadChannel,
     /// pmemfs with fio under `zufs run --mode dax` (the preload path copying to pmem itself).
@@ -34,13 +37,14 @@ pub enum Config {
 
 impl Config {
     /// All, in table order.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::Tmpfs,
         Self::Fuse,
         Self::NullfsBridge,
         Self::PmemfsBridge,
         Self::NullfsUring,
         Self::PmemfsUring,
+        Self::PmemfsUringInline,
         Self::PreloadChannel,
         Self::PreloadDax,
     ];
@@ -55,6 +59,7 @@ impl Config {
             Self::PmemfsBridge => "pmemfs bridge",
             Self::NullfsUring => "nullfs uring",
             Self::PmemfsUring => "pmemfs uring",
+            Self::PmemfsUringInline => "pmemfs uring inline",
             Self::PreloadChannel => "pmemfs preload channel",
             Self::PreloadDax => "pmemfs preload dax",
         }
@@ -70,6 +75,7 @@ impl Config {
             Self::PmemfsBridge => "pmemfs-bridge",
             Self::NullfsUring => "nullfs-uring",
             Self::PmemfsUring => "pmemfs-uring",
+            Self::PmemfsUringInline => "pmemfs-uring-inline",
             Self::PreloadChannel => "preload-channel",
             Self::PreloadDax => "preload-dax",
         }
@@ -222,12 +228,17 @@ impl Env {
                     undo: vec![Undo::Zufs(self.zufs.clone(), self.socket.clone(), dir)],
                 })
             }
-            Config::PmemfsUring => {
+            Config::PmemfsUring | Config::PmemfsUringInline => {
                 // A pmemfs of its own (the classic bridge's mount stays as it is).
                 self.zufs_ready()?;
-                let dev = self.device.with_extension("uring");
+                let (ext, opts) = if cfg == Config::PmemfsUringInline {
+                    ("uring-inline", "transport=uring,serve=inline")
+                } else {
+                    ("uring", "transport=uring")
+                };
+                let dev = self.device.with_extension(ext);
                 sh(self.zufs().args(["mkfs", "-t", "pmemfs", "--size"]).arg(self.device_size.to_string()).arg(&dev))?;
-                sh(self.zufs().args(["mount", "-t", "pmemfs", "-o", "transport=uring"]).arg(&dev).arg(&dir))?;
+                sh(self.zufs().args(["mount", "-t", "pmemfs", "-o", opts]).arg(&dev).arg(&dir))?;
                 Ok(Prepared {
                     dir: dir.clone(),
                     wrapper: vec![],

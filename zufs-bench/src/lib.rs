@@ -245,7 +245,11 @@ pub struct BenchArgs {
     /// Shapes: rand4k, seq1m, vec32 (32 x 4K preadv/pwritev).
     #[arg(long, default_value = "rand4k", value_delimiter = ',')]
     pub shapes: Vec<String>,
-    /// Configurations: tmpfs, fuse, nullfs-bridge, pmemfs-bridge, preload-channel, preload-dax.
+    /// Configurations: tmpfs, fuse, nullfs-bridge, pmemfs-bridge, nullfs-uring, pmemfs-uring,
+    /// pmemfs-uring-inline, preload-channel, preload-dax. The bridge configs pin
+    /// `transport=classic`; the uring ones `transport=uring` with each op handed to the CPU's ZT
+    /// over the channel (mode (a) of issue 13); `pmemfs-uring-inline` serves each op on the ring
+    /// thread itself, the plugin in the bridge process (`serve=inline`, the mode (b) prototype).
     #[arg(
         long,
         default_value = "tmpfs,fuse,nullfs-bridge,pmemfs-bridge,preload-channel,preload-dax",

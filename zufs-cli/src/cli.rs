@@ -70,6 +70,21 @@ pub struct MountOptions {
     pub data_path: DataPath,
     /// Kernel transport of the bridge.
     pub transport: TransportChoice,
+    /// Who runs the ops (`-o serve=`).
+    pub serve: ServeChoice,
+}
+
+/// `-o serve=`: who runs each op.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ServeChoice {
+    /// zusd: each op handed to the ZT of the caller's CPU over the channel (mode (a)).
+    #[default]
+    Channel,
+    /// The bridge process itself, on the thread that received the op (with `transport=uring`
+    /// the ring thread of the caller's CPU): the plugin is loaded and the device mounted in the
+    /// bridge, not in zusd (the mode (b) prototype of issue 13; no preload fast path, no zusd
+    /// restart re-attach, not in `zufs status`).
+    Inline,
 }
 
 /// `-o transport=`.
@@ -106,6 +121,7 @@ pub fn parse_mount_options(opts: &str, fsname: &str) -> Result<MountOptions> {
         Ok("classic") => TransportChoice::Classic,
         _ => TransportChoice::Auto,
     };
+    let mut serve = ServeChoice::Channel;
     for o in opts.split(',').map(str::trim).filter(|o| !o.is_empty()) {
         let (k, v) = o.split_once('=').map_or((o, None), |(k, v)| (k, Some(v)));
         match (k, v) {
@@ -133,6 +149,8 @@ pub fn parse_mount_options(opts: &str, fsname: &str) -> Result<MountOptions> {
             ("transport", Some("auto")) => transport = TransportChoice::Auto,
             ("transport", Some("uring")) => transport = TransportChoice::Uring,
             ("transport", Some("classic")) => transport = TransportChoice::Classic,
+            ("serve", Some("channel")) => serve = ServeChoice::Channel,
+            ("serve", Some("inline")) => serve = ServeChoice::Inline,
             ("ro", None) => {
                 f.read_only = true;
                 server.push(o.to_owned());
@@ -146,13 +164,13 @@ pub fn parse_mount_options(opts: &str, fsname: &str) -> Result<MountOptions> {
                 server.push(o.to_owned());
             }
             ("async", None) => f.sync = false,
-            ("attr_timeout" | "entry_timeout" | "threads" | "data" | "fsname" | "transport", _) => {
+            ("attr_timeout" | "entry_timeout" | "threads" | "data" | "fsname" | "transport" | "serve", _) => {
                 bail!("mount option {o:?}: bad value")
             }
             _ => server.push(o.to_owned()),
         }
     }
-    Ok(MountOptions { fuse: f, server: server.join(","), data_path, transport })
+    Ok(MountOptions { fuse: f, server: server.join(","), data_path, transport, serve })
 }
 
 /// One mount as `zufs` records it (in `<run dir>/mounts/`).
@@ -513,8 +531,29 @@ pub fn serve(env: &Env, a: &MountArgs, notify_stdout: bool) -> Result<()> {
     let signals = block_signals();
     let spec =
         MountSpec { socket: env.socket.clone(), fs_type: a.fs_type.clone(), device, server_options: mo.server.clone() };
-    let (bridge, info) =
-        Bridge::mount(spec, mo.data_path, mo.fuse.sync).map_err(|e| report_err(format!("mount {}: {e}", a.fs_type)))?;
+    let (bridge, info) = match mo.serve {
+        ServeChoice::Channel => Bridge::mount(spec, mo.data_path, mo.fuse.sync)
+            .map_err(|e| report_err(format!("mount {}: {e}", a.fs_type)))?,
+        ServeChoice::Inline => {
+            let m = zus_server::inline::InlineMount::mount(&env.plugins, &a.fs_type, &spec.device, &mo.server)
+                .map_err(|e| report_err(format!("mount {} (serve=inline): {e}", a.fs_type)))?;
+            let info = zus_channel::control::MountInfo {
+                mount_id: 0,
+                fs_type: a.fs_type.clone(),
+                device: m.device().to_owned(),
+                options: mo.server.clone(),
+                root: m.root(),
+                map_sync: false,
+                ticketed: false,
+                kernel_cached: 0,
+                tickets: 0,
+            };
+            tracing::info!("serve=inline: {} mounted in the bridge process, ops run on the FUSE threads", a.fs_type);
+            let root = m.root();
+            let spec = MountSpec { device: info.device.clone(), ..spec };
+            (Bridge::in_process(spec, Arc::new(crate::inline::Inline::new(m)), root, mo.fuse.sync), info)
+        }
+    };
     let rec = MountRecord {
         mountpoint: mp.display().to_string(),
         pid: std::process::id(),

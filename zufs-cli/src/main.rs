@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 mod cli;
+mod inline;
 
 use cli::{Env, MountArgs};
 

@@ -14,6 +14,7 @@
 pub mod control;
 pub mod dispatch;
 pub mod host;
+pub mod inline;
 pub mod kcache;
 pub mod kernel;
 pub mod mounts;

@@ -34,6 +34,9 @@ use zus_channel::control::MountInfo;
 
 use zus_client::{Creds, DataIn, OpOutcome, Relay, RelayError};
 
+/// The op code and errno types of [`InProcess`] (for implementors without a zus-api dependency).
+pub use zus_api::{Errno as OpErrno, ops::OpCode as Op};
+
 /// How the bridge moves file data to and from zusd.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DataPath {
@@ -76,10 +79,48 @@ pub struct MountSpec {
     pub server_options: String,
 }
 
+/// A server that runs the bridge's ops on the calling thread, in this process (the mode (b)
+/// prototype of issue 13: a ring thread serving its CPU's requests itself, no channel hop).
+/// `zufs mount -o serve=inline` implements it over `zus_server::inline::InlineMount`.
+pub trait InProcess: Send + Sync + std::fmt::Debug {
+    /// Runs one op as [`Relay::op`] does, on this thread.
+    ///
+    /// # Errors
+    /// The op's errno.
+    #[allow(clippy::too_many_arguments)]
+    fn op(
+        &self,
+        opcode: OpCode,
+        req: &[&[u8]],
+        data_in: DataIn<'_>,
+        reply: &mut [u8],
+        data_out: Option<&mut [u8]>,
+        creds: Option<Creds>,
+    ) -> Result<OpOutcome, Errno>;
+
+    /// Unmounts (the plugin flushes); ops fail with `EIO` afterwards.
+    ///
+    /// # Errors
+    /// The plugin's error.
+    fn unmount(&self) -> Result<(), Errno>;
+}
+
+/// How the bridge reaches the filesystem.
+#[derive(Debug)]
+enum Link {
+    /// zusd over a channel set: each op handed to the ZT of the caller's CPU.
+    Relay(Relay),
+    /// In this process, on the calling thread.
+    InProcess(Arc<dyn InProcess>),
+}
+
+/// The largest read or write an in-process bridge carries in one op (the FUSE max_write cap).
+pub const IN_PROCESS_MAX_IO: usize = 1 << 20;
+
 /// One live connection to zusd with the mount attached.
 #[derive(Debug)]
 struct Conn {
-    relay: Relay,
+    link: Link,
     mount_id: u32,
     root: u64,
     epoch: u64,
@@ -210,7 +251,12 @@ impl Bridge {
         let window = relay.geometry().window_size;
         let reattachable = !info.device.is_empty();
         let b = Arc::new(Self {
-            conn: RwLock::new(Some(Arc::new(Conn { relay, mount_id: info.mount_id, root: info.root, epoch: 1 }))),
+            conn: RwLock::new(Some(Arc::new(Conn {
+                link: Link::Relay(relay),
+                mount_id: info.mount_id,
+                root: info.root,
+                epoch: 1,
+            }))),
             root: info.root,
             reattachable,
             handles: RwLock::new(HashMap::new()),
@@ -229,6 +275,30 @@ impl Bridge {
         let w = Arc::downgrade(&b);
         let _ = std::thread::Builder::new().name("zufs-reattach".into()).spawn(move || reattach_loop(&w));
         Ok((b, info))
+    }
+
+    /// A bridge over a filesystem served in this process (`server`), whose root inode is
+    /// `root`: every op runs on the thread that asks (no zusd, no channel, no re-attach; the
+    /// data goes straight between the caller's buffer and the plugin).
+    #[must_use]
+    pub fn in_process(spec: MountSpec, server: Arc<dyn InProcess>, root: u64, sync_writes: bool) -> Arc<Self> {
+        Arc::new(Self {
+            conn: RwLock::new(Some(Arc::new(Conn { link: Link::InProcess(server), mount_id: 0, root, epoch: 1 }))),
+            root,
+            reattachable: false,
+            handles: RwLock::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            data_path: DataPath::Window,
+            sync_writes,
+            window: IN_PROCESS_MAX_IO,
+            gone: Mutex::new(false),
+            gone_cv: Condvar::new(),
+            stopping: AtomicBool::new(false),
+            page_cache: Mutex::new(HashMap::new()),
+            invalidate: OnceLock::new(),
+            stats: BridgeStats::default(),
+            spec,
+        })
     }
 
     /// Largest read or write the bridge can carry in one op.
@@ -295,7 +365,11 @@ impl Bridge {
         data_out: Option<&mut [u8]>,
     ) -> Result<OpOutcome, Errno> {
         self.stats.ops.fetch_add(1, Ordering::Relaxed);
-        match c.relay.op(c.mount_id, opcode, req, data_in, reply, data_out, creds) {
+        let relay = match &c.link {
+            Link::Relay(r) => r,
+            Link::InProcess(s) => return s.op(opcode, req, data_in, reply, data_out, creds),
+        };
+        match relay.op(c.mount_id, opcode, req, data_in, reply, data_out, creds) {
             Ok(o) => Ok(o),
             Err(RelayError::Op(e)) => Err(e),
             Err(RelayError::ServerGone) => {
@@ -892,8 +966,12 @@ impl Bridge {
         }
         let c = self.conn.write().unwrap_or_else(std::sync::PoisonError::into_inner).take();
         match c {
-            Some(c) if !c.relay.server_gone() => c.relay.unmount(c.mount_id),
-            _ => Ok(()),
+            Some(c) => match &c.link {
+                Link::Relay(r) if !r.server_gone() => r.unmount(c.mount_id),
+                Link::Relay(_) => Ok(()),
+                Link::InProcess(s) => s.unmount().map_err(RelayError::Op),
+            },
+            None => Ok(()),
         }
     }
 
@@ -912,7 +990,7 @@ impl Bridge {
         if info.root != self.root {
             return Err(format!("the remounted filesystem has root inode {} instead of {}", info.root, self.root));
         }
-        let conn = Conn { relay, mount_id: info.mount_id, root: info.root, epoch: old_epoch + 1 };
+        let conn = Conn { link: Link::Relay(relay), mount_id: info.mount_id, root: info.root, epoch: old_epoch + 1 };
         debug_assert_eq!(conn.root, self.root);
         *self.conn.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(conn));
         self.stats.reattached.fetch_add(1, Ordering::Relaxed);
