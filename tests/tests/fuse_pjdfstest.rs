@@ -1,5 +1,7 @@
 //! pjdfstest (Rust rewrite) through the FUSE bridge on pmemfs, next to kernel tmpfs in the same
-//! run: every test that passes on tmpfs must pass on pmemfs.
+//! run: every test that passes on tmpfs must pass on pmemfs. On both transports (modules
+//! `classic` and `uring`), and on uring with `serve=inline` (the mode (b) prototype: each op
+//! served on the ring thread, the plugin in the bridge process).
 //!
 //! Needs root, /dev/fuse, the pmemfs plugin, `pjdfstest` on PATH and the users it switches to
 //! (nobody/nogroup, tests); `tests/scripts/fuse-deps.sh` installs them. Skips with a reason
@@ -44,8 +46,24 @@ fn pjdfstest(config: &Path, dir: &Path) -> (String, BTreeSet<String>) {
     (summary, failed)
 }
 
-#[test]
 fn test_pjdfstest_passes_on_pmemfs_wherever_it_passes_on_tmpfs() {
+    pjdfstest_on_pmemfs("");
+}
+
+fn served_inline_on_the_ring() {
+    pjdfstest_on_pmemfs("serve=inline");
+}
+
+#[test]
+fn test_pjdfstest_passes_on_pmemfs_served_inline_on_the_ring_wherever_it_passes_on_tmpfs() {
+    common::with_transport("uring", served_inline_on_the_ring);
+}
+
+on_both_transports!(test_pjdfstest_passes_on_pmemfs_wherever_it_passes_on_tmpfs);
+
+/// Runs pjdfstest on kernel tmpfs, then on pmemfs mounted with `opts` (on this test's
+/// transport), and fails on any test that fails only on pmemfs.
+fn pjdfstest_on_pmemfs(opts: &str) {
     skip_without_fuse!();
     if !plugin_available("pmemfs") {
         eprintln!("SKIPPED: libpmemfs.so is not built or does not export zus_plugin_register");
@@ -69,9 +87,10 @@ fn test_pjdfstest_passes_on_pmemfs_wherever_it_passes_on_tmpfs() {
     let _ = Command::new("umount").arg("-l").arg(&tmpfs).status();
     let dev = f.dir.0.join("pmem.img").display().to_string();
     f.zufs_ok(&["mkfs", "-t", "pmemfs", "--size", "512M", &dev]);
-    f.mount("pmemfs", &dev, "");
+    f.mount("pmemfs", &dev, opts);
     let (psum, pfail) = pjdfstest(&config, &f.mnt);
-    eprintln!("tmpfs:  {tsum}\npmemfs: {psum}");
+    let t = transport();
+    eprintln!("tmpfs:  {tsum}\npmemfs ({t}{}{opts}): {psum}", if opts.is_empty() { "" } else { ", " });
     let extra: Vec<_> = pfail.difference(&tfail).collect();
     assert!(extra.is_empty(), "fail on pmemfs but pass on tmpfs: {extra:?}\n{psum}");
     assert!(psum.contains(" passed"), "{psum}");
