@@ -162,6 +162,7 @@ BAD=$(nm -u "$B/module/zufs.ko" | awk '{print $2}' | while read -r s; do
 step "build static test programs"
 gcc -static -O2 -g -Wall -Wextra -Werror -pthread -I"$HERE" \
   -o "$B/fake-zusd" "$HERE/tests/fake-zusd.c"
+gcc -static -O2 -g -Wall -Wextra -Werror -o "$B/fs-test" "$HERE/tests/fs-test.c"
 
 # ---- initramfs -------------------------------------------------------------
 step "initramfs"
@@ -173,7 +174,7 @@ for a in $(/bin/busybox --list); do [ "$a" = busybox ] || ln -sf busybox "$R/bin
 ln -s bin "$R/sbin"
 mknod -m 600 "$R/dev/console" c 5 1
 cp "$B/module/zufs.ko" "$R/lib/modules/$KABI/extra/"
-cp "$B/fake-zusd" "$R/bin/"
+cp "$B/fake-zusd" "$B/fs-test" "$R/bin/"
 cp "$HERE/tests/guest-tests.sh" "$R/tests/00-transport.sh"
 cp "$HERE/tests/guest-fs.sh" "$R/tests/10-fs.sh"
 n=20

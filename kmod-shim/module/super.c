@@ -11,6 +11,12 @@
  * hands the kernel an inode (lookup, create, mkdir, mknod, symlink, link)
  * counts one lookup reference, given back with FORGET when the inode is
  * evicted, in batches from a work item (never from reclaim itself).
+ *
+ * Other clients (the FUSE bridge, the preload library, another mount) change
+ * the same files, so what the kernel caches expires: an inode's attributes
+ * after attr_timeout_ms (getattr, permission and SEEK_END re-fetch them), a
+ * dentry after entry_timeout_ms (d_revalidate looks the name up again). Both
+ * default to a second; 0 asks zusd every time.
  */
 #define pr_fmt(fmt) "zufs: " fmt
 
@@ -27,22 +33,26 @@
 #include <linux/kdev_t.h>
 #include <linux/seq_file.h>
 #include <linux/mm.h>
+#include <linux/xattr.h>
+#include <linux/jiffies.h>
+#include <linux/dcache.h>
 
 #include "zufs.h"
 
 #define ZUFS_SUPER_MAGIC	0x5a554653	/* "ZUFS" */
+#define ZUFS_DEFAULT_TIMEOUT_MS	1000
+#define ZUFS_MAX_TIMEOUT_MS	(3600 * 1000)
 
 struct zufs_sb_info {
 	u32 mount_id;
 	u64 root;
+	u32 attr_timeout_ms;
+	u32 entry_timeout_ms;
+	unsigned long attr_timeout;	/* jiffies */
+	unsigned long entry_timeout;	/* jiffies */
 	spinlock_t forget_lock;
 	struct list_head forgets;
 	struct work_struct forget_work;
-};
-
-struct zufs_inode {
-	struct inode vfs;
-	atomic64_t nlookup;	/* lookup references zusd counted for us */
 };
 
 struct zufs_forget {
@@ -51,7 +61,16 @@ struct zufs_forget {
 	u64 nlookup;
 };
 
+struct zufs_inode {
+	struct inode vfs;
+	atomic64_t nlookup;	/* lookup references zusd counted for us */
+	u64 attr_expire;	/* jiffies64: the attributes are stale after it */
+	/* allocated with the inode, so that eviction never allocates */
+	struct zufs_forget *forget;
+};
+
 static struct kmem_cache *zufs_inode_cachep;
+static struct workqueue_struct *zufs_wq;
 
 static inline struct zufs_sb_info *ZUFS_SB(struct super_block *sb)
 {
@@ -69,6 +88,41 @@ static const struct inode_operations zufs_symlink_iops;
 static const struct inode_operations zufs_special_iops;
 static const struct file_operations zufs_dir_fops;
 static const struct file_operations zufs_file_fops;
+static const struct dentry_operations zufs_dentry_ops;
+static const struct xattr_handler *zufs_xattr_handlers[];
+
+/* ----- attribute and dentry timeouts ----- */
+
+static void zufs_attr_fresh(struct inode *inode)
+{
+	WRITE_ONCE(ZUFS_I(inode)->attr_expire,
+		   get_jiffies_64() + ZUFS_SB(inode->i_sb)->attr_timeout);
+}
+
+/* after an op that changed attributes the reply did not carry */
+static void zufs_attr_stale(struct inode *inode)
+{
+	WRITE_ONCE(ZUFS_I(inode)->attr_expire, get_jiffies_64() - 1);
+}
+
+static bool zufs_attr_valid(struct inode *inode)
+{
+	return time_before64(get_jiffies_64(),
+			     READ_ONCE(ZUFS_I(inode)->attr_expire));
+}
+
+static void zufs_dentry_fresh(struct dentry *dentry)
+{
+	WRITE_ONCE(dentry->d_time,
+		   jiffies + ZUFS_SB(dentry->d_sb)->entry_timeout);
+}
+
+/* i_nlink from a reply may be anything: never let drop_nlink() warn */
+static void zufs_drop_nlink(struct inode *inode)
+{
+	if (inode->i_nlink)
+		drop_nlink(inode);
+}
 
 /* An op with a fixed request and a reply in kernel memory. */
 static s64 zufs_simple(u32 mount_id, u32 opcode, const void *req, u32 req_len,
@@ -87,12 +141,11 @@ static s64 zufs_simple(u32 mount_id, u32 opcode, const void *req, u32 req_len,
 	return zufs_dispatch(&op);
 }
 
-/* A request of @fixed followed by the names @a and @b (@b may be NULL). */
-static void *zufs_req_names(const void *fixed, size_t flen,
-			    const struct qstr *a, const char *b, u32 blen,
-			    u32 *len)
+/* A request of @fixed followed by the bytes @a and @b (@b may be NULL). */
+static void *zufs_req_build(const void *fixed, size_t flen, const void *a,
+			    u32 alen, const void *b, u32 blen, u32 *len)
 {
-	size_t n = flen + a->len + (b ? blen : 0);
+	size_t n = flen + alen + (b ? blen : 0);
 	char *req;
 
 	if (n > ZUS_PAYLOAD_SIZE)
@@ -101,11 +154,19 @@ static void *zufs_req_names(const void *fixed, size_t flen,
 	if (!req)
 		return ERR_PTR(-ENOMEM);
 	memcpy(req, fixed, flen);
-	memcpy(req + flen, a->name, a->len);
+	memcpy(req + flen, a, alen);
 	if (b)
-		memcpy(req + flen + a->len, b, blen);
+		memcpy(req + flen + alen, b, blen);
 	*len = n;
 	return req;
+}
+
+/* A request of @fixed followed by the names @a and @b (@b may be NULL). */
+static void *zufs_req_names(const void *fixed, size_t flen,
+			    const struct qstr *a, const char *b, u32 blen,
+			    u32 *len)
+{
+	return zufs_req_build(fixed, flen, a->name, a->len, b, blen, len);
 }
 
 static bool zufs_mode_ok(u32 mode)
@@ -136,6 +197,7 @@ static void zufs_fill_inode(struct inode *inode, const struct zus_attr *a)
 	inode->i_mtime = ns_to_timespec64(a->mtime_ns);
 	inode->i_ctime = ns_to_timespec64(a->ctime_ns);
 	inode->i_generation = a->generation;
+	zufs_attr_fresh(inode);
 }
 
 /* The inode of an Attr reply; @counted: the reply counted a lookup. */
@@ -227,26 +289,30 @@ static void zufs_forget_work(struct work_struct *work)
 	zufs_send_forgets(container_of(work, struct zufs_sb_info, forget_work));
 }
 
+/* Queues @f; every queued forget goes out in the work item's next run. */
+static void zufs_queue_forget(struct zufs_sb_info *sbi, struct zufs_forget *f)
+{
+	spin_lock(&sbi->forget_lock);
+	list_add_tail(&f->list, &sbi->forgets);
+	spin_unlock(&sbi->forget_lock);
+	queue_work(zufs_wq, &sbi->forget_work);
+}
+
 static void zufs_evict_inode(struct inode *inode)
 {
-	struct zufs_sb_info *sbi = ZUFS_SB(inode->i_sb);
-	u64 n = atomic64_read(&ZUFS_I(inode)->nlookup);
-	struct zufs_forget *f;
+	struct zufs_inode *zi = ZUFS_I(inode);
+	u64 n = atomic64_read(&zi->nlookup);
+	struct zufs_forget *f = zi->forget;
 
 	truncate_inode_pages_final(&inode->i_data);
 	clear_inode(inode);
 	if (!n)
 		return;
-	/* may run in reclaim: no op here, and no allocation that waits */
-	f = kmalloc(sizeof(*f), GFP_NOWAIT | __GFP_NOWARN);
-	if (!f)
-		return;	/* zusd keeps the inode until the unmount */
+	/* may run in reclaim: no op here and no allocation, only a hand-over */
+	zi->forget = NULL;
 	f->ino = inode->i_ino;
 	f->nlookup = n;
-	spin_lock(&sbi->forget_lock);
-	list_add_tail(&f->list, &sbi->forgets);
-	spin_unlock(&sbi->forget_lock);
-	schedule_work(&sbi->forget_work);
+	zufs_queue_forget(ZUFS_SB(inode->i_sb), f);
 }
 
 /* ----- inodes ----- */
@@ -258,12 +324,19 @@ static struct inode *zufs_alloc_inode(struct super_block *sb)
 
 	if (!zi)
 		return NULL;
+	zi->forget = kmalloc(sizeof(*zi->forget), GFP_KERNEL);
+	if (!zi->forget) {
+		kmem_cache_free(zufs_inode_cachep, zi);
+		return NULL;
+	}
 	atomic64_set(&zi->nlookup, 0);
+	zi->attr_expire = get_jiffies_64() - 1;
 	return &zi->vfs;
 }
 
 static void zufs_free_inode(struct inode *inode)
 {
+	kfree(ZUFS_I(inode)->forget);
 	kmem_cache_free(zufs_inode_cachep, ZUFS_I(inode));
 }
 
@@ -277,12 +350,32 @@ static int zufs_getattr(struct user_namespace *mnt_userns,
 			u32 request_mask, unsigned int flags)
 {
 	struct inode *inode = d_inode(path->dentry);
-	int err = zufs_refresh(inode);
+	unsigned int sync = flags & AT_STATX_SYNC_TYPE;
+	int err;
 
-	if (err)
-		return err;
+	if (sync == AT_STATX_FORCE_SYNC ||
+	    (sync != AT_STATX_DONT_SYNC && !zufs_attr_valid(inode))) {
+		err = zufs_refresh(inode);
+		if (err)
+			return err;
+	}
 	generic_fillattr(&init_user_ns, inode, stat);
 	return 0;
+}
+
+static int zufs_permission(struct user_namespace *mnt_userns,
+			   struct inode *inode, int mask)
+{
+	if (!zufs_attr_valid(inode)) {
+		int err;
+
+		if (mask & MAY_NOT_BLOCK)
+			return -ECHILD;
+		err = zufs_refresh(inode);
+		if (err)
+			return err;
+	}
+	return generic_permission(&init_user_ns, inode, mask);
 }
 
 static int zufs_setattr(struct user_namespace *mnt_userns,
@@ -343,34 +436,100 @@ static int zufs_setattr(struct user_namespace *mnt_userns,
 
 /* ----- directories ----- */
 
-static struct dentry *zufs_lookup(struct inode *dir, struct dentry *dentry,
-				  unsigned int flags)
+/* LOOKUP of @name in @dir; a success counts a lookup reference in zusd. */
+static int zufs_lookup_attr(struct inode *dir, const struct qstr *name,
+			    struct zus_attr *a)
 {
-	struct zus_name_req r = { .dir = dir->i_ino,
-				  .name_len = dentry->d_name.len };
-	struct inode *inode = NULL;
-	struct zus_attr a;
+	struct zus_name_req r = { .dir = dir->i_ino, .name_len = name->len };
 	void *req;
 	u32 len;
 	s64 ret;
 
-	if (dentry->d_name.len > ZUS_NAME_MAX)
-		return ERR_PTR(-ENAMETOOLONG);
-	req = zufs_req_names(&r, sizeof(r), &dentry->d_name, NULL, 0, &len);
+	if (name->len > ZUS_NAME_MAX)
+		return -ENAMETOOLONG;
+	req = zufs_req_names(&r, sizeof(r), name, NULL, 0, &len);
 	if (IS_ERR(req))
-		return req;
+		return PTR_ERR(req);
 	ret = zufs_simple(ZUFS_SB(dir->i_sb)->mount_id, ZUS_OP_LOOKUP, req,
-			  len, &a, sizeof(a), sizeof(a));
+			  len, a, sizeof(*a), sizeof(*a));
 	kfree(req);
-	if (ret >= 0) {
+	return ret < 0 ? ret : 0;
+}
+
+static struct dentry *zufs_lookup(struct inode *dir, struct dentry *dentry,
+				  unsigned int flags)
+{
+	struct inode *inode = NULL;
+	struct zus_attr a;
+	int err;
+
+	err = zufs_lookup_attr(dir, &dentry->d_name, &a);
+	if (!err) {
 		inode = zufs_iget(dir->i_sb, &a, true);
 		if (IS_ERR(inode))
 			return ERR_CAST(inode);
-	} else if (ret != -ENOENT) {
-		return ERR_PTR(ret);
+	} else if (err != -ENOENT) {
+		return ERR_PTR(err);
 	}
+	zufs_dentry_fresh(dentry);
 	return d_splice_alias(inode, dentry);
 }
+
+/*
+ * A cached name older than entry_timeout is looked up again: it stays if
+ * zusd still names the same inode there, else the VFS drops it and looks
+ * the name up afresh (a negative dentry just expires).
+ */
+static int zufs_d_revalidate(struct dentry *dentry, unsigned int flags)
+{
+	struct zufs_sb_info *sbi = ZUFS_SB(dentry->d_sb);
+	struct name_snapshot name;
+	struct zufs_forget *f;
+	struct dentry *parent;
+	struct inode *inode;
+	struct zus_attr a;
+	int err;
+
+	if (time_before(jiffies, READ_ONCE(dentry->d_time)))
+		return 1;
+	if (flags & LOOKUP_RCU)
+		return -ECHILD;
+	inode = d_inode(dentry);
+	if (!inode)
+		return 0;
+	if (IS_ROOT(dentry))
+		return 1;
+	parent = dget_parent(dentry);
+	take_dentry_name_snapshot(&name, dentry);
+	err = zufs_lookup_attr(d_inode(parent), &name.name, &a);
+	release_dentry_name_snapshot(&name);
+	dput(parent);
+	if (err == -ENOMEM || err == -EINTR)
+		return err;
+	if (err)
+		return 0;
+	if (a.ino == inode->i_ino && !inode_wrong_type(inode, a.mode) &&
+	    a.generation == inode->i_generation) {
+		atomic64_inc(&ZUFS_I(inode)->nlookup);
+		zufs_fill_inode(inode, &a);
+		zufs_dentry_fresh(dentry);
+		return 1;
+	}
+	/* another inode now: give back the reference this lookup counted */
+	f = kmalloc(sizeof(*f), GFP_KERNEL);
+	if (f && a.ino) {
+		f->ino = a.ino;
+		f->nlookup = 1;
+		zufs_queue_forget(sbi, f);
+	} else {
+		kfree(f);
+	}
+	return 0;
+}
+
+static const struct dentry_operations zufs_dentry_ops = {
+	.d_revalidate	= zufs_d_revalidate,
+};
 
 /* create, mknod, mkdir */
 static int zufs_make(struct inode *dir, struct dentry *dentry, u32 opcode,
@@ -402,9 +561,10 @@ static int zufs_make(struct inode *dir, struct dentry *dentry, u32 opcode,
 	inode = zufs_iget(dir->i_sb, &a, true);
 	if (IS_ERR(inode))
 		return PTR_ERR(inode);
+	zufs_dentry_fresh(dentry);
 	d_instantiate(dentry, inode);
-	if (S_ISDIR(mode))
-		inc_nlink(dir);
+	/* mtime, ctime and (mkdir) nlink changed */
+	zufs_attr_stale(dir);
 	return 0;
 }
 
@@ -441,7 +601,11 @@ static int zufs_remove(struct inode *dir, struct dentry *dentry, u32 opcode)
 	ret = zufs_simple(ZUFS_SB(dir->i_sb)->mount_id, opcode, req, len,
 			  NULL, 0, 0);
 	kfree(req);
-	return ret < 0 ? ret : 0;
+	if (ret < 0)
+		return ret;
+	zufs_attr_stale(dir);
+	zufs_attr_stale(d_inode(dentry));
+	return 0;
 }
 
 static int zufs_unlink(struct inode *dir, struct dentry *dentry)
@@ -451,8 +615,7 @@ static int zufs_unlink(struct inode *dir, struct dentry *dentry)
 
 	if (err)
 		return err;
-	inode->i_ctime = current_time(inode);
-	drop_nlink(inode);
+	zufs_drop_nlink(inode);
 	return 0;
 }
 
@@ -463,7 +626,6 @@ static int zufs_rmdir(struct inode *dir, struct dentry *dentry)
 	if (err)
 		return err;
 	clear_nlink(d_inode(dentry));
-	drop_nlink(dir);
 	return 0;
 }
 
@@ -497,19 +659,17 @@ static int zufs_rename(struct user_namespace *mnt_userns,
 	if (ret < 0)
 		return ret;
 	if (target && !(flags & RENAME_EXCHANGE)) {
-		if (S_ISDIR(target->i_mode)) {
+		if (S_ISDIR(target->i_mode))
 			clear_nlink(target);
-			drop_nlink(new_dir);
-		} else {
-			drop_nlink(target);
-		}
+		else
+			zufs_drop_nlink(target);
 	}
-	if (S_ISDIR(d_inode(old_dentry)->i_mode) && old_dir != new_dir &&
-	    !(flags & RENAME_EXCHANGE)) {
-		drop_nlink(old_dir);
-		if (!target)
-			inc_nlink(new_dir);
-	}
+	/* times and directory link counts: zusd's, at the next getattr */
+	zufs_attr_stale(old_dir);
+	zufs_attr_stale(new_dir);
+	zufs_attr_stale(d_inode(old_dentry));
+	if (target)
+		zufs_attr_stale(target);
 	return 0;
 }
 
@@ -538,7 +698,9 @@ static int zufs_link(struct dentry *old, struct inode *dir,
 	inode = zufs_iget(dir->i_sb, &a, true);
 	if (IS_ERR(inode))
 		return PTR_ERR(inode);
+	zufs_dentry_fresh(dentry);
 	d_instantiate(dentry, inode);
+	zufs_attr_stale(dir);
 	return 0;
 }
 
@@ -571,7 +733,9 @@ static int zufs_symlink(struct user_namespace *mnt_userns, struct inode *dir,
 	inode = zufs_iget(dir->i_sb, &a, true);
 	if (IS_ERR(inode))
 		return PTR_ERR(inode);
+	zufs_dentry_fresh(dentry);
 	d_instantiate(dentry, inode);
+	zufs_attr_stale(dir);
 	return 0;
 }
 
@@ -828,6 +992,8 @@ static ssize_t zufs_write_iter(struct kiocb *iocb, struct iov_iter *from)
 		if (ret < len)
 			break;
 	}
+	/* mtime and ctime changed */
+	zufs_attr_stale(inode);
 	if (done) {
 		iocb->ki_pos = pos;
 		ret = done;
@@ -853,13 +1019,190 @@ static int zufs_fsync(struct file *file, loff_t start, loff_t end,
 	return ret < 0 ? ret : 0;
 }
 
+/* ----- xattrs ----- */
+
+/*
+ * system.* names (POSIX ACLs) would be stored without being enforced: they
+ * are refused, as on a FUSE mount without ACL support.
+ */
+static bool zufs_xattr_name_ok(const char *name)
+{
+	return strncmp(name, XATTR_SYSTEM_PREFIX, XATTR_SYSTEM_PREFIX_LEN);
+}
+
+static int zufs_xattr_get(const struct xattr_handler *handler,
+			  struct dentry *dentry, struct inode *inode,
+			  const char *name, void *buffer, size_t size)
+{
+	size_t nlen = strlen(name);
+	size_t max = min_t(size_t, size, zufs_data_max());
+	struct zus_xattr_req r = {
+		.ino = inode->i_ino,
+		.name_len = nlen,
+		.size = min_t(size_t, max, XATTR_SIZE_MAX),
+	};
+	struct iov_iter it;
+	struct kvec kv = { .iov_base = buffer, .iov_len = r.size };
+	struct zufs_op op = {
+		.opcode = ZUS_OP_GETXATTR,
+		.mount_id = ZUFS_SB(inode->i_sb)->mount_id,
+		.result_max = size ? r.size : XATTR_SIZE_MAX,
+	};
+	void *req;
+	u32 len;
+	s64 ret;
+
+	if (!zufs_xattr_name_ok(name))
+		return -EOPNOTSUPP;
+	if (size && !r.size)
+		return -EIO;	/* no session */
+	req = zufs_req_build(&r, sizeof(r), name, nlen, NULL, 0, &len);
+	if (IS_ERR(req))
+		return PTR_ERR(req);
+	op.req = req;
+	op.req_len = len;
+	if (r.size) {
+		iov_iter_kvec(&it, ITER_DEST, &kv, 1, r.size);
+		op.data_out = &it;
+		op.data_out_size = r.size;
+	}
+	ret = zufs_dispatch(&op);
+	kfree(req);
+	/* with a buffer, the value itself; without, its length only */
+	if (ret >= 0 && op.data_len != (r.size ? ret : 0))
+		ret = -EIO;
+	return ret;
+}
+
+static int zufs_xattr_set(const struct xattr_handler *handler,
+			  struct user_namespace *mnt_userns,
+			  struct dentry *dentry, struct inode *inode,
+			  const char *name, const void *value, size_t size,
+			  int flags)
+{
+	size_t nlen = strlen(name);
+	struct zus_xattr_req r = {
+		.ino = inode->i_ino,
+		.name_len = nlen,
+		.flags = flags & (XATTR_CREATE | XATTR_REPLACE),
+		.size = value ? size : 0,
+	};
+	struct iov_iter it;
+	struct kvec kv = { .iov_base = (void *)value, .iov_len = r.size };
+	struct zufs_op op = {
+		.opcode = value ? ZUS_OP_SETXATTR : ZUS_OP_REMOVEXATTR,
+		.mount_id = ZUFS_SB(inode->i_sb)->mount_id,
+	};
+	void *req;
+	u32 len;
+	s64 ret;
+
+	if (!zufs_xattr_name_ok(name))
+		return -EOPNOTSUPP;
+	if (r.size > XATTR_SIZE_MAX)
+		return -E2BIG;
+	if (r.size > zufs_data_max())
+		return zufs_data_max() ? -E2BIG : -EIO;
+	req = zufs_req_build(&r, sizeof(r), name, nlen, NULL, 0, &len);
+	if (IS_ERR(req))
+		return PTR_ERR(req);
+	op.req = req;
+	op.req_len = len;
+	if (r.size) {
+		iov_iter_kvec(&it, ITER_SOURCE, &kv, 1, r.size);
+		op.data_in = &it;
+		op.data_in_len = r.size;
+	}
+	ret = zufs_dispatch(&op);
+	kfree(req);
+	if (ret < 0)
+		return ret;
+	zufs_attr_stale(inode);	/* ctime */
+	return 0;
+}
+
+/* Checks a name list: NUL-terminated names, none empty. */
+static bool zufs_xattr_list_ok(const char *buf, size_t n)
+{
+	size_t i, start = 0;
+
+	if (n && buf[n - 1])
+		return false;
+	for (i = 0; i < n; i++) {
+		if (buf[i])
+			continue;
+		if (i == start)
+			return false;
+		start = i + 1;
+	}
+	return true;
+}
+
+static ssize_t zufs_listxattr(struct dentry *dentry, char *buffer,
+			      size_t size)
+{
+	struct inode *inode = d_inode(dentry);
+	size_t max = min_t(size_t, size, zufs_data_max());
+	struct zus_xattr_req r = {
+		.ino = inode->i_ino,
+		.size = min_t(size_t, max, XATTR_LIST_MAX),
+	};
+	struct iov_iter it;
+	struct kvec kv = { .iov_base = buffer, .iov_len = r.size };
+	struct zufs_op op = {
+		.opcode = ZUS_OP_LISTXATTR,
+		.mount_id = ZUFS_SB(inode->i_sb)->mount_id,
+		.req = &r,
+		.req_len = sizeof(r),
+		.result_max = size ? r.size : XATTR_LIST_MAX,
+	};
+	s64 ret;
+
+	if (size && !r.size)
+		return -EIO;
+	if (r.size) {
+		iov_iter_kvec(&it, ITER_DEST, &kv, 1, r.size);
+		op.data_out = &it;
+		op.data_out_size = r.size;
+	}
+	ret = zufs_dispatch(&op);
+	if (ret >= 0 && op.data_len != (r.size ? ret : 0))
+		ret = -EIO;
+	if (ret > 0 && r.size && !zufs_xattr_list_ok(buffer, ret))
+		ret = -EIO;
+	return ret;
+}
+
+static const struct xattr_handler zufs_xattr_handler = {
+	.prefix	= "",	/* every name: zusd's plugin decides */
+	.get	= zufs_xattr_get,
+	.set	= zufs_xattr_set,
+};
+
+static const struct xattr_handler *zufs_xattr_handlers[] = {
+	&zufs_xattr_handler,
+	NULL
+};
+
+/* SEEK_END and friends see the size other clients left */
+static loff_t zufs_llseek(struct file *file, loff_t offset, int whence)
+{
+	if (whence == SEEK_END || whence == SEEK_DATA || whence == SEEK_HOLE) {
+		int err = zufs_refresh(file_inode(file));
+
+		if (err)
+			return err;
+	}
+	return generic_file_llseek(file, offset, whence);
+}
+
 static const struct file_operations zufs_file_fops = {
 	.open		= zufs_open,
 	.release	= zufs_release,
 	.read_iter	= zufs_read_iter,
 	.write_iter	= zufs_write_iter,
 	.fsync		= zufs_fsync,
-	.llseek		= generic_file_llseek,
+	.llseek		= zufs_llseek,
 };
 
 static const struct file_operations zufs_dir_fops = {
@@ -881,22 +1224,29 @@ static const struct inode_operations zufs_dir_iops = {
 	.symlink	= zufs_symlink,
 	.getattr	= zufs_getattr,
 	.setattr	= zufs_setattr,
+	.permission	= zufs_permission,
+	.listxattr	= zufs_listxattr,
 };
 
 static const struct inode_operations zufs_file_iops = {
 	.getattr	= zufs_getattr,
 	.setattr	= zufs_setattr,
+	.permission	= zufs_permission,
+	.listxattr	= zufs_listxattr,
 };
 
 static const struct inode_operations zufs_symlink_iops = {
 	.get_link	= zufs_get_link,
 	.getattr	= zufs_getattr,
 	.setattr	= zufs_setattr,
+	.listxattr	= zufs_listxattr,
 };
 
 static const struct inode_operations zufs_special_iops = {
 	.getattr	= zufs_getattr,
 	.setattr	= zufs_setattr,
+	.permission	= zufs_permission,
+	.listxattr	= zufs_listxattr,
 };
 
 /* ----- the super block ----- */
@@ -926,7 +1276,9 @@ static int zufs_show_options(struct seq_file *m, struct dentry *root)
 {
 	struct zufs_sb_info *sbi = ZUFS_SB(root->d_sb);
 
-	seq_printf(m, ",mount_id=%u,root=%llu", sbi->mount_id, sbi->root);
+	seq_printf(m, ",mount_id=%u,root=%llu,attr_timeout_ms=%u,entry_timeout_ms=%u",
+		   sbi->mount_id, sbi->root, sbi->attr_timeout_ms,
+		   sbi->entry_timeout_ms);
 	return 0;
 }
 
@@ -938,17 +1290,21 @@ static const struct super_operations zufs_sops = {
 	.show_options	= zufs_show_options,
 };
 
-enum { OPT_MOUNT_ID, OPT_ROOT };
+enum { OPT_MOUNT_ID, OPT_ROOT, OPT_ATTR_TIMEOUT, OPT_ENTRY_TIMEOUT };
 
 static const struct fs_parameter_spec zufs_params[] = {
 	fsparam_u32("mount_id", OPT_MOUNT_ID),
 	fsparam_u64("root", OPT_ROOT),
+	fsparam_u32("attr_timeout_ms", OPT_ATTR_TIMEOUT),
+	fsparam_u32("entry_timeout_ms", OPT_ENTRY_TIMEOUT),
 	{}
 };
 
 struct zufs_fs_context {
 	u32 mount_id;
 	u64 root;
+	u32 attr_timeout_ms;
+	u32 entry_timeout_ms;
 	bool have_id;
 	bool have_root;
 };
@@ -970,6 +1326,16 @@ static int zufs_parse_param(struct fs_context *fc, struct fs_parameter *param)
 		ctx->root = result.uint_64;
 		ctx->have_root = true;
 		break;
+	case OPT_ATTR_TIMEOUT:
+	case OPT_ENTRY_TIMEOUT:
+		if (result.uint_32 > ZUFS_MAX_TIMEOUT_MS)
+			return invalfc(fc, "%s at most %u", param->key,
+				       ZUFS_MAX_TIMEOUT_MS);
+		if (opt == OPT_ATTR_TIMEOUT)
+			ctx->attr_timeout_ms = result.uint_32;
+		else
+			ctx->entry_timeout_ms = result.uint_32;
+		break;
 	}
 	return 0;
 }
@@ -988,12 +1354,18 @@ static int zufs_fill_super(struct super_block *sb, struct fs_context *fc)
 		return -ENOMEM;
 	sbi->mount_id = ctx->mount_id;
 	sbi->root = ctx->root;
+	sbi->attr_timeout_ms = ctx->attr_timeout_ms;
+	sbi->entry_timeout_ms = ctx->entry_timeout_ms;
+	sbi->attr_timeout = msecs_to_jiffies(ctx->attr_timeout_ms);
+	sbi->entry_timeout = msecs_to_jiffies(ctx->entry_timeout_ms);
 	spin_lock_init(&sbi->forget_lock);
 	INIT_LIST_HEAD(&sbi->forgets);
 	INIT_WORK(&sbi->forget_work, zufs_forget_work);
 	sb->s_fs_info = sbi;
 	sb->s_magic = ZUFS_SUPER_MAGIC;
 	sb->s_op = &zufs_sops;
+	sb->s_d_op = &zufs_dentry_ops;
+	sb->s_xattr = zufs_xattr_handlers;
 	sb->s_maxbytes = MAX_LFS_FILESIZE;
 	sb->s_blocksize = PAGE_SIZE;
 	sb->s_blocksize_bits = PAGE_SHIFT;
@@ -1034,9 +1406,13 @@ static const struct fs_context_operations zufs_context_ops = {
 
 static int zufs_init_fs_context(struct fs_context *fc)
 {
-	fc->fs_private = kzalloc(sizeof(struct zufs_fs_context), GFP_KERNEL);
-	if (!fc->fs_private)
+	struct zufs_fs_context *ctx = kzalloc(sizeof(*ctx), GFP_KERNEL);
+
+	if (!ctx)
 		return -ENOMEM;
+	ctx->attr_timeout_ms = ZUFS_DEFAULT_TIMEOUT_MS;
+	ctx->entry_timeout_ms = ZUFS_DEFAULT_TIMEOUT_MS;
+	fc->fs_private = ctx;
 	fc->ops = &zufs_context_ops;
 	return 0;
 }
@@ -1071,15 +1447,24 @@ int __init zufs_fs_init(void)
 					      zufs_inode_init_once);
 	if (!zufs_inode_cachep)
 		return -ENOMEM;
-	err = register_filesystem(&zufs_fs_type);
-	if (err)
+	/* forgets: may be needed to make progress under memory pressure */
+	zufs_wq = alloc_workqueue("zufs", WQ_MEM_RECLAIM | WQ_UNBOUND, 0);
+	if (!zufs_wq) {
 		kmem_cache_destroy(zufs_inode_cachep);
+		return -ENOMEM;
+	}
+	err = register_filesystem(&zufs_fs_type);
+	if (err) {
+		destroy_workqueue(zufs_wq);
+		kmem_cache_destroy(zufs_inode_cachep);
+	}
 	return err;
 }
 
 void zufs_fs_exit(void)
 {
 	unregister_filesystem(&zufs_fs_type);
+	destroy_workqueue(zufs_wq);
 	rcu_barrier();	/* inodes freed by RCU */
 	kmem_cache_destroy(zufs_inode_cachep);
 }

@@ -53,6 +53,10 @@
 #define ZUS_OP_READ		19
 #define ZUS_OP_WRITE		20
 #define ZUS_OP_FSYNC		21
+#define ZUS_OP_GETXATTR		23
+#define ZUS_OP_SETXATTR		24
+#define ZUS_OP_LISTXATTR	25
+#define ZUS_OP_REMOVEXATTR	26
 #define ZUS_OP_FORGET		29
 
 #define ZUS_DATA_WINDOW		0
@@ -253,6 +257,14 @@ struct zus_fsync_req {
 	__u32 reserved;
 };
 
+struct zus_xattr_req {
+	__u64 ino;
+	__u32 name_len;
+	__u32 flags;
+	__u32 size;
+	__u32 reserved;
+};
+
 struct zus_forget_req {
 	__u64 ino;
 	__u64 nlookup;
@@ -280,6 +292,7 @@ _Static_assert(sizeof(struct zus_dirent) == 24, "dirent");
 _Static_assert(sizeof(struct zus_io_req) == 48, "io");
 _Static_assert(sizeof(struct zus_fsync_req) == 24, "fsync");
 _Static_assert(sizeof(struct zus_statfs_reply) == 56, "statfs");
+_Static_assert(sizeof(struct zus_xattr_req) == 24, "xattr");
 _Static_assert(sizeof(struct zus_channel_set_header) == 2176, "header size");
 _Static_assert(offsetof(struct zus_channel_set_header, ncpu) == 24, "ncpu");
 _Static_assert(offsetof(struct zus_channel_set_header, lanes_offset) == 40, "lanes_offset");

@@ -5,7 +5,10 @@
  *   fake-zusd test     run every transport test; prints "TEST name ... ok"
  *                      or "TEST name ... FAILED: why" per test
  *   fake-zusd serve [SLOTS [WINDOW]]
- *                      serve until SIGTERM (SIGUSR1 kicks every ZT)
+ *                      serve until SIGTERM (SIGUSR1 kicks every ZT and
+ *                      writes the FORGET count to /tmp/fake-zusd.forgets;
+ *                      SIGUSR2 changes files behind the kernel's back, as
+ *                      another client would: see fs_external_change)
  *
  * The server does what zusd does with the kernel channel set: HELLO, mmap,
  * one thread per CPU pinned to it (ZT_INIT), and per lane the same
@@ -153,6 +156,14 @@ struct fent {
 	uint64_t ino;
 };
 
+#define FS_XATTRS	16
+
+struct fxattr {
+	char name[256];
+	unsigned char *val;
+	uint32_t len;
+};
+
 struct fnode {
 	int used;
 	struct zus_attr a;
@@ -161,6 +172,8 @@ struct fnode {
 	size_t cap;
 	struct fent *ents;	/* directory entries */
 	uint32_t nents, cents;
+	struct fxattr xa[FS_XATTRS];
+	uint32_t nxa;
 };
 
 static struct fnode fs_nodes[FS_NODES];
@@ -206,11 +219,25 @@ static struct fnode *fs_new(uint32_t mode, uint32_t uid, uint32_t gid)
 
 static void fs_maybe_free(struct fnode *n)
 {
+	uint32_t i;
+
 	if (n->a.nlink || n->nlookup || n->a.ino == FS_ROOT)
 		return;
 	free(n->data);
 	free(n->ents);
+	for (i = 0; i < n->nxa; i++)
+		free(n->xa[i].val);
 	n->used = 0;
+}
+
+static int fs_xfind(struct fnode *n, const char *name, uint32_t len)
+{
+	uint32_t i;
+
+	for (i = 0; i < n->nxa; i++)
+		if (strlen(n->xa[i].name) == len && !memcmp(n->xa[i].name, name, len))
+			return i;
+	return -1;
 }
 
 static int fs_find(struct fnode *d, const char *name, uint32_t len)
@@ -618,6 +645,81 @@ static int fs_serve(struct zus_slot *sl, struct zus_op_header *h,
 	case ZUS_OP_FSYNC:
 	case ZUS_OP_SYNC:
 		break;
+	case ZUS_OP_GETXATTR:
+	case ZUS_OP_SETXATTR:
+	case ZUS_OP_REMOVEXATTR: {
+		struct zus_xattr_req q;
+		const char *nm = (char *)req + sizeof(q);
+		struct fxattr *x;
+
+		NEED(q);
+		memcpy(&q, req, sizeof(q));
+		if (in != sizeof(q) + q.name_len || !q.name_len || q.name_len > 255 ||
+		    memchr(nm, 0, q.name_len)) { r = -EINVAL; break; }
+		n = fs_node(q.ino);
+		if (!n) { r = -ENOENT; break; }
+		i = fs_xfind(n, nm, q.name_len);
+		if (h->opcode == ZUS_OP_GETXATTR) {
+			if (i < 0) { r = -ENODATA; break; }
+			x = &n->xa[i];
+			r = x->len;
+			if (!q.size)
+				break;
+			if (x->len > q.size || x->len > wsize) { r = -ERANGE; break; }
+			memcpy(w, x->val, x->len);
+			h->data_len = x->len;
+			break;
+		}
+		if (h->opcode == ZUS_OP_REMOVEXATTR) {
+			if (i < 0) { r = -ENODATA; break; }
+			free(n->xa[i].val);
+			n->xa[i] = n->xa[--n->nxa];
+			n->a.ctime_ns = now_ns();
+			break;
+		}
+		if (q.size > din || q.size > wsize || q.size > 65536) { r = -EINVAL; break; }
+		if (i >= 0 && (q.flags & 1)) { r = -EEXIST; break; }	/* XATTR_CREATE */
+		if (i < 0 && (q.flags & 2)) { r = -ENODATA; break; }	/* XATTR_REPLACE */
+		if (i < 0) {
+			if (n->nxa == FS_XATTRS) { r = -ENOSPC; break; }
+			i = n->nxa++;
+			memcpy(n->xa[i].name, nm, q.name_len);
+			n->xa[i].name[q.name_len] = 0;
+			n->xa[i].val = NULL;
+			n->xa[i].len = 0;
+		}
+		x = &n->xa[i];
+		free(x->val);
+		x->val = malloc(q.size ? q.size : 1);
+		if (!x->val) { n->xa[i] = n->xa[--n->nxa]; r = -ENOMEM; break; }
+		memcpy(x->val, w, q.size);
+		x->len = q.size;
+		n->a.ctime_ns = now_ns();
+		break;
+	}
+	case ZUS_OP_LISTXATTR: {
+		struct zus_xattr_req q;
+		uint32_t k, len = 0;
+
+		NEED(q);
+		memcpy(&q, req, sizeof(q));
+		n = fs_node(q.ino);
+		if (!n) { r = -ENOENT; break; }
+		for (k = 0; k < n->nxa; k++)
+			len += strlen(n->xa[k].name) + 1;
+		r = len;
+		if (!q.size)
+			break;
+		if (len > q.size || len > wsize) { r = -ERANGE; break; }
+		for (k = 0, len = 0; k < n->nxa; k++) {
+			size_t l = strlen(n->xa[k].name) + 1;
+
+			memcpy(w + len, n->xa[k].name, l);
+			len += l;
+		}
+		h->data_len = len;
+		break;
+	}
 	case ZUS_OP_FORGET: {
 		struct zus_forget_req q;
 
@@ -643,6 +745,58 @@ out:
 	}
 	h->result = r;
 	return 0;
+}
+
+/*
+ * SIGUSR2: what another client of the same filesystem might do, behind the
+ * kernel's caches: "ext-attr" in the root becomes mode 0604 with the 3 bytes
+ * "ext", and "ext-old" is renamed to "ext-new" (replacing it). Then the
+ * count of changes goes to /tmp/fake-zusd.ext.
+ */
+static void fs_external_change(void)
+{
+	static unsigned int changes;
+	struct fnode *root, *n;
+	int i, j, fd;
+
+	pthread_mutex_lock(&fs_lock);
+	root = fs_node(FS_ROOT);
+	i = fs_find(root, "ext-attr", 8);
+	if (i >= 0) {
+		n = fs_node(root->ents[i].ino);
+		if (S_ISREG(n->a.mode) && !fs_resize(n, 3)) {
+			memcpy(n->data, "ext", 3);
+			n->a.mode = S_IFREG | 0604;
+			n->a.mtime_ns = n->a.ctime_ns = now_ns();
+		}
+	}
+	i = fs_find(root, "ext-old", 7);
+	if (i >= 0) {
+		uint64_t ino = root->ents[i].ino;
+
+		j = fs_find(root, "ext-new", 7);
+		if (j >= 0) {
+			n = fs_node(root->ents[j].ino);
+			if (S_ISDIR(n->a.mode)) {
+				j = -2;
+			} else {
+				n->a.nlink--;
+				fs_del(root, j);
+				fs_maybe_free(n);
+			}
+		}
+		if (j != -2) {
+			fs_del(root, fs_find(root, "ext-old", 7));
+			fs_add(root, "ext-new", 7, ino);
+		}
+	}
+	changes++;
+	pthread_mutex_unlock(&fs_lock);
+	fd = open("/tmp/fake-zusd.ext", O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	if (fd >= 0) {
+		dprintf(fd, "%u\n", changes);
+		close(fd);
+	}
 }
 
 static void fs_init(void)
@@ -832,6 +986,7 @@ static int serve(unsigned int slots, unsigned int window, int ready_fd)
 	sigemptyset(&set);
 	sigaddset(&set, SIGTERM);
 	sigaddset(&set, SIGUSR1);
+	sigaddset(&set, SIGUSR2);
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 
 	srv.fd = open(DEV, O_RDWR | O_CLOEXEC);
@@ -872,6 +1027,10 @@ static int serve(unsigned int slots, unsigned int window, int ready_fd)
 	for (;;) {
 		if (sigwait(&set, &sig))
 			continue;
+		if (sig == SIGUSR2) {
+			fs_external_change();
+			continue;
+		}
 		if (sig == SIGUSR1) {
 			ioctl(srv.fd, ZUFS_IOC_KICK_ALL);
 			t = now_s();

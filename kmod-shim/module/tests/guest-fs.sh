@@ -52,6 +52,41 @@ check fs_rm_r sh -c "rm -r $M/many && [ ! -e $M/many ]"
 check fs_cp_r sh -c "cp -r /lib/modules $M/mods && diff -rq /lib/modules $M/mods"
 check fs_tar_round_trip sh -c "tar -C $M -cf /tmp/t.tar mods && mkdir /tmp/x && tar -C /tmp/x -xf /tmp/t.tar && diff -rq /lib/modules /tmp/x/mods && [ \"\$(find $M/mods | wc -l)\" = \"\$(find /lib/modules | wc -l)\" ]"
 check fs_dd_fsync sh -c "dd if=/dev/zero of=$M/z bs=4096 count=16 conv=fsync 2>/dev/null && [ \$(stat -c %s $M/z) = 65536 ]"
+check fs_find_md5sum sh -c "[ \"\$(cd $M/mods && find . -type f | sort | xargs md5sum)\" = \"\$(cd /lib/modules && find . -type f | sort | xargs md5sum)\" ]"
+check fs_mount_options_shown sh -c "grep -q 'zufs.*mount_id=7,root=1,attr_timeout_ms=1000,entry_timeout_ms=1000' /proc/mounts"
+
+# xattrs, renameat2 flags, times, statfs, mknod, and changes made by another
+# client (fake-zusd's SIGUSR2) seen within the 1 s default timeouts
+fs-test check $M $SRV
+check fs_test_ran_to_its_end [ $? -le 1 ]
+
+# a second mount of the same tree without caching: sees every change at once
+mkdir -p /mnt/z0
+check fs_mount_no_timeouts mount -t zufs -o mount_id=7,root=1,attr_timeout_ms=0,entry_timeout_ms=0 none /mnt/z0
+fs-test check /mnt/z0 $SRV > /tmp/z0.log
+rc=$?
+sed 's/^TEST /TEST z0_/' /tmp/z0.log
+check z0_fs_test_ran_to_its_end [ $rc -le 1 ]
+check fs_two_mounts_see_each_other sh -c "echo two > /mnt/z0/two && [ \"\$(cat $M/two)\" = two ] && rm $M/two && [ ! -e /mnt/z0/two ]"
+check fs_umount_second umount /mnt/z0
+
+# evicted inodes give their lookups back from the work item, before unmount
+forgets() {
+	rm -f /tmp/fake-zusd.forgets
+	kill -USR1 $SRV
+	i=0
+	while [ ! -s /tmp/fake-zusd.forgets ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i + 1)); done
+	cat /tmp/fake-zusd.forgets
+}
+mkdir $M/ev
+i=0
+while [ $i -lt 200 ]; do : > $M/ev/f$i; i=$((i + 1)); done
+F0=$(forgets)
+echo 2 > /proc/sys/vm/drop_caches
+i=0
+while [ "$(forgets)" -lt $((F0 + 150)) ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+check fs_forgets_sent_on_eviction [ "$(forgets)" -ge $((F0 + 150)) ]
+check fs_files_there_after_eviction sh -c "[ \$(ls $M/ev | wc -l) = 200 ] && rm -r $M/ev"
 check fs_umount umount $M
 rm -f /tmp/fake-zusd.forgets
 kill -USR1 $SRV
