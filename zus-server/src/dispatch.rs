@@ -186,6 +186,10 @@ pub fn serve(
                     data.window_len = io.len;
                 }
                 DATA_REMOTE_IOV => {
+                    if client.cred.pid == 0 {
+                        // The kernel client: no process whose memory the iovecs could name.
+                        return reject(Errno::EINVAL);
+                    }
                     let n = io.niov as usize;
                     if n == 0 || n > MAX_IOV || n * size_of::<IoVec>() != iovs.len() {
                         return reject(Errno::EINVAL);

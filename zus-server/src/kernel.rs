@@ -662,10 +662,23 @@ mod tests {
         assert_eq!(r.result, Errno::EBADF.to_wire());
         let r = kernel_op(&k, cpu, OpHeader { opcode: 9999, ..hdr }, &[]);
         assert_eq!(r.result, Errno::ENOSYS.to_wire());
-        assert_eq!(s.kzts[0].ops.load(Ordering::SeqCst), 4, "served by the K-ZT");
-        assert_eq!(s.kzts[0].rejected.load(Ordering::SeqCst), 2, "unknown mount and op");
+        // The kernel has no process whose memory remote iovecs could name.
+        let io = zus_api::ops::IoReq {
+            ino: 1,
+            len: 8,
+            data_kind: zus_api::ops::DATA_REMOTE_IOV,
+            niov: 1,
+            ..Default::default()
+        };
+        let iov = zus_api::ops::IoVec { addr: 4096, len: 8 };
+        let mut req = zus_api::ops::Pod::as_bytes(&io).to_vec();
+        req.extend_from_slice(zus_api::ops::Pod::as_bytes(&iov));
+        let r = kernel_op(&k, cpu, OpHeader { opcode: OpCode::Read as u32, mount_id: mount, ..hdr }, &req);
+        assert_eq!(r.result, Errno::EINVAL.to_wire());
+        assert_eq!(s.kzts[0].ops.load(Ordering::SeqCst), 5, "served by the K-ZT");
+        assert_eq!(s.kzts[0].rejected.load(Ordering::SeqCst), 3, "unknown mount, unknown op, remote iovecs");
         assert_eq!(s.zts[0].ops.load(Ordering::SeqCst), 0);
-        assert_eq!(s.status().lanes[0].ops, 4, "status counts both threads of the CPU");
+        assert_eq!(s.status().lanes[0].ops, 5, "status counts both threads of the CPU");
 
         // A new snapshot waits for the K-ZT's acknowledgement, which a kick brings.
         let kicks = port.kicks.load(Ordering::SeqCst);
