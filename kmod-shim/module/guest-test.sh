@@ -146,12 +146,10 @@ rm -rf "$B/module"
 mkdir -p "$B/module"
 # a copy: Kbuild writes its objects next to the sources, and the repo stays clean
 cp "$HERE"/Kbuild "$HERE"/*.c "$HERE"/*.h "$B/module/"
-INC=()
-if [ -d "$REPO/zus-api/include" ]; then
-  cp -r "$REPO/zus-api/include" "$B/module/zus-api-include"
-  INC=(ZUS_API_INC="$B/module/zus-api-include")
-fi
-make -s -C "$KDIR" M="$B/module" W=1 "${INC[@]}" modules 2>&1 | grep -v 'Skipping BTF' | tee "$B/module/build.log" || true
+# the generated ABI header (zus-api/include/zus_api.h) with it
+[ -f "$REPO/zus-api/include/zus_api.h" ] || die "no zus-api/include/zus_api.h"
+cp -r "$REPO/zus-api/include" "$B/module/zus-api-include"
+make -s -C "$KDIR" M="$B/module" W=1 ZUS_API_INC="$B/module/zus-api-include" modules 2>&1 | grep -v 'Skipping BTF' | tee "$B/module/build.log" || true
 [ -f "$B/module/zufs.ko" ] || die "module build failed"
 grep -qE 'warning:|error:' "$B/module/build.log" && die "module build printed warnings"
 # only symbols the kernel exports (modpost checks too; this names them)
@@ -160,7 +158,7 @@ BAD=$(nm -u "$B/module/zufs.ko" | awk '{print $2}' | while read -r s; do
 [ -z "$BAD" ] || die "zufs.ko uses symbols that $KABI does not export: $BAD"
 
 step "build static test programs"
-gcc -static -O2 -g -Wall -Wextra -Werror -pthread -I"$HERE" \
+gcc -static -O2 -g -Wall -Wextra -Werror -pthread -I"$REPO/zus-api/include" \
   -o "$B/fake-zusd" "$HERE/tests/fake-zusd.c"
 gcc -static -O2 -g -Wall -Wextra -Werror -o "$B/fs-test" "$HERE/tests/fs-test.c"
 

@@ -8,8 +8,11 @@
 #include <linux/types.h>
 #include <linux/uio.h>
 
-#include "zus_api_tmp.h"
-#include "zufs_kabi.h"
+/* generated from the Rust ABI: zus-api/include (Kbuild adds it to the path) */
+#include "zus_api.h"
+
+/* chan.rs aligns lanes and data windows to this, whatever the page size */
+#define ZUFS_SET_PAGE		4096
 
 /*
  * One op sent to zusd through the kernel channel set. The caller fills the

@@ -40,8 +40,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "../zus_api_tmp.h"
-#include "../zufs_kabi.h"
+#include "zus_api.h"	/* zus-api/include: generated from the Rust ABI */
+
+#define ZUFS_SET_PAGE	4096	/* chan.rs's alignment of lanes and windows */
 
 #define DEV "/dev/zufs"
 #define MAX_THREADS 256
