@@ -71,12 +71,12 @@ impl std::str::FromStr for KernelMode {
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
     /// `/dev/zufs` could not be opened.
-    #[error("opening {path}: {source}")]
+    #[error("opening {path}: {error} (is the zufs module loaded? modprobe zufs)")]
     Open {
         /// The device.
         path: PathBuf,
-        /// The OS error.
-        source: io::Error,
+        /// The OS error (shown in the message, so not a source).
+        error: io::Error,
     },
     /// The module refused HELLO.
     #[error("{DEVICE}: HELLO refused: {0}{hint}", hint = hello_hint(.0))]
@@ -88,12 +88,12 @@ pub enum KernelError {
     #[error("{DEVICE}: {0}")]
     Map(#[from] zus_channel::shm::ShmError),
     /// A K-ZT could not start or register.
-    #[error("{DEVICE}: K-ZT for CPU {cpu}: {source}")]
+    #[error("{DEVICE}: K-ZT for CPU {cpu}: {error}")]
     Zt {
         /// Its CPU.
         cpu: usize,
-        /// Why.
-        source: io::Error,
+        /// Why (shown in the message, so not a source).
+        error: io::Error,
     },
 }
 
@@ -142,7 +142,7 @@ impl Device {
             .read(true)
             .write(true)
             .open(path)
-            .map_err(|source| KernelError::Open { path: path.to_owned(), source })?;
+            .map_err(|error| KernelError::Open { path: path.to_owned(), error })?;
         Ok(Self { fd: f.into() })
     }
 
@@ -369,7 +369,7 @@ fn start_zts(server: &Arc<Server>, port: &Arc<dyn Port>) -> Result<Vec<JoinHandl
             Ok(t) => threads.push(t),
             Err(e) => {
                 server.kzts[lane].exited.store(true, Ordering::SeqCst);
-                failed = Some(KernelError::Zt { cpu: c.os_cpu, source: e });
+                failed = Some(KernelError::Zt { cpu: c.os_cpu, error: e });
                 break;
             }
         }
@@ -378,8 +378,8 @@ fn start_zts(server: &Arc<Server>, port: &Arc<dyn Port>) -> Result<Vec<JoinHandl
     for _ in 0..threads.len() {
         match rx.recv() {
             Ok((_, Ok(()))) => {}
-            Ok((cpu, Err(source))) => {
-                failed.get_or_insert(KernelError::Zt { cpu, source });
+            Ok((cpu, Err(error))) => {
+                failed.get_or_insert(KernelError::Zt { cpu, error });
             }
             Err(_) => break,
         }
