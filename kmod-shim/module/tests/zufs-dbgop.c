@@ -27,7 +27,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "../zufs_kabi.h"
+#include "zus_api.h"	/* zus-api/include: generated from the Rust ABI */
 
 static int dev(void)
 {

@@ -23,7 +23,7 @@ if [ "${NO_BUILD:-0}" != 1 ]; then
   (cd "$REPO" && cargo build --release -p zusd -p nullfs -p pmemfs 2>&1 | tail -2 &&
      cargo build --release -p zufs-tests --bin zufs-testclient 2>&1 | tail -2)
 fi
-gcc -static -O2 -g -Wall -Wextra -Werror -I"$HERE/.." -o "$W/build/zufs-dbgop" "$HERE/zufs-dbgop.c"
+gcc -static -O2 -g -Wall -Wextra -Werror -I"$REPO/zus-api/include" -o "$W/build/zufs-dbgop" "$HERE/zufs-dbgop.c"
 
 export ZUFS_GUEST_FILES="$W/build/zufs-dbgop ${ZUFS_GUEST_FILES:-}"
 export ZUFS_GUEST_TESTS="$HERE/zusd-kzt.sh ${ZUFS_GUEST_TESTS:-}"
