@@ -64,7 +64,7 @@ fn test_coreutils_and_tar_round_trip_survives_remount_and_fsck() {
     // A source tree: the workspace's sources (no target/), plus a few odd files.
     sh_ok(
         &format!(
-            "cd {src}; tar --exclude=./target --exclude=./target-pmem --exclude=./.git -cf {w}/src.tar .\n\
+            "cd {src}; tar --exclude=./target --exclude=./target-pmem --exclude=./fuzz/target --exclude=./.git -cf {w}/src.tar .\n\
              mkdir -p {w}/extra && cd {w}/extra && dd if=/dev/urandom of=big bs=1M count=24 status=none\n\
              truncate -s 10M sparse && printf x | dd of=sparse bs=1 seek=5000000 conv=notrunc status=none\n\
              ln -s big link && ln big hard && mkdir -p deep/a/b/c/d/e && echo nested > deep/a/b/c/d/e/f\n\

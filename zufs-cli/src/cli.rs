@@ -801,6 +801,18 @@ mod tests {
     }
 
     #[test]
+    fn test_serve_option_picks_who_runs_the_ops_and_stays_out_of_the_server_options() {
+        assert_eq!(parse_mount_options("", "x").unwrap().serve, ServeChoice::Channel);
+        let m = parse_mount_options("transport=uring,serve=inline,ro", "x").unwrap();
+        assert_eq!(m.serve, ServeChoice::Inline);
+        assert_eq!(m.transport, TransportChoice::Uring);
+        assert_eq!(m.server, "ro");
+        assert_eq!(parse_mount_options("serve=channel", "x").unwrap().serve, ServeChoice::Channel);
+        assert!(parse_mount_options("serve=zt", "x").is_err());
+        assert!(parse_mount_options("serve", "x").is_err());
+    }
+
+    #[test]
     fn test_sizes() {
         assert_eq!(parse_size("64M").unwrap(), 64 << 20);
         assert_eq!(parse_size("4096").unwrap(), 4096);

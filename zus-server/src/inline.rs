@@ -245,3 +245,62 @@ thread_local! {
     /// The request payload, assembled once per op (as a ZT's private copy).
     static REQ: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(PAYLOAD_SIZE));
 }
+
+#[cfg(test)]
+mod tests {
+    use zus_api::ops::{DATA_REMOTE_IOV, InoReq, IoReq, KernelCacheReq, Pod, TicketReq};
+
+    use super::*;
+    use crate::testutil::{Device, plugin};
+
+    fn inline(dev: &Device, extra: &str) -> InlineMount {
+        let opts = if extra.is_empty() { dev.0.clone() } else { format!("{},{extra}", dev.0) };
+        InlineMount { mount: mounts::mount(INLINE_MOUNT_ID, &plugin(), &dev.0, &opts).unwrap(), _plugins: Vec::new() }
+    }
+
+    fn io(kind: u32, len: u64) -> IoReq {
+        IoReq { ino: 1, fh: 1, offset: 0, len, flags: 0, data_kind: kind, niov: 0, reserved: 0 }
+    }
+
+    #[test]
+    fn test_inline_ops_are_checked_before_the_plugin_sees_them() {
+        let dev = Device::new("inline");
+        let m = inline(&dev, "");
+        let mut reply = vec![0u8; 256];
+        let ino = InoReq { ino: 1 };
+        let run = |op, req: &[&[u8]], data: InlineData<'_>, reply: &mut [u8]| {
+            m.op(op, InlineCreds::default(), req, data, reply).result
+        };
+        assert_eq!(run(OpCode::Getattr, &[ino.as_bytes()], InlineData::None, &mut reply), 0);
+        // Shorter than the op's request struct.
+        assert_eq!(run(OpCode::Getattr, &[&[0u8; 3]], InlineData::None, &mut reply), Errno::EINVAL.to_wire());
+        // Only window data, of the right direction and length.
+        let mut buf = vec![0u8; 4096];
+        let r = io(DATA_REMOTE_IOV, 4096);
+        assert_eq!(run(OpCode::Read, &[r.as_bytes()], InlineData::Out(&mut buf), &mut reply), Errno::EINVAL.to_wire());
+        let r = io(DATA_WINDOW, 8192);
+        assert_eq!(run(OpCode::Read, &[r.as_bytes()], InlineData::Out(&mut buf), &mut reply), Errno::EINVAL.to_wire());
+        let r = io(DATA_WINDOW, 4096);
+        assert_eq!(run(OpCode::Read, &[r.as_bytes()], InlineData::Out(&mut buf), &mut reply), 0);
+        assert_eq!(run(OpCode::Write, &[r.as_bytes()], InlineData::Out(&mut buf), &mut reply), Errno::EINVAL.to_wire());
+        assert_eq!(run(OpCode::Write, &[r.as_bytes()], InlineData::In(&buf), &mut reply), 0);
+        // Nobody else to steer or to show a ticket.
+        let k = KernelCacheReq { ino: 1, on: 1, reserved: 0 };
+        assert_eq!(run(OpCode::KernelCache, &[k.as_bytes()], InlineData::None, &mut reply), 0);
+        let t = TicketReq { ino: 1, ticket: 0, uid: 1000, writable: 0 };
+        assert_eq!(run(OpCode::Ticket, &[t.as_bytes()], InlineData::None, &mut reply), Errno::EPERM.to_wire());
+        m.unmount().unwrap();
+    }
+
+    #[test]
+    fn test_inline_read_only_mount_refuses_mutating_ops() {
+        let dev = Device::new("inline-ro");
+        let m = inline(&dev, "ro");
+        let buf = vec![0u8; 512];
+        let r = io(DATA_WINDOW, 512);
+        let mut reply = vec![0u8; 256];
+        let res = m.op(OpCode::Write, InlineCreds::default(), &[r.as_bytes()], InlineData::In(&buf), &mut reply);
+        assert_eq!(res.result, Errno::EROFS.to_wire());
+        m.unmount().unwrap();
+    }
+}
