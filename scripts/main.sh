@@ -35,7 +35,7 @@ mkdir -p "$mnt"
 "${zufs[@]}" mount -t pmemfs "$dev" "$mnt"
 
 echo "== workload: this source tree in, checksums compared, then 3 s of fio 4K randwrite =="
-(cd "$ZUFS_ROOT" && find . \( -path "./target*" -o -path ./.git -o -path ./bench-out \) -prune -o -type f -print0 \
+(cd "$ZUFS_ROOT" && find . \( -path "./target*" -o -path "./fuzz/target*" -o -path ./.git -o -path ./bench-out \) -prune -o -type f -print0 \
     | sort -z > "$work/files" && xargs -0 sha256sum < "$work/files" > "$work/sums" \
     && tar --null -T "$work/files" -cf "$work/src.tar")
 mkdir "$mnt/src" && tar -C "$mnt/src" -xf "$work/src.tar"
@@ -47,4 +47,11 @@ fio --name=main --directory="$mnt" --rw=randwrite --bs=4k --size=64m --direct=1 
 "${zufs[@]}" fsck -t pmemfs "$dev"
 
 echo "== short scalability table (zufs bench) =="
-"${zufs[@]}" bench --threads 1,2 --runtime "${ZUFS_MAIN_RUNTIME:-3}" --file-mib 32 --out "$ZUFS_ROOT/bench-out"
+configs=tmpfs,fuse,nullfs-bridge,pmemfs-bridge,preload-channel,preload-dax
+if [ -e /sys/module/fuse/parameters/enable_uring ]; then
+    configs=tmpfs,fuse,nullfs-bridge,pmemfs-bridge,nullfs-uring,pmemfs-uring,preload-channel,preload-dax
+else
+    echo "(this kernel has no FUSE over io_uring: the uring rows are left out)"
+fi
+"${zufs[@]}" bench --threads 1,2 --runtime "${ZUFS_MAIN_RUNTIME:-3}" --file-mib 32 --configs "$configs" \
+    --out "$ZUFS_ROOT/bench-out"

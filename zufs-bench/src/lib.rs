@@ -252,7 +252,7 @@ pub struct BenchArgs {
     /// thread itself, the plugin in the bridge process (`serve=inline`, the mode (b) prototype).
     #[arg(
         long,
-        default_value = "tmpfs,fuse,nullfs-bridge,pmemfs-bridge,preload-channel,preload-dax",
+        default_value = "tmpfs,fuse,nullfs-bridge,pmemfs-bridge,nullfs-uring,pmemfs-uring,preload-channel,preload-dax",
         value_delimiter = ','
     )]
     pub configs: Vec<String>,
