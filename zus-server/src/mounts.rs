@@ -95,6 +95,39 @@ pub struct Mount {
     handle: *mut c_void,
     /// The device mapping; declared after `handle` users finish (unmount runs before drop).
     pmem: Option<MappedPmem>,
+    /// The device's exclusive lock, held as long as the mount lives (dropped after the mapping).
+    _lock: Option<DeviceLock>,
+}
+
+/// An exclusive `flock` on a device file, held while it is mounted, formatted or checked, so
+/// that two mounts of one device (two zusd instances, or zusd and a bridge serving a mount
+/// inline) can never run one filesystem's metadata from two places.
+#[derive(Debug)]
+pub struct DeviceLock {
+    /// The open file the lock belongs to (closing it releases the lock).
+    _file: std::fs::File,
+}
+
+/// Takes the device's exclusive lock without waiting.
+///
+/// # Errors
+/// [`MountError::Busy`] when someone holds it, [`MountError::Device`] when the file cannot be
+/// opened or locked.
+pub fn lock_device(path: &str) -> Result<DeviceLock, MountError> {
+    let f = std::fs::OpenOptions::new().read(true).open(path).map_err(|e| MountError::Device {
+        path: path.to_owned(),
+        reason: e.to_string(),
+        errno: Errno(e.raw_os_error().unwrap_or(libc::EIO)),
+    })?;
+    match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(DeviceLock { _file: f }),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(MountError::Busy(path.to_owned())),
+        Err(e) => Err(MountError::Device {
+            path: path.to_owned(),
+            reason: format!("flock: {e}"),
+            errno: Errno(e.raw_os_error()),
+        }),
+    }
 }
 
 // SAFETY: the plugin handle is used only through the plugin's thread-safe op entry (the
@@ -188,11 +221,12 @@ pub fn open_device(path: &str, fs_type: &str) -> Result<MappedPmem, MountError> 
 /// [`MountError`].
 pub fn mount(id: u32, plugin: &Plugin, device: &str, options: &str) -> Result<Mount, MountError> {
     let so = parse_options(options)?;
-    let (pmem, canon) = if plugin.needs_device() {
+    let (pmem, canon, lock) = if plugin.needs_device() {
         let canon = std::fs::canonicalize(device).map_or_else(|_| device.to_owned(), |p| p.display().to_string());
-        (Some(open_device(&canon, &plugin.name)?), canon)
+        let lock = if Path::new(&canon).exists() { Some(lock_device(&canon)?) } else { None };
+        (Some(open_device(&canon, &plugin.name)?), canon, lock)
     } else {
-        (None, device.to_owned())
+        (None, device.to_owned(), None)
     };
     let d = desc(pmem.as_ref(), so.read_only);
     let mut handle: *mut c_void = core::ptr::null_mut();
@@ -234,6 +268,7 @@ pub fn mount(id: u32, plugin: &Plugin, device: &str, options: &str) -> Result<Mo
         vtable: plugin.vtable,
         handle,
         pmem,
+        _lock: lock,
     })
 }
 
@@ -287,6 +322,7 @@ pub fn mkfs(plugin: &Plugin, device: &str, size: Option<u64>, options: &str) -> 
         }
     }
     let pmem = MappedPmem::open_file(Path::new(device), create).map_err(|e| device_error(device, &e))?;
+    let _lock = lock_device(device)?;
     if pmem.len() < DEVICE_ALIGN {
         return Err(MountError::Device {
             path: device.to_owned(),
@@ -324,6 +360,7 @@ pub fn mkfs(plugin: &Plugin, device: &str, size: Option<u64>, options: &str) -> 
 /// # Errors
 /// [`MountError`] when the device cannot be checked at all.
 pub fn fsck(plugin: &Plugin, device: &str) -> Result<(u64, String), MountError> {
+    let _lock = if Path::new(device).exists() { Some(lock_device(device)?) } else { None };
     let pmem = open_device(device, &plugin.name)?;
     let Some(f) = plugin.vtable.fsck else {
         return Err(MountError::Plugin {
@@ -342,4 +379,24 @@ pub fn fsck(plugin: &Plugin, device: &str) -> Result<(u64, String), MountError> 
         return Err(plugin_failure(plugin, device, rc, &msg));
     }
     Ok((problems, msg_str(&msg)))
+}
+
+#[cfg(test)]
+mod lock_tests {
+    use super::*;
+
+    #[test]
+    fn test_a_device_is_locked_once_and_released_on_drop() {
+        let path = std::env::temp_dir().join(format!("zufs-lock-test-{}", std::process::id()));
+        std::fs::write(&path, b"x").unwrap();
+        let p = path.display().to_string();
+        let first = lock_device(&p).unwrap();
+        // A second mount, mkfs or fsck (in this process or another) is refused while it is held.
+        assert!(matches!(lock_device(&p), Err(MountError::Busy(ref d)) if *d == p));
+        drop(first);
+        let again = lock_device(&p).unwrap();
+        drop(again);
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(lock_device(&p), Err(MountError::Device { .. })));
+    }
 }
