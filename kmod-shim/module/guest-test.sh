@@ -40,6 +40,11 @@
 #   ZUFS_GUEST_TESTS="script.sh ..."
 #                  more guest test scripts, run after tests/guest-tests.sh
 #   OFFLINE=1      skip apt-get update/install; use what is cached
+#   PJDFSTEST=auto|required|off
+#                  pjdfstest in the guest (tmpfs vs the module mount): built
+#                  static with cargo into $ZUFS_KMOD_DIR/pjdfstest once;
+#                  auto (default) says so and leaves it out where there is no
+#                  cargo, required fails then
 #   ZUFS_KMOD_REQUIRED=1  make the "cannot run here" cases failures, not skips
 set -euo pipefail
 
@@ -162,6 +167,27 @@ gcc -static -O2 -g -Wall -Wextra -Werror -pthread -I"$REPO/zus-api/include" \
   -o "$B/fake-zusd" "$HERE/tests/fake-zusd.c"
 gcc -static -O2 -g -Wall -Wextra -Werror -o "$B/fs-test" "$HERE/tests/fs-test.c"
 
+# pjdfstest, static (the guest has no glibc of its own); cached in $W
+PJD=$W/pjdfstest/bin/pjdfstest
+PJDFSTEST=${PJDFSTEST:-auto}
+if [ "$PJDFSTEST" != off ] && [ ! -x "$PJD" ]; then
+  if command -v cargo >/dev/null; then
+    step "build pjdfstest 0.2.2 (static, once)"
+    pjd_install() {
+      RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR="$W/pjdfstest-build" \
+        cargo install pjdfstest --locked --version 0.2.2 --target x86_64-unknown-linux-gnu \
+        --root "$W/pjdfstest" "$@" > "$W/pjdfstest-build.log" 2>&1
+    }
+    # the registry cache usually has it (tests/scripts/fuse-deps.sh installs it too)
+    pjd_install --offline || pjd_install || die "pjdfstest did not build: $W/pjdfstest-build.log"
+    rm -rf "$W/pjdfstest-build"
+  elif [ "$PJDFSTEST" = required ]; then
+    die "PJDFSTEST=required but there is no cargo to build it"
+  else
+    echo "    NOTE: no cargo: pjdfstest is left out of this guest run (PJDFSTEST=required fails instead)"
+  fi
+fi
+
 # ---- initramfs -------------------------------------------------------------
 step "initramfs"
 R=$B/initramfs
@@ -175,6 +201,10 @@ cp "$B/module/zufs.ko" "$R/lib/modules/$KABI/extra/"
 cp "$B/fake-zusd" "$B/fs-test" "$R/bin/"
 cp "$HERE/tests/guest-tests.sh" "$R/tests/00-transport.sh"
 cp "$HERE/tests/guest-fs.sh" "$R/tests/10-fs.sh"
+if [ "$PJDFSTEST" != off ] && [ -x "$PJD" ]; then
+  cp "$PJD" "$R/bin/"
+  cp "$HERE/tests/guest-pjdfstest.sh" "$R/tests/15-pjdfstest.sh"
+fi
 n=20
 for t in ${ZUFS_GUEST_TESTS:-}; do
   cp "$t" "$R/tests/$(printf '%02d' $n)-$(basename "$t")"; n=$((n + 1))

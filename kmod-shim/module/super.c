@@ -36,6 +36,9 @@
 #include <linux/xattr.h>
 #include <linux/jiffies.h>
 #include <linux/dcache.h>
+#include <linux/pagemap.h>
+#include <linux/bvec.h>
+#include <linux/highmem.h>
 
 #include "zufs.h"
 
@@ -88,6 +91,7 @@ static const struct inode_operations zufs_symlink_iops;
 static const struct inode_operations zufs_special_iops;
 static const struct file_operations zufs_dir_fops;
 static const struct file_operations zufs_file_fops;
+static const struct address_space_operations zufs_file_aops;
 static const struct dentry_operations zufs_dentry_ops;
 static const struct xattr_handler *zufs_xattr_handlers[];
 
@@ -230,6 +234,7 @@ static struct inode *zufs_iget(struct super_block *sb,
 	case S_IFREG:
 		inode->i_op = &zufs_file_iops;
 		inode->i_fop = &zufs_file_fops;
+		inode->i_mapping->a_ops = &zufs_file_aops;
 		break;
 	case S_IFDIR:
 		inode->i_op = &zufs_dir_iops;
@@ -431,6 +436,8 @@ static int zufs_setattr(struct user_namespace *mnt_userns,
 	if (a.ino != inode->i_ino || inode_wrong_type(inode, a.mode))
 		return -EIO;
 	zufs_fill_inode(inode, &a);
+	if (r.valid & ZUS_SETATTR_SIZE)
+		truncate_pagecache(inode, i_size_read(inode));
 	return 0;
 }
 
@@ -992,8 +999,12 @@ static ssize_t zufs_write_iter(struct kiocb *iocb, struct iov_iter *from)
 		if (ret < len)
 			break;
 	}
-	/* mtime and ctime changed */
+	/* mtime and ctime changed; pages of private maps are read again */
 	zufs_attr_stale(inode);
+	if (done && inode->i_mapping->nrpages)
+		invalidate_inode_pages2_range(inode->i_mapping,
+					      (pos - done) >> PAGE_SHIFT,
+					      (pos - 1) >> PAGE_SHIFT);
 	if (done) {
 		iocb->ki_pos = pos;
 		ret = done;
@@ -1184,6 +1195,64 @@ static const struct xattr_handler *zufs_xattr_handlers[] = {
 	NULL
 };
 
+/*
+ * Pages only for mappings (exec, private and read-only shared maps): read()
+ * and write() go to zusd directly, and a write drops the pages it covers.
+ * Shared writable maps wait for the DAX path (part 2).
+ */
+static int zufs_read_folio(struct file *file, struct folio *folio)
+{
+	struct inode *inode = folio->mapping->host;
+	struct bio_vec bv = {
+		.bv_page = &folio->page,
+		.bv_len = PAGE_SIZE,
+	};
+	struct zus_io_req r = {
+		.ino = inode->i_ino,
+		.offset = folio_pos(folio),
+		.len = PAGE_SIZE,
+		.data_kind = ZUS_DATA_WINDOW,
+	};
+	struct zus_io_reply rep = {};
+	struct iov_iter it;
+	struct zufs_op op = {
+		.opcode = ZUS_OP_READ,
+		.mount_id = ZUFS_SB(inode->i_sb)->mount_id,
+		.req = &r,
+		.req_len = sizeof(r),
+		.reply = &rep,
+		.reply_size = sizeof(rep),
+		.result_max = PAGE_SIZE,
+		.data_out = &it,
+		.data_out_size = PAGE_SIZE,
+	};
+	s64 ret;
+
+	/* the large-folio mapping flag is never set: one page */
+	if (!file || folio_test_large(folio)) {
+		ret = -EIO;
+		goto out;
+	}
+	r.fh = (uintptr_t)file->private_data;
+	iov_iter_bvec(&it, ITER_DEST, &bv, 1, PAGE_SIZE);
+	ret = zufs_dispatch(&op);
+	if (ret >= 0 && op.data_len != ret)
+		ret = -EIO;
+	if (ret < 0)
+		goto out;
+	if (ret < PAGE_SIZE)
+		zero_user_segment(&folio->page, ret, PAGE_SIZE);
+	folio_mark_uptodate(folio);
+	ret = 0;
+out:
+	folio_unlock(folio);
+	return ret;
+}
+
+static const struct address_space_operations zufs_file_aops = {
+	.read_folio	= zufs_read_folio,
+};
+
 /* SEEK_END and friends see the size other clients left */
 static loff_t zufs_llseek(struct file *file, loff_t offset, int whence)
 {
@@ -1203,6 +1272,7 @@ static const struct file_operations zufs_file_fops = {
 	.write_iter	= zufs_write_iter,
 	.fsync		= zufs_fsync,
 	.llseek		= zufs_llseek,
+	.mmap		= generic_file_readonly_mmap,
 };
 
 static const struct file_operations zufs_dir_fops = {

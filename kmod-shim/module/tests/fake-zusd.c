@@ -169,8 +169,9 @@ struct fnode {
 	int used;
 	struct zus_attr a;
 	uint64_t nlookup;
-	unsigned char *data;	/* file bytes or symlink target */
-	size_t cap;
+	unsigned char *data;	/* symlink target */
+	unsigned char **chunks;	/* file bytes, FS_CHUNK each; NULL: a hole */
+	size_t nchunks;
 	struct fent *ents;	/* directory entries */
 	uint32_t nents, cents;
 	struct fxattr xa[FS_XATTRS];
@@ -226,6 +227,9 @@ static void fs_maybe_free(struct fnode *n)
 		return;
 	free(n->data);
 	free(n->ents);
+	for (i = 0; i < n->nchunks; i++)
+		free(n->chunks[i]);
+	free(n->chunks);
 	for (i = 0; i < n->nxa; i++)
 		free(n->xa[i].val);
 	n->used = 0;
@@ -279,23 +283,83 @@ static void fs_del(struct fnode *d, int i)
 	d->a.mtime_ns = d->a.ctime_ns = now_ns();
 }
 
+/* Files are sparse: chunks are allocated where written. */
+#define FS_CHUNK	(64 << 10)
+#define FS_MAX_FILE	(16ULL << 30)
+
+static void fs_blocks(struct fnode *n)
+{
+	size_t i, k = 0;
+
+	for (i = 0; i < n->nchunks; i++)
+		k += !!n->chunks[i];
+	n->a.blocks = k * (FS_CHUNK / 512);
+}
+
 static int fs_resize(struct fnode *n, uint64_t size)
 {
-	if (size > (64 << 20))
-		return -EFBIG;
-	if (size > n->cap) {
-		size_t c = size < 4096 ? 4096 : size * 2;
-		unsigned char *d = realloc(n->data, c);
+	size_t want = (size + FS_CHUNK - 1) / FS_CHUNK, i;
 
-		if (!d)
+	if (size > FS_MAX_FILE)
+		return -EFBIG;
+	if (want > n->nchunks) {
+		unsigned char **c = realloc(n->chunks, want * sizeof(*c));
+
+		if (!c)
 			return -ENOSPC;
-		n->data = d;
-		n->cap = c;
+		memset(c + n->nchunks, 0, (want - n->nchunks) * sizeof(*c));
+		n->chunks = c;
+		n->nchunks = want;
+	} else {
+		for (i = want; i < n->nchunks; i++) {
+			free(n->chunks[i]);
+			n->chunks[i] = NULL;
+		}
+		n->nchunks = want;
 	}
-	if (size > n->a.size)
-		memset(n->data + n->a.size, 0, size - n->a.size);
+	/* a later extension reads zeros past the new end */
+	if (size < n->a.size && size % FS_CHUNK && n->chunks[size / FS_CHUNK])
+		memset(n->chunks[size / FS_CHUNK] + size % FS_CHUNK, 0,
+		       FS_CHUNK - size % FS_CHUNK);
 	n->a.size = size;
-	n->a.blocks = (size + 511) / 512;
+	fs_blocks(n);
+	return 0;
+}
+
+static void fs_read(struct fnode *n, uint64_t off, unsigned char *dst, uint64_t len)
+{
+	while (len) {
+		uint64_t k = off / FS_CHUNK, o = off % FS_CHUNK;
+		uint64_t l = FS_CHUNK - o < len ? FS_CHUNK - o : len;
+
+		if (k < n->nchunks && n->chunks[k])
+			memcpy(dst, n->chunks[k] + o, l);
+		else
+			memset(dst, 0, l);
+		dst += l;
+		off += l;
+		len -= l;
+	}
+}
+
+/* within the size */
+static int fs_write(struct fnode *n, uint64_t off, const unsigned char *src, uint64_t len)
+{
+	while (len) {
+		uint64_t k = off / FS_CHUNK, o = off % FS_CHUNK;
+		uint64_t l = FS_CHUNK - o < len ? FS_CHUNK - o : len;
+
+		if (!n->chunks[k]) {
+			n->chunks[k] = calloc(1, FS_CHUNK);
+			if (!n->chunks[k])
+				return -ENOSPC;
+		}
+		memcpy(n->chunks[k] + o, src, l);
+		src += l;
+		off += l;
+		len -= l;
+	}
+	fs_blocks(n);
 	return 0;
 }
 
@@ -495,6 +559,7 @@ static int fs_serve(struct zus_slot *sl, struct zus_op_header *h,
 			} else {
 				o->a.nlink--;
 			}
+			o->a.ctime_ns = now_ns();
 			fs_del(d2, j);
 			fs_maybe_free(o);
 			if (d == d2 && j < i)
@@ -619,7 +684,7 @@ static int fs_serve(struct zus_slot *sl, struct zus_op_header *h,
 			len = q.offset >= n->a.size ? 0 : n->a.size - q.offset;
 			if (len > q.len)
 				len = q.len;
-			memcpy(w, n->data + q.offset, len);
+			fs_read(n, q.offset, w, len);
 			h->data_len = len;
 			n->a.atime_ns = now_ns();
 		} else {
@@ -627,12 +692,15 @@ static int fs_serve(struct zus_slot *sl, struct zus_op_header *h,
 			if (q.flags & ZUS_IO_FLAGS_APPEND)
 				q.offset = n->a.size;
 			len = q.len;
+			if (q.offset > FS_MAX_FILE || q.offset + len > FS_MAX_FILE) { r = -EFBIG; break; }
 			if (q.offset + len > n->a.size) {
 				r = fs_resize(n, q.offset + len);
 				if (r)
 					break;
 			}
-			memcpy(n->data + q.offset, w, len);
+			r = fs_write(n, q.offset, w, len);
+			if (r)
+				break;
 			n->a.mtime_ns = n->a.ctime_ns = now_ns();
 		}
 		o.size = n->a.size;
@@ -765,8 +833,8 @@ static void fs_external_change(void)
 	i = fs_find(root, "ext-attr", 8);
 	if (i >= 0) {
 		n = fs_node(root->ents[i].ino);
-		if (S_ISREG(n->a.mode) && !fs_resize(n, 3)) {
-			memcpy(n->data, "ext", 3);
+		if (S_ISREG(n->a.mode) && !fs_resize(n, 3) &&
+		    !fs_write(n, 0, (const unsigned char *)"ext", 3)) {
 			n->a.mode = S_IFREG | 0604;
 			n->a.mtime_ns = n->a.ctime_ns = now_ns();
 		}

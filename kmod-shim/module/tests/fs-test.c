@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
@@ -341,6 +342,36 @@ static void test_files(void)
 	       NULL);
 	close(fd);
 	unlink(P("ap"));
+
+	/* mappings: private and read-only shared; a write drops stale pages */
+	put(P("mm"), "mapped-1");
+	fd = open(P("mm"), O_RDONLY);
+	fd2 = open(P("mm"), O_RDWR);
+	{
+		char *m = fd >= 0 ? mmap(NULL, 8, PROT_READ, MAP_SHARED, fd, 0) : MAP_FAILED;
+		char *pv;
+
+		report("mmap_shared_read", m != MAP_FAILED && !memcmp(m, "mapped-1", 8), NULL);
+		report("mmap_sees_later_write", m != MAP_FAILED && pwrite(fd2, "MAPPED", 6, 0) == 6 &&
+		       !memcmp(m, "MAPPED-1", 8), NULL);
+		if (m != MAP_FAILED)
+			munmap(m, 8);
+		pv = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+		report("mmap_private_write_stays_private", pv != MAP_FAILED &&
+		       !memcmp(pv, "MAPPED-1", 8) && (memcpy(pv, "private", 7), 1) &&
+		       pread(fd, buf, 8, 0) == 8 && !memcmp(buf, "MAPPED-1", 8), NULL);
+		if (pv != MAP_FAILED)
+			munmap(pv, 4096);
+		m = mmap(NULL, 8, PROT_READ | PROT_WRITE, MAP_SHARED, fd2, 0);
+		report("mmap_shared_writable_refused", m == MAP_FAILED, NULL);
+		if (m != MAP_FAILED)
+			munmap(m, 8);
+	}
+	if (fd >= 0)
+		close(fd);
+	if (fd2 >= 0)
+		close(fd2);
+	unlink(P("mm"));
 }
 
 static int wait_file(const char *path, const char *want, double secs)

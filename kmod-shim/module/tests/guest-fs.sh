@@ -52,6 +52,7 @@ check fs_rm_r sh -c "rm -r $M/many && [ ! -e $M/many ]"
 check fs_cp_r sh -c "cp -r /lib/modules $M/mods && diff -rq /lib/modules $M/mods"
 check fs_tar_round_trip sh -c "tar -C $M -cf /tmp/t.tar mods && mkdir /tmp/x && tar -C /tmp/x -xf /tmp/t.tar && diff -rq /lib/modules /tmp/x/mods && [ \"\$(find $M/mods | wc -l)\" = \"\$(find /lib/modules | wc -l)\" ]"
 check fs_dd_fsync sh -c "dd if=/dev/zero of=$M/z bs=4096 count=16 conv=fsync 2>/dev/null && [ \$(stat -c %s $M/z) = 65536 ]"
+check fs_exec_from_the_mount sh -c "mkdir $M/bin && cp /bin/busybox $M/bin/busybox && [ \"\$($M/bin/busybox echo run)\" = run ] && rm -r $M/bin"
 check fs_find_md5sum sh -c "[ \"\$(cd $M/mods && find . -type f | sort | xargs md5sum)\" = \"\$(cd /lib/modules && find . -type f | sort | xargs md5sum)\" ]"
 check fs_mount_options_shown sh -c "grep -q 'zufs.*mount_id=7,root=1,attr_timeout_ms=1000,entry_timeout_ms=1000' /proc/mounts"
 
