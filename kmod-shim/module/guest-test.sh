@@ -40,6 +40,8 @@
 #   ZUFS_GUEST_TESTS="script.sh ..."
 #                  more guest test scripts, run after tests/guest-tests.sh
 #   OFFLINE=1      skip apt-get update/install; use what is cached
+#   BENCH=1        also run the guest benchmark (tests/guest-bench.sh:
+#                  module mount vs tmpfs ratios; not a test, prints GUEST: BENCH)
 #   PJDFSTEST=auto|required|off
 #                  pjdfstest in the guest (tmpfs vs the module mount): built
 #                  static with cargo into $ZUFS_KMOD_DIR/pjdfstest once;
@@ -205,6 +207,7 @@ if [ "$PJDFSTEST" != off ] && [ -x "$PJD" ]; then
   cp "$PJD" "$R/bin/"
   cp "$HERE/tests/guest-pjdfstest.sh" "$R/tests/15-pjdfstest.sh"
 fi
+[ "${BENCH:-0}" = 1 ] && cp "$HERE/tests/guest-bench.sh" "$R/tests/90-bench.sh"
 n=20
 for t in ${ZUFS_GUEST_TESTS:-}; do
   cp "$t" "$R/tests/$(printf '%02d' $n)-$(basename "$t")"; n=$((n + 1))
