@@ -97,6 +97,8 @@ pub enum TransportChoice {
     Uring,
     /// Classic /dev/fuse (fuser).
     Classic,
+    /// No bridge: the zufs kernel module (`/dev/zufs`) mounts zusd's mount (`crate::kmount`).
+    Kernel,
 }
 
 fn secs(v: &str, name: &str) -> Result<Duration> {
@@ -119,6 +121,7 @@ pub fn parse_mount_options(opts: &str, fsname: &str) -> Result<MountOptions> {
     let mut transport = match std::env::var("ZUFS_TRANSPORT").as_deref() {
         Ok("uring") => TransportChoice::Uring,
         Ok("classic") => TransportChoice::Classic,
+        Ok("kernel") => TransportChoice::Kernel,
         _ => TransportChoice::Auto,
     };
     let mut serve = ServeChoice::Channel;
@@ -149,6 +152,7 @@ pub fn parse_mount_options(opts: &str, fsname: &str) -> Result<MountOptions> {
             ("transport", Some("auto")) => transport = TransportChoice::Auto,
             ("transport", Some("uring")) => transport = TransportChoice::Uring,
             ("transport", Some("classic")) => transport = TransportChoice::Classic,
+            ("transport", Some("kernel")) => transport = TransportChoice::Kernel,
             ("serve", Some("channel")) => serve = ServeChoice::Channel,
             ("serve", Some("inline")) => serve = ServeChoice::Inline,
             ("ro", None) => {
@@ -206,6 +210,17 @@ fn record_path(env: &Env, mountpoint: &str) -> PathBuf {
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
     env.mounts_dir().join(format!("{h:016x}.json"))
+}
+
+pub(crate) fn write_record(env: &Env, rec: &MountRecord) {
+    let _ = std::fs::create_dir_all(env.mounts_dir());
+    if let Ok(s) = serde_json::to_string(rec) {
+        let _ = std::fs::write(record_path(env, &rec.mountpoint), s);
+    }
+}
+
+pub(crate) fn remove_record(env: &Env, mountpoint: &str) {
+    let _ = std::fs::remove_file(record_path(env, mountpoint));
 }
 
 fn read_record(env: &Env, mountpoint: &str) -> Option<MountRecord> {
@@ -444,9 +459,12 @@ fn check_mountpoint(mp: &Path) -> Result<PathBuf> {
 /// Anything that stops the mount; nothing is left mounted then.
 pub fn mount(env: &Env, a: &MountArgs) -> Result<()> {
     let mp = check_mountpoint(&a.mountpoint)?;
-    let _ = parse_mount_options(&a.options, "zufs")?;
+    let mo = parse_mount_options(&a.options, "zufs")?;
     if !a.device.is_empty() && a.device != "none" && !Path::new(&a.device).exists() {
         bail!("device {} does not exist", a.device);
+    }
+    if mo.transport == TransportChoice::Kernel {
+        return crate::kmount::mount(env, a, &mp, &mo).map(|_| ());
     }
     drop(connect(env, !a.no_start)?);
     std::fs::create_dir_all(env.mounts_dir()).with_context(|| format!("creating {}", env.mounts_dir().display()))?;
@@ -503,7 +521,7 @@ fn block_signals() -> libc::sigset_t {
     }
 }
 
-fn umount2(path: &Path, flags: i32) -> std::io::Result<()> {
+pub(crate) fn umount2(path: &Path, flags: i32) -> std::io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
@@ -528,6 +546,14 @@ pub fn serve(env: &Env, a: &MountArgs, notify_stdout: bool) -> Result<()> {
     let device = if a.device == "none" { String::new() } else { a.device.clone() };
     let fsname = if device.is_empty() { a.fs_type.clone() } else { device.clone() };
     let mo = parse_mount_options(&a.options, &fsname).map_err(|e| report_err(format!("{e:#}")))?;
+    if mo.transport == TransportChoice::Kernel {
+        // No bridge to run: mount through the module and return.
+        let id = crate::kmount::mount(env, a, &mp, &mo).map_err(|e| report_err(format!("{e:#}")))?;
+        if notify_stdout {
+            println!("READY {id}");
+        }
+        return Ok(());
+    }
     let signals = block_signals();
     let spec =
         MountSpec { socket: env.socket.clone(), fs_type: a.fs_type.clone(), device, server_options: mo.server.clone() };
@@ -578,7 +604,7 @@ pub fn serve(env: &Env, a: &MountArgs, notify_stdout: bool) -> Result<()> {
         });
     }
     let (transport, ustate): (Box<dyn Transport>, Option<Arc<UringState>>) = match mo.transport {
-        TransportChoice::Classic => (Box::new(FuserTransport), None),
+        TransportChoice::Classic | TransportChoice::Kernel => (Box::new(FuserTransport), None),
         TransportChoice::Uring => match uring_support() {
             Ok(_) => {
                 let t = UringTransport::new(true);
@@ -680,6 +706,9 @@ pub fn umount(env: &Env, mountpoint: &Path, lazy: bool) -> Result<()> {
     // fuser mounts with mount(2) as type "fuse" (the subtype only names the source): a mount is
     // ours when its bridge left a record.
     let rec = read_record(env, &s);
+    if m.fstype == crate::kmount::FS_TYPE {
+        return crate::kmount::umount(env, &mp, rec.filter(|r| r.transport == crate::kmount::TRANSPORT), lazy);
+    }
     if !m.fstype.starts_with("fuse") || rec.is_none() {
         bail!("{s} is not a zufs mount (it is {} from {})", m.fstype, m.source);
     }
@@ -719,7 +748,10 @@ pub fn umount(env: &Env, mountpoint: &Path, lazy: bool) -> Result<()> {
 pub fn status(env: &Env, json: bool) -> Result<()> {
     let r = connect(env, false).with_context(|| format!("zusd is not running at {}", env.socket.display()))?;
     let st = r.status()?;
-    let recs: Vec<MountRecord> = all_records(env).into_iter().filter(|x| pid_alive(x.pid)).collect();
+    let recs: Vec<MountRecord> = all_records(env)
+        .into_iter()
+        .filter(|x| if x.pid == 0 { crate::kmount::record_alive(x) } else { pid_alive(x.pid) })
+        .collect();
     let mp_of = |m: &zus_channel::control::MountInfo| {
         recs.iter()
             .find(|x| {
@@ -753,7 +785,7 @@ pub fn status(env: &Env, json: bool) -> Result<()> {
     for m in &st.mounts {
         let (mp, pid, tr, served) = mp_of(m)
             .map_or(("-".to_owned(), "-".to_owned(), String::new(), Vec::new()), |(a, b, t, c)| {
-                (a, b.to_string(), t, c)
+                (a, if b == 0 { "-".to_owned() } else { b.to_string() }, t, c)
             });
         println!(
             "  #{:<3} {:<8} {:<30} on {:<30} bridge pid {:<7} options {:?}{}; kernel-cached inodes {}, tickets {}",

@@ -6,6 +6,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 mod cli;
 mod inline;
+mod kmount;
 
 use cli::{Env, MountArgs};
 
@@ -53,6 +54,8 @@ enum Cmd {
     /// allow_other|noallow_other (default allow_other), default_permissions|nodefault_permissions
     /// (default on), direct_io, keep_cache, threads=N (default: one per CPU), pin|nopin (pin reader n to CPU n; default pin),
     /// transport=auto|uring|classic (default auto or $ZUFS_TRANSPORT: FUSE over io_uring where the kernel offers it), data=auto|remote|window (default auto: window up to 32 KiB, one-copy remote above),
+    /// transport=kernel: no bridge, the zufs kernel module (/dev/zufs: `modprobe zufs`, zusd started after it) mounts zusd's mount
+    /// (ro, sync, attr_timeout and entry_timeout apply; the FUSE-only options are ignored),
     /// fsname=NAME; anything else goes to the plugin.
     Mount {
         /// Filesystem type.
