@@ -99,6 +99,19 @@ pub struct DataDesc {
     pub ready: *mut u32,
 }
 
+impl DataDesc {
+    /// No bulk data: the descriptor of every op that moves none.
+    pub const NONE: Self = Self {
+        kind: data_kind::NONE,
+        pid: 0,
+        window: core::ptr::null_mut(),
+        window_len: 0,
+        iov: core::ptr::null(),
+        niov: 0,
+        ready: core::ptr::null_mut(),
+    };
+}
+
 /// One op call from the server to a plugin.
 #[repr(C)]
 #[derive(Debug)]

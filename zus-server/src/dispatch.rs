@@ -134,15 +134,7 @@ pub fn serve(
         return Served { result: Errno::EROFS.to_wire(), ..Served::default() };
     }
     let (win_off, win_size) = (slot.window_offset(), slot.window_size());
-    let mut data = DataDesc {
-        kind: data_kind::NONE,
-        pid: 0,
-        window: core::ptr::null_mut(),
-        window_len: 0,
-        iov: core::ptr::null(),
-        niov: 0,
-        ready: core::ptr::null_mut(),
-    };
+    let mut data = DataDesc::NONE;
     let data_in = |len: usize| -> Result<usize, Errno> { if len > win_size { Err(Errno::EINVAL) } else { Ok(len) } };
     match req {
         Request::Read(io, iovs) | Request::Write(io, iovs) => {

@@ -153,15 +153,7 @@ impl InlineMount {
             InlineData::In(d) => (d.as_ptr().cast_mut(), d.len(), false),
             InlineData::Out(d) => (d.as_mut_ptr(), d.len(), true),
         };
-        let mut desc = DataDesc {
-            kind: data_kind::NONE,
-            pid: 0,
-            window: core::ptr::null_mut(),
-            window_len: 0,
-            iov: core::ptr::null(),
-            niov: 0,
-            ready: core::ptr::null_mut(),
-        };
+        let mut desc = DataDesc::NONE;
         match decoded {
             Request::KernelCache(_) => return InlineOutcome::default(),
             Request::Ticket(_) => return InlineOutcome::err(Errno::EPERM),
