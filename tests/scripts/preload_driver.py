@@ -3,7 +3,8 @@
 
 Run under LD_PRELOAD=libzufs_preload.so by the preload tests: every os.* call below goes through
 the libc functions the library interposes (open, read, write, pread, pwrite, readv, writev,
-preadv, pwritev, lseek, fsync, ftruncate, fallocate, fstat, dup, close).
+preadv, pwritev, lseek, fsync, ftruncate, fallocate, fstat, dup, close), and copy_file_range,
+sendfile, splice and mmap go to the kernel mount (the library does not serve them).
 
 Replies: "ok VALUE" or "err ERRNO". Data comes back as hex; data to write is generated from a
 seed with the same pattern as the Rust side (pattern()).
@@ -89,6 +90,37 @@ def run(cmd, a):
     if cmd == "close":
         os.close(fd)
         return 0
+    # Calls the library does not serve (the kernel makes them): they must see the fast path's
+    # size and data at once.
+    if cmd == "copy_file_range":
+        # copy_file_range FD_IN OFF_IN FD_OUT OFF_OUT LEN
+        return os.copy_file_range(fd, int(a[2]), int(a[4]), int(a[1]), int(a[3]))
+    if cmd == "sendfile":
+        # sendfile FD_IN OFF LEN -> the bytes, through a pipe.
+        r, w = os.pipe()
+        try:
+            n = os.sendfile(w, fd, int(a[1]), int(a[2]))
+            return os.read(r, n).hex() if n else "-"
+        finally:
+            os.close(r)
+            os.close(w)
+    if cmd == "splice":
+        r, w = os.pipe()
+        try:
+            n = os.splice(fd, w, int(a[2]), offset_src=int(a[1]))
+            return os.read(r, n).hex() if n else "-"
+        finally:
+            os.close(r)
+            os.close(w)
+    if cmd == "mmapread":
+        # mmap(2) of [OFF, OFF+LEN) through the kernel mount (the mmap module's fstat is the
+        # library's), then a read of every byte: SIGBUS where the kernel's size is short.
+        import mmap
+        m = mmap.mmap(fd, int(a[2]), mmap.MAP_SHARED, mmap.PROT_READ, offset=int(a[1]))
+        try:
+            return m[:].hex() or "-"
+        finally:
+            m.close()
     if cmd == "stats":
         # The library's counters so far, one word per field (see zufs_preload_stats).
         import ctypes

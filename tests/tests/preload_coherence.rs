@@ -743,3 +743,364 @@ fn test_another_user_gets_the_fast_path_with_tickets_dax_mode() {
     skip_unless_ready!("python3");
     another_user_with_tickets("dax");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Every kernel call sees the fast path's size and data at once (issue 16). The library serves
+// read/write/fstat/... itself; copy_file_range, sendfile, splice, mmap, O_APPEND through the
+// kernel and stat from another process are the kernel's, and they take the file size from the
+// kernel's inode (copy_file_range clamps to it, a mapping faults SIGBUS past it, O_APPEND
+// starts at it) without asking the bridge. Each check below follows its own fast-path growth,
+// with nothing in between that could make the kernel ask (no stat, no lookup: the kernel fds
+// are opened before, and the mount keeps entries cached, as the README's options do).
+
+/// The options the README recommends for the fast path (entry_timeout left at its default).
+const RECOMMENDED: &str = "direct_io,attr_timeout=0";
+
+/// `opts` with the bridge on `transport`; None (after a printed reason) where the kernel has
+/// no FUSE over io_uring.
+fn on_transport(opts: &str, transport: &str) -> Option<String> {
+    if transport == "uring" && !std::path::Path::new("/sys/module/fuse/parameters/enable_uring").exists() {
+        eprintln!("SKIPPED: this kernel has no FUSE over io_uring");
+        return None;
+    }
+    Some(format!("{opts},transport={transport}"))
+}
+
+/// copy_file_range(2) through the kernel, as `cp` does: from `off` of `src` to the start of a
+/// fresh `dst` until it returns 0; the bytes that arrived.
+#[allow(unsafe_code)]
+fn kernel_copy_file_range(src: &std::fs::File, off: u64, dst: &std::path::Path) -> Vec<u8> {
+    use std::os::fd::AsRawFd;
+    let out = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(dst).unwrap();
+    let (mut off_in, mut off_out) = (off as i64, 0i64);
+    for _ in 0..64 {
+        // SAFETY: two open fds and two valid offset pointers.
+        let n = unsafe {
+            libc::copy_file_range(src.as_raw_fd(), &raw mut off_in, out.as_raw_fd(), &raw mut off_out, 1 << 20, 0)
+        };
+        assert!(n >= 0, "copy_file_range: {}", std::io::Error::last_os_error());
+        if n == 0 {
+            break;
+        }
+    }
+    drop(out);
+    std::fs::read(dst).unwrap()
+}
+
+/// sendfile(2) through the kernel from `off` of `src` into a file outside the mount, until 0.
+#[allow(unsafe_code)]
+fn kernel_sendfile(src: &std::fs::File, off: u64, dst: &std::path::Path) -> Vec<u8> {
+    use std::os::fd::AsRawFd;
+    let out = std::fs::File::create(dst).unwrap();
+    let mut o = off as i64;
+    for _ in 0..64 {
+        // SAFETY: two open fds and a valid offset pointer.
+        let n = unsafe { libc::sendfile(out.as_raw_fd(), src.as_raw_fd(), &raw mut o, 1 << 20) };
+        assert!(n >= 0, "sendfile: {}", std::io::Error::last_os_error());
+        if n == 0 {
+            break;
+        }
+    }
+    drop(out);
+    std::fs::read(dst).unwrap()
+}
+
+/// splice(2) through the kernel from `off` of `src` into a pipe, until 0.
+#[allow(unsafe_code)]
+fn kernel_splice(src: &std::fs::File, off: u64) -> Vec<u8> {
+    use std::io::Read;
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let mut p = [0i32; 2];
+    // SAFETY: p has room for the two fds.
+    assert_eq!(unsafe { libc::pipe(p.as_mut_ptr()) }, 0);
+    // SAFETY: fresh fds this function owns from here.
+    let (mut r, w) = unsafe { (std::fs::File::from_raw_fd(p[0]), std::fs::File::from_raw_fd(p[1])) };
+    let mut o = off as i64;
+    let mut got = Vec::new();
+    for _ in 0..256 {
+        // SAFETY: open fds and a valid offset pointer.
+        let n = unsafe { libc::splice(src.as_raw_fd(), &raw mut o, w.as_raw_fd(), std::ptr::null_mut(), 32 << 10, 0) };
+        assert!(n >= 0, "splice: {}", std::io::Error::last_os_error());
+        if n == 0 {
+            break;
+        }
+        let mut b = vec![0u8; n as usize];
+        r.read_exact(&mut b).unwrap();
+        got.extend_from_slice(&b);
+    }
+    got
+}
+
+/// A shared mapping of the first `len` bytes of the file `k` names, read in another process
+/// (no preload; it opens `/proc/PID/fd/N`, so no lookup or stat reaches the bridge): the bytes,
+/// or Err(why) when it died (SIGBUS past the kernel's size).
+fn kernel_mmap_in_child(k: &std::fs::File, len: usize) -> Result<Vec<u8>, String> {
+    use std::os::fd::AsRawFd;
+    const PY: &str = "import ctypes, os, sys\n\
+        fd = os.open(sys.argv[1], os.O_RDONLY)\n\
+        n = int(sys.argv[2])\n\
+        libc = ctypes.CDLL(None, use_errno=True)\n\
+        libc.mmap.restype = ctypes.c_void_p\n\
+        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]\n\
+        p = libc.mmap(None, n, 1, 1, fd, 0)\n\
+        if p is None or p == ctypes.c_void_p(-1).value:\n    sys.exit('mmap: errno %d' % ctypes.get_errno())\n\
+        sys.stdout.write(ctypes.string_at(p, n).hex())\n";
+    let path = format!("/proc/{}/fd/{}", std::process::id(), k.as_raw_fd());
+    let o = run_with_timeout(
+        std::process::Command::new("python3").args(["-c", PY, &path, &len.to_string()]),
+        Duration::from_secs(30),
+    );
+    if o.status.success() {
+        Ok(unhex(String::from_utf8_lossy(&o.stdout).trim()))
+    } else {
+        Err(format!("{:?}: {}", o.status, text(&o)))
+    }
+}
+
+/// Records a difference between `got` and `want` (the checks below report every path that
+/// failed, not only the first).
+fn check(bad: &mut Vec<String>, got: &[u8], want: &[u8], what: &str) {
+    if got != want {
+        let at = got.iter().zip(want).position(|(a, b)| a != b).unwrap_or(got.len().min(want.len()));
+        bad.push(format!("{what}: got {} bytes, want {}, first difference at {at}", got.len(), want.len()));
+    }
+}
+
+/// [`check`] for numbers.
+fn check_eq(bad: &mut Vec<String>, got: u64, want: u64, what: &str) {
+    if got != want {
+        bad.push(format!("{what}: got {got}, want {want}"));
+    }
+}
+
+/// Grows the file open as `fd` in the driver by `n` bytes of `pattern(seed)` at its end,
+/// through the fast path (checked: not through the kernel).
+fn fast_grow(d: &mut Driver, fd: i64, shadow: &mut Vec<u8>, seed: u64, n: usize) {
+    let before = live_stat(d, "kernel_cached");
+    let at = shadow.len();
+    assert_eq!(d.num(&format!("pwrite {fd} {at} {n} {seed}")), n as i64);
+    assert_eq!(live_stat(d, "kernel_cached"), before, "the growth went through the kernel, not the fast path");
+    shadow.extend_from_slice(&pattern(seed, n, 0));
+}
+
+/// Each kernel call, right after the fast path grew (or shrank) the file, sees its size and
+/// data: from another process (this one, no preload) and from the preloaded process itself.
+/// A call that reads through the page cache (copy_file_range, sendfile, splice, mmap) makes the
+/// bridge mark the file, and the fast path steps aside while the kernel file that cached pages
+/// is open: each check therefore has its own kernel file, opened before the growth (so that no
+/// lookup refreshes the kernel's size in between) and closed after, and the next growth waits
+/// for the fast path to come back.
+#[allow(clippy::too_many_lines)]
+fn kernel_calls_see_fast_path_size(mode: &str, transport: &str) {
+    use std::io::Seek;
+    let Some(opts) = on_transport(RECOMMENDED, transport) else { return };
+    let f = Fixture::new(&format!("preload-kcalls-{mode}-{transport}"), "128M", &opts);
+    let mut bad: Vec<String> = Vec::new();
+
+    // A writer that fsyncs, closes and exits; then stat and cp from another process at once.
+    let w = f.path("written");
+    let script = format!(
+        "import os\nfd = os.open('{}', os.O_CREAT | os.O_RDWR, 0o644)\n\
+         os.write(fd, bytes((i * 7) % 251 for i in range(100000)))\nos.fsync(fd)\nos.close(fd)\n",
+        w.display()
+    );
+    f.preload_ok(mode, "python3", &["-c", &script], 30);
+    let want: Vec<u8> = (0..100_000usize).map(|i| ((i * 7) % 251) as u8).collect();
+    check_eq(&mut bad, std::fs::metadata(&w).unwrap().len(), 100_000, "stat after the writer exited");
+    let o =
+        run_with_timeout(std::process::Command::new("cp").arg(&w).arg(f.path("written.cp")), Duration::from_secs(30));
+    assert!(o.status.success(), "cp: {}", text(&o));
+    check(&mut bad, &std::fs::read(f.path("written.cp")).unwrap(), &want, "cp right after the writer exited");
+
+    // Another process's calls on a file the fast path grows step by step.
+    let path = f.path("f");
+    let p = path.display().to_string();
+    let mut d = Driver::start(&f, mode);
+    let fd = d.num(&format!("open {p} rw,creat"));
+    let mut shadow: Vec<u8> = Vec::new();
+    let kopen = || std::fs::File::open(&path).unwrap();
+    let kappend = || std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+    // Every kernel file is opened now: a later open could look the name up again, and a lookup
+    // refreshes the kernel's attributes.
+    let (k1, k2, k3, k4, k5) = (kopen(), kopen(), kopen(), kopen(), kopen());
+    let (mut ka1, mut ka2) = (kappend(), kappend());
+
+    fast_grow(&mut d, fd, &mut shadow, 1, 100_000);
+    check(&mut bad, &kernel_copy_file_range(&k1, 0, &f.path("copy")), &shadow, "copy_file_range");
+    drop(k1);
+    wait_for_fast_path(&mut d, fd, "after copy_file_range");
+
+    fast_grow(&mut d, fd, &mut shadow, 2, 30_000);
+    check(&mut bad, &kernel_sendfile(&k2, 0, &f.dir.0.join("sent")), &shadow, "sendfile");
+    drop(k2);
+    wait_for_fast_path(&mut d, fd, "after sendfile");
+
+    fast_grow(&mut d, fd, &mut shadow, 3, 30_000);
+    check(&mut bad, &kernel_splice(&k3, 0), &shadow, "splice");
+    drop(k3);
+    wait_for_fast_path(&mut d, fd, "after splice");
+
+    fast_grow(&mut d, fd, &mut shadow, 4, 30_000);
+    match kernel_mmap_in_child(&k4, shadow.len()) {
+        Ok(m) => check(&mut bad, &m, &shadow, "mmap in another process"),
+        Err(e) => bad.push(format!("mmap in another process: {e}")),
+    }
+    drop(k4);
+    wait_for_fast_path(&mut d, fd, "after mmap");
+
+    fast_grow(&mut d, fd, &mut shadow, 5, 30_000);
+    ka1.write_all(b"tail").unwrap();
+    shadow.extend_from_slice(b"tail");
+    check_eq(&mut bad, ka1.stream_position().unwrap(), shadow.len() as u64, "O_APPEND position");
+    drop(ka1);
+
+    let before = live_stat(&mut d, "kernel_cached");
+    d.ok(&format!("ftruncate {fd} 150000"));
+    shadow.truncate(150_000);
+    ka2.write_all(b"end").unwrap();
+    shadow.extend_from_slice(b"end");
+    check_eq(&mut bad, ka2.stream_position().unwrap(), shadow.len() as u64, "O_APPEND position after ftruncate");
+    drop(ka2);
+
+    d.ok(&format!("fallocate {fd} 0 {} 20000", shadow.len()));
+    assert_eq!(live_stat(&mut d, "kernel_cached"), before, "ftruncate or fallocate went through the kernel");
+    shadow.resize(shadow.len() + 20_000, 0);
+    check(&mut bad, &kernel_copy_file_range(&k5, 0, &f.path("copy")), &shadow, "copy_file_range after fallocate");
+    drop(k5);
+    wait_for_fast_path(&mut d, fd, "after copy_file_range after fallocate");
+
+    fast_grow(&mut d, fd, &mut shadow, 6, 30_000);
+    check_eq(&mut bad, std::fs::metadata(&path).unwrap().len(), shadow.len() as u64, "stat from another process");
+    check(&mut bad, &std::fs::read(&path).unwrap(), &shadow, "read from another process");
+    d.ok(&format!("close {fd}"));
+
+    // The preloaded process's own calls (its fstat is the library's: the kernel is never asked),
+    // each on a fresh open of its own file.
+    let g = f.path("g");
+    let gp = g.display().to_string();
+    let out = f.path("out");
+    let ofd = d.num(&format!("open {} rw,creat", out.display()));
+    let mut shadow: Vec<u8> = Vec::new();
+    let fd = d.num(&format!("open {gp} rw,creat"));
+    fast_grow(&mut d, fd, &mut shadow, 7, 40_000);
+    let n = shadow.len() as u64;
+    let copied = d.num(&format!("copy_file_range {fd} 0 {ofd} 0 {}", n + 4096));
+    check_eq(&mut bad, copied as u64, n, "own copy_file_range");
+    check(
+        &mut bad,
+        &std::fs::read(&out).unwrap()[..copied as usize],
+        &shadow[..copied as usize],
+        "own copy_file_range data",
+    );
+    d.ok(&format!("close {fd}"));
+    let fd = d.num(&format!("open {gp} rw"));
+    wait_for_fast_path(&mut d, fd, "after own copy_file_range");
+    fast_grow(&mut d, fd, &mut shadow, 8, 30_000);
+    let tail = shadow.len() - 50_000;
+    check(&mut bad, &unhex(&d.ok(&format!("sendfile {fd} {tail} 60000"))), &shadow[tail..], "own sendfile");
+    d.ok(&format!("close {fd}"));
+    let fd = d.num(&format!("open {gp} rw"));
+    wait_for_fast_path(&mut d, fd, "after own sendfile");
+    fast_grow(&mut d, fd, &mut shadow, 9, 30_000);
+    let tail = shadow.len() - 50_000;
+    check(&mut bad, &unhex(&d.ok(&format!("splice {fd} {tail} 60000"))), &shadow[tail..], "own splice");
+    d.ok(&format!("close {fd}"));
+    let fd = d.num(&format!("open {gp} rw"));
+    wait_for_fast_path(&mut d, fd, "after own splice");
+    // Last: a mapping past the kernel's size kills the driver (SIGBUS), so what failed so far
+    // is printed first.
+    if !bad.is_empty() {
+        eprintln!("so far ({mode}, {transport}):\n{}", bad.join("\n"));
+    }
+    fast_grow(&mut d, fd, &mut shadow, 10, 30_000);
+    let n = shadow.len();
+    match d.cmd(&format!("mmapread {fd} 0 {n}")) {
+        Ok(v) => check(&mut bad, &unhex(&v), &shadow, "own mmap"),
+        Err(e) => bad.push(format!("own mmap: errno {e}")),
+    }
+    assert!(
+        bad.is_empty(),
+        "kernel calls that missed the fast path's size or data ({mode}, {transport}):\n{}",
+        bad.join("\n")
+    );
+    let stats = d.finish();
+    assert_fast_path_used(&stats, mode);
+    assert!(stat_field(&stats, "kernel_sync") >= 10, "the kernel was not told of the sizes: {stats}");
+    let out = f.unmount_and_fsck();
+    assert!(out.contains(" 0 problem"), "{out}");
+}
+
+#[test]
+fn test_kernel_calls_see_fast_path_size_channel_mode_classic() {
+    skip_unless_ready!("python3", "cp");
+    kernel_calls_see_fast_path_size("channel", "classic");
+}
+
+#[test]
+fn test_kernel_calls_see_fast_path_size_channel_mode_uring() {
+    skip_unless_ready!("python3", "cp");
+    kernel_calls_see_fast_path_size("channel", "uring");
+}
+
+#[test]
+fn test_kernel_calls_see_fast_path_size_dax_mode_classic() {
+    skip_unless_ready!("python3", "cp");
+    kernel_calls_see_fast_path_size("dax", "classic");
+}
+
+#[test]
+fn test_kernel_calls_see_fast_path_size_dax_mode_uring() {
+    skip_unless_ready!("python3", "cp");
+    kernel_calls_see_fast_path_size("dax", "uring");
+}
+
+/// stat from another process sees what the fast path changed at once on the README's mount,
+/// on a file the kernel just created: its CREATE reply must not let the kernel keep the
+/// attributes for the entry timeout. fallocate(KEEP_SIZE) changes the blocks, not the size.
+fn stat_sees_fast_path_change_after_create(transport: &str) {
+    let Some(opts) = on_transport(RECOMMENDED, transport) else { return };
+    let f = Fixture::new(&format!("preload-create-{transport}"), "64M", &opts);
+    let path = f.path("m");
+    drop(std::fs::File::create(&path).unwrap());
+    let mut d = Driver::start(&f, "dax");
+    let fd = d.num(&format!("open {} rw", path.display()));
+    d.ok(&format!("fallocate {fd} {} 0 65536", libc::FALLOC_FL_KEEP_SIZE));
+    let md = std::fs::metadata(&path).unwrap();
+    assert!(md.blocks() >= 128, "stat shows {} blocks after a 64 KiB fallocate ({transport})", md.blocks());
+    assert_eq!(md.len(), 0);
+    d.finish();
+}
+
+#[test]
+fn test_stat_sees_fast_path_change_after_kernel_create_classic() {
+    skip_unless_ready!("python3");
+    stat_sees_fast_path_change_after_create("classic");
+}
+
+#[test]
+fn test_stat_sees_fast_path_change_after_kernel_create_uring() {
+    skip_unless_ready!("python3");
+    stat_sees_fast_path_change_after_create("uring");
+}
+
+/// With the kernel's attribute cache on (attr_timeout of 1 s, the default), stat from another
+/// process still sees a size the fast path set, at once.
+#[test]
+fn test_stat_sees_fast_path_size_with_attribute_cache() {
+    skip_unless_ready!("python3");
+    let f = Fixture::new("preload-attrcache", "64M", "direct_io");
+    let path = f.path("a");
+    std::fs::write(&path, b"x").unwrap();
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 1);
+    let mut d = Driver::start(&f, "dax");
+    let fd = d.num(&format!("open {} rw", path.display()));
+    for (i, n) in [5000u64, 70_000, 3000].into_iter().enumerate() {
+        if i == 2 {
+            d.ok(&format!("ftruncate {fd} {n}"));
+        } else {
+            assert_eq!(d.num(&format!("pwrite {fd} 0 {n} 1")), n as i64);
+        }
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), n, "stat after fast-path size change {i}");
+    }
+    assert_fast_path_used(&d.finish(), "dax");
+}

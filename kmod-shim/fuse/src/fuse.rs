@@ -683,8 +683,12 @@ impl Filesystem for FuseFs {
             Err(e) => return reply.error(err(e)),
         };
         match self.bridge.open(c, a.ino, flags.cast_unsigned()) {
+            // fuser's CREATE reply has one timeout for the entry and the attributes: the shorter
+            // one, so that the kernel does not keep the new file's attributes for the entry
+            // timeout (with attr_timeout=0, a stat would show the size at create for up to
+            // entry_timeout after the fast path grew the file).
             Ok(fh) => reply.created(
-                &self.opts.entry_timeout,
+                &self.opts.entry_timeout.min(self.opts.attr_timeout),
                 &file_attr(&a),
                 Generation(a.generation),
                 FileHandle(fh),

@@ -547,7 +547,7 @@ impl Server {
                 let mode = if arg.mode & libc::S_IFMT == 0 { arg.mode | libc::S_IFREG } else { arg.mode };
                 let a = b.make(c, OpCode::Create, node, name, mode, 0, arg.flags).map_err(e)?;
                 let fh = b.open(c, a.ino, arg.flags).map_err(e)?;
-                self.entry(&a, self.opts.entry_timeout, self.opts.entry_timeout, out);
+                self.entry(&a, self.opts.entry_timeout, self.opts.attr_timeout, out);
                 out.extend_from_slice(bytes_of(&abi::OpenOut {
                     fh,
                     open_flags: self.open_flags(arg.flags),

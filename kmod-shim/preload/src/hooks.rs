@@ -258,7 +258,7 @@ macro_rules! ftruncate_like {
     ($name:ident) => {
         #[unsafe(no_mangle)]
         pub unsafe extern "C" fn $name(fd: c_int, len: off_t) -> c_int {
-            serve!(fd, |f| io::ftruncate(f, len), real!($name: fn(c_int, off_t) -> c_int; fd, len))
+            serve!(fd, |f| io::ftruncate(f, fd, len), real!($name: fn(c_int, off_t) -> c_int; fd, len))
         }
     };
 }
@@ -269,7 +269,7 @@ macro_rules! fallocate_like {
     ($name:ident) => {
         #[unsafe(no_mangle)]
         pub unsafe extern "C" fn $name(fd: c_int, mode: c_int, off: off_t, len: off_t) -> c_int {
-            serve!(fd, |f| io::fallocate(f, mode, off, len), real!($name: fn(c_int, c_int, off_t, off_t) -> c_int; fd, mode, off, len))
+            serve!(fd, |f| io::fallocate(f, fd, mode, off, len), real!($name: fn(c_int, c_int, off_t, off_t) -> c_int; fd, mode, off, len))
         }
     };
 }

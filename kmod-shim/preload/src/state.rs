@@ -403,6 +403,8 @@ pub struct Stats {
     pub other: AtomicU64,
     /// Calls passed to the kernel because it caches the file's pages.
     pub kernel_cached: AtomicU64,
+    /// Sizes the kernel was made to fetch after the fast path moved them.
+    pub kernel_sync: AtomicU64,
 }
 
 /// Whether [`STATS`] are kept.
@@ -417,6 +419,7 @@ pub static STATS: Stats = Stats {
     map_done: AtomicU64::new(0),
     other: AtomicU64::new(0),
     kernel_cached: AtomicU64::new(0),
+    kernel_sync: AtomicU64::new(0),
 };
 
 /// Adds `n` to a counter when stats are on.
@@ -432,7 +435,8 @@ pub fn stats_line() -> String {
     let s = &STATS;
     let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
     format!(
-        "stats pid {}: served {} chan_io {} window_io {} dax_bytes {} map {} map_done {} other {} kernel_cached {}",
+        "stats pid {}: served {} chan_io {} window_io {} dax_bytes {} map {} map_done {} other {} kernel_cached {} \
+         kernel_sync {}",
         std::process::id(),
         g(&s.served),
         g(&s.chan_io),
@@ -441,7 +445,8 @@ pub fn stats_line() -> String {
         g(&s.map),
         g(&s.map_done),
         g(&s.other),
-        g(&s.kernel_cached)
+        g(&s.kernel_cached),
+        g(&s.kernel_sync)
     )
 }
 

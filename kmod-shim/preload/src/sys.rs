@@ -34,6 +34,40 @@ pub fn fstat(fd: c_int) -> Result<libc::stat, i32> {
     Ok(unsafe { st.assume_init() })
 }
 
+/// The size the kernel's inode of `fd` holds after statx(2) with `sync` (`AT_STATX_*`) flags.
+fn statx_size(fd: c_int, sync: c_int) -> Option<u64> {
+    let mut stx = core::mem::MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: the path is NUL-terminated; the kernel writes at most one `struct statx` into
+    // our buffer.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_statx,
+            fd,
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | sync,
+            libc::STATX_SIZE,
+            stx.as_mut_ptr(),
+        )
+    };
+    check(r).ok()?;
+    // SAFETY: zero-initialized, then filled by the kernel; every bit pattern is a valid statx.
+    Some(unsafe { stx.assume_init() }.stx_size)
+}
+
+/// Makes the kernel fetch the attributes of the file `fd` names from the filesystem now
+/// (`AT_STATX_FORCE_SYNC`: FUSE sends GETATTR whatever its attribute timeout), so that its
+/// cached size is the true one for every kernel call that trusts it (copy_file_range, splice,
+/// a mapping's faults, O_APPEND). A reply the kernel dropped (a concurrent change through the
+/// kernel moved its attribute version) is asked for again, a few times.
+pub fn refresh_kernel_attrs(fd: c_int) {
+    for _ in 0..4 {
+        let Some(fresh) = statx_size(fd, libc::AT_STATX_FORCE_SYNC) else { return };
+        if statx_size(fd, libc::AT_STATX_DONT_SYNC) == Some(fresh) {
+            return;
+        }
+    }
+}
+
 /// lseek(2) without the libc wrapper.
 pub fn lseek(fd: c_int, off: i64, whence: c_int) -> Result<i64, i32> {
     // SAFETY: lseek takes plain integers.

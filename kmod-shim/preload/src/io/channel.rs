@@ -23,7 +23,9 @@ pub(super) fn io_req(f: File, off: u64, len: u64, flags: u32, data_kind: u32, ni
     IoReq { ino: ino(f), fh: 0, offset: off, len, flags, data_kind, niov, reserved: 0 }
 }
 
-/// One channel read or write of the buffers `iov` at `off`: (bytes, reply).
+/// One channel read or write of the buffers `iov` at `off`: (bytes, reply). A write that
+/// reached the end of the file (it may have moved the size; an append always does) is noted for
+/// the call (`note_size_moved`).
 pub(super) fn chan_io(
     f: File,
     write: bool,
@@ -32,6 +34,18 @@ pub(super) fn chan_io(
     off: u64,
     flags: u32,
 ) -> Result<(u64, IoReply), i32> {
+    let r = chan_io_once(f, write, iov, total, off, flags);
+    if write
+        && let Ok((n, rep)) = &r
+        && *n > 0
+        && (flags & io_flags::APPEND != 0 || off.saturating_add(*n) >= rep.size)
+    {
+        super::note_size_moved();
+    }
+    r
+}
+
+fn chan_io_once(f: File, write: bool, iov: &[IoVec], total: u64, off: u64, flags: u32) -> Result<(u64, IoReply), i32> {
     if total == 0 {
         return Ok((0, IoReply { size: 0, offset: off }));
     }

@@ -83,6 +83,30 @@ pub fn hold(fd: i32, mut e: u32) -> Option<Held> {
     }
 }
 
+thread_local! {
+    /// Set during a call by a write that reached the end of the file (it may have moved the
+    /// size): the call then has the kernel fetch the size ([`sync_kernel_size`]).
+    static SIZE_MOVED: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
+}
+
+/// A write of this call reached the end of the file.
+fn note_size_moved() {
+    SIZE_MOVED.set(true);
+}
+
+/// The fast path moved the size of `f` (open as `fd`): the kernel's inode must hold the new
+/// one before the call returns. The kernel trusts its cached size, without asking the bridge,
+/// for copy_file_range (it copies nothing past it), sendfile and splice (they stop at it), a
+/// mapping's faults (SIGBUS past it) and O_APPEND (its position); so we make it fetch the size
+/// now, one GETATTR through the mount (see `sys::refresh_kernel_attrs`).
+fn sync_kernel_size(f: File, fd: i32) {
+    // A closed fd (another thread, during the call) may name another file now.
+    if names(fd, f) {
+        state::count(&state::STATS.kernel_sync, 1);
+        sys::refresh_kernel_attrs(fd);
+    }
+}
+
 /// Whether `fd` still names `f` (not closed, or closed and reused, since the call began).
 fn names(fd: i32, f: File) -> bool {
     state::slot_of(state::fd_entry(fd)).is_some_and(|s| core::ptr::eq(s, f.s))
@@ -291,6 +315,7 @@ pub unsafe fn rw(
     let mut total = 0u64;
     let mut last_end = None;
     let mut i = 0usize;
+    SIZE_MOVED.set(false);
     let cnt = cnt as usize;
     let mut err = None;
     while i < cnt {
@@ -330,6 +355,9 @@ pub unsafe fn rw(
                 break;
             }
         }
+    }
+    if write && SIZE_MOVED.take() {
+        sync_kernel_size(f, fd);
     }
     // The kernel's offset of the file: unless another thread closed the fd meanwhile (the
     // offset went with the file; the number may name another file now).
@@ -405,8 +433,8 @@ pub fn fsync(f: File, datasync: bool) -> Result<i64, i32> {
     op(f, OpCode::Fsync, &[req.as_bytes()], &mut []).map(|_| 0)
 }
 
-/// ftruncate(2).
-pub fn ftruncate(f: File, len: i64) -> Result<i64, i32> {
+/// ftruncate(2) of `f`, open as `fd`.
+pub fn ftruncate(f: File, fd: i32, len: i64) -> Result<i64, i32> {
     if len < 0 {
         return Err(libc::EINVAL);
     }
@@ -419,11 +447,13 @@ pub fn ftruncate(f: File, len: i64) -> Result<i64, i32> {
     LAYOUT_EPOCH.fetch_add(1, Ordering::AcqRel);
     let r = op(f, OpCode::Setattr, &[req.as_bytes()], &mut rep);
     LAYOUT_EPOCH.fetch_add(1, Ordering::AcqRel);
-    r.map(|_| 0)
+    r?;
+    sync_kernel_size(f, fd);
+    Ok(0)
 }
 
-/// fallocate(2).
-pub fn fallocate(f: File, mode: i32, off: i64, len: i64) -> Result<i64, i32> {
+/// fallocate(2) of `f`, open as `fd`.
+pub fn fallocate(f: File, fd: i32, mode: i32, off: i64, len: i64) -> Result<i64, i32> {
     if off < 0 || len <= 0 {
         return Err(libc::EINVAL);
     }
@@ -435,7 +465,12 @@ pub fn fallocate(f: File, mode: i32, off: i64, len: i64) -> Result<i64, i32> {
     LAYOUT_EPOCH.fetch_add(1, Ordering::AcqRel);
     let r = op(f, OpCode::Fallocate, &[req.as_bytes()], &mut []);
     LAYOUT_EPOCH.fetch_add(1, Ordering::AcqRel);
-    r.map(|_| 0)
+    r?;
+    // Without KEEP_SIZE the size may have moved (allocation past the end, collapse, insert).
+    if mode & libc::FALLOC_FL_KEEP_SIZE == 0 {
+        sync_kernel_size(f, fd);
+    }
+    Ok(0)
 }
 
 /// Re-reads the open flags after F_SETFL.
