@@ -193,8 +193,20 @@ pub fn umount(env: &Env, mp: &Path, rec: Option<MountRecord>, lazy: bool) -> Res
         bail!("{s} is unmounted, but its zusd mount id is unknown: unmount it at zusd by hand");
     };
     let env2 = rec.as_ref().map_or_else(|| env.clone(), |r| Env { socket: r.socket.clone().into(), ..env.clone() });
-    let r = crate::cli::connect(&env2, false)
-        .with_context(|| format!("{s} is unmounted, but zusd ({}) is unreachable", env2.socket.display()))?;
+    let r = match zus_client::Relay::connect(&env2.socket, "zufs") {
+        Ok(r) => r,
+        // zusd is gone (killed, or stopped): its mounts went with it, nothing to flush.
+        Err(zus_client::RelayError::Connect { source, .. })
+            if matches!(source.raw_os_error(), Some(libc::ENOENT | libc::ECONNREFUSED)) =>
+        {
+            eprintln!(
+                "zufs: {s} unmounted; zusd is not running at {}, so no zusd mount is left",
+                env2.socket.display()
+            );
+            return Ok(());
+        }
+        Err(e) => bail!("{s} is unmounted, but zusd ({}) is unreachable: {e}", env2.socket.display()),
+    };
     let st = r.status()?;
     let Some(zm) = st.mounts.iter().find(|z| {
         z.mount_id == mount_id && rec.as_ref().is_none_or(|r| r.device == z.device && r.fs_type == z.fs_type)
