@@ -26,9 +26,11 @@ echo "== kernel module: qemu guest test =="
 # Builds zufs.ko against Debian's current kernel and boots it in a TCG guest (about a minute; its
 # downloads are cached in ZUFS_KMOD_DIR, default /tmp/zufs-kmod, outside the repository). It exits
 # 77 only when this machine cannot run it (not root, not Debian, no package source and nothing
-# cached), after saying why; ZUFS_KMOD_REQUIRED=1 makes that a failure too.
+# cached), after saying why; ZUFS_KMOD_REQUIRED=1 makes that a failure too. zusd-guest-test.sh is
+# guest-test.sh with zusd's guest tests in the same boot (K-ZTs; pmemfs mounted with
+# `zufs mount -o transport=kernel`, zusd killed, fsck), about a minute more.
 kmod_rc=0
-PJDFSTEST=${PJDFSTEST:-required} bash kmod-shim/module/guest-test.sh || kmod_rc=$?  # cargo is here: pjdfstest must run
+PJDFSTEST=${PJDFSTEST:-required} bash kmod-shim/module/tests/zusd-guest-test.sh || kmod_rc=$?  # cargo is here: pjdfstest must run
 if [ "$kmod_rc" = 77 ]; then
     echo "== kernel module guest test SKIPPED: this machine cannot run it (reason above) =="
 elif [ "$kmod_rc" != 0 ]; then
