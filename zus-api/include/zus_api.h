@@ -115,6 +115,11 @@ struct zus_op_call;
 #define ZUS_IO_FLAGS_DIRECT 0x2U
 /* O_APPEND: write at the end of file (offset ignored), atomically. */
 #define ZUS_IO_FLAGS_APPEND 0x4U
+/*
+ * The writer lacks CAP_FSETID (FUSE_WRITE_KILL_SUIDGID): the write clears S_ISUID, and
+ * S_ISGID when the group-exec bit is set, in the same operation.
+ */
+#define ZUS_IO_FLAGS_KILL_SUIDGID 0x8U
 /* Most iovecs one request may carry. */
 #define ZUS_MAX_IOV 256
 /* Marks a hole in an `struct zus_extent`. */

@@ -415,6 +415,9 @@ pub mod io_flags {
     pub const DIRECT: u32 = 1 << 1;
     /// O_APPEND: write at the end of file (offset ignored), atomically.
     pub const APPEND: u32 = 1 << 2;
+    /// The writer lacks CAP_FSETID (FUSE_WRITE_KILL_SUIDGID): the write clears S_ISUID, and
+    /// S_ISGID when the group-exec bit is set, in the same operation.
+    pub const KILL_SUIDGID: u32 = 1 << 3;
 }
 
 /// Read or write `len` bytes at `offset`.

@@ -73,6 +73,7 @@ pub mod op {
 pub mod init {
     pub const ASYNC_READ: u64 = 1 << 0;
     pub const ATOMIC_O_TRUNC: u64 = 1 << 3;
+    pub const EXPORT_SUPPORT: u64 = 1 << 4;
     pub const BIG_WRITES: u64 = 1 << 5;
     pub const ASYNC_DIO: u64 = 1 << 15;
     pub const PARALLEL_DIROPS: u64 = 1 << 18;
@@ -106,6 +107,9 @@ pub mod fattr {
     pub const CTIME: u32 = 1 << 10;
     pub const KILL_SUIDGID: u32 = 1 << 11;
 }
+
+/// `fuse_write_in.write_flags`: the writer lacks CAP_FSETID (clear the set-id bits).
+pub const WRITE_KILL_SUIDGID: u32 = 1 << 2;
 
 /// Notification codes (the `error` field of an unsolicited out header).
 pub const NOTIFY_INVAL_INODE: i32 = 2;

@@ -802,10 +802,12 @@ impl Bridge {
         })
     }
 
-    /// write; `open_flags` are the file's flags (O_SYNC, O_DSYNC, O_DIRECT, O_APPEND).
+    /// write; `open_flags` are the file's flags (O_SYNC, O_DSYNC, O_DIRECT, O_APPEND);
+    /// `kill_suidgid`: the kernel's FUSE_WRITE_KILL_SUIDGID (the writer lacks CAP_FSETID).
     ///
     /// # Errors
     /// The op's errno.
+    #[allow(clippy::too_many_arguments)]
     pub fn write(
         &self,
         creds: Creds,
@@ -814,6 +816,7 @@ impl Bridge {
         offset: u64,
         data: &[u8],
         open_flags: i32,
+        kill_suidgid: bool,
     ) -> Result<usize, Errno> {
         let c = self.conn_or_eio()?;
         let (_, pfh) = self.plugin_fh(&c, fh)?;
@@ -832,6 +835,9 @@ impl Bridge {
         // file under the inode lock instead (the kernel still serialises appends on the inode).
         if open_flags & libc::O_APPEND != 0 {
             flags |= io_flags::APPEND;
+        }
+        if kill_suidgid {
+            flags |= io_flags::KILL_SUIDGID;
         }
         let ino = self.to_ino(node);
         let len = data.len() as u64;
@@ -915,16 +921,29 @@ impl Bridge {
         Ok((v, buf))
     }
 
-    /// listxattr (as getxattr).
+    /// listxattr (as getxattr). `trusted.*` names are listed to root only (as tmpfs and ext4
+    /// do for callers without CAP_SYS_ADMIN; the kernel leaves that filter to the filesystem).
     ///
     /// # Errors
     /// The op's errno.
-    pub fn listxattr(&self, node: u64, size: u32) -> Result<(u64, Vec<u8>), Errno> {
-        let r = XattrReq { ino: self.to_ino(node), name_len: 0, flags: 0, size, reserved: 0 };
-        let mut buf = vec![0u8; (size as usize).min(self.window)];
+    pub fn listxattr(&self, creds: Creds, node: u64, size: u32) -> Result<(u64, Vec<u8>), Errno> {
+        let filter = creds.uid != 0;
+        let want = if filter { u32::try_from(self.window).unwrap_or(u32::MAX) } else { size };
+        let r = XattrReq { ino: self.to_ino(node), name_len: 0, flags: 0, size: want, reserved: 0 };
+        let mut buf = vec![0u8; (want as usize).min(self.window)];
         let (v, n) = self.data_op(None, OpCode::Listxattr, &[r.as_bytes()], &mut buf)?;
         buf.truncate(n);
-        Ok((v, buf))
+        if !filter {
+            return Ok((v, buf));
+        }
+        let mut list = Vec::with_capacity(buf.len());
+        for name in buf.split_inclusive(|&c| c == 0).filter(|n| !n.starts_with(b"trusted.")) {
+            list.extend_from_slice(name);
+        }
+        if size != 0 && list.len() > size as usize {
+            return Err(Errno(libc::ERANGE));
+        }
+        Ok((list.len() as u64, if size == 0 { Vec::new() } else { list }))
     }
 
     /// setxattr.

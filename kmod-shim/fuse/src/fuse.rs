@@ -106,7 +106,11 @@ impl Transport for FuserTransport {
         opts: &FuseOptions,
         ready: &mut dyn FnMut(),
     ) -> std::io::Result<()> {
-        let mut mo = vec![MountOption::FSName(opts.fsname.clone()), MountOption::Subtype("zufs".into())];
+        // `dev`: root may make and use device nodes on the mount, as on a kernel filesystem
+        // (fuser defaults to nodev; a mount by another user goes through fusermount3, which
+        // forces nodev itself).
+        let mut mo =
+            vec![MountOption::FSName(opts.fsname.clone()), MountOption::Subtype("zufs".into()), MountOption::Dev];
         if opts.default_permissions {
             mo.push(MountOption::DefaultPermissions);
         }
@@ -303,10 +307,14 @@ impl Filesystem for FuseFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let max = u32::try_from(self.bridge.max_io().min(1 << 20)).unwrap_or(1 << 20);
         let _ = config.set_max_write(max);
-        let mut want = InitFlags::FUSE_PARALLEL_DIROPS | InitFlags::FUSE_ASYNC_DIO;
-        if self.opts.direct_io {
-            want |= InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP;
-        }
+        // DIRECT_IO_ALLOW_MMAP: shared mappings of direct_io files (an O_DIRECT open, or every
+        // file with the direct_io option). EXPORT_SUPPORT: file handles (name_to_handle_at, NFS)
+        // are node id + generation, which are the plugin's persistent inode number and
+        // generation; the kernel looks up "." and ".." of a node it no longer caches.
+        let want = InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_ASYNC_DIO
+            | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP
+            | InitFlags::FUSE_EXPORT_SUPPORT;
         let _ = config.add_capabilities(want & config.capabilities());
         Ok(())
     }
@@ -509,7 +517,7 @@ impl Filesystem for FuseFs {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
@@ -519,7 +527,8 @@ impl Filesystem for FuseFs {
             // Written through the page cache: the kernel keeps the pages.
             self.bridge.note_page_cache_io(fh.0);
         }
-        match self.bridge.write(creds(req), ino.0, fh.0, offset, data, flags.0) {
+        let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+        match self.bridge.write(creds(req), ino.0, fh.0, offset, data, flags.0, kill) {
             Ok(n) => reply.written(u32::try_from(n).unwrap_or(u32::MAX)),
             Err(e) => reply.error(err(e)),
         }
@@ -592,6 +601,22 @@ impl Filesystem for FuseFs {
         }
     }
 
+    fn opendir(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        pin_reader();
+        // An open directory, like an open file, outlives its removal (rmdir, or a rename over
+        // it) until its last release: the plugin counts it.
+        match self.bridge.open(creds(req), ino.0, flags.0.cast_unsigned()) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn releasedir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        pin_reader();
+        self.bridge.release(ino.0, fh.0);
+        reply.ok();
+    }
+
     fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
         pin_reader();
         match self.bridge.fsync(ino.0, 0, datasync) {
@@ -643,9 +668,9 @@ impl Filesystem for FuseFs {
         }
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         pin_reader();
-        match self.bridge.listxattr(ino.0, size) {
+        match self.bridge.listxattr(creds(req), ino.0, size) {
             Ok((len, _)) if size == 0 => reply.size(u32::try_from(len).unwrap_or(u32::MAX)),
             Ok((_, v)) => reply.data(&v),
             Err(e) => reply.error(err(e)),

@@ -194,7 +194,8 @@ fn mount_fuse(mountpoint: &Path, opts: &FuseOptions) -> io::Result<File> {
     if opts.allow_other {
         data.push_str(",allow_other");
     }
-    let mut flags = libc::MS_NODEV | libc::MS_NOSUID;
+    // Device nodes work (as on a kernel filesystem; only root may make them).
+    let mut flags = libc::MS_NOSUID;
     if opts.read_only {
         flags |= libc::MS_RDONLY;
     }
@@ -364,10 +365,10 @@ impl Server {
             | abi::init::MAX_PAGES
             | abi::init::PARALLEL_DIROPS
             | abi::init::ASYNC_DIO
-            | abi::init::INIT_EXT;
-        if self.opts.direct_io {
-            want |= abi::init::DIRECT_IO_ALLOW_MMAP;
-        }
+            | abi::init::INIT_EXT
+            // Shared mappings of direct_io files; file handles (node id + generation).
+            | abi::init::DIRECT_IO_ALLOW_MMAP
+            | abi::init::EXPORT_SUPPORT;
         if self.uring {
             want |= abi::init::OVER_IO_URING;
         }
@@ -411,7 +412,11 @@ impl Server {
         let ok = |r: Result<(), Errno>| r.map(|()| Outcome::Reply).map_err(e);
         match req {
             Request::Init(_) | Request::Read(_) => Err(libc::EIO),
-            Request::Destroy | Request::Flush(_) | Request::Access(_) | Request::Releasedir(_) => Ok(Outcome::Reply),
+            Request::Destroy | Request::Flush(_) | Request::Access(_) => Ok(Outcome::Reply),
+            Request::Releasedir(r) => {
+                b.release(node, r.fh);
+                Ok(Outcome::Reply)
+            }
             Request::Interrupt(_) => Ok(Outcome::None),
             Request::Forget(f) => {
                 b.forget(node, f.nlookup);
@@ -490,8 +495,10 @@ impl Server {
                 }));
                 Ok(Outcome::Reply)
             }
-            Request::Opendir(_) => {
-                out.extend_from_slice(bytes_of(&abi::OpenOut::default()));
+            Request::Opendir(o) => {
+                // An open directory outlives its removal until its last release, as a file.
+                let fh = b.open(c, node, o.flags).map_err(e)?;
+                out.extend_from_slice(bytes_of(&abi::OpenOut { fh, ..abi::OpenOut::default() }));
                 Ok(Outcome::Reply)
             }
             Request::Readdir(r) => {
@@ -508,7 +515,8 @@ impl Server {
                     // Written through the page cache: the kernel keeps the pages.
                     b.note_page_cache_io(arg.fh);
                 }
-                let n = b.write(c, node, arg.fh, arg.offset, data, arg.flags.cast_signed()).map_err(e)?;
+                let kill = arg.write_flags & abi::WRITE_KILL_SUIDGID != 0;
+                let n = b.write(c, node, arg.fh, arg.offset, data, arg.flags.cast_signed(), kill).map_err(e)?;
                 out.extend_from_slice(bytes_of(&abi::WriteOut {
                     size: u32::try_from(n).unwrap_or(u32::MAX),
                     padding: 0,
@@ -541,7 +549,7 @@ impl Server {
             },
             Request::Setxattr { arg, name, value } => ok(b.setxattr(c, node, name, value, arg.flags)),
             Request::Getxattr { arg, name } => self.xattr_reply(b.getxattr(node, name, arg.size), arg.size, out),
-            Request::Listxattr(arg) => self.xattr_reply(b.listxattr(node, arg.size), arg.size, out),
+            Request::Listxattr(arg) => self.xattr_reply(b.listxattr(c, node, arg.size), arg.size, out),
             Request::Removexattr { name } => ok(b.removexattr(c, node, name)),
             Request::Create { arg, name } => {
                 let mode = if arg.mode & libc::S_IFMT == 0 { arg.mode | libc::S_IFREG } else { arg.mode };

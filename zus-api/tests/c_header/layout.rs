@@ -637,6 +637,7 @@ pub const VALUES: &[(&str, i128)] = &[
     ("ZUS_IO_FLAGS_SYNC", zus_api::ops::io_flags::SYNC as i128),
     ("ZUS_IO_FLAGS_DIRECT", zus_api::ops::io_flags::DIRECT as i128),
     ("ZUS_IO_FLAGS_APPEND", zus_api::ops::io_flags::APPEND as i128),
+    ("ZUS_IO_FLAGS_KILL_SUIDGID", zus_api::ops::io_flags::KILL_SUIDGID as i128),
     ("ZUS_MAX_IOV", zus_api::ops::MAX_IOV as i128),
     ("ZUS_EXTENT_HOLE", zus_api::ops::EXTENT_HOLE as i128),
     ("ZUS_MAX_MAP_EXTENTS", zus_api::ops::MAX_MAP_EXTENTS as i128),

@@ -320,11 +320,18 @@ fn load_inode<P: Persist>(
     }
     // xattrs
     if d.xattr_blk != 0 {
-        if !geo.data_range_ok(d.xattr_blk, 1) || !own.claim(d.xattr_blk, 1) {
-            return Err(FsError::corrupt("xattr block out of range or shared"));
+        if !geo.data_range_ok(d.xattr_blk, 1) {
+            return Err(FsError::corrupt("xattr block out of range"));
         }
         let b = read_block(pm, d.xattr_blk)?;
-        node.xattrs = decode_xattrs(&b)?;
+        let nblk = xattr_run_blocks(&b).ok_or_else(|| FsError::corrupt("corrupt xattr block"))?;
+        if !geo.data_range_ok(d.xattr_blk, nblk) || !own.claim(d.xattr_blk, nblk) {
+            return Err(FsError::corrupt("xattr blocks out of range or shared"));
+        }
+        let mut run = vec![0u8; usize::try_from(nblk * BLOCK).map_err(|_| FsError::corrupt("xattr run"))?];
+        pm.read(d.xattr_blk * BLOCK, &mut run)?;
+        node.xattrs = decode_xattrs(&run)?;
+        node.xattr_nblk = nblk;
         if node.xattrs.is_empty() {
             return Err(FsError::corrupt("empty xattr block"));
         }
@@ -413,8 +420,23 @@ fn parse_dir_block(b: &[u8], lb: u32, geo: &Geometry, di: &mut DirIndex) -> Resu
     Ok(used)
 }
 
-/// Xattr block: magic u32, count u32, used u32, zero u32, checksum u64 of bytes 24..used, then
-/// entries [name_len u8][value_len u16 LE][name][value].
+/// Most blocks in one inode's xattr run (128 KiB: a thousand small attributes, or one value of
+/// the largest size, 64 KiB).
+pub(crate) const XATTR_MAX_BLOCKS: u64 = 32;
+
+/// The blocks of the xattr run whose first block is `b` (from its header; 0 there, as written
+/// before runs existed, means one), or `None` when the header is not an xattr header.
+pub(crate) fn xattr_run_blocks(b: &[u8]) -> Option<u64> {
+    if get_u32(b, 0) != XATTR_MAGIC {
+        return None;
+    }
+    let n = u64::from(get_u32(b, 12)).max(1);
+    (n <= XATTR_MAX_BLOCKS).then_some(n)
+}
+
+/// Xattr run (1..=[`XATTR_MAX_BLOCKS`] contiguous blocks): magic u32, count u32, used u32,
+/// blocks u32, checksum u64 of bytes 24..used, then entries [name_len u8][value_len u16 LE]
+/// [name][value], then zeros to the end of the run. Returned padded to whole blocks.
 pub(crate) fn encode_xattrs(x: &BTreeMap<Vec<u8>, Vec<u8>>) -> Option<Vec<u8>> {
     let mut b = vec![0u8; 24];
     for (k, v) in x {
@@ -423,21 +445,24 @@ pub(crate) fn encode_xattrs(x: &BTreeMap<Vec<u8>, Vec<u8>>) -> Option<Vec<u8>> {
         b.extend_from_slice(k);
         b.extend_from_slice(v);
     }
-    if b.len() > BLOCK as usize {
+    let nblk = (b.len() as u64).div_ceil(BLOCK);
+    if nblk > XATTR_MAX_BLOCKS {
         return None;
     }
     let used = u32::try_from(b.len()).ok()?;
     b[0..4].copy_from_slice(&XATTR_MAGIC.to_le_bytes());
     b[4..8].copy_from_slice(&u32::try_from(x.len()).ok()?.to_le_bytes());
     b[8..12].copy_from_slice(&used.to_le_bytes());
+    b[12..16].copy_from_slice(&u32::try_from(nblk).ok()?.to_le_bytes());
     let h = hash64(u64::from(XATTR_MAGIC), &b[24..]);
     b[16..24].copy_from_slice(&h.to_le_bytes());
+    b.resize(usize::try_from(nblk * BLOCK).ok()?, 0);
     Some(b)
 }
 
 pub(crate) fn decode_xattrs(b: &[u8]) -> Result<BTreeMap<Vec<u8>, Vec<u8>>> {
     let bad = || FsError::corrupt("corrupt xattr block");
-    if get_u32(b, 0) != XATTR_MAGIC || get_u32(b, 12) != 0 {
+    if xattr_run_blocks(b).is_none_or(|n| n * BLOCK != b.len() as u64) {
         return Err(bad());
     }
     let count = get_u32(b, 4) as usize;

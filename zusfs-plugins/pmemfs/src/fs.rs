@@ -17,7 +17,7 @@ mod dax;
 mod namespace;
 mod xattr;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::lock;
@@ -117,6 +117,19 @@ pub struct SetAttr {
     pub mtime: Option<TimeSpec>,
 }
 
+/// When reads and readdir update atime.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(u8)]
+pub enum AtimePolicy {
+    /// When atime is not after mtime or ctime, or is a day old (Linux's default).
+    #[default]
+    Relatime = 0,
+    /// On every access.
+    Strict = 1,
+    /// Never (and always on a read-only mount: reads do not write pmem).
+    NoAtime = 2,
+}
+
 /// mkfs options.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct MkfsOptions {
@@ -149,6 +162,8 @@ pub struct Fs<P: Persist> {
     inodes: Vec<RwLock<Option<Box<Inode>>>>,
     ns: RwLock<()>,
     poisoned: AtomicBool,
+    /// [`AtimePolicy`] as u8.
+    atime: AtomicU8,
 }
 
 /// One operation's transaction plus the DRAM resources it reserved (given back if it fails).
@@ -341,6 +356,7 @@ impl<P: Persist> Fs<P> {
             inodes: l.inodes.into_iter().map(RwLock::new).collect(),
             ns: RwLock::new(()),
             poisoned: AtomicBool::new(false),
+            atime: AtomicU8::new(AtimePolicy::Relatime as u8),
         };
         for ino in l.report.orphans {
             let mut g = fs.wl(ino)?;
@@ -392,6 +408,7 @@ impl<P: Persist> Fs<P> {
                         || ext(m) != ext(d)
                         || names(m) != names(d)
                         || m.xattrs != d.xattrs
+                        || m.xattr_nblk != d.xattr_nblk
                         || m.chain != d.chain
                         || m.mapped != d.mapped
                         || m.mapped != m.ext.values().map(|e| e.len).sum::<u64>()
@@ -470,6 +487,41 @@ impl<P: Persist> Fs<P> {
         Ok(())
     }
 
+    /// Sets when reads and readdir update atime.
+    pub fn set_atime_policy(&self, p: AtimePolicy) {
+        self.atime.store(p as u8, Ordering::Relaxed);
+    }
+
+    /// Whether an access at `now` updates an atime of `n` under the policy.
+    fn atime_due(&self, n: &Inode, now: i64) -> bool {
+        const DAY_NS: i64 = 24 * 3600 * 1_000_000_000;
+        let a = n.d.atime;
+        match self.atime.load(Ordering::Relaxed) {
+            0 => a <= n.d.mtime || a <= n.d.ctime || now.saturating_sub(a) >= DAY_NS,
+            1 => a != now,
+            _ => false,
+        }
+    }
+
+    /// An access (read, readdir) of `ino`: updates atime when the policy says so, in place
+    /// (one 8-byte store of a hot field, flushed; durable at the next fence, like any
+    /// timestamp). Checked under the read lock first: usually nothing to do.
+    pub(crate) fn touch_atime(&self, ino: u64) {
+        let now = now_ns();
+        if self.live().is_err() || !self.rl(ino).is_ok_and(|g| g.as_ref().is_some_and(|n| self.atime_due(n, now))) {
+            return;
+        }
+        let Ok(mut g) = self.wl(ino) else { return };
+        let Some(n) = g.as_deref_mut() else { return };
+        if !self.atime_due(n, now) {
+            return;
+        }
+        let at = self.geo.inode_off(ino) + 8;
+        if self.pm.store(at, &now.to_le_bytes()).and_then(|()| self.pm.flush(at, 8)).is_ok() {
+            n.d.atime = now;
+        }
+    }
+
     /// Attributes of `ino`.
     pub fn getattr(&self, ino: u64) -> Result<Attr> {
         let g = self.rl(ino)?;
@@ -521,4 +573,33 @@ impl<P: Persist> Fs<P> {
         }
         Ok(attr_of(ino, node_mut(&mut g)?))
     }
+
+    /// A write by a user without CAP_FSETID: clear S_ISUID, and S_ISGID when the group-exec bit
+    /// is set (the rule of the kernel's FUSE setattr), in one transaction; nothing when neither
+    /// is set (the usual case: no journal).
+    pub fn kill_suidgid(&self, ino: u64) -> Result<()> {
+        self.live()?;
+        let mut g = self.wl(ino)?;
+        let n = node_mut(&mut g)?;
+        let mut kill = n.d.mode & S_ISUID;
+        if n.d.mode & (S_ISGID | S_IXGRP) == S_ISGID | S_IXGRP {
+            kill |= S_ISGID;
+        }
+        if kill == 0 || !n.is_reg() {
+            return Ok(());
+        }
+        n.d.mode &= !kill;
+        n.d.ctime = now_ns();
+        n.dirty = true;
+        let mut op = Op::new(self);
+        n.flush_record(&self.geo, ino, &mut op.txn);
+        op.commit()
+    }
 }
+
+/// Set-user-id bit.
+pub const S_ISUID: u32 = 0o4000;
+/// Set-group-id bit.
+pub const S_ISGID: u32 = 0o2000;
+/// Group-execute bit.
+const S_IXGRP: u32 = 0o0010;

@@ -98,6 +98,8 @@ pub struct Inode {
     pub dir: Option<Box<DirIndex>>,
     /// xattrs
     pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// blocks of the xattr run at `d.xattr_blk` (0 without one)
+    pub xattr_nblk: u64,
     /// open handles
     pub open: u32,
     /// the inode record must be rewritten in the current transaction
@@ -122,6 +124,7 @@ impl Inode {
             free_slots: (0..u32::try_from(INLINE_SLOTS).unwrap_or(8)).rev().collect(),
             dir,
             xattrs: BTreeMap::new(),
+            xattr_nblk: 0,
             open: 0,
             dirty: false,
             dax_hi: 0,

@@ -30,6 +30,6 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub use check::FsckReport;
 pub use error::{FsError, Result};
 pub use fs::{
-    Attr, DirEntry, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, Fs, MapExtent, MkfsOptions, RENAME_EXCHANGE,
-    RENAME_NOREPLACE, SetAttr, StatFs, TimeSpec, XATTR_CREATE, XATTR_REPLACE, format, fsck, now_ns,
+    AtimePolicy, Attr, DirEntry, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, Fs, MapExtent, MkfsOptions,
+    RENAME_EXCHANGE, RENAME_NOREPLACE, SetAttr, StatFs, TimeSpec, XATTR_CREATE, XATTR_REPLACE, format, fsck, now_ns,
 };

@@ -7,7 +7,7 @@ use zus_plugin::{Caller, DataSink, DataSource, Device, DirSink, FileSystem, Plug
 use zus_pmem::MappedPmem;
 
 use crate::error::FsError;
-use crate::fs::{Attr, Fs, MkfsOptions, SetAttr, TimeSpec, format, fsck};
+use crate::fs::{AtimePolicy, Attr, Fs, MkfsOptions, SetAttr, TimeSpec, format, fsck};
 use crate::layout::ROOT_INO;
 
 /// pmemfs as a zusd plugin.
@@ -69,12 +69,27 @@ impl FileSystem for PmemFs {
         Ok((r.errors.len() as u64, r.to_string()))
     }
 
-    fn mount(dev: Option<Device>, _options: &str) -> Result<Self, PluginError> {
+    fn mount(dev: Option<Device>, options: &str) -> Result<Self, PluginError> {
         let dev = dev.ok_or_else(|| PluginError::new(Errno::ENODEV, "pmemfs needs a device"))?;
         // A read-only mount still replays the journal and reclaims orphans (as ext4 does without
         // `norecovery`): the device must be consistent before it is read. After that zusd refuses
-        // every mutating op with EROFS before it reaches us, and no read path writes pmem.
-        Ok(PmemFs { fs: Fs::mount(dev.pmem).map_err(plugin_err)? })
+        // every mutating op with EROFS before it reaches us, and no read path writes pmem (no
+        // atime updates).
+        let mut atime = AtimePolicy::Relatime;
+        let mut ro = false;
+        for o in options.split(',').map(str::trim) {
+            match o {
+                "relatime" => atime = AtimePolicy::Relatime,
+                "strictatime" => atime = AtimePolicy::Strict,
+                "noatime" => atime = AtimePolicy::NoAtime,
+                "ro" => ro = true,
+                "rw" => ro = false,
+                _ => {}
+            }
+        }
+        let fs = Fs::mount(dev.pmem).map_err(plugin_err)?;
+        fs.set_atime_policy(if ro { AtimePolicy::NoAtime } else { atime });
+        Ok(PmemFs { fs })
     }
 
     fn root(&self) -> u64 {
@@ -211,6 +226,9 @@ impl FileSystem for PmemFs {
     ) -> Result<WriteDone, Errno> {
         let len = usize::try_from(len).map_err(|_| Errno::EINVAL)?;
         let sync = flags & (io_flags::SYNC | io_flags::DIRECT) != 0;
+        if flags & io_flags::KILL_SUIDGID != 0 {
+            self.fs.kill_suidgid(ino).map_err(errno)?;
+        }
         if flags & io_flags::APPEND != 0 {
             let (off, n, size) = self.fs.write_append(ino, src, 0, len, sync).map_err(errno)?;
             return Ok(WriteDone { bytes: n as u64, offset: off, size });

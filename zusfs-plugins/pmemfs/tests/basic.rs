@@ -149,7 +149,8 @@ fn test_xattrs() {
     fs.setxattr(f.ino, b"user.b", &[7; 300], XATTR_CREATE).unwrap();
     assert!(matches!(fs.setxattr(f.ino, b"user.a", b"2", XATTR_CREATE), Err(FsError::Exists)));
     assert!(matches!(fs.setxattr(f.ino, b"user.c", b"2", XATTR_REPLACE), Err(FsError::NoAttr)));
-    assert!(matches!(fs.setxattr(f.ino, b"user.big", &[0; 5000], 0), Err(FsError::NoSpace)));
+    // Past the largest run (32 blocks) or the largest value (64 KiB - 1).
+    assert!(matches!(fs.setxattr(f.ino, b"user.big", &[0; 70_000], 0), Err(FsError::NoSpace)));
     let fs = Fs::mount(fs.into_pmem()).unwrap();
     assert_eq!(fs.getxattr(f.ino, b"user.a").unwrap(), b"1");
     assert_eq!(fs.listxattr(f.ino).unwrap().len(), 2);
@@ -157,6 +158,69 @@ fn test_xattrs() {
     fs.removexattr(f.ino, b"user.b").unwrap();
     assert!(matches!(fs.getxattr(f.ino, b"user.a"), Err(FsError::NoAttr)));
     assert_clean(&fs);
+}
+
+#[test]
+fn test_a_thousand_xattrs_and_large_values_span_several_blocks() {
+    let fs = sim(8);
+    let f = fs.create(ROOT, b"f", 0o644, 0, 0).unwrap();
+    let free0 = fs.statfs().bfree;
+    for i in 0..1000u32 {
+        fs.setxattr(f.ino, format!("user.attr{i:04}").as_bytes(), format!("value{i}").as_bytes(), 0).unwrap();
+    }
+    fs.setxattr(f.ino, b"user.big", &[9; 65_535], 0).unwrap();
+    assert_clean(&fs);
+    let fs = Fs::mount(fs.into_pmem()).unwrap();
+    assert_eq!(fs.listxattr(f.ino).unwrap().len(), 1001);
+    assert_eq!(fs.getxattr(f.ino, b"user.attr0999").unwrap(), b"value999");
+    assert_eq!(fs.getxattr(f.ino, b"user.big").unwrap(), vec![9; 65_535]);
+    assert_clean(&fs);
+    fs.removexattr(f.ino, b"user.big").unwrap();
+    for i in 0..1000u32 {
+        fs.removexattr(f.ino, format!("user.attr{i:04}").as_bytes()).unwrap();
+    }
+    assert!(fs.listxattr(f.ino).unwrap().is_empty());
+    assert_eq!(fs.statfs().bfree, free0, "xattr runs leaked blocks");
+    fs.setxattr(f.ino, b"user.x", &[1; 10_000], 0).unwrap();
+    fs.unlink(ROOT, b"f").unwrap();
+    assert_eq!(fs.statfs().bfree, free0, "the unlinked inode's xattr run leaked");
+    assert_clean(&fs);
+}
+
+#[test]
+fn test_atime_policies() {
+    let fs = sim(4);
+    let f = fs.create(ROOT, b"f", 0o644, 0, 0).unwrap();
+    fs.write_bytes(f.ino, 0, b"data", false).unwrap();
+    let old = now_ns() - 3 * 86_400 * 1_000_000_000;
+    let set = |a: i64, m: i64| {
+        fs.setattr(
+            f.ino,
+            &SetAttr { atime: Some(TimeSpec::Ns(a)), mtime: Some(TimeSpec::Ns(m)), ..Default::default() },
+        )
+        .unwrap();
+    };
+    let atime = || fs.getattr(f.ino).unwrap().atime;
+    // relatime (the default): atime not after mtime/ctime, or a day old, is updated; a recent
+    // atime after both is kept.
+    set(old, old + 10);
+    fs.read_vec(f.ino, 0, 4).unwrap();
+    let a1 = atime();
+    assert!(a1 > old + 10);
+    fs.read_vec(f.ino, 0, 4).unwrap();
+    assert_eq!(atime(), a1, "relatime updated a recent atime");
+    fs.readdir(ROOT, 0, 10).unwrap();
+    fs.set_atime_policy(AtimePolicy::Strict);
+    fs.read_vec(f.ino, 0, 4).unwrap();
+    assert!(atime() > a1, "strictatime kept atime");
+    fs.set_atime_policy(AtimePolicy::NoAtime);
+    set(old, old + 10);
+    fs.read_vec(f.ino, 0, 4).unwrap();
+    assert_eq!(atime(), old, "noatime updated atime");
+    assert_clean(&fs);
+    let fs = Fs::mount(fs.into_pmem()).unwrap();
+    assert_eq!(fs.getattr(f.ino).unwrap().atime, old);
+    assert!(fs.getattr(ROOT).unwrap().atime > old, "readdir did not update the directory's atime");
 }
 
 #[test]

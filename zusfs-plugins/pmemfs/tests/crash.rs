@@ -279,6 +279,19 @@ fn test_crash_each_metadata_op() {
         ],
     );
     total += crash_steps(
+        "xattrs grow to a run of several blocks and shrink back to one",
+        |fs| {
+            let a = file(fs, ROOT, "a", 10);
+            fs.setxattr(a, b"user.k", &[1; 3000], 0).unwrap();
+        },
+        vec![
+            Box::new(|fs| fs.setxattr(lookup(fs, ROOT, "a"), b"user.j", &[2; 9000], 0).unwrap()),
+            Box::new(|fs| fs.setxattr(lookup(fs, ROOT, "a"), b"user.i", &[3; 20], 0).unwrap()),
+            Box::new(|fs| fs.removexattr(lookup(fs, ROOT, "a"), b"user.j").unwrap()),
+            Box::new(|fs| fs.removexattr(lookup(fs, ROOT, "a"), b"user.k").unwrap()),
+        ],
+    );
+    total += crash_steps(
         "directory grows blocks and an extent-chain block",
         |fs| {
             // 40-byte names take 2 slots: 64 entries per directory block. A padding file after

@@ -277,6 +277,8 @@ impl<P: Persist> Fs<P> {
             return Err(FsError::Invalid("read of a non-regular file".into()));
         }
         if off >= n.d.size {
+            drop(g);
+            self.touch_atime(ino);
             return Ok(0);
         }
         let total = (n.d.size - off).min(len as u64);
@@ -301,6 +303,8 @@ impl<P: Persist> Fs<P> {
                 }
             }
         }
+        drop(g);
+        self.touch_atime(ino);
         Ok(total as usize)
     }
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use zus_pmem::Persist;
 
-use super::{Attr, FREE_BATCH, Fs, Op, WGuard, attr_of, node_mut, now_ns};
+use super::{Attr, FREE_BATCH, Fs, Op, S_ISGID, WGuard, attr_of, node_mut, now_ns};
 use crate::error::{FsError, Result};
 use crate::inode::{DEnt, Inode};
 use crate::layout::{
@@ -126,6 +126,16 @@ impl<P: Persist> Fs<P> {
         let is_dir = mode & S_IFMT == S_IFDIR;
         if is_dir && dir.d.nlink >= LINK_MAX {
             return Err(FsError::TooManyLinks);
+        }
+        // A setgid directory gives its group to what is made in it, and its setgid bit to
+        // subdirectories (the kernel already dropped S_ISGID from a file's mode when its maker
+        // is neither in that group nor privileged).
+        let (mut mode, mut ids) = (mode, ids);
+        if dir.d.mode & S_ISGID != 0 {
+            ids.1 = dir.d.gid;
+            if is_dir {
+                mode |= S_ISGID;
+            }
         }
         let now = now_ns();
         let mut op = Op::new(self);
@@ -489,6 +499,8 @@ impl<P: Persist> Fs<P> {
                 out.push(DirEntry { ino: e.ino, name: name.clone(), dtype: e.dtype, next: u64::from(pos) + 3 });
             }
         }
+        drop(g);
+        self.touch_atime(ino);
         Ok(out)
     }
 
@@ -539,7 +551,7 @@ impl<P: Persist> Fs<P> {
                 op.free(c, 1);
             }
             if n.d.xattr_blk != 0 {
-                op.free(n.d.xattr_blk, 1);
+                op.free(n.d.xattr_blk, n.xattr_nblk.max(1));
             }
             let gen_ = n.d.generation;
             op.txn.write(self.geo.inode_off(ino), &DiskInode::free(gen_).encode(ino));
