@@ -317,6 +317,124 @@ fn test_uring_serves_each_request_on_the_callers_cpu() {
     f.umount();
 }
 
+/// Serializes the tests that install `mount.zufs.*` helpers into /sbin and remove them.
+static HELPERS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Runs a command with this fixture's zufs environment (for mount(8), which execs the helper
+/// with its own environment); returns (success, stdout+stderr).
+fn with_env(f: &Fixture, prog: &str, args: &[&str]) -> (bool, String) {
+    let mut c = std::process::Command::new(prog);
+    c.args(args)
+        .env("ZUFS_SOCKET", &f.socket)
+        .env("ZUFS_PLUGINS", &f.plugins)
+        .env("ZUFS_RUN_DIR", &f.run_dir)
+        .env("ZUFS_ZUSD", zufs_tests::artifact("zusd"));
+    let t = transport();
+    if !t.is_empty() {
+        c.env("ZUFS_TRANSPORT", t);
+    }
+    let o = run_with_timeout(&mut c, Duration::from_secs(30));
+    let mut s = String::from_utf8_lossy(&o.stdout).into_owned();
+    s.push_str(&String::from_utf8_lossy(&o.stderr));
+    (o.status.success(), s)
+}
+
+fn mount_opts(mp: &std::path::Path) -> Vec<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let want = mp.display().to_string();
+    info.lines()
+        .rfind(|l| l.split(' ').nth(4) == Some(want.as_str()))
+        .map(|l| l.split(' ').nth(5).unwrap().split(',').map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+/// Issue 16 item 9: `mount -t zufs.pmemfs` and an fstab line go through the helper that
+/// `zufs install-helpers` installs; `mount -o remount,ro` and back to rw; a second mount of a
+/// mounted device is refused naming the first mount point; umount(8) unmounts at zusd too.
+fn test_mount_helper_fstab_remount_and_second_mount() {
+    skip_without_fuse!();
+    if !plugin_available("pmemfs") {
+        eprintln!("SKIPPED: libpmemfs.so is not built");
+        return;
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: needs root (installs helpers into /sbin)");
+        return;
+    }
+    let _g = HELPERS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let f = Fixture::new("fuse-helper", &["pmemfs", "nullfs"], true);
+    let dev = f.dir.0.join("pmem.img").display().to_string();
+    f.zufs_ok(&["mkfs", "-t", "pmemfs", "--size", "64M", &dev]);
+    let out = f.zufs_ok(&["install-helpers", "--dir", "/sbin"]);
+    struct Uninstall<'a>(&'a Fixture);
+    impl Drop for Uninstall<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.zufs_run(&["install-helpers", "--dir", "/sbin", "--remove"]);
+        }
+    }
+    let _u = Uninstall(&f);
+    for t in ["pmemfs", "nullfs"] {
+        let l = std::path::Path::new("/sbin").join(format!("mount.zufs.{t}"));
+        assert!(std::fs::symlink_metadata(&l).is_ok_and(|m| m.file_type().is_symlink()), "{l:?} missing: {out}");
+    }
+    let mnt = f.mnt.display().to_string();
+    // mount(8) with a type: /sbin/mount.zufs.pmemfs DEV MNT -o OPTS.
+    let (ok, out) = with_env(&f, "mount", &["-t", "zufs.pmemfs", "-o", "attr_timeout=0,nosuid,noatime", &dev, &mnt]);
+    assert!(ok, "mount -t zufs.pmemfs: {out}\n{}", f.bridge_logs());
+    assert!(mounted_at(&f.mnt), "not mounted after mount(8)");
+    std::fs::write(f.mnt.join("a"), b"through mount(8)").unwrap();
+    let st = f.status();
+    assert_eq!(st["mounts"][0]["mountpoint"].as_str(), Some(mnt.as_str()), "{st}");
+    // A second mount of the same device: refused, naming the first mount point.
+    let mnt2 = f.dir.0.join("mnt2");
+    std::fs::create_dir_all(&mnt2).unwrap();
+    let mnt2s = mnt2.display().to_string();
+    let o = f.zufs_run(&["mount", "-t", "pmemfs", &dev, &mnt2s]);
+    let e = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success() && e.contains("already mounted") && e.contains(&mnt), "second zufs mount: {e}");
+    let (ok, out) = with_env(&f, "mount", &["-t", "zufs.pmemfs", &dev, &mnt2s]);
+    assert!(!ok && out.contains("already mounted") && out.contains(&mnt), "second mount(8): {out}");
+    assert!(!mounted_at(&mnt2), "second mount point mounted");
+    // remount,ro: writes fail with EROFS, reads work; back to rw.
+    let (ok, out) = with_env(&f, "mount", &["-o", "remount,ro", &mnt]);
+    assert!(ok, "remount,ro: {out}");
+    assert!(mount_opts(&f.mnt).iter().any(|o| o == "ro"), "{:?}", mount_opts(&f.mnt));
+    let e = std::fs::write(f.mnt.join("b"), b"x").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+    assert_eq!(std::fs::read(f.mnt.join("a")).unwrap(), b"through mount(8)");
+    let (ok, out) = with_env(&f, "mount", &["-o", "remount,rw", &mnt]);
+    assert!(ok, "remount,rw: {out}");
+    assert!(mount_opts(&f.mnt).iter().any(|o| o == "rw"), "{:?}", mount_opts(&f.mnt));
+    std::fs::write(f.mnt.join("b"), b"after remount").unwrap();
+    assert_eq!(f.status()["zusd"]["mounts"].as_array().unwrap().len(), 1);
+    // umount(8): the bridge ends and zusd's mount goes with it.
+    let pid = f.bridge_pid();
+    let (ok, out) = with_env(&f, "umount", &[&mnt]);
+    assert!(ok, "umount: {out}");
+    assert!(wait_until(Duration::from_secs(10), || !std::path::Path::new(&format!("/proc/{pid}")).exists()));
+    assert!(
+        wait_until(Duration::from_secs(5), || f.status()["zusd"]["mounts"].as_array().unwrap().is_empty()),
+        "zusd mount left behind"
+    );
+    // An fstab line (mount -T FILE MNT), with mount(8)-only options the helper drops.
+    let fstab = f.dir.0.join("fstab");
+    std::fs::write(&fstab, format!("{dev} {mnt} zufs.pmemfs defaults,noauto,nofail,x-zufs.test,attr_timeout=0 0 0\n"))
+        .unwrap();
+    let (ok, out) = with_env(&f, "mount", &["-T", &fstab.display().to_string(), &mnt]);
+    assert!(ok, "mount from fstab: {out}\n{}", f.bridge_logs());
+    assert_eq!(std::fs::read(f.mnt.join("b")).unwrap(), b"after remount");
+    f.umount();
+    // Device-less: mount -t zufs.nullfs none MNT.
+    let (ok, out) = with_env(&f, "mount", &["-t", "zufs.nullfs", "none", &mnt]);
+    assert!(ok, "mount -t zufs.nullfs: {out}");
+    std::fs::write(f.mnt.join("n"), b"x").unwrap();
+    f.umount();
+    // -f (fake): nothing is mounted.
+    let (ok, out) = with_env(&f, "mount", &["-f", "-t", "zufs.nullfs", "none", &mnt]);
+    assert!(ok && !mounted_at(&f.mnt), "mount -f: {out}");
+}
+
 on_both_transports!(
     test_nullfs_namespace_through_the_kernel_and_clean_umount,
     test_mount_errors_are_clear_and_change_nothing,
@@ -325,4 +443,5 @@ on_both_transports!(
     test_zusd_started_on_demand_and_bridge_sigterm_unmounts,
     test_reader_threads_are_pinned_one_per_cpu,
     test_fio_on_nullfs_direct_sync,
+    test_mount_helper_fstab_remount_and_second_mount,
 );

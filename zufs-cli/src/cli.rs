@@ -452,6 +452,32 @@ fn check_mountpoint(mp: &Path) -> Result<PathBuf> {
     Ok(abs)
 }
 
+/// Where `device` is mounted already, if it is: a live mount record of ours, else a FUSE or
+/// zufs mount in the mount table whose source is that device.
+fn device_mounted_at(env: &Env, device: &str) -> Option<String> {
+    if device.is_empty() || device == "none" {
+        return None;
+    }
+    let canon = |d: &str| std::fs::canonicalize(d).ok();
+    let dev = canon(device)?;
+    let table = mount_table();
+    let live = |mp: &str| table.iter().any(|m| m.mountpoint == mp);
+    all_records(env)
+        .into_iter()
+        .filter(|r| if r.pid == 0 { crate::kmount::record_alive(r) } else { pid_alive(r.pid) })
+        .find(|r| canon(&r.device).as_ref() == Some(&dev) && live(&r.mountpoint))
+        .map(|r| r.mountpoint)
+        .or_else(|| {
+            table
+                .iter()
+                .find(|m| {
+                    (m.fstype.starts_with("fuse") || m.fstype == crate::kmount::FS_TYPE)
+                        && canon(&m.source).as_ref() == Some(&dev)
+                })
+                .map(|m| m.mountpoint.clone())
+        })
+}
+
 /// `zufs mount` (background): checks, starts zusd if needed, and runs the bridge in its own
 /// process; returns once the kernel mount exists or with the bridge's error.
 ///
@@ -462,6 +488,12 @@ pub fn mount(env: &Env, a: &MountArgs) -> Result<()> {
     let mo = parse_mount_options(&a.options, "zufs")?;
     if !a.device.is_empty() && a.device != "none" && !Path::new(&a.device).exists() {
         bail!("device {} does not exist", a.device);
+    }
+    if let Some(first) = device_mounted_at(env, &a.device) {
+        bail!(
+            "device {} is already mounted on {first} (one mount per device: use that mount point, or `zufs umount {first}` first)",
+            a.device
+        );
     }
     if mo.transport == TransportChoice::Kernel {
         return crate::kmount::mount(env, a, &mp, &mo).map(|_| ());

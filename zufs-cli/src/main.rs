@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 mod cli;
+mod helper;
 mod inline;
 mod kmount;
 
@@ -108,6 +109,17 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Install the mount(8) helpers: DIR/mount.zufs.<type> symlinks to this binary, one per
+    /// plugin, so that `mount -t zufs.pmemfs DEV MNT -o OPTS` and fstab lines of type
+    /// zufs.<type> mount as `zufs mount -t <type>` does.
+    InstallHelpers {
+        /// Where mount(8) looks for helpers.
+        #[arg(long, default_value = "/sbin")]
+        dir: PathBuf,
+        /// Remove them instead.
+        #[arg(long)]
+        remove: bool,
+    },
 }
 
 /// `zufs run`: execs the program with the preload library and the mode in its environment.
@@ -151,6 +163,17 @@ fn bench(env: &Env, args: &zufs_bench::BenchArgs) -> Result<i32> {
 }
 
 fn main() {
+    // Run as /sbin/mount.zufs.<type> by mount(8): DEV MNT [-sfnv] [-o OPTS].
+    if let Some(t) = std::env::args_os().next().and_then(|a| helper::helper_type(&a)) {
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_env("ZUFS_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .with_writer(std::io::stderr)
+            .init();
+        let rest: Vec<String> = std::env::args().skip(1).collect();
+        std::process::exit(helper::run(&Env::resolve(None, None), &t, &rest));
+    }
     let args = Args::parse();
     // The bridge logs at info (to its log file); interactive commands only warn.
     let serving = matches!(args.cmd, Cmd::Mount { foreground: true, .. });
@@ -176,6 +199,12 @@ fn main() {
         Cmd::Status { json } => cli::status(&env, json).map(|()| 0),
         Cmd::Run { mode, cmd } => run(&env, &mode, &cmd),
         Cmd::Bench(b) => bench(&env, &b),
+        Cmd::InstallHelpers { dir, remove } => helper::install(&env, &dir, remove).map(|links| {
+            for l in links {
+                println!("{} {}", if remove { "removed" } else { "installed" }, l.display());
+            }
+            0
+        }),
     };
     match res {
         Ok(code) => std::process::exit(code),

@@ -109,8 +109,13 @@ impl Transport for FuserTransport {
         // `dev`: root may make and use device nodes on the mount, as on a kernel filesystem
         // (fuser defaults to nodev; a mount by another user goes through fusermount3, which
         // forces nodev itself).
-        let mut mo =
-            vec![MountOption::FSName(opts.fsname.clone()), MountOption::Subtype("zufs".into()), MountOption::Dev];
+        // `subtype=zufs` as a kernel option (fuser keeps `Subtype` for fusermount only): the
+        // mount table says `fuse.zufs`, so mount(8) runs our helper for a remount.
+        let mut mo = vec![
+            MountOption::FSName(opts.fsname.clone()),
+            MountOption::CUSTOM("subtype=zufs".into()),
+            MountOption::Dev,
+        ];
         if opts.default_permissions {
             mo.push(MountOption::DefaultPermissions);
         }

@@ -186,8 +186,12 @@ fn mount_fuse(mountpoint: &Path, opts: &FuseOptions) -> io::Result<File> {
     use std::os::unix::fs::MetadataExt;
     // SAFETY: getuid/getgid have no preconditions.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-    let mut data =
-        format!("fd={},rootmode={:o},user_id={uid},group_id={gid}", dev.as_raw_fd(), meta.mode() & libc::S_IFMT);
+    // subtype=zufs: the mount table says `fuse.zufs` (mount(8) runs our helper for a remount).
+    let mut data = format!(
+        "fd={},rootmode={:o},user_id={uid},group_id={gid},subtype=zufs",
+        dev.as_raw_fd(),
+        meta.mode() & libc::S_IFMT
+    );
     if opts.default_permissions {
         data.push_str(",default_permissions");
     }

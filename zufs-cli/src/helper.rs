@@ -1,0 +1,250 @@
+//! The mount(8) helper: `mount -t zufs.pmemfs DEV MNT -o OPTS` (or an /etc/fstab line with type
+//! `zufs.pmemfs`) makes mount(8) run `/sbin/mount.zufs.pmemfs DEV MNT [-sfnv] [-o OPTS]`. That
+//! file is a symlink to the `zufs` binary (`zufs install-helpers`); `main` sees the name and
+//! hands the arguments here, which mounts as `zufs mount -t pmemfs -o OPTS DEV MNT` does.
+//!
+//! Our FUSE mounts have the type `fuse.zufs` in the mount table, so for `mount -o remount,ro MNT`
+//! mount(8) runs `/sbin/mount.fuse.zufs SOURCE MNT -o remount,ro` (without it, fuse3's
+//! `mount.fuse` would take the device for a program to run): the same binary under that name
+//! does the remount (the kernel flips the superblock's read-only flag; FUSE takes no options on
+//! a remount) and refuses new mounts (they need a type: `-t zufs.<type>`).
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+use crate::cli::{self, Env, MountArgs};
+
+/// Prefix of the helpers' file names (`mount.zufs.<type>`).
+pub const PREFIX: &str = "mount.zufs.";
+
+/// The helper mount(8) runs for a remount of a mount of type `fuse.zufs`.
+pub const REMOUNT_HELPER: &str = "mount.fuse.zufs";
+
+/// The filesystem type when `argv0` names a helper (`.../mount.zufs.<type>`); empty for
+/// `mount.fuse.zufs` (remounts only).
+#[must_use]
+pub fn helper_type(argv0: &OsStr) -> Option<String> {
+    let name = Path::new(argv0).file_name()?.to_str()?;
+    if name == REMOUNT_HELPER {
+        return Some(String::new());
+    }
+    name.strip_prefix(PREFIX).filter(|t| !t.is_empty()).map(str::to_owned)
+}
+
+/// What mount(8) passed.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HelperArgs {
+    /// Plugin.
+    pub fs_type: String,
+    /// Device (`none` for device-less types).
+    pub device: String,
+    /// Mount point.
+    pub mountpoint: PathBuf,
+    /// `-o`, mount(8)-only options removed.
+    pub options: String,
+    /// `-f`: do everything but the mount.
+    pub fake: bool,
+    /// `-v`.
+    pub verbose: bool,
+    /// `remount` was among the options.
+    pub remount: bool,
+    /// `ro` (last of ro/rw) was among the options.
+    pub read_only: bool,
+}
+
+/// Options that mean something to mount(8) or the VFS only, never to zufs or the plugin.
+fn mount8_only(o: &str) -> bool {
+    const DROP: &str = "defaults auto noauto nofail _netdev user nouser users owner group suid nosuid dev nodev \
+                        exec noexec silent loud diratime nodiratime lazytime nolazytime iversion noiversion mand \
+                        nomand remount";
+    DROP.split_whitespace().any(|d| d == o)
+        || o.starts_with("x-")
+        || o.starts_with("comment=")
+        || o.starts_with("helper=")
+}
+
+/// Parses `DEV MNT [-sfnv] [-o OPTS] [-t SUBTYPE]` as mount(8) passes them (options may come
+/// anywhere, `-oOPTS` and several `-o` too).
+///
+/// # Errors
+/// A missing device or mount point, or an unknown flag.
+pub fn parse(fs_type: &str, args: &[String]) -> Result<HelperArgs> {
+    let mut h = HelperArgs { fs_type: fs_type.to_owned(), ..HelperArgs::default() };
+    let mut pos = Vec::new();
+    let mut opts: Vec<String> = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if let Some(flags) = a.strip_prefix('-').filter(|f| !f.is_empty()) {
+            if let Some(o) = flags.strip_prefix('o') {
+                let o = if o.is_empty() { it.next().context("-o needs a value")?.as_str() } else { o };
+                opts.extend(o.split(',').filter(|x| !x.is_empty()).map(str::to_owned));
+                continue;
+            }
+            if let Some(t) = flags.strip_prefix('t') {
+                // libmount passes the subtype of `zufs.<type>`: it must agree with our name.
+                let t = if t.is_empty() { it.next().context("-t needs a value")?.as_str() } else { t };
+                let t = t.strip_prefix("zufs.").unwrap_or(t);
+                if t != fs_type && !(fs_type.is_empty() && t == "zufs") {
+                    bail!("type {t} does not match the helper's type {fs_type}");
+                }
+                continue;
+            }
+            for c in flags.chars() {
+                match c {
+                    'f' => h.fake = true,
+                    'v' => h.verbose = true,
+                    's' | 'n' => {} // sloppy, no mtab: nothing to do
+                    _ => bail!("unknown flag -{c} (usage: mount.zufs.{fs_type} DEV MNT [-sfnv] [-o OPTS])"),
+                }
+            }
+            continue;
+        }
+        pos.push(a.clone());
+    }
+    let [device, mountpoint] = <[String; 2]>::try_from(pos).map_err(|p| {
+        anyhow::anyhow!("want DEV MNT, got {p:?} (usage: mount.zufs.{fs_type} DEV MNT [-sfnv] [-o OPTS])")
+    })?;
+    h.device = device;
+    h.mountpoint = PathBuf::from(mountpoint);
+    for o in &opts {
+        match o.as_str() {
+            "remount" => h.remount = true,
+            "ro" => h.read_only = true,
+            "rw" => h.read_only = false,
+            _ => {}
+        }
+    }
+    h.options = opts.into_iter().filter(|o| !mount8_only(o)).collect::<Vec<_>>().join(",");
+    Ok(h)
+}
+
+/// Runs the helper; returns the exit status for mount(8) (0, or 32 for a failed mount).
+pub fn run(env: &Env, fs_type: &str, args: &[String]) -> i32 {
+    let res = parse(fs_type, args).and_then(|h| {
+        if h.verbose {
+            eprintln!("mount.zufs.{fs_type}: {} on {} options {:?}", h.device, h.mountpoint.display(), h.options);
+        }
+        if h.fake {
+            return Ok(());
+        }
+        if h.remount {
+            return remount(&h.mountpoint, h.read_only);
+        }
+        if h.fs_type.is_empty() {
+            bail!("{REMOUNT_HELPER} only remounts; mount with -t zufs.<type> (zufs.pmemfs, zufs.nullfs, ...)");
+        }
+        let a = MountArgs {
+            fs_type: h.fs_type,
+            device: h.device,
+            mountpoint: h.mountpoint,
+            options: h.options,
+            no_start: false,
+        };
+        cli::mount(env, &a)
+    });
+    match res {
+        Ok(()) => 0,
+        Err(e) => {
+            let name = if fs_type.is_empty() { REMOUNT_HELPER.to_owned() } else { format!("{PREFIX}{fs_type}") };
+            eprintln!("{name}: {e:#}");
+            32
+        }
+    }
+}
+
+/// `remount[,ro|rw]` (libmount does this itself; here for callers that hand it to the helper):
+/// the kernel flips the superblock's read-only flag, FUSE takes no options on a remount.
+fn remount(mp: &Path, ro: bool) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(mp.as_os_str().as_bytes()).context("mount point")?;
+    let flags = libc::MS_REMOUNT | if ro { libc::MS_RDONLY } else { 0 };
+    // SAFETY: a NUL-terminated path; null source, type and data are allowed for a remount.
+    let rc = unsafe { libc::mount(std::ptr::null(), c.as_ptr(), std::ptr::null(), flags, std::ptr::null()) };
+    if rc != 0 {
+        bail!("remount {}: {}", mp.display(), std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `zufs install-helpers`: one `mount.zufs.<type>` symlink to this binary in `dir` per plugin
+/// (the plugin directory's `lib<type>.so`, and always pmemfs and nullfs); `remove` deletes those
+/// of them that point to a zufs binary.
+///
+/// # Errors
+/// The directory cannot be written.
+pub fn install(env: &Env, dir: &Path, remove: bool) -> Result<Vec<PathBuf>> {
+    let exe = std::env::current_exe().context("locating the zufs binary")?;
+    let mut types = vec!["pmemfs".to_owned(), "nullfs".to_owned()];
+    if let Ok(rd) = std::fs::read_dir(&env.plugins) {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if let Some(t) = n.strip_prefix("lib").and_then(|n| n.strip_suffix(".so"))
+                && !types.iter().any(|x| x == t)
+            {
+                types.push(t.to_owned());
+            }
+        }
+    }
+    let mut done = Vec::new();
+    let names = types.iter().map(|t| format!("{PREFIX}{t}")).chain([REMOUNT_HELPER.to_owned()]);
+    for name in names {
+        let link = dir.join(&name);
+        if remove {
+            let ours = std::fs::read_link(&link)
+                .is_ok_and(|p| p.file_name().is_some_and(|n| n == "zufs") || helper_type(p.as_os_str()).is_some());
+            if ours {
+                std::fs::remove_file(&link).with_context(|| format!("removing {}", link.display()))?;
+                done.push(link);
+            }
+            continue;
+        }
+        // Replace atomically: a new link under a temporary name, renamed over the old one.
+        let tmp = dir.join(format!(".{name}.{}", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(&exe, &tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        std::fs::rename(&tmp, &link).with_context(|| format!("installing {}", link.display()))?;
+        done.push(link);
+    }
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn test_helper_name() {
+        assert_eq!(helper_type(OsStr::new("/sbin/mount.zufs.pmemfs")).as_deref(), Some("pmemfs"));
+        assert_eq!(helper_type(OsStr::new("mount.zufs.nullfs")).as_deref(), Some("nullfs"));
+        assert_eq!(helper_type(OsStr::new("/usr/bin/zufs")), None);
+        assert_eq!(helper_type(OsStr::new("mount.zufs.")), None);
+        assert_eq!(helper_type(OsStr::new("/sbin/mount.fuse.zufs")).as_deref(), Some(""));
+        assert_eq!(helper_type(OsStr::new("/sbin/mount.fuse")), None);
+    }
+
+    #[test]
+    fn test_parses_what_mount8_passes() {
+        let h = parse("pmemfs", &v(&["/dev/shm/p", "/mnt/z", "-o", "rw,noauto,x-a.b,attr_timeout=0,nosuid"])).unwrap();
+        assert_eq!(h.device, "/dev/shm/p");
+        assert_eq!(h.mountpoint, PathBuf::from("/mnt/z"));
+        assert_eq!(h.options, "rw,attr_timeout=0");
+        let h = parse("pmemfs", &v(&["-sfnv", "-oro,defaults", "d", "m", "-t", "pmemfs"])).unwrap();
+        assert!(h.fake && h.verbose && h.read_only && !h.remount);
+        assert_eq!(h.options, "ro");
+        let h = parse("pmemfs", &v(&["d", "m", "-o", "remount,ro"])).unwrap();
+        assert!(h.remount && h.read_only);
+        let h = parse("", &v(&["/dev/shm/p", "/mnt/z", "-o", "remount,rw", "-t", "zufs"])).unwrap();
+        assert!(h.remount && !h.read_only);
+        assert!(parse("pmemfs", &v(&["d"])).is_err());
+        assert!(parse("pmemfs", &v(&["d", "m", "x"])).is_err());
+        assert!(parse("pmemfs", &v(&["d", "m", "-q"])).is_err());
+        assert!(parse("pmemfs", &v(&["d", "m", "-t", "nullfs"])).is_err());
+        assert!(parse("pmemfs", &v(&["d", "m", "-o"])).is_err());
+    }
+}
