@@ -882,6 +882,8 @@ struct zus_device_header {
 #define ZUFS_IOC_KICK_ALL 0x5a43U
 /* `_IO('Z', 0x44)`: no new kernel ops; every ZT wait returns `ZUFS_ZT_BREAK` from now on. */
 #define ZUFS_IOC_BREAK 0x5a44U
+/* `_IOWR('Z', 0x45, struct zufs_ioc_grab_pmem)`. */
+#define ZUFS_IOC_GRAB_PMEM 0xc0305a45U
 /* `_IOWR('Z', 0x4f, struct zufs_ioc_dbg_op)`. */
 #define ZUFS_IOC_DBG_OP 0xc0905a4fU
 
@@ -992,6 +994,32 @@ struct zufs_ioc_dbg_op {
 	__u32 data_len;
 	/* Out: the first 32 bytes of the reply payload. */
 	__u64 reply[4];
+};
+
+/*
+ * `ZUFS_IOC_GRAB_PMEM` (`CAP_SYS_ADMIN`, on any `/dev/zufs` fd, no HELLO needed): the module
+ * opens the DAX block device at `path` exclusively (`/dev/pmem0` on memmap= pmem), takes its
+ * `dax_device`, and returns a new fd whose `MAP_SHARED` mapping (offset 0, up to `size` bytes,
+ * `MAP_SYNC` accepted) maps the device's pmem itself: faults insert its page frames, nothing
+ * goes through the block device's page cache, so what the server stores is what the kernel's
+ * DAX copies see. A second grab of a device the module holds shares it. The device stays held
+ * while the fd, a mapping of it, or a `zufs` mount naming it (`-o dax=PATH`) lives. Errors:
+ * `ENOTBLK`, `EOPNOTSUPP` (no DAX), `EBUSY` (open exclusively elsewhere), `EINVAL`.
+ * (48 bytes.)
+ */
+struct zufs_ioc_grab_pmem {
+	/* In: user address of the device path (NUL-terminated, at most 4095 bytes). */
+	__u64 path;
+	/* In: 0. */
+	__u32 flags;
+	/* Out: the new fd (`O_RDWR | O_CLOEXEC`). */
+	__s32 fd;
+	/* Out: bytes of pmem the fd maps (a multiple of 2 MiB). */
+	__u64 size;
+	/* Out: the block device number (`st_rdev` encoding). */
+	__u64 dev;
+	/* In: 0. */
+	__u64 reserved[2];
 };
 
 /* ============================================================================================== */

@@ -146,6 +146,31 @@ pub struct KDbgOp {
     pub reply: [u64; 4],
 }
 
+/// `ZUFS_IOC_GRAB_PMEM` (`CAP_SYS_ADMIN`, on any `/dev/zufs` fd, no HELLO needed): the module
+/// opens the DAX block device at `path` exclusively (`/dev/pmem0` on memmap= pmem), takes its
+/// `dax_device`, and returns a new fd whose `MAP_SHARED` mapping (offset 0, up to `size` bytes,
+/// `MAP_SYNC` accepted) maps the device's pmem itself: faults insert its page frames, nothing
+/// goes through the block device's page cache, so what the server stores is what the kernel's
+/// DAX copies see. A second grab of a device the module holds shares it. The device stays held
+/// while the fd, a mapping of it, or a `zufs` mount naming it (`-o dax=PATH`) lives. Errors:
+/// `ENOTBLK`, `EOPNOTSUPP` (no DAX), `EBUSY` (open exclusively elsewhere), `EINVAL`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KGrabPmem {
+    /// In: user address of the device path (NUL-terminated, at most 4095 bytes).
+    pub path: u64,
+    /// In: 0.
+    pub flags: u32,
+    /// Out: the new fd (`O_RDWR | O_CLOEXEC`).
+    pub fd: i32,
+    /// Out: bytes of pmem the fd maps (a multiple of 2 MiB).
+    pub size: u64,
+    /// Out: the block device number (`st_rdev` encoding).
+    pub dev: u64,
+    /// In: 0.
+    pub reserved: [u64; 2],
+}
+
 const IOC_WRITE: u32 = 1;
 const IOC_READ: u32 = 2;
 
@@ -164,6 +189,8 @@ pub const ZUFS_IOC_ZT_WAIT: u32 = ioc(IOC_READ | IOC_WRITE, 0x42, size_of::<KZtW
 pub const ZUFS_IOC_KICK_ALL: u32 = ioc(0, 0x43, 0);
 /// `_IO('Z', 0x44)`: no new kernel ops; every ZT wait returns [`ZUFS_ZT_BREAK`] from now on.
 pub const ZUFS_IOC_BREAK: u32 = ioc(0, 0x44, 0);
+/// `_IOWR('Z', 0x45, struct zufs_ioc_grab_pmem)`.
+pub const ZUFS_IOC_GRAB_PMEM: u32 = ioc(IOC_READ | IOC_WRITE, 0x45, size_of::<KGrabPmem>());
 /// `_IOWR('Z', 0x4f, struct zufs_ioc_dbg_op)`.
 pub const ZUFS_IOC_DBG_OP: u32 = ioc(IOC_READ | IOC_WRITE, 0x4f, size_of::<KDbgOp>());
 
@@ -189,6 +216,13 @@ const _: () = {
     assert!(offset_of!(KZtWait, completed) == 8);
     assert!(offset_of!(KZtWait, submitted) == 12);
 
+    assert!(size_of::<KGrabPmem>() == 48);
+    assert!(offset_of!(KGrabPmem, flags) == 8);
+    assert!(offset_of!(KGrabPmem, fd) == 12);
+    assert!(offset_of!(KGrabPmem, size) == 16);
+    assert!(offset_of!(KGrabPmem, dev) == 24);
+    assert!(offset_of!(KGrabPmem, reserved) == 32);
+
     assert!(size_of::<KDbgOp>() == 144);
     assert!(offset_of!(KDbgOp, args) == 8);
     assert!(offset_of!(KDbgOp, data_in) == 40);
@@ -212,5 +246,6 @@ const _: () = {
     assert!(ZUFS_IOC_ZT_WAIT == 0xc010_5a42);
     assert!(ZUFS_IOC_KICK_ALL == 0x5a43);
     assert!(ZUFS_IOC_BREAK == 0x5a44);
+    assert!(ZUFS_IOC_GRAB_PMEM == 0xc030_5a45);
     assert!(ZUFS_IOC_DBG_OP == 0xc090_5a4f);
 };

@@ -173,6 +173,19 @@ pub const STRUCTS: &[Layout] = &[
         ],
     },
     Layout {
+        c_name: "struct zufs_ioc_grab_pmem",
+        size: size_of::<zus_api::kabi::KGrabPmem>(),
+        align: align_of::<zus_api::kabi::KGrabPmem>(),
+        fields: &[
+            ("path", offset_of!(zus_api::kabi::KGrabPmem, path)),
+            ("flags", offset_of!(zus_api::kabi::KGrabPmem, flags)),
+            ("fd", offset_of!(zus_api::kabi::KGrabPmem, fd)),
+            ("size", offset_of!(zus_api::kabi::KGrabPmem, size)),
+            ("dev", offset_of!(zus_api::kabi::KGrabPmem, dev)),
+            ("reserved", offset_of!(zus_api::kabi::KGrabPmem, reserved)),
+        ],
+    },
+    Layout {
         c_name: "struct zus_op_header",
         size: size_of::<zus_api::ops::OpHeader>(),
         align: align_of::<zus_api::ops::OpHeader>(),
@@ -619,6 +632,7 @@ pub const VALUES: &[(&str, i128)] = &[
     ("ZUFS_IOC_ZT_WAIT", zus_api::kabi::ZUFS_IOC_ZT_WAIT as i128),
     ("ZUFS_IOC_KICK_ALL", zus_api::kabi::ZUFS_IOC_KICK_ALL as i128),
     ("ZUFS_IOC_BREAK", zus_api::kabi::ZUFS_IOC_BREAK as i128),
+    ("ZUFS_IOC_GRAB_PMEM", zus_api::kabi::ZUFS_IOC_GRAB_PMEM as i128),
     ("ZUFS_IOC_DBG_OP", zus_api::kabi::ZUFS_IOC_DBG_OP as i128),
     ("ZUS_HDR_F_INTR", zus_api::ops::HDR_F_INTR as i128),
     ("ZUS_HDR_F_CLIENT_SPINS", zus_api::ops::HDR_F_CLIENT_SPINS as i128),
