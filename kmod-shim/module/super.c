@@ -41,6 +41,7 @@
 #include <linux/highmem.h>
 
 #include "zufs.h"
+#include "zufs-dax.h"
 
 #define ZUFS_SUPER_MAGIC	0x5a554653	/* "ZUFS" */
 #define ZUFS_DEFAULT_TIMEOUT_MS	1000
@@ -56,6 +57,9 @@ struct zufs_sb_info {
 	spinlock_t forget_lock;
 	struct list_head forgets;
 	struct work_struct forget_work;
+	/* -o dax=PATH: file data through DAX on this pmem (dax.c), or NULL */
+	struct zufs_pmem *pmem;
+	char *dax_path;
 };
 
 struct zufs_forget {
@@ -70,6 +74,7 @@ struct zufs_inode {
 	u64 attr_expire;	/* jiffies64: the attributes are stale after it */
 	/* allocated with the inode, so that eviction never allocates */
 	struct zufs_forget *forget;
+	struct zufs_dax_inode dax;	/* dax.c */
 };
 
 static struct kmem_cache *zufs_inode_cachep;
@@ -235,6 +240,7 @@ static struct inode *zufs_iget(struct super_block *sb,
 		inode->i_op = &zufs_file_iops;
 		inode->i_fop = &zufs_file_fops;
 		inode->i_mapping->a_ops = &zufs_file_aops;
+		zufs_dax_set_inode(inode);	/* -o dax: S_DAX, dax.c's aops */
 		break;
 	case S_IFDIR:
 		inode->i_op = &zufs_dir_iops;
@@ -336,6 +342,7 @@ static struct inode *zufs_alloc_inode(struct super_block *sb)
 	}
 	atomic64_set(&zi->nlookup, 0);
 	zi->attr_expire = get_jiffies_64() - 1;
+	zufs_dax_inode_init(&zi->dax);
 	return &zi->vfs;
 }
 
@@ -383,8 +390,8 @@ static int zufs_permission(struct user_namespace *mnt_userns,
 	return generic_permission(&init_user_ns, inode, mask);
 }
 
-static int zufs_setattr(struct user_namespace *mnt_userns,
-			struct dentry *dentry, struct iattr *ia)
+static int zufs_setattr_op(struct user_namespace *mnt_userns,
+			   struct dentry *dentry, struct iattr *ia)
 {
 	struct inode *inode = d_inode(dentry);
 	struct zus_setattr_req r = { .ino = inode->i_ino };
@@ -439,6 +446,23 @@ static int zufs_setattr(struct user_namespace *mnt_userns,
 	if (r.valid & ZUS_SETATTR_SIZE)
 		truncate_pagecache(inode, i_size_read(inode));
 	return 0;
+}
+
+static int zufs_setattr(struct user_namespace *mnt_userns,
+			struct dentry *dentry, struct iattr *ia)
+{
+	struct inode *inode = d_inode(dentry);
+	int err;
+
+	if (!(ia->ia_valid & ATTR_SIZE) || !IS_DAX(inode))
+		return zufs_setattr_op(mnt_userns, dentry, ia);
+	/* DAX: nothing maps the blocks zusd frees (dax.c) */
+	err = zufs_dax_truncate_begin(inode, ia->ia_size);
+	if (err)
+		return err;
+	err = zufs_setattr_op(mnt_userns, dentry, ia);
+	zufs_dax_truncate_end(inode);
+	return err;
 }
 
 /* ----- directories ----- */
@@ -903,6 +927,8 @@ static ssize_t zufs_read_iter(struct kiocb *iocb, struct iov_iter *to)
 	ssize_t done = 0;
 	s64 ret = 0;
 
+	if (IS_DAX(inode))
+		return zufs_dax_read_iter(iocb, to);	/* dax.c */
 	if (!chunk)
 		return -EIO;
 	while (iov_iter_count(to)) {
@@ -950,6 +976,8 @@ static ssize_t zufs_write_iter(struct kiocb *iocb, struct iov_iter *from)
 	s64 ret;
 	loff_t pos;
 
+	if (IS_DAX(inode))
+		return zufs_dax_write_iter(iocb, from);	/* dax.c */
 	if (!chunk)
 		return -EIO;
 	inode_lock(inode);
@@ -1025,6 +1053,10 @@ static int zufs_fsync(struct file *file, loff_t start, loff_t end,
 	};
 	s64 ret;
 
+	/* DAX: dirty pages of shared maps to pmem first (dax.c) */
+	ret = zufs_dax_fsync_begin(file, start, end);
+	if (ret)
+		return ret;
 	ret = zufs_simple(ZUFS_SB(inode->i_sb)->mount_id, ZUS_OP_FSYNC, &r,
 			  sizeof(r), NULL, 0, 0);
 	return ret < 0 ? ret : 0;
@@ -1265,6 +1297,38 @@ static loff_t zufs_llseek(struct file *file, loff_t offset, int whence)
 	return generic_file_llseek(file, offset, whence);
 }
 
+/* ----- DAX hooks (dax.c, zufs-dax.h) ----- */
+
+u32 zufs_sb_mount_id(struct super_block *sb)
+{
+	return ZUFS_SB(sb)->mount_id;
+}
+
+struct zufs_pmem *zufs_sb_pmem(struct super_block *sb)
+{
+	return ZUFS_SB(sb)->pmem;
+}
+
+struct zufs_dax_inode *zufs_dax_i(struct inode *inode)
+{
+	return &ZUFS_I(inode)->dax;
+}
+
+/* @force: ask zusd even while the attributes are fresh */
+int zufs_inode_revalidate(struct inode *inode, bool force)
+{
+	return force || !zufs_attr_valid(inode) ? zufs_refresh(inode) : 0;
+}
+
+static int zufs_file_mmap(struct file *file, struct vm_area_struct *vma)
+{
+	if (IS_DAX(file_inode(file)))
+		return zufs_dax_mmap(file, vma);
+	if (vma->vm_flags & VM_SYNC)
+		return -EOPNOTSUPP;
+	return generic_file_readonly_mmap(file, vma);
+}
+
 static const struct file_operations zufs_file_fops = {
 	.open		= zufs_open,
 	.release	= zufs_release,
@@ -1272,7 +1336,8 @@ static const struct file_operations zufs_file_fops = {
 	.write_iter	= zufs_write_iter,
 	.fsync		= zufs_fsync,
 	.llseek		= zufs_llseek,
-	.mmap		= generic_file_readonly_mmap,
+	.mmap		= zufs_file_mmap,
+	.mmap_supported_flags = MAP_SYNC,	/* DAX mounts only */
 };
 
 static const struct file_operations zufs_dir_fops = {
@@ -1349,6 +1414,8 @@ static int zufs_show_options(struct seq_file *m, struct dentry *root)
 	seq_printf(m, ",mount_id=%u,root=%llu,attr_timeout_ms=%u,entry_timeout_ms=%u",
 		   sbi->mount_id, sbi->root, sbi->attr_timeout_ms,
 		   sbi->entry_timeout_ms);
+	if (sbi->dax_path)
+		seq_show_option(m, "dax", sbi->dax_path);
 	return 0;
 }
 
@@ -1360,13 +1427,14 @@ static const struct super_operations zufs_sops = {
 	.show_options	= zufs_show_options,
 };
 
-enum { OPT_MOUNT_ID, OPT_ROOT, OPT_ATTR_TIMEOUT, OPT_ENTRY_TIMEOUT };
+enum { OPT_MOUNT_ID, OPT_ROOT, OPT_ATTR_TIMEOUT, OPT_ENTRY_TIMEOUT, OPT_DAX };
 
 static const struct fs_parameter_spec zufs_params[] = {
 	fsparam_u32("mount_id", OPT_MOUNT_ID),
 	fsparam_u64("root", OPT_ROOT),
 	fsparam_u32("attr_timeout_ms", OPT_ATTR_TIMEOUT),
 	fsparam_u32("entry_timeout_ms", OPT_ENTRY_TIMEOUT),
+	fsparam_string("dax", OPT_DAX),		/* a pmem zusd holds (dax.c) */
 	{}
 };
 
@@ -1377,6 +1445,7 @@ struct zufs_fs_context {
 	u32 entry_timeout_ms;
 	bool have_id;
 	bool have_root;
+	char *dax;
 };
 
 static int zufs_parse_param(struct fs_context *fc, struct fs_parameter *param)
@@ -1388,6 +1457,11 @@ static int zufs_parse_param(struct fs_context *fc, struct fs_parameter *param)
 	if (opt < 0)
 		return opt;
 	switch (opt) {
+	case OPT_DAX:
+		kfree(ctx->dax);
+		ctx->dax = param->string;
+		param->string = NULL;
+		break;
 	case OPT_MOUNT_ID:
 		ctx->mount_id = result.uint_32;
 		ctx->have_id = true;
@@ -1440,6 +1514,22 @@ static int zufs_fill_super(struct super_block *sb, struct fs_context *fc)
 	sb->s_blocksize = PAGE_SIZE;
 	sb->s_blocksize_bits = PAGE_SHIFT;
 	sb->s_time_gran = 1;
+	if (ctx->dax) {
+		/* file data through DAX (dax.c) */
+		struct zufs_pmem *pm = zufs_pmem_get_held(ctx->dax);
+
+		if (IS_ERR(pm))
+			return invalfc(fc, "dax=%s: no pmem the module holds for zusd (%ld)",
+				       ctx->dax, PTR_ERR(pm));
+		sbi->pmem = pm;
+		sbi->dax_path = ctx->dax;
+		ctx->dax = NULL;
+		/*
+		 * A write asks for security.capability only until the inode
+		 * is known to have none (S_NOSEC), not once per write.
+		 */
+		sb->s_flags |= SB_NOSEC;
+	}
 
 	ret = zufs_simple(sbi->mount_id, ZUS_OP_GETATTR, &r, sizeof(r), &a,
 			  sizeof(a), sizeof(a));
@@ -1465,7 +1555,11 @@ static int zufs_get_tree(struct fs_context *fc)
 
 static void zufs_free_fc(struct fs_context *fc)
 {
-	kfree(fc->fs_private);
+	struct zufs_fs_context *ctx = fc->fs_private;
+
+	if (ctx)
+		kfree(ctx->dax);
+	kfree(ctx);
 }
 
 static const struct fs_context_operations zufs_context_ops = {
@@ -1496,6 +1590,9 @@ static void zufs_kill_sb(struct super_block *sb)
 		return;
 	flush_work(&sbi->forget_work);
 	zufs_send_forgets(sbi);
+	if (sbi->pmem)
+		zufs_pmem_put(sbi->pmem);
+	kfree(sbi->dax_path);
 	kfree(sbi);
 }
 

@@ -32,6 +32,7 @@
 #include <linux/string.h>
 
 #include "zufs.h"
+#include "zufs-dax.h"
 
 /* The largest errno a server may return (EHWPOISON); others become EIO. */
 #define ZUFS_MAX_ERRNO		133
@@ -669,6 +670,83 @@ out:
 	return ret;
 }
 
+/* ----- dax reader slots (dax.c) ----- */
+
+/*
+ * Which of the set's dax reader slots a kernel thread uses: kernel memory,
+ * across sessions (a reader of an old session clears its bit when done).
+ */
+static unsigned long zufs_dax_busy[BITS_TO_LONGS(ZUS_DAX_READER_SLOTS)];
+static DECLARE_WAIT_QUEUE_HEAD(zufs_dax_wq);
+
+static bool zufs_dax_claim(u32 *idx)
+{
+	u32 start = raw_smp_processor_id() % ZUS_DAX_READER_SLOTS, n, i;
+
+	for (n = 0; n < ZUS_DAX_READER_SLOTS; n++) {
+		i = (start + n) % ZUS_DAX_READER_SLOTS;
+		if (!test_and_set_bit_lock(i, zufs_dax_busy)) {
+			*idx = i;
+			return true;
+		}
+	}
+	return false;
+}
+
+static u64 *zufs_dax_slot(struct zufs_session *s, u32 idx)
+{
+	return s->mem + ZUFS_SET_PAGE + (size_t)idx * ZUS_CACHE_LINE;
+}
+
+/*
+ * Holds a dax reader slot of the current session's set with its layout
+ * generation until zufs_dax_reader_end(); -EIO without a session.
+ */
+int zufs_dax_reader_begin(struct zufs_dax_reader *r)
+{
+	struct zufs_session *s = zufs_get_session();
+	struct zus_channel_set_header *ch;
+	u64 gen;
+
+	if (!s)
+		return -EIO;
+	wait_event(zufs_dax_wq, zufs_dax_claim(&r->idx));
+	ch = s->mem;
+	gen = READ_ONCE(ch->layout_gen);
+	WRITE_ONCE(*zufs_dax_slot(s, r->idx), gen ?: 1);
+	/* the slot is visible before any extent is looked at */
+	smp_mb();
+	r->session = s;
+	return 0;
+}
+
+void zufs_dax_reader_end(struct zufs_dax_reader *r)
+{
+	struct zufs_session *s = r->session;
+
+	smp_store_release(zufs_dax_slot(s, r->idx), 0);
+	clear_bit_unlock(r->idx, zufs_dax_busy);
+	smp_mb__after_atomic();
+	if (wq_has_sleeper(&zufs_dax_wq))
+		wake_up(&zufs_dax_wq);
+	zufs_put_session(s);
+}
+
+/* The layout generation, tagged with the session (a new zusd starts at 1). */
+u64 zufs_dax_layout_key(void)
+{
+	struct zufs_session *s = zufs_get_session();
+	struct zus_channel_set_header *ch;
+	u64 key;
+
+	if (!s)
+		return 0;
+	ch = s->mem;
+	key = READ_ONCE(ch->layout_gen) ^ ((u64)s->server_tgid << 40);
+	zufs_put_session(s);
+	return key ?: 1;
+}
+
 /* ----- the device ----- */
 
 static long zufs_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
@@ -681,6 +759,8 @@ static long zufs_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 		return zufs_hello(file, uarg);
 	case ZUFS_IOC_DBG_OP:
 		return zufs_dbg_op(uarg);
+	case ZUFS_IOC_GRAB_PMEM:
+		return zufs_pmem_grab_ioctl(uarg);	/* pmem.c */
 	case ZUFS_IOC_ZT_INIT:
 	case ZUFS_IOC_ZT_WAIT:
 	case ZUFS_IOC_KICK_ALL:

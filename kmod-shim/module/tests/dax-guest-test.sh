@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
+#
+# dax-guest-test.sh - the guest harness (../guest-test.sh) with the DAX tests
+# (tests/guest-dax.sh): zusd, the plugins, zufs and zufs-testclient (release),
+# the static tests/dax-test.c, mke2fs and ext4 with its modules for the
+# ext4 -o dax anchor, and two memmap= pmem regions (/dev/pmem0 for zufs,
+# /dev/pmem1 for ext4).
+#
+#   bash kmod-shim/module/tests/dax-guest-test.sh     (as root)
+#
+# Environment: as guest-test.sh (ZUFS_KMOD_DIR, SMP, PMEM, ...), plus
+#   NO_BUILD=1   use what target/release holds
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../../.." && pwd)
+W=${ZUFS_KMOD_DIR:-/tmp/zufs-kmod}
+mkdir -p "$W/build"
+
+if [ "${NO_BUILD:-0}" != 1 ]; then
+  (cd "$REPO" && cargo build --release -p zusd -p nullfs -p pmemfs -p zufs-cli 2>&1 | tail -2 &&
+     cargo build --release -p zufs-tests --bin zufs-testclient 2>&1 | tail -2)
+fi
+gcc -static -O2 -g -Wall -Wextra -Werror -o "$W/build/dax-test" "$HERE/dax-test.c"
+
+EXTRA="$W/build/dax-test"
+# ext4 and what it needs, from the guest kernel's package (cached by an earlier run)
+KM=$(ls -d "$W"/kimg-*/lib/modules/* 2>/dev/null | head -1 || true)
+if [ -n "$KM" ] && [ -f "$KM/kernel/fs/ext4/ext4.ko" ]; then
+  for m in crypto/crc32c_generic lib/crc16 fs/mbcache fs/jbd2/jbd2 fs/ext4/ext4; do
+    EXTRA+=" $KM/kernel/$m.ko:/lib/zufs/kmod/$(basename "$m").ko"
+  done
+  # not /bin/mke2fs: that is a link to busybox, which the copy would overwrite
+  EXTRA+=" $(command -v mke2fs):/lib/zufs/bin/mke2fs"
+else
+  echo "dax-guest-test: no cached kernel image in $W yet: the ext4 -o dax anchor is left out of this run"
+fi
+
+# two e820 pmem regions with a gap (adjacent ones would merge into one device)
+export PMEM=${PMEM:-512M!1G memmap=256M!1664M}
+export ZUFS_GUEST_FILES="$EXTRA ${ZUFS_GUEST_FILES:-}"
+export ZUFS_GUEST_TESTS="$HERE/guest-dax.sh ${ZUFS_GUEST_TESTS:-}"
+exec bash "$REPO/kmod-shim/module/guest-test.sh"

@@ -1,0 +1,159 @@
+#!/bin/sh
+# SPDX-License-Identifier: GPL-2.0
+# Guest test: the DAX path (issue 15 part 2). zufs mkfs/fsck and zusd map
+# /dev/pmem0 through the module (ZUFS_IOC_GRAB_PMEM); a zufs mount with
+# -o dax=/dev/pmem0 copies between user memory and pmem (dax_iomap_rw) and
+# maps pmem into processes (dax_iomap_fault); a second mount of the same
+# zusd mount without dax= goes through the slot windows. Then the
+# benchmark: DAX mount, window mount, ext4 -o dax on /dev/pmem1 (the second
+# memmap= region), the FUSE bridge and tmpfs, in this one boot.
+# Run by the guest's /init (tests/dax-guest-test.sh sets it up).
+
+check() {  # NAME CMD...
+	name=$1
+	shift
+	if "$@"; then
+		echo "TEST $name ... ok"
+	else
+		echo "TEST $name ... FAILED: $*"
+	fi
+}
+
+wait_for() {  # TENTHS CMD...
+	n=$1
+	shift
+	while [ "$n" -gt 0 ]; do
+		"$@" && return 0
+		sleep 0.1
+		n=$((n - 1))
+	done
+	return 1
+}
+
+PL=/lib/zufs/plugins
+SOCK=/run/zufs/zusd-dax.sock
+LOG=/tmp/zusd-dax.log
+D=/mnt/dax
+WIN=/mnt/win
+
+lsmod | grep -q '^zufs ' || modprobe zufs
+# memmap= regions are e820 type 12: nd_e820 makes them nvdimm regions, nd_pmem /dev/pmemN
+modprobe nd_e820 2>/dev/null
+modprobe nd_pmem 2>/dev/null
+wait_for 100 test -b /dev/pmem0
+check dax_pmem0_is_a_dax_block_device sh -c 'test -b /dev/pmem0 && grep -qx 1 /sys/block/pmem0/queue/dax'
+if ! test -b /dev/pmem0; then
+	# zufs mkfs would make a file of that name: stop here
+	grep -i persistent /proc/iomem | sed 's/^/GUEST: iomem: /'
+	ls -l /dev/pmem* 2>&1 | sed 's/^/GUEST: /'
+	exit 1
+fi
+ls -l /dev/pmem* | sed 's/^/GUEST: /'
+
+# mkfs and fsck map the device through the module, which holds it meanwhile
+check dax_mkfs_through_the_module /bin/zufs mkfs -t pmemfs --plugins $PL /dev/pmem0
+check dax_module_held_pmem0 sh -c 'dmesg | grep -q "zufs: pmem /dev/pmem0 .*held"'
+check dax_released_after_mkfs sh -c 'dmesg | grep -q "zufs: pmem .* released"'
+check dax_fsck_clean_after_mkfs sh -c "/bin/zufs fsck -t pmemfs --plugins $PL /dev/pmem0 | grep -q ': 0 problem'"
+
+start_zusd() {
+	NO_COLOR=1 ZUFS_LOG=info /bin/zusd --kernel --plugins $PL --socket "$SOCK" >"$LOG" 2>&1 &
+	ZPID=$!
+	wait_for 600 grep -q 'zusd ready' "$LOG"
+}
+mount_dax() {  # the zusd mount of /dev/pmem0, then the kernel's DAX and window mounts
+	set -- $(echo | /bin/zufs-testclient --socket "$SOCK" mount --fs pmemfs --device /dev/pmem0 2>/tmp/dax-mount.err | grep '^MOUNTED')
+	MID=${2:-0}
+	ROOT=${3:-0}
+	test "${1:-}" = MOUNTED
+}
+start_zusd
+check dax_zusd_mounted_pmem0 mount_dax
+sed 's/^/GUEST: zusd: /' /tmp/dax-mount.err | tail -n 3
+mkdir -p $D $WIN /mnt/x
+check dax_pmem0_held_exclusively sh -c '! mount -t ext4 /dev/pmem0 /mnt/x 2>/dev/null'
+check dax_mount mount -t zufs -o "mount_id=$MID,root=$ROOT,dax=/dev/pmem0" none $D
+check dax_mount_shows_dax grep -q " $D zufs .*dax=/dev/pmem0" /proc/mounts
+check dax_window_mount_of_the_same_fs mount -t zufs -o "mount_id=$MID,root=$ROOT" none $WIN
+check dax_mount_refuses_a_device_not_held sh -c "! mount -t zufs -o mount_id=$MID,root=$ROOT,dax=/dev/pmem1 none /mnt/x 2>/dev/null"
+
+# ---- the part 1 workload on the DAX mount ----
+check dax_write_read sh -c "echo hello > $D/a && [ \"\$(cat $D/a)\" = hello ]"
+check dax_append sh -c "echo world >> $D/a && [ \"\$(wc -l < $D/a)\" = 2 ] && [ \"\$(tail -n 1 $D/a)\" = world ]"
+dd if=/dev/urandom of=/tmp/big bs=1k count=700 2>/dev/null
+check dax_700k_file sh -c "cp /tmp/big $D/big && cmp /tmp/big $D/big"
+check dax_md5sum sh -c "[ \"\$(md5sum < $D/big)\" = \"\$(md5sum < /tmp/big)\" ]"
+check dax_data_seen_through_the_window_mount cmp /tmp/big $WIN/big
+check dax_window_write_seen_by_dax sh -c "echo fromwin > $WIN/w && [ \"\$(cat $D/w)\" = fromwin ]"
+check dax_overwrite_middle sh -c "dd if=/dev/zero of=$D/big bs=4096 seek=10 count=3 conv=notrunc 2>/dev/null && dd if=/dev/zero of=/tmp/big bs=4096 seek=10 count=3 conv=notrunc 2>/dev/null && cmp /tmp/big $D/big && cmp /tmp/big $WIN/big"
+cached_overwrites() {  # 200 O_SYNC overwrites through one open file: one MAP at most
+	/bin/dax-test overwrite $D/big 200 > /tmp/ow.log 2>&1
+	rc=$?
+	sed 's/^/GUEST: /' /tmp/ow.log
+	[ $rc = 0 ]
+}
+check dax_cached_overwrite_needs_no_map cached_overwrites
+check dax_truncate_down sh -c "truncate -s 1000 $D/big && [ \$(stat -c %s $D/big) = 1000 ] && cmp -n 1000 /tmp/big $D/big"
+check dax_truncate_up_reads_zeros sh -c "truncate -s 9000 $D/big && [ \"\$(dd if=$D/big bs=1000 skip=1 2>/dev/null | tr -d '\\000' | wc -c)\" = 0 ]"
+check dax_sparse_write sh -c "echo x | dd of=$D/sparse bs=1 seek=5242880 2>/dev/null && [ \$(stat -c %s $D/sparse) = 5242882 ] && [ \"\$(dd if=$D/sparse bs=4096 skip=100 count=1 2>/dev/null | tr -d '\\000' | wc -c)\" = 0 ]"
+check dax_fsync sh -c "dd if=/tmp/big of=$D/synced bs=64k conv=fsync 2>/dev/null && cmp /tmp/big $D/synced"
+check dax_rename_link_symlink sh -c "mv $D/a $D/b && ln $D/b $D/h && ln -s b $D/s && [ \"\$(cat $D/s)\" = \"\$(cat $D/h)\" ] && [ \$(stat -c %h $D/b) = 2 ]"
+check dax_readdir_1000 sh -c "mkdir $D/many && i=0 && while [ \$i -lt 1000 ]; do : > $D/many/f\$i; i=\$((i + 1)); done && [ \$(ls $D/many | wc -l) = 1000 ]"
+check dax_tar_round_trip sh -c "mkdir -p $D/t && (cd /lib/zufs && tar cf - .) | (cd $D/t && tar xf -) && for f in \$(cd /lib/zufs && find . -type f); do cmp /lib/zufs/\$f $D/t/\$f || exit 1; done"
+check dax_cp_r sh -c "cp -r $D/t $D/t2 && [ \"\$(cd $D/t && find . -type f | sort | xargs md5sum)\" = \"\$(cd $D/t2 && find . -type f | sort | xargs md5sum)\" ]"
+check dax_open_unlinked sh -c "exec 3<$D/synced; rm $D/synced; cmp /tmp/big /proc/self/fd/3"
+check dax_rm_r sh -c "rm -r $D/many $D/t $D/t2 && [ ! -e $D/many ]"
+
+# ---- mmap ----
+/bin/dax-test mmap $D 2>&1
+check dax_mmap_on_the_window_mount_is_read_only sh -c "! /bin/dax-test mmap $WIN >/dev/null 2>&1"
+
+# ---- remount: the data is on pmem ----
+check dax_umount umount $D
+check dax_remount mount -t zufs -o "mount_id=$MID,root=$ROOT,dax=/dev/pmem0" none $D
+check dax_data_after_remount sh -c "cmp -n 1000 /tmp/big $D/big && [ \"\$(cat $D/w)\" = fromwin ]"
+
+# ---- benchmark: one boot, five targets ----
+bench() {  # LABEL DIR
+	/bin/dax-test bench "$2" "$1" 2>&1 | sed 's/^/GUEST: /'
+}
+for m in crc32c_generic crc16 mbcache jbd2 ext4; do
+	insmod /lib/zufs/kmod/$m.ko 2>/dev/null
+done
+E=/mnt/ext4dax
+mkdir -p $E /mnt/tmpfs /mnt/fuse
+EXT4=0
+if [ -b /dev/pmem1 ] && /lib/zufs/bin/mke2fs -q -F -t ext4 -b 4096 /dev/pmem1 >/dev/null 2>&1 &&
+	mount -t ext4 -o dax /dev/pmem1 $E 2>/dev/null; then
+	EXT4=1
+fi
+echo "GUEST: bench: ext4 -o dax on /dev/pmem1: $EXT4"
+mount -t tmpfs -o size=256m tmpfs /mnt/tmpfs
+modprobe fuse 2>/dev/null
+FUSE=0
+if /bin/zufs mkfs -t pmemfs --plugins $PL --size 256M /dev/shm/fuse.img >/dev/null 2>&1 &&
+	/bin/zufs mount --socket "$SOCK" --plugins $PL -t pmemfs /dev/shm/fuse.img /mnt/fuse >/tmp/fuse-mount.log 2>&1; then
+	FUSE=1
+fi
+echo "GUEST: bench: FUSE bridge mount: $FUSE $(tail -n 1 /tmp/fuse-mount.log 2>/dev/null)"
+for round in 1 2; do
+	bench dax $D
+	bench window $WIN
+	[ $EXT4 = 1 ] && bench ext4dax $E
+	[ $FUSE = 1 ] && bench fuse /mnt/fuse
+	bench tmpfs /mnt/tmpfs
+done
+[ $FUSE = 1 ] && /bin/zufs umount --socket "$SOCK" /mnt/fuse >/dev/null 2>&1
+[ $EXT4 = 1 ] && umount $E
+umount /mnt/tmpfs
+
+# ---- zusd killed: EIO, no hang; the device goes back ----
+kill -KILL "$ZPID"
+wait "$ZPID" 2>/dev/null
+check dax_eio_after_zusd_died sh -c "! cat $D/w >/dev/null 2>&1"
+check dax_umount_after_zusd_died sh -c "umount $D && umount $WIN"
+check dax_pmem_released_after_umount sh -c '[ "$(dmesg | grep -c "zufs: pmem .* released")" -ge 3 ]'
+check dax_fsck_after_kill sh -c "/bin/zufs fsck -t pmemfs --plugins $PL /dev/pmem0 > /tmp/fsck.log 2>&1; grep -q ': 0 problem' /tmp/fsck.log"
+sed 's/^/GUEST: fsck: /' /tmp/fsck.log | tail -n 3
+check dax_rmmod rmmod zufs
+check dax_kernel_log_clean sh -c '! dmesg | grep -E "WARNING:|BUG:|Oops|general protection|refcount_t|list_(add|del) corruption"'
