@@ -101,6 +101,36 @@ impl MappedPmem {
         Ok(MappedPmem { base, len: ulen, mode, owned: true })
     }
 
+    /// Map `len` bytes of `fd` shared from offset 0, as [`open_file`](Self::open_file) does
+    /// (`MAP_SYNC` first, `MAP_SHARED` otherwise). For an fd that maps pmem itself, such as the
+    /// one the zufs kernel module hands out for a DAX block device (`ZUFS_IOC_GRAB_PMEM`): a
+    /// mapping of the block device node would go through its page cache. `what` names the device
+    /// in errors. The fd can be closed afterwards.
+    pub fn map_fd(fd: std::os::fd::BorrowedFd<'_>, len: u64, what: &str) -> Result<Self> {
+        let err = |source: std::io::Error| PmemError::Map { path: what.to_owned(), source };
+        let ulen = usize::try_from(len).map_err(|_| err(std::io::Error::from_raw_os_error(libc::EFBIG)))?;
+        if ulen == 0 {
+            return Err(err(std::io::Error::from_raw_os_error(libc::EINVAL)));
+        }
+        let prot = libc::PROT_READ | libc::PROT_WRITE;
+        let fd = fd.as_raw_fd();
+        // SAFETY: a fresh shared mapping of a caller's fd; the kernel picks the address.
+        let p =
+            unsafe { libc::mmap(std::ptr::null_mut(), ulen, prot, libc::MAP_SHARED_VALIDATE | libc::MAP_SYNC, fd, 0) };
+        let (p, mode) = if p == libc::MAP_FAILED {
+            // SAFETY: as above, plain shared mapping.
+            let p = unsafe { libc::mmap(std::ptr::null_mut(), ulen, prot, libc::MAP_SHARED, fd, 0) };
+            if p == libc::MAP_FAILED {
+                return Err(err(std::io::Error::last_os_error()));
+            }
+            (p, MapMode::Shared)
+        } else {
+            (p, MapMode::Sync)
+        };
+        let base = NonNull::new(p.cast::<u8>()).ok_or_else(|| err(std::io::Error::from_raw_os_error(libc::ENOMEM)))?;
+        Ok(MappedPmem { base, len: ulen, mode, owned: true })
+    }
+
     /// An anonymous shared mapping of `len` bytes (zero-filled), for tests and benchmarks.
     pub fn anonymous(len: usize) -> Result<Self> {
         let err = |source| PmemError::Map { path: "<anonymous>".into(), source };
@@ -277,6 +307,25 @@ mod tests {
         assert!(pm.write_from(0, &vec![0u8; 10], 5, 6, true).is_err());
         assert!(pm.load_u64(4089).is_err());
         assert!(pm.store(4096, &[]).is_ok());
+    }
+
+    #[test]
+    fn test_map_fd_maps_a_file() {
+        let dir = std::env::temp_dir().join(format!("zus-pmem-mapfd-{}", std::process::id()));
+        let f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&dir).unwrap();
+        f.set_len(8192).unwrap();
+        let pm = MappedPmem::map_fd(std::os::fd::AsFd::as_fd(&f), 8192, "test").unwrap();
+        drop(f);
+        pm.store(4096, b"abc").unwrap();
+        let mut b = [0u8; 3];
+        pm.read(4096, &mut b).unwrap();
+        assert_eq!(&b, b"abc");
+        drop(pm);
+        assert_eq!(&std::fs::read(&dir).unwrap()[4096..4099], b"abc");
+        std::fs::remove_file(&dir).unwrap();
+        assert!(
+            MappedPmem::map_fd(std::os::fd::AsFd::as_fd(&std::fs::File::open("/dev/null").unwrap()), 0, "x").is_err()
+        );
     }
 
     #[test]

@@ -162,6 +162,65 @@ pub fn parse_options(opts: &str) -> Result<ServerOptions, MountError> {
     Ok(so)
 }
 
+/// Whether `path` is a block device whose queue does DAX (`/dev/pmem0` on memmap= pmem).
+#[must_use]
+pub fn is_dax_block_device(path: &Path) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let Ok(m) = std::fs::metadata(path) else { return false };
+    if !m.file_type().is_block_device() {
+        return false;
+    }
+    let rdev = m.rdev();
+    let major = ((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff);
+    let minor = (rdev & 0xff) | ((rdev >> 12) & !0xff);
+    std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/queue/dax")).is_ok_and(|s| s.trim() == "1")
+}
+
+/// Maps the pmem of the DAX block device `path` through the zufs kernel module
+/// (`ZUFS_IOC_GRAB_PMEM`): the module holds the device exclusively and its fd maps the pmem
+/// itself. A mapping of the block device node would go through the block device's page cache,
+/// which the kernel's DAX copies (a `zufs -o dax` mount) never see.
+///
+/// # Errors
+/// The open, ioctl or mmap error.
+pub fn grab_pmem(path: &str) -> std::io::Result<MappedPmem> {
+    use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::fs::OpenOptionsExt;
+    use zus_api::kabi::{KGrabPmem, ZUFS_IOC_GRAB_PMEM};
+    let dev = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(crate::kernel::DEVICE)?;
+    let cpath = std::ffi::CString::new(path).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    let mut g = KGrabPmem { path: cpath.as_ptr() as u64, ..KGrabPmem::default() };
+    // SAFETY: the argument is a live KGrabPmem of the size the ioctl number encodes; the path
+    // string outlives the call.
+    let rc = unsafe { libc::ioctl(dev.as_raw_fd(), libc::Ioctl::from(ZUFS_IOC_GRAB_PMEM), &raw mut g) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if g.fd < 0 {
+        return Err(std::io::Error::from_raw_os_error(libc::EIO));
+    }
+    // SAFETY: the module installed this fd for us and nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(g.fd) };
+    MappedPmem::map_fd(fd.as_fd(), g.size, path).map_err(std::io::Error::other)
+}
+
+/// Maps a device: a DAX block device through the kernel module ([`grab_pmem`]), anything else
+/// as a file (created or extended to `create` bytes when given).
+fn map_device(path: &str, create: Option<u64>) -> Result<MappedPmem, MountError> {
+    if is_dax_block_device(Path::new(path)) {
+        return grab_pmem(path).map_err(|e| MountError::Device {
+            path: path.to_owned(),
+            reason: format!("DAX block device, mapped through {} (is the zufs module loaded?): {e}", crate::kernel::DEVICE),
+            errno: Errno(e.raw_os_error().unwrap_or(libc::EIO)),
+        });
+    }
+    MappedPmem::open_file(Path::new(path), create).map_err(|e| device_error(path, &e))
+}
+
 fn device_error(path: &str, e: &zus_pmem::PmemError) -> MountError {
     MountError::Device { path: path.to_owned(), reason: e.to_string(), errno: Errno(e.errno()) }
 }
@@ -200,7 +259,7 @@ pub fn open_device(path: &str, fs_type: &str) -> Result<MappedPmem, MountError> 
     if !Path::new(path).exists() {
         return Err(MountError::Device { path: path.to_owned(), reason: "no such file".into(), errno: Errno::ENOENT });
     }
-    let pmem = MappedPmem::open_file(Path::new(path), None).map_err(|e| device_error(path, &e))?;
+    let pmem = map_device(path, None)?;
     if pmem.map_mode() != MapMode::Sync {
         tracing::info!("{path}: MAP_SYNC not supported here, mapped MAP_SHARED (flushes still issued)");
     }
@@ -321,7 +380,7 @@ pub fn mkfs(plugin: &Plugin, device: &str, size: Option<u64>, options: &str) -> 
             });
         }
     }
-    let pmem = MappedPmem::open_file(Path::new(device), create).map_err(|e| device_error(device, &e))?;
+    let pmem = map_device(device, create)?;
     let _lock = lock_device(device)?;
     if pmem.len() < DEVICE_ALIGN {
         return Err(MountError::Device {
