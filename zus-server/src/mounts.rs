@@ -187,11 +187,8 @@ pub fn grab_pmem(path: &str) -> std::io::Result<MappedPmem> {
     use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
     use std::os::unix::fs::OpenOptionsExt;
     use zus_api::kabi::{KGrabPmem, ZUFS_IOC_GRAB_PMEM};
-    let dev = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(crate::kernel::DEVICE)?;
+    let dev =
+        std::fs::OpenOptions::new().read(true).write(true).custom_flags(libc::O_CLOEXEC).open(crate::kernel::DEVICE)?;
     let cpath = std::ffi::CString::new(path).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
     let mut g = KGrabPmem { path: cpath.as_ptr() as u64, ..KGrabPmem::default() };
     // SAFETY: the argument is a live KGrabPmem of the size the ioctl number encodes; the path
@@ -214,7 +211,10 @@ fn map_device(path: &str, create: Option<u64>) -> Result<MappedPmem, MountError>
     if is_dax_block_device(Path::new(path)) {
         return grab_pmem(path).map_err(|e| MountError::Device {
             path: path.to_owned(),
-            reason: format!("DAX block device, mapped through {} (is the zufs module loaded?): {e}", crate::kernel::DEVICE),
+            reason: format!(
+                "DAX block device, mapped through {} (is the zufs module loaded?): {e}",
+                crate::kernel::DEVICE
+            ),
             errno: Errno(e.raw_os_error().unwrap_or(libc::EIO)),
         });
     }
