@@ -40,14 +40,7 @@ fn statx_size(fd: c_int, sync: c_int) -> Option<u64> {
     // SAFETY: the path is NUL-terminated; the kernel writes at most one `struct statx` into
     // our buffer.
     let r = unsafe {
-        libc::syscall(
-            libc::SYS_statx,
-            fd,
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH | sync,
-            libc::STATX_SIZE,
-            stx.as_mut_ptr(),
-        )
+        libc::syscall(libc::SYS_statx, fd, c"".as_ptr(), libc::AT_EMPTY_PATH | sync, libc::STATX_SIZE, stx.as_mut_ptr())
     };
     check(r).ok()?;
     // SAFETY: zero-initialized, then filled by the kernel; every bit pattern is a valid statx.
