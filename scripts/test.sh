@@ -22,6 +22,15 @@ cargo clippy --release --workspace --all-targets -- -D warnings
 echo "== tests =="
 # End-to-end tests find zusd, the test client and the plugins next to the test executables.
 cargo test --release --workspace -- --test-threads="${ZUFS_TEST_THREADS:-2}"
+echo "== fuzz: regression replay and a smoke of each target =="
+# fuzz/ is its own workspace (cargo-fuzz, libFuzzer + ASan; docs/fuzzing.md): replay the kept
+# crash inputs and seeds as a plain test, then run each target briefly (ZUFS_FUZZ_SMOKE_SECS).
+fuzz_t0=$SECONDS
+(cd fuzz && cargo test -q)
+for t in dispatch adapter pmemfs_image control fuse_decode; do
+    fuzz/run.sh "$t" "${ZUFS_FUZZ_SMOKE_SECS:-15}"
+done
+echo "== fuzz: done in $((SECONDS - fuzz_t0)) s =="
 echo "== kernel module: qemu guest test =="
 # Builds zufs.ko against Debian's current kernel and boots it in a TCG guest (about a minute; its
 # downloads are cached in ZUFS_KMOD_DIR, default /tmp/zufs-kmod, outside the repository). It exits
