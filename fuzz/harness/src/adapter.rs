@@ -201,7 +201,12 @@ impl Fixture {
         if std::env::var_os("ZUFS_FUZZ_DEBUG").is_some() {
             eprintln!("adapter: op {opcode} flags {flags} -> {rc}");
         }
-        assert!(call.reply_len <= call.reply_cap, "reply of {} bytes in a {}-byte buffer", call.reply_len, call.reply_cap);
+        assert!(
+            call.reply_len <= call.reply_cap,
+            "reply of {} bytes in a {}-byte buffer",
+            call.reply_len,
+            call.reply_cap
+        );
         if desc.kind == data_kind::WINDOW && rc >= 0 {
             assert!(
                 call.data_out as u64 <= desc.window_len,

@@ -192,15 +192,9 @@ impl Fixture {
             }
             *sub = slot.state() == slot_state::SUBMITTED;
         }
-        let snap = Snapshot {
-            generation: 1,
-            clients: self.clients.clone(),
-            mounts: self.mounts.clone(),
-            kernel: None,
-        };
+        let snap = Snapshot { generation: 1, clients: self.clients.clone(), mounts: self.mounts.clone(), kernel: None };
         let ctl = &self.server.zts[0];
-        let pass =
-            zus_server::zt::serve_client(&self.server, ctl, 0, &snap, client, attached, &mut self.scratch);
+        let pass = zus_server::zt::serve_client(&self.server, ctl, 0, &snap, client, attached, &mut self.scratch);
         drop(snap);
         assert_eq!(pass.served, submitted.iter().filter(|s| **s).count(), "every submitted slot is served once");
         for (s, sub) in submitted.iter().enumerate() {
@@ -211,7 +205,10 @@ impl Fixture {
             assert_eq!(slot.state(), slot_state::DONE, "slot {s} served but not DONE");
             let h = slot.reply_header();
             if debug() {
-                eprintln!("dispatch: client {which} slot {s} op {} -> {} (out {}, data {})", h.opcode, h.result, h.out_len, h.data_len);
+                eprintln!(
+                    "dispatch: client {which} slot {s} op {} -> {} (out {}, data {})",
+                    h.opcode, h.result, h.out_len, h.data_len
+                );
             }
             assert!(h.out_len as usize <= zus_api::chan::PAYLOAD_SIZE, "slot {s}: reply of {} bytes", h.out_len);
             assert!(h.data_len as usize <= WINDOW, "slot {s}: {} window bytes", h.data_len);

@@ -19,7 +19,10 @@ fn check_name(n: &[u8], rest: &[u8]) {
 
 fn check(req: &Request<'_>, rest: &[u8]) {
     match req {
-        Request::Lookup { name } | Request::Unlink { name } | Request::Rmdir { name } | Request::Removexattr { name } => {
+        Request::Lookup { name }
+        | Request::Unlink { name }
+        | Request::Rmdir { name }
+        | Request::Removexattr { name } => {
             check_name(name, rest);
         }
         Request::Mknod { name, .. }

@@ -55,7 +55,8 @@ fn populate(fs: &Fs<MappedPmem>) {
     let d = fs.mkdir(ROOT, b"dir", 0o755, 0, 0).expect("mkdir");
     let t = fs.create(ROOT, b"target", 0o644, 0, 0).expect("create");
     for i in 0..12u64 {
-        let f = fs.create(d.ino, format!("file-with-a-longer-name-{i}").as_bytes(), 0o644, i as u32, 0).expect("create");
+        let f =
+            fs.create(d.ino, format!("file-with-a-longer-name-{i}").as_bytes(), 0o644, i as u32, 0).expect("create");
         fs.write_bytes(f.ino, i * 5000, &[i as u8; 3000], true).expect("write");
         fs.write_bytes(t.ino, i * 8192, &[1; 100], true).expect("write"); // fragmented: a chain
         if i % 4 == 0 {

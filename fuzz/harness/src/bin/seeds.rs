@@ -49,7 +49,16 @@ fn ops() -> Vec<Op> {
         (OpCode::Getattr, req(&InoReq { ino: 1 }, &[]), vec![]),
         (
             OpCode::Setattr,
-            req(&SetattrReq { ino: 2, valid: setattr::SIZE | setattr::MODE, mode: 0o600, size: 10, ..SetattrReq::default() }, &[]),
+            req(
+                &SetattrReq {
+                    ino: 2,
+                    valid: setattr::SIZE | setattr::MODE,
+                    mode: 0o600,
+                    size: 10,
+                    ..SetattrReq::default()
+                },
+                &[],
+            ),
             vec![],
         ),
         (OpCode::Create, create(1, b"f", 0o100644), vec![]),
@@ -81,9 +90,17 @@ fn ops() -> Vec<Op> {
             req(&XattrReq { ino: 2, name_len: 6, flags: 0, size: 5, reserved: 0 }, &[b"user.a"]),
             b"value".to_vec(),
         ),
-        (OpCode::Getxattr, req(&XattrReq { ino: 2, name_len: 6, flags: 0, size: 64, reserved: 0 }, &[b"user.a"]), vec![]),
+        (
+            OpCode::Getxattr,
+            req(&XattrReq { ino: 2, name_len: 6, flags: 0, size: 64, reserved: 0 }, &[b"user.a"]),
+            vec![],
+        ),
         (OpCode::Listxattr, req(&XattrReq { ino: 2, name_len: 0, flags: 0, size: 64, reserved: 0 }, &[]), vec![]),
-        (OpCode::Removexattr, req(&XattrReq { ino: 2, name_len: 6, flags: 0, size: 0, reserved: 0 }, &[b"user.a"]), vec![]),
+        (
+            OpCode::Removexattr,
+            req(&XattrReq { ino: 2, name_len: 6, flags: 0, size: 0, reserved: 0 }, &[b"user.a"]),
+            vec![],
+        ),
         (OpCode::Map, req(&MapReq { ino: 2, offset: 0, len: 8192, write: 1, reserved: 0 }, &[]), vec![]),
         (OpCode::MapDone, req(&MapDoneReq { ino: 2, end: 8192, sync: 0, reserved: 0 }, &[]), vec![]),
         (OpCode::Forget, req(&ForgetReq { ino: 2, nlookup: 1 }, &[]), vec![]),
@@ -126,9 +143,16 @@ fn adapter_seeds() -> Vec<Vec<u8>> {
         // Inode 3 is /f on the adapter's image, 5 is /d/g; 4 the symlink.
         let payload = retarget(op, payload);
         let (flags, iov): (u8, Vec<(u16, u16)>) = match op {
-            OpCode::Write | OpCode::Read if io_kind(&payload) == DATA_REMOTE_IOV => (data::REMOTE, vec![(0, 100), (512, 200)]),
+            OpCode::Write | OpCode::Read if io_kind(&payload) == DATA_REMOTE_IOV => {
+                (data::REMOTE, vec![(0, 100), (512, 200)])
+            }
             OpCode::Write | OpCode::Read if io_kind(&payload) == DATA_WINDOW_STREAM => (data::STREAM, vec![]),
-            OpCode::Write | OpCode::Read | OpCode::Setxattr | OpCode::Getxattr | OpCode::Listxattr | OpCode::Readdir
+            OpCode::Write
+            | OpCode::Read
+            | OpCode::Setxattr
+            | OpCode::Getxattr
+            | OpCode::Listxattr
+            | OpCode::Readdir
             | OpCode::Readlink => (data::WINDOW, vec![]),
             _ => (data::NONE, vec![]),
         };
@@ -147,8 +171,15 @@ fn io_kind(p: &[u8]) -> u32 {
 fn retarget(op: OpCode, mut p: Vec<u8>) -> Vec<u8> {
     let ino_first = !matches!(
         op,
-        OpCode::Lookup | OpCode::Create | OpCode::Mknod | OpCode::Mkdir | OpCode::Unlink | OpCode::Rmdir | OpCode::Rename
-            | OpCode::Symlink | OpCode::Readdir
+        OpCode::Lookup
+            | OpCode::Create
+            | OpCode::Mknod
+            | OpCode::Mkdir
+            | OpCode::Unlink
+            | OpCode::Rmdir
+            | OpCode::Rename
+            | OpCode::Symlink
+            | OpCode::Readdir
     );
     if ino_first && p.len() >= 8 {
         let ino = u64::from_le_bytes(p[..8].try_into().unwrap());
@@ -199,7 +230,10 @@ fn control_seeds() -> Vec<Vec<u8>> {
         control::encode(&[hello.clone()]),
         control::encode(&[hello.clone(), C::ListFs, C::Status]),
         control::encode(&[bridge, mount.clone(), C::Attach { mount_id: 1 }, C::Status, C::Unmount { mount_id: 1 }]),
-        control::encode(&[hello.clone(), C::Mount { fs_type: "pmemfs".into(), device: "/nonexistent".into(), options: String::new() }]),
+        control::encode(&[
+            hello.clone(),
+            C::Mount { fs_type: "pmemfs".into(), device: "/nonexistent".into(), options: String::new() },
+        ]),
         control::encode(&[hello.clone(), C::Attach { mount_id: 9 }, C::Unmount { mount_id: 9 }, hello.clone()]),
         control::encode(&[C::Status]),
         control::encode(&[C::Hello { features: 0, required: 1 << 40, name: String::new() }]),
@@ -238,12 +272,20 @@ fn fuse_seeds() -> Vec<Vec<u8>> {
         (op::GETXATTR, s(abi::bytes_of(&abi::GetxattrIn { size: 64, padding: 0 })), s(b"user.a\0")),
         (op::LISTXATTR, s(abi::bytes_of(&abi::GetxattrIn { size: 64, padding: 0 })), vec![]),
         (op::REMOVEXATTR, vec![], s(b"user.a\0")),
-        (op::CREATE, s(abi::bytes_of(&abi::CreateIn { flags: 0o100, mode: 0o644, umask: 0o22, open_flags: 0 })), s(b"c\0")),
-        (op::BATCH_FORGET, s(abi::bytes_of(&abi::BatchForgetIn { count: 2, dummy: 0 })), b(&|| {
-            let mut v = s(abi::bytes_of(&abi::ForgetOne { nodeid: 2, nlookup: 1 }));
-            v.extend_from_slice(abi::bytes_of(&abi::ForgetOne { nodeid: 3, nlookup: 2 }));
-            v
-        })),
+        (
+            op::CREATE,
+            s(abi::bytes_of(&abi::CreateIn { flags: 0o100, mode: 0o644, umask: 0o22, open_flags: 0 })),
+            s(b"c\0"),
+        ),
+        (
+            op::BATCH_FORGET,
+            s(abi::bytes_of(&abi::BatchForgetIn { count: 2, dummy: 0 })),
+            b(&|| {
+                let mut v = s(abi::bytes_of(&abi::ForgetOne { nodeid: 2, nlookup: 1 }));
+                v.extend_from_slice(abi::bytes_of(&abi::ForgetOne { nodeid: 3, nlookup: 2 }));
+                v
+            }),
+        ),
         (op::IOCTL, s(abi::bytes_of(&abi::IoctlIn { in_size: 4, ..Default::default() })), s(b"abcd")),
         (op::FALLOCATE, s(abi::bytes_of(&abi::FallocateIn { length: 4096, ..Default::default() })), vec![]),
         (op::LSEEK, s(abi::bytes_of(&abi::LseekIn { whence: 3, ..Default::default() })), vec![]),
