@@ -509,6 +509,87 @@ def check_copy_file_range():
         os.close(x)
 
 
+def facl(*args):
+    """Runs setfacl/getfacl; returns 'ok' or the tool's first error line, or getfacl's entries."""
+    import subprocess
+    r = subprocess.run(args, capture_output=True, text=True)
+    if r.returncode != 0:
+        err = r.stderr.strip().splitlines()
+        return "error: " + (err[0].split(": ")[-1] if err else str(r.returncode))
+    if args[0] == "getfacl":
+        return " ".join(l for l in r.stdout.splitlines() if l and not l.startswith("#"))
+    return "ok"
+
+
+def acl_xattrs(p):
+    return sorted(n for n in os.listxattr(p, follow_symlinks=False) if n.startswith("system.posix_acl"))
+
+
+def check_acl():
+    uid, gid = user_ids()
+
+    def can(p, flags):
+        def f():
+            os.close(os.open(p, flags))
+        return as_user(f)
+
+    # Access ACL on a file: stored as system.posix_acl_access, mode's group bits are the mask.
+    fresh("f", 0o640)
+    out("setfacl u:tests:rw:", facl("setfacl", "-m", "u:tests:rw", "f"), mode("f"), acl_xattrs("f"))
+    out("getfacl:", facl("getfacl", "-c", "f"))
+    out("user write with ACL entry:", can("f", os.O_WRONLY))
+    fresh("g", 0o644)
+    out("setfacl u:tests:---:", facl("setfacl", "-m", "u:tests:---", "g"), mode("g"))
+    out("user read denied by ACL entry:", can("g", os.O_RDONLY))
+    # chmod rewrites the mask; the named entry is then masked.
+    os.chmod("f", 0o604)
+    out("chmod 604:", mode("f"), facl("getfacl", "-c", "f"))
+    out("user write after chmod:", can("f", os.O_WRONLY))
+    os.chmod("f", 0o664)
+    out("chmod 664:", mode("f"), facl("getfacl", "-c", "f"))
+    # The mask entry set directly moves the mode's group bits.
+    out("setfacl m::r:", facl("setfacl", "-m", "m::r", "f"), mode("f"))
+    out("user write with mask r:", can("f", os.O_WRONLY))
+    # An ACL equivalent to a mode is a mode.
+    out("setfacl -b:", facl("setfacl", "-b", "f"), mode("f"), acl_xattrs("f"), facl("getfacl", "-c", "f"))
+    out("setfacl u::rwx,g::r-x,o::-:", facl("setfacl", "--set", "u::rwx,g::r-x,o::---", "f"), mode("f"), acl_xattrs("f"))
+    # Group entries, and another user may not set an ACL.
+    fresh("h", 0o600)
+    out("setfacl g:tests:r:", facl("setfacl", "-m", f"g:{gid}:r", "h"), mode("h"))
+    out("user read by group entry:", can("h", os.O_RDONLY))
+    out("user setfacl on root's file:", as_user(lambda: facl("setfacl", "-m", "u:tests:rwx", "h")))
+    # Default ACLs: inherited on create (the umask is ignored then), by subdirectories as both.
+    os.mkdir("d", 0o755)
+    out("setfacl -d:", facl("setfacl", "-d", "-m", "u:tests:rwx", "d"), acl_xattrs("d"))
+    out("getfacl d:", facl("getfacl", "-c", "d"))
+    old = os.umask(0o077)
+    os.close(os.open("d/f", os.O_CREAT | os.O_WRONLY, 0o666))
+    os.mkdir("d/sub", 0o777)
+    os.mknod("d/fifo", 0o640 | stat.S_IFIFO)
+    os.symlink("f", "d/link")
+    os.umask(old)
+    for n in ("d/f", "d/sub", "d/fifo"):
+        out("inherited", n, mode(n), acl_xattrs(n), facl("getfacl", "-c", n))
+    out("symlink:", os.path.islink("d/link"))
+    out("user write in d/f:", can("d/f", os.O_WRONLY))
+    os.chmod("d", 0o777)
+
+    def ucreate():
+        os.umask(0o022)
+        os.close(os.open("d/sub/byuser", os.O_CREAT | os.O_WRONLY, 0o640))
+        return mode("d/sub/byuser")
+    out("user create in d/sub:", as_user(ucreate), facl("getfacl", "-c", "d/sub/byuser"))
+    # Without a default ACL the umask applies.
+    os.mkdir("plain", 0o777)
+    old = os.umask(0o027)
+    os.close(os.open("plain/f", os.O_CREAT | os.O_WRONLY, 0o666))
+    os.mkdir("plain/d", 0o777)
+    os.umask(old)
+    out("umask without default ACL:", mode("plain/f"), mode("plain/d"), acl_xattrs("plain/f"))
+    # Removing the default ACL.
+    out("setfacl -k:", facl("setfacl", "-k", "d"), acl_xattrs("d"))
+
+
 CHECKS = {
     "setid": check_setid,
     "open_unlinked": check_open_unlinked,
@@ -519,6 +600,7 @@ CHECKS = {
     "handles_reopen": check_handles_reopen,
     "atime": check_atime,
     "copy_file_range": check_copy_file_range,
+    "acl": check_acl,
 }
 
 if __name__ == "__main__":

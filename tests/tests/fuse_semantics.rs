@@ -1,7 +1,7 @@
 //! What real programs and test suites expect of a filesystem (issue 16), on a pmemfs mount next
 //! to kernel tmpfs: set-id rules (as root and as the unprivileged user `tests`), open-but-removed
 //! files and directories, xattrs, mmap of O_DIRECT files, device nodes, file handles across a
-//! remount, atime policies, copy_file_range's argument rules.
+//! remount, atime policies, copy_file_range's argument rules, POSIX ACLs.
 //!
 //! Each check is a subcommand of `tests/scripts/fs_semantics.py` that prints one line per
 //! observation; the test runs it on a fresh tmpfs and on pmemfs (on this test's transport) and
@@ -245,6 +245,24 @@ fn test_copy_file_range_matches_tmpfs() {
     has(&l, "src past EOF: 0");
 }
 
+/// Item 2: POSIX ACLs with setfacl/getfacl: access ACLs stored as system.posix_acl_access and
+/// enforced (named users and groups, the mask), chmod and the mask kept in sync, an ACL equal
+/// to a mode dropped, default ACLs inherited on create in place of the umask.
+fn test_posix_acls_match_tmpfs() {
+    skip_without_prereqs!();
+    if Command::new("setfacl").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: setfacl is not installed (the acl package; tests/scripts/fuse-deps.sh)");
+        return;
+    }
+    let l = same_on_tmpfs_and_pmemfs("acl", "", &[]);
+    has(&l, "user write with ACL entry: ok");
+    has(&l, "user read denied by ACL entry: EACCES");
+    has(&l, "user write after chmod: EACCES");
+    has(&l, "setfacl -b: ok 0o644 [] user::rw- group::r-- other::r--");
+    has(&l, "umask without default ACL: 0o640 0o750 []");
+    assert!(l.iter().any(|x| x.starts_with("inherited d/f 0o664 ['system.posix_acl_access']")), "{}", l.join("\n"));
+}
+
 on_both_transports!(
     test_setid_rules_match_tmpfs,
     test_open_unlinked_files_and_directories_match_tmpfs,
@@ -254,4 +272,5 @@ on_both_transports!(
     test_file_handles_survive_remount,
     test_atime_policies_match_tmpfs,
     test_copy_file_range_matches_tmpfs,
+    test_posix_acls_match_tmpfs,
 );

@@ -319,7 +319,10 @@ impl Filesystem for FuseFs {
         let want = InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_ASYNC_DIO
             | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP
-            | InitFlags::FUSE_EXPORT_SUPPORT;
+            | InitFlags::FUSE_EXPORT_SUPPORT
+            // POSIX ACLs: the kernel caches and enforces them (the rest is `crate::acl`).
+            | InitFlags::FUSE_POSIX_ACL
+            | InitFlags::FUSE_DONT_MASK;
         let _ = config.add_capabilities(want & config.capabilities());
         Ok(())
     }
@@ -397,7 +400,7 @@ impl Filesystem for FuseFs {
             r.valid |= setattr::CTIME;
             r.ctime_ns = time_ns(t);
         }
-        match self.bridge.setattr(creds(req), r) {
+        match self.bridge.setattr_acl(creds(req), r) {
             Ok(a) => reply.attr(&self.opts.attr_timeout, &file_attr(&a)),
             Err(e) => reply.error(err(e)),
         }
@@ -411,24 +414,19 @@ impl Filesystem for FuseFs {
         }
     }
 
-    fn mknod(
-        &self,
-        req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        mode: u32,
-        _umask: u32,
-        rdev: u32,
-        reply: ReplyEntry,
-    ) {
+    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
         pin_reader();
-        self.entry(self.bridge.make(creds(req), OpCode::Mknod, parent.0, name.as_bytes(), mode, rdev, 0), reply);
+        let c = creds(req);
+        self.entry(self.bridge.make_acl(c, OpCode::Mknod, parent.0, name.as_bytes(), mode, umask, rdev, 0), reply);
     }
 
-    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
         pin_reader();
         let mode = (mode & 0o7777) | libc::S_IFDIR;
-        self.entry(self.bridge.make(creds(req), OpCode::Mkdir, parent.0, name.as_bytes(), mode, 0, 0), reply);
+        self.entry(
+            self.bridge.make_acl(creds(req), OpCode::Mkdir, parent.0, name.as_bytes(), mode, umask, 0, 0),
+            reply,
+        );
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -658,7 +656,7 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         pin_reader();
-        match self.bridge.setxattr(creds(req), ino.0, name.as_bytes(), value, flags.cast_unsigned()) {
+        match self.bridge.setxattr_acl(creds(req), ino.0, name.as_bytes(), value, flags.cast_unsigned()) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
         }
@@ -666,7 +664,7 @@ impl Filesystem for FuseFs {
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         pin_reader();
-        match self.bridge.getxattr(ino.0, name.as_bytes(), size) {
+        match self.bridge.getxattr_acl(ino.0, name.as_bytes(), size) {
             Ok((len, _)) if size == 0 => reply.size(u32::try_from(len).unwrap_or(u32::MAX)),
             Ok((_, v)) => reply.data(&v),
             Err(e) => reply.error(err(e)),
@@ -701,14 +699,15 @@ impl Filesystem for FuseFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
         pin_reader();
         let c = creds(req);
         let mode = if mode & libc::S_IFMT == 0 { mode | libc::S_IFREG } else { mode };
-        let a = match self.bridge.make(c, OpCode::Create, parent.0, name.as_bytes(), mode, 0, flags.cast_unsigned()) {
+        let flags_u = flags.cast_unsigned();
+        let a = match self.bridge.make_acl(c, OpCode::Create, parent.0, name.as_bytes(), mode, umask, 0, flags_u) {
             Ok(a) => a,
             Err(e) => return reply.error(err(e)),
         };

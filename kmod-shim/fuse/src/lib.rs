@@ -7,6 +7,7 @@
 #![deny(unsafe_code)]
 
 pub mod abi;
+pub mod acl;
 pub mod bridge;
 pub mod fuse;
 pub mod uring;

@@ -372,7 +372,10 @@ impl Server {
             | abi::init::INIT_EXT
             // Shared mappings of direct_io files; file handles (node id + generation).
             | abi::init::DIRECT_IO_ALLOW_MMAP
-            | abi::init::EXPORT_SUPPORT;
+            | abi::init::EXPORT_SUPPORT
+            // POSIX ACLs: the kernel caches and enforces them (the rest is `crate::acl`).
+            | abi::init::POSIX_ACL
+            | abi::init::DONT_MASK;
         if self.uring {
             want |= abi::init::OVER_IO_URING;
         }
@@ -472,7 +475,7 @@ impl Server {
                     r.valid |= setattr::CTIME;
                     r.ctime_ns = ns(s.ctime, s.ctimensec);
                 }
-                self.attr_reply(b.setattr(c, r), out)
+                self.attr_reply(b.setattr_acl(c, r), out)
             }
             Request::Readlink => {
                 out.extend_from_slice(&b.readlink(node).map_err(e)?);
@@ -480,11 +483,11 @@ impl Server {
             }
             Request::Symlink { name, target } => self.entry_reply(b.symlink(c, node, name, target), out),
             Request::Mknod { arg, name } => {
-                self.entry_reply(b.make(c, OpCode::Mknod, node, name, arg.mode, arg.rdev, 0), out)
+                self.entry_reply(b.make_acl(c, OpCode::Mknod, node, name, arg.mode, arg.umask, arg.rdev, 0), out)
             }
             Request::Mkdir { arg, name } => {
                 let mode = (arg.mode & 0o7777) | libc::S_IFDIR;
-                self.entry_reply(b.make(c, OpCode::Mkdir, node, name, mode, 0, 0), out)
+                self.entry_reply(b.make_acl(c, OpCode::Mkdir, node, name, mode, arg.umask, 0, 0), out)
             }
             Request::Unlink { name } => ok(b.remove(c, OpCode::Unlink, node, name)),
             Request::Rmdir { name } => ok(b.remove(c, OpCode::Rmdir, node, name)),
@@ -551,13 +554,13 @@ impl Server {
                 Ok(()) | Err(Errno::ENOSYS | Errno::EISDIR | Errno::EINVAL) => Ok(Outcome::Reply),
                 Err(x) => Err(e(x)),
             },
-            Request::Setxattr { arg, name, value } => ok(b.setxattr(c, node, name, value, arg.flags)),
-            Request::Getxattr { arg, name } => self.xattr_reply(b.getxattr(node, name, arg.size), arg.size, out),
+            Request::Setxattr { arg, name, value } => ok(b.setxattr_acl(c, node, name, value, arg.flags)),
+            Request::Getxattr { arg, name } => self.xattr_reply(b.getxattr_acl(node, name, arg.size), arg.size, out),
             Request::Listxattr(arg) => self.xattr_reply(b.listxattr(c, node, arg.size), arg.size, out),
             Request::Removexattr { name } => ok(b.removexattr(c, node, name)),
             Request::Create { arg, name } => {
                 let mode = if arg.mode & libc::S_IFMT == 0 { arg.mode | libc::S_IFREG } else { arg.mode };
-                let a = b.make(c, OpCode::Create, node, name, mode, 0, arg.flags).map_err(e)?;
+                let a = b.make_acl(c, OpCode::Create, node, name, mode, arg.umask, 0, arg.flags).map_err(e)?;
                 let fh = b.open(c, a.ino, arg.flags).map_err(e)?;
                 self.entry(&a, self.opts.entry_timeout, self.opts.attr_timeout, out);
                 out.extend_from_slice(bytes_of(&abi::OpenOut {
