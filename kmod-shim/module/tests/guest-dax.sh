@@ -104,6 +104,33 @@ check dax_cp_r sh -c "cp -r $D/t $D/t2 && [ \"\$(cd $D/t && find . -type f | sor
 check dax_open_unlinked sh -c "exec 3<$D/synced; rm $D/synced; cmp /tmp/big /proc/self/fd/3"
 check dax_rm_r sh -c "rm -r $D/many $D/t $D/t2 && [ ! -e $D/many ]"
 
+# ---- pjdfstest on the DAX mount against the window mount of the same zusd mount ----
+# (both zusd + pmemfs: a test failing on both is the server's, not DAX's)
+pjd() {  # NAME DIR
+	mkdir -p "$2"
+	chmod 0755 "$(dirname "$2")" "$2"
+	(cd "$2" && NO_COLOR=1 pjdfstest -c /tmp/pjd/pjd.toml -p "$2" > /tmp/pjd/$1.out 2>&1)
+	echo "GUEST: pjdfstest $1: $(grep '^Summary' /tmp/pjd/$1.out || echo 'no summary')"
+	sed 's/\x1b\[[0-9;]*m//g' /tmp/pjd/$1.out | awk '$2 == "FAILED" {print $1}' | sort -u > /tmp/pjd/$1.failed
+	rm -rf "$2"
+}
+if command -v pjdfstest >/dev/null && [ -f /tmp/pjd/pjd.toml ]; then
+	pjd window $WIN/pjd
+	pjd dax $D/pjd
+	check dax_pjdfstest_ran_to_its_end grep -q '^Summary' /tmp/pjd/dax.out
+	n=0
+	for t in $(cat /tmp/pjd/dax.failed); do
+		grep -qxF "$t" /tmp/pjd/window.failed && continue
+		echo "TEST dax_pjdfstest:$t ... FAILED: passes on the window mount"
+		grep -A3 "^$t " /tmp/pjd/dax.out | head -4 | sed 's/^/    /'
+		n=$((n + 1))
+	done
+	check dax_pjdfstest_passes_what_the_window_mount_passes [ $n = 0 ]
+	grep -A1 -m 3 ' FAILED' /tmp/pjd/window.out | cat -v | sed 's/^/GUEST: pjd window: /'
+else
+	echo "GUEST: pjdfstest on the DAX mount: not in this guest (PJDFSTEST=off, or not built)"
+fi
+
 # ---- mmap ----
 /bin/dax-test mmap $D 2>&1
 check dax_mmap_on_the_window_mount_is_read_only sh -c "! /bin/dax-test mmap $WIN >/dev/null 2>&1"
