@@ -558,6 +558,15 @@ def check_acl():
     out("setfacl g:tests:r:", facl("setfacl", "-m", f"g:{gid}:r", "h"), mode("h"))
     out("user read by group entry:", can("h", os.O_RDONLY))
     out("user setfacl on root's file:", as_user(lambda: facl("setfacl", "-m", "u:tests:rwx", "h")))
+    # Setting an ACL clears S_ISGID when the owner is outside the file's group (and not root).
+    fresh("sg", 0o2770, uid=uid, gid=0)
+    out("user setfacl on own setgid file, other group:",
+        as_user(lambda: facl("setfacl", "-m", "u:nobody:r", "sg")), mode("sg"))
+    fresh("sg2", 0o2770, uid=uid, gid=gid)
+    out("user setfacl on own setgid file, own group:",
+        as_user(lambda: facl("setfacl", "-m", "u:nobody:r", "sg2")), mode("sg2"))
+    fresh("sg3", 0o2770, uid=uid, gid=0)
+    out("root setfacl on setgid file:", facl("setfacl", "-m", "u:nobody:r", "sg3"), mode("sg3"))
     # Default ACLs: inherited on create (the umask is ignored then), by subdirectories as both.
     os.mkdir("d", 0o755)
     out("setfacl -d:", facl("setfacl", "-d", "-m", "u:tests:rwx", "d"), acl_xattrs("d"))

@@ -260,6 +260,8 @@ fn test_posix_acls_match_tmpfs() {
     has(&l, "user write after chmod: EACCES");
     has(&l, "setfacl -b: ok 0o644 [] user::rw- group::r-- other::r--");
     has(&l, "umask without default ACL: 0o640 0o750 []");
+    has(&l, "user setfacl on own setgid file, other group: 'ok' 0o770");
+    has(&l, "root setfacl on setgid file: ok 0o2770");
     assert!(l.iter().any(|x| x.starts_with("inherited d/f 0o664 ['system.posix_acl_access']")), "{}", l.join("\n"));
 }
 

@@ -7,8 +7,9 @@
 //! fs/fuse/acl.c and dir.c, as libfuse documents `FUSE_CAP_POSIX_ACL`) is done here, as the
 //! kernel's own filesystems do it (fs/posix_acl.c), on top of the plain `Bridge` ops:
 //!
-//! - setting an access ACL sets the mode from it (owner, mask or group, other) and stores no ACL
-//!   when it is equivalent to the mode ([`Bridge::setxattr_acl`], `posix_acl_update_mode`);
+//! - setting an access ACL sets the mode from it (owner, mask or group, other), stores no ACL
+//!   when it is equivalent to the mode, and clears S_ISGID when the caller is outside the file's
+//!   group without CAP_FSETID ([`Bridge::setxattr_acl`], `posix_acl_update_mode`);
 //! - a chmod rewrites the owner, mask (or group) and other entries of the access ACL
 //!   ([`Bridge::setattr_acl`], `posix_acl_chmod`);
 //! - a create, mknod or mkdir in a directory with a default ACL gets the mode masked by it and
@@ -155,6 +156,20 @@ pub fn create_masq(acl: &mut [Entry], mut mode: u32) -> (u32, bool) {
 
 const ROOT: Creds = Creds { uid: 0, gid: 0, pid: 0 };
 
+/// The kernel's `in_group_or_capable` for the caller of a request: its gid, its supplementary
+/// groups or CAP_FSETID (from /proc/PID/status: the caller waits in the syscall, and FUSE gives
+/// its pid in our namespace). Not in the group when that cannot be read.
+fn in_group_or_capable(c: Creds, gid: u32) -> bool {
+    if c.uid == 0 || c.gid == gid {
+        return true;
+    }
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{}/status", c.pid)) else { return false };
+    let field = |k: &str| s.lines().find_map(|l| l.strip_prefix(k)).map(str::trim);
+    let in_groups = field("Groups:").is_some_and(|g| g.split_whitespace().any(|x| x.parse() == Ok(gid)));
+    let fsetid = field("CapEff:").and_then(|c| u64::from_str_radix(c, 16).ok()).is_some_and(|c| c & (1 << 4) != 0);
+    in_groups || fsetid
+}
+
 impl Bridge {
     /// An ACL of `node` (`None` when it has none).
     fn acl(&self, node: u64, name: &[u8]) -> Result<Option<Vec<Entry>>, Errno> {
@@ -232,8 +247,12 @@ impl Bridge {
                 _ => {}
             }
         }
-        let old = self.getattr(node)?.mode;
-        let mode = (old & 0o7000) | bits;
+        let a = self.getattr(node)?;
+        let old = a.mode;
+        let mut mode = (old & 0o7000) | bits;
+        if mode & libc::S_ISGID != 0 && !in_group_or_capable(creds, a.gid) {
+            mode &= !libc::S_ISGID;
+        }
         if mode != old & 0o7777 {
             self.set_mode(node, mode)?;
         }
