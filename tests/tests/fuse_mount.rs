@@ -399,13 +399,22 @@ fn test_mount_helper_fstab_remount_and_second_mount() {
     // remount,ro: writes fail with EROFS, reads work; back to rw.
     let (ok, out) = with_env(&f, "mount", &["-o", "remount,ro", &mnt]);
     assert!(ok, "remount,ro: {out}");
+    let before_ro = mount_opts(&f.mnt);
     assert!(mount_opts(&f.mnt).iter().any(|o| o == "ro"), "{:?}", mount_opts(&f.mnt));
+    // The remount keeps the mount's other flags (nosuid is the bridge's default).
+    assert!(before_ro.iter().any(|o| o == "nosuid"), "remount,ro dropped nosuid: {before_ro:?}");
     let e = std::fs::write(f.mnt.join("b"), b"x").unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
     assert_eq!(std::fs::read(f.mnt.join("a")).unwrap(), b"through mount(8)");
     let (ok, out) = with_env(&f, "mount", &["-o", "remount,rw", &mnt]);
     assert!(ok, "remount,rw: {out}");
     assert!(mount_opts(&f.mnt).iter().any(|o| o == "rw"), "{:?}", mount_opts(&f.mnt));
+    assert!(mount_opts(&f.mnt).iter().any(|o| o == "nosuid"), "remount,rw dropped nosuid: {:?}", mount_opts(&f.mnt));
+    // Options given with the remount apply too.
+    let (ok, out) = with_env(&f, "mount", &["-o", "remount,noexec", &mnt]);
+    assert!(ok, "remount,noexec: {out}");
+    let now = mount_opts(&f.mnt);
+    assert!(now.iter().any(|o| o == "noexec") && now.iter().any(|o| o == "nosuid"), "{now:?}");
     std::fs::write(f.mnt.join("b"), b"after remount").unwrap();
     assert_eq!(f.status()["zusd"]["mounts"].as_array().unwrap().len(), 1);
     // umount(8): the bridge ends and zusd's mount goes with it.

@@ -52,6 +52,8 @@ pub struct HelperArgs {
     pub remount: bool,
     /// `ro` (last of ro/rw) was among the options.
     pub read_only: bool,
+    /// Every `-o` option as given (for a remount).
+    pub raw_options: Vec<String>,
 }
 
 /// Options that mean something to mount(8) or the VFS only, never to zufs or the plugin.
@@ -116,7 +118,8 @@ pub fn parse(fs_type: &str, args: &[String]) -> Result<HelperArgs> {
             _ => {}
         }
     }
-    h.options = opts.into_iter().filter(|o| !mount8_only(o)).collect::<Vec<_>>().join(",");
+    h.options = opts.iter().filter(|o| !mount8_only(o)).cloned().collect::<Vec<_>>().join(",");
+    h.raw_options = opts;
     Ok(h)
 }
 
@@ -130,7 +133,7 @@ pub fn run(env: &Env, fs_type: &str, args: &[String]) -> i32 {
             return Ok(());
         }
         if h.remount {
-            return remount(&h.mountpoint, h.read_only);
+            return remount(&h.mountpoint, &h.raw_options);
         }
         if h.fs_type.is_empty() {
             bail!("{REMOUNT_HELPER} only remounts; mount with -t zufs.<type> (zufs.pmemfs, zufs.nullfs, ...)");
@@ -154,12 +157,59 @@ pub fn run(env: &Env, fs_type: &str, args: &[String]) -> i32 {
     }
 }
 
-/// `remount[,ro|rw]` (libmount does this itself; here for callers that hand it to the helper):
-/// the kernel flips the superblock's read-only flag, FUSE takes no options on a remount.
-fn remount(mp: &Path, ro: bool) -> Result<()> {
+/// The flags of the mount at `mp` as mount(2) takes them back: the per-mount options of
+/// /proc/self/mountinfo and the superblock's `sync`/`dirsync`.
+fn current_options(mp: &Path) -> Vec<String> {
+    let want = mp.display().to_string();
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let Some(l) = info.lines().rfind(|l| l.split(' ').nth(4).map(cli::unescape_mountinfo).as_deref() == Some(&want))
+    else {
+        return Vec::new();
+    };
+    let mut v: Vec<String> = l.split(' ').nth(5).unwrap_or("").split(',').map(str::to_owned).collect();
+    if let Some((_, sb)) = l.split_once(" - ") {
+        let sb_opts = sb.split(' ').nth(2).unwrap_or("");
+        v.extend(sb_opts.split(',').filter(|o| *o == "sync" || *o == "dirsync").map(str::to_owned));
+    }
+    v
+}
+
+/// mount(2) flags of a remount: the mount's current flags, then `opts` over them.
+fn remount_flags(current: &[String], opts: &[String]) -> libc::c_ulong {
+    let atime = libc::MS_NOATIME | libc::MS_RELATIME | libc::MS_STRICTATIME;
+    let mut f = libc::MS_REMOUNT;
+    for o in current.iter().chain(opts) {
+        let (set, clear) = match o.as_str() {
+            "ro" => (libc::MS_RDONLY, 0),
+            "rw" => (0, libc::MS_RDONLY),
+            "nosuid" => (libc::MS_NOSUID, 0),
+            "suid" => (0, libc::MS_NOSUID),
+            "nodev" => (libc::MS_NODEV, 0),
+            "dev" => (0, libc::MS_NODEV),
+            "noexec" => (libc::MS_NOEXEC, 0),
+            "exec" => (0, libc::MS_NOEXEC),
+            "nodiratime" => (libc::MS_NODIRATIME, 0),
+            "diratime" => (0, libc::MS_NODIRATIME),
+            "noatime" => (libc::MS_NOATIME, atime),
+            "relatime" => (libc::MS_RELATIME, atime),
+            "strictatime" => (libc::MS_STRICTATIME, atime),
+            "sync" => (libc::MS_SYNCHRONOUS, 0),
+            "async" => (0, libc::MS_SYNCHRONOUS),
+            "dirsync" => (libc::MS_DIRSYNC, 0),
+            _ => continue,
+        };
+        f = (f & !clear) | set;
+    }
+    f
+}
+
+/// `remount[,OPTS]`: the kernel applies the mount(2) flags (read-only on the superblock, the
+/// per-mount flags, which a remount replaces: so the current ones are passed on unless `opts`
+/// changes them); FUSE takes no filesystem options on a remount.
+fn remount(mp: &Path, opts: &[String]) -> Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(mp.as_os_str().as_bytes()).context("mount point")?;
-    let flags = libc::MS_REMOUNT | if ro { libc::MS_RDONLY } else { 0 };
+    let flags = remount_flags(&current_options(mp), opts);
     // SAFETY: a NUL-terminated path; null source, type and data are allowed for a remount.
     let rc = unsafe { libc::mount(std::ptr::null(), c.as_ptr(), std::ptr::null(), flags, std::ptr::null()) };
     if rc != 0 {
@@ -241,6 +291,16 @@ mod tests {
         assert!(h.remount && h.read_only);
         let h = parse("", &v(&["/dev/shm/p", "/mnt/z", "-o", "remount,rw", "-t", "zufs"])).unwrap();
         assert!(h.remount && !h.read_only);
+        assert_eq!(h.raw_options, ["remount", "rw"]);
+    }
+
+    #[test]
+    fn test_remount_keeps_the_mount_flags_it_is_not_asked_to_change() {
+        let cur = v(&["rw", "nosuid", "nodev", "relatime"]);
+        let f = remount_flags(&cur, &v(&["remount", "ro"]));
+        assert_eq!(f, libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_RELATIME);
+        let f = remount_flags(&cur, &v(&["remount", "suid", "noatime", "noexec"]));
+        assert_eq!(f, libc::MS_REMOUNT | libc::MS_NODEV | libc::MS_NOATIME | libc::MS_NOEXEC);
         assert!(parse("pmemfs", &v(&["d"])).is_err());
         assert!(parse("pmemfs", &v(&["d", "m", "x"])).is_err());
         assert!(parse("pmemfs", &v(&["d", "m", "-q"])).is_err());
