@@ -166,9 +166,7 @@ fn main() {
     // Run as /sbin/mount.zufs.<type> by mount(8): DEV MNT [-sfnv] [-o OPTS].
     if let Some(t) = std::env::args_os().next().and_then(|a| helper::helper_type(&a)) {
         tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_env("ZUFS_LOG").unwrap_or_else(|_| "warn".into()),
-            )
+            .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ZUFS_LOG").unwrap_or_else(|_| "warn".into()))
             .with_writer(std::io::stderr)
             .init();
         let rest: Vec<String> = std::env::args().skip(1).collect();
