@@ -209,6 +209,18 @@ static void zufs_fill_inode(struct inode *inode, const struct zus_attr *a)
 	zufs_attr_fresh(inode);
 }
 
+/*
+ * @inode, found by its number, is an earlier life of the inode @a describes:
+ * the plugin freed that inode and gave its number to a new one (with the
+ * next generation) while the kernel still holds the old one, e.g. a removed
+ * directory pinned by files still open below it. A removed directory (S_DEAD)
+ * never comes back, whatever the plugin's generations say.
+ */
+static bool zufs_stale_inode(struct inode *inode, const struct zus_attr *a)
+{
+	return inode->i_generation != a->generation || IS_DEADDIR(inode);
+}
+
 /* The inode of an Attr reply; @counted: the reply counted a lookup. */
 static struct inode *zufs_iget(struct super_block *sb,
 			       const struct zus_attr *a, bool counted)
@@ -220,9 +232,23 @@ static struct inode *zufs_iget(struct super_block *sb,
 				    a->mode);
 		return ERR_PTR(-EIO);
 	}
+again:
 	inode = iget_locked(sb, a->ino);
 	if (!inode)
 		return ERR_PTR(-ENOMEM);
+	if (!(inode->i_state & I_NEW) && zufs_stale_inode(inode, a)) {
+		/*
+		 * Out of the hash, so that the new life gets an inode of its
+		 * own; the old one lives on while its users hold it. The
+		 * lookups it counted were for a life the plugin already
+		 * ended: its eviction sends no FORGET (it would land on the
+		 * new life).
+		 */
+		atomic64_set(&ZUFS_I(inode)->nlookup, 0);
+		remove_inode_hash(inode);
+		iput(inode);
+		goto again;
+	}
 	if (counted)
 		atomic64_inc(&ZUFS_I(inode)->nlookup);
 	if (!(inode->i_state & I_NEW)) {
@@ -271,6 +297,9 @@ static int zufs_refresh(struct inode *inode)
 		return ret;
 	if (a.ino != inode->i_ino || inode_wrong_type(inode, a.mode))
 		return -EIO;
+	/* the number names a new life now (zufs_stale_inode) */
+	if (a.generation != inode->i_generation)
+		return -ESTALE;
 	zufs_fill_inode(inode, &a);
 	return 0;
 }

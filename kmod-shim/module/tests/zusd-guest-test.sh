@@ -4,8 +4,9 @@
 # zusd-guest-test.sh - the guest harness (../guest-test.sh) with zusd serving
 # the module: builds zusd, zufs, the plugins and zufs-testclient (release), the
 # static tests/zufs-dbgop.c, and runs guest-test.sh with tests/zusd-kzt.sh
-# (K-ZTs, NOOPs, nullfs) and tests/zusd-pmemfs.sh (pmemfs mounted with
-# `zufs mount -o transport=kernel`: workload, zusd killed, fsck) added
+# (K-ZTs, NOOPs, nullfs), tests/zusd-pmemfs.sh (pmemfs mounted with
+# `zufs mount -o transport=kernel`: workload, zusd killed, fsck) and
+# tests/zusd-pjdfstest.sh (pjdfstest on that mount against tmpfs) added
 # (ZUFS_GUEST_TESTS) and zufs-dbgop in the initramfs (ZUFS_GUEST_FILES;
 # guest-test.sh itself picks up target/release/zusd, zufs, zufs-testclient and
 # the plugins with their shared libraries). With BENCH=1 also
@@ -16,7 +17,7 @@
 #
 # Environment: as guest-test.sh (ZUFS_KMOD_DIR, SMP, ...), plus
 #   NO_BUILD=1   use what target/release holds
-#   ZUSD_GUEST_TESTS="kzt pmemfs"   which of this wrapper's guest scripts run
+#   ZUSD_GUEST_TESTS="kzt pmemfs pjdfstest"   which of this wrapper's guest scripts run
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -39,7 +40,7 @@ for p in nullfs pmemfs; do
 done
 export ZUFS_GUEST_FILES="$W/build/zufs-dbgop$P ${ZUFS_GUEST_FILES:-}"
 T=
-for t in ${ZUSD_GUEST_TESTS:-kzt pmemfs}; do T="$T $HERE/zusd-$t.sh"; done
+for t in ${ZUSD_GUEST_TESTS:-kzt pmemfs pjdfstest}; do T="$T $HERE/zusd-$t.sh"; done
 # the benchmark is slow under TCG (the FUSE bridge most): a longer guest watchdog
 [ "${BENCH:-0}" = 1 ] && T="$T $HERE/zusd-bench.sh" && export TIMEOUT=${TIMEOUT:-900}
 export ZUFS_GUEST_TESTS="$T ${ZUFS_GUEST_TESTS:-}"
