@@ -44,7 +44,9 @@ corpus="fuzz/corpus/$target"
 artifacts="fuzz/artifacts/$target"
 log="${ZUFS_FUZZ_LOG:-fuzz/logs/$target.log}"
 mkdir -p "$corpus" "$artifacts" "$(dirname "$log")"
-bin="fuzz/target/x86_64-unknown-linux-gnu/release/$target"
+# cargo fuzz builds under CARGO_TARGET_DIR when it is set (scripts/env.sh sets it), else fuzz/target.
+tdir="${CARGO_TARGET_DIR:-fuzz/target}"
+bin="$tdir/x86_64-unknown-linux-gnu/release/$target"
 leaks=1
 # The control target's server threads (accept loop, connections) outlive single inputs.
 [ "$target" = control ] && leaks=0
