@@ -45,5 +45,13 @@ if [ "$kmod_rc" = 77 ]; then
 elif [ "$kmod_rc" != 0 ]; then
     echo "== kernel module guest test FAILED (exit $kmod_rc; serial log path above) ==" >&2
     exit "$kmod_rc"
+else
+    echo "== kernel module: DAX on memmap pmem (second boot: two pmem regions, ext4 -o dax beside) =="
+    dax_rc=0
+    PJDFSTEST=${PJDFSTEST:-required} bash kmod-shim/module/tests/dax-guest-test.sh || dax_rc=$?
+    if [ "$dax_rc" != 0 ]; then
+        echo "== kernel module DAX guest test FAILED (exit $dax_rc; serial log path above) ==" >&2
+        exit "$dax_rc"
+    fi
 fi
 echo "== all tests passed =="
