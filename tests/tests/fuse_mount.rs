@@ -444,7 +444,32 @@ fn test_mount_helper_fstab_remount_and_second_mount() {
     assert!(ok && !mounted_at(&f.mnt), "mount -f: {out}");
 }
 
+/// A plugin without copy_file_range (nullfs) answers the bridge's COPY_FILE_RANGE with ENOSYS,
+/// which the bridge hands the kernel: the kernel copies by reading and writing instead (and
+/// stops asking), so the caller never sees the ENOSYS.
+fn test_copy_file_range_falls_back_without_the_plugin_op() {
+    use std::os::fd::AsRawFd;
+    skip_without_fuse!();
+    let f = Fixture::new("fuse-cfr", &["nullfs"], true);
+    f.mount("nullfs", "none", "");
+    std::fs::write(f.mnt.join("src"), vec![7u8; 300_000]).unwrap();
+    let src = std::fs::File::open(f.mnt.join("src")).unwrap();
+    let dst = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(f.mnt.join("dst")).unwrap();
+    for round in 0..2 {
+        let mut off_out = round * 100_000i64;
+        let mut off_in = 0i64;
+        // SAFETY: valid descriptors and offset pointers.
+        let n =
+            unsafe { libc::copy_file_range(src.as_raw_fd(), &mut off_in, dst.as_raw_fd(), &mut off_out, 100_000, 0) };
+        assert_eq!(n, 100_000, "round {round}: {}", std::io::Error::last_os_error());
+    }
+    drop((src, dst));
+    assert_eq!(std::fs::metadata(f.mnt.join("dst")).unwrap().len(), 200_000);
+    f.umount();
+}
+
 on_both_transports!(
+    test_copy_file_range_falls_back_without_the_plugin_op,
     test_nullfs_namespace_through_the_kernel_and_clean_umount,
     test_mount_errors_are_clear_and_change_nothing,
     test_mount_options_ro_timeouts_and_permissions,

@@ -245,6 +245,47 @@ fn test_copy_file_range_matches_tmpfs() {
     has(&l, "src past EOF: 0");
 }
 
+/// zusd's ops served so far (every lane).
+fn zusd_ops(f: &Fixture) -> u64 {
+    let st = f.status();
+    st["zusd"]["lanes"].as_array().unwrap().iter().map(|l| l["ops"].as_u64().unwrap()).sum()
+}
+
+/// Item 8: copy_file_range on pmemfs is one op at zusd (the kernel's COPY_FILE_RANGE), not the
+/// kernel reading and writing through the mount: a 1 MiB copy (which as reads and writes takes
+/// at least 16 ops of 64 KiB) costs a handful of ops, and the copy reads back right, also
+/// after the page cache is dropped.
+fn test_copy_file_range_is_one_op() {
+    use std::os::fd::AsRawFd;
+    skip_without_prereqs!();
+    let (f, _) = pmemfs("sem-cfr-one-op", "");
+    let data: Vec<u8> = (0..(1u32 << 20) + 123).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    std::fs::write(f.mnt.join("src"), &data).unwrap();
+    let src = std::fs::File::open(f.mnt.join("src")).unwrap();
+    let dst = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(f.mnt.join("dst")).unwrap();
+    let before = zusd_ops(&f);
+    let (mut off_in, mut off_out): (i64, i64) = (100, 7);
+    let len = 1usize << 20;
+    // SAFETY: valid descriptors and offset pointers.
+    let n = unsafe { libc::copy_file_range(src.as_raw_fd(), &mut off_in, dst.as_raw_fd(), &mut off_out, len, 0) };
+    let after = zusd_ops(&f);
+    assert_eq!(n, len.cast_signed(), "copy_file_range: {}", std::io::Error::last_os_error());
+    assert!(
+        after - before <= 6,
+        "a 1 MiB copy_file_range cost {} ops at zusd ({}): not served as one op\nbridge log:\n{}",
+        after - before,
+        transport(),
+        f.bridge_logs()
+    );
+    drop((src, dst));
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+    let got = std::fs::read(f.mnt.join("dst")).unwrap();
+    assert_eq!(got.len(), 7 + len);
+    assert!(got[..7].iter().all(|&b| b == 0));
+    assert!(got[7..] == data[100..100 + len], "copied bytes differ");
+    f.umount();
+}
+
 /// Item 2: POSIX ACLs with setfacl/getfacl: access ACLs stored as system.posix_acl_access and
 /// enforced (named users and groups, the mask), chmod and the mask kept in sync, an ACL equal
 /// to a mode dropped, default ACLs inherited on create in place of the umask.
@@ -274,5 +315,6 @@ on_both_transports!(
     test_file_handles_survive_remount,
     test_atime_policies_match_tmpfs,
     test_copy_file_range_matches_tmpfs,
+    test_copy_file_range_is_one_op,
     test_posix_acls_match_tmpfs,
 );

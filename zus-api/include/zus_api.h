@@ -178,6 +178,11 @@ enum zus_op_code {
 	 * served by zusd itself.
 	 */
 	ZUS_OP_TICKET = 31,
+	/*
+	 * copy_file_range(2) between two open files of one mount, served in one op
+	 * (`struct zus_copy_file_range_req`); the result is the number of bytes copied.
+	 */
+	ZUS_OP_COPY_FILE_RANGE = 32,
 };
 
 /*
@@ -535,6 +540,25 @@ struct zus_ticket_req {
 	__u64 ticket;
 	__u32 uid;
 	__u32 writable;
+};
+
+/*
+ * `ZUS_OP_COPY_FILE_RANGE`: copy `len` bytes of file `ino_in` (open as `fh_in`) at `off_in`
+ * to file `ino_out` (open as `fh_out`) at `off_out`, inside the filesystem. The result is the
+ * number of bytes copied (0 when `off_in` is at or past the source's end). Overlapping ranges
+ * of one file are `EINVAL`; `flags` must be 0.
+ * (64 bytes.)
+ */
+struct zus_copy_file_range_req {
+	__u64 ino_in;
+	__u64 fh_in;
+	__u64 off_in;
+	__u64 ino_out;
+	__u64 fh_out;
+	__u64 off_out;
+	__u64 len;
+	__u32 flags;
+	__u32 reserved;
 };
 
 /*

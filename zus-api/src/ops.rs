@@ -111,11 +111,14 @@ pub enum OpCode {
     /// The FUSE bridge issues (or revokes) a ticket for one inode to one user ([`TicketReq`]);
     /// served by zusd itself.
     Ticket = 31,
+    /// copy_file_range(2) between two open files of one mount, served in one op
+    /// ([`CopyFileRangeReq`]); the result is the number of bytes copied.
+    CopyFileRange = 32,
 }
 
 impl OpCode {
     /// Every op code, in numeric order.
-    pub const ALL: [Self; 31] = [
+    pub const ALL: [Self; 32] = [
         Self::Noop,
         Self::Statfs,
         Self::Sync,
@@ -147,6 +150,7 @@ impl OpCode {
         Self::Forget,
         Self::KernelCache,
         Self::Ticket,
+        Self::CopyFileRange,
     ];
 
     /// Decodes a wire op code.
@@ -180,6 +184,7 @@ impl OpCode {
             Self::Forget => size_of::<ForgetReq>(),
             Self::KernelCache => size_of::<KernelCacheReq>(),
             Self::Ticket => size_of::<TicketReq>(),
+            Self::CopyFileRange => size_of::<CopyFileRangeReq>(),
         }
     }
 }
@@ -593,6 +598,25 @@ pub struct TicketReq {
     pub writable: u32,
 }
 
+/// [`OpCode::CopyFileRange`]: copy `len` bytes of file `ino_in` (open as `fh_in`) at `off_in`
+/// to file `ino_out` (open as `fh_out`) at `off_out`, inside the filesystem. The result is the
+/// number of bytes copied (0 when `off_in` is at or past the source's end). Overlapping ranges
+/// of one file are `EINVAL`; `flags` must be 0.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable)]
+#[allow(missing_docs)]
+pub struct CopyFileRangeReq {
+    pub ino_in: u64,
+    pub fh_in: u64,
+    pub off_in: u64,
+    pub ino_out: u64,
+    pub fh_out: u64,
+    pub off_out: u64,
+    pub len: u64,
+    pub flags: u32,
+    pub reserved: u32,
+}
+
 /// What the bridge answers to [`ZUFS_IOC_TICKET`] on a file of its mount.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable)]
@@ -661,6 +685,7 @@ pod_impl! {
     ForgetReq = 16,
     KernelCacheReq = 16,
     TicketReq = 24,
+    CopyFileRangeReq = 64,
     IoctlTicket = 24,
     StatfsReply = 56,
 }
@@ -688,6 +713,9 @@ const _: () = {
     assert!(offset_of!(IoReq, niov) == 40);
     assert!(offset_of!(Dirent, name_len) == 20);
     assert!(offset_of!(RenameReq, flags) == 16);
+    assert!(offset_of!(CopyFileRangeReq, ino_out) == 24);
+    assert!(offset_of!(CopyFileRangeReq, len) == 48);
+    assert!(offset_of!(CopyFileRangeReq, flags) == 56);
 };
 
 /// Longest name a request may carry.
@@ -720,7 +748,7 @@ mod tests {
             assert_eq!(OpCode::from_u32(op as u32), Some(op));
         }
         assert_eq!(OpCode::from_u32(0), None);
-        assert_eq!(OpCode::from_u32(32), None);
+        assert_eq!(OpCode::from_u32(33), None);
         assert_eq!(OpCode::from_u32(u32::MAX), None);
     }
 

@@ -15,9 +15,9 @@ use core::mem::size_of;
 
 use crate::Errno;
 use crate::ops::{
-    CreateReq, FallocateReq, ForgetReq, FsyncReq, InoReq, IoReq, KernelCacheReq, LinkReq, MapDoneReq, MapReq, NAME_MAX,
-    NameReq, OpCode, OpenReq, PATH_MAX, Pod, ReaddirReq, ReleaseReq, RenameReq, SetattrReq, SymlinkReq, TicketReq,
-    XattrReq, setattr,
+    CopyFileRangeReq, CreateReq, FallocateReq, ForgetReq, FsyncReq, InoReq, IoReq, KernelCacheReq, LinkReq, MapDoneReq,
+    MapReq, NAME_MAX, NameReq, OpCode, OpenReq, PATH_MAX, Pod, ReaddirReq, ReleaseReq, RenameReq, SetattrReq,
+    SymlinkReq, TicketReq, XattrReq, setattr,
 };
 
 /// When a fast-path (non-kernel) client must send an op through the kernel instead while the
@@ -105,6 +105,7 @@ const FACTS: [OpFacts; OpCode::ALL.len()] = [
     /* Forget */ f(size_of::<ForgetReq>(), false, Never, Refused, true),
     /* KernelCache */ f(size_of::<KernelCacheReq>(), false, Never, Refused, true),
     /* Ticket */ f(size_of::<TicketReq>(), false, Never, Refused, false),
+    /* CopyFileRange */ f(size_of::<CopyFileRangeReq>(), true, Always, Refused, false),
 ];
 
 impl OpCode {
@@ -154,6 +155,7 @@ pub enum Request<'a> {
     Forget(ForgetReq),
     KernelCache(KernelCacheReq),
     Ticket(TicketReq),
+    CopyFileRange(CopyFileRangeReq),
 }
 
 /// A file or directory name: 1..=NAME_MAX bytes, no '/' and no NUL.
@@ -288,6 +290,13 @@ impl<'a> Request<'a> {
             OpCode::Forget => Self::Forget(fixed(p)?.0),
             OpCode::KernelCache => Self::KernelCache(fixed(p)?.0),
             OpCode::Ticket => Self::Ticket(fixed(p)?.0),
+            OpCode::CopyFileRange => {
+                let r: CopyFileRangeReq = fixed(p)?.0;
+                if r.flags != 0 || r.reserved != 0 || r.ino_in == 0 || r.ino_out == 0 {
+                    return Err(Errno::EINVAL);
+                }
+                Self::CopyFileRange(r)
+            }
         })
     }
 
@@ -310,6 +319,8 @@ impl<'a> Request<'a> {
             Self::Forget(r) => r.ino,
             Self::KernelCache(r) => r.ino,
             Self::Ticket(r) => r.ino,
+            // The file written (the one whose size and blocks change).
+            Self::CopyFileRange(r) => r.ino_out,
             Self::Lookup(r, _) | Self::Unlink(r, _) | Self::Rmdir(r, _) => r.dir,
             Self::Create(r, _) | Self::Mknod(r, _) | Self::Mkdir(r, _) => r.dir,
             Self::Symlink(r, ..) => r.dir,
@@ -428,5 +439,21 @@ mod tests {
         assert_eq!(Request::Map(m).ticket_need(OpCode::Map), Some(false));
         assert_eq!(Request::Map(MapReq { write: 1, ..m }).ticket_need(OpCode::Map), Some(true));
         assert_eq!(Request::Map(m).ino(), 5);
+        let c = CopyFileRangeReq { ino_in: 5, ino_out: 6, len: 10, ..CopyFileRangeReq::default() };
+        let r = Request::decode(OpCode::CopyFileRange, Pod::as_bytes(&c)).unwrap();
+        assert!(matches!(r, Request::CopyFileRange(q) if q.ino_in == 5 && q.len == 10));
+        assert_eq!(r.ino(), 6, "the file written");
+        assert_eq!(r.ticket_need(OpCode::CopyFileRange), None, "ticketed clients are refused");
+        assert!(r.steps_aside_for_kernel_cache(OpCode::CopyFileRange));
+        assert!(OpCode::CopyFileRange.facts().mutates);
+        assert!(!OpCode::CopyFileRange.facts().invalidates_extents);
+        for bad in [
+            CopyFileRangeReq { flags: 1, ..c },
+            CopyFileRangeReq { reserved: 1, ..c },
+            CopyFileRangeReq { ino_in: 0, ..c },
+            CopyFileRangeReq { ino_out: 0, ..c },
+        ] {
+            assert_eq!(Request::decode(OpCode::CopyFileRange, Pod::as_bytes(&bad)).err(), Some(Errno::EINVAL));
+        }
     }
 }

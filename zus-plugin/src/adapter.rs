@@ -433,6 +433,13 @@ fn dispatch<T: FileSystem>(fs: &T, call: &mut OpCall) -> Result<u64, Errno> {
         }
         Request::Fsync(r) => fs.fsync(r.ino, r.fh, r.datasync != 0).map(|()| 0),
         Request::Fallocate(r) => fs.fallocate(&c, r.ino, r.mode, r.offset, r.len).map(|()| 0),
+        Request::CopyFileRange(r) => {
+            let n = fs.copy_file_range(&c, r.ino_in, r.fh_in, r.off_in, r.ino_out, r.fh_out, r.off_out, r.len)?;
+            if n > r.len {
+                return Err(Errno::EIO);
+            }
+            Ok(n)
+        }
         Request::Getxattr(r, name) => {
             let v = fs.getxattr(r.ino, name)?;
             if r.size == 0 {

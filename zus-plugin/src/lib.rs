@@ -328,6 +328,29 @@ pub trait FileSystem: Send + Sync + Sized + 'static {
     fn fsync(&self, ino: u64, fh: u64, datasync: bool) -> Result<(), Errno> {
         Ok(())
     }
+    /// copy_file_range(2): copies `len` bytes of `ino_in` (open as `fh_in`) at `off_in` to
+    /// `ino_out` (open as `fh_out`) at `off_out` inside the filesystem, and returns the bytes
+    /// copied (0 when `off_in` is at or past the source's end). Must be as crash-consistent as
+    /// [`FileSystem::write`].
+    ///
+    /// # Errors
+    /// `ENOSYS` by default: the caller then copies by reading and writing (the FUSE bridge
+    /// answers the kernel ENOSYS, and the kernel falls back for good). `EINVAL` for
+    /// overlapping ranges of one file.
+    #[allow(clippy::too_many_arguments)]
+    fn copy_file_range(
+        &self,
+        caller: &Caller,
+        ino_in: u64,
+        fh_in: u64,
+        off_in: u64,
+        ino_out: u64,
+        fh_out: u64,
+        off_out: u64,
+        len: u64,
+    ) -> Result<u64, Errno> {
+        Err(Errno::ENOSYS)
+    }
     /// fallocate(2) with its mode bits.
     ///
     /// # Errors

@@ -126,6 +126,13 @@ pub fn serve(
     if !client.kernel_bridge && req.steps_aside_for_kernel_cache(op) && mount.kernel_cache.contains(req.ino()) {
         return Served { result: Errno::EUSEKERNEL.to_wire(), ..Served::default() };
     }
+    if let Request::CopyFileRange(r) = req
+        && !client.kernel_bridge
+        && mount.kernel_cache.contains(r.ino_in)
+    {
+        // The source's pages may be newer in the kernel's cache than on pmem.
+        return Served { result: Errno::EUSEKERNEL.to_wire(), ..Served::default() };
+    }
     if let Request::Map(r) = req
         && mount.read_only
         && r.write != 0

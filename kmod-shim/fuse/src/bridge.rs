@@ -26,9 +26,9 @@ use std::time::{Duration, Instant};
 use zus_api::Errno;
 use zus_api::chan::PAYLOAD_SIZE;
 use zus_api::ops::{
-    Attr, CreateReq, DATA_REMOTE_IOV, DATA_WINDOW, Dirent, FallocateReq, ForgetReq, FsyncReq, InoReq, IoReply, IoReq,
-    IoVec, IoctlTicket, KernelCacheReq, LinkReq, NameReq, OpCode, OpenReply, OpenReq, Pod, ReaddirReq, ReleaseReq,
-    RenameReq, SetattrReq, StatfsReply, SymlinkReq, TicketReq, XattrReq, io_flags,
+    Attr, CopyFileRangeReq, CreateReq, DATA_REMOTE_IOV, DATA_WINDOW, Dirent, FallocateReq, ForgetReq, FsyncReq, InoReq,
+    IoReply, IoReq, IoVec, IoctlTicket, KernelCacheReq, LinkReq, NameReq, OpCode, OpenReply, OpenReq, Pod, ReaddirReq,
+    ReleaseReq, RenameReq, SetattrReq, StatfsReply, SymlinkReq, TicketReq, XattrReq, io_flags,
 };
 use zus_channel::control::MountInfo;
 
@@ -887,6 +887,46 @@ impl Bridge {
     pub fn fallocate(&self, creds: Creds, node: u64, offset: u64, len: u64, mode: u32) -> Result<(), Errno> {
         let r = FallocateReq { ino: self.to_ino(node), offset, len, mode, reserved: 0 };
         self.plain_op(Some(creds), OpCode::Fallocate, &[r.as_bytes()], DataIn::None).map(|_| ())
+    }
+
+    /// copy_file_range (the kernel's COPY_FILE_RANGE): one op at zusd, the data never passing
+    /// through the kernel or the bridge. Returns the bytes copied (at most `u32::MAX` rounded
+    /// down to a page, what the kernel's reply carries).
+    ///
+    /// # Errors
+    /// The op's errno; `ENOSYS` from a plugin without the op, on which the kernel stops asking
+    /// and copies by reading and writing.
+    #[allow(clippy::too_many_arguments)]
+    pub fn copy_file_range(
+        &self,
+        creds: Creds,
+        node_in: u64,
+        fh_in: u64,
+        off_in: u64,
+        node_out: u64,
+        fh_out: u64,
+        off_out: u64,
+        len: u64,
+    ) -> Result<u32, Errno> {
+        let c = self.conn_or_eio()?;
+        let (_, pfh_in) = self.plugin_fh(&c, fh_in)?;
+        let (_, pfh_out) = self.plugin_fh(&c, fh_out)?;
+        let len = len.min(u64::from(u32::MAX) & !4095);
+        let r = CopyFileRangeReq {
+            ino_in: self.to_ino(node_in),
+            fh_in: pfh_in,
+            off_in,
+            ino_out: self.to_ino(node_out),
+            fh_out: pfh_out,
+            off_out,
+            len,
+            flags: 0,
+            reserved: 0,
+        };
+        let n = REPLY.with_borrow_mut(|reply| {
+            self.op_on(&c, Some(creds), OpCode::CopyFileRange, &[r.as_bytes()], DataIn::None, reply, None)
+        })?;
+        u32::try_from(n.value.min(len)).map_err(|_| Errno::EIO)
     }
 
     /// statfs.

@@ -583,7 +583,17 @@ impl Server {
                 Ok(Outcome::Reply)
             }
             Request::Fallocate(f) => ok(b.fallocate(c, node, f.offset, f.length, f.mode)),
-            Request::Lseek(_) | Request::CopyFileRange(_) | Request::Syncfs => Err(libc::ENOSYS),
+            Request::CopyFileRange(r) => {
+                if r.flags != 0 {
+                    return Err(libc::EINVAL);
+                }
+                let n = b
+                    .copy_file_range(c, node, r.fh_in, r.off_in, r.nodeid_out, r.fh_out, r.off_out, r.len)
+                    .map_err(e)?;
+                out.extend_from_slice(bytes_of(&abi::WriteOut { size: n, padding: 0 }));
+                Ok(Outcome::Reply)
+            }
+            Request::Lseek(_) | Request::Syncfs => Err(libc::ENOSYS),
         }
     }
 

@@ -494,6 +494,22 @@ pub const STRUCTS: &[Layout] = &[
         ],
     },
     Layout {
+        c_name: "struct zus_copy_file_range_req",
+        size: size_of::<zus_api::ops::CopyFileRangeReq>(),
+        align: align_of::<zus_api::ops::CopyFileRangeReq>(),
+        fields: &[
+            ("ino_in", offset_of!(zus_api::ops::CopyFileRangeReq, ino_in)),
+            ("fh_in", offset_of!(zus_api::ops::CopyFileRangeReq, fh_in)),
+            ("off_in", offset_of!(zus_api::ops::CopyFileRangeReq, off_in)),
+            ("ino_out", offset_of!(zus_api::ops::CopyFileRangeReq, ino_out)),
+            ("fh_out", offset_of!(zus_api::ops::CopyFileRangeReq, fh_out)),
+            ("off_out", offset_of!(zus_api::ops::CopyFileRangeReq, off_out)),
+            ("len", offset_of!(zus_api::ops::CopyFileRangeReq, len)),
+            ("flags", offset_of!(zus_api::ops::CopyFileRangeReq, flags)),
+            ("reserved", offset_of!(zus_api::ops::CopyFileRangeReq, reserved)),
+        ],
+    },
+    Layout {
         c_name: "struct zus_ioctl_ticket",
         size: size_of::<zus_api::ops::IoctlTicket>(),
         align: align_of::<zus_api::ops::IoctlTicket>(),
@@ -699,6 +715,7 @@ pub const VALUES: &[(&str, i128)] = &[
     ("ZUS_OP_FORGET", zus_api::ops::OpCode::Forget as i128),
     ("ZUS_OP_KERNEL_CACHE", zus_api::ops::OpCode::KernelCache as i128),
     ("ZUS_OP_TICKET", zus_api::ops::OpCode::Ticket as i128),
+    ("ZUS_OP_COPY_FILE_RANGE", zus_api::ops::OpCode::CopyFileRange as i128),
 ];
 
 /// `(C name, bytes)` of every byte-string constant (C drops one trailing NUL).

@@ -242,6 +242,24 @@ impl FileSystem for PmemFs {
         self.fs.fsync(ino, datasync).map_err(errno)
     }
 
+    fn copy_file_range(
+        &self,
+        c: &Caller,
+        ino_in: u64,
+        _fh_in: u64,
+        off_in: u64,
+        ino_out: u64,
+        _fh_out: u64,
+        off_out: u64,
+        len: u64,
+    ) -> Result<u64, Errno> {
+        if c.uid != 0 {
+            // As a write by a user without CAP_FSETID (the kernel leaves it to us).
+            self.fs.kill_suidgid(ino_out).map_err(errno)?;
+        }
+        self.fs.copy_range(ino_in, off_in, ino_out, off_out, len, false).map_err(errno)
+    }
+
     fn fallocate(&self, _c: &Caller, ino: u64, mode: u32, offset: u64, len: u64) -> Result<(), Errno> {
         self.fs.fallocate(ino, mode, offset, len).map_err(errno)
     }

@@ -510,3 +510,33 @@ fn test_freed_blocks_wait_for_dax_copies_under_their_generation() {
     assert!(old.iter().any(|&(o, l)| d >= o && d < o + l), "a full device had no other block to give");
     assert_clean(&fs);
 }
+
+#[test]
+fn test_copy_range_between_and_within_files() {
+    let fs = sim(16);
+    let a = fs.create(ROOT, b"a", 0o644, 0, 0).unwrap();
+    let b = fs.create(ROOT, b"b", 0o644, 0, 0).unwrap();
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    fs.write_bytes(a.ino, 0, &data, false).unwrap();
+    // Across files, a long copy (several chunks) at an unaligned offset.
+    assert_eq!(fs.copy_range(a.ino, 10, b.ino, 4096 + 3, 2_500_000, false).unwrap(), 2_500_000);
+    assert_eq!(fs.getattr(b.ino).unwrap().size, 4096 + 3 + 2_500_000);
+    let v = fs.read_vec(b.ino, 0, 3_000_000).unwrap();
+    assert!(v[..4099].iter().all(|&x| x == 0));
+    assert_eq!(&v[4099..], &data[10..2_500_010]);
+    // Shortened at the source's end; 0 at or past it.
+    assert_eq!(fs.copy_range(a.ino, 2_999_990, b.ino, 0, 100, false).unwrap(), 10);
+    assert_eq!(fs.copy_range(a.ino, 3_000_000, b.ino, 0, 100, false).unwrap(), 0);
+    assert_eq!(fs.copy_range(a.ino, 5_000_000, b.ino, 0, 100, false).unwrap(), 0);
+    // Within one file: disjoint ranges copy, overlapping ones are EINVAL.
+    assert_eq!(fs.copy_range(a.ino, 0, a.ino, 3_000_000, 1000, false).unwrap(), 1000);
+    assert_eq!(fs.read_vec(a.ino, 3_000_000, 1000).unwrap(), &data[..1000]);
+    let e = fs.copy_range(a.ino, 0, a.ino, 500, 1000, false).unwrap_err();
+    assert_eq!(e.errno(), libc::EINVAL);
+    // Directories are refused.
+    assert_eq!(fs.copy_range(a.ino, 0, ROOT, 0, 10, false).unwrap_err().errno(), libc::EISDIR);
+    assert_clean(&fs);
+    let fs = Fs::mount(fs.into_pmem()).unwrap();
+    assert_eq!(fs.read_vec(b.ino, 4099, 2_500_000).unwrap(), &data[10..2_500_010]);
+    assert_clean(&fs);
+}

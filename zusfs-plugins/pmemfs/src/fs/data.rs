@@ -308,6 +308,57 @@ impl<P: Persist> Fs<P> {
         Ok(total as usize)
     }
 
+    /// copy_file_range(2) inside the filesystem: copies up to `len` bytes of `ino_in` at
+    /// `off_in` to `ino_out` at `off_out`, chunk by chunk through the write path (each chunk's
+    /// blocks and size update are one journaled transaction, as a write's are). The copy is
+    /// shortened to the source's end (0 bytes at or past it); overlapping ranges of one file
+    /// are `EINVAL`, as the kernel's rule. Returns the bytes copied (short only on an error
+    /// after some progress).
+    pub fn copy_range(
+        &self,
+        ino_in: u64,
+        off_in: u64,
+        ino_out: u64,
+        off_out: u64,
+        len: u64,
+        sync: bool,
+    ) -> Result<u64> {
+        self.live()?;
+        let src = self.getattr(ino_in)?;
+        let dst = self.getattr(ino_out)?;
+        for a in [&src, &dst] {
+            if a.mode & crate::layout::S_IFMT == crate::layout::S_IFDIR {
+                return Err(FsError::IsDir);
+            }
+            if a.mode & crate::layout::S_IFMT != crate::layout::S_IFREG {
+                return Err(FsError::Invalid("copy between non-regular files".into()));
+            }
+        }
+        let len = if off_in >= src.size { 0 } else { len.min(src.size - off_in) };
+        if off_in.checked_add(len).is_none() || off_out.checked_add(len).is_none() {
+            return Err(FsError::Invalid("copy range overflows".into()));
+        }
+        if ino_in == ino_out && off_out < off_in + len && off_in < off_out + len {
+            return Err(FsError::Invalid("overlapping copy within one file".into()));
+        }
+        let chunk = (CHUNK_BLOCKS * BLOCK).min(len);
+        let mut buf = vec![0u8; usize::try_from(chunk).map_err(|_| FsError::TooBig)?];
+        let mut done = 0u64;
+        while done < len {
+            let c = (len - done).min(chunk) as usize;
+            let step = self
+                .read(ino_in, off_in + done, &zus_pmem::SliceSink::new(&mut buf[..c]), 0, c)
+                .and_then(|r| self.write(ino_out, off_out + done, &zus_pmem::SliceSource(&buf[..r]), 0, r, sync));
+            match step {
+                Ok(0) => break,
+                Ok(w) => done += w as u64,
+                Err(e) if done == 0 => return Err(e),
+                Err(_) => break,
+            }
+        }
+        Ok(done)
+    }
+
     /// Convenience: read into a new Vec.
     pub fn read_vec(&self, ino: u64, off: u64, len: usize) -> Result<Vec<u8>> {
         let mut v = vec![0u8; len];
