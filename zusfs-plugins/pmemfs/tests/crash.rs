@@ -397,6 +397,17 @@ fn test_crash_each_data_op() {
         },
     );
     total += crash_case(
+        "copy_file_range extending another file",
+        |fs| {
+            file(fs, ROOT, "a", 20_000);
+            file(fs, ROOT, "b", 100);
+        },
+        |fs| {
+            let (a, b) = (lookup(fs, ROOT, "a"), lookup(fs, ROOT, "b"));
+            assert_eq!(fs.copy_range(a, 1000, b, 100, 9000, true).unwrap(), 9000);
+        },
+    );
+    total += crash_case(
         "map for write + map_done",
         |fs| {
             file(fs, ROOT, "a", 1000);
