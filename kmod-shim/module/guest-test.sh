@@ -48,6 +48,12 @@
 #                  auto (default) says so and leaves it out where there is no
 #                  cargo, required fails then
 #   ZUFS_KMOD_REQUIRED=1  make the "cannot run here" cases failures, not skips
+#   DEFAULT_TESTS=0  leave the transport, filesystem and pjdfstest scripts out
+#                  (only ZUFS_GUEST_TESTS run)
+#   NO_BOOT=1      build the initramfs, write how to boot it to
+#                  $ZUFS_KMOD_DIR/guest-boot.env (QEMU, VMLINUZ, INITRD) and
+#                  exit 0: for a caller that boots it itself
+#                  (tests/powercut-test.sh)
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -201,9 +207,11 @@ ln -s bin "$R/sbin"
 mknod -m 600 "$R/dev/console" c 5 1
 cp "$B/module/zufs.ko" "$R/lib/modules/$KABI/extra/"
 cp "$B/fake-zusd" "$B/fs-test" "$R/bin/"
-cp "$HERE/tests/guest-tests.sh" "$R/tests/00-transport.sh"
-cp "$HERE/tests/guest-fs.sh" "$R/tests/10-fs.sh"
-if [ "$PJDFSTEST" != off ] && [ -x "$PJD" ]; then
+if [ "${DEFAULT_TESTS:-1}" != 0 ]; then
+  cp "$HERE/tests/guest-tests.sh" "$R/tests/00-transport.sh"
+  cp "$HERE/tests/guest-fs.sh" "$R/tests/10-fs.sh"
+fi
+if [ "${DEFAULT_TESTS:-1}" != 0 ] && [ "$PJDFSTEST" != off ] && [ -x "$PJD" ]; then
   cp "$PJD" "$R/bin/"
   cp "$HERE/tests/guest-pjdfstest.sh" "$R/tests/15-pjdfstest.sh"
 fi
@@ -227,7 +235,8 @@ add_kmod() {
   cp "$MD/$rel" "$R/lib/modules/$KABI/$rel"
   for d in $(grep -E "^$rel:" "$MD/modules.dep" | cut -d: -f2); do add_kmod "$(basename "$d" .ko)"; done
 }
-for m in nd_e820 nd_pmem dax_pmem fuse; do add_kmod "$m"; done
+# nd_e820: memmap= pmem; nfit: a qemu nvdimm device (tests/powercut-test.sh)
+for m in nd_e820 nfit nd_pmem dax_pmem fuse; do add_kmod "$m"; done
 cp "$MD"/modules.builtin* "$MD"/modules.order "$R/lib/modules/$KABI/"
 busybox depmod -b "$R" "$KABI"
 
@@ -304,6 +313,11 @@ chmod +x "$R/init"
 echo "    $(du -h "$B/initramfs.cpio.gz" | cut -f1) initramfs"
 
 # ---- boot ------------------------------------------------------------------
+if [ "${NO_BOOT:-0}" = 1 ]; then
+  { declare -p QEMU; echo "VMLINUZ=$VMLINUZ"; echo "INITRD=$B/initramfs.cpio.gz"; } > "$W/guest-boot.env"
+  step "NO_BOOT=1: boot with $W/guest-boot.env"
+  exit 0
+fi
 CMDLINE="console=ttyS0 loglevel=4 memmap=$PMEM panic=-1 oops=panic panic_on_warn=1"
 CMDLINE+=" hung_task_timeout_secs=10 hung_task_panic=1 softlockup_panic=1"
 CMDLINE+=" slub_debug=FZPU page_poison=1"
