@@ -12,7 +12,8 @@ use rand::{Rng, SeedableRng};
 use zus_api::Errno;
 use zus_api::chan::{Geometry, LaneHeader, PAYLOAD_SIZE, Slot, slot_state};
 use zus_api::ops::{
-    Attr, CreateReq, DATA_WINDOW, DATA_WINDOW_STREAM, InoReq, IoReq, NameReq, OpCode, OpHeader, Pod, ReaddirReq,
+    Attr, CopyFileRangeReq, CreateReq, DATA_WINDOW, DATA_WINDOW_STREAM, InoReq, IoReq, NameReq, OpCode, OpHeader, Pod,
+    ReaddirReq,
 };
 use zus_channel::control::{self, Reply, Request};
 use zus_channel::shm::{ShmRegion, futex};
@@ -635,6 +636,12 @@ fn ticket_user(relay: &Relay, mount_id: u32, [ino, other]: [u64; 2], [ro, rw]: [
     ensure!(read(other, rw) == libc::EACCES, "the ticket of one inode opened another");
     let getattr = InoReq { ino };
     ensure!(op(OpCode::Getattr, &[getattr.as_bytes()], DataIn::None, ro) == 0, "getattr with a ticket");
+    // copy_file_range is the kernel bridge's alone: refused whatever the tickets.
+    let copy = CopyFileRangeReq { ino_in: ino, ino_out: ino, off_out: 4096, len: 512, ..CopyFileRangeReq::default() };
+    ensure!(
+        op(OpCode::CopyFileRange, &[copy.as_bytes()], DataIn::None, rw) == libc::EPERM,
+        "copy_file_range with tickets only"
+    );
     println!("USER OK");
     Ok(())
 }

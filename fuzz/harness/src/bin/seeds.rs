@@ -106,6 +106,24 @@ fn ops() -> Vec<Op> {
         (OpCode::Forget, req(&ForgetReq { ino: 2, nlookup: 1 }, &[]), vec![]),
         (OpCode::KernelCache, req(&KernelCacheReq { ino: 2, on: 1, reserved: 0 }, &[]), vec![]),
         (OpCode::Ticket, req(&TicketReq { ino: 2, ticket: 0, uid: 1000, writable: 1 }, &[]), vec![]),
+        (
+            OpCode::CopyFileRange,
+            req(
+                &CopyFileRangeReq {
+                    ino_in: 2,
+                    fh_in: 0,
+                    off_in: 0,
+                    ino_out: 3,
+                    fh_out: 0,
+                    off_out: 4096,
+                    len: 8192,
+                    flags: 0,
+                    reserved: 0,
+                },
+                &[],
+            ),
+            vec![],
+        ),
     ]
 }
 
