@@ -366,6 +366,15 @@ ssize_t zufs_dax_write_iter(struct kiocb *iocb, struct iov_iter *from)
 	ret = file_remove_privs(file);
 	if (ret)
 		goto out;
+	/*
+	 * mtime and ctime move now in the kernel's inode, as ext2's DAX write
+	 * does: zusd learns them with the next MAP_DONE (at once when the size
+	 * grows, else within ZUFS_DAX_MTIME_EVERY), and a stat in between must
+	 * not show the times from before the write.
+	 */
+	ret = file_update_time(file);
+	if (ret)
+		goto out;
 	ret = dax_iomap_rw(iocb, from, &zufs_iomap_ops);
 	if (ret <= 0)
 		goto out;
