@@ -89,7 +89,7 @@ mount_pc() {  # zusd's mount of /dev/pmem0, then the kernel's DAX mount of it
 	set -- $(echo | /bin/zufs-testclient --socket "$SOCK" mount --fs pmemfs --device /dev/pmem0 2>/tmp/pc-mount.err | grep '^MOUNTED')
 	[ "${1:-}" = MOUNTED ] || return 1
 	mkdir -p $D
-	mount -t zufs -o "mount_id=$2,root=$3,dax=/dev/pmem0" none $D
+	mount -t zufs -o "mount_id=$2,root=$3${DAXOPT-,dax=/dev/pmem0}" none $D
 }
 
 case $PHASE in
@@ -110,12 +110,32 @@ verify)
 	grep -i 'recover\|replay\|orphan' "$LOG" | tail -n 5 | sed 's/^/GUEST: zusd: /'
 	check pc_every_fsynced_byte /bin/powercut-io verify $D "$SEED" "$N"
 	ls $D | wc -l | sed 's/^/GUEST: files after the cut: /'
-	check pc_writable_after_recovery sh -c "dd if=/dev/urandom of=/tmp/after bs=4k count=50 2>/dev/null && cp /tmp/after $D/after && sync && cmp /tmp/after $D/after"
+	check pc_writable_after_recovery sh -c "dd if=/dev/urandom of=/tmp/after bs=4k count=50 2>/dev/null && cp /tmp/after $D/after && sync && cmp /tmp/after $D/after 2>&1 | sed 's/^/GUEST: /'; cmp -s /tmp/after $D/after"
 	check pc_umount umount $D
 	kill -TERM "$ZPID"
 	wait "$ZPID"
 	check pc_fsck_clean sh -c "/bin/zufs fsck -t pmemfs --plugins $PL /dev/pmem0 > /tmp/fsck.log 2>&1; grep -q ': 0 problem' /tmp/fsck.log"
 	sed 's/^/GUEST: fsck: /' /tmp/fsck.log | tail -n 3
+	;;
+nocut)
+	# no power cut: write N files, verify, remount (a new zusd), verify again
+	check pc_mkfs /bin/zufs mkfs -t pmemfs --plugins $PL /dev/pmem0
+	check pc_zusd_started start_zusd
+	check pc_dax_mount mount_pc
+	# a fourth field "nojunk": no scratch file (no blocks freed meanwhile)
+	J=$(echo "$PC" | cut -d: -f4)
+	[ "$J" = nojunk ] && export PC_NOJUNK=1
+	# a fifth field "window": the mount without dax= (data through the slot windows)
+	[ "$(echo "$PC" | cut -d: -f5)" = window ] && DAXOPT=
+	/bin/powercut-io write $D "$SEED" "$N" | grep -v fsynced
+	check pc_nocut_verify_same_mount /bin/powercut-io verify $D "$SEED" "$N"
+	umount $D
+	kill -TERM "$ZPID"
+	wait "$ZPID"
+	check pc_nocut_zusd_restarted start_zusd
+	check pc_nocut_remount mount_pc
+	check pc_nocut_verify_after_remount /bin/powercut-io verify $D "$SEED" "$N"
+	umount $D
 	;;
 *)
 	echo "TEST pc_phase ... FAILED: no zufs_pc= on the kernel command line"

@@ -8,7 +8,8 @@
  *	fsync'd (the file, then DIR); after each one "PC: fsynced I SIZE" on
  *	stdout. Between files a scratch file DIR/junk grows and is cut back
  *	(blocks allocated and freed while the power goes). The host kills the
- *	guest at a chosen "PC: fsynced" line.
+ *	guest at a chosen "PC: fsynced" line. PC_NOJUNK=1 in the environment
+ *	leaves the scratch file out.
  *   powercut-io verify DIR SEED N
  *	Files 1..N must hold exactly what write wrote; prints each mismatch
  *	and "PC: verified N files, B bytes" and exits 0 when all match.
@@ -140,13 +141,18 @@ static int do_write(const char *dir, uint64_t seed, unsigned int max)
 		printf("PC: fsynced %u %zu\n", i, n);
 		fflush(stdout);
 		/* unsynced churn: the scratch file grows, and is cut back */
+		if (getenv("PC_NOJUNK"))
+			continue;
 		if (write(jfd, junk, 1 + r % 65536) < 0 || fstat(jfd, &st)) {
 			perror("powercut-io: junk");
 			return 1;
 		}
-		if (st.st_size > 1024 * 1024 && ftruncate(jfd, (off_t)(r % 4096))) {
-			perror("powercut-io: junk truncate");
-			return 1;
+		if (st.st_size > 1024 * 1024) {
+			if (ftruncate(jfd, (off_t)(r % 4096))) {
+				perror("powercut-io: junk truncate");
+				return 1;
+			}
+			printf("PC: junk cut after %u (%lld bytes freed)\n", i, (long long)st.st_size);
 		}
 	}
 	printf("PC: wrote all %u\n", max);
@@ -189,7 +195,22 @@ static int do_verify(const char *dir, uint64_t seed, unsigned int n)
 
 			while (want[k] == got[k])
 				k++;
-			printf("PC: DATA %s: differs at %zu of %zu\n", path, k, sz);
+			size_t e = sz, ndiff = 0, junk = 0, zero = 0;
+
+			while (e > k && want[e - 1] == got[e - 1])
+				e--;
+			for (size_t j = k; j < e; j++) {
+				if (want[j] == got[j])
+					continue;
+				ndiff++;
+				junk += got[j] == 0xa5;
+				zero += got[j] == 0;
+			}
+			printf("PC: DATA %s: differs at %zu..%zu of %zu: %zu bytes differ (%zu 0xa5 scratch, %zu zero), got %02x%02x%02x%02x want %02x%02x%02x%02x\n",
+			       path, k, e, sz, ndiff, junk, zero, got[k], got[k + 1 < sz ? k + 1 : k],
+			       got[k + 2 < sz ? k + 2 : k], got[k + 3 < sz ? k + 3 : k], want[k],
+			       want[k + 1 < sz ? k + 1 : k], want[k + 2 < sz ? k + 2 : k],
+			       want[k + 3 < sz ? k + 3 : k]);
 			bad++;
 		}
 		bytes += sz;

@@ -22,6 +22,11 @@
 #   SEED=1          file sizes and contents
 #   SMP=2           guest CPUs
 #   NO_BUILD=1      use what target/release holds
+#   NOCUT=N         first a boot without a cut: N files written, verified,
+#                   verified again after umount and a new zusd (tells a
+#                   runtime fault from a recovery one)
+#   NOCUT_JUNK=0    that boot without the scratch file (no truncates)
+#   NOCUT_WINDOW=1  that boot's mount without dax= (the slot windows)
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -29,7 +34,7 @@ REPO=$(cd "$HERE/../../.." && pwd)
 W=${ZUFS_KMOD_DIR:-/tmp/zufs-kmod}
 mkdir -p "$W/build"
 W=$(cd "$W" && pwd)
-CUTS=${CUTS:-3 25 80}
+CUTS=${CUTS-3 25 80}
 SEED=${SEED:-1}
 SMP=${SMP:-2}
 BOOT_TIMEOUT=${BOOT_TIMEOUT:-400}
@@ -75,6 +80,7 @@ wait_no_qemu() {
 
 boot() {  # LOG PHASE-ARG: qemu in the background on the nvdimm image; QPID
   wait_no_qemu
+  : >"$1"
   "${QEMU[@]}" -accel tcg,thread=multi -cpu max -machine q35,nvdimm=on \
     -m 2G,slots=2,maxmem=4G -smp "$SMP" \
     -object memory-backend-file,id=mem1,share=on,mem-path="$IMG",size=256M \
@@ -95,6 +101,29 @@ host_fsck() {  # LOG: fsck the pmem0 data of the image (from the data offset)
 FAIL=0
 fail() { echo "TEST $1 ... FAILED: $2"; FAIL=$((FAIL + 1)); }
 ok() { echo "TEST $1 ... ok"; }
+
+wait_qemu() {  # LOG: until qemu ends or BOOT_TIMEOUT; the guest's result line
+  local end=$(( $(date +%s) + BOOT_TIMEOUT ))
+  while kill -0 "$QPID" 2>/dev/null; do
+    [ "$(date +%s)" -lt "$end" ] || { kill -KILL "$QPID"; break; }
+    sleep 1
+  done
+  wait "$QPID" 2>/dev/null || true
+  tr -d '\r' <"$1" | grep -aE '^GUEST:|^TEST|^PC:|^[0-9]+ passed|Kernel panic|BUG:|WARNING:' | sed 's/^/    /'
+  tr -d '\r' <"$1" | grep -aE '^[0-9]+ passed, [0-9]+ failed$' | tail -1 || true
+}
+
+if [ -n "${NOCUT:-}" ]; then
+  rm -f "$IMG"
+  truncate -s 256M "$IMG"
+  say "no cut: $NOCUT files, verify, remount, verify"
+  boot "$W/pc-nocut.log" "nocut:$SEED:$NOCUT:$([ "${NOCUT_JUNK:-1}" = 0 ] && echo nojunk || echo junk):$([ "${NOCUT_WINDOW:-0}" = 1 ] && echo window || echo dax)"
+  LINE=$(wait_qemu "$W/pc-nocut.log" | tee /dev/stderr | tail -1)
+  case $LINE in
+  *" passed, 0 failed") ok "pc_nocut_${NOCUT}_files" ;;
+  *) fail "pc_nocut_${NOCUT}_files" "${LINE:-no result line} (log $W/pc-nocut.log)" ;;
+  esac
+fi
 
 for N in $CUTS; do
   L1=$W/pc-$N-boot1.log
@@ -143,14 +172,7 @@ for N in $CUTS; do
 
   say "cut $N: boot 2 (recovery, verify files 1..$K)"
   boot "$L2" "verify:$SEED:$K"
-  end=$(( $(date +%s) + BOOT_TIMEOUT ))
-  while kill -0 "$QPID" 2>/dev/null; do
-    [ "$(date +%s)" -lt "$end" ] || { kill -KILL "$QPID"; break; }
-    sleep 1
-  done
-  wait "$QPID" 2>/dev/null || true
-  tr -d '\r' <"$L2" | grep -aE '^GUEST:|^TEST|^PC:|^[0-9]+ passed|Kernel panic|BUG:|WARNING:' | sed 's/^/    /'
-  LINE=$(tr -d '\r' <"$L2" | grep -aE '^[0-9]+ passed, [0-9]+ failed$' | tail -1 || true)
+  LINE=$(wait_qemu "$L2" | tee /dev/stderr | tail -1)
   case $LINE in
   *" passed, 0 failed") ok "pc_cut_${N}_boot2_verified_${K}_files" ;;
   *) fail "pc_cut_${N}_boot2" "${LINE:-no result line} (log $L2)" ;;
