@@ -9,7 +9,8 @@
  *	stdout. Between files a scratch file DIR/junk grows and is cut back
  *	(blocks allocated and freed while the power goes). The host kills the
  *	guest at a chosen "PC: fsynced" line. PC_NOJUNK=1 in the environment
- *	leaves the scratch file out.
+ *	leaves the scratch file out; PC_PAUSE_MS=MS pauses after each cut
+ *	of the scratch file (its blocks leave pmemfs's reuse quarantine).
  *   powercut-io verify DIR SEED N
  *	Files 1..N must hold exactly what write wrote; prints each mismatch
  *	and "PC: verified N files, B bytes" and exits 0 when all match.
@@ -153,6 +154,9 @@ static int do_write(const char *dir, uint64_t seed, unsigned int max)
 				return 1;
 			}
 			printf("PC: junk cut after %u (%lld bytes freed)\n", i, (long long)st.st_size);
+			/* PC_PAUSE_MS: let the freed blocks' reuse grace pass */
+			if (getenv("PC_PAUSE_MS"))
+				usleep(1000 * (useconds_t)atoi(getenv("PC_PAUSE_MS")));
 		}
 	}
 	printf("PC: wrote all %u\n", max);
