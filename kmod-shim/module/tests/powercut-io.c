@@ -10,7 +10,9 @@
  *	(blocks allocated and freed while the power goes). The host kills the
  *	guest at a chosen "PC: fsynced" line. PC_NOJUNK=1 in the environment
  *	leaves the scratch file out; PC_PAUSE_MS=MS pauses after each cut
- *	of the scratch file (its blocks leave pmemfs's reuse quarantine).
+ *	of the scratch file (its blocks leave pmemfs's reuse quarantine);
+ *	PC_NOTRUNC=1: the scratch file only grows; PC_NOAPPEND=1: without
+ *	O_APPEND.
  *   powercut-io verify DIR SEED N
  *	Files 1..N must hold exactly what write wrote; prints each mismatch
  *	and "PC: verified N files, B bytes" and exits 0 when all match.
@@ -118,7 +120,8 @@ static int do_write(const char *dir, uint64_t seed, unsigned int max)
 	}
 	memset(junk, 0xa5, 65536);
 	snprintf(path, sizeof(path), "%s/junk", dir);
-	jfd = open(path, O_CREAT | O_WRONLY | O_APPEND, 0644);
+	/* PC_NOAPPEND: the scratch file grows by writes at its size, not O_APPEND */
+	jfd = open(path, O_CREAT | O_WRONLY | (getenv("PC_NOAPPEND") ? 0 : O_APPEND), 0644);
 	if (jfd < 0) {
 		perror(path);
 		return 1;
@@ -144,11 +147,12 @@ static int do_write(const char *dir, uint64_t seed, unsigned int max)
 		/* unsynced churn: the scratch file grows, and is cut back */
 		if (getenv("PC_NOJUNK"))
 			continue;
-		if (write(jfd, junk, 1 + r % 65536) < 0 || fstat(jfd, &st)) {
+		if (fstat(jfd, &st) || lseek(jfd, st.st_size, SEEK_SET) < 0 ||
+		    write(jfd, junk, 1 + r % 65536) < 0 || fstat(jfd, &st)) {
 			perror("powercut-io: junk");
 			return 1;
 		}
-		if (st.st_size > 1024 * 1024) {
+		if (st.st_size > 1024 * 1024 && !getenv("PC_NOTRUNC")) {
 			if (ftruncate(jfd, (off_t)(r % 4096))) {
 				perror("powercut-io: junk truncate");
 				return 1;
