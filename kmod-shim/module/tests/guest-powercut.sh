@@ -127,6 +127,7 @@ nocut)
 	[ "$J" = nojunk ] && export PC_NOJUNK=1
 	[ "$J" = noappend ] && export PC_NOAPPEND=1
 	[ "$J" = notrunc ] && export PC_NOTRUNC=1
+	[ "$J" = trunc0 ] && export PC_TRUNC0=1
 	# a fifth field "window": the mount without dax= (data through the slot windows)
 	[ "$(echo "$PC" | cut -d: -f5)" = window ] && DAXOPT=
 	/bin/powercut-io write $D "$SEED" "$N" | grep -v fsynced

@@ -11,7 +11,7 @@
  *	guest at a chosen "PC: fsynced" line. PC_NOJUNK=1 in the environment
  *	leaves the scratch file out; PC_PAUSE_MS=MS pauses after each cut
  *	of the scratch file (its blocks leave pmemfs's reuse quarantine);
- *	PC_NOTRUNC=1: the scratch file only grows; PC_NOAPPEND=1: without
+ *	PC_NOTRUNC=1: the scratch file only grows; PC_TRUNC0=1: cut to 0; PC_NOAPPEND=1: without
  *	O_APPEND.
  *   powercut-io verify DIR SEED N
  *	Files 1..N must hold exactly what write wrote; prints each mismatch
@@ -153,7 +153,7 @@ static int do_write(const char *dir, uint64_t seed, unsigned int max)
 			return 1;
 		}
 		if (st.st_size > 1024 * 1024 && !getenv("PC_NOTRUNC")) {
-			if (ftruncate(jfd, (off_t)(r % 4096))) {
+			if (ftruncate(jfd, getenv("PC_TRUNC0") ? 0 : (off_t)(r % 4096))) {
 				perror("powercut-io: junk truncate");
 				return 1;
 			}

@@ -27,7 +27,7 @@
 #                   runtime fault from a recovery one)
 #   NOCUT_JUNK=0    that boot without the scratch file (no truncates);
 #                   =noappend: the scratch file without O_APPEND;
-#                   =notrunc: the scratch file never cut back
+#                   =notrunc: the scratch file never cut back; =trunc0: cut to 0
 #   NOCUT_WINDOW=1  that boot's mount without dax= (the slot windows)
 set -euo pipefail
 
@@ -119,7 +119,7 @@ if [ -n "${NOCUT:-}" ]; then
   rm -f "$IMG"
   truncate -s 256M "$IMG"
   say "no cut: $NOCUT files, verify, remount, verify"
-  boot "$W/pc-nocut.log" "nocut:$SEED:$NOCUT:$(case ${NOCUT_JUNK:-1} in 0) echo nojunk;; noappend|notrunc) echo "$NOCUT_JUNK";; *) echo junk;; esac):$([ "${NOCUT_WINDOW:-0}" = 1 ] && echo window || echo dax)"
+  boot "$W/pc-nocut.log" "nocut:$SEED:$NOCUT:$(case ${NOCUT_JUNK:-1} in 0) echo nojunk;; noappend|notrunc|trunc0) echo "$NOCUT_JUNK";; *) echo junk;; esac):$([ "${NOCUT_WINDOW:-0}" = 1 ] && echo window || echo dax)"
   LINE=$(wait_qemu "$W/pc-nocut.log" | tee /dev/stderr | tail -1)
   case $LINE in
   *" passed, 0 failed") ok "pc_nocut_${NOCUT}_files" ;;
