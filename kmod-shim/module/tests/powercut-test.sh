@@ -22,6 +22,7 @@
 #   SEED=1          file sizes and contents
 #   SMP=2           guest CPUs
 #   NO_BUILD=1      use what target/release holds
+#   KEEP_IMG=1      leave $ZUFS_KMOD_DIR/nvdimm.img (the last boot's) behind
 #   NOCUT=N         first a boot without a cut: N files written, verified,
 #                   verified again after umount and a new zusd (tells a
 #                   runtime fault from a recovery one)
@@ -185,6 +186,6 @@ for N in $CUTS; do
     fail "pc_cut_${N}_host_fsck" "$(tail -n 3 "$W/pc-$N-fsck.log" | tr '\n' ' ')"
   fi
 done
-rm -f "$IMG"
+[ "${KEEP_IMG:-0}" = 1 ] || rm -f "$IMG"
 say "done: $FAIL failed"
 [ $FAIL = 0 ]
