@@ -387,6 +387,9 @@ impl<P: Persist> Fs<P> {
             self.pm.fence();
         }
         let keep = size.div_ceil(BLOCK);
+        // What earlier maps handed out past the new EOF is gone (freed, or past the size in the
+        // kept last block): a later map must zero it again.
+        n.dax_hi = n.dax_hi.min(size);
         loop {
             let mut op = Op::new(self);
             let mut freed = Vec::new();

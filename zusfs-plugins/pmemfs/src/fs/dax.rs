@@ -62,12 +62,21 @@ impl<P: Persist> Fs<P> {
             for &(_, p, c) in &nb.runs {
                 self.pm.nt_zero(p * BLOCK, c * BLOCK)?;
             }
+            // Past EOF, `[size, dax_hi)` was handed out by earlier maps: a client may have
+            // written it and not yet committed it with map_done (one write is mapped in several
+            // calls when its range has several extents), so only what lies beyond is zeroed: the
+            // gap before `off`, and blocks already mapped (preallocation, the partial last block)
+            // in this range, so that [size, dax_hi) never holds another file's stale bytes even
+            // when the client writes less than it mapped.
+            let hi = n.d.size.max(n.dax_hi);
+            if off > hi {
+                self.zero_mapped(n, hi, off)?;
+            }
+            if end > hi.max(off) {
+                self.zero_mapped(n, hi.max(off), end)?;
+            }
             Self::apply_alloc(n, &nb, &mut op.txn)?;
             let runs = &nb.runs;
-            if off > n.d.size {
-                let s = n.d.size;
-                self.zero_mapped(n, s, off)?;
-            }
             self.pm.fence();
             if !runs.is_empty() {
                 n.dirty = true;
