@@ -53,5 +53,12 @@ else
         echo "== kernel module DAX guest test FAILED (exit $dax_rc; serial log path above) ==" >&2
         exit "$dax_rc"
     fi
+    echo "== kernel module: power cut on a qemu nvdimm (write + fsync, kill qemu, boot again, verify, host fsck) =="
+    pc_rc=0
+    bash kmod-shim/module/tests/powercut-test.sh || pc_rc=$?
+    if [ "$pc_rc" != 0 ]; then
+        echo "== power-cut test FAILED (exit $pc_rc; serial logs above) ==" >&2
+        exit "$pc_rc"
+    fi
 fi
 echo "== all tests passed =="
