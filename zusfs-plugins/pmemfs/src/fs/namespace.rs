@@ -9,8 +9,8 @@ use super::{Attr, FREE_BATCH, Fs, Op, S_ISGID, WGuard, attr_of, node_mut, now_ns
 use crate::error::{FsError, Result};
 use crate::inode::{DEnt, Inode};
 use crate::layout::{
-    BLOCK, DSLOTS_PER_BLOCK, DiskInode, IFLAG_INLINE_LINK, INLINE_AREA, NAME_MAX, ROOT_INO, S_IFBLK, S_IFCHR, S_IFDIR,
-    S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK, dirent_slots, dtype_of,
+    BLOCK, DSLOTS_PER_BLOCK, DiskInode, IFLAG_INLINE_LINK, INLINE_AREA, INLINE_SLOTS, NAME_MAX, ROOT_INO, S_IFBLK,
+    S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK, dirent_slots, dtype_of,
 };
 
 /// RENAME_NOREPLACE (as in linux/fs.h).
@@ -105,6 +105,43 @@ impl<P: Persist> Fs<P> {
             }
         };
         dir.dir_put(pos, name, ino, dtype, &mut op.txn)
+    }
+
+    /// Give back the empty blocks at the end of directory `dir` (after an entry was removed), in
+    /// the same transaction: a directory emptied of many entries shrinks to what its remaining
+    /// entries need (an empty one to no blocks). Bounded like a truncate (`FREE_BATCH` extents
+    /// per op; a later removal continues).
+    fn dir_shrink(&self, op: &mut Op<'_, P>, dir: &mut Inode) -> Result<()> {
+        let di = dir.dir.as_ref().ok_or(FsError::NotDir)?;
+        let mut keep = di.used.len();
+        while keep > 0 && di.used[keep - 1] == 0 {
+            keep -= 1;
+        }
+        if keep == di.used.len() {
+            return Ok(());
+        }
+        let mut freed = Vec::new();
+        let low = dir.ext_remove(keep as u64, u64::MAX, FREE_BATCH, &mut op.txn, &mut freed)?;
+        for (s, l) in freed {
+            op.free(s, l);
+        }
+        if dir.ext.is_empty() && !dir.chain.is_empty() {
+            // No extent left: the chain blocks go too (the inode is as a fresh directory's).
+            for &c in &dir.chain {
+                op.free(c, 1);
+            }
+            dir.chain.clear();
+            dir.d.chain = 0;
+            dir.free_slots = (0..u32::try_from(INLINE_SLOTS).unwrap_or(8)).rev().collect();
+        }
+        dir.d.size = low * BLOCK;
+        dir.dirty = true;
+        let di = dir.dir.as_mut().ok_or(FsError::NotDir)?;
+        di.used.truncate(usize::try_from(low).unwrap_or(usize::MAX));
+        if di.hint >= di.used.len() {
+            di.hint = 0;
+        }
+        Ok(())
     }
 
     /// Create a node of any type (the common part of create/mknod/mkdir/symlink).
@@ -300,6 +337,7 @@ impl<P: Persist> Fs<P> {
         let now = now_ns();
         let mut op = Op::new(self);
         dir.dir_del(name, &mut op.txn)?;
+        self.dir_shrink(&mut op, dir)?;
         if want_dir {
             child.d.nlink = 0;
             dir.d.nlink = dir.d.nlink.saturating_sub(1);
@@ -445,6 +483,10 @@ impl<P: Persist> Fs<P> {
                 }
             }
             n(&mut gs, sp)?.dir_del(sname, &mut op.txn)?;
+            let mut g = gs.remove(&sp).ok_or(FsError::NotFound)?;
+            let r = self.dir_shrink(&mut op, node_mut(&mut g)?);
+            gs.insert(sp, g);
+            r?;
             if s_dir && sp != dp {
                 let x = n(&mut gs, se.ino)?;
                 x.d.parent = dp;
