@@ -367,6 +367,9 @@ impl<P: Persist> Fs<P> {
         if flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE) != 0 || flags == RENAME_NOREPLACE | RENAME_EXCHANGE {
             return Err(FsError::Invalid("rename flags".into()));
         }
+        if sp == dp && self.rename_files_in_dir(sp, sname, dname, flags)? {
+            return Ok(());
+        }
         let _ns = self.ns.write().unwrap_or_else(|e| self.poisoned_by_panic(e));
         let find = |d: u64, n: &[u8]| -> Result<Option<DEnt>> {
             let g = self.rl(d)?;
@@ -518,6 +521,79 @@ impl<P: Persist> Fs<P> {
             }
         }
         Ok(())
+    }
+
+    /// Rename within one directory when neither name is a directory (the common case: an
+    /// editor's or a build tool's atomic replace), under the namespace lock *shared*: the
+    /// directory, then the files in inode order. Deadlock-free with the other ops: they lock
+    /// parent before child, and no op holding a non-directory waits for a directory. Returns
+    /// false, having changed nothing, when a directory is involved (the general path does it).
+    fn rename_files_in_dir(&self, dir_ino: u64, sname: &[u8], dname: &[u8], flags: u32) -> Result<bool> {
+        let exchange = flags & RENAME_EXCHANGE != 0;
+        let _ns = self.ns_read();
+        let mut dg = self.wl(dir_ino)?;
+        let dir = node_mut(&mut dg)?;
+        let di = dir.dir.as_ref().ok_or(FsError::NotDir)?;
+        let se = *di.names.get(sname).ok_or(FsError::NotFound)?;
+        let de = di.names.get(dname).copied();
+        if se.dtype == 4 || de.is_some_and(|d| d.dtype == 4) {
+            return Ok(false);
+        }
+        match de {
+            Some(_) if flags & RENAME_NOREPLACE != 0 => return Err(FsError::Exists),
+            Some(d) if d.ino == se.ino => return Ok(true),
+            None if exchange => return Err(FsError::NotFound),
+            _ => {}
+        }
+        let mut inos = vec![se.ino];
+        if let Some(d) = de {
+            inos.push(d.ino);
+        }
+        inos.sort_unstable();
+        let mut gs: BTreeMap<u64, WGuard<'_>> = BTreeMap::new();
+        for i in inos {
+            gs.insert(i, self.wl(i)?);
+        }
+        let now = now_ns();
+        let mut op = Op::new(self);
+        let mut victim = None;
+        match de {
+            Some(d) if exchange => {
+                dir.dir_repoint(sname, d.ino, d.dtype, &mut op.txn)?;
+                dir.dir_repoint(dname, se.ino, se.dtype, &mut op.txn)?;
+            }
+            Some(d) => {
+                dir.dir_repoint(dname, se.ino, se.dtype, &mut op.txn)?;
+                let v = gs.get_mut(&d.ino).and_then(|g| g.as_deref_mut()).ok_or(FsError::NotFound)?;
+                v.d.nlink = v.d.nlink.saturating_sub(1);
+                victim = Some(d.ino);
+            }
+            None => self.dir_insert(&mut op, dir, dname, se.ino, se.dtype)?,
+        }
+        if !exchange {
+            dir.dir_del(sname, &mut op.txn)?;
+            self.dir_shrink(&mut op, dir)?;
+        }
+        dir.d.mtime = now;
+        dir.d.ctime = now;
+        dir.dirty = true;
+        dir.flush_record(&self.geo, dir_ino, &mut op.txn);
+        for (&i, g) in &mut gs {
+            let x = g.as_deref_mut().ok_or(FsError::NotFound)?;
+            x.d.ctime = now;
+            x.dirty = true;
+            x.flush_record(&self.geo, i, &mut op.txn);
+        }
+        op.commit()?;
+        drop(dg);
+        if let Some(v) = victim
+            && let Some(mut g) = gs.remove(&v)
+            && g.as_ref().is_some_and(|n| n.d.nlink == 0 && n.open == 0)
+        {
+            drop(gs);
+            self.reclaim(v, &mut g)?;
+        }
+        Ok(true)
     }
 
     /// List a directory from `cookie` (0 = start), at most `max` entries (with "." and "..").
