@@ -414,12 +414,19 @@ fn new_mount(dev: u64) -> Option<u32> {
             ("auto", DataPolicy::Auto),
             ("remote", DataPolicy::Remote),
             ("window", DataPolicy::Window),
+    // On a mount we own, a writable file asks for one too, unused: it tells the bridge that we
+    // may change the file's size, blocks and times behind the kernel, so the bridge drops the
+    // attributes the kernel caches and gives it none while the file is open (issue 17: the
+    // other files' attributes are cached for the mount's timeouts).
             ("stream", DataPolicy::Stream),
         ],
     );
     let mut m = Mount {
         dev,
         usable: true,
+        if fl & libc::O_ACCMODE != libc::O_RDONLY {
+            let _ = sys::ticket(fd);
+        }
         mount_id: AtomicU64::new(u64::from(mount_id)),
         mountpoint: mp.clone(),
         device: device.clone(),
