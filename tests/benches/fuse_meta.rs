@@ -453,7 +453,7 @@ fn main() {
     let wanted: Option<Vec<String>> =
         std::env::var("ZUFS_META_TARGETS").ok().map(|v| v.split(',').map(str::to_owned).collect());
     let want = |n: &str| {
-        wanted.as_ref().map_or(n != "uring-inline" && (base_bin.is_some() || !n.starts_with("base-")), |w| {
+        wanted.as_ref().map_or(!n.ends_with("uring-inline") && (base_bin.is_some() || !n.starts_with("base-")), |w| {
             w.iter().any(|x| x == n)
         })
     };

@@ -949,6 +949,16 @@ mod tests {
     }
 
     #[test]
+    fn test_fuse_mounts_cache_for_a_minute_by_default_and_the_module_for_a_second() {
+        let m = parse_mount_options("transport=classic", "x").unwrap();
+        assert_eq!((m.fuse.attr_timeout, m.fuse.entry_timeout), (FUSE_CACHE_TIMEOUT, FUSE_CACHE_TIMEOUT));
+        let m = parse_mount_options("transport=uring,attr_timeout=0", "x").unwrap();
+        assert_eq!((m.fuse.attr_timeout, m.fuse.entry_timeout), (Duration::ZERO, FUSE_CACHE_TIMEOUT));
+        let m = parse_mount_options("transport=kernel", "x").unwrap();
+        assert_eq!((m.fuse.attr_timeout, m.fuse.entry_timeout), (Duration::from_secs(1), Duration::from_secs(1)));
+    }
+
+    #[test]
     fn test_serve_option_picks_who_runs_the_ops_and_stays_out_of_the_server_options() {
         assert_eq!(parse_mount_options("", "x").unwrap().serve, ServeChoice::Channel);
         let m = parse_mount_options("transport=uring,serve=inline,ro", "x").unwrap();
