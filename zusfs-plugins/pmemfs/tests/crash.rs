@@ -600,26 +600,32 @@ fn view(t: &Tree, k: usize) -> View {
 fn thread_op(fs: &Fs<CrashSim>, k: usize, j: usize) {
     let t = lookup(fs, ROOT, &format!("t{k}"));
     let shared = lookup(fs, ROOT, "shared");
-    match j % 8 {
+    match j % 10 {
         0 => {
             fs.create(t, format!("f{j}").as_bytes(), 0o644, 0, 0).unwrap();
         }
-        1 => {
+        // Within one directory, files only: the shared-lock rename.
+        1 => fs.rename(t, format!("f{}", j - 1).as_bytes(), t, format!("h{j}").as_bytes(), 0).unwrap(),
+        2 => {
             fs.create(shared, format!("k{k}-{j}").as_bytes(), 0o600, 0, 0).unwrap();
         }
-        2 => {
+        3 => {
             let a = lookup(fs, shared, &format!("k{k}-{}", j - 1));
             fs.write_bytes(a, 0, &[j as u8; 700], true).unwrap();
         }
-        3 => {
+        // In the shared directory, while the other thread changes it too.
+        4 => {
+            fs.rename(shared, format!("k{k}-{}", j - 2).as_bytes(), shared, format!("k{k}-r{j}").as_bytes(), 0).unwrap()
+        }
+        5 => {
             fs.mkdir(t, format!("d{j}").as_bytes(), 0o755, 0, 0).unwrap();
         }
-        4 => {
-            let d = lookup(fs, t, &format!("d{}", j - 1));
-            fs.rename(t, format!("f{}", j - 4).as_bytes(), d, format!("g{j}").as_bytes(), 0).unwrap();
-        }
-        5 => fs.unlink(shared, format!("k{k}-{}", j - 4).as_bytes()).unwrap(),
         6 => {
+            let d = lookup(fs, t, &format!("d{}", j - 1));
+            fs.rename(t, format!("h{}", j - 5).as_bytes(), d, format!("g{j}").as_bytes(), 0).unwrap();
+        }
+        7 => fs.unlink(shared, format!("k{k}-r{}", j - 3).as_bytes()).unwrap(),
+        8 => {
             let d = lookup(fs, t, &format!("d{}", j - 3));
             fs.unlink(d, format!("g{}", j - 2).as_bytes()).unwrap();
         }
@@ -640,7 +646,7 @@ fn two_thread_setup(fs: &Fs<CrashSim>) {
 /// operations: each operation all or nothing, whatever the other thread was doing.
 #[test]
 fn test_crash_concurrent_metadata_ops_from_two_threads() {
-    const OPS: usize = 24;
+    const OPS: usize = 30;
     // Each thread's views after 0..=OPS of its operations, from a run of that thread alone.
     let expected: Vec<Vec<View>> = (0..2)
         .map(|k| {
