@@ -17,7 +17,7 @@ mod dax;
 mod namespace;
 mod xattr;
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::lock;
@@ -164,6 +164,9 @@ pub struct Fs<P: Persist> {
     poisoned: AtomicBool,
     /// [`AtimePolicy`] as u8.
     atime: AtomicU8,
+    /// Inodes whose records the journal's log holds (a copy kept under the journal lock, so
+    /// in-place stores skip that lock when the log holds none).
+    logged_inodes: AtomicUsize,
 }
 
 /// One operation's transaction plus the DRAM resources it reserved (given back if it fails).
@@ -218,7 +221,12 @@ impl<'a, P: Persist> Op<'a, P> {
     fn commit(mut self) -> Result<()> {
         self.done = true;
         let txn = std::mem::take(&mut self.txn);
-        let r = lock(&self.fs.journal).commit(&self.fs.pm, &self.fs.geo, txn, &self.free_after);
+        let r = {
+            let mut j = lock(&self.fs.journal);
+            let r = j.commit(&self.fs.pm, &self.fs.geo, txn, &self.free_after);
+            self.fs.logged_inodes.store(j.logged_inodes(), Ordering::Release);
+            r
+        };
         match r {
             Ok(released) => {
                 self.fs.release_blocks(&released);
@@ -356,6 +364,7 @@ impl<P: Persist> Fs<P> {
             ns: RwLock::new(()),
             poisoned: AtomicBool::new(false),
             atime: AtomicU8::new(AtimePolicy::Relatime as u8),
+            logged_inodes: AtomicUsize::new(0),
         };
         for ino in l.report.orphans {
             let mut g = fs.wl(ino)?;
@@ -377,7 +386,12 @@ impl<P: Persist> Fs<P> {
     /// the log emptied; blocks freed by logged transactions become reusable. Returns how many.
     /// (Never needed for durability: a logged change is durable when its op returns.)
     pub fn checkpoint(&self) -> Result<u64> {
-        let released = lock(&self.journal).checkpoint(&self.pm, &self.geo);
+        let released = {
+            let mut j = lock(&self.journal);
+            let r = j.checkpoint(&self.pm, &self.geo);
+            self.logged_inodes.store(j.logged_inodes(), Ordering::Release);
+            r
+        };
         let released = released.inspect_err(|_| self.poisoned.store(true, Ordering::SeqCst))?;
         self.release_blocks(&released);
         Ok(released.iter().map(|f| f.1).sum())
@@ -397,11 +411,18 @@ impl<P: Persist> Fs<P> {
     /// checkpoint if a logged transaction wrote that record, or its replay after a crash would
     /// roll the store back. Call with the inode's lock held.
     pub(crate) fn before_inplace(&self, ino: u64) -> Result<()> {
+        // Without the lock when the log holds no inode (the usual case for data-only work): a
+        // transaction that logged `ino` held `ino`'s lock, which the caller holds now, so its
+        // count is visible here.
+        if self.logged_inodes.load(Ordering::Acquire) == 0 {
+            return Ok(());
+        }
         let mut j = lock(&self.journal);
         if !j.logged(ino) {
             return Ok(());
         }
         let released = j.checkpoint(&self.pm, &self.geo);
+        self.logged_inodes.store(j.logged_inodes(), Ordering::Release);
         drop(j);
         let released = released.inspect_err(|_| self.poisoned.store(true, Ordering::SeqCst))?;
         self.release_blocks(&released);

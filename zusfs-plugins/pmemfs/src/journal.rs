@@ -239,6 +239,11 @@ impl Journal {
         self.inos.contains(&ino)
     }
 
+    /// How many inodes' records the log holds (0 after a checkpoint).
+    pub fn logged_inodes(&self) -> usize {
+        self.inos.len()
+    }
+
     /// Blocks freed by logged transactions (free on pmem, not reusable before a checkpoint).
     pub fn pending_free_blocks(&self) -> u64 {
         self.frees.iter().map(|f| f.1).sum()
