@@ -344,6 +344,88 @@ fn test_crash_each_metadata_op() {
     eprintln!("metadata ops: {total} crash images");
 }
 
+fn fences(fs: &Fs<CrashSim>) -> u64 {
+    fs.pmem().stats().fences
+}
+
+/// The journal's checkpoints (format 2: a log): explicit, before an in-place store to an inode
+/// the log holds (an append inside the preallocation after the commit that made it), and when a
+/// commit finds the log full. Every image of every step mounts and shows before or after.
+#[test]
+fn test_crash_at_checkpoints() {
+    let mut total = crash_steps(
+        "explicit checkpoint, and one before an in-place size store",
+        |fs| {
+            // The snapshots between steps read everything: no atime stores (they would
+            // checkpoint).
+            fs.set_atime_policy(AtimePolicy::NoAtime);
+            file(fs, ROOT, "a", 10);
+        },
+        vec![
+            Box::new(|fs| {
+                fs.checkpoint().unwrap();
+            }),
+            Box::new(|fs| {
+                fs.create(ROOT, b"c", 0o644, 0, 0).unwrap();
+            }),
+            Box::new(|fs| {
+                fs.write_bytes(lookup(fs, ROOT, "c"), 0, &[7; 100], true).unwrap();
+            }),
+            Box::new(|fs| {
+                let c = lookup(fs, ROOT, "c");
+                let f0 = fences(fs);
+                fs.write_bytes(c, 100, &[8; 100], true).unwrap();
+                // data fence, checkpoint (2), size store fence
+                assert!(fences(fs) - f0 >= 3, "no checkpoint before the in-place store: {} fences", fences(fs) - f0);
+            }),
+        ],
+    );
+    // A log-full checkpoint inside a commit: find the period of checkpoints under create/unlink
+    // churn (a commit is one fence, one that checkpoints first three), stop two ops short of the
+    // next, then check the creates that cross it.
+    let setup = |fs: &Fs<CrashSim>| {
+        fs.set_atime_policy(AtimePolicy::NoAtime);
+        let mut marks = Vec::new();
+        let mut i = 0u64;
+        while marks.len() < 2 {
+            let f0 = fences(fs);
+            if i.is_multiple_of(2) {
+                fs.create(ROOT, b"churn", 0o644, 0, 0).unwrap();
+            } else {
+                fs.unlink(ROOT, b"churn").unwrap();
+            }
+            if fences(fs) - f0 >= 3 {
+                marks.push(i);
+            }
+            i += 1;
+        }
+        let period = marks[1] - marks[0];
+        for j in 0..period.saturating_sub(3) {
+            if (i + j).is_multiple_of(2) {
+                fs.create(ROOT, b"churn", 0o644, 0, 0).unwrap();
+            } else {
+                fs.unlink(ROOT, b"churn").unwrap();
+            }
+        }
+    };
+    let steps: Vec<Step> = (0..6)
+        .map(|k| -> Step {
+            Box::new(move |fs| {
+                fs.create(ROOT, format!("x{k}").as_bytes(), 0o644, 0, 0).unwrap();
+            })
+        })
+        .collect();
+    let fs_probe = Fs::mkfs(CrashSim::new(DEV), &MkfsOptions::default()).unwrap();
+    setup(&fs_probe);
+    let f0 = fences(&fs_probe);
+    for k in 0..6 {
+        fs_probe.create(ROOT, format!("x{k}").as_bytes(), 0o644, 0, 0).unwrap();
+    }
+    assert!(fences(&fs_probe) - f0 >= 8, "the steps cross no log-full checkpoint");
+    total += crash_steps("creates across a log-full checkpoint", setup, steps);
+    eprintln!("checkpoints: {total} crash images");
+}
+
 /// Multi-step operations are checked step by step: each step is one "operation".
 #[test]
 fn test_crash_each_data_op() {
