@@ -264,6 +264,8 @@ pub struct Bridge {
     /// mostly absent ([`watched_xattr`]), known absent per inode: answered ENODATA without a
     /// zusd op. Every setxattr and removexattr of the mount passes through the bridge, which
     /// forgets the entry first.
+    /// References the kernel holds per node, as far as the bridge saw ([`Bridge::kernel_knows`]).
+    kernel_refs: Mutex<HashMap<u64, u64>>,
     /// With a generation raised by every set and remove of a watched name.
     xattr_absent: Mutex<(u64, std::collections::HashSet<(u64, u8)>)>,
     /// Counters.
@@ -348,6 +350,7 @@ impl Bridge {
             fast_path_n: AtomicUsize::new(0),
             attr_invalidate: OnceLock::new(),
             xattr_absent: Mutex::new((0, std::collections::HashSet::new())),
+            kernel_refs: Mutex::new(HashMap::new()),
             stats: BridgeStats::default(),
             spec: MountSpec { device: info.device.clone(), ..spec },
         });
@@ -379,6 +382,7 @@ impl Bridge {
             fast_path_n: AtomicUsize::new(0),
             attr_invalidate: OnceLock::new(),
             xattr_absent: Mutex::new((0, std::collections::HashSet::new())),
+            kernel_refs: Mutex::new(HashMap::new()),
             stats: BridgeStats::default(),
             spec,
         })
@@ -493,11 +497,36 @@ impl Bridge {
     /// The op's errno.
     pub fn lookup(&self, creds: Creds, parent: u64, name: &[u8]) -> Result<Attr, Errno> {
         let r = NameReq { dir: self.to_ino(parent), name_len: name_len(name)?, reserved: 0 };
-        self.attr_op(Some(creds), OpCode::Lookup, &[r.as_bytes(), name], DataIn::None)
+        self.entry_op(Some(creds), OpCode::Lookup, &[r.as_bytes(), name])
+    }
+
+    /// An op whose reply is an entry the kernel will hold a reference to (lookup, create,
+    /// mknod, mkdir, link, symlink): counted in [`Bridge::kernel_knows`].
+    fn entry_op(&self, creds: Option<Creds>, opcode: OpCode, req: &[&[u8]]) -> Result<Attr, Errno> {
+        let a = self.attr_op(creds, opcode, req, DataIn::None)?;
+        *self.kernel_refs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).entry(a.ino).or_default() += 1;
+        Ok(a)
+    }
+
+    /// Whether the kernel holds a reference to `node` (entry replies minus forgets, as far as
+    /// the bridge saw): it then has the inode, and most likely the entry, cached. A hint, for
+    /// READDIRPLUS to leave out attributes the kernel has (no lookup for them).
+    #[must_use]
+    pub fn kernel_knows(&self, node: u64) -> bool {
+        self.kernel_refs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains_key(&node)
     }
 
     /// The kernel dropped `nlookup` references to `node`.
     pub fn forget(&self, node: u64, nlookup: u64) {
+        {
+            let mut m = self.kernel_refs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(n) = m.get_mut(&node) {
+                *n = n.saturating_sub(nlookup);
+                if *n == 0 {
+                    m.remove(&node);
+                }
+            }
+        }
         if let Some(c) = self.current() {
             let r = ForgetReq { ino: self.to_ino(node), nlookup };
             REPLY.with_borrow_mut(|reply| {
@@ -540,7 +569,7 @@ impl Bridge {
         flags: u32,
     ) -> Result<Attr, Errno> {
         let r = CreateReq { dir: self.to_ino(parent), mode, rdev, flags, name_len: name_len(name)? };
-        self.attr_op(Some(creds), op, &[r.as_bytes(), name], DataIn::None)
+        self.entry_op(Some(creds), op, &[r.as_bytes(), name])
     }
 
     /// unlink/rmdir.
@@ -587,7 +616,7 @@ impl Bridge {
             name_len: name_len(newname)?,
             reserved: 0,
         };
-        self.attr_op(Some(creds), OpCode::Link, &[r.as_bytes(), newname], DataIn::None)
+        self.entry_op(Some(creds), OpCode::Link, &[r.as_bytes(), newname])
     }
 
     /// symlink.
@@ -603,7 +632,7 @@ impl Bridge {
             name_len: name_len(name)?,
             target_len: u32::try_from(target.len()).map_err(|_| Errno::ENAMETOOLONG)?,
         };
-        self.attr_op(Some(creds), OpCode::Symlink, &[r.as_bytes(), name, target], DataIn::None)
+        self.entry_op(Some(creds), OpCode::Symlink, &[r.as_bytes(), name, target])
     }
 
     /// Variable-size output into `out` (readlink, readdir, xattrs).

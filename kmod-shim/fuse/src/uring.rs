@@ -611,8 +611,10 @@ impl Server {
 
     /// READDIRPLUS: the entries after `cookie` with their attributes, as many as fit in `max`
     /// bytes. Each entry sent with attributes is a lookup (the kernel counts a reference and
-    /// forgets it later), so an entry is looked up only once it is known to fit. "." and ".."
-    /// and entries gone or refused meanwhile go without attributes (node id 0).
+    /// forgets it later), so an entry is looked up only once it is known to fit. "." and "..",
+    /// entries the kernel holds already (it asks READDIRPLUS for every directory's first page,
+    /// also when it only lists names) and entries gone or refused meanwhile go without
+    /// attributes (node id 0: the kernel keeps what it has, or looks the name up when needed).
     fn readdirplus(&self, c: Creds, node: u64, cookie: u64, max: usize, out: &mut Vec<u8>) -> Result<(), Errno> {
         let b = &self.bridge;
         // About what `max` bytes of READDIRPLUS records hold, as plain records.
@@ -622,8 +624,8 @@ impl Server {
             if out.len() + need > max {
                 break;
             }
-            let dot = d.name == b"." || d.name == b"..";
-            let looked = if dot { None } else { b.lookup(c, node, &d.name).ok() };
+            let bare = d.name == b"." || d.name == b".." || b.kernel_knows(d.ino);
+            let looked = if bare { None } else { b.lookup(c, node, &d.name).ok() };
             let mut eo = abi::EntryOut::default();
             if let Some(a) = looked {
                 let (ev, evn) = ttl(self.opts.entry_timeout);
