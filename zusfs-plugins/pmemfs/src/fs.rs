@@ -386,6 +386,9 @@ impl<P: Persist> Fs<P> {
     /// the log emptied; blocks freed by logged transactions become reusable. Returns how many.
     /// (Never needed for durability: a logged change is durable when its op returns.)
     pub fn checkpoint(&self) -> Result<u64> {
+        // After a failed commit the in-place state may lag the log: keep the log for the next
+        // mount's replay.
+        self.live()?;
         let released = {
             let mut j = lock(&self.journal);
             let r = j.checkpoint(&self.pm, &self.geo);
@@ -417,6 +420,7 @@ impl<P: Persist> Fs<P> {
         if self.logged_inodes.load(Ordering::Acquire) == 0 {
             return Ok(());
         }
+        self.live()?;
         let mut j = lock(&self.journal);
         if !j.logged(ino) {
             return Ok(());
