@@ -605,6 +605,8 @@ pub fn serve(env: &Env, a: &MountArgs, notify_stdout: bool) -> Result<()> {
                 ticketed: false,
                 kernel_cached: 0,
                 tickets: 0,
+                served_by: String::new(),
+                served_per_cpu: Vec::new(),
             };
             tracing::info!("serve=inline: {} mounted in the bridge process, ops run on the FUSE threads", a.fs_type);
             let root = m.root();

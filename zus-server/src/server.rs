@@ -449,6 +449,7 @@ impl crate::host::DaxReaders for Server {
 /// Describes a mount.
 #[must_use]
 pub fn mount_info(m: &Mount) -> MountInfo {
+    let (served_by, served_per_cpu) = crate::handoff::served(m.id);
     MountInfo {
         mount_id: m.id,
         fs_type: m.fs_type.clone(),
@@ -459,6 +460,8 @@ pub fn mount_info(m: &Mount) -> MountInfo {
         ticketed: false,
         kernel_cached: m.kernel_cache.len() as u64,
         tickets: m.tickets.len() as u64,
+        served_by,
+        served_per_cpu,
     }
 }
 
