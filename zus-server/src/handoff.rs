@@ -21,13 +21,10 @@ use crate::inline::{InlineCreds, InlineData, InlineOutcome, op_on};
 use crate::mounts::Mount;
 use crate::server::Server;
 
-/// What a service reports for `zufs status`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ServedStats {
-    /// The service's kind and whatever it says of itself (e.g. `fuse-uring`).
-    pub served_by: String,
+/// What a serving hand-off reports for `zufs status`.
+pub trait ServedCounts: Send + Sync + std::fmt::Debug {
     /// Requests served per CPU (the CPU they were served on).
-    pub per_cpu: Vec<u64>,
+    fn per_cpu(&self) -> Vec<u64>;
 }
 
 /// A service that serves a handed kernel transport.
@@ -36,18 +33,23 @@ pub trait HandoffService: Send + Sync + std::fmt::Debug {
     fn kind(&self) -> &'static str;
 
     /// Starts serving `fd` for `mount` with the client's `params`; returns once its threads
-    /// run (they end when the transport's connection ends, dropping `mount`). `stats` is
-    /// filled while it serves and read by `zufs status`.
+    /// run (they end when the transport's connection ends, dropping `mount`), with its
+    /// counters, which `zufs status` reads as long as the service holds them.
     ///
     /// # Errors
     /// A message for the client (bad parameters, threads that did not start).
-    fn serve(&self, mount: LiveMount, fd: OwnedFd, params: &str, stats: Arc<Mutex<ServedStats>>) -> Result<(), String>;
+    fn serve(&self, mount: LiveMount, fd: OwnedFd, params: &str) -> Result<Arc<dyn ServedCounts>, String>;
+
+    /// zusd is shutting down: end every connection this service serves (its threads then
+    /// let go of their mounts, which zusd unmounts next).
+    fn stop_all(&self) {}
 }
 
 static SERVICES: RwLock<Vec<Arc<dyn HandoffService>>> = RwLock::new(Vec::new());
 
-/// Live hand-offs: (mount id, what it reports); an entry goes when its [`LiveMount`] is dropped.
-static LIVE: Mutex<Vec<(u32, Weak<Mutex<ServedStats>>)>> = Mutex::new(Vec::new());
+/// Live hand-offs: (mount id, kind, its counters while the service holds them).
+#[allow(clippy::type_complexity)]
+static LIVE: Mutex<Vec<(u32, &'static str, Weak<dyn ServedCounts>)>> = Mutex::new(Vec::new());
 
 /// Registers `service` for its kind (replacing one of the same kind).
 pub fn register(service: Arc<dyn HandoffService>) {
@@ -64,15 +66,19 @@ fn service(kind: &str) -> Option<Arc<dyn HandoffService>> {
 #[must_use]
 pub fn served(id: u32) -> (String, Vec<u64>) {
     let mut live = LIVE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    live.retain(|(_, w)| w.strong_count() > 0);
+    live.retain(|(_, _, w)| w.strong_count() > 0);
     live.iter()
-        .filter(|(m, _)| *m == id)
-        .find_map(|(_, w)| w.upgrade())
-        .map(|s| {
-            let s = s.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            (s.served_by.clone(), s.per_cpu.clone())
-        })
+        .filter(|(m, _, _)| *m == id)
+        .find_map(|(_, k, w)| w.upgrade().map(|c| ((*k).to_owned(), c.per_cpu())))
         .unwrap_or_default()
+}
+
+/// Ends every served hand-off (zusd's shutdown, before it unmounts).
+pub fn stop_all() {
+    let v: Vec<_> = SERVICES.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    for s in v {
+        s.stop_all();
+    }
 }
 
 /// One live zusd mount, served on the calling thread for a handed transport.
@@ -84,7 +90,6 @@ pub fn served(id: u32) -> (String, Vec<u64>) {
 pub struct LiveMount {
     mount: Arc<Mount>,
     issuer: u32,
-    stats: Option<Arc<Mutex<ServedStats>>>,
 }
 
 impl LiveMount {
@@ -136,11 +141,6 @@ impl Drop for LiveMount {
     fn drop(&mut self) {
         self.mount.kernel_cache.drop_client(self.issuer);
         self.mount.tickets.drop_issuer(self.issuer);
-        if let Some(s) = self.stats.take() {
-            let w = Arc::downgrade(&s);
-            drop(s);
-            LIVE.lock().unwrap_or_else(std::sync::PoisonError::into_inner).retain(|(_, x)| !x.ptr_eq(&w));
-        }
     }
 }
 
@@ -172,10 +172,8 @@ pub fn start(
         id
     };
     let id = mount.id;
-    let stats = Arc::new(Mutex::new(ServedStats { served_by: kind.to_owned(), per_cpu: Vec::new() }));
-    LIVE.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push((id, Arc::downgrade(&stats)));
-    let live = LiveMount { mount, issuer, stats: Some(Arc::clone(&stats)) };
-    svc.serve(live, fd, params, stats).map_err(|m| (zus_api::Errno::EINVAL, m))?;
+    let counts = svc.serve(LiveMount { mount, issuer }, fd, params).map_err(|m| (zus_api::Errno::EINVAL, m))?;
+    LIVE.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push((id, svc.kind(), Arc::downgrade(&counts)));
     tracing::info!("mount {id}: serving a handed {kind} transport (issuer {issuer})");
     Ok(())
 }

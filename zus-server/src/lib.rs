@@ -126,6 +126,8 @@ impl Running {
     pub fn shutdown(self) {
         let s = &self.server;
         s.shutting_down.store(true, Ordering::SeqCst);
+        // Transports handed to zusd end first, so that their threads let go of the mounts.
+        handoff::stop_all();
         #[allow(unsafe_code)]
         // SAFETY: shutting down our own listening socket wakes the accept thread.
         unsafe {
