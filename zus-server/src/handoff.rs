@@ -73,6 +73,22 @@ pub fn served(id: u32) -> (String, Vec<u64>) {
         .unwrap_or_default()
 }
 
+/// Requests served by every live hand-off, per CPU.
+#[must_use]
+pub fn served_per_cpu() -> Vec<u64> {
+    let live = LIVE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut sum: Vec<u64> = Vec::new();
+    for c in live.iter().filter_map(|(_, _, w)| w.upgrade()) {
+        for (i, n) in c.per_cpu().into_iter().enumerate() {
+            if sum.len() <= i {
+                sum.resize(i + 1, 0);
+            }
+            sum[i] += n;
+        }
+    }
+    sum
+}
+
 /// Ends every served hand-off (zusd's shutdown, before it unmounts).
 pub fn stop_all() {
     let v: Vec<_> = SERVICES.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();

@@ -193,6 +193,34 @@ impl ZusdTransport {
     }
 }
 
+/// Whether FUSE connection `conn` is mounted at `mountpoint` in the mount table `info`.
+fn still_mounted(info: &str, mountpoint: &Path, conn: u32) -> bool {
+    let want = mountpoint.display().to_string();
+    info.lines().any(|l| {
+        let mut f = l.split(' ');
+        let dev = f.nth(2).and_then(|d| d.split_once(':')).map(|(_, m)| m);
+        let at = f.nth(1).map(zus_client::unescape_mountinfo);
+        at.as_deref() == Some(want.as_str()) && (conn == 0 || dev == Some(conn.to_string().as_str()))
+    })
+}
+
+/// Waits until the mount at `mountpoint` is gone (a change of the mount table wakes us; each
+/// read of the table through the same file re-arms the wake).
+fn wait_unmounted(mountpoint: &Path, conn: u32) {
+    use std::io::{Read, Seek};
+    let Ok(mut f) = File::open("/proc/self/mountinfo") else { return };
+    let mut info = String::new();
+    loop {
+        info.clear();
+        if f.rewind().is_err() || f.read_to_string(&mut info).is_err() || !still_mounted(&info, mountpoint, conn) {
+            return;
+        }
+        let mut p = [libc::pollfd { fd: f.as_raw_fd(), events: libc::POLLPRI, revents: 0 }];
+        // SAFETY: one pollfd on a file we hold open.
+        unsafe { libc::poll(p.as_mut_ptr(), 1, 1000) };
+    }
+}
+
 fn detach(mountpoint: &Path) {
     // SAFETY: NUL-terminated path; a lazy unmount of our own mount point.
     let _ =
@@ -302,7 +330,9 @@ impl Transport for ZusdTransport {
             tracing::warn!("fusectl abort unavailable: closing /dev/fuse ends the connection instead");
         }
         drop(dev);
-        detach(mountpoint);
+        // The dead mount stays (ENOTCONN: nothing lands in the directory under it) until it is
+        // unmounted (`zufs umount`, or SIGTERM to this bridge): wait for that, then end.
+        wait_unmounted(mountpoint, params.conn);
         Err(io::Error::other("zusd went away; a serve=zusd mount ends with zusd"))
     }
 }
