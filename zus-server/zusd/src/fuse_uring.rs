@@ -46,6 +46,10 @@ impl InProcess for Link {
         // The mount is zusd's: the bridge process unmounts it over the control socket.
         Ok(())
     }
+
+    fn mount_id(&self) -> u32 {
+        self.0.id()
+    }
 }
 
 /// One served connection's counters (held by its threads until the connection ends).
