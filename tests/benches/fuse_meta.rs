@@ -1,6 +1,7 @@
 //! Metadata through the FUSE bridge: create, stat and unlink of 20,000 files, on the uring
 //! transport (mode (a): each op handed to the caller's CPU's ZT over the channel; mode (b)
-//! prototype: `serve=inline`, each op served on the ring thread itself), the classic bridge,
+//! prototype: `serve=inline`, each op served on the ring thread itself; mode (b): `serve=zusd`,
+//! each op served on zusd's ring thread of the caller's CPU), the classic bridge,
 //! bindfs and kernel tmpfs, all in one run (a benchmark, not a timed test: it prints a table with
 //! ratios against the baselines measured in the same run).
 //!
@@ -13,7 +14,7 @@
 //! stage_plugins && cargo bench -p zufs-tests --bench fuse_meta`. Environment:
 //! `ZUFS_META_FILES` (default 20000), `ZUFS_META_ROUNDS` (default 3; `--short` or
 //! `ZUFS_BENCH_SHORT=1`: 2000 files, 1 round), `ZUFS_META_TARGETS` (comma-separated subset of
-//! tmpfs,bindfs,classic,uring,uring-inline), `ZUFS_META_MOUNT_OPTS` (extra `zufs mount -o`
+//! tmpfs,bindfs,classic,uring,uring-inline,uring-zusd), `ZUFS_META_MOUNT_OPTS` (extra `zufs mount -o`
 //! options for every zufs mount, e.g. `attr_timeout=0,entry_timeout=0`), `ZUFS_BENCH_OUT`
 //! (also write the markdown table there).
 
@@ -156,10 +157,11 @@ fn main() {
     };
     let mut zmounts: Vec<PathBuf> = Vec::new();
     let mut devs: Vec<PathBuf> = Vec::new();
-    let zufs_targets: [(&'static str, &str, &str); 3] = [
+    let zufs_targets: [(&'static str, &str, &str); 4] = [
         ("classic", "pmemfs classic bridge", "transport=classic"),
         ("uring", "pmemfs uring (a: ZT over the channel)", "transport=uring"),
-        ("uring-inline", "pmemfs uring (b: served on the ring thread)", "transport=uring,serve=inline"),
+        ("uring-inline", "pmemfs uring (b prototype: ring thread in the bridge)", "transport=uring,serve=inline"),
+        ("uring-zusd", "pmemfs uring (b: zusd's ring thread)", "transport=uring,serve=zusd"),
     ];
     for (id, name, opts) in zufs_targets {
         if !want(id) {
