@@ -342,6 +342,72 @@ fn served_on_the_callers_cpu(opts: &str) {
     f.umount();
 }
 
+/// `serve=zusd`: zusd SIGKILLed while fio writes through the mount (requests queued on zusd's
+/// rings and in flight on its ring threads): every caller gets an error within seconds and none
+/// hangs (the bridge aborts the connection), the dead mount keeps answering ENOTCONN (nothing
+/// lands in the directory under it), and it unmounts cleanly.
+#[test]
+fn test_zusd_killed_mid_io_on_rings_served_inside_zusd_fails_every_caller_and_never_hangs() {
+    skip_without_fuse!();
+    if let Some(why) = uring_unavailable() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    if !std::path::Path::new("/sys/module/fuse/parameters/enable_uring").exists() {
+        eprintln!("SKIPPED: this kernel has no FUSE over io_uring");
+        return;
+    }
+    if !plugin_available("pmemfs") || std::process::Command::new("fio").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: needs libpmemfs.so and fio");
+        return;
+    }
+    let mut f = Fixture::new("fuse-kill-zusd", &["pmemfs"], true);
+    let dev = f.dir.0.join("pmem.img").display().to_string();
+    f.zufs_ok(&["mkfs", "-t", "pmemfs", "--size", "128M", &dev]);
+    f.mount("pmemfs", &dev, "transport=uring,serve=zusd");
+    let bridge = f.bridge_pid();
+    let log = f.dir.0.join("fio.out");
+    let mut fio = std::process::Command::new("fio")
+        .args(["--name=w", "--rw=randwrite", "--bs=4k", "--size=8m", "--direct=1", "--sync=1", "--ioengine=psync"])
+        .args(["--numjobs=2", "--runtime=30", "--time_based"])
+        .arg(format!("--directory={}", f.mnt.display()))
+        .arg(format!("--output={}", log.display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("fio");
+    // Let it lay out its files and run.
+    std::thread::sleep(Duration::from_millis(1500));
+    let z = f.zusd.as_mut().unwrap();
+    z.signal(9);
+    assert!(z.wait_exit(Duration::from_secs(5)).is_some());
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(st) = fio.try_wait().expect("wait fio") {
+            break Some(st);
+        }
+        if t0.elapsed() > Duration::from_secs(15) {
+            let _ = fio.kill();
+            let _ = fio.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = std::fs::read_to_string(&log).unwrap_or_default();
+    let st = status.unwrap_or_else(|| panic!("fio hung after zusd died:\n{out}"));
+    assert!(!st.success(), "fio did not see zusd die:\n{out}");
+    assert!(out.contains("connection abort") || out.contains("not connected"), "{out}");
+    eprintln!("fio ended {:?} after zusd died", t0.elapsed());
+    let e = std::fs::metadata(f.mnt.join("w.0.0")).unwrap_err();
+    assert!(matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED)), "{e}");
+    assert!(std::fs::write(f.mnt.join("after"), b"x").is_err(), "a write after zusd died succeeded");
+    f.umount();
+    assert!(
+        wait_until(Duration::from_secs(5), || !std::path::Path::new(&format!("/proc/{bridge}")).exists()),
+        "bridge still running"
+    );
+}
+
 /// Serializes the tests that install `mount.zufs.*` helpers into /sbin and remove them.
 static HELPERS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 

@@ -320,6 +320,16 @@ impl Transport for ZusdTransport {
             }
         };
         if !zusd_gone {
+            // Unmounted, or aborted (zusd's shutdown aborts its connections): an aborted mount
+            // stays in the table, answering ENOTCONN, until it is unmounted: wait for that.
+            if let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo")
+                && still_mounted(&info, mountpoint, params.conn)
+            {
+                tracing::warn!("{}: the FUSE connection was aborted; waiting for the unmount", mountpoint.display());
+                drop(dev);
+                wait_unmounted(mountpoint, params.conn);
+                return Err(io::Error::other("the FUSE connection was aborted (zusd stopped)"));
+            }
             return Ok(());
         }
         tracing::error!(
