@@ -347,6 +347,20 @@ impl Transport for ZusdTransport {
     }
 }
 
+/// Whether `fd` is an open `/dev/fuse` (the misc character device 10:229): a client's fd is
+/// checked before any ring is pointed at it.
+fn is_fuse_device(fd: &OwnedFd) -> bool {
+    // SAFETY: fstat into a zeroed stat of our own, on an fd we own.
+    let st = unsafe {
+        let mut st: libc::stat = core::mem::zeroed();
+        if libc::fstat(fd.as_raw_fd(), &raw mut st) != 0 {
+            return false;
+        }
+        st
+    };
+    st.st_mode & libc::S_IFMT == libc::S_IFCHR && libc::major(st.st_rdev) == 10 && libc::minor(st.st_rdev) == 229
+}
+
 /// A handed connection served in this process (zusd).
 #[derive(Debug)]
 pub struct Handed {
@@ -379,6 +393,9 @@ pub fn spawn_handed(
     params: &HandoffParams,
     done: Box<dyn FnOnce() + Send>,
 ) -> io::Result<Arc<Handed>> {
+    if !is_fuse_device(&dev) {
+        return Err(io::Error::other("the handed fd is not /dev/fuse"));
+    }
     let dev = File::from(dev);
     let opts = params.fuse_options();
     let state = super::UringTransport::new(true).state();
@@ -452,6 +469,9 @@ mod tests {
             sync: true,
         };
         assert_eq!(HandoffParams::decode(&p.encode()), Ok(p.clone()));
+        // A client's fd that is not /dev/fuse is refused before a ring is pointed at it.
+        let f: OwnedFd = File::open("/dev/null").unwrap().into();
+        assert!(!is_fuse_device(&f));
         assert_eq!(p.payload(), 1 << 20);
         for bad in [
             "",
