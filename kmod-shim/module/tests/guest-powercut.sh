@@ -85,11 +85,13 @@ start_zusd() {
 	ZPID=$!
 	wait_for 600 grep -q 'zusd ready' "$LOG"
 }
-mount_pc() {  # zusd's mount of /dev/pmem0, then the kernel's DAX mount of it
-	set -- $(echo | /bin/zufs-testclient --socket "$SOCK" mount --fs pmemfs --device /dev/pmem0 2>/tmp/pc-mount.err | grep '^MOUNTED')
-	[ "${1:-}" = MOUNTED ] || return 1
+NODAX=
+mount_pc() {  # zufs mount -o transport=kernel: zusd's mount of /dev/pmem0, then the kernel's,
+	# to which the CLI adds dax=/dev/pmem0 (a DAX block device) unless NODAX=,nodax
 	mkdir -p $D
-	mount -t zufs -o "mount_id=$2,root=$3${DAXOPT-,dax=/dev/pmem0}" none $D
+	/bin/zufs --socket "$SOCK" --plugins $PL mount -t pmemfs -o "transport=kernel$NODAX" /dev/pmem0 $D \
+		2>/tmp/pc-mount.err || return 1
+	[ -n "$NODAX" ] || grep -q " $D zufs .*dax=/dev/pmem0" /proc/mounts
 }
 
 case $PHASE in
@@ -121,6 +123,8 @@ nocut)
 	# no power cut: write N files, verify, remount (a new zusd), verify again
 	check pc_mkfs /bin/zufs mkfs -t pmemfs --plugins $PL /dev/pmem0
 	check pc_zusd_started start_zusd
+	# a fifth field "window": the mounts without dax= (data through the slot windows)
+	[ "$(echo "$PC" | cut -d: -f5)" = window ] && NODAX=,nodax
 	check pc_dax_mount mount_pc
 	# a fourth field "nojunk": no scratch file (no blocks freed meanwhile)
 	J=$(echo "$PC" | cut -d: -f4)
@@ -128,8 +132,6 @@ nocut)
 	[ "$J" = noappend ] && export PC_NOAPPEND=1
 	[ "$J" = notrunc ] && export PC_NOTRUNC=1
 	[ "$J" = trunc0 ] && export PC_TRUNC0=1
-	# a fifth field "window": the mount without dax= (data through the slot windows)
-	[ "$(echo "$PC" | cut -d: -f5)" = window ] && DAXOPT=
 	/bin/powercut-io write $D "$SEED" "$N" | grep -v fsynced
 	check pc_nocut_verify_same_mount /bin/powercut-io verify $D "$SEED" "$N"
 	umount $D
