@@ -454,9 +454,7 @@ fn main() {
         std::env::var("ZUFS_META_TARGETS").ok().map(|v| v.split(',').map(str::to_owned).collect());
     let want = |n: &str| {
         let default = !n.ends_with("uring-inline") && !n.ends_with("uring-zusd");
-        wanted.as_ref().map_or(default && (base_bin.is_some() || !n.starts_with("base-")), |w| {
-            w.iter().any(|x| x == n)
-        })
+        wanted.as_ref().map_or(default && (base_bin.is_some() || !n.starts_with("base-")), |w| w.iter().any(|x| x == n))
     };
     let extra = std::env::var("ZUFS_META_MOUNT_OPTS").unwrap_or_default();
     let uring_ok = Path::new("/sys/module/fuse/parameters/enable_uring").exists();
@@ -523,7 +521,7 @@ fn main() {
                 continue;
             }
             // the bridge counts requests; inline and zusd-served mounts bypass its counters
-            let counted = (counted && id == "classic" || counted && id == "uring").then(|| (setups.len(), mnt.clone()));
+            let counted = (counted && matches!(id, "classic" | "uring")).then(|| (setups.len(), mnt.clone()));
             targets.push(Target { id: tid, name: format!("{name}{who}"), kind: Kind::Path(mnt), counted });
         }
         setups.push(s);
