@@ -6,7 +6,7 @@
 //! - pmemfs through the channel (`zus_client::Relay` straight to zusd, no kernel: what a
 //!   metadata op costs without the kernel's round trips);
 //! - pmemfs through `zufs mount`, classic and uring transports (`uring-inline`, the mode (b)
-//!   prototype, when named in `ZUFS_META_TARGETS`);
+//!   prototype, and `uring-zusd`, mode (b) inside zusd, when named in `ZUFS_META_TARGETS`);
 //! - the same mounts made by another build (`ZUFS_META_BASE=DIR`: its `zufs`, `zusd` and plugins,
 //!   with its own zusd and socket), to compare the code before a change with it in one run.
 //!
@@ -33,7 +33,7 @@
 //! --bench fuse_meta`. Environment: `ZUFS_META_FILES` (per shape, default 10000; `--short` or
 //! `ZUFS_BENCH_SHORT=1`: 1000 and a 5,000-entry tree), `ZUFS_META_SHAPES` (workers x
 //! directories, default `1x1,1x100,2x1,2x100`), `ZUFS_META_TARGETS` (comma-separated subset of
-//! tmpfs,channel,classic,uring,uring-inline,base-classic,base-uring), `ZUFS_META_UNTAR_ENTRIES`
+//! tmpfs,channel,classic,uring,uring-inline,uring-zusd,base-classic,base-uring), `ZUFS_META_UNTAR_ENTRIES`
 //! (0: no untar), `ZUFS_META_MOUNT_OPTS` (extra `zufs mount -o` options for every mount),
 //! `ZUFS_BENCH_OUT` (also write the markdown there).
 
@@ -453,9 +453,8 @@ fn main() {
     let wanted: Option<Vec<String>> =
         std::env::var("ZUFS_META_TARGETS").ok().map(|v| v.split(',').map(str::to_owned).collect());
     let want = |n: &str| {
-        wanted.as_ref().map_or(!n.ends_with("uring-inline") && (base_bin.is_some() || !n.starts_with("base-")), |w| {
-            w.iter().any(|x| x == n)
-        })
+        let default = !n.ends_with("uring-inline") && !n.ends_with("uring-zusd");
+        wanted.as_ref().map_or(default && (base_bin.is_some() || !n.starts_with("base-")), |w| w.iter().any(|x| x == n))
     };
     let extra = std::env::var("ZUFS_META_MOUNT_OPTS").unwrap_or_default();
     let uring_ok = Path::new("/sys/module/fuse/parameters/enable_uring").exists();
@@ -499,10 +498,11 @@ fn main() {
                 counted: None,
             });
         }
-        let kinds: [(&str, &str, &str); 3] = [
+        let kinds: [(&str, &str, &str); 4] = [
             ("classic", "pmemfs classic bridge", "transport=classic"),
             ("uring", "pmemfs uring (a)", "transport=uring"),
             ("uring-inline", "pmemfs uring (b, inline)", "transport=uring,serve=inline"),
+            ("uring-zusd", "pmemfs uring (b, inside zusd)", "transport=uring,serve=zusd"),
         ];
         for (id, name, opts) in kinds {
             let tid = format!("{prefix}{id}");
@@ -520,7 +520,8 @@ fn main() {
                 eprintln!("fuse_meta: {tid}: zufs mount failed; skipped");
                 continue;
             }
-            let counted = (counted && id != "uring-inline").then(|| (setups.len(), mnt.clone()));
+            // the bridge counts requests; inline and zusd-served mounts bypass its counters
+            let counted = (counted && matches!(id, "classic" | "uring")).then(|| (setups.len(), mnt.clone()));
             targets.push(Target { id: tid, name: format!("{name}{who}"), kind: Kind::Path(mnt), counted });
         }
         setups.push(s);

@@ -41,9 +41,16 @@ thread_local! {
     static TRANSPORT: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
 }
 
-/// This test's transport (set by [`with_transport`]).
+/// This test's transport (set by [`with_transport`]): `classic`, `uring` (also for the
+/// `uring-zusd` variant, see [`serve`]) or empty.
 pub fn transport() -> String {
-    TRANSPORT.with_borrow(Clone::clone)
+    TRANSPORT.with_borrow(|t| t.strip_suffix("-zusd").unwrap_or(t).to_owned())
+}
+
+/// Who serves this test's mounts (`-o serve=`): `zusd` in the `uring-zusd` variant (FUSE over
+/// io_uring served inside zusd, mode (b) of issue 13), else empty (the default, channel).
+pub fn serve() -> String {
+    TRANSPORT.with_borrow(|t| if t.ends_with("-zusd") { "zusd".to_owned() } else { String::new() })
 }
 
 /// Why FUSE over io_uring cannot be used here, if it cannot.
@@ -58,7 +65,7 @@ pub fn uring_unavailable() -> Option<String> {
 /// Runs `test` with its mounts on `transport` (skipped with a printed reason when the kernel
 /// has no FUSE over io_uring).
 pub fn with_transport(transport: &str, test: fn()) {
-    if transport == "uring" {
+    if transport.starts_with("uring") {
         if !std::path::Path::new("/sys/module/fuse/parameters/enable_uring").exists() {
             eprintln!("SKIPPED: this kernel has no FUSE over io_uring (needs 6.14+, CONFIG_FUSE_IO_URING)");
             return;
@@ -72,7 +79,9 @@ pub fn with_transport(transport: &str, test: fn()) {
     test();
 }
 
-/// Declares each listed test function twice, in modules `classic` and `uring`.
+/// Declares each listed test function three times, in modules `classic`, `uring` (ring
+/// threads in the bridge, each op handed to a ZT) and `uring_zusd` (`serve=zusd`: the rings
+/// served inside zusd).
 macro_rules! on_both_transports {
     ($($t:ident),* $(,)?) => {
         mod classic {
@@ -80,6 +89,9 @@ macro_rules! on_both_transports {
         }
         mod uring {
             $( #[test] fn $t() { super::common::with_transport("uring", super::$t) } )*
+        }
+        mod uring_zusd {
+            $( #[test] fn $t() { super::common::with_transport("uring-zusd", super::$t) } )*
         }
     };
 }
@@ -152,6 +164,10 @@ impl Fixture {
         let t = transport();
         if !t.is_empty() {
             c.env("ZUFS_TRANSPORT", t);
+        }
+        let s = serve();
+        if !s.is_empty() {
+            c.env("ZUFS_SERVE", s);
         }
         c
     }

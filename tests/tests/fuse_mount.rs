@@ -169,7 +169,14 @@ fn test_zusd_killed_ops_fail_with_eio_promptly_and_umount_works() {
     let t0 = Instant::now();
     let (ok, out) = sh(&format!("stat {}/a; echo x > {}/b", f.mnt.display(), f.mnt.display()), Duration::from_secs(10));
     let took = t0.elapsed();
-    assert!(!ok && out.contains("Input/output error"), "expected EIO: {out}");
+    if serve() == "zusd" {
+        // Served inside zusd, the mount ends with it: the bridge aborts the connection.
+        let gone = ["Software caused connection abort", "Transport endpoint is not connected"];
+        assert!(!ok && gone.iter().any(|g| out.contains(g)), "expected ECONNABORTED/ENOTCONN: {out}");
+        assert!(!f.mnt.join("b").exists(), "a write went under the dead mount");
+    } else {
+        assert!(!ok && out.contains("Input/output error"), "expected EIO: {out}");
+    }
     assert!(took < Duration::from_secs(2), "EIO took {took:?}");
     // Unmounting works without zusd.
     f.umount();
@@ -213,7 +220,12 @@ fn test_reader_threads_are_pinned_one_per_cpu() {
             });
         }
     });
-    let pid = f.bridge_pid();
+    // The ring threads live in the bridge, or in zusd with serve=zusd.
+    let pid = if serve() == "zusd" {
+        u32::try_from(f.status()["zusd"]["pid"].as_u64().expect("zusd pid")).unwrap()
+    } else {
+        f.bridge_pid()
+    };
     let mut pinned = Vec::new();
     for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
         let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
@@ -263,6 +275,17 @@ fn test_fio_on_nullfs_direct_sync() {
 /// thread counts what it served per CPU; `zufs status --json` shows the counts).
 #[test]
 fn test_uring_serves_each_request_on_the_callers_cpu() {
+    served_on_the_callers_cpu("transport=uring");
+}
+
+/// The same with the rings served inside zusd (`serve=zusd`): zusd's ring thread of CPU n
+/// serves the requests of a thread pinned to CPU n, and zusd reports the counts.
+#[test]
+fn test_uring_served_inside_zusd_on_the_callers_cpu() {
+    served_on_the_callers_cpu("transport=uring,serve=zusd");
+}
+
+fn served_on_the_callers_cpu(opts: &str) {
     skip_without_fuse!();
     if let Some(why) = uring_unavailable() {
         eprintln!("SKIPPED: {why}");
@@ -273,7 +296,8 @@ fn test_uring_serves_each_request_on_the_callers_cpu() {
         return;
     }
     let f = Fixture::new("fuse-uring-cpu", &["nullfs"], true);
-    f.mount("nullfs", "none", "transport=uring,attr_timeout=0,entry_timeout=0");
+    f.mount("nullfs", "none", &format!("{opts},attr_timeout=0,entry_timeout=0"));
+    let zusd = opts.contains("serve=zusd");
     let served = || -> Vec<u64> {
         let st = f.status();
         let m = st["mounts"]
@@ -282,6 +306,7 @@ fn test_uring_serves_each_request_on_the_callers_cpu() {
             .cloned()
             .expect("mount in status");
         assert_eq!(m["transport"].as_str(), Some("uring"), "{m}");
+        assert_eq!(m["mount"]["served_by"].as_str() == Some("fuse-uring"), zusd, "{m}");
         m["served_per_cpu"]
             .as_array()
             .map(|a| a.iter().filter_map(serde_json::Value::as_u64).collect())
@@ -317,6 +342,72 @@ fn test_uring_serves_each_request_on_the_callers_cpu() {
     f.umount();
 }
 
+/// `serve=zusd`: zusd SIGKILLed while fio writes through the mount (requests queued on zusd's
+/// rings and in flight on its ring threads): every caller gets an error within seconds and none
+/// hangs (the bridge aborts the connection), the dead mount keeps answering ENOTCONN (nothing
+/// lands in the directory under it), and it unmounts cleanly.
+#[test]
+fn test_zusd_killed_mid_io_on_rings_served_inside_zusd_fails_every_caller_and_never_hangs() {
+    skip_without_fuse!();
+    if let Some(why) = uring_unavailable() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    if !std::path::Path::new("/sys/module/fuse/parameters/enable_uring").exists() {
+        eprintln!("SKIPPED: this kernel has no FUSE over io_uring");
+        return;
+    }
+    if !plugin_available("pmemfs") || std::process::Command::new("fio").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: needs libpmemfs.so and fio");
+        return;
+    }
+    let mut f = Fixture::new("fuse-kill-zusd", &["pmemfs"], true);
+    let dev = f.dir.0.join("pmem.img").display().to_string();
+    f.zufs_ok(&["mkfs", "-t", "pmemfs", "--size", "128M", &dev]);
+    f.mount("pmemfs", &dev, "transport=uring,serve=zusd");
+    let bridge = f.bridge_pid();
+    let log = f.dir.0.join("fio.out");
+    let mut fio = std::process::Command::new("fio")
+        .args(["--name=w", "--rw=randwrite", "--bs=4k", "--size=8m", "--direct=1", "--sync=1", "--ioengine=psync"])
+        .args(["--numjobs=2", "--runtime=30", "--time_based"])
+        .arg(format!("--directory={}", f.mnt.display()))
+        .arg(format!("--output={}", log.display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("fio");
+    // Let it lay out its files and run.
+    std::thread::sleep(Duration::from_millis(1500));
+    let z = f.zusd.as_mut().unwrap();
+    z.signal(9);
+    assert!(z.wait_exit(Duration::from_secs(5)).is_some());
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(st) = fio.try_wait().expect("wait fio") {
+            break Some(st);
+        }
+        if t0.elapsed() > Duration::from_secs(15) {
+            let _ = fio.kill();
+            let _ = fio.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = std::fs::read_to_string(&log).unwrap_or_default();
+    let st = status.unwrap_or_else(|| panic!("fio hung after zusd died:\n{out}"));
+    assert!(!st.success(), "fio did not see zusd die:\n{out}");
+    assert!(out.contains("connection abort") || out.contains("not connected"), "{out}");
+    eprintln!("fio ended {:?} after zusd died", t0.elapsed());
+    let e = std::fs::metadata(f.mnt.join("w.0.0")).unwrap_err();
+    assert!(matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED)), "{e}");
+    assert!(std::fs::write(f.mnt.join("after"), b"x").is_err(), "a write after zusd died succeeded");
+    f.umount();
+    assert!(
+        wait_until(Duration::from_secs(5), || !std::path::Path::new(&format!("/proc/{bridge}")).exists()),
+        "bridge still running"
+    );
+}
+
 /// Serializes the tests that install `mount.zufs.*` helpers into /sbin and remove them.
 static HELPERS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -332,6 +423,9 @@ fn with_env(f: &Fixture, prog: &str, args: &[&str]) -> (bool, String) {
     let t = transport();
     if !t.is_empty() {
         c.env("ZUFS_TRANSPORT", t);
+    }
+    if !serve().is_empty() {
+        c.env("ZUFS_SERVE", serve());
     }
     let o = run_with_timeout(&mut c, Duration::from_secs(30));
     let mut s = String::from_utf8_lossy(&o.stdout).into_owned();

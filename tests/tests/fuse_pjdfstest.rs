@@ -1,7 +1,8 @@
 //! pjdfstest (Rust rewrite) through the FUSE bridge on pmemfs, next to kernel tmpfs in the same
 //! run: every test that passes on tmpfs must pass on pmemfs. On both transports (modules
-//! `classic` and `uring`), and on uring with `serve=inline` (the mode (b) prototype: each op
-//! served on the ring thread, the plugin in the bridge process).
+//! `classic` and `uring`, and `uring_zusd`: the rings served inside zusd), and on uring with
+//! `serve=inline` (the mode (b) prototype: each op served on the ring thread, the plugin in the
+//! bridge process).
 //!
 //! Needs root, /dev/fuse, the pmemfs plugin, `pjdfstest` on PATH and the users it switches to
 //! (nobody/nogroup, tests); `tests/scripts/fuse-deps.sh` installs them. Skips with a reason

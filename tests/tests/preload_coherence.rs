@@ -712,9 +712,13 @@ fn test_page_cache_reader_sees_fast_path_writes_dax_mode() {
 /// ticket for that open file, and zusd serves that user's data ops on that inode only. dax mode
 /// needs the device file, which this user may not open: channel mode, said once on stderr.
 fn another_user_with_tickets(mode: &str) {
+    another_user_with_tickets_on(mode, "");
+}
+
+fn another_user_with_tickets_on(mode: &str, extra: &str) {
     use std::os::unix::fs::PermissionsExt;
     const NOBODY: u32 = 65534;
-    let f = Fixture::new(&format!("preload-tickets-{mode}"), "64M", &format!("{COHERENT},allow_other"));
+    let f = Fixture::new(&format!("preload-tickets-{mode}"), "64M", &format!("{COHERENT},allow_other{extra}"));
     for d in [&f.dir.0, &f.mnt] {
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
@@ -753,6 +757,25 @@ fn another_user_with_tickets(mode: &str) {
 fn test_another_user_gets_the_fast_path_with_tickets_channel_mode() {
     skip_unless_ready!("python3");
     another_user_with_tickets("channel");
+}
+
+/// Tickets issued by the ring threads inside zusd (`serve=zusd`).
+#[test]
+fn test_another_user_gets_the_fast_path_with_tickets_served_by_zusd() {
+    skip_unless_ready!("python3");
+    if on_transport("", "uring").is_none() {
+        return;
+    }
+    another_user_with_tickets_on("channel", ",transport=uring,serve=zusd");
+}
+
+/// The kernel's mmap and page cache stay coherent with the fast path when zusd serves the
+/// rings itself (`serve=zusd`): the marks are set on zusd's mount by its ring threads.
+#[test]
+fn test_kernel_mmap_sees_fast_path_writes_channel_mode_served_by_zusd() {
+    skip_unless_ready!("python3");
+    let Some(opts) = on_transport(COHERENT, "uring") else { return };
+    kernel_page_cache_coherence("channel", &format!("{opts},serve=zusd"));
 }
 
 #[test]
@@ -911,7 +934,8 @@ fn fast_grow(d: &mut Driver, fd: i64, shadow: &mut Vec<u8>, seed: u64, n: usize)
 fn kernel_calls_see_fast_path_size(mode: &str, transport: &str) {
     use std::io::Seek;
     let Some(opts) = on_transport(RECOMMENDED, transport) else { return };
-    let f = Fixture::new(&format!("preload-kcalls-{mode}-{transport}"), "128M", &opts);
+    let tag = transport.replace([',', '='], "-");
+    let f = Fixture::new(&format!("preload-kcalls-{mode}-{tag}"), "128M", &opts);
     let mut bad: Vec<String> = Vec::new();
 
     // A writer that fsyncs, closes and exits; then stat and cp from another process at once.
@@ -1054,6 +1078,14 @@ fn test_kernel_calls_see_fast_path_size_channel_mode_classic() {
 fn test_kernel_calls_see_fast_path_size_channel_mode_uring() {
     skip_unless_ready!("python3", "cp");
     kernel_calls_see_fast_path_size("channel", "uring");
+}
+
+/// The same with the rings served inside zusd (`serve=zusd`, issue 13 mode (b)): the ring
+/// threads' kernel-cache marks are zusd's own.
+#[test]
+fn test_kernel_calls_see_fast_path_size_channel_mode_uring_served_by_zusd() {
+    skip_unless_ready!("python3", "cp");
+    kernel_calls_see_fast_path_size("channel", "uring,serve=zusd");
 }
 
 #[test]

@@ -374,3 +374,43 @@ fn test_tickets_let_another_user_do_data_ops_on_their_inode_only() {
     let out = run(&z, &["tickets"], Duration::from_secs(60));
     assert!(out.contains("TICKETS OK"), "{out}");
 }
+
+/// `Request::Handoff` (a kernel transport's fd for zusd to serve, `serve=zusd`) trusts nothing
+/// the client sends: only a privileged kernel bridge, only with an fd, only for a mount it
+/// holds, only a known kind, and only a real `/dev/fuse` reaches a ring.
+#[test]
+fn test_handoff_is_refused_unless_a_kernel_bridge_hands_dev_fuse_for_its_mount() {
+    use std::os::fd::AsFd;
+    use zus_channel::control::Request;
+    use zus_client::{Relay, RelayError};
+    let dir = TempDir::new("handoff");
+    let pd = plugin_dir(&dir.0, &["nullfs"]);
+    let z = Zusd::start(&dir.0, &pd, &[]);
+    let null = std::fs::File::open("/dev/null").unwrap();
+    let errno = |r: Result<zus_channel::control::Reply, RelayError>| match r {
+        Err(RelayError::Refused { errno, .. }) => errno.0,
+        other => panic!("expected a refusal: {other:?}"),
+    };
+    let hand = |mount_id: u32, kind: &str| Request::Handoff {
+        mount_id,
+        kind: kind.into(),
+        params: "max_write=1048576".into(),
+    };
+    let bridge = zus_api::features::ALL | zus_api::features::KERNEL_BRIDGE;
+    // A client that did not announce itself as a kernel bridge.
+    let plain = Relay::connect(&z.socket, "plain").unwrap();
+    let m = plain.mount("nullfs", "", "").unwrap();
+    assert_eq!(errno(plain.control_with_fd(&hand(m.mount_id, "fuse-uring"), null.as_fd())), libc::EPERM);
+    // A kernel bridge: no fd; a mount it does not hold; an unknown kind; an fd that is not
+    // /dev/fuse.
+    let kb = Relay::connect_with(&z.socket, "kb", bridge).unwrap();
+    assert_eq!(errno(kb.control(&hand(m.mount_id, "fuse-uring"))), libc::EINVAL);
+    assert_eq!(errno(kb.control_with_fd(&hand(m.mount_id, "fuse-uring"), null.as_fd())), libc::ENOENT);
+    kb.attach(m.mount_id).unwrap();
+    assert_eq!(errno(kb.control_with_fd(&hand(m.mount_id, "nine-p"), null.as_fd())), libc::ENOSYS);
+    assert_eq!(errno(kb.control_with_fd(&hand(m.mount_id, "fuse-uring"), null.as_fd())), libc::EINVAL);
+    let bad = Request::Handoff { mount_id: m.mount_id, kind: "fuse-uring".into(), params: "max_write=x".into() };
+    assert_eq!(errno(kb.control_with_fd(&bad, null.as_fd())), libc::EINVAL);
+    // zusd is still well.
+    assert_eq!(kb.status().unwrap().mounts.len(), 1);
+}

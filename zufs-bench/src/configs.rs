@@ -29,6 +29,9 @@ pub enum Config {
     /// pmemfs over FUSE io_uring with each op served on its ring thread, the plugin loaded in
     /// the bridge process (`serve=inline`: the mode (b) prototype of issue 13, no channel hop).
     PmemfsUringInline,
+    /// pmemfs over FUSE io_uring with the rings served inside zusd (`serve=zusd`: mode (b) of
+    /// issue 13, each op served on zusd's ring thread of the caller's CPU on the live mount).
+    PmemfsUringZusd,
     /// pmemfs with fio under `zufs run --mode channel` (the preload fast path over ZT channels).
     PreloadChannel,
     /// pmemfs with fio under `zufs run --mode dax` (the preload path copying to pmem itself).
@@ -37,7 +40,7 @@ pub enum Config {
 
 impl Config {
     /// All, in table order.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::Tmpfs,
         Self::Fuse,
         Self::NullfsBridge,
@@ -45,6 +48,7 @@ impl Config {
         Self::NullfsUring,
         Self::PmemfsUring,
         Self::PmemfsUringInline,
+        Self::PmemfsUringZusd,
         Self::PreloadChannel,
         Self::PreloadDax,
     ];
@@ -60,6 +64,7 @@ impl Config {
             Self::NullfsUring => "nullfs uring",
             Self::PmemfsUring => "pmemfs uring",
             Self::PmemfsUringInline => "pmemfs uring inline",
+            Self::PmemfsUringZusd => "pmemfs uring zusd",
             Self::PreloadChannel => "pmemfs preload channel",
             Self::PreloadDax => "pmemfs preload dax",
         }
@@ -76,6 +81,7 @@ impl Config {
             Self::NullfsUring => "nullfs-uring",
             Self::PmemfsUring => "pmemfs-uring",
             Self::PmemfsUringInline => "pmemfs-uring-inline",
+            Self::PmemfsUringZusd => "pmemfs-uring-zusd",
             Self::PreloadChannel => "preload-channel",
             Self::PreloadDax => "preload-dax",
         }
@@ -228,13 +234,13 @@ impl Env {
                     undo: vec![Undo::Zufs(self.zufs.clone(), self.socket.clone(), dir)],
                 })
             }
-            Config::PmemfsUring | Config::PmemfsUringInline => {
+            Config::PmemfsUring | Config::PmemfsUringInline | Config::PmemfsUringZusd => {
                 // A pmemfs of its own (the classic bridge's mount stays as it is).
                 self.zufs_ready()?;
-                let (ext, opts) = if cfg == Config::PmemfsUringInline {
-                    ("uring-inline", "transport=uring,serve=inline")
-                } else {
-                    ("uring", "transport=uring")
+                let (ext, opts) = match cfg {
+                    Config::PmemfsUringInline => ("uring-inline", "transport=uring,serve=inline"),
+                    Config::PmemfsUringZusd => ("uring-zusd", "transport=uring,serve=zusd"),
+                    _ => ("uring", "transport=uring"),
                 };
                 let dev = self.device.with_extension(ext);
                 sh(self.zufs().args(["mkfs", "-t", "pmemfs", "--size"]).arg(self.device_size.to_string()).arg(&dev))?;

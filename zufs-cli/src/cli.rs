@@ -101,6 +101,10 @@ pub enum ServeChoice {
     /// bridge, not in zusd (the mode (b) prototype of issue 13; no preload fast path, no zusd
     /// restart re-attach, not in `zufs status`).
     Inline,
+    /// zusd itself, on the ring thread it runs pinned to the caller's CPU (`transport=uring`
+    /// only: the bridge hands zusd the `/dev/fuse` fd after INIT; mode (b) of issue 13). The
+    /// mount ends with zusd (no re-attach).
+    Zusd,
 }
 
 /// `-o transport=`.
@@ -143,7 +147,12 @@ pub fn parse_mount_options(opts: &str, fsname: &str) -> Result<MountOptions> {
         Ok("kernel") => TransportChoice::Kernel,
         _ => TransportChoice::Auto,
     };
-    let mut serve = ServeChoice::Channel;
+    // The default server may come from the environment too (ZUFS_SERVE=channel|inline|zusd).
+    let mut serve = match std::env::var("ZUFS_SERVE").as_deref() {
+        Ok("inline") => ServeChoice::Inline,
+        Ok("zusd") => ServeChoice::Zusd,
+        _ => ServeChoice::Channel,
+    };
     let mut dax = None;
     let (mut attr_set, mut entry_set) = (false, false);
     for o in opts.split(',').map(str::trim).filter(|o| !o.is_empty()) {
@@ -182,6 +191,7 @@ pub fn parse_mount_options(opts: &str, fsname: &str) -> Result<MountOptions> {
             ("transport", Some("kernel")) => transport = TransportChoice::Kernel,
             ("serve", Some("channel")) => serve = ServeChoice::Channel,
             ("serve", Some("inline")) => serve = ServeChoice::Inline,
+            ("serve", Some("zusd")) => serve = ServeChoice::Zusd,
             ("dax", None | Some("always")) => dax = Some(DaxChoice::Always),
             ("dax", Some("auto")) => dax = Some(DaxChoice::Auto),
             ("dax", Some("never")) | ("nodax", None) => dax = Some(DaxChoice::Never),
@@ -248,6 +258,9 @@ pub struct MountRecord {
     /// FUSE-over-io_uring requests served per CPU (the CPU the ring thread served them on).
     #[serde(default)]
     pub served_per_cpu: Vec<u64>,
+    /// Who runs the ops (`-o serve=`: `channel`, `inline`, `zusd`; empty: channel).
+    #[serde(default)]
+    pub serve: String,
 }
 
 fn record_path(env: &Env, mountpoint: &str) -> PathBuf {
@@ -653,7 +666,7 @@ pub fn serve(env: &Env, a: &MountArgs, notify_stdout: bool) -> Result<()> {
     let spec =
         MountSpec { socket: env.socket.clone(), fs_type: a.fs_type.clone(), device, server_options: mo.server.clone() };
     let (bridge, info) = match mo.serve {
-        ServeChoice::Channel => Bridge::mount(spec, mo.data_path, mo.fuse.sync)
+        ServeChoice::Channel | ServeChoice::Zusd => Bridge::mount(spec, mo.data_path, mo.fuse.sync)
             .map_err(|e| report_err(format!("mount {}: {e}", a.fs_type)))?,
         ServeChoice::Inline => {
             let m = zus_server::inline::InlineMount::mount(&env.plugins, &a.fs_type, &spec.device, &mo.server)
@@ -668,6 +681,8 @@ pub fn serve(env: &Env, a: &MountArgs, notify_stdout: bool) -> Result<()> {
                 ticketed: false,
                 kernel_cached: 0,
                 tickets: 0,
+                served_by: String::new(),
+                served_per_cpu: Vec::new(),
             };
             tracing::info!("serve=inline: {} mounted in the bridge process, ops run on the FUSE threads", a.fs_type);
             let root = m.root();
@@ -685,6 +700,12 @@ pub fn serve(env: &Env, a: &MountArgs, notify_stdout: bool) -> Result<()> {
         options: a.options.clone(),
         transport: String::new(),
         served_per_cpu: Vec::new(),
+        serve: match mo.serve {
+            ServeChoice::Channel => "channel",
+            ServeChoice::Inline => "inline",
+            ServeChoice::Zusd => "zusd",
+        }
+        .to_owned(),
     };
     let rpath = record_path(env, &rec.mountpoint);
     // Signals: unmount (lazily) and let the session end normally.
@@ -699,6 +720,21 @@ pub fn serve(env: &Env, a: &MountArgs, notify_stdout: bool) -> Result<()> {
         });
     }
     let (transport, ustate): (Box<dyn Transport>, Option<Arc<UringState>>) = match mo.transport {
+        TransportChoice::Classic | TransportChoice::Kernel if mo.serve == ServeChoice::Zusd => {
+            let _ = bridge.shutdown();
+            return Err(report_err("serve=zusd needs transport=uring (or auto where the kernel offers it)".into()));
+        }
+        TransportChoice::Uring | TransportChoice::Auto if mo.serve == ServeChoice::Zusd => match uring_support() {
+            Ok(_) => {
+                let t = zufs_fuse::uring::handoff::ZusdTransport::new(env.socket.clone());
+                let st = t.state();
+                (Box::new(t), Some(st))
+            }
+            Err(why) => {
+                let _ = bridge.shutdown();
+                return Err(report_err(format!("serve=zusd: {why}")));
+            }
+        },
         TransportChoice::Classic | TransportChoice::Kernel => (Box::new(FuserTransport), None),
         TransportChoice::Uring => match uring_support() {
             Ok(_) => {
@@ -867,7 +903,11 @@ pub fn status(env: &Env, json: bool) -> Result<()> {
             .find(|x| {
                 x.mount_id == m.mount_id || (!m.device.is_empty() && x.device == m.device && x.fs_type == m.fs_type)
             })
-            .map(|x| (x.mountpoint.clone(), x.pid, x.transport.clone(), x.served_per_cpu.clone()))
+            .map(|x| {
+                // A transport zusd serves itself counts there (serve=zusd), not in the bridge.
+                let served = if m.served_by.is_empty() { x.served_per_cpu.clone() } else { m.served_per_cpu.clone() };
+                (x.mountpoint.clone(), x.pid, x.transport.clone(), served)
+            })
     };
     if json {
         let mounts: Vec<serde_json::Value> = st
@@ -912,7 +952,12 @@ pub fn status(env: &Env, json: bool) -> Result<()> {
         );
         if !tr.is_empty() {
             let per_cpu = served.iter().enumerate().map(|(c, n)| format!("cpu{c}={n}")).collect::<Vec<_>>().join(" ");
-            println!("        transport {tr}{}{per_cpu}", if per_cpu.is_empty() { "" } else { "; served per CPU: " });
+            let by =
+                if m.served_by.is_empty() { String::new() } else { format!(" served inside zusd ({})", m.served_by) };
+            println!(
+                "        transport {tr}{by}{}{per_cpu}",
+                if per_cpu.is_empty() { "" } else { "; served per CPU: " }
+            );
         }
         let reqs = read_requests(env, &mp);
         if !reqs.is_empty() {
@@ -966,6 +1011,8 @@ mod tests {
         assert_eq!(m.transport, TransportChoice::Uring);
         assert_eq!(m.server, "ro");
         assert_eq!(parse_mount_options("serve=channel", "x").unwrap().serve, ServeChoice::Channel);
+        let m = parse_mount_options("transport=uring,serve=zusd", "x").unwrap();
+        assert_eq!((m.serve, m.transport, m.server.as_str()), (ServeChoice::Zusd, TransportChoice::Uring, ""));
         assert!(parse_mount_options("serve=zt", "x").is_err());
         assert!(parse_mount_options("serve", "x").is_err());
     }

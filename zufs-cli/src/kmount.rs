@@ -132,7 +132,7 @@ fn sys_mount(source: &str, target: &Path, flags: libc::c_ulong, data: &str) -> s
 /// No module, zusd unreachable or not serving the module, zusd's mount or mount(2) failed.
 pub fn mount(env: &Env, a: &MountArgs, mp: &Path, mo: &MountOptions) -> Result<u32> {
     if mo.serve != crate::cli::ServeChoice::Channel {
-        bail!("transport=kernel: serve=inline is a FUSE bridge mode");
+        bail!("transport=kernel: serve=inline and serve=zusd are FUSE bridge modes");
     }
     check_module()?;
     let r = crate::cli::connect(env, !a.no_start)?;
@@ -194,6 +194,7 @@ pub fn mount(env: &Env, a: &MountArgs, mp: &Path, mo: &MountOptions) -> Result<u
         options: a.options.clone(),
         transport: TRANSPORT.to_owned(),
         served_per_cpu: Vec::new(),
+        serve: String::new(),
     };
     crate::cli::write_record(env, &rec);
     tracing::info!(

@@ -50,6 +50,19 @@ pub enum Request {
     },
     /// Server status.
     Status,
+    /// Serve a kernel transport for a mount inside zusd: the message carries the transport's
+    /// fd (`SCM_RIGHTS`), e.g. a mounted `/dev/fuse` whose connection negotiated FUSE over
+    /// io_uring. zusd hands it to the service registered for `kind` (the zusd binary registers
+    /// `fuse-uring`), which serves the mount's requests from threads pinned per CPU until the
+    /// transport's connection ends. Privileged kernel-bridge clients only.
+    Handoff {
+        /// The mount (one this client mounted or attached).
+        mount_id: u32,
+        /// Which service: `fuse-uring`.
+        kind: String,
+        /// The service's parameters (its own `key=value,...` text).
+        params: String,
+    },
 }
 
 /// A loaded filesystem type.
@@ -88,6 +101,13 @@ pub struct MountInfo {
     /// In status: live tickets (other users' open files on the fast path).
     #[serde(default)]
     pub tickets: u64,
+    /// In status: the kernel transport zusd serves for this mount itself (a
+    /// [`Request::Handoff`]: `fuse-uring`), empty when none.
+    #[serde(default)]
+    pub served_by: String,
+    /// In status: requests that transport served, per CPU they were served on.
+    #[serde(default)]
+    pub served_per_cpu: Vec<u64>,
 }
 
 /// One ZT lane, as reported by status.

@@ -313,6 +313,32 @@ impl Relay {
         Ok(r)
     }
 
+    /// Sends a control request with `fd` attached (`SCM_RIGHTS`) and returns the reply.
+    ///
+    /// # Errors
+    /// [`RelayError`].
+    pub fn control_with_fd(&self, req: &Request, fd: std::os::fd::BorrowedFd<'_>) -> Result<Reply, RelayError> {
+        let _g = self.ctl.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let m = control::encode(req).map_err(|e| RelayError::Protocol(e.to_string()))?;
+        sock::send_msg(self.sock.as_fd(), &m, Some(fd)).map_err(|_| RelayError::ServerGone)?;
+        let r = match sock::recv_msg(self.sock.as_fd()) {
+            Ok(Some((msg, _))) => {
+                control::decode::<Reply>(&msg, "zusd").map_err(|e| RelayError::Protocol(e.to_string()))?
+            }
+            Ok(None) | Err(_) => return Err(RelayError::ServerGone),
+        };
+        if let Reply::Error { errno, message } = r {
+            return Err(RelayError::Refused { errno: Errno(errno), message });
+        }
+        Ok(r)
+    }
+
+    /// The control socket (to watch for the server's end: it hangs up when zusd exits).
+    #[must_use]
+    pub fn control_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+
     /// Lists fs types.
     ///
     /// # Errors

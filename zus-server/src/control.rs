@@ -163,8 +163,8 @@ fn connection(server: &Arc<Server>, conn: &OwnedFd) {
     let id = client.id;
     tracing::info!("client {id} ({}, pid {}, uid {}) connected", client.name, cred.pid, cred.uid);
     loop {
-        let msg = match sock::recv_msg(conn.as_fd()) {
-            Ok(Some((m, _))) => m,
+        let (msg, fd) = match sock::recv_msg(conn.as_fd()) {
+            Ok(Some(m)) => m,
             Ok(None) => break,
             Err(e) => {
                 tracing::debug!("client {id}: {e}");
@@ -172,6 +172,7 @@ fn connection(server: &Arc<Server>, conn: &OwnedFd) {
             }
         };
         let reply = match control::decode::<Request>(&msg, "client") {
+            Ok(Request::Handoff { mount_id, kind, params }) => handoff(server, &client, mount_id, &kind, &params, fd),
             Ok(req) => handle(server, &client, req),
             Err(e) => error(Errno::EPROTO, e.to_string()),
         };
@@ -278,9 +279,39 @@ fn rustix_uid() -> u32 {
     unsafe { libc::getuid() }
 }
 
+/// A kernel transport's fd for a mount the client holds, served by zusd ([`crate::handoff`]).
+fn handoff(
+    server: &Arc<Server>,
+    client: &Arc<Client>,
+    mount_id: u32,
+    kind: &str,
+    params: &str,
+    fd: Option<OwnedFd>,
+) -> Reply {
+    if !client.kernel_bridge {
+        return error(Errno::EPERM, "only a privileged kernel bridge may hand zusd a transport");
+    }
+    let Some(fd) = fd else { return error(Errno::EINVAL, "a handoff carries the transport's fd") };
+    let mount = {
+        let st = server.state();
+        let held =
+            st.clients.iter().find(|c| c.0.id == client.id).is_some_and(|c| c.1.iter().any(|a| a.mount_id == mount_id));
+        if !held {
+            return error(Errno::ENOENT, format!("mount {mount_id} is not one of this client's"));
+        }
+        st.mounts.iter().find(|m| m.id == mount_id).cloned()
+    };
+    let Some(mount) = mount else { return error(Errno::ENOENT, format!("no mount {mount_id}")) };
+    match crate::handoff::start(server, mount, kind, params, fd) {
+        Ok(()) => Reply::Ok,
+        Err((errno, message)) => error(errno, message),
+    }
+}
+
 fn handle(server: &Arc<Server>, client: &Arc<Client>, req: Request) -> Reply {
     match req {
         Request::Hello { .. } => error(Errno::EPROTO, "already connected"),
+        Request::Handoff { .. } => error(Errno::EINVAL, "a handoff carries the transport's fd"),
         Request::ListFs => Reply::FsList { types: server.fs_types() },
         Request::Status => Reply::Status { status: server.status() },
         Request::Mount { fs_type, device, options } => {

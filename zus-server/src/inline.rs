@@ -24,6 +24,7 @@ use zus_plugin::{DataDesc, OpCall, data_kind};
 
 use crate::mounts::{self, Mount, MountError};
 use crate::plugins::{self, Plugin};
+use crate::tickets::Ticket;
 
 /// The data of one op: the caller's buffer, used as the op's window.
 #[derive(Debug)]
@@ -113,115 +114,7 @@ impl InlineMount {
         data: InlineData<'_>,
         reply: &mut [u8],
     ) -> InlineOutcome {
-        REQ.with_borrow_mut(|buf| self.op_with(buf, op, creds, req, data, reply))
-    }
-
-    fn op_with(
-        &self,
-        buf: &mut Vec<u8>,
-        op: OpCode,
-        creds: InlineCreds,
-        req: &[&[u8]],
-        data: InlineData<'_>,
-        reply: &mut [u8],
-    ) -> InlineOutcome {
-        let facts = op.facts();
-        let in_len: usize = req.iter().map(|p| p.len()).sum();
-        if in_len > PAYLOAD_SIZE || in_len < facts.request_size {
-            return InlineOutcome::err(Errno::EINVAL);
-        }
-        if op == OpCode::Noop {
-            return InlineOutcome::default();
-        }
-        if self.mount.read_only && facts.mutates {
-            return InlineOutcome::err(Errno::EROFS);
-        }
-        buf.clear();
-        for p in req {
-            buf.extend_from_slice(p);
-        }
-        let payload = &buf[..in_len];
-        let decoded = match Request::decode(op, payload) {
-            Ok(r) => r,
-            Err(e) => return InlineOutcome::err(e),
-        };
-        // The caller's buffer is the op's window: its pointer and length, and whether the
-        // plugin fills it.
-        let (window, window_len, out) = match data {
-            InlineData::None => (core::ptr::null_mut(), 0usize, false),
-            // The plugin only reads a write's window; the pointer is mutable by the C ABI.
-            InlineData::In(d) => (d.as_ptr().cast_mut(), d.len(), false),
-            InlineData::Out(d) => (d.as_mut_ptr(), d.len(), true),
-        };
-        let mut desc = DataDesc::NONE;
-        match decoded {
-            Request::KernelCache(_) => return InlineOutcome::default(),
-            Request::Ticket(_) => return InlineOutcome::err(Errno::EPERM),
-            Request::Read(io, _) | Request::Write(io, _) => {
-                // Only the window kind: the data is the caller's buffer, in this process.
-                if io.data_kind != DATA_WINDOW || io.niov != 0 || io.len > window_len as u64 {
-                    return InlineOutcome::err(Errno::EINVAL);
-                }
-                if (op == OpCode::Write) == out {
-                    return InlineOutcome::err(Errno::EINVAL);
-                }
-                desc.kind = data_kind::WINDOW;
-                desc.window = window;
-                desc.window_len = io.len;
-            }
-            Request::Setxattr(x, _) => {
-                if out || x.size as usize > window_len {
-                    return InlineOutcome::err(Errno::EINVAL);
-                }
-                desc.kind = data_kind::WINDOW;
-                desc.window = window;
-                desc.window_len = window_len as u64;
-            }
-            Request::Readdir(_) | Request::Readlink(_) | Request::Getxattr(..) | Request::Listxattr(_) => {
-                if !out && window_len > 0 {
-                    return InlineOutcome::err(Errno::EINVAL);
-                }
-                desc.kind = data_kind::WINDOW;
-                desc.window = window;
-                desc.window_len = window_len as u64;
-            }
-            _ => {}
-        }
-        let hdr = OpHeader {
-            opcode: op as u32,
-            flags: 0,
-            mount_id: INLINE_MOUNT_ID,
-            in_len: u32::try_from(in_len).unwrap_or(0),
-            out_len: 0,
-            data_len: if out { 0 } else { u32::try_from(window_len).unwrap_or(0) },
-            seq: 0,
-            result: 0,
-            uid: creds.uid,
-            gid: creds.gid,
-            pid: creds.pid,
-            reserved: 0,
-            ticket: 0,
-        };
-        let mut call = OpCall {
-            hdr,
-            req: payload.as_ptr(),
-            req_len: in_len,
-            reply: reply.as_mut_ptr(),
-            reply_cap: reply.len().min(PAYLOAD_SIZE),
-            reply_len: 0,
-            data_out: 0,
-            data: desc,
-        };
-        let result = self.mount.op(&mut call);
-        InlineOutcome {
-            result,
-            reply_len: if result >= 0 { call.reply_len.min(reply.len()).min(PAYLOAD_SIZE) } else { 0 },
-            data_len: if out && desc.kind == data_kind::WINDOW && result >= 0 {
-                call.data_out.min(window_len)
-            } else {
-                0
-            },
-        }
+        REQ.with_borrow_mut(|buf| op_on(&self.mount, None, buf, op, creds, req, data, reply))
     }
 
     /// Unmounts: the plugin flushes and frees its state; then the device is unmapped.
@@ -230,6 +123,134 @@ impl InlineMount {
     /// The plugin's error.
     pub fn unmount(self) -> Result<(), Errno> {
         self.mount.unmount()
+    }
+}
+
+/// Serves one op on `mount` on this thread (see [`InlineMount::op`]); `issuer`: the server's
+/// id for marks and tickets when `mount` is a live zusd mount (`None`: a private mount).
+#[allow(clippy::too_many_arguments, clippy::too_many_lines)]
+pub(crate) fn op_on(
+    mount: &Mount,
+    issuer: Option<u32>,
+    buf: &mut Vec<u8>,
+    op: OpCode,
+    creds: InlineCreds,
+    req: &[&[u8]],
+    data: InlineData<'_>,
+    reply: &mut [u8],
+) -> InlineOutcome {
+    let facts = op.facts();
+    let in_len: usize = req.iter().map(|p| p.len()).sum();
+    if in_len > PAYLOAD_SIZE || in_len < facts.request_size {
+        return InlineOutcome::err(Errno::EINVAL);
+    }
+    if op == OpCode::Noop {
+        return InlineOutcome::default();
+    }
+    if mount.read_only && facts.mutates {
+        return InlineOutcome::err(Errno::EROFS);
+    }
+    buf.clear();
+    for p in req {
+        buf.extend_from_slice(p);
+    }
+    let payload = &buf[..in_len];
+    let decoded = match Request::decode(op, payload) {
+        Ok(r) => r,
+        Err(e) => return InlineOutcome::err(e),
+    };
+    // The caller's buffer is the op's window: its pointer and length, and whether the
+    // plugin fills it.
+    let (window, window_len, out) = match data {
+        InlineData::None => (core::ptr::null_mut(), 0usize, false),
+        // The plugin only reads a write's window; the pointer is mutable by the C ABI.
+        InlineData::In(d) => (d.as_ptr().cast_mut(), d.len(), false),
+        InlineData::Out(d) => (d.as_mut_ptr(), d.len(), true),
+    };
+    let mut desc = DataDesc::NONE;
+    match decoded {
+        // A private mount: nobody else to steer or to show a ticket.
+        Request::KernelCache(_) if issuer.is_none() => return InlineOutcome::default(),
+        Request::Ticket(_) if issuer.is_none() => return InlineOutcome::err(Errno::EPERM),
+        // A live zusd mount served for a kernel transport: the marks and tickets are the
+        // server's own, held by `issuer` (as `dispatch::serve` does for a bridge client).
+        Request::KernelCache(r) => {
+            let id = issuer.unwrap_or(0);
+            return InlineOutcome {
+                result: mount.kernel_cache.set(id, r.ino, r.on != 0).map_or_else(Errno::to_wire, |()| 0),
+                ..InlineOutcome::default()
+            };
+        }
+        Request::Ticket(r) => {
+            let id = issuer.unwrap_or(0);
+            let result = if r.ticket == 0 {
+                let t = Ticket { ino: r.ino, uid: r.uid, writable: r.writable != 0, issuer: id };
+                mount.tickets.issue(t).map_or_else(Errno::to_wire, |t| i64::try_from(t).unwrap_or(0))
+            } else {
+                mount.tickets.revoke(id, r.ticket).map_or_else(Errno::to_wire, |()| 0)
+            };
+            return InlineOutcome { result, ..InlineOutcome::default() };
+        }
+        Request::Read(io, _) | Request::Write(io, _) => {
+            // Only the window kind: the data is the caller's buffer, in this process.
+            if io.data_kind != DATA_WINDOW || io.niov != 0 || io.len > window_len as u64 {
+                return InlineOutcome::err(Errno::EINVAL);
+            }
+            if (op == OpCode::Write) == out {
+                return InlineOutcome::err(Errno::EINVAL);
+            }
+            desc.kind = data_kind::WINDOW;
+            desc.window = window;
+            desc.window_len = io.len;
+        }
+        Request::Setxattr(x, _) => {
+            if out || x.size as usize > window_len {
+                return InlineOutcome::err(Errno::EINVAL);
+            }
+            desc.kind = data_kind::WINDOW;
+            desc.window = window;
+            desc.window_len = window_len as u64;
+        }
+        Request::Readdir(_) | Request::Readlink(_) | Request::Getxattr(..) | Request::Listxattr(_) => {
+            if !out && window_len > 0 {
+                return InlineOutcome::err(Errno::EINVAL);
+            }
+            desc.kind = data_kind::WINDOW;
+            desc.window = window;
+            desc.window_len = window_len as u64;
+        }
+        _ => {}
+    }
+    let hdr = OpHeader {
+        opcode: op as u32,
+        flags: 0,
+        mount_id: mount.id,
+        in_len: u32::try_from(in_len).unwrap_or(0),
+        out_len: 0,
+        data_len: if out { 0 } else { u32::try_from(window_len).unwrap_or(0) },
+        seq: 0,
+        result: 0,
+        uid: creds.uid,
+        gid: creds.gid,
+        pid: creds.pid,
+        reserved: 0,
+        ticket: 0,
+    };
+    let mut call = OpCall {
+        hdr,
+        req: payload.as_ptr(),
+        req_len: in_len,
+        reply: reply.as_mut_ptr(),
+        reply_cap: reply.len().min(PAYLOAD_SIZE),
+        reply_len: 0,
+        data_out: 0,
+        data: desc,
+    };
+    let result = mount.op(&mut call);
+    InlineOutcome {
+        result,
+        reply_len: if result >= 0 { call.reply_len.min(reply.len()).min(PAYLOAD_SIZE) } else { 0 },
+        data_len: if out && desc.kind == data_kind::WINDOW && result >= 0 { call.data_out.min(window_len) } else { 0 },
     }
 }
 

@@ -8,11 +8,13 @@
 //! Modules: [`topology`] (sysfs or simulated), [`plugins`] (loader), [`host`] (the functions
 //! plugins call), [`mounts`] (devices, mkfs, fsck), [`server`] (state and the generation
 //! barrier), [`zt`] (the per-CPU threads), [`dispatch`] (request validation), [`control`] (the
-//! socket), [`kernel`] (the kernel module's transport: `/dev/zufs` and its K-ZTs).
+//! socket), [`kernel`] (the kernel module's transport: `/dev/zufs` and its K-ZTs), [`handoff`]
+//! (a kernel transport's fd handed to zusd and served on a live mount by a registered service).
 #![deny(unsafe_code)]
 
 pub mod control;
 pub mod dispatch;
+pub mod handoff;
 pub mod host;
 pub mod inline;
 pub mod kcache;
@@ -124,6 +126,8 @@ impl Running {
     pub fn shutdown(self) {
         let s = &self.server;
         s.shutting_down.store(true, Ordering::SeqCst);
+        // Transports handed to zusd end first, so that their threads let go of the mounts.
+        handoff::stop_all();
         #[allow(unsafe_code)]
         // SAFETY: shutting down our own listening socket wakes the accept thread.
         unsafe {

@@ -386,6 +386,7 @@ impl Server {
     #[must_use]
     pub fn status(&self) -> StatusInfo {
         let st = self.state();
+        let handed = crate::handoff::served_per_cpu();
         StatusInfo {
             pid: std::process::id(),
             plugins: self.fs_types(),
@@ -400,8 +401,11 @@ impl Server {
                 .map(|(c, (z, k))| LaneInfo {
                     cpu: u32::try_from(c.id).unwrap_or(0),
                     node: u32::try_from(c.node).unwrap_or(0),
-                    // Both threads of the CPU: its ZT's and its K-ZT's ops.
-                    ops: z.ops.load(Ordering::Relaxed) + k.ops.load(Ordering::Relaxed),
+                    // Every thread of the CPU: its ZT's, its K-ZT's and the requests of transports
+                    // handed to zusd that were served on it.
+                    ops: z.ops.load(Ordering::Relaxed)
+                        + k.ops.load(Ordering::Relaxed)
+                        + handed.get(c.id).copied().unwrap_or(0),
                     rejected: z.rejected.load(Ordering::Relaxed) + k.rejected.load(Ordering::Relaxed),
                 })
                 .collect(),
@@ -449,6 +453,7 @@ impl crate::host::DaxReaders for Server {
 /// Describes a mount.
 #[must_use]
 pub fn mount_info(m: &Mount) -> MountInfo {
+    let (served_by, served_per_cpu) = crate::handoff::served(m.id);
     MountInfo {
         mount_id: m.id,
         fs_type: m.fs_type.clone(),
@@ -459,6 +464,8 @@ pub fn mount_info(m: &Mount) -> MountInfo {
         ticketed: false,
         kernel_cached: m.kernel_cache.len() as u64,
         tickets: m.tickets.len() as u64,
+        served_by,
+        served_per_cpu,
     }
 }
 

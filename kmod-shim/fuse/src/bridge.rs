@@ -103,6 +103,12 @@ pub trait InProcess: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// The plugin's error.
     fn unmount(&self) -> Result<(), Errno>;
+
+    /// The zusd mount id the ops run on (0: a mount private to this process), which the
+    /// tickets handed to the preload library name.
+    fn mount_id(&self) -> u32 {
+        0
+    }
 }
 
 /// How the bridge reaches the filesystem.
@@ -365,7 +371,12 @@ impl Bridge {
     #[must_use]
     pub fn in_process(spec: MountSpec, server: Arc<dyn InProcess>, root: u64, sync_writes: bool) -> Arc<Self> {
         Arc::new(Self {
-            conn: RwLock::new(Some(Arc::new(Conn { link: Link::InProcess(server), mount_id: 0, root, epoch: 1 }))),
+            conn: RwLock::new(Some(Arc::new(Conn {
+                mount_id: server.mount_id(),
+                link: Link::InProcess(server),
+                root,
+                epoch: 1,
+            }))),
             root,
             reattachable: false,
             handles: RwLock::new(HashMap::new()),

@@ -33,6 +33,8 @@ use crate::abi::{self, InHeader, OutHeader, Request, bytes_of, op, read_struct};
 use crate::bridge::Bridge;
 use crate::fuse::{FuseOptions, Transport, online_cpus};
 
+pub mod handoff;
+
 /// Entries per ring (per CPU).
 pub const DEPTH: u16 = 4;
 const PAGE: usize = 4096;

@@ -1,6 +1,9 @@
 //! `zusd`: the zufs server daemon.
 
+mod fuse_uring;
+
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -98,6 +101,8 @@ fn main() -> Result<()> {
         topology,
     };
     let signals = block_signals();
+    // FUSE over io_uring connections handed to zusd (`zufs mount -o serve=zusd`).
+    zus_server::handoff::register(Arc::new(fuse_uring::FuseUring::default()));
     let running = start(config).context("starting zusd")?;
     let s = &running.server;
     tracing::info!(
