@@ -6,6 +6,8 @@
 # static tests/zufs-dbgop.c, and runs guest-test.sh with tests/zusd-kzt.sh
 # (K-ZTs, NOOPs, nullfs), tests/zusd-pmemfs.sh (pmemfs mounted with
 # `zufs mount -o transport=kernel`: workload, zusd killed, fsck) and
+# tests/zusd-posix.sh (tests/scripts/fs_semantics.py's checks on that mount
+# against tmpfs: python3 and the stdlib modules it imports are packed) and
 # tests/zusd-pjdfstest.sh (pjdfstest on that mount against tmpfs) added
 # (ZUFS_GUEST_TESTS) and zufs-dbgop in the initramfs (ZUFS_GUEST_FILES;
 # guest-test.sh itself picks up target/release/zusd, zufs, zufs-testclient and
@@ -17,7 +19,7 @@
 #
 # Environment: as guest-test.sh (ZUFS_KMOD_DIR, SMP, ...), plus
 #   NO_BUILD=1   use what target/release holds
-#   ZUSD_GUEST_TESTS="kzt pmemfs pjdfstest"   which of this wrapper's guest scripts run
+#   ZUSD_GUEST_TESTS="kzt pmemfs posix pjdfstest"   which of this wrapper's guest scripts run
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -39,8 +41,33 @@ for p in nullfs pmemfs; do
   [ -f "$REPO/target/release/lib$p.so" ] && P="$P $REPO/target/release/lib$p.so:/lib/zufs/plugins/lib$p.so"
 done
 export ZUFS_GUEST_FILES="$W/build/zufs-dbgop$P ${ZUFS_GUEST_FILES:-}"
+
+# zusd-posix.sh: python3 with the stdlib modules tests/scripts/fs_semantics.py
+# imports (found by importing them here, -S as in the guest), under the
+# guest's /lib/python3.X (PYTHONHOME=/ there), and setfacl/getfacl
+PY=/usr/bin/python3
+[ -x "$PY" ] || PY=$(command -v python3 || true)
+if [ -n "$PY" ]; then
+  PYF=$("$PY" -S -c '
+import os, sys, sysconfig
+import ctypes, ctypes.util, errno, json, mmap, pwd, stat, subprocess, time
+import encodings.ascii, encodings.latin_1, encodings.utf_8
+std = os.path.realpath(sysconfig.get_paths()["stdlib"])
+lib = "/lib/python%d.%d/" % sys.version_info[:2]
+for m in list(sys.modules.values()):
+    f = os.path.realpath(getattr(m, "__file__", None) or "/")
+    if f.startswith(std + "/"):
+        print(f + ":" + lib + f[len(std) + 1:])
+')
+  ZUFS_GUEST_FILES="$ZUFS_GUEST_FILES $("$PY" -S -c 'import os, sys; print(os.path.realpath(sys.executable))'):/bin/python3 $(echo $PYF)"
+  ZUFS_GUEST_FILES="$ZUFS_GUEST_FILES $REPO/tests/scripts/fs_semantics.py:/tests/lib/fs_semantics.py"
+fi
+for b in setfacl getfacl; do
+  command -v $b >/dev/null && ZUFS_GUEST_FILES="$ZUFS_GUEST_FILES $(command -v $b)"
+done
+export ZUFS_GUEST_FILES
 T=
-for t in ${ZUSD_GUEST_TESTS:-kzt pmemfs pjdfstest}; do T="$T $HERE/zusd-$t.sh"; done
+for t in ${ZUSD_GUEST_TESTS:-kzt pmemfs posix pjdfstest}; do T="$T $HERE/zusd-$t.sh"; done
 # the benchmark is slow under TCG (the FUSE bridge most): a longer guest watchdog
 [ "${BENCH:-0}" = 1 ] && T="$T $HERE/zusd-bench.sh" && export TIMEOUT=${TIMEOUT:-900}
 export ZUFS_GUEST_TESTS="$T ${ZUFS_GUEST_TESTS:-}"

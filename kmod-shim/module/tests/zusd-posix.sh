@@ -1,0 +1,170 @@
+#!/bin/sh
+# SPDX-License-Identifier: GPL-2.0
+# Guest test: what real programs expect of a filesystem (issue 16) on the
+# kernel-module transport. The checks of tests/scripts/fs_semantics.py, the
+# same ones tests/tests/fuse_semantics.rs runs on both FUSE transports, run
+# here on tmpfs and on pmemfs served by zusd's K-ZTs and mounted with
+# `zufs mount -o transport=kernel`; each check's output lines must be equal
+# on both (set-id rules, files and directories open after removal, 1000
+# xattrs, shared mmap of an O_DIRECT fd, device nodes, file handles across an
+# unmount and mount, atime, copy_file_range's rules and POSIX ACLs), and a few
+# lines are required outright. Then copy_file_range is checked to be one op
+# at zusd, and mount(8)'s remount,ro and back.
+# Needs python3 (the stdlib modules the checks import; packed by
+# tests/zusd-guest-test.sh), setfacl/getfacl, and the module loaded by an
+# earlier script or here.
+# Prints "TEST name ... ok|FAILED".
+
+check() {  # NAME CMD...
+	name=$1
+	shift
+	if "$@"; then
+		echo "TEST $name ... ok"
+	else
+		echo "TEST $name ... FAILED: $*"
+	fi
+}
+
+wait_for() {  # TENTHS CMD...: up to TENTHS/10 s for CMD to succeed
+	n=$1
+	shift
+	while [ "$n" -gt 0 ]; do
+		"$@" && return 0
+		sleep 0.1
+		n=$((n - 1))
+	done
+	return 1
+}
+
+export ZUFS_SOCKET=/run/zufs/zusd-posix.sock ZUFS_PLUGINS=/lib/zufs/plugins ZUFS_RUN_DIR=/run/zufs NO_COLOR=1
+export PYTHONHOME=/ PYTHONDONTWRITEBYTECODE=1
+LOG=/tmp/zusd-posix.log
+DEV=/dev/shm/pmem-posix
+M=/mnt/px
+T=/mnt/px-tmpfs
+SEM=/tests/lib/fs_semantics.py
+mkdir -p $M $T /run/zufs
+
+if ! [ -x /bin/python3 ] || ! [ -f $SEM ]; then
+	echo "TEST px_python_present ... FAILED: no python3 or fs_semantics.py in the initramfs"
+	exit 0
+fi
+lsmod | grep -q '^zufs ' || modprobe zufs
+ZUFS_LOG=info /bin/zusd --kernel --plugins "$ZUFS_PLUGINS" --socket "$ZUFS_SOCKET" >>"$LOG" 2>&1 &
+ZPID=$!
+wait_for 600 sh -c "grep -q 'zusd ready' $LOG || ! kill -0 $ZPID 2>/dev/null"
+check px_mkfs sh -c "zufs mkfs -t pmemfs --size 256M $DEV >/tmp/px-mkfs.log 2>&1"
+
+mnt() {  # [OPTS]: pmemfs on $M through the module
+	o=transport=kernel
+	[ -n "$1" ] && o="$o,$1"
+	zufs mount -t pmemfs -o "$o" $DEV $M >/tmp/px-mount.log 2>&1 ||
+		{ sed 's/^/GUEST: px mount: /' /tmp/px-mount.log; return 1; }
+}
+
+umnt() {
+	zufs umount $M >/tmp/px-umount.log 2>&1 ||
+		{ sed 's/^/GUEST: px umount: /' /tmp/px-umount.log; return 1; }
+}
+
+# a fresh 0777 directory DIR/NAME
+fresh() {
+	rm -rf "$1/$2"
+	mkdir -p "$1/$2"
+	chmod 0777 "$1/$2"
+}
+
+# CHECK TAG [ARGS...]: the check on tmpfs and on the mount, outputs compared
+same() {
+	c=$1
+	tag=$2
+	shift 2
+	fresh $T "$tag"
+	fresh $M "$tag"
+	python3 -S $SEM "$c" "$T/$tag" "$@" >/tmp/px-$tag.tmpfs 2>&1
+	rt=$?
+	python3 -S $SEM "$c" "$M/$tag" "$@" >/tmp/px-$tag.zufs 2>&1
+	rz=$?
+	if [ $rt = 0 ] && [ $rz = 0 ] && cmp -s /tmp/px-$tag.tmpfs /tmp/px-$tag.zufs; then
+		echo "TEST px_${tag}_matches_tmpfs ... ok"
+		return 0
+	fi
+	echo "TEST px_${tag}_matches_tmpfs ... FAILED: exit $rt (tmpfs) $rz (zufs)"
+	diff /tmp/px-$tag.tmpfs /tmp/px-$tag.zufs | sed "s/^/GUEST: px $tag: /"
+	return 1
+}
+
+has() {  # TAG LINE: the mount's output of check TAG has LINE
+	grep -qxF "$2" /tmp/px-$1.zufs
+}
+
+mount -t tmpfs -o size=256M px-tmpfs $T
+check px_mount_transport_kernel mnt
+
+same setid setid
+check px_setid_user_truncate_clears_suid has setid "user truncate on 4777: ok -> 0o777"
+check px_setid_chmod_outside_group has setid "chmod 2755 by owner outside the group: ok 0o755"
+check px_setid_dir_inherits has setid "in setgid dir: sg/user-77-d-755: ok 0o2700 parent-gid"
+same open_unlinked open_unlinked
+check px_dir_renamed_over_fstat has open_unlinked "dir renamed over, fstat: nlink 0 dir True"
+same xattrs xattrs
+check px_xattrs_1000 has xattrs "set 1000: ['ok']"
+same mmap_odirect mmap_odirect
+check px_mmap_odirect_shared has mmap_odirect "shared mmap of an O_DIRECT fd: ok"
+same devices devices
+check px_device_null_node has devices "write to null node: ok"
+same copy_file_range copy_file_range
+check px_cfr_overlap_einval has copy_file_range "overlap in one file: EINVAL"
+same acl acl
+check px_acl_enforced has acl "user read denied by ACL entry: EACCES"
+check px_acl_inherited sh -c "grep -q \"^inherited d/f 0o664 \\['system.posix_acl_access'\\]\" /tmp/px-acl.zufs"
+
+# file handles: saved, unmount and mount, opened again, stale once removed
+same handles_save handles
+check px_handle_opens has handles "open_by_handle_at d/f b'by handle'"
+cp $T/handles /tmp/px-handles.tmpfs-saved
+check px_handles_umount umnt
+check px_handles_mount mnt
+python3 -S $SEM handles_reopen $T/handles >/tmp/px-hr.tmpfs 2>&1
+python3 -S $SEM handles_reopen $M/handles >/tmp/px-hr.zufs 2>&1
+diff /tmp/px-hr.tmpfs /tmp/px-hr.zufs | sed 's/^/GUEST: px handles_reopen: /'
+check px_handles_after_remount_match_tmpfs cmp -s /tmp/px-hr.tmpfs /tmp/px-hr.zufs
+check px_handle_after_remount has hr "after remount, open_by_handle_at d/f b'by handle'"
+check px_handle_removed_estale has hr "removed file by handle: ESTALE"
+
+# atime: relatime by default (tmpfs mounted the same way)
+same atime atime relatime
+
+# copy_file_range is one op at zusd: the module's COPY_FILE_RANGE
+ops() {  # every op counter of zufs status, summed
+	zufs status --json 2>/dev/null | grep -o '"ops":[0-9]*' |
+		awk -F: '{ s += $2 } END { print s + 0 }'
+}
+dd if=/dev/urandom of=$M/cfr-src bs=1M count=1 2>/dev/null
+b=$(ops)
+cfr_1m() { python3 -S -c '
+import os
+s = os.open("'$M'/cfr-src", os.O_RDONLY)
+d = os.open("'$M'/cfr-dst", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+n = os.copy_file_range(s, d, 1 << 20, 0, 7)
+assert n == 1 << 20, n'; }
+check px_cfr_copies cfr_1m
+a=$(ops)
+echo "GUEST: px copy_file_range of 1 MiB: $((a - b)) ops at zusd"
+check px_cfr_is_one_op sh -c "[ $b -gt 0 ] && [ $((a - b)) -le 12 ]"
+echo 3 >/proc/sys/vm/drop_caches
+check px_cfr_bytes sh -c "dd if=$M/cfr-dst bs=7 skip=1 2>/dev/null | cmp -s - $M/cfr-src"
+
+# remount read-only and back (mount(8) as an admin would)
+check px_remount_ro mount -o remount,ro $M
+check px_remount_ro_refuses_writes sh -c "! touch $M/ro-file 2>/dev/null"
+check px_remount_rw mount -o remount,rw $M
+check px_remount_rw_writes touch $M/rw-file
+
+check px_umount umnt
+umount $T
+kill -TERM $ZPID 2>/dev/null
+wait $ZPID 2>/dev/null
+check px_fsck sh -c "zufs fsck -t pmemfs $DEV >/tmp/px-fsck.log 2>&1 || { cat /tmp/px-fsck.log; false; }"
+rm -f $DEV
+exit 0
