@@ -40,6 +40,7 @@
 #include <linux/bvec.h>
 #include <linux/highmem.h>
 #include <linux/writeback.h>
+#include <linux/falloc.h>
 #include <linux/posix_acl.h>
 #include <linux/posix_acl_xattr.h>
 
@@ -1061,8 +1062,12 @@ static ssize_t zufs_read_iter(struct kiocb *iocb, struct iov_iter *to)
 	ssize_t done = 0;
 	s64 ret = 0;
 
-	if (IS_DAX(inode))
-		return zufs_dax_read_iter(iocb, to);	/* dax.c */
+	if (IS_DAX(inode)) {
+		done = zufs_dax_read_iter(iocb, to);	/* dax.c */
+		if (done >= 0)
+			file_accessed(file);
+		return done;
+	}
 	if (!chunk)
 		return -EIO;
 	/* what shared maps wrote reaches zusd first */
@@ -1102,6 +1107,9 @@ static ssize_t zufs_read_iter(struct kiocb *iocb, struct iov_iter *to)
 			break;
 	}
 	iocb->ki_pos = pos;
+	/* atime by the mount's policy (zufs_update_time) */
+	if (done || ret >= 0)
+		file_accessed(file);
 	return done ? done : ret;
 }
 
@@ -1202,6 +1210,89 @@ static int zufs_fsync(struct file *file, loff_t start, loff_t end,
 		return ret;
 	ret = zufs_simple(ZUFS_SB(inode->i_sb)->mount_id, ZUS_OP_FSYNC, &r,
 			  sizeof(r), NULL, 0, 0);
+	return ret < 0 ? ret : 0;
+}
+
+/*
+ * Times the VFS updates itself (atime by the mount's relatime, strictatime or
+ * noatime policy after a read or readdir; mtime and ctime of a store through
+ * a shared map) go to zusd, which keeps them.
+ */
+static int zufs_update_time(struct inode *inode, struct timespec64 *now,
+			    int flags)
+{
+	struct zus_setattr_req r = { .ino = inode->i_ino };
+	struct zus_attr a;
+	s64 ret;
+
+	if (flags & S_ATIME) {
+		r.valid |= ZUS_SETATTR_ATIME;
+		r.atime_ns = timespec64_to_ns(now);
+	}
+	if (flags & (S_MTIME | S_CTIME)) {
+		r.valid |= ZUS_SETATTR_MTIME;
+		r.mtime_ns = timespec64_to_ns(now);
+	}
+	if (!r.valid)
+		return 0;
+	ret = zufs_simple(ZUFS_SB(inode->i_sb)->mount_id, ZUS_OP_SETATTR, &r,
+			  sizeof(r), &a, sizeof(a), sizeof(a));
+	if (ret < 0)
+		return ret;
+	if (a.ino != inode->i_ino || inode_wrong_type(inode, a.mode))
+		return -EIO;
+	zufs_fill_inode(inode, &a);
+	return 0;
+}
+
+/*
+ * fallocate: allocation, KEEP_SIZE, PUNCH_HOLE and ZERO_RANGE, as the plugin
+ * supports them (else EOPNOTSUPP from zusd). Blocks it frees are first
+ * unmapped everywhere (DAX: after pinned pages were waited for), and cached
+ * pages of the range dropped.
+ */
+static long zufs_fallocate(struct file *file, int mode, loff_t offset,
+			   loff_t len)
+{
+	struct inode *inode = file_inode(file);
+	struct zus_fallocate_req r = {
+		.ino = inode->i_ino,
+		.offset = offset,
+		.len = len,
+		.mode = mode,
+	};
+	bool frees = mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE);
+	s64 ret;
+
+	if (mode & ~(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE |
+		     FALLOC_FL_ZERO_RANGE))
+		return -EOPNOTSUPP;
+	inode_lock(inode);
+	ret = file_remove_privs(file);
+	if (ret)
+		goto out;
+	if (frees && IS_DAX(inode)) {
+		ret = zufs_dax_truncate_begin(inode, i_size_read(inode));
+		if (ret)
+			goto out;
+	} else {
+		ret = zufs_flush_range(inode, offset, len);
+		if (ret)
+			goto out;
+	}
+	ret = zufs_simple(ZUFS_SB(inode->i_sb)->mount_id, ZUS_OP_FALLOCATE, &r,
+			  sizeof(r), NULL, 0, 0);
+	if (frees && IS_DAX(inode))
+		zufs_dax_truncate_end(inode);
+	else if (frees)
+		truncate_pagecache_range(inode, offset, offset + len - 1);
+	if (!ret && !(mode & FALLOC_FL_KEEP_SIZE) &&
+	    offset + len > i_size_read(inode))
+		i_size_write(inode, offset + len);
+	/* ctime, mtime, blocks */
+	zufs_attr_stale(inode);
+out:
+	inode_unlock(inode);
 	return ret < 0 ? ret : 0;
 }
 
@@ -1699,11 +1790,19 @@ static const struct file_operations zufs_file_fops = {
 	.fsync		= zufs_fsync,
 	.llseek		= zufs_llseek,
 	.copy_file_range = zufs_copy_file_range,
+	.fallocate	= zufs_fallocate,
 	.mmap		= zufs_file_mmap,
 	.mmap_supported_flags = MAP_SYNC,	/* DAX mounts only */
 };
 
 static const struct file_operations zufs_dir_fops = {
+	/*
+	 * zusd counts open directories as open files: one removed (rmdir, or
+	 * renamed over) while open stays usable (fstat, fchmod, an empty
+	 * readdir) until its last close
+	 */
+	.open		= zufs_open,
+	.release	= zufs_release,
 	.read		= generic_read_dir,
 	.iterate_shared	= zufs_readdir,
 	.fsync		= zufs_dir_fsync,
@@ -1724,6 +1823,7 @@ static const struct inode_operations zufs_dir_iops = {
 	.setattr	= zufs_setattr,
 	.permission	= zufs_permission,
 	.listxattr	= zufs_listxattr,
+	.update_time	= zufs_update_time,
 	.get_acl	= zufs_get_acl,
 	.set_acl	= zufs_set_acl,
 };
@@ -1733,6 +1833,7 @@ static const struct inode_operations zufs_file_iops = {
 	.setattr	= zufs_setattr,
 	.permission	= zufs_permission,
 	.listxattr	= zufs_listxattr,
+	.update_time	= zufs_update_time,
 	.get_acl	= zufs_get_acl,
 	.set_acl	= zufs_set_acl,
 };
@@ -1742,6 +1843,7 @@ static const struct inode_operations zufs_symlink_iops = {
 	.getattr	= zufs_getattr,
 	.setattr	= zufs_setattr,
 	.listxattr	= zufs_listxattr,
+	.update_time	= zufs_update_time,
 };
 
 static const struct inode_operations zufs_special_iops = {
@@ -1749,6 +1851,7 @@ static const struct inode_operations zufs_special_iops = {
 	.setattr	= zufs_setattr,
 	.permission	= zufs_permission,
 	.listxattr	= zufs_listxattr,
+	.update_time	= zufs_update_time,
 	.get_acl	= zufs_get_acl,
 	.set_acl	= zufs_set_acl,
 };
