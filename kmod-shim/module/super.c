@@ -1214,9 +1214,9 @@ static int zufs_fsync(struct file *file, loff_t start, loff_t end,
 }
 
 /*
- * Times the VFS updates itself (atime by the mount's relatime, strictatime or
- * noatime policy after a read or readdir; mtime and ctime of a store through
- * a shared map) go to zusd, which keeps them.
+ * Times the VFS updates itself: atime by the mount's relatime, strictatime or
+ * noatime policy after a read or readdir, mtime and ctime of a store through
+ * a shared map. zusd keeps them.
  */
 static int zufs_update_time(struct inode *inode, struct timespec64 *now,
 			    int flags)
@@ -1225,16 +1225,18 @@ static int zufs_update_time(struct inode *inode, struct timespec64 *now,
 	struct zus_attr a;
 	s64 ret;
 
-	if (flags & S_ATIME) {
-		r.valid |= ZUS_SETATTR_ATIME;
-		r.atime_ns = timespec64_to_ns(now);
-	}
-	if (flags & (S_MTIME | S_CTIME)) {
-		r.valid |= ZUS_SETATTR_MTIME;
-		r.mtime_ns = timespec64_to_ns(now);
-	}
-	if (!r.valid)
+	/*
+	 * atime alone: zusd's plugin already applied its atime policy when it
+	 * served the READ or READDIR (a SETATTR would change the ctime too);
+	 * the next stat reads what it kept. DAX reads never reach zusd: their
+	 * atime is not kept (docs/design.md).
+	 */
+	if (!(flags & (S_MTIME | S_CTIME))) {
+		zufs_attr_stale(inode);
 		return 0;
+	}
+	r.valid = ZUS_SETATTR_MTIME;
+	r.mtime_ns = timespec64_to_ns(now);
 	ret = zufs_simple(ZUFS_SB(inode->i_sb)->mount_id, ZUS_OP_SETATTR, &r,
 			  sizeof(r), &a, sizeof(a), sizeof(a));
 	if (ret < 0)
@@ -1488,10 +1490,9 @@ static bool zufs_xattr_list_ok(const char *buf, size_t n)
 	return true;
 }
 
-static ssize_t zufs_listxattr(struct dentry *dentry, char *buffer,
-			      size_t size)
+static ssize_t zufs_listxattr_raw(struct inode *inode, char *buffer,
+				  size_t size)
 {
-	struct inode *inode = d_inode(dentry);
 	size_t max = min_t(size_t, size, zufs_data_max());
 	struct zus_xattr_req r = {
 		.ino = inode->i_ino,
@@ -1521,6 +1522,47 @@ static ssize_t zufs_listxattr(struct dentry *dentry, char *buffer,
 	if (ret > 0 && r.size && !zufs_xattr_list_ok(buffer, ret))
 		ret = -EIO;
 	return ret;
+}
+
+/*
+ * The plugin lists every name; trusted.* names are shown only to
+ * CAP_SYS_ADMIN, as the kernel's own filesystems do. Other callers get the
+ * list without them, so their sizes are computed from the whole list.
+ */
+static ssize_t zufs_listxattr(struct dentry *dentry, char *buffer,
+			      size_t size)
+{
+	struct inode *inode = d_inode(dentry);
+	ssize_t len, i, out = 0;
+	char *all;
+
+	if (capable(CAP_SYS_ADMIN))
+		return zufs_listxattr_raw(inode, buffer, size);
+	len = zufs_listxattr_raw(inode, NULL, 0);
+	if (len <= 0)
+		return len;
+	if (len > XATTR_LIST_MAX)
+		return -E2BIG;
+	all = kvmalloc(len, GFP_KERNEL);
+	if (!all)
+		return -ENOMEM;
+	len = zufs_listxattr_raw(inode, all, len);
+	for (i = 0; len > 0 && i < len; i += strlen(all + i) + 1) {
+		size_t n = strlen(all + i) + 1;
+
+		if (!strncmp(all + i, XATTR_TRUSTED_PREFIX,
+			     XATTR_TRUSTED_PREFIX_LEN))
+			continue;
+		if (size && out + n > size) {
+			out = -ERANGE;
+			break;
+		}
+		if (size)
+			memcpy(buffer + out, all + i, n);
+		out += n;
+	}
+	kvfree(all);
+	return len < 0 ? len : out;
 }
 
 static const struct xattr_handler zufs_xattr_handler = {

@@ -71,6 +71,15 @@ for m in list(sys.modules.values()):
     umount "$XT"
   fi
 fi
+# ext4 on a RAM disk (brd) as the reference for the checks that need O_DIRECT
+KM=$(ls -d "$W"/kimg-*/lib/modules/* 2>/dev/null | head -1 || true)
+if [ -n "$KM" ] && [ -f "$KM/kernel/fs/ext4/ext4.ko" ]; then
+  for m in crypto/crc32c_generic lib/crc16 fs/mbcache fs/jbd2/jbd2 fs/ext4/ext4 drivers/block/brd; do
+    ZUFS_GUEST_FILES="$ZUFS_GUEST_FILES $KM/kernel/$m.ko:/lib/zufs/kmod/$(basename "$m").ko"
+  done
+  # not /bin/mke2fs: that is a link to busybox, which the copy would overwrite
+  ZUFS_GUEST_FILES="$ZUFS_GUEST_FILES $(command -v mke2fs):/lib/zufs/bin/mke2fs"
+fi
 for b in setfacl getfacl; do
   command -v $b >/dev/null && ZUFS_GUEST_FILES="$ZUFS_GUEST_FILES $(command -v $b)"
 done

@@ -74,14 +74,16 @@ fresh() {
 	chmod 0777 "$1/$2"
 }
 
-# CHECK TAG [ARGS...]: the check on tmpfs and on the mount, outputs compared
+# CHECK TAG [ARGS...]: the check on the reference ($REF: tmpfs, or ext4
+# where the check needs O_DIRECT, which 6.1's tmpfs refuses) and on the
+# mount, outputs compared
 same() {
 	c=$1
 	tag=$2
 	shift 2
-	fresh $T "$tag"
+	fresh $REF "$tag"
 	fresh $M "$tag"
-	python3 -S $SEM "$c" "$T/$tag" "$@" >/tmp/px-$tag.tmpfs 2>&1
+	python3 -S $SEM "$c" "$REF/$tag" "$@" >/tmp/px-$tag.tmpfs 2>&1
 	rt=$?
 	python3 -S $SEM "$c" "$M/$tag" "$@" >/tmp/px-$tag.zufs 2>&1
 	rz=$?
@@ -103,6 +105,21 @@ has() {  # TAG LINE: the mount's output of check TAG has LINE
 mount -t tmpfs -o size=256M px-tmpfs $T
 check px_mount_transport_kernel mnt
 
+# ext4 on a RAM disk: the reference with O_DIRECT (packed by zusd-guest-test.sh)
+E=/mnt/px-ext4
+mkdir -p $E
+for m in crc32c_generic crc16 mbcache jbd2 ext4; do
+	[ -f /lib/zufs/kmod/$m.ko ] && insmod /lib/zufs/kmod/$m.ko 2>/dev/null
+done
+[ -f /lib/zufs/kmod/brd.ko ] && insmod /lib/zufs/kmod/brd.ko rd_nr=1 rd_size=131072 2>/dev/null
+if [ -b /dev/ram0 ] && /lib/zufs/bin/mke2fs -q -F -t ext4 /dev/ram0 >/dev/null 2>&1 &&
+	mount -t ext4 -o acl,user_xattr /dev/ram0 $E; then
+	echo "GUEST: px reference for O_DIRECT checks: ext4 on /dev/ram0"
+	REF=$E
+else
+	echo "TEST px_ext4_reference ... FAILED: no ext4 on a RAM disk (brd, ext4, mke2fs packed?)"
+	REF=$T
+fi
 same setid setid
 check px_setid_user_truncate_clears_suid has setid "user truncate on 4777: ok -> 0o777"
 check px_setid_chmod_outside_group has setid "chmod 2755 by owner outside the group: ok 0o755"
@@ -126,6 +143,7 @@ fi
 check px_xattrs_1000 has xattrs "set 1000: ['ok']"
 same mmap_odirect mmap_odirect
 check px_mmap_odirect_shared has mmap_odirect "shared mmap of an O_DIRECT fd: ok"
+REF=$T
 same devices devices
 check px_device_null_node has devices "write to null node: ok"
 same copy_file_range copy_file_range
@@ -135,13 +153,13 @@ check px_acl_enforced has acl "user read denied by ACL entry: EACCES"
 check px_acl_inherited sh -c "grep -q \"^inherited d/f 0o664 \\['system.posix_acl_access'\\]\" /tmp/px-acl.zufs"
 
 # file handles: saved, unmount and mount, opened again, stale once removed
-same handles_save handles
-check px_handle_opens has handles "open_by_handle_at d/f b'by handle'"
-cp $T/handles /tmp/px-handles.tmpfs-saved
+# (the check keeps the handles in ../handles, next to its directory hs)
+same handles_save hs
+check px_handle_opens has hs "open_by_handle_at d/f b'by handle'"
 check px_handles_umount umnt
 check px_handles_mount mnt
-python3 -S $SEM handles_reopen $T/handles >/tmp/px-hr.tmpfs 2>&1
-python3 -S $SEM handles_reopen $M/handles >/tmp/px-hr.zufs 2>&1
+python3 -S $SEM handles_reopen $T/hs >/tmp/px-hr.tmpfs 2>&1
+python3 -S $SEM handles_reopen $M/hs >/tmp/px-hr.zufs 2>&1
 diff /tmp/px-hr.tmpfs /tmp/px-hr.zufs | sed 's/^/GUEST: px handles_reopen: /'
 check px_handles_after_remount_match_tmpfs cmp -s /tmp/px-hr.tmpfs /tmp/px-hr.zufs
 check px_handle_after_remount has hr "after remount, open_by_handle_at d/f b'by handle'"
@@ -178,6 +196,7 @@ check px_remount_rw_writes touch $M/rw-file
 
 check px_umount umnt
 umount $T
+umount $E 2>/dev/null
 kill -TERM $ZPID 2>/dev/null
 wait $ZPID 2>/dev/null
 check px_fsck sh -c "zufs fsck -t pmemfs $DEV >/tmp/px-fsck.log 2>&1 || { cat /tmp/px-fsck.log; false; }"
