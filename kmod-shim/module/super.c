@@ -1770,6 +1770,8 @@ static const struct address_space_operations zufs_file_aops = {
 	.read_folio	= zufs_read_folio,
 	.writepage	= zufs_writepage,
 	.dirty_folio	= filemap_dirty_folio,
+	/* O_DIRECT opens: read and write never use the page cache anyway */
+	.direct_IO	= noop_direct_IO,
 };
 
 /* SEEK_END and friends see the size other clients left */
