@@ -80,6 +80,16 @@ struct zufs_inode {
 	/* allocated with the inode, so that eviction never allocates */
 	struct zufs_forget *forget;
 	struct zufs_dax_inode dax;	/* dax.c */
+	/*
+	 * zusd's kernel-cache mark (ZUS_OP_KERNEL_CACHE): set at the first
+	 * mmap of the inode (its pages are then in the page cache, or its
+	 * pmem in page tables), taken back when its last open file goes. While
+	 * it is set, zusd sends fast-path clients (the preload library)
+	 * through the kernel for this inode.
+	 */
+	struct mutex kc_lock;
+	unsigned int kc_open;	/* files open through zufs_open() */
+	bool kc_marked;
 	/* files with a shared writable map (window mounts): writeback's fh */
 	spinlock_t wb_lock;
 	struct list_head wb_files;
@@ -415,6 +425,8 @@ static struct inode *zufs_alloc_inode(struct super_block *sb)
 	atomic64_set(&zi->nlookup, 0);
 	zi->attr_expire = get_jiffies_64() - 1;
 	zufs_dax_inode_init(&zi->dax);
+	zi->kc_open = 0;
+	zi->kc_marked = false;
 	spin_lock_init(&zi->wb_lock);
 	INIT_LIST_HEAD(&zi->wb_files);
 	return &zi->vfs;
@@ -428,7 +440,10 @@ static void zufs_free_inode(struct inode *inode)
 
 static void zufs_inode_init_once(void *p)
 {
-	inode_init_once(&((struct zufs_inode *)p)->vfs);
+	struct zufs_inode *zi = p;
+
+	inode_init_once(&zi->vfs);
+	mutex_init(&zi->kc_lock);
 }
 
 static int zufs_getattr(struct user_namespace *mnt_userns,
@@ -1036,7 +1051,41 @@ static int zufs_open(struct inode *inode, struct file *file)
 	if (ret < 0)
 		return ret;
 	file->private_data = (void *)(uintptr_t)rep.fh;
+	mutex_lock(&ZUFS_I(inode)->kc_lock);
+	ZUFS_I(inode)->kc_open++;
+	mutex_unlock(&ZUFS_I(inode)->kc_lock);
 	return 0;
+}
+
+static int zufs_kcache_send(struct inode *inode, bool on)
+{
+	struct zus_kernel_cache_req r = { .ino = inode->i_ino, .on = on };
+	s64 ret = zufs_simple(ZUFS_SB(inode->i_sb)->mount_id,
+			      ZUS_OP_KERNEL_CACHE, &r, sizeof(r), NULL, 0, 0);
+
+	return ret < 0 ? ret : 0;
+}
+
+/*
+ * Before the first mapping of @inode: mark it at zusd, which then waits
+ * for the fast-path ops in flight on it and refuses later ones
+ * (ZUS_EUSEKERNEL), so no fast-path truncate frees blocks the kernel maps
+ * and no fast-path write misses the page cache. Held until the inode's
+ * last open file goes (every mapping holds one). Called with mmap_lock
+ * held: zusd's answer does not depend on this process's memory.
+ */
+static int zufs_kcache_mark(struct inode *inode)
+{
+	struct zufs_inode *zi = ZUFS_I(inode);
+	int err = 0;
+
+	mutex_lock(&zi->kc_lock);
+	if (!zi->kc_marked) {
+		err = zufs_kcache_send(inode, true);
+		zi->kc_marked = !err;
+	}
+	mutex_unlock(&zi->kc_lock);
+	return err;
 }
 
 static int zufs_release(struct inode *inode, struct file *file)
@@ -1045,9 +1094,19 @@ static int zufs_release(struct inode *inode, struct file *file)
 		.ino = inode->i_ino,
 		.fh = (uintptr_t)file->private_data,
 	};
+	struct zufs_inode *zi = ZUFS_I(inode);
 
+	/* dirty pages of shared maps go while this fh can carry them */
 	zufs_wb_del(file);
-
+	mutex_lock(&zi->kc_lock);
+	if (zi->kc_open && !--zi->kc_open && zi->kc_marked) {
+		/* no file, so no mapping: the page cache goes, then the mark */
+		if (!IS_DAX(inode))
+			invalidate_mapping_pages(inode->i_mapping, 0, -1);
+		zufs_kcache_send(inode, false);
+		zi->kc_marked = false;
+	}
+	mutex_unlock(&zi->kc_lock);
 	zufs_simple(ZUFS_SB(inode->i_sb)->mount_id, ZUS_OP_RELEASE, &r,
 		    sizeof(r), NULL, 0, 0);
 	return 0;
@@ -1811,8 +1870,10 @@ int zufs_inode_revalidate(struct inode *inode, bool force)
 
 static int zufs_file_mmap(struct file *file, struct vm_area_struct *vma)
 {
-	int err;
+	int err = zufs_kcache_mark(file_inode(file));
 
+	if (err)
+		return err;
 	if (IS_DAX(file_inode(file)))
 		return zufs_dax_mmap(file, vma);
 	if (vma->vm_flags & VM_SYNC)

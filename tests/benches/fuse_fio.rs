@@ -20,7 +20,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use zufs_tests::{TempDir, Zusd, artifact, plugin_dir};
+use zufs_tests::TempDir;
+use zufs_tests::bench::{ZufsSetup, have, is_root, run, umount};
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Cell {
@@ -70,46 +71,13 @@ fn fio(dir: &Path, jobs: usize, runtime: u64, direct: bool) -> Cell {
     }
 }
 
-fn run(cmd: &mut Command) -> bool {
-    cmd.stdin(Stdio::null()).status().is_ok_and(|s| s.success())
-}
-
-fn umount(p: &Path) {
-    let _ = Command::new("umount").arg(p).status();
-    if is_mounted(p) {
-        let _ = Command::new("umount").arg("-l").arg(p).status();
-    }
-}
-
-fn is_mounted(p: &Path) -> bool {
-    let want = p.display().to_string();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
-}
-
-fn have(prog: &str) -> bool {
-    Command::new("bash").arg("-c").arg(format!("command -v {prog}")).output().is_ok_and(|o| o.status.success())
-}
-
 fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned()))
-        .unwrap_or_default();
-    let kernel = Command::new("uname")
-        .arg("-r")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
     let fio = Command::new("fio")
         .arg("--version")
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
-    format!("{} CPU(s) ({cpu}), kernel {kernel}, {fio}", zufs_tests::online_cpus())
+    format!("{}, {fio}", zufs_tests::bench::machine())
 }
 
 struct Target {
@@ -124,10 +92,7 @@ fn main() {
         println!("fuse_fio: bench");
         return;
     }
-    #[allow(unsafe_code)]
-    // SAFETY: geteuid cannot fail.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root || !Path::new("/dev/fuse").exists() || !have("fio") {
+    if !is_root() || !Path::new("/dev/fuse").exists() || !have("fio") {
         eprintln!("SKIPPED: fuse_fio needs root, /dev/fuse and fio (tests/scripts/fuse-deps.sh installs fio)");
         return;
     }
@@ -190,34 +155,17 @@ fn main() {
     if pmemfs_built {
         plugins.push("pmemfs");
     }
-    let pd = plugin_dir(&dir.0, &plugins);
-    let zusd = Zusd::start(&dir.0, &pd, &[]);
-    let zufs = |args: &[&str]| {
-        let ok = run(Command::new(artifact("zufs"))
-            .arg("--socket")
-            .arg(&zusd.socket)
-            .arg("--plugins")
-            .arg(&pd)
-            .env("ZUFS_RUN_DIR", dir.0.join("run"))
-            .args(args));
-        assert!(ok, "zufs {args:?} failed");
-    };
-    let mut zmounts: Vec<PathBuf> = Vec::new();
+    let mut zufs = ZufsSetup::start(&zufs_tests::target_dir(), &dir.0.join("zufs"), &plugins)
+        .expect("the nullfs plugin (cargo build --workspace --release)");
     if want("nullfs") {
         let mnt = dir.0.join("nullfs");
-        std::fs::create_dir_all(&mnt).expect("mkdir");
-        zufs(&["mount", "-t", "nullfs", "-o", &extra_opts, "none", &mnt.display().to_string()]);
-        zmounts.push(mnt.clone());
+        assert!(zufs.mount("nullfs", &extra_opts, "none", &mnt), "zufs mount nullfs");
         targets.push(Target { name: "nullfs via zufs bridge".into(), dir: mnt, direct: true });
     }
-    let shm_dev = PathBuf::from(format!("/dev/shm/zufs-bench-{}.img", std::process::id()));
     if want("pmemfs") && pmemfs_built {
         let mnt = dir.0.join("pmemfs");
-        std::fs::create_dir_all(&mnt).expect("mkdir");
-        let _ = std::fs::remove_file(&shm_dev);
-        zufs(&["mkfs", "-t", "pmemfs", "--size", "1G", &shm_dev.display().to_string()]);
-        zufs(&["mount", "-t", "pmemfs", "-o", &extra_opts, &shm_dev.display().to_string(), &mnt.display().to_string()]);
-        zmounts.push(mnt.clone());
+        let dev = zufs.pmemfs_device("bench", "1G");
+        assert!(zufs.mount("pmemfs", &extra_opts, &dev, &mnt), "zufs mount pmemfs");
         targets.push(Target { name: "pmemfs via zufs bridge".into(), dir: mnt, direct: true });
     }
 
@@ -276,11 +224,7 @@ fn main() {
         let _ = std::fs::write(p, &md);
     }
 
-    for m in zmounts {
-        zufs(&["umount", &m.display().to_string()]);
-    }
-    drop(zusd);
-    let _ = std::fs::remove_file(&shm_dev);
+    drop(zufs);
     for m in mounts.iter().rev() {
         umount(m);
     }

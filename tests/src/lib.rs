@@ -100,10 +100,22 @@ impl Zusd {
     /// When it does not come up within 10 s.
     #[must_use]
     pub fn start(dir: &Path, plugins_dir: &Path, extra: &[&str]) -> Self {
+        Self::start_from(&target_dir(), dir, plugins_dir, extra)
+    }
+
+    /// As [`Zusd::start`], with the `zusd` binary of `bin` (another build, e.g. the code before
+    /// a change, for a benchmark that compares them).
+    ///
+    /// # Panics
+    /// When it does not come up within 10 s.
+    #[must_use]
+    pub fn start_from(bin: &Path, dir: &Path, plugins_dir: &Path, extra: &[&str]) -> Self {
         let socket = dir.join("zusd.sock");
         let log = dir.join("zusd.log");
         let logf = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(artifact("zusd"))
+        let exe = bin.join("zusd");
+        assert!(exe.exists(), "{} is missing", exe.display());
+        let child = Command::new(exe)
             .arg("--plugins")
             .arg(plugins_dir)
             .arg("--socket")
@@ -271,4 +283,199 @@ pub fn fuse_unavailable() -> Option<String> {
         return Some("/dev/fuse cannot be opened".into());
     }
     None
+}
+
+/// What the FUSE benchmarks (`benches/fuse_fio.rs`, `benches/fuse_meta.rs`) share: commands,
+/// mounts, the machine's description, and a zusd with `zufs mount`s that are all undone on drop.
+pub mod bench {
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+    use std::process::{Command, Stdio};
+
+    use super::Zusd;
+
+    /// Runs a command (stdin from /dev/null); whether it succeeded.
+    pub fn run(cmd: &mut Command) -> bool {
+        cmd.stdin(Stdio::null()).status().is_ok_and(|s| s.success())
+    }
+
+    /// Whether `prog` is on the PATH.
+    #[must_use]
+    pub fn have(prog: &str) -> bool {
+        Command::new("bash").arg("-c").arg(format!("command -v {prog}")).output().is_ok_and(|o| o.status.success())
+    }
+
+    /// Whether `p` is a mount point.
+    #[must_use]
+    pub fn is_mounted(p: &Path) -> bool {
+        let want = p.display().to_string();
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+    }
+
+    /// Unmounts `p` (lazily when busy).
+    pub fn umount(p: &Path) {
+        let _ = Command::new("umount").arg(p).status();
+        if is_mounted(p) {
+            let _ = Command::new("umount").arg("-l").arg(p).status();
+        }
+    }
+
+    /// Whether we run as root.
+    #[must_use]
+    #[allow(unsafe_code)]
+    pub fn is_root() -> bool {
+        // SAFETY: geteuid has no preconditions.
+        unsafe { libc::geteuid() == 0 }
+    }
+
+    /// CPUs, CPU model, kernel and the load average now.
+    #[must_use]
+    pub fn machine() -> String {
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned()))
+            .unwrap_or_default();
+        let kernel = Command::new("uname")
+            .arg("-r")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default();
+        format!("{} CPU(s) ({cpu}), kernel {kernel}, load average {}", super::online_cpus(), load_average())
+    }
+
+    /// The 1, 5 and 15 minute load averages.
+    #[must_use]
+    pub fn load_average() -> String {
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// A zusd started from the binaries in `bin` (this build's, or another's), its plugins, and
+    /// the `zufs mount`s made through it; everything is unmounted, stopped and removed on drop.
+    #[derive(Debug)]
+    pub struct ZufsSetup {
+        /// The binaries' directory.
+        pub bin: PathBuf,
+        /// The plugin directory zusd and `zufs` use.
+        pub plugins: PathBuf,
+        /// Scratch directory (socket, logs, mount records).
+        pub dir: PathBuf,
+        /// The daemon.
+        pub zusd: Zusd,
+        mounts: Vec<PathBuf>,
+        devs: Vec<PathBuf>,
+    }
+
+    impl ZufsSetup {
+        /// Starts zusd from `bin` in `dir` (created) with the named plugins, found in `bin` or
+        /// `bin/plugins`. None when a plugin is missing.
+        #[must_use]
+        pub fn start(bin: &Path, dir: &Path, plugins: &[&str]) -> Option<Self> {
+            let pd = dir.join("plugins");
+            std::fs::create_dir_all(&pd).ok()?;
+            for p in plugins {
+                let file = format!("lib{p}.so");
+                let src = [bin.join(&file), bin.join("plugins").join(&file)].into_iter().find(|f| f.exists())?;
+                std::fs::copy(src, pd.join(&file)).ok()?;
+            }
+            let zusd = Zusd::start_from(bin, dir, &pd, &[]);
+            Some(Self {
+                bin: bin.to_path_buf(),
+                plugins: pd,
+                dir: dir.to_path_buf(),
+                zusd,
+                mounts: Vec::new(),
+                devs: Vec::new(),
+            })
+        }
+
+        /// A `zufs` command of this setup (socket, plugins, run directory).
+        #[must_use]
+        pub fn zufs_cmd(&self) -> Command {
+            let mut c = Command::new(self.bin.join("zufs"));
+            c.arg("--socket")
+                .arg(&self.zusd.socket)
+                .arg("--plugins")
+                .arg(&self.plugins)
+                .env("ZUFS_RUN_DIR", self.dir.join("run"));
+            c
+        }
+
+        /// Runs `zufs ARGS`; whether it succeeded.
+        pub fn zufs(&self, args: &[&str]) -> bool {
+            run(self.zufs_cmd().args(args))
+        }
+
+        /// `zufs mount -t FS -o OPTS DEV MNT` (MNT created); unmounted on drop.
+        pub fn mount(&mut self, fs: &str, opts: &str, dev: &str, mnt: &Path) -> bool {
+            let _ = std::fs::create_dir_all(mnt);
+            let m = mnt.display().to_string();
+            let ok = if opts.is_empty() {
+                self.zufs(&["mount", "-t", fs, dev, &m])
+            } else {
+                self.zufs(&["mount", "-t", fs, "-o", opts, dev, &m])
+            };
+            if ok {
+                self.mounts.push(mnt.to_path_buf());
+            }
+            ok
+        }
+
+        /// A fresh pmemfs device of `size` in /dev/shm named after `tag` (removed on drop).
+        ///
+        /// # Panics
+        /// When mkfs fails.
+        #[must_use]
+        pub fn pmemfs_device(&mut self, tag: &str, size: &str) -> String {
+            let dev = PathBuf::from(format!("/dev/shm/zufs-{tag}-{}.img", std::process::id()));
+            let _ = std::fs::remove_file(&dev);
+            let d = dev.display().to_string();
+            assert!(self.zufs(&["mkfs", "-t", "pmemfs", "--size", size, &d]), "zufs mkfs {d}");
+            self.devs.push(dev);
+            d
+        }
+
+        /// The kernel requests the bridge of the mount at `mnt` served, per FUSE opcode (from
+        /// `zufs status --json`; empty for a build that does not count them).
+        #[must_use]
+        pub fn fuse_requests(&self, mnt: &Path) -> BTreeMap<String, u64> {
+            let Ok(o) = self.zufs_cmd().args(["status", "--json"]).stdin(Stdio::null()).output() else {
+                return BTreeMap::new();
+            };
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&o.stdout) else { return BTreeMap::new() };
+            let want = mnt.display().to_string();
+            v["mounts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|m| m["mountpoint"].as_str() == Some(want.as_str()))
+                .and_then(|m| m["fuse_requests"].as_object())
+                .map(|o| o.iter().filter_map(|(k, v)| Some((k.clone(), v.as_u64()?))).collect())
+                .unwrap_or_default()
+        }
+    }
+
+    impl Drop for ZufsSetup {
+        fn drop(&mut self) {
+            for m in std::mem::take(&mut self.mounts).into_iter().rev() {
+                let s = m.display().to_string();
+                if !self.zufs(&["umount", &s]) {
+                    umount(&m);
+                }
+            }
+            self.zusd.signal(libc::SIGTERM);
+            let _ = self.zusd.wait_exit(std::time::Duration::from_secs(5));
+            for d in self.devs.drain(..) {
+                let _ = std::fs::remove_file(d);
+            }
+        }
+    }
 }

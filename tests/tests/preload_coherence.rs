@@ -571,6 +571,26 @@ fn wait_for_fast_path(d: &mut Driver, fd: i64, ctx: &str) {
     }
 }
 
+/// Opens `p` (read-write) in the driver until a read through the new fd is served by the fast
+/// path, and returns that fd. The bridge unmarks an inode on its own thread after the last
+/// kernel user of its page cache goes; a read through the kernel between its dropping the pages
+/// and unmarking fills them again through the new file, which then keeps the inode marked until
+/// it is closed (correctly: the kernel caches pages again), so the file is opened again.
+fn reopen_until_fast(d: &mut Driver, p: &str, ctx: &str) -> i64 {
+    let t0 = std::time::Instant::now();
+    loop {
+        let fd = d.num(&format!("open {p} rw"));
+        let before = live_stat(d, "kernel_cached");
+        d.ok(&format!("pread {fd} 0 1"));
+        if live_stat(d, "kernel_cached") == before {
+            return fd;
+        }
+        d.ok(&format!("close {fd}"));
+        assert!(t0.elapsed() < Duration::from_secs(5), "{ctx}: the fast path never came back");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Pages the kernel caches (a shared mmap through the mount, or a page-cache open) see
 /// fast-path writes at once, and the fast path sees what was written through them: while the
 /// kernel holds pages of a file, the library serves that file through the kernel; once the
@@ -584,8 +604,7 @@ fn kernel_page_cache_coherence(mode: &str, opts: &str) {
     let mut shadow = pattern(1, LEN, 0);
     std::fs::write(&path, &shadow).unwrap();
     let mut d = Driver::start(&f, mode);
-    let fd = d.num(&format!("open {p} rw"));
-    wait_for_fast_path(&mut d, fd, "before the mapping");
+    let fd = reopen_until_fast(&mut d, &p, "before the mapping");
     let fast_before = live_stat(&mut d, "served");
     // Map and touch every page: the kernel now caches the file.
     let map = kernel_map(&path, LEN);
@@ -613,8 +632,7 @@ fn kernel_page_cache_coherence(mode: &str, opts: &str) {
     // its handle may hold pages too): the fast path serves the file again, the kernel sees it.
     drop(map);
     d.ok(&format!("close {fd}"));
-    let fd = d.num(&format!("open {p} rw"));
-    wait_for_fast_path(&mut d, fd, "after munmap");
+    let fd = reopen_until_fast(&mut d, &p, "after munmap");
     assert_eq!(d.num(&format!("pwrite {fd} 100 200 5")), 200);
     shadow[100..300].copy_from_slice(&pattern(5, 200, 0));
     assert!(live_stat(&mut d, "served") > fast_before, "nothing served by the fast path");
@@ -650,8 +668,7 @@ fn page_cache_reader_sees_fast_path_writes(mode: &str) {
     }
     drop(k);
     d.ok(&format!("close {fd}"));
-    let fd = d.num(&format!("open {p} rw"));
-    wait_for_fast_path(&mut d, fd, "after the cached reader closed");
+    let fd = reopen_until_fast(&mut d, &p, "after the cached reader closed");
     assert_eq!(d.num(&format!("pwrite {fd} 0 4000 40")), 4000);
     shadow[..4000].copy_from_slice(&pattern(40, 4000, 0));
     same(&std::fs::read(&path).unwrap(), &shadow, "a new reader after the fast path came back");
@@ -993,20 +1010,17 @@ fn kernel_calls_see_fast_path_size(mode: &str, transport: &str) {
         "own copy_file_range data",
     );
     d.ok(&format!("close {fd}"));
-    let fd = d.num(&format!("open {gp} rw"));
-    wait_for_fast_path(&mut d, fd, "after own copy_file_range");
+    let fd = reopen_until_fast(&mut d, &gp, "after own copy_file_range");
     fast_grow(&mut d, fd, &mut shadow, 8, 30_000);
     let tail = shadow.len() - 50_000;
     check(&mut bad, &unhex(&d.ok(&format!("sendfile {fd} {tail} 60000"))), &shadow[tail..], "own sendfile");
     d.ok(&format!("close {fd}"));
-    let fd = d.num(&format!("open {gp} rw"));
-    wait_for_fast_path(&mut d, fd, "after own sendfile");
+    let fd = reopen_until_fast(&mut d, &gp, "after own sendfile");
     fast_grow(&mut d, fd, &mut shadow, 9, 30_000);
     let tail = shadow.len() - 50_000;
     check(&mut bad, &unhex(&d.ok(&format!("splice {fd} {tail} 60000"))), &shadow[tail..], "own splice");
     d.ok(&format!("close {fd}"));
-    let fd = d.num(&format!("open {gp} rw"));
-    wait_for_fast_path(&mut d, fd, "after own splice");
+    let fd = reopen_until_fast(&mut d, &gp, "after own splice");
     // Last: a mapping past the kernel's size kills the driver (SIGBUS), so what failed so far
     // is printed first.
     if !bad.is_empty() {
@@ -1081,6 +1095,44 @@ fn test_stat_sees_fast_path_change_after_kernel_create_classic() {
 fn test_stat_sees_fast_path_change_after_kernel_create_uring() {
     skip_unless_ready!("python3");
     stat_sees_fast_path_change_after_create("uring");
+}
+
+/// The mount's attribute cache holds for its timeout (a minute by default) only for files no
+/// fast-path client writes: a writable file the library attaches gets its cached attributes
+/// dropped and no attribute lifetime until it is closed, so stat from another process sees a
+/// fast-path overwrite's mtime at once (the size does not move: the library's GETATTR after a
+/// size change does not run).
+fn stat_sees_fast_path_mtime(transport: &str) {
+    let Some(opts) = on_transport("direct_io", transport) else { return };
+    let f = Fixture::new(&format!("preload-mtime-{transport}"), "64M", &opts);
+    let path = f.path("t");
+    std::fs::write(&path, vec![7u8; 8192]).unwrap();
+    let m0 = std::fs::metadata(&path).unwrap().modified().unwrap();
+    // Cached now (the lookup's and the stat's replies).
+    assert_eq!(std::fs::metadata(&path).unwrap().modified().unwrap(), m0);
+    std::thread::sleep(Duration::from_millis(30));
+    let mut d = Driver::start(&f, "channel");
+    let fd = d.num(&format!("open {} rw", path.display()));
+    for i in 0..3u64 {
+        assert_eq!(d.num(&format!("pwrite {fd} 0 4096 {}", 30 + i)), 4096);
+        let m = std::fs::metadata(&path).unwrap();
+        assert_eq!(m.len(), 8192);
+        assert!(m.modified().unwrap() > m0, "stat after fast-path overwrite {i} shows the old mtime ({transport})");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_fast_path_used(&d.finish(), "channel");
+}
+
+#[test]
+fn test_stat_sees_fast_path_mtime_with_attribute_cache_classic() {
+    skip_unless_ready!("python3");
+    stat_sees_fast_path_mtime("classic");
+}
+
+#[test]
+fn test_stat_sees_fast_path_mtime_with_attribute_cache_uring() {
+    skip_unless_ready!("python3");
+    stat_sees_fast_path_mtime("uring");
 }
 
 /// With the kernel's attribute cache on (attr_timeout of 1 s, the default), stat from another

@@ -72,6 +72,22 @@ pub struct MountOptions {
     pub transport: TransportChoice,
     /// Who runs the ops (`-o serve=`).
     pub serve: ServeChoice,
+    /// `-o dax=`: file data through kernel DAX (`transport=kernel` only).
+    pub dax: DaxChoice,
+}
+
+/// `-o dax[=auto|always|never]`, `-o nodax`: whether a `transport=kernel` mount passes the
+/// device to the module as `dax=DEVICE` (file data copied straight between user memory and
+/// pmem by the kernel, mappings of pmem itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DaxChoice {
+    /// DAX when zusd's device is a DAX-capable block device (`/dev/pmem0`), else the windows.
+    #[default]
+    Auto,
+    /// DAX, or the mount fails (`-o dax`, `-o dax=always`).
+    Always,
+    /// Never: data through the slot windows (`-o dax=never`, `-o nodax`).
+    Never,
 }
 
 /// `-o serve=`: who runs each op.
@@ -101,6 +117,9 @@ pub enum TransportChoice {
     Kernel,
 }
 
+/// Default `attr_timeout` and `entry_timeout` of a FUSE mount (issue 17).
+pub const FUSE_CACHE_TIMEOUT: Duration = Duration::from_secs(60);
+
 fn secs(v: &str, name: &str) -> Result<Duration> {
     let f: f64 = v.parse().with_context(|| format!("mount option {name}={v}: not a number of seconds"))?;
     if !(0.0..=86400.0).contains(&f) {
@@ -125,11 +144,19 @@ pub fn parse_mount_options(opts: &str, fsname: &str) -> Result<MountOptions> {
         _ => TransportChoice::Auto,
     };
     let mut serve = ServeChoice::Channel;
+    let mut dax = None;
+    let (mut attr_set, mut entry_set) = (false, false);
     for o in opts.split(',').map(str::trim).filter(|o| !o.is_empty()) {
         let (k, v) = o.split_once('=').map_or((o, None), |(k, v)| (k, Some(v)));
         match (k, v) {
-            ("attr_timeout", Some(v)) => f.attr_timeout = secs(v, k)?,
-            ("entry_timeout", Some(v)) => f.entry_timeout = secs(v, k)?,
+            ("attr_timeout", Some(v)) => {
+                f.attr_timeout = secs(v, k)?;
+                attr_set = true;
+            }
+            ("entry_timeout", Some(v)) => {
+                f.entry_timeout = secs(v, k)?;
+                entry_set = true;
+            }
             ("allow_other", None) => f.allow_other = true,
             ("noallow_other", None) => f.allow_other = false,
             ("default_permissions", None) => f.default_permissions = true,
@@ -155,6 +182,9 @@ pub fn parse_mount_options(opts: &str, fsname: &str) -> Result<MountOptions> {
             ("transport", Some("kernel")) => transport = TransportChoice::Kernel,
             ("serve", Some("channel")) => serve = ServeChoice::Channel,
             ("serve", Some("inline")) => serve = ServeChoice::Inline,
+            ("dax", None | Some("always")) => dax = Some(DaxChoice::Always),
+            ("dax", Some("auto")) => dax = Some(DaxChoice::Auto),
+            ("dax", Some("never")) | ("nodax", None) => dax = Some(DaxChoice::Never),
             ("ro", None) => {
                 f.read_only = true;
                 server.push(o.to_owned());
@@ -168,13 +198,31 @@ pub fn parse_mount_options(opts: &str, fsname: &str) -> Result<MountOptions> {
                 server.push(o.to_owned());
             }
             ("async", None) => f.sync = false,
-            ("attr_timeout" | "entry_timeout" | "threads" | "data" | "fsname" | "transport" | "serve", _) => {
+            (
+                "attr_timeout" | "entry_timeout" | "threads" | "data" | "fsname" | "transport" | "serve" | "dax"
+                | "nodax",
+                _,
+            ) => {
                 bail!("mount option {o:?}: bad value")
             }
             _ => server.push(o.to_owned()),
         }
     }
-    Ok(MountOptions { fuse: f, server: server.join(","), data_path, transport, serve })
+    if dax.is_some() && transport != TransportChoice::Kernel {
+        bail!("mount option dax/nodax: only with transport=kernel (the FUSE bridge has no DAX)");
+    }
+    if transport != TransportChoice::Kernel {
+        // The FUSE bridge's defaults: nothing but the kernel changes names, and attributes only
+        // the kernel and the preload fast path, whose files the bridge gives no attribute
+        // lifetime (`Bridge::attr_ttl`). The kernel module keeps FuseOptions' 1 s.
+        if !attr_set {
+            f.attr_timeout = FUSE_CACHE_TIMEOUT;
+        }
+        if !entry_set {
+            f.entry_timeout = FUSE_CACHE_TIMEOUT;
+        }
+    }
+    Ok(MountOptions { fuse: f, server: server.join(","), data_path, transport, serve, dax: dax.unwrap_or_default() })
 }
 
 /// One mount as `zufs` records it (in `<run dir>/mounts/`).
@@ -220,7 +268,22 @@ pub(crate) fn write_record(env: &Env, rec: &MountRecord) {
 }
 
 pub(crate) fn remove_record(env: &Env, mountpoint: &str) {
-    let _ = std::fs::remove_file(record_path(env, mountpoint));
+    let p = record_path(env, mountpoint);
+    let _ = std::fs::remove_file(requests_path(&p));
+    let _ = std::fs::remove_file(p);
+}
+
+/// Where a bridge keeps its kernel request counts per FUSE opcode (beside its mount record).
+fn requests_path(record: &Path) -> PathBuf {
+    record.with_extension("requests.json")
+}
+
+/// A live bridge's kernel request counts per FUSE opcode.
+fn read_requests(env: &Env, mountpoint: &str) -> std::collections::BTreeMap<String, u64> {
+    std::fs::read_to_string(requests_path(&record_path(env, mountpoint)))
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or_default()
 }
 
 fn read_record(env: &Env, mountpoint: &str) -> Option<MountRecord> {
@@ -673,21 +736,35 @@ pub fn serve(env: &Env, a: &MountArgs, notify_stdout: bool) -> Result<()> {
             rec.transport
         );
         let mount_id = rec.mount_id;
-        if let Some(st) = ustate.clone() {
-            // Per-CPU counts for `zufs status`: the record is rewritten when they change.
+        {
+            // Per-CPU and per-opcode counts for `zufs status`: the record is rewritten when they
+            // change.
             let rpath = rpath.clone();
+            let st = ustate.clone();
+            let bridge = Arc::clone(&bridge);
             let _ = std::thread::Builder::new().name("zufs-stats".into()).spawn(move || {
-                let mut last = Vec::new();
+                let mut last = (Vec::new(), std::collections::BTreeMap::new());
                 loop {
                     std::thread::sleep(Duration::from_millis(100));
-                    let now = st.served_per_cpu();
+                    let now =
+                        (st.as_ref().map(|s| s.served_per_cpu()).unwrap_or_default(), bridge.stats.requests.snapshot());
                     if now == last {
                         continue;
                     }
                     if !rpath.exists() {
                         return;
                     }
-                    rec.served_per_cpu.clone_from(&now);
+                    if let Ok(s) = serde_json::to_string(&now.1) {
+                        let (tmp, to) = (requests_path(&rpath).with_extension("rtmp"), requests_path(&rpath));
+                        if std::fs::write(&tmp, s).is_ok() {
+                            let _ = std::fs::rename(&tmp, &to);
+                        }
+                    }
+                    if now.0 == last.0 {
+                        last = now;
+                        continue;
+                    }
+                    rec.served_per_cpu.clone_from(&now.0);
                     last = now;
                     if let Ok(s) = serde_json::to_string(&rec) {
                         let tmp = rpath.with_extension("tmp");
@@ -713,6 +790,7 @@ pub fn serve(env: &Env, a: &MountArgs, notify_stdout: bool) -> Result<()> {
     if let Err(e) = bridge.shutdown() {
         tracing::warn!("unmount at zusd: {e}");
     }
+    let _ = std::fs::remove_file(requests_path(&rpath));
     let _ = std::fs::remove_file(&rpath);
     match res {
         Ok(()) => {
@@ -798,8 +876,9 @@ pub fn status(env: &Env, json: bool) -> Result<()> {
             .map(|m| {
                 let (mp, pid, tr, served) =
                     mp_of(m).map_or((None, None, None, None), |(a, b, t, c)| (Some(a), Some(b), Some(t), Some(c)));
+                let reqs = mp.as_deref().map(|p| read_requests(env, p)).unwrap_or_default();
                 serde_json::json!({"mount": m, "mountpoint": mp, "bridge_pid": pid, "transport": tr,
-                    "served_per_cpu": served})
+                    "served_per_cpu": served, "fuse_requests": reqs})
             })
             .collect();
         println!("{}", serde_json::json!({"zusd": st, "mounts": mounts}));
@@ -835,6 +914,11 @@ pub fn status(env: &Env, json: bool) -> Result<()> {
             let per_cpu = served.iter().enumerate().map(|(c, n)| format!("cpu{c}={n}")).collect::<Vec<_>>().join(" ");
             println!("        transport {tr}{}{per_cpu}", if per_cpu.is_empty() { "" } else { "; served per CPU: " });
         }
+        let reqs = read_requests(env, &mp);
+        if !reqs.is_empty() {
+            let list = reqs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");
+            println!("        kernel requests: {list}");
+        }
     }
     println!("channels (per-CPU ZT lanes):");
     println!("  {:>4} {:>4} {:>14} {:>10}", "cpu", "node", "ops", "rejected");
@@ -862,6 +946,16 @@ mod tests {
         assert_eq!(m.data_path, DataPath::Window);
         assert!(parse_mount_options("attr_timeout=x", "x").is_err());
         assert!(parse_mount_options("threads=0", "x").is_err());
+    }
+
+    #[test]
+    fn test_fuse_mounts_cache_for_a_minute_by_default_and_the_module_for_a_second() {
+        let m = parse_mount_options("transport=classic", "x").unwrap();
+        assert_eq!((m.fuse.attr_timeout, m.fuse.entry_timeout), (FUSE_CACHE_TIMEOUT, FUSE_CACHE_TIMEOUT));
+        let m = parse_mount_options("transport=uring,attr_timeout=0", "x").unwrap();
+        assert_eq!((m.fuse.attr_timeout, m.fuse.entry_timeout), (Duration::ZERO, FUSE_CACHE_TIMEOUT));
+        let m = parse_mount_options("transport=kernel", "x").unwrap();
+        assert_eq!((m.fuse.attr_timeout, m.fuse.entry_timeout), (Duration::from_secs(1), Duration::from_secs(1)));
     }
 
     #[test]

@@ -4,13 +4,18 @@
 //! options the module's `fs_context` takes (`mount_id`, `root`, `attr_timeout_ms`,
 //! `entry_timeout_ms`). Every VFS op then reaches zusd's K-ZTs through `/dev/zufs`: no bridge
 //! process. `zufs umount` unmounts the kernel mount and then the zusd mount.
+//!
+//! DAX: when zusd's device is a DAX-capable block device (`/dev/pmem0`; zusd then maps it
+//! through the module, which holds it), the data also gets `dax=DEVICE`, and the kernel copies
+//! file data straight between user memory and pmem (`-o dax=never` or `nodax`: through the
+//! slot windows; `-o dax`: DAX or fail).
 
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use crate::cli::{Env, MountArgs, MountOptions, MountRecord};
+use crate::cli::{DaxChoice, Env, MountArgs, MountOptions, MountRecord};
 
 /// The module's misc device.
 pub const DEV_ZUFS: &str = "/dev/zufs";
@@ -30,6 +35,39 @@ pub fn mount_data(mount_id: u32, root: u64, attr_timeout: Duration, entry_timeou
         ms(attr_timeout),
         ms(entry_timeout)
     )
+}
+
+/// Whether `path` is a block device whose queue does DAX (`/sys/dev/block/M:m/queue/dax` is
+/// 1): the pmem the module can hold for zusd and mount with `dax=`. `Err` says why not.
+pub fn dax_capable(path: &str) -> std::result::Result<(), String> {
+    use std::os::unix::fs::FileTypeExt;
+    use std::os::unix::fs::MetadataExt;
+    if path.is_empty() {
+        return Err("no device".into());
+    }
+    let md = std::fs::metadata(path).map_err(|e| format!("{path}: {e}"))?;
+    if !md.file_type().is_block_device() {
+        return Err(format!("{path} is not a block device"));
+    }
+    let rdev = md.rdev();
+    let q = format!("/sys/dev/block/{}:{}/queue/dax", libc::major(rdev), libc::minor(rdev));
+    match std::fs::read_to_string(&q) {
+        Ok(v) if v.trim() == "1" => Ok(()),
+        Ok(_) => Err(format!("{path} does not do DAX ({q} is 0)")),
+        Err(e) => Err(format!("{path}: {q}: {e}")),
+    }
+}
+
+/// The module's mount data for `dax` on `device`: `Some(device)` to pass as `dax=`.
+///
+/// # Errors
+/// `dax=always` on a device that does no DAX.
+fn dax_device(dax: DaxChoice, device: &str) -> Result<Option<String>> {
+    match (dax, dax_capable(device)) {
+        (DaxChoice::Never, _) | (DaxChoice::Auto, Err(_)) => Ok(None),
+        (DaxChoice::Auto | DaxChoice::Always, Ok(())) => Ok(Some(device.to_owned())),
+        (DaxChoice::Always, Err(why)) => bail!("transport=kernel,dax: {why}"),
+    }
 }
 
 /// The module is loaded: `/dev/zufs` exists and the `zufs` type is registered.
@@ -104,7 +142,22 @@ pub fn mount(env: &Env, a: &MountArgs, mp: &Path, mo: &MountOptions) -> Result<u
     }
     let device = if a.device == "none" { String::new() } else { a.device.clone() };
     let info = r.mount(&a.fs_type, &device, &mo.server).with_context(|| format!("mount {}", a.fs_type))?;
-    let data = mount_data(info.mount_id, info.root, mo.fuse.attr_timeout, mo.fuse.entry_timeout);
+    let mut data = mount_data(info.mount_id, info.root, mo.fuse.attr_timeout, mo.fuse.entry_timeout);
+    let dax = match dax_device(mo.dax, &info.device) {
+        Ok(d) => d,
+        Err(e) => {
+            let _ = r.unmount(info.mount_id);
+            return Err(e);
+        }
+    };
+    if let Some(d) = &dax {
+        if d.contains(',') {
+            let _ = r.unmount(info.mount_id);
+            bail!("transport=kernel,dax: the device path {d:?} has a comma, which the mount data cannot carry");
+        }
+        data.push_str(",dax=");
+        data.push_str(d);
+    }
     let mut flags: libc::c_ulong = 0;
     if mo.fuse.read_only {
         flags |= libc::MS_RDONLY;
@@ -123,6 +176,10 @@ pub fn mount(env: &Env, a: &MountArgs, mp: &Path, mo: &MountOptions) -> Result<u
                 _ => format!("{e}: the module could not reach zusd (no session on {DEV_ZUFS}? see zusd's log)"),
             },
             Some(libc::EPERM) => format!("{e}: mounting through the kernel module needs root (CAP_SYS_ADMIN)"),
+            Some(libc::EINVAL) if dax.is_some() => format!(
+                "{e}: the module refused dax= (it holds the device only while zusd maps it through \
+                 /dev/zufs: see the kernel log; -o dax=never mounts without DAX)"
+            ),
             _ => e.to_string(),
         };
         bail!("mount -t {FS_TYPE} -o {data} {source} {}: {why}", mp.display());
@@ -140,11 +197,12 @@ pub fn mount(env: &Env, a: &MountArgs, mp: &Path, mo: &MountOptions) -> Result<u
     };
     crate::cli::write_record(env, &rec);
     tracing::info!(
-        "mounted {} ({}) on {} as zusd mount {} via the kernel module",
+        "mounted {} ({}) on {} as zusd mount {} via the kernel module{}",
         a.fs_type,
         source,
         mp.display(),
-        info.mount_id
+        info.mount_id,
+        if dax.is_some() { " with DAX" } else { "" }
     );
     Ok(info.mount_id)
 }
@@ -244,6 +302,38 @@ mod tests {
             mount_data(1, 1, m.fuse.attr_timeout, m.fuse.entry_timeout),
             "mount_id=1,root=1,attr_timeout_ms=0,entry_timeout_ms=1000"
         );
+    }
+
+    #[test]
+    fn test_dax_option_is_parsed_and_refused_off_the_kernel_transport() {
+        let p = |o: &str| crate::cli::parse_mount_options(o, "x").map(|m| m.dax);
+        assert_eq!(p("transport=kernel").unwrap(), DaxChoice::Auto);
+        assert_eq!(p("transport=kernel,dax").unwrap(), DaxChoice::Always);
+        assert_eq!(p("transport=kernel,dax=always").unwrap(), DaxChoice::Always);
+        assert_eq!(p("transport=kernel,dax=never").unwrap(), DaxChoice::Never);
+        assert_eq!(p("transport=kernel,nodax").unwrap(), DaxChoice::Never);
+        assert_eq!(p("transport=kernel,dax=auto").unwrap(), DaxChoice::Auto);
+        assert!(p("transport=kernel,dax=maybe").is_err());
+        assert!(p("transport=classic,dax").is_err());
+        assert!(p("nodax").is_err());
+        let m = crate::cli::parse_mount_options("transport=kernel,nodax,inodes=9", "x").unwrap();
+        assert_eq!(m.server, "inodes=9", "dax options are not the plugin's");
+    }
+
+    #[test]
+    fn test_dax_is_passed_only_for_a_dax_block_device() {
+        // A regular file, a missing path and a non-DAX device get no dax= (auto) and an error
+        // (always); never never asks.
+        let f = std::env::temp_dir().join(format!("zufs-kmount-dax-{}", std::process::id()));
+        std::fs::write(&f, b"x").unwrap();
+        let fs = f.display().to_string();
+        for dev in [fs.as_str(), "/no/such/device", "/dev/null", ""] {
+            assert_eq!(dax_device(DaxChoice::Auto, dev).unwrap(), None, "{dev}");
+            assert!(dax_device(DaxChoice::Always, dev).is_err(), "{dev}");
+            assert_eq!(dax_device(DaxChoice::Never, dev).unwrap(), None, "{dev}");
+        }
+        assert!(dax_capable(&fs).unwrap_err().contains("not a block device"));
+        std::fs::remove_file(&f).unwrap();
     }
 
     #[test]

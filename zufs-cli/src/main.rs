@@ -56,7 +56,9 @@ enum Cmd {
     /// (default on), direct_io, keep_cache, threads=N (default: one per CPU), pin|nopin (pin reader n to CPU n; default pin),
     /// transport=auto|uring|classic (default auto or $ZUFS_TRANSPORT: FUSE over io_uring where the kernel offers it), data=auto|remote|window (default auto: window up to 32 KiB, one-copy remote above),
     /// transport=kernel: no bridge, the zufs kernel module (/dev/zufs: `modprobe zufs`, zusd started after it) mounts zusd's mount
-    /// (ro, sync, attr_timeout and entry_timeout apply; the FUSE-only options are ignored),
+    /// (ro, sync, attr_timeout and entry_timeout apply; the FUSE-only options are ignored;
+    /// dax=auto|always|never, nodax: on a DAX block device such as /dev/pmem0 the kernel copies file data
+    /// straight to pmem and maps it, default auto = when the device does DAX),
     /// fsname=NAME; anything else goes to the plugin.
     Mount {
         /// Filesystem type.

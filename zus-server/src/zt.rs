@@ -316,6 +316,10 @@ pub fn serve_client(
         ctl.busy.store(true, Ordering::SeqCst);
         let out = dispatch::serve(snap, client, attached, &hdr, slot, scratch);
         if hdr.opcode == OpCode::KernelCache as u32 && out.result == 0 {
+            // This ZT serves no data op now, so another ZT setting a mark at the same time must
+            // not wait for it: two marks (the kernel module's, from two CPUs) would each wait
+            // for the other's `busy` forever.
+            ctl.busy.store(false, Ordering::SeqCst);
             // Before the reply: once a mark returns, no data op that missed it still runs.
             wait_for_other_zts(server, ctl);
         }

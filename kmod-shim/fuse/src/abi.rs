@@ -66,6 +66,55 @@ pub mod op {
     pub const LSEEK: u32 = 46;
     pub const COPY_FILE_RANGE: u32 = 47;
     pub const SYNCFS: u32 = 50;
+
+    /// The kernel's name of an opcode (`FUSE_` left off), or `OP<n>`.
+    #[must_use]
+    pub fn name(op: u32) -> String {
+        let n = match op {
+            LOOKUP => "LOOKUP",
+            FORGET => "FORGET",
+            GETATTR => "GETATTR",
+            SETATTR => "SETATTR",
+            READLINK => "READLINK",
+            SYMLINK => "SYMLINK",
+            MKNOD => "MKNOD",
+            MKDIR => "MKDIR",
+            UNLINK => "UNLINK",
+            RMDIR => "RMDIR",
+            RENAME => "RENAME",
+            LINK => "LINK",
+            OPEN => "OPEN",
+            READ => "READ",
+            WRITE => "WRITE",
+            STATFS => "STATFS",
+            RELEASE => "RELEASE",
+            FSYNC => "FSYNC",
+            SETXATTR => "SETXATTR",
+            GETXATTR => "GETXATTR",
+            LISTXATTR => "LISTXATTR",
+            REMOVEXATTR => "REMOVEXATTR",
+            FLUSH => "FLUSH",
+            INIT => "INIT",
+            OPENDIR => "OPENDIR",
+            READDIR => "READDIR",
+            RELEASEDIR => "RELEASEDIR",
+            FSYNCDIR => "FSYNCDIR",
+            ACCESS => "ACCESS",
+            CREATE => "CREATE",
+            INTERRUPT => "INTERRUPT",
+            DESTROY => "DESTROY",
+            IOCTL => "IOCTL",
+            BATCH_FORGET => "BATCH_FORGET",
+            FALLOCATE => "FALLOCATE",
+            READDIRPLUS => "READDIRPLUS",
+            RENAME2 => "RENAME2",
+            LSEEK => "LSEEK",
+            COPY_FILE_RANGE => "COPY_FILE_RANGE",
+            SYNCFS => "SYNCFS",
+            _ => return format!("OP{op}"),
+        };
+        n.to_owned()
+    }
 }
 
 /// INIT flags (`flags | flags2 << 32`).
@@ -76,6 +125,8 @@ pub mod init {
     pub const EXPORT_SUPPORT: u64 = 1 << 4;
     pub const BIG_WRITES: u64 = 1 << 5;
     pub const DONT_MASK: u64 = 1 << 6;
+    pub const DO_READDIRPLUS: u64 = 1 << 13;
+    pub const READDIRPLUS_AUTO: u64 = 1 << 14;
     pub const ASYNC_DIO: u64 = 1 << 15;
     pub const PARALLEL_DIROPS: u64 = 1 << 18;
     pub const POSIX_ACL: u64 = 1 << 20;
@@ -90,6 +141,7 @@ pub mod init {
 pub mod fopen {
     pub const DIRECT_IO: u32 = 1 << 0;
     pub const KEEP_CACHE: u32 = 1 << 1;
+    pub const NOFLUSH: u32 = 1 << 5;
     pub const PARALLEL_DIRECT_WRITES: u32 = 1 << 6;
 }
 
@@ -317,6 +369,7 @@ pub enum Request<'a> {
     Opendir(OpenIn),
     Read(ReadIn),
     Readdir(ReadIn),
+    Readdirplus(ReadIn),
     Write { arg: WriteIn, data: &'a [u8] },
     Statfs,
     Release(ReleaseIn),
@@ -444,6 +497,7 @@ pub fn decode<'a>(h: &InHeader, arg0: &[u8], rest: &'a [u8]) -> Result<Request<'
         op::OPENDIR => Request::Opendir(arg(arg0, o)?),
         op::READ => Request::Read(arg(arg0, o)?),
         op::READDIR => Request::Readdir(arg(arg0, o)?),
+        op::READDIRPLUS => Request::Readdirplus(arg(arg0, o)?),
         op::WRITE => {
             let a: WriteIn = arg(arg0, o)?;
             let data = rest.get(..a.size as usize).ok_or(DecodeError::BadLength)?;
@@ -506,6 +560,30 @@ pub fn push_dirent(out: &mut Vec<u8>, max: usize, ino: u64, off: u64, typ: u32, 
     if out.len() + padded > max {
         return false;
     }
+    out.extend_from_slice(bytes_of(&Dirent { ino, off, namelen, typ }));
+    out.extend_from_slice(name);
+    out.resize(out.len() + (padded - len), 0);
+    true
+}
+
+/// Appends one READDIRPLUS entry (`fuse_direntplus`: the entry reply, then the dirent) to
+/// `out` if it fits in `max` bytes; false when it does not.
+pub fn push_direntplus(
+    out: &mut Vec<u8>,
+    max: usize,
+    entry: &EntryOut,
+    ino: u64,
+    off: u64,
+    typ: u32,
+    name: &[u8],
+) -> bool {
+    let Ok(namelen) = u32::try_from(name.len()) else { return false };
+    let len = size_of::<EntryOut>() + size_of::<Dirent>() + name.len();
+    let padded = len.div_ceil(8) * 8;
+    if out.len() + padded > max {
+        return false;
+    }
+    out.extend_from_slice(bytes_of(entry));
     out.extend_from_slice(bytes_of(&Dirent { ino, off, namelen, typ }));
     out.extend_from_slice(name);
     out.resize(out.len() + (padded - len), 0);
@@ -580,6 +658,25 @@ mod tests {
         assert_eq!(v.len(), 32);
         assert!(!push_dirent(&mut v, 64, 2, 2, 4, b"abcdefghijk"));
         assert_eq!(v.len(), 32);
+    }
+
+    #[test]
+    fn direntplus_is_entry_then_dirent_padded() {
+        let mut v = Vec::new();
+        let e = EntryOut { nodeid: 5, generation: 1, ..EntryOut::default() };
+        assert!(push_direntplus(&mut v, 4096, &e, 5, 9, 8, b"name"));
+        // fuse_entry_out (128) + fuse_dirent (24) + "name", padded to 8.
+        assert_eq!(v.len(), 160);
+        let d: Dirent = read_struct(&v[128..]).unwrap();
+        assert_eq!((d.ino, d.off, d.namelen, d.typ), (5, 9, 4, 8));
+        assert_eq!(&v[152..156], b"name");
+        assert!(!push_direntplus(&mut v, 300, &e, 5, 10, 8, b"other"));
+        assert_eq!(v.len(), 160);
+        assert_eq!(op::name(op::READDIRPLUS), "READDIRPLUS");
+        assert_eq!(op::name(99), "OP99");
+        let m = msg(op::READDIRPLUS, bytes_of(&ReadIn { size: 4096, ..ReadIn::default() }), &[]);
+        let r = decode_dev(&m).unwrap();
+        assert!(matches!(r.1, Request::Readdirplus(ReadIn { size: 4096, .. })));
     }
 
     mod prop {

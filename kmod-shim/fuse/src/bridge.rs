@@ -17,9 +17,9 @@
 //! device-less mount (nullfs: its namespace died with the server) stays failed with `EIO` until
 //! it is unmounted.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
@@ -139,6 +139,9 @@ struct Handle {
     /// Tickets zusd issued for this open file, per uid (`ZUFS_IOC_TICKET`), and the connection
     /// epoch they belong to; revoked on release.
     tickets: Mutex<(u64, Vec<(u32, u64)>)>,
+    /// A fast-path client asked for a ticket on this writable handle: counted in
+    /// the bridge's fast-path inode map until released.
+    fast_path: AtomicBool,
 }
 
 /// What the bridge knows of the kernel's page cache of one inode.
@@ -157,6 +160,65 @@ struct PageCacheUse {
     marked: bool,
 }
 
+/// Kernel requests served, per FUSE opcode (both transports count them; `zufs status` shows
+/// them, the metadata benchmark divides them by its ops).
+#[derive(Debug)]
+pub struct RequestCounts([AtomicU64; 64]);
+
+impl Default for RequestCounts {
+    fn default() -> Self {
+        Self(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+}
+
+impl RequestCounts {
+    /// Counts one request of `opcode` (opcodes past the table are not counted).
+    pub fn note(&self, opcode: u32) {
+        if let Some(c) = self.0.get(opcode as usize) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The opcodes seen so far, by name, with their counts.
+    #[must_use]
+    pub fn snapshot(&self) -> BTreeMap<String, u64> {
+        self.0
+            .iter()
+            .enumerate()
+            .filter_map(|(op, c)| {
+                let n = c.load(Ordering::Relaxed);
+                let op = u32::try_from(op).ok()?;
+                (n > 0).then(|| (crate::abi::op::name(op), n))
+            })
+            .collect()
+    }
+}
+
+/// The extended attributes whose absence the bridge remembers: the parent's default ACL (read on
+/// every create, mknod and mkdir, see `crate::acl`), the access ACL (read after a chmod) and
+/// `security.capability` (the kernel reads it before every write that may have to clear it).
+fn watched_xattr(name: &[u8]) -> Option<u8> {
+    match name {
+        b"system.posix_acl_default" => Some(0),
+        b"system.posix_acl_access" => Some(1),
+        b"security.capability" => Some(2),
+        _ => None,
+    }
+}
+
+/// At most this many absent attributes are remembered (then the memory starts afresh).
+const XATTR_ABSENT_MAX: usize = 1 << 20;
+
+/// The transport's way to drop the kernel's cached attributes of a node (FUSE
+/// `notify_inval_inode` with a negative offset: attributes only, no pages).
+struct AttrInvalidator(Box<dyn Fn(u64) + Send + Sync>);
+
+impl std::fmt::Debug for AttrInvalidator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AttrInvalidator")
+    }
+}
+
 /// Counters the bridge keeps for `zufs status` and the logs.
 #[derive(Debug, Default)]
 pub struct BridgeStats {
@@ -166,6 +228,8 @@ pub struct BridgeStats {
     pub server_gone: AtomicU64,
     /// Successful re-attachments to a restarted zusd.
     pub reattached: AtomicU64,
+    /// Kernel requests per FUSE opcode.
+    pub requests: RequestCounts,
 }
 
 /// The transport-independent bridge.
@@ -191,6 +255,17 @@ pub struct Bridge {
     page_cache: Mutex<HashMap<u64, PageCacheUse>>,
     /// Queue of inodes whose last page-cache handle was released (to the invalidating thread).
     invalidate: OnceLock<std::sync::mpsc::Sender<u64>>,
+    /// Inodes a fast-path client may be changing behind the kernel, with the number of handles
+    /// through which it may (see [`Bridge::attr_ttl`]); `fast_path_n` is the map's length.
+    fast_path: Mutex<HashMap<u64, u32>>,
+    fast_path_n: AtomicUsize,
+    attr_invalidate: OnceLock<AttrInvalidator>,
+    /// Extended attributes the kernel asks for on every create, chmod or write and that are
+    /// mostly absent ([`watched_xattr`]), known absent per inode: answered ENODATA without a
+    /// zusd op. Every setxattr and removexattr of the mount passes through the bridge, which
+    /// forgets the entry first.
+    /// With a generation raised by every set and remove of a watched name.
+    xattr_absent: Mutex<(u64, std::collections::HashSet<(u64, u8)>)>,
     /// Counters.
     pub stats: BridgeStats,
 }
@@ -269,6 +344,10 @@ impl Bridge {
             stopping: AtomicBool::new(false),
             page_cache: Mutex::new(HashMap::new()),
             invalidate: OnceLock::new(),
+            fast_path: Mutex::new(HashMap::new()),
+            fast_path_n: AtomicUsize::new(0),
+            attr_invalidate: OnceLock::new(),
+            xattr_absent: Mutex::new((0, std::collections::HashSet::new())),
             stats: BridgeStats::default(),
             spec: MountSpec { device: info.device.clone(), ..spec },
         });
@@ -296,6 +375,10 @@ impl Bridge {
             stopping: AtomicBool::new(false),
             page_cache: Mutex::new(HashMap::new()),
             invalidate: OnceLock::new(),
+            fast_path: Mutex::new(HashMap::new()),
+            fast_path_n: AtomicUsize::new(0),
+            attr_invalidate: OnceLock::new(),
+            xattr_absent: Mutex::new((0, std::collections::HashSet::new())),
             stats: BridgeStats::default(),
             spec,
         })
@@ -588,6 +671,7 @@ impl Bridge {
             epoch: AtomicU64::new(c.epoch),
             page_cache: AtomicBool::new(false),
             tickets: Mutex::new((c.epoch, Vec::new())),
+            fast_path: AtomicBool::new(false),
         });
         self.handles.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(fh, h);
         Ok(fh)
@@ -611,6 +695,9 @@ impl Bridge {
         let Some(h) = h else { return };
         if h.page_cache.load(Ordering::Acquire) {
             self.page_cache_released(h.ino);
+        }
+        if h.fast_path.load(Ordering::Acquire) {
+            self.fast_path_released(h.ino);
         }
         if let Some(c) = self.current() {
             let (epoch, issued) =
@@ -642,6 +729,11 @@ impl Bridge {
         let h = self.handles.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(&fh).cloned();
         let h = h.ok_or(Errno::EBADF)?;
         let writable = h.flags & libc::O_ACCMODE.cast_unsigned() != libc::O_RDONLY.cast_unsigned();
+        // Whatever becomes of the ticket (a mount's owner needs none), the caller is a fast-path
+        // client that may write this file behind the kernel.
+        if writable && !h.fast_path.swap(true, Ordering::AcqRel) {
+            self.fast_path_opened(h.ino);
+        }
         let mut g = h.tickets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if g.0 != c.epoch {
             // Issued by a zusd that has since restarted: they died with it.
@@ -657,6 +749,57 @@ impl Bridge {
             }
         };
         Ok(IoctlTicket { ino: h.ino, ticket, mount_id: c.mount_id, writable: u32::from(writable) })
+    }
+
+    /// How long the kernel may cache the attributes of `node` it gets in a reply, where the
+    /// mount says `configured`: zero while a fast-path client holds a writable handle of it (it
+    /// changes size, blocks and times behind the kernel; the preload library asks for a ticket
+    /// on every writable file before its first fast-path op, see [`Bridge::ticket`]), else the
+    /// configured timeout (nothing but the kernel changes the inode then).
+    #[must_use]
+    pub fn attr_ttl(&self, node: u64, configured: Duration) -> Duration {
+        if configured.is_zero() || self.fast_path_n.load(Ordering::Acquire) == 0 {
+            return configured;
+        }
+        let ino = self.to_ino(node);
+        if self.fast_path.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains_key(&ino) {
+            Duration::ZERO
+        } else {
+            configured
+        }
+    }
+
+    /// The transport's way to drop the kernel's cached attributes of a node, called on the
+    /// request thread (it takes no page lock).
+    pub fn set_attr_invalidator(&self, f: Box<dyn Fn(u64) + Send + Sync>) {
+        let _ = self.attr_invalidate.set(AttrInvalidator(f));
+    }
+
+    /// A writable handle of `ino` goes to the fast path: from now on replies give its attributes
+    /// no lifetime, and the ones the kernel cached before (for the configured timeout) are
+    /// dropped before the ticket goes back, hence before the first fast-path op. A reply that
+    /// raced with this and carries the longer lifetime is discarded by the kernel (the
+    /// notification moved the inode's attribute version past it).
+    fn fast_path_opened(&self, ino: u64) {
+        {
+            let mut m = self.fast_path.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            *m.entry(ino).or_default() += 1;
+            self.fast_path_n.store(m.len(), Ordering::Release);
+        }
+        if let Some(f) = self.attr_invalidate.get() {
+            (f.0)(self.to_node(ino));
+        }
+    }
+
+    fn fast_path_released(&self, ino: u64) {
+        let mut m = self.fast_path.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = m.get_mut(&ino) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&ino);
+            }
+        }
+        self.fast_path_n.store(m.len(), Ordering::Release);
     }
 
     /// Called before the kernel may fill its page cache through `fh` (see [`PageCacheUse`]):
@@ -954,11 +1097,50 @@ impl Bridge {
     /// # Errors
     /// The op's errno.
     pub fn getxattr(&self, node: u64, name: &[u8], size: u32) -> Result<(u64, Vec<u8>), Errno> {
-        let r = XattrReq { ino: self.to_ino(node), name_len: name_len(name)?, flags: 0, size, reserved: 0 };
+        let ino = self.to_ino(node);
+        let watched = watched_xattr(name);
+        let mut gen0 = 0;
+        if let Some(k) = watched {
+            let m = self.xattr_absent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if m.1.contains(&(ino, k)) {
+                return Err(Errno(libc::ENODATA));
+            }
+            gen0 = m.0;
+        }
+        let r = XattrReq { ino, name_len: name_len(name)?, flags: 0, size, reserved: 0 };
         let mut buf = vec![0u8; (size as usize).min(self.window)];
-        let (v, n) = self.data_op(None, OpCode::Getxattr, &[r.as_bytes(), name], &mut buf)?;
-        buf.truncate(n);
-        Ok((v, buf))
+        match self.data_op(None, OpCode::Getxattr, &[r.as_bytes(), name], &mut buf) {
+            Ok((v, n)) => {
+                buf.truncate(n);
+                Ok((v, buf))
+            }
+            Err(e) => {
+                if let Some(k) = watched
+                    && e.0 == libc::ENODATA
+                {
+                    let mut m = self.xattr_absent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    // Not when a set or remove of a watched name ran meanwhile: the answer may
+                    // predate it.
+                    if m.0 == gen0 {
+                        if m.1.len() >= XATTR_ABSENT_MAX {
+                            m.1.clear();
+                        }
+                        m.1.insert((ino, k));
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// `name` of `node` may exist from now on: forget that it did not (called before and after
+    /// the op that sets or removes it, so that no lookup running meanwhile records it absent).
+    fn xattr_changed(&self, node: u64, name: &[u8]) {
+        if let Some(k) = watched_xattr(name) {
+            let mut m = self.xattr_absent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            m.0 += 1;
+            m.1.remove(&(self.to_ino(node), k));
+        }
     }
 
     /// listxattr (as getxattr). `trusted.*` names are listed to root only (as tmpfs and ext4
@@ -994,6 +1176,7 @@ impl Bridge {
         if value.len() > self.window {
             return Err(Errno::E2BIG_OR_RANGE);
         }
+        self.xattr_changed(node, name);
         let r = XattrReq {
             ino: self.to_ino(node),
             name_len: name_len(name)?,
@@ -1001,7 +1184,9 @@ impl Bridge {
             size: u32::try_from(value.len()).map_err(|_| Errno::ERANGE)?,
             reserved: 0,
         };
-        self.plain_op(Some(creds), OpCode::Setxattr, &[r.as_bytes(), name], DataIn::Window(value)).map(|_| ())
+        let res = self.plain_op(Some(creds), OpCode::Setxattr, &[r.as_bytes(), name], DataIn::Window(value));
+        self.xattr_changed(node, name);
+        res.map(|_| ())
     }
 
     /// removexattr.
@@ -1009,8 +1194,11 @@ impl Bridge {
     /// # Errors
     /// The op's errno.
     pub fn removexattr(&self, creds: Creds, node: u64, name: &[u8]) -> Result<(), Errno> {
+        self.xattr_changed(node, name);
         let r = XattrReq { ino: self.to_ino(node), name_len: name_len(name)?, flags: 0, size: 0, reserved: 0 };
-        self.plain_op(Some(creds), OpCode::Removexattr, &[r.as_bytes(), name], DataIn::None).map(|_| ())
+        let res = self.plain_op(Some(creds), OpCode::Removexattr, &[r.as_bytes(), name], DataIn::None);
+        self.xattr_changed(node, name);
+        res.map(|_| ())
     }
 
     /// The transport is gone (unmounted): unmount at zusd (the plugin flushes) and stop.
@@ -1054,6 +1242,8 @@ impl Bridge {
         *self.conn.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(conn));
         self.stats.reattached.fetch_add(1, Ordering::Relaxed);
         self.remark_page_cache();
+        // A restarted zusd may have served other clients meanwhile.
+        self.xattr_absent.lock().unwrap_or_else(std::sync::PoisonError::into_inner).1.clear();
         Ok(())
     }
 }

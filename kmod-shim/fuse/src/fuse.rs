@@ -18,12 +18,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{
     AccessFlags, CopyFileRangeFlags, Errno as FErrno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
 };
 use zus_api::Errno;
 use zus_api::ops::{Attr, IoctlTicket, OpCode, Pod, SetattrReq, ZUFS_IOC_TICKET, setattr};
 
+use crate::abi::op;
 use crate::bridge::Bridge;
 use zus_client::Creds;
 
@@ -134,6 +135,11 @@ impl Transport for FuserTransport {
         let fs = FuseFs { bridge: bridge.clone(), opts: opts.clone() };
         let session = fuser::Session::new(fs, mountpoint, &config)?;
         let notifier = session.notifier();
+        let attrs = notifier.clone();
+        // Offset -1: the attributes only (no page lock taken: safe on a request thread).
+        bridge.set_attr_invalidator(Box::new(move |node| {
+            let _ = attrs.inval_inode(INodeNo(node), -1, 0);
+        }));
         bridge.set_page_cache_invalidator(Box::new(move |node| {
             // ENOENT: the kernel has forgotten the inode, and its pages with it.
             let _ = notifier.inval_inode(INodeNo(node), 0, 0);
@@ -283,10 +289,21 @@ impl std::fmt::Debug for FuseFs {
 }
 
 impl FuseFs {
+    /// Counts the request and pins the reader thread (once).
+    fn req(&self, opcode: u32) {
+        self.bridge.stats.requests.note(opcode);
+        pin_reader();
+    }
+
+    /// The attribute lifetime of `node` in a reply (see [`Bridge::attr_ttl`]).
+    fn attr_ttl(&self, node: u64) -> Duration {
+        self.bridge.attr_ttl(node, self.opts.attr_timeout)
+    }
+
     fn entry(&self, r: Result<Attr, Errno>, reply: ReplyEntry) {
         match r {
             Ok(a) => reply.entry_with_ttls(
-                &self.opts.attr_timeout,
+                &self.attr_ttl(a.ino),
                 &self.opts.entry_timeout,
                 &file_attr(&a),
                 Generation(a.generation),
@@ -304,7 +321,9 @@ impl FuseFs {
         if self.opts.keep_cache {
             f |= FopenFlags::FOPEN_KEEP_CACHE;
         }
-        f
+        // No FLUSH on close: writes are write-through (no writeback cache, nothing pending in
+        // the bridge) and POSIX locks stay in the kernel (no FUSE_POSIX_LOCKS).
+        f | FopenFlags::FOPEN_NOFLUSH
     }
 }
 
@@ -322,24 +341,28 @@ impl Filesystem for FuseFs {
             | InitFlags::FUSE_EXPORT_SUPPORT
             // POSIX ACLs: the kernel caches and enforces them (the rest is `crate::acl`).
             | InitFlags::FUSE_POSIX_ACL
-            | InitFlags::FUSE_DONT_MASK;
+            | InitFlags::FUSE_DONT_MASK
+            // READDIRPLUS when the kernel sees lookups follow a readdir (ls -l, rm -rf, tar).
+            | InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO;
         let _ = config.add_capabilities(want & config.capabilities());
         Ok(())
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        pin_reader();
+        self.req(op::LOOKUP);
         self.entry(self.bridge.lookup(creds(req), parent.0, name.as_bytes()), reply);
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.bridge.stats.requests.note(op::FORGET);
         self.bridge.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        pin_reader();
+        self.req(op::GETATTR);
         match self.bridge.getattr(ino.0) {
-            Ok(a) => reply.attr(&self.opts.attr_timeout, &file_attr(&a)),
+            Ok(a) => reply.attr(&self.attr_ttl(a.ino), &file_attr(&a)),
             Err(e) => reply.error(err(e)),
         }
     }
@@ -362,7 +385,7 @@ impl Filesystem for FuseFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        pin_reader();
+        self.req(op::SETATTR);
         let mut r = SetattrReq { ino: ino.0, ..SetattrReq::default() };
         if let Some(m) = mode {
             r.valid |= setattr::MODE;
@@ -401,13 +424,13 @@ impl Filesystem for FuseFs {
             r.ctime_ns = time_ns(t);
         }
         match self.bridge.setattr_acl(creds(req), r) {
-            Ok(a) => reply.attr(&self.opts.attr_timeout, &file_attr(&a)),
+            Ok(a) => reply.attr(&self.attr_ttl(a.ino), &file_attr(&a)),
             Err(e) => reply.error(err(e)),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        pin_reader();
+        self.req(op::READLINK);
         match self.bridge.readlink(ino.0) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(err(e)),
@@ -415,13 +438,13 @@ impl Filesystem for FuseFs {
     }
 
     fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
-        pin_reader();
+        self.req(op::MKNOD);
         let c = creds(req);
         self.entry(self.bridge.make_acl(c, OpCode::Mknod, parent.0, name.as_bytes(), mode, umask, rdev, 0), reply);
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
-        pin_reader();
+        self.req(op::MKDIR);
         let mode = (mode & 0o7777) | libc::S_IFDIR;
         self.entry(
             self.bridge.make_acl(creds(req), OpCode::Mkdir, parent.0, name.as_bytes(), mode, umask, 0, 0),
@@ -430,7 +453,7 @@ impl Filesystem for FuseFs {
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        pin_reader();
+        self.req(op::UNLINK);
         match self.bridge.remove(creds(req), OpCode::Unlink, parent.0, name.as_bytes()) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
@@ -438,7 +461,7 @@ impl Filesystem for FuseFs {
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        pin_reader();
+        self.req(op::RMDIR);
         match self.bridge.remove(creds(req), OpCode::Rmdir, parent.0, name.as_bytes()) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
@@ -446,7 +469,7 @@ impl Filesystem for FuseFs {
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
-        pin_reader();
+        self.req(op::SYMLINK);
         self.entry(
             self.bridge.symlink(creds(req), parent.0, link_name.as_bytes(), target.as_os_str().as_bytes()),
             reply,
@@ -463,7 +486,7 @@ impl Filesystem for FuseFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        pin_reader();
+        self.req(op::RENAME);
         match self.bridge.rename(creds(req), parent.0, name.as_bytes(), newparent.0, newname.as_bytes(), flags.bits()) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
@@ -471,12 +494,12 @@ impl Filesystem for FuseFs {
     }
 
     fn link(&self, req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
-        pin_reader();
+        self.req(op::LINK);
         self.entry(self.bridge.link(creds(req), ino.0, newparent.0, newname.as_bytes()), reply);
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        pin_reader();
+        self.req(op::OPEN);
         match self.bridge.open(creds(req), ino.0, flags.0.cast_unsigned()) {
             Ok(fh) => reply.opened(FileHandle(fh), self.open_flags(flags.0)),
             Err(e) => reply.error(err(e)),
@@ -494,7 +517,7 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        pin_reader();
+        self.req(op::READ);
         // A read through the page cache (or a fault of a shared mmap, which reads whole
         // pages even of a direct_io file) fills the kernel's cache: keep the fast path off it.
         let direct = self.opts.direct_io || flags.0 & libc::O_DIRECT != 0;
@@ -525,7 +548,7 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        pin_reader();
+        self.req(op::WRITE);
         if !(self.opts.direct_io || flags.0 & libc::O_DIRECT != 0) {
             // Written through the page cache: the kernel keeps the pages.
             self.bridge.note_page_cache_io(fh.0);
@@ -548,7 +571,7 @@ impl Filesystem for FuseFs {
         out_size: u32,
         reply: ReplyIoctl,
     ) {
-        pin_reader();
+        self.req(op::IOCTL);
         if cmd != ZUFS_IOC_TICKET {
             return reply.error(FErrno::from_i32(libc::ENOTTY));
         }
@@ -562,7 +585,9 @@ impl Filesystem for FuseFs {
     }
 
     fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
-        // Writes are write-through (no writeback cache): nothing is pending in the bridge.
+        // Writes are write-through (no writeback cache): nothing is pending in the bridge (the
+        // open replies say FOPEN_NOFLUSH, so the kernel does not ask).
+        self.bridge.stats.requests.note(op::FLUSH);
         reply.ok();
     }
 
@@ -576,13 +601,13 @@ impl Filesystem for FuseFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        pin_reader();
+        self.req(op::RELEASE);
         self.bridge.release(ino.0, fh.0);
         reply.ok();
     }
 
     fn fsync(&self, _req: &Request, ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
-        pin_reader();
+        self.req(op::FSYNC);
         match self.bridge.fsync(ino.0, fh.0, datasync) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
@@ -590,7 +615,7 @@ impl Filesystem for FuseFs {
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        pin_reader();
+        self.req(op::READDIR);
         match self.bridge.readdir(ino.0, offset, 64 * 1024) {
             Ok(list) => {
                 for e in list {
@@ -604,8 +629,48 @@ impl Filesystem for FuseFs {
         }
     }
 
+    fn readdirplus(&self, req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        self.req(op::READDIRPLUS);
+        // fuser does not tell the reply's size: ask for a page of records, what the kernel
+        // reads a directory in.
+        let list = match self.bridge.readdir(ino.0, offset, 4096) {
+            Ok(l) => l,
+            Err(e) => return reply.error(err(e)),
+        };
+        let c = creds(req);
+        for e in list {
+            let name = OsStr::from_bytes(&e.name);
+            // "." and "..": no attributes (the kernel takes no reference on them). An entry
+            // gone meanwhile, or refused, goes without attributes too (node id 0).
+            let dot = e.name == b"." || e.name == b"..";
+            let looked = if dot { None } else { self.bridge.lookup(c, ino.0, &e.name).ok() };
+            let full = match &looked {
+                Some(a) => {
+                    let ttl = self.opts.entry_timeout.min(self.attr_ttl(a.ino));
+                    reply.add(INodeNo(a.ino), e.cookie, name, &ttl, &file_attr(a), Generation(a.generation))
+                }
+                None => {
+                    // The kernel ignores the attributes of "." and ".." (but shows the node id
+                    // as d_ino); node id 0 says "no attributes" for the others.
+                    let mut fa = file_attr(&Attr::default());
+                    fa.kind = dt_kind(e.kind);
+                    let id = if dot { e.ino } else { 0 };
+                    reply.add(INodeNo(id), e.cookie, name, &Duration::ZERO, &fa, Generation(0))
+                }
+            };
+            if full {
+                // Not sent: give back the reference the lookup took.
+                if let Some(a) = looked {
+                    self.bridge.forget(a.ino, 1);
+                }
+                break;
+            }
+        }
+        reply.ok();
+    }
+
     fn opendir(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        pin_reader();
+        self.req(op::OPENDIR);
         // An open directory, like an open file, outlives its removal (rmdir, or a rename over
         // it) until its last release: the plugin counts it.
         match self.bridge.open(creds(req), ino.0, flags.0.cast_unsigned()) {
@@ -615,13 +680,13 @@ impl Filesystem for FuseFs {
     }
 
     fn releasedir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
-        pin_reader();
+        self.req(op::RELEASEDIR);
         self.bridge.release(ino.0, fh.0);
         reply.ok();
     }
 
     fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
-        pin_reader();
+        self.req(op::FSYNCDIR);
         match self.bridge.fsync(ino.0, 0, datasync) {
             Ok(()) | Err(Errno::ENOSYS | Errno::EISDIR | Errno::EINVAL) => reply.ok(),
             Err(e) => reply.error(err(e)),
@@ -629,7 +694,7 @@ impl Filesystem for FuseFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        pin_reader();
+        self.req(op::STATFS);
         match self.bridge.statfs() {
             Ok(s) => reply.statfs(
                 s.blocks,
@@ -655,7 +720,7 @@ impl Filesystem for FuseFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        pin_reader();
+        self.req(op::SETXATTR);
         match self.bridge.setxattr_acl(creds(req), ino.0, name.as_bytes(), value, flags.cast_unsigned()) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
@@ -663,7 +728,7 @@ impl Filesystem for FuseFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        pin_reader();
+        self.req(op::GETXATTR);
         match self.bridge.getxattr_acl(ino.0, name.as_bytes(), size) {
             Ok((len, _)) if size == 0 => reply.size(u32::try_from(len).unwrap_or(u32::MAX)),
             Ok((_, v)) => reply.data(&v),
@@ -672,7 +737,7 @@ impl Filesystem for FuseFs {
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        pin_reader();
+        self.req(op::LISTXATTR);
         match self.bridge.listxattr(creds(req), ino.0, size) {
             Ok((len, _)) if size == 0 => reply.size(u32::try_from(len).unwrap_or(u32::MAX)),
             Ok((_, v)) => reply.data(&v),
@@ -681,7 +746,7 @@ impl Filesystem for FuseFs {
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        pin_reader();
+        self.req(op::REMOVEXATTR);
         match self.bridge.removexattr(creds(req), ino.0, name.as_bytes()) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
@@ -689,6 +754,7 @@ impl Filesystem for FuseFs {
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        self.bridge.stats.requests.note(op::ACCESS);
         // Only reached without default_permissions: the plugin checks on each op.
         reply.ok();
     }
@@ -703,7 +769,7 @@ impl Filesystem for FuseFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        pin_reader();
+        self.req(op::CREATE);
         let c = creds(req);
         let mode = if mode & libc::S_IFMT == 0 { mode | libc::S_IFREG } else { mode };
         let flags_u = flags.cast_unsigned();
@@ -717,7 +783,7 @@ impl Filesystem for FuseFs {
             // timeout (with attr_timeout=0, a stat would show the size at create for up to
             // entry_timeout after the fast path grew the file).
             Ok(fh) => reply.created(
-                &self.opts.entry_timeout.min(self.opts.attr_timeout),
+                &self.opts.entry_timeout.min(self.attr_ttl(a.ino)),
                 &file_attr(&a),
                 Generation(a.generation),
                 FileHandle(fh),
@@ -740,7 +806,7 @@ impl Filesystem for FuseFs {
         flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        pin_reader();
+        self.req(op::COPY_FILE_RANGE);
         if !flags.is_empty() {
             return reply.error(FErrno::from_i32(libc::EINVAL));
         }
@@ -769,7 +835,7 @@ impl Filesystem for FuseFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        pin_reader();
+        self.req(op::FALLOCATE);
         match self.bridge.fallocate(creds(req), ino.0, offset, length, mode.cast_unsigned()) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),

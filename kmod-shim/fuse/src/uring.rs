@@ -320,7 +320,7 @@ fn e(x: Errno) -> i32 {
 impl Server {
     fn entry(&self, a: &Attr, entry_ttl: std::time::Duration, attr_ttl: std::time::Duration, out: &mut Vec<u8>) {
         let (ev, evn) = ttl(entry_ttl);
-        let (av, avn) = ttl(attr_ttl);
+        let (av, avn) = ttl(self.bridge.attr_ttl(a.ino, attr_ttl));
         let eo = abi::EntryOut {
             nodeid: a.ino,
             generation: a.generation,
@@ -341,7 +341,7 @@ impl Server {
 
     fn attr_reply(&self, r: Result<Attr, Errno>, out: &mut Vec<u8>) -> Result<Outcome, i32> {
         let a = r.map_err(e)?;
-        let (av, avn) = ttl(self.opts.attr_timeout);
+        let (av, avn) = ttl(self.bridge.attr_ttl(a.ino, self.opts.attr_timeout));
         out.extend_from_slice(bytes_of(&abi::AttrOut {
             attr_valid: av,
             attr_valid_nsec: avn,
@@ -359,7 +359,9 @@ impl Server {
         if self.opts.keep_cache {
             f |= abi::fopen::KEEP_CACHE;
         }
-        f
+        // No FLUSH on close: writes are write-through (no writeback cache, nothing pending in
+        // the bridge) and POSIX locks stay in the kernel (no FUSE_POSIX_LOCKS).
+        f | abi::fopen::NOFLUSH
     }
 
     fn init_reply(&self, i: &abi::InitIn, out: &mut Vec<u8>) -> u64 {
@@ -375,7 +377,10 @@ impl Server {
             | abi::init::EXPORT_SUPPORT
             // POSIX ACLs: the kernel caches and enforces them (the rest is `crate::acl`).
             | abi::init::POSIX_ACL
-            | abi::init::DONT_MASK;
+            | abi::init::DONT_MASK
+            // READDIRPLUS when the kernel sees lookups follow a readdir (ls -l, rm -rf, tar).
+            | abi::init::DO_READDIRPLUS
+            | abi::init::READDIRPLUS_AUTO;
         if self.uring {
             want |= abi::init::OVER_IO_URING;
         }
@@ -400,6 +405,7 @@ impl Server {
 
     /// Serves a READ into `buf` (the reply's data, at most `buf.len()` bytes).
     fn read(&self, a: &abi::ReadIn, node: u64, buf: &mut [u8]) -> Result<usize, i32> {
+        self.bridge.stats.requests.note(abi::op::READ);
         let n = (a.size as usize).min(buf.len());
         // A read through the page cache (or a fault of a shared mmap, which reads whole pages
         // even of a direct_io file) fills the kernel's cache: keep the fast path off it.
@@ -417,6 +423,7 @@ impl Server {
         let b = &self.bridge;
         let node = h.nodeid;
         let ok = |r: Result<(), Errno>| r.map(|()| Outcome::Reply).map_err(e);
+        b.stats.requests.note(h.opcode);
         match req {
             Request::Init(_) | Request::Read(_) => Err(libc::EIO),
             Request::Destroy | Request::Flush(_) | Request::Access(_) => Ok(Outcome::Reply),
@@ -517,6 +524,11 @@ impl Server {
                 }
                 Ok(Outcome::Reply)
             }
+            Request::Readdirplus(r) => {
+                let max = (r.size as usize).min(self.max_write as usize);
+                self.readdirplus(c, node, r.offset, max, out).map_err(e)?;
+                Ok(Outcome::Reply)
+            }
             Request::Write { arg, data } => {
                 if !(self.opts.direct_io || arg.flags.cast_signed() & libc::O_DIRECT != 0) {
                     // Written through the page cache: the kernel keeps the pages.
@@ -595,6 +607,46 @@ impl Server {
             }
             Request::Lseek(_) | Request::Syncfs => Err(libc::ENOSYS),
         }
+    }
+
+    /// READDIRPLUS: the entries after `cookie` with their attributes, as many as fit in `max`
+    /// bytes. Each entry sent with attributes is a lookup (the kernel counts a reference and
+    /// forgets it later), so an entry is looked up only once it is known to fit. "." and ".."
+    /// and entries gone or refused meanwhile go without attributes (node id 0).
+    fn readdirplus(&self, c: Creds, node: u64, cookie: u64, max: usize, out: &mut Vec<u8>) -> Result<(), Errno> {
+        let b = &self.bridge;
+        // About what `max` bytes of READDIRPLUS records hold, as plain records.
+        let want = (max / 4).max(1024);
+        for d in b.readdir(node, cookie, want)? {
+            let need = (size_of::<abi::EntryOut>() + size_of::<abi::Dirent>() + d.name.len()).div_ceil(8) * 8;
+            if out.len() + need > max {
+                break;
+            }
+            let dot = d.name == b"." || d.name == b"..";
+            let looked = if dot { None } else { b.lookup(c, node, &d.name).ok() };
+            let mut eo = abi::EntryOut::default();
+            if let Some(a) = looked {
+                let (ev, evn) = ttl(self.opts.entry_timeout);
+                let (av, avn) = ttl(b.attr_ttl(a.ino, self.opts.attr_timeout));
+                eo = abi::EntryOut {
+                    nodeid: a.ino,
+                    generation: a.generation,
+                    entry_valid: ev,
+                    attr_valid: av,
+                    entry_valid_nsec: evn,
+                    attr_valid_nsec: avn,
+                    attr: fuse_attr(&a),
+                };
+            }
+            let typ = dt_type(d.kind);
+            if !abi::push_direntplus(out, max, &eo, d.ino, d.cookie, typ, &d.name) {
+                if looked.is_some() {
+                    b.forget(eo.nodeid, 1);
+                }
+                break;
+            }
+        }
+        Ok(())
     }
 
     fn xattr_reply(&self, r: Result<(u64, Vec<u8>), Errno>, size: u32, out: &mut Vec<u8>) -> Result<Outcome, i32> {
@@ -934,6 +986,12 @@ impl Transport for UringTransport {
         {
             // Page-cache notifications go over /dev/fuse (on either transport).
             let nfd = dev.try_clone()?;
+            let afd = dev.try_clone()?;
+            // Offset -1: the attributes only (no page lock taken: safe on a request thread).
+            bridge.set_attr_invalidator(Box::new(move |node| {
+                let n = abi::NotifyInvalInode { ino: node, off: -1, len: 0 };
+                let _ = write_dev(afd.as_raw_fd(), 0, abi::NOTIFY_INVAL_INODE, bytes_of(&n));
+            }));
             bridge.set_page_cache_invalidator(Box::new(move |node| {
                 let n = abi::NotifyInvalInode { ino: node, off: 0, len: 0 };
                 let _ = write_dev(nfd.as_raw_fd(), 0, abi::NOTIFY_INVAL_INODE, bytes_of(&n));

@@ -11,6 +11,9 @@
  *   dax-test bench DIR LABEL 4K O_SYNC random write/read, 1 MiB sequential
  *                            write/read, create/stat/unlink; prints
  *                            "BENCH LABEL metric value unit"
+ *   dax-test hold FILE       maps FILE's first page shared, closes the fd,
+ *                            touches the page, prints "held" and waits for
+ *                            a signal (the mapping keeps the file open)
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -282,6 +285,25 @@ static int overwrite(const char *path, int n)
 	return m0 < 0 || m1 - m0 > 1;
 }
 
+static int hold(const char *path)
+{
+	volatile char *p;
+	int fd = open(path, O_RDWR);
+
+	if (fd < 0)
+		die("open");
+	p = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (p == MAP_FAILED)
+		die("mmap");
+	close(fd);
+	(void)p[0];
+	printf("held\n");
+	fflush(stdout);
+	for (;;)
+		pause();
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc == 3 && !strcmp(argv[1], "mmap"))
@@ -290,6 +312,8 @@ int main(int argc, char **argv)
 		return overwrite(argv[2], atoi(argv[3]));
 	if (argc == 4 && !strcmp(argv[1], "bench"))
 		return bench(argv[2], argv[3]);
-	fprintf(stderr, "usage: dax-test mmap DIR | overwrite FILE N | bench DIR LABEL\n");
+	if (argc == 3 && !strcmp(argv[1], "hold"))
+		return hold(argv[2]);
+	fprintf(stderr, "usage: dax-test mmap DIR | overwrite FILE N | bench DIR LABEL | hold FILE\n");
 	return 2;
 }

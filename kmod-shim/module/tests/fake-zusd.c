@@ -714,6 +714,13 @@ static int fs_serve(struct zus_slot *sl, struct zus_op_header *h,
 	case ZUS_OP_FSYNC:
 	case ZUS_OP_SYNC:
 		break;
+	case ZUS_OP_KERNEL_CACHE: {
+		/* the kernel maps the inode (marks nest; no fast path to steer here) */
+		struct zus_kernel_cache_req q;
+
+		NEED(q);
+		break;
+	}
 	case ZUS_OP_GETXATTR:
 	case ZUS_OP_SETXATTR:
 	case ZUS_OP_REMOVEXATTR: {

@@ -61,19 +61,29 @@ start_zusd() {
 	ZPID=$!
 	wait_for 600 grep -q 'zusd ready' "$LOG"
 }
-mount_dax() {  # the zusd mount of /dev/pmem0, then the kernel's DAX and window mounts
-	set -- $(echo | /bin/zufs-testclient --socket "$SOCK" mount --fs pmemfs --device /dev/pmem0 2>/tmp/dax-mount.err | grep '^MOUNTED')
-	MID=${2:-0}
-	ROOT=${3:-0}
-	test "${1:-}" = MOUNTED
+zufs_k() {  # zufs CMD ...: the CLI talking to this zusd
+	cmd=$1
+	shift
+	/bin/zufs "$cmd" --socket "$SOCK" --plugins $PL "$@"
+}
+mount_opt() {  # MNT KEY: the value of KEY= among the zufs mount's options at MNT
+	awk -v m="$1" -v k="$2=" '$2 == m && $3 == "zufs" {
+		n = split($4, o, ","); for (i = 1; i <= n; i++) if (index(o[i], k) == 1) print substr(o[i], length(k) + 1)
+	}' /proc/mounts | tail -n 1
 }
 start_zusd
-check dax_zusd_mounted_pmem0 mount_dax
-sed 's/^/GUEST: zusd: /' /tmp/dax-mount.err | tail -n 3
 mkdir -p $D $WIN /mnt/x
-check dax_pmem0_held_exclusively sh -c '! mount -t ext4 /dev/pmem0 /mnt/x 2>/dev/null'
-check dax_mount mount -t zufs -o "mount_id=$MID,root=$ROOT,dax=/dev/pmem0" none $D
+# zufs mount -o transport=kernel: zusd mounts /dev/pmem0 (a DAX block device, which zusd maps
+# through the module), and the CLI passes dax=/dev/pmem0 to mount(2) itself; nodax does not
+check dax_zufs_mount_nodax zufs_k mount -t pmemfs -o transport=kernel,nodax /dev/pmem0 $D
+check dax_zufs_mount_nodax_has_no_dax sh -c "grep -q ' $D zufs ' /proc/mounts && ! grep -q ' $D zufs .*dax=' /proc/mounts"
+check dax_zufs_umount_nodax zufs_k umount $D
+check dax_mount zufs_k mount -t pmemfs -o transport=kernel /dev/pmem0 $D
 check dax_mount_shows_dax grep -q " $D zufs .*dax=/dev/pmem0" /proc/mounts
+MID=$(mount_opt $D mount_id)
+ROOT=$(mount_opt $D root)
+echo "GUEST: zufs mount: zusd mount ${MID:-?}, root ${ROOT:-?}"
+check dax_pmem0_held_exclusively sh -c '! mount -t ext4 /dev/pmem0 /mnt/x 2>/dev/null'
 check dax_window_mount_of_the_same_fs mount -t zufs -o "mount_id=$MID,root=$ROOT" none $WIN
 check dax_mount_refuses_a_device_not_held sh -c "! mount -t zufs -o mount_id=$MID,root=$ROOT,dax=/dev/pmem1 none /mnt/x 2>/dev/null"
 
@@ -103,6 +113,26 @@ check dax_tar_round_trip sh -c "mkdir -p $D/t && (cd /lib/zufs && tar cf - .) | 
 check dax_cp_r sh -c "cp -r $D/t $D/t2 && [ \"\$(cd $D/t && find . -type f | sort | xargs md5sum)\" = \"\$(cd $D/t2 && find . -type f | sort | xargs md5sum)\" ]"
 check dax_open_unlinked sh -c "exec 3<$D/synced; rm $D/synced; cmp /tmp/big /proc/self/fd/3"
 check dax_rm_r sh -c "rm -r $D/many $D/t $D/t2 && [ ! -e $D/many ]"
+
+# ---- fio with verify=crc32c on the DAX mount: 4 jobs of random writes, then every block read
+# back and checked (write(2)/read(2) through dax_iomap_rw; then through mappings, faults) ----
+fio_verify() {  # JOB FIO-OPTIONS... (not $name: check's)
+	job=$1
+	shift
+	mkdir -p $D/fio
+	fio --name="$job" --directory=$D/fio --numjobs=4 --rw=randwrite --verify=crc32c \
+		--do_verify=1 --verify_fatal=1 --group_reporting "$@" >/tmp/fio-$job.log 2>&1
+	rc=$?
+	grep -E 'err=|WRITE:|READ:|verify' /tmp/fio-$job.log | head -n 8 | sed "s/^/GUEST: fio $job: /"
+	rm -rf $D/fio
+	[ $rc = 0 ] && grep -q 'err= 0' /tmp/fio-$job.log && ! grep -qiE 'verify.*(bad|fail)|crc32c.*wanted' /tmp/fio-$job.log
+}
+if command -v fio >/dev/null; then
+	check dax_fio_verify_crc32c_psync_4_jobs fio_verify psync --ioengine=psync --bs=4k --size=4m --fsync=64
+	check dax_fio_verify_crc32c_mmap_4_jobs fio_verify mmap --ioengine=mmap --bsrange=4k-64k --size=4m
+else
+	check dax_fio_in_the_guest false
+fi
 
 # ---- pjdfstest on the DAX mount against the window mount of the same zusd mount ----
 # (both zusd + pmemfs: a test failing on both is the server's, not DAX's)
@@ -134,6 +164,60 @@ fi
 # ---- mmap ----
 /bin/dax-test mmap $D 2>&1
 check dax_mmap_on_the_window_mount_is_read_only sh -c "! /bin/dax-test mmap $WIN >/dev/null 2>&1"
+
+# ---- the preload library on the module's mount (zufs run --mode dax) ----
+# It recognises the zufs mount (mountinfo fstype zufs, zufs mount's record), maps /dev/pmem0
+# through the module (GRAB_PMEM) and copies to pmem itself. While the kernel maps a file, the
+# module holds zusd's kernel-cache mark on it, and the library steps aside (EUSEKERNEL: the
+# calls go through the kernel), then takes over again once the mapping is gone.
+pre_stat() {  # LOG KEY: the preload's counter KEY from its stats line in LOG
+	sed -n "s/.*stats pid [0-9]*:.* $2 \([0-9]*\).*/\1/p" "$1" | tail -n 1
+}
+pre_fio() {  # LOG FILE: zufs run --mode dax -- fio writing FILE (256 KiB, crc32c headers)
+	# (fio: busybox is static, so LD_PRELOAD cannot reach it; --thread: one stats line)
+	dd if=/dev/zero of="$2" bs=4k count=64 conv=notrunc 2>/dev/null
+	ZUFS_PRELOAD_STATS=1 zufs_k run --mode dax -- fio --name=pre --filename="$2" --thread \
+		--rw=write --bs=4k --size=256k --ioengine=psync --invalidate=0 --verify=crc32c \
+		--do_verify=0 >"$1" 2>&1
+	sed -n 's/^.*\(stats pid\)/GUEST: preload: \1/p' "$1"
+}
+pre_check() {  # FILE: every block of what pre_fio wrote, read through the kernel (no preload)
+	fio --name=pre --filename="$1" --thread --rw=write --bs=4k --size=256k --ioengine=psync \
+		--invalidate=0 --verify=crc32c --verify_only --verify_fatal=1 >/tmp/pre-check.log 2>&1 &&
+		grep -q 'err= 0' /tmp/pre-check.log
+}
+pre_fast() {  # LOG: the library copied to pmem itself, and the kernel never had the calls
+	[ "$(pre_stat "$1" dax_bytes)" -ge 262144 ] && [ "$(pre_stat "$1" kernel_cached)" = 0 ]
+}
+pre_aside() {  # LOG: every write went through the kernel
+	[ "$(pre_stat "$1" dax_bytes)" = 0 ] && [ "$(pre_stat "$1" kernel_cached)" -gt 0 ]
+}
+kc_inodes() {  # zusd's count of kernel-cached inodes of its /dev/pmem0 mount
+	zufs_k status 2>/dev/null | grep -F ' /dev/pmem0 ' | sed -n 's/.*kernel-cached inodes \([0-9]*\).*/\1/p' | head -n 1
+}
+if [ -f /bin/libzufs_preload.so ] && command -v fio >/dev/null; then
+	P=$D/pre
+	pre_fio /tmp/pre-fast1.log $P
+	check dax_preload_serves_the_module_mount pre_fast /tmp/pre-fast1.log
+	check dax_preload_writes_seen_by_the_kernel pre_check $P
+	check dax_preload_writes_seen_by_the_window_mount pre_check $WIN/pre
+	/bin/dax-test hold $P >/tmp/hold.out 2>&1 &
+	HPID=$!
+	check dax_kernel_maps_the_file wait_for 100 grep -q held /tmp/hold.out
+	check dax_mapped_file_marked_at_zusd [ "$(kc_inodes)" = 1 ]
+	pre_fio /tmp/pre-aside.log $P
+	check dax_preload_steps_aside_while_the_kernel_maps pre_aside /tmp/pre-aside.log
+	check dax_preload_aside_writes_land pre_check $P
+	kill $HPID
+	wait $HPID 2>/dev/null
+	check dax_mark_dropped_with_the_mapping [ "$(kc_inodes)" = 0 ]
+	pre_fio /tmp/pre-fast2.log $P
+	check dax_preload_fast_again_after_munmap pre_fast /tmp/pre-fast2.log
+	check dax_preload_writes_seen_by_the_kernel_again pre_check $P
+	rm -f $P
+else
+	echo "GUEST: preload on the module mount: no libzufs_preload.so in this guest"
+fi
 
 # ---- remount: the data is on pmem ----
 check dax_umount umount $D

@@ -233,8 +233,25 @@ fn records() -> Vec<Record> {
     out
 }
 
-/// A mountinfo line for device `dev`: (mount point, fs type, source).
-fn mountinfo_for(dev: u64) -> Option<(String, String, String)> {
+/// The zufs kernel module's filesystem type (`kmod-shim/module`).
+const MODULE_FS_TYPE: &str = "zufs";
+
+/// What a mountinfo line says of a mount.
+#[derive(Debug)]
+struct MountInfo {
+    mountpoint: String,
+    fstype: String,
+    source: String,
+    super_options: String,
+}
+
+/// The zusd mount id among a module mount's super options (`mount_id=N`).
+fn module_mount_id(super_options: &str) -> Option<u32> {
+    super_options.split(',').find_map(|o| o.strip_prefix("mount_id=")?.parse().ok())
+}
+
+/// The mountinfo line for device `dev`.
+fn mountinfo_for(dev: u64) -> Option<MountInfo> {
     let s = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let want = format!("{}:{}", libc::major(dev), libc::minor(dev));
     s.lines().rev().find_map(|l| {
@@ -248,7 +265,8 @@ fn mountinfo_for(dev: u64) -> Option<(String, String, String)> {
         let mut bi = b.split(' ');
         let fstype = bi.next()?.to_owned();
         let source = unescape(bi.next().unwrap_or(""));
-        Some((unescape(mp), fstype, source))
+        let super_options = bi.next().unwrap_or("").to_owned();
+        Some(MountInfo { mountpoint: unescape(mp), fstype, source, super_options })
     })
 }
 
@@ -277,8 +295,53 @@ extern "C" fn atfork_child() {
     state::after_fork_child();
 }
 
+/// Whether `path` is a block device whose queue does DAX (`/dev/pmem0`): zusd maps such a
+/// device through the zufs kernel module, and so must we.
+fn is_dax_block_device(path: &str) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let Ok(m) = std::fs::metadata(path) else { return false };
+    if !m.file_type().is_block_device() {
+        return false;
+    }
+    let rdev = m.rdev();
+    std::fs::read_to_string(format!("/sys/dev/block/{}:{}/queue/dax", libc::major(rdev), libc::minor(rdev)))
+        .is_ok_and(|s| s.trim() == "1")
+}
+
+/// Maps the pmem of a DAX block device through the module (`ZUFS_IOC_GRAB_PMEM`): a mapping
+/// of the device node would go through the block device's page cache, which neither zusd's
+/// mapping nor the kernel's DAX copies see.
+fn map_dax_block_device(device: &str, c: &CString) -> Result<DaxMap, String> {
+    let (fd, size) = sys::grab_pmem(c).map_err(|e| {
+        format!(
+            "{device} is a DAX block device, mapped only through the zufs module's /dev/zufs (root): {}",
+            std::io::Error::from_raw_os_error(e)
+        )
+    })?;
+    let res = (|| {
+        let len = usize::try_from(size).unwrap_or(0);
+        if len == 0 {
+            return Err(format!("{device}: the module maps 0 bytes"));
+        }
+        let prot = libc::PROT_READ | libc::PROT_WRITE;
+        // SAFETY: a fresh shared mapping of the fd the module gave us; the kernel picks the
+        // address.
+        let p =
+            unsafe { libc::mmap(core::ptr::null_mut(), len, prot, libc::MAP_SHARED_VALIDATE | libc::MAP_SYNC, fd, 0) };
+        if p == libc::MAP_FAILED {
+            return Err(format!("cannot map {device} through /dev/zufs: errno {}", sys::errno()));
+        }
+        Ok(DaxMap { base: p as usize, len })
+    })();
+    sys::close(fd);
+    res
+}
+
 fn map_device(device: &str) -> Result<DaxMap, String> {
     let c = CString::new(device).map_err(|_| "device path has a NUL".to_owned())?;
+    if is_dax_block_device(device) {
+        return map_dax_block_device(device, &c);
+    }
     let fd = sys::open(&c, libc::O_RDWR | libc::O_CLOEXEC)
         .map_err(|e| format!("cannot open {device} read-write ({})", std::io::Error::from_raw_os_error(e)))?;
     let len = sys::lseek(fd, 0, libc::SEEK_END);
@@ -351,12 +414,19 @@ fn classify(fd: i32) -> u32 {
     }
     // On a mount we do not own, the bridge's ticket for this open file (the kernel checked our
     // permissions when it opened it); none: the kernel serves the file.
+    // On a mount we own, a writable file asks for one too, unused: it tells the bridge that we
+    // may change the file's size, blocks and times behind the kernel, so the bridge drops the
+    // attributes the kernel caches and gives it none while the file is open (issue 17: the
+    // other files' attributes are cached for the mount's timeouts).
     let ticket = if m.ticketed.load(Ordering::Relaxed) {
         match sys::ticket(fd) {
             Some(t) if t.ino == st.st_ino && u64::from(t.mount_id) == m.mount_id.load(Ordering::Relaxed) => t.ticket,
             _ => return FD_KERNEL,
         }
     } else {
+        if fl & libc::O_ACCMODE != libc::O_RDONLY {
+            let _ = sys::ticket(fd);
+        }
         0
     };
     let Some(si) = state::alloc_slot() else { return FD_KERNEL };
@@ -386,22 +456,32 @@ fn new_mount(dev: u64) -> Option<u32> {
         // SAFETY: registering a plain function as the fork child handler.
         unsafe { libc::pthread_atfork(None, None, Some(atfork_child)) };
     }
-    let Some((mp, fstype, source)) = mountinfo_for(dev) else {
+    let Some(mi) = mountinfo_for(dev) else {
         mark_not_zufs(dev);
         return None;
     };
-    if !fstype.starts_with("fuse") {
+    // The zufs kernel module's mounts (fstype `zufs`) as well as the FUSE bridge's.
+    let module = mi.fstype == MODULE_FS_TYPE;
+    if !mi.fstype.starts_with("fuse") && !module {
         mark_not_zufs(dev);
         return None;
     }
+    let mp = mi.mountpoint;
     let rec = records().into_iter().find(|r| r.mountpoint == mp);
+    let default_socket =
+        || std::env::var_os("ZUFS_SOCKET").map_or_else(|| PathBuf::from("/run/zufs/zusd.sock"), PathBuf::from);
     let (socket, mount_id, device) = match rec {
         Some(r) => (PathBuf::from(r.socket), r.mount_id, r.device),
-        None if fstype == "fuse.zufs" => (
-            std::env::var_os("ZUFS_SOCKET").map_or_else(|| PathBuf::from("/run/zufs/zusd.sock"), PathBuf::from),
-            u32::MAX,
-            source,
-        ),
+        None if mi.fstype == "fuse.zufs" => (default_socket(), u32::MAX, mi.source),
+        // `mount -t zufs -o mount_id=N,...` by hand: the module shows the id; its source is
+        // the device (`zufs mount`) or anything (`none`).
+        None if module => match module_mount_id(&mi.super_options) {
+            Some(id) => (default_socket(), id, if mi.source.starts_with('/') { mi.source } else { String::new() }),
+            None => {
+                mark_not_zufs(dev);
+                return None;
+            }
+        },
         None => {
             mark_not_zufs(dev);
             return None;
@@ -477,7 +557,21 @@ mod tests {
         let _ = st;
         let root = std::fs::metadata("/").unwrap();
         use std::os::unix::fs::MetadataExt;
-        let (mp, _, _) = mountinfo_for(root.dev()).expect("mountinfo has /");
-        assert!(mp.starts_with('/'));
+        let mi = mountinfo_for(root.dev()).expect("mountinfo has /");
+        assert!(mi.mountpoint.starts_with('/'));
+    }
+
+    #[test]
+    fn test_module_mount_id_from_super_options() {
+        assert_eq!(module_mount_id("rw,mount_id=3,root=1,attr_timeout_ms=1000,dax=/dev/pmem0"), Some(3));
+        assert_eq!(module_mount_id("rw,root=1"), None);
+        assert_eq!(module_mount_id("rw,mount_id=x"), None);
+    }
+
+    #[test]
+    fn test_regular_files_are_not_dax_block_devices() {
+        assert!(!is_dax_block_device("/dev/null"));
+        assert!(!is_dax_block_device("/no/such/device"));
+        assert!(!is_dax_block_device("/proc/self/status"));
     }
 }

@@ -84,6 +84,25 @@ pub fn ticket(fd: c_int) -> Option<zus_api::ops::IoctlTicket> {
     (r == 0 && t.ticket != 0).then_some(t)
 }
 
+/// `ZUFS_IOC_GRAB_PMEM` on the zufs kernel module's `/dev/zufs` (CAP_SYS_ADMIN): an fd whose
+/// shared mapping is the pmem of the DAX block device `path` itself, and its length. Errno on
+/// failure.
+pub fn grab_pmem(path: &core::ffi::CStr) -> Result<(c_int, u64), i32> {
+    use zus_api::kabi::{KGrabPmem, ZUFS_IOC_GRAB_PMEM};
+    let dev = open(c"/dev/zufs", libc::O_RDWR | libc::O_CLOEXEC)?;
+    let mut g = KGrabPmem { path: path.as_ptr() as u64, ..KGrabPmem::default() };
+    // SAFETY: the ioctl reads the NUL-terminated path `g.path` points at (alive for the call)
+    // and writes at most size_of::<KGrabPmem>() bytes (encoded in the request number) into `g`.
+    let r = unsafe { libc::syscall(libc::SYS_ioctl, dev, libc::c_ulong::from(ZUFS_IOC_GRAB_PMEM), &raw mut g) };
+    let r = check(r);
+    close(dev);
+    r?;
+    if g.fd < 0 {
+        return Err(libc::EIO);
+    }
+    Ok((g.fd, g.size))
+}
+
 /// close(2) without the libc wrapper.
 pub fn close(fd: c_int) {
     // SAFETY: closing an fd we own.

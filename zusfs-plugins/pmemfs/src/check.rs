@@ -130,7 +130,7 @@ fn read_block<P: Persist>(pm: &P, b: u64) -> Result<Vec<u8>> {
 pub(crate) fn load<P: Persist>(pm: &P) -> Result<Loaded> {
     let geo = read_geometry(pm)?;
     let (journal, replayed) = crate::journal::Journal::recover(pm, &geo)?;
-    let mut r = FsckReport { journal_replayed: replayed, ..Default::default() };
+    let mut r = FsckReport { journal_replayed: replayed > 0, ..Default::default() };
     r.data_blocks = geo.total_blocks - geo.data_blk;
     let mut own = Owners { owned: vec![0; geo.total_blocks.div_ceil(64) as usize] };
     own.claim(0, geo.data_blk);

@@ -193,7 +193,12 @@ impl<'a, P: Persist> Op<'a, P> {
 
     /// Allocate up to `want` contiguous blocks (at least one) or fail with ENOSPC.
     fn alloc(&mut self, want: u64, goal: Option<u64>) -> Result<(u64, u64)> {
-        let (s, n) = self.fs.balloc.alloc(want, goal).ok_or(FsError::NoSpace)?;
+        let (s, n) = match self.fs.balloc.alloc(want, goal) {
+            Some(r) => r,
+            // Blocks freed by logged transactions come back at a checkpoint.
+            None if self.fs.checkpoint()? > 0 => self.fs.balloc.alloc(want, goal).ok_or(FsError::NoSpace)?,
+            None => return Err(FsError::NoSpace),
+        };
         self.allocated.push((s, n));
         self.txn.set_bits(s, n);
         Ok((s, n))
@@ -213,16 +218,10 @@ impl<'a, P: Persist> Op<'a, P> {
     fn commit(mut self) -> Result<()> {
         self.done = true;
         let txn = std::mem::take(&mut self.txn);
-        let r = lock(&self.fs.journal).commit(&self.fs.pm, &self.fs.geo, txn);
+        let r = lock(&self.fs.journal).commit(&self.fs.pm, &self.fs.geo, txn, &self.free_after);
         match r {
-            Ok(()) => {
-                for &(s, n, quarantine) in &self.free_after {
-                    if quarantine {
-                        self.fs.balloc.release_committed(s, n);
-                    } else {
-                        self.fs.balloc.release(s, n);
-                    }
-                }
+            Ok(released) => {
+                self.fs.release_blocks(&released);
                 if !self.free_inos.is_empty() {
                     lock(&self.fs.ifree).extend(self.free_inos.iter().copied());
                 }
@@ -286,7 +285,7 @@ pub fn format<P: Persist>(pm: &P, opts: &MkfsOptions) -> Result<()> {
     // Invalidate any old superblock first, so a crash during mkfs leaves an unmountable device.
     pm.store(SB_OFF, &[0u8; 128])?;
     pm.persist(SB_OFF, 128)?;
-    pm.nt_zero(geo.journal_off(), 64)?;
+    Journal::format(pm, &geo)?;
     let n = usize::try_from(geo.ninodes).map_err(|_| FsError::Invalid("inode count".into()))?;
     let mut table = vec![0u8; n * 256];
     for i in 0..n {
@@ -365,10 +364,48 @@ impl<P: Persist> Fs<P> {
         Ok(fs)
     }
 
-    /// Unmount, returning the device.
+    /// Unmount, returning the device (checkpointed: its journal is empty).
     pub fn into_pmem(self) -> P {
+        if self.live().is_ok() {
+            let _ = self.checkpoint();
+        }
         self.pm.fence();
         self.pm
+    }
+
+    /// Checkpoint the journal (`journal.rs`): every logged change is made durable in place and
+    /// the log emptied; blocks freed by logged transactions become reusable. Returns how many.
+    /// (Never needed for durability: a logged change is durable when its op returns.)
+    pub fn checkpoint(&self) -> Result<u64> {
+        let released = lock(&self.journal).checkpoint(&self.pm, &self.geo);
+        let released = released.inspect_err(|_| self.poisoned.store(true, Ordering::SeqCst))?;
+        self.release_blocks(&released);
+        Ok(released.iter().map(|f| f.1).sum())
+    }
+
+    fn release_blocks(&self, blocks: &[crate::journal::Freed]) {
+        for &(s, n, quarantine) in blocks {
+            if quarantine {
+                self.balloc.release_committed(s, n);
+            } else {
+                self.balloc.release(s, n);
+            }
+        }
+    }
+
+    /// Before an in-place store to inode `ino`'s record outside the journal (hot fields):
+    /// checkpoint if a logged transaction wrote that record, or its replay after a crash would
+    /// roll the store back. Call with the inode's lock held.
+    pub(crate) fn before_inplace(&self, ino: u64) -> Result<()> {
+        let mut j = lock(&self.journal);
+        if !j.logged(ino) {
+            return Ok(());
+        }
+        let released = j.checkpoint(&self.pm, &self.geo);
+        drop(j);
+        let released = released.inspect_err(|_| self.poisoned.store(true, Ordering::SeqCst))?;
+        self.release_blocks(&released);
+        Ok(())
     }
 
     /// The device.
@@ -385,6 +422,9 @@ impl<P: Persist> Fs<P> {
     /// invariant, plus that the in-DRAM state (inodes, extents, directories, xattrs, allocator)
     /// matches what a fresh mount would load.
     pub fn check(&self) -> Result<FsckReport> {
+        if self.live().is_ok() {
+            self.checkpoint()?;
+        }
         self.pm.fence();
         let l = check::load(&self.pm)?;
         let mut r = l.report;
@@ -468,7 +508,8 @@ impl<P: Persist> Fs<P> {
 
     /// statfs.
     pub fn statfs(&self) -> StatFs {
-        let free = self.balloc.free_blocks();
+        // Blocks freed by logged transactions are free on pmem (reusable at the next checkpoint).
+        let free = self.balloc.free_blocks() + lock(&self.journal).pending_free_blocks();
         StatFs {
             bsize: 4096,
             blocks: self.geo.total_blocks - self.geo.data_blk,
@@ -517,7 +558,9 @@ impl<P: Persist> Fs<P> {
             return;
         }
         let at = self.geo.inode_off(ino) + 8;
-        if self.pm.store(at, &now.to_le_bytes()).and_then(|()| self.pm.flush(at, 8)).is_ok() {
+        if self.before_inplace(ino).is_ok()
+            && self.pm.store(at, &now.to_le_bytes()).and_then(|()| self.pm.flush(at, 8)).is_ok()
+        {
             n.d.atime = now;
         }
     }

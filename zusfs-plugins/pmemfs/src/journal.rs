@@ -1,26 +1,43 @@
 //! The redo journal: every metadata change is one transaction, atomic across a crash.
 //!
 //! A transaction collects records in DRAM: `write(off, bytes)`, `zero(off, len)`, and bitmap bit
-//! changes (turned into word writes at commit, against the committed bitmap, under the commit
+//! changes (turned into word writes at commit, against the current bitmap, under the commit
 //! lock, so two transactions that allocate in the same bitmap word never overwrite each other's
-//! bits). Commit:
+//! bits).
 //!
-//! 1. the records go to the journal body (non-temporal), the header (magic, seq, length,
-//!    checksum of seq+length+body) to its line; **fence** — the commit point;
-//! 2. the records are applied in place and flushed; **fence**;
-//! 3. the header magic is cleared (flushed, not fenced: the next fence of any kind persists it,
-//!    and replaying a transaction twice is harmless because records hold absolute values).
+//! The journal area is a log (format 2): a head line (magic, `base`: the sequence number of the
+//! first transaction since the last checkpoint) and then transactions back to back, each a
+//! 32-byte header (magic, seq, length, checksum of seq + length + records) and its records,
+//! 64-byte aligned. Commit:
 //!
-//! Recovery (bounded: one journal of at most 256 KiB) replays a header whose checksum matches and
-//! ignores anything else: a torn commit never reached its commit point.
+//! 1. header and records go to the log tail with non-temporal stores; **fence** — the commit
+//!    point, and the only fence of the operation;
+//! 2. the records are applied in place with ordinary cached stores, not flushed: the lines they
+//!    dirtied are remembered (a crash may keep any of them; replay rewrites them all).
+//!
+//! **Checkpoint** (when the log is full, before an in-place store outside the journal to an
+//! inode the log wrote, at unmount and before a check): flush every remembered line, **fence**,
+//! store the next sequence number as `base` (one 8-byte store), flush, **fence**. The log is then
+//! empty. Blocks freed by logged transactions are handed back to the allocator only after it: a
+//! block must not be reused (written outside the journal, e.g. as file data) while a replay
+//! could still write the old transaction's records into it.
+//!
+//! Recovery (bounded: one log of at most 256 KiB) replays, from the head, every transaction whose
+//! sequence number is the next expected and whose checksum matches, in order, and stops at the
+//! first that is not (a torn commit never reached its commit point; older transactions left
+//! further on carry smaller sequence numbers). Records hold absolute values, so replaying over a
+//! state where some of the in-place stores already landed is harmless.
 
 use zus_pmem::Persist;
 
 use crate::error::{FsError, Result};
 use crate::layout::{BLOCK, Geometry, get_u32, get_u64, hash64, put_u32, put_u64};
 
-const JMAGIC: u64 = u64::from_le_bytes(*b"PMJRNL01");
-const JHDR: u64 = 64;
+const JMAGIC: u64 = u64::from_le_bytes(*b"PMJRNL02");
+const HEAD_MAGIC: u64 = u64::from_le_bytes(*b"PMJHEAD2");
+/// The head line; transactions start after it.
+const LOG_START: u64 = 64;
+const THDR: u64 = 32;
 const REC_WRITE: u32 = 1;
 const REC_ZERO: u32 = 2;
 const REC_HDR: usize = 16;
@@ -81,10 +98,22 @@ impl Txn {
     }
 }
 
+/// Blocks a transaction frees: (start, len, through the dax quarantine).
+pub type Freed = (u64, u64, bool);
+
 /// Journal state (held under the commit lock).
 #[derive(Debug)]
 pub struct Journal {
+    /// sequence number of the next transaction
     seq: u64,
+    /// where it goes (offset in the journal area)
+    pos: u64,
+    /// cache lines (device offset / 64) stored in place since the last checkpoint, not flushed
+    dirty: Vec<u64>,
+    /// inodes whose records a transaction of the log wrote
+    inos: std::collections::HashSet<u64>,
+    /// blocks freed by transactions of the log: reusable after the next checkpoint
+    frees: Vec<Freed>,
 }
 
 /// Parsed record.
@@ -121,6 +150,7 @@ fn parse<'a>(body: &'a [u8], geo: &Geometry) -> Result<Vec<Rec<'a>>> {
     Ok(out)
 }
 
+/// Apply records durably (recovery): stores and flushes; the caller fences.
 fn apply<P: Persist>(pm: &P, recs: &[Rec<'_>]) -> Result<()> {
     for r in recs {
         match *r {
@@ -134,49 +164,123 @@ fn apply<P: Persist>(pm: &P, recs: &[Rec<'_>]) -> Result<()> {
     Ok(())
 }
 
+fn align64(x: u64) -> u64 {
+    x.div_ceil(64) * 64
+}
+
 fn checksum(seq: u64, body: &[u8]) -> u64 {
     hash64(seq ^ (body.len() as u64).rotate_left(32), body)
 }
 
 impl Journal {
-    /// Replay a committed transaction left by a crash. Returns whether one was replayed.
-    pub fn recover<P: Persist>(pm: &P, geo: &Geometry) -> Result<(Journal, bool)> {
+    /// Initialise the journal of a fresh filesystem: a zeroed log and a head with base 0.
+    pub fn format<P: Persist>(pm: &P, geo: &Geometry) -> Result<()> {
         let joff = geo.journal_off();
-        let mut h = [0u8; 32];
+        pm.nt_zero(joff, geo.journal_len())?;
+        let mut h = [0u8; 16];
+        put_u64(&mut h, 0, HEAD_MAGIC);
+        pm.nt_store(joff, &h)?;
+        Ok(())
+    }
+
+    /// Replay the transactions logged since the last checkpoint (left by a crash), then empty
+    /// the log. Returns how many were replayed.
+    pub fn recover<P: Persist>(pm: &P, geo: &Geometry) -> Result<(Journal, u64)> {
+        let joff = geo.journal_off();
+        let jlen = geo.journal_len();
+        let mut h = [0u8; 16];
         pm.read(joff, &mut h)?;
-        let seq = get_u64(&h, 8);
-        let len = get_u64(&h, 16);
-        if get_u64(&h, 0) != JMAGIC || len > geo.journal_len() - JHDR {
-            return Ok((Journal { seq: seq.wrapping_add(1) }, false));
+        if get_u64(&h, 0) != HEAD_MAGIC {
+            return Err(FsError::corrupt("journal: bad head magic"));
         }
-        let mut body = vec![0u8; usize::try_from(len).map_err(|_| FsError::corrupt("journal length"))?];
-        pm.read(joff + JHDR, &mut body)?;
-        if checksum(seq, &body) != get_u64(&h, 24) {
-            // Torn commit: never reached its commit point.
-            pm.store_u64(joff, 0)?;
-            pm.persist(joff, 8)?;
-            return Ok((Journal { seq: seq.wrapping_add(1) }, false));
+        let base = get_u64(&h, 8);
+        let (mut pos, mut seq, mut replayed) = (LOG_START, base, 0u64);
+        while pos + THDR <= jlen {
+            let mut t = [0u8; THDR as usize];
+            pm.read(joff + pos, &mut t)?;
+            let len = get_u64(&t, 16);
+            if get_u64(&t, 0) != JMAGIC || get_u64(&t, 8) != seq || len > jlen - pos - THDR {
+                break;
+            }
+            let mut body = vec![0u8; usize::try_from(len).map_err(|_| FsError::corrupt("journal length"))?];
+            pm.read(joff + pos + THDR, &mut body)?;
+            if checksum(seq, &body) != get_u64(&t, 24) {
+                break; // torn: never reached its commit point
+            }
+            let recs = parse(&body, geo)?;
+            apply(pm, &recs)?;
+            pos += align64(THDR + len);
+            seq = seq.wrapping_add(1);
+            replayed += 1;
         }
-        let recs = parse(&body, geo)?;
-        apply(pm, &recs)?;
-        pm.fence();
-        pm.store_u64(joff, 0)?;
-        pm.persist(joff, 8)?;
-        Ok((Journal { seq: seq.wrapping_add(1) }, true))
+        if replayed > 0 {
+            pm.fence();
+            pm.store_u64(joff + 8, seq)?;
+            pm.persist(joff + 8, 8)?;
+        }
+        let j = Journal {
+            seq,
+            pos: LOG_START,
+            dirty: Vec::new(),
+            inos: std::collections::HashSet::new(),
+            frees: Vec::new(),
+        };
+        Ok((j, replayed))
     }
 
     /// Largest body a transaction may have.
     pub fn capacity(geo: &Geometry) -> usize {
-        usize::try_from(geo.journal_len() - JHDR).unwrap_or(0)
+        usize::try_from(geo.journal_len() - LOG_START - THDR).unwrap_or(0)
     }
 
-    /// Commit `txn` (see the module docs). On error nothing was made durable unless the error
-    /// came from applying (which only fails on a pmem bounds bug).
-    pub fn commit<P: Persist>(&mut self, pm: &P, geo: &Geometry, mut txn: Txn) -> Result<()> {
-        if txn.is_empty() {
-            return Ok(());
+    /// Whether a transaction of the log wrote inode `ino`'s record: an in-place store to it
+    /// outside the journal must checkpoint first (a replay would roll it back).
+    pub fn logged(&self, ino: u64) -> bool {
+        self.inos.contains(&ino)
+    }
+
+    /// Blocks freed by logged transactions (free on pmem, not reusable before a checkpoint).
+    pub fn pending_free_blocks(&self) -> u64 {
+        self.frees.iter().map(|f| f.1).sum()
+    }
+
+    /// Make every in-place store of the log durable and empty the log (see the module docs).
+    /// Returns the blocks that became reusable.
+    pub fn checkpoint<P: Persist>(&mut self, pm: &P, geo: &Geometry) -> Result<Vec<Freed>> {
+        if self.pos == LOG_START && self.dirty.is_empty() {
+            return Ok(std::mem::take(&mut self.frees));
         }
-        // Bitmap changes against the committed bitmap.
+        self.dirty.sort_unstable();
+        self.dirty.dedup();
+        let mut i = 0;
+        while i < self.dirty.len() {
+            let mut j = i + 1;
+            while j < self.dirty.len() && self.dirty[j] == self.dirty[j - 1] + 1 {
+                j += 1;
+            }
+            pm.flush(self.dirty[i] * 64, (j - i) as u64 * 64)?;
+            i = j;
+        }
+        pm.fence();
+        let joff = geo.journal_off();
+        pm.store_u64(joff + 8, self.seq)?;
+        pm.persist(joff + 8, 8)?;
+        self.pos = LOG_START;
+        self.dirty.clear();
+        self.inos.clear();
+        Ok(std::mem::take(&mut self.frees))
+    }
+
+    /// Commit `txn` (see the module docs); `frees` are the blocks it frees, held until the next
+    /// checkpoint. Returns blocks a checkpoint made reusable on the way (usually none). On
+    /// error nothing was made durable unless the error came from applying (which only fails on
+    /// a pmem bounds bug).
+    pub fn commit<P: Persist>(&mut self, pm: &P, geo: &Geometry, mut txn: Txn, frees: &[Freed]) -> Result<Vec<Freed>> {
+        if txn.is_empty() {
+            self.frees.extend_from_slice(frees);
+            return Ok(Vec::new());
+        }
+        // Bitmap changes against the current bitmap (every logged transaction is applied).
         if !txn.bits.is_empty() {
             let mut words: std::collections::BTreeMap<u64, u64> = std::collections::BTreeMap::new();
             for &(start, len, set) in &txn.bits {
@@ -222,22 +326,46 @@ impl Journal {
             return Err(FsError::NoSpace);
         }
         let recs = parse(&txn.body, geo)?;
+        let need = align64(THDR + txn.body.len() as u64);
+        let released = if self.pos + need > geo.journal_len() { self.checkpoint(pm, geo)? } else { Vec::new() };
         let joff = geo.journal_off();
         let seq = self.seq;
-        self.seq = self.seq.wrapping_add(1);
-        pm.nt_store(joff + JHDR, &txn.body)?;
-        let mut h = [0u8; 32];
+        let mut h = [0u8; THDR as usize];
         put_u64(&mut h, 0, JMAGIC);
         put_u64(&mut h, 8, seq);
         put_u64(&mut h, 16, txn.body.len() as u64);
         put_u64(&mut h, 24, checksum(seq, &txn.body));
-        pm.store(joff, &h)?;
-        pm.flush(joff, 32)?;
+        pm.nt_store(joff + self.pos, &h)?;
+        pm.nt_store(joff + self.pos + THDR, &txn.body)?;
         pm.fence(); // commit point
-        apply(pm, &recs)?;
-        pm.fence();
-        pm.store_u64(joff, 0)?;
-        pm.flush(joff, 8)?;
-        Ok(())
+        self.seq = self.seq.wrapping_add(1);
+        self.pos += need;
+        self.frees.extend_from_slice(frees);
+        let itable = geo.inode_off(0);
+        let itable_end = geo.inode_off(geo.ninodes);
+        for r in &recs {
+            let (off, len) = match *r {
+                Rec::Write(off, d) => {
+                    pm.store(off, d)?;
+                    (off, d.len() as u64)
+                }
+                Rec::Zero(off, len) => {
+                    pm.nt_zero(off, len)?;
+                    (off, len)
+                }
+            };
+            if len == 0 {
+                continue;
+            }
+            if matches!(r, Rec::Write(..)) {
+                self.dirty.extend(off / 64..(off + len).div_ceil(64));
+            }
+            if off < itable_end && off + len > itable {
+                let first = (off.max(itable) - itable) / crate::layout::INODE_SIZE;
+                let last = ((off + len).min(itable_end) - 1 - itable) / crate::layout::INODE_SIZE;
+                self.inos.extend(first..=last);
+            }
+        }
+        Ok(released)
     }
 }

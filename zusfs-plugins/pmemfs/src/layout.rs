@@ -20,8 +20,8 @@ pub const DEV_HEADER: u64 = 4096;
 pub const SB_OFF: u64 = DEV_HEADER;
 /// Superblock magic ("PMEMFS" + version byte).
 pub const SB_MAGIC: u64 = u64::from_le_bytes(*b"PMEMFS\x00\x01");
-/// On-pmem format version.
-pub const FORMAT_VERSION: u32 = 1;
+/// On-pmem format version (2: the journal is a log of transactions, see `journal.rs`).
+pub const FORMAT_VERSION: u32 = 2;
 /// Inode size.
 pub const INODE_SIZE: u64 = 256;
 /// Root directory inode number.

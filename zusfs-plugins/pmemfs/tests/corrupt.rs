@@ -130,6 +130,18 @@ fn test_mount_errors_are_clear() {
     assert!(e.to_string().contains("size mismatch"), "{e}");
     let e = Fs::mount(CrashSim::new(1 << 20)).unwrap_err();
     assert!(e.to_string().contains("not a pmemfs device"), "{e}");
+    // A format-1 superblock (the journal before it became a log), checksum and all.
+    let mut old = img.clone();
+    old[4096 + 8..4096 + 12].copy_from_slice(&1u32.to_le_bytes());
+    let h = pmemfs::layout::hash64(pmemfs::layout::SB_MAGIC, &old[4096..4096 + 120]);
+    old[4096 + 120..4096 + 128].copy_from_slice(&h.to_le_bytes());
+    let e = Fs::mount(CrashSim::from_image(old)).unwrap_err();
+    assert!(e.to_string().contains("unsupported format version 1"), "{e}");
+    // The journal's head line.
+    let mut bad = img.clone();
+    bad[2 * 4096] ^= 1;
+    let e = Fs::mount(CrashSim::from_image(bad)).unwrap_err();
+    assert!(e.to_string().contains("journal: bad head magic"), "{e}");
 }
 
 #[test]

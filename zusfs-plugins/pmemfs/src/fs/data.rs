@@ -238,6 +238,7 @@ impl<P: Persist> Fs<P> {
         }
         drop(op);
         let io = self.geo.inode_off(ino);
+        self.before_inplace(ino)?;
         if grows {
             // Size is one 8-byte store: atomic. The data before it must be durable first.
             self.pm.fence();

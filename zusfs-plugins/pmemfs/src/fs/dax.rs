@@ -131,6 +131,7 @@ impl<P: Persist> Fs<P> {
             n.d.size = end;
         }
         let io = self.geo.inode_off(ino);
+        self.before_inplace(ino)?;
         let mut hot = [0u8; 32];
         hot[..8].copy_from_slice(&n.d.size.to_le_bytes());
         hot[8..16].copy_from_slice(&n.d.atime.to_le_bytes());

@@ -9,8 +9,8 @@ use super::{Attr, FREE_BATCH, Fs, Op, S_ISGID, WGuard, attr_of, node_mut, now_ns
 use crate::error::{FsError, Result};
 use crate::inode::{DEnt, Inode};
 use crate::layout::{
-    BLOCK, DSLOTS_PER_BLOCK, DiskInode, IFLAG_INLINE_LINK, INLINE_AREA, NAME_MAX, ROOT_INO, S_IFBLK, S_IFCHR, S_IFDIR,
-    S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK, dirent_slots, dtype_of,
+    BLOCK, DSLOTS_PER_BLOCK, DiskInode, IFLAG_INLINE_LINK, INLINE_AREA, INLINE_SLOTS, NAME_MAX, ROOT_INO, S_IFBLK,
+    S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK, dirent_slots, dtype_of,
 };
 
 /// RENAME_NOREPLACE (as in linux/fs.h).
@@ -105,6 +105,43 @@ impl<P: Persist> Fs<P> {
             }
         };
         dir.dir_put(pos, name, ino, dtype, &mut op.txn)
+    }
+
+    /// Give back the empty blocks at the end of directory `dir` (after an entry was removed), in
+    /// the same transaction: a directory emptied of many entries shrinks to what its remaining
+    /// entries need (an empty one to no blocks). Bounded like a truncate (`FREE_BATCH` extents
+    /// per op; a later removal continues).
+    fn dir_shrink(&self, op: &mut Op<'_, P>, dir: &mut Inode) -> Result<()> {
+        let di = dir.dir.as_ref().ok_or(FsError::NotDir)?;
+        let mut keep = di.used.len();
+        while keep > 0 && di.used[keep - 1] == 0 {
+            keep -= 1;
+        }
+        if keep == di.used.len() {
+            return Ok(());
+        }
+        let mut freed = Vec::new();
+        let low = dir.ext_remove(keep as u64, u64::MAX, FREE_BATCH, &mut op.txn, &mut freed)?;
+        for (s, l) in freed {
+            op.free(s, l);
+        }
+        if dir.ext.is_empty() && !dir.chain.is_empty() {
+            // No extent left: the chain blocks go too (the inode is as a fresh directory's).
+            for &c in &dir.chain {
+                op.free(c, 1);
+            }
+            dir.chain.clear();
+            dir.d.chain = 0;
+            dir.free_slots = (0..u32::try_from(INLINE_SLOTS).unwrap_or(8)).rev().collect();
+        }
+        dir.d.size = low * BLOCK;
+        dir.dirty = true;
+        let di = dir.dir.as_mut().ok_or(FsError::NotDir)?;
+        di.used.truncate(usize::try_from(low).unwrap_or(usize::MAX));
+        if di.hint >= di.used.len() {
+            di.hint = 0;
+        }
+        Ok(())
     }
 
     /// Create a node of any type (the common part of create/mknod/mkdir/symlink).
@@ -300,6 +337,7 @@ impl<P: Persist> Fs<P> {
         let now = now_ns();
         let mut op = Op::new(self);
         dir.dir_del(name, &mut op.txn)?;
+        self.dir_shrink(&mut op, dir)?;
         if want_dir {
             child.d.nlink = 0;
             dir.d.nlink = dir.d.nlink.saturating_sub(1);
@@ -328,6 +366,9 @@ impl<P: Persist> Fs<P> {
         check_name(dname)?;
         if flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE) != 0 || flags == RENAME_NOREPLACE | RENAME_EXCHANGE {
             return Err(FsError::Invalid("rename flags".into()));
+        }
+        if sp == dp && self.rename_files_in_dir(sp, sname, dname, flags)? {
+            return Ok(());
         }
         let _ns = self.ns.write().unwrap_or_else(|e| self.poisoned_by_panic(e));
         let find = |d: u64, n: &[u8]| -> Result<Option<DEnt>> {
@@ -445,6 +486,10 @@ impl<P: Persist> Fs<P> {
                 }
             }
             n(&mut gs, sp)?.dir_del(sname, &mut op.txn)?;
+            let mut g = gs.remove(&sp).ok_or(FsError::NotFound)?;
+            let r = self.dir_shrink(&mut op, node_mut(&mut g)?);
+            gs.insert(sp, g);
+            r?;
             if s_dir && sp != dp {
                 let x = n(&mut gs, se.ino)?;
                 x.d.parent = dp;
@@ -476,6 +521,79 @@ impl<P: Persist> Fs<P> {
             }
         }
         Ok(())
+    }
+
+    /// Rename within one directory when neither name is a directory (the common case: an
+    /// editor's or a build tool's atomic replace), under the namespace lock *shared*: the
+    /// directory, then the files in inode order. Deadlock-free with the other ops: they lock
+    /// parent before child, and no op holding a non-directory waits for a directory. Returns
+    /// false, having changed nothing, when a directory is involved (the general path does it).
+    fn rename_files_in_dir(&self, dir_ino: u64, sname: &[u8], dname: &[u8], flags: u32) -> Result<bool> {
+        let exchange = flags & RENAME_EXCHANGE != 0;
+        let _ns = self.ns_read();
+        let mut dg = self.wl(dir_ino)?;
+        let dir = node_mut(&mut dg)?;
+        let di = dir.dir.as_ref().ok_or(FsError::NotDir)?;
+        let se = *di.names.get(sname).ok_or(FsError::NotFound)?;
+        let de = di.names.get(dname).copied();
+        if se.dtype == 4 || de.is_some_and(|d| d.dtype == 4) {
+            return Ok(false);
+        }
+        match de {
+            Some(_) if flags & RENAME_NOREPLACE != 0 => return Err(FsError::Exists),
+            Some(d) if d.ino == se.ino => return Ok(true),
+            None if exchange => return Err(FsError::NotFound),
+            _ => {}
+        }
+        let mut inos = vec![se.ino];
+        if let Some(d) = de {
+            inos.push(d.ino);
+        }
+        inos.sort_unstable();
+        let mut gs: BTreeMap<u64, WGuard<'_>> = BTreeMap::new();
+        for i in inos {
+            gs.insert(i, self.wl(i)?);
+        }
+        let now = now_ns();
+        let mut op = Op::new(self);
+        let mut victim = None;
+        match de {
+            Some(d) if exchange => {
+                dir.dir_repoint(sname, d.ino, d.dtype, &mut op.txn)?;
+                dir.dir_repoint(dname, se.ino, se.dtype, &mut op.txn)?;
+            }
+            Some(d) => {
+                dir.dir_repoint(dname, se.ino, se.dtype, &mut op.txn)?;
+                let v = gs.get_mut(&d.ino).and_then(|g| g.as_deref_mut()).ok_or(FsError::NotFound)?;
+                v.d.nlink = v.d.nlink.saturating_sub(1);
+                victim = Some(d.ino);
+            }
+            None => self.dir_insert(&mut op, dir, dname, se.ino, se.dtype)?,
+        }
+        if !exchange {
+            dir.dir_del(sname, &mut op.txn)?;
+            self.dir_shrink(&mut op, dir)?;
+        }
+        dir.d.mtime = now;
+        dir.d.ctime = now;
+        dir.dirty = true;
+        dir.flush_record(&self.geo, dir_ino, &mut op.txn);
+        for (&i, g) in &mut gs {
+            let x = g.as_deref_mut().ok_or(FsError::NotFound)?;
+            x.d.ctime = now;
+            x.dirty = true;
+            x.flush_record(&self.geo, i, &mut op.txn);
+        }
+        op.commit()?;
+        drop(dg);
+        if let Some(v) = victim
+            && let Some(mut g) = gs.remove(&v)
+            && g.as_ref().is_some_and(|n| n.d.nlink == 0 && n.open == 0)
+        {
+            drop(gs);
+            self.reclaim(v, &mut g)?;
+        }
+        Ok(true)
     }
 
     /// List a directory from `cookie` (0 = start), at most `max` entries (with "." and "..").

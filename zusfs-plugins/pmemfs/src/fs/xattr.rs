@@ -76,9 +76,8 @@ impl<P: Persist> Fs<P> {
         self.store_xattrs(ino, n, m)
     }
 
-    /// `len` contiguous blocks for `op` (the allocator hands out the run at its hint, which
-    /// may be shorter: shorter runs are held aside while looking further, then given back).
-    fn alloc_run(&self, op: &mut Op<'_, P>, len: u64) -> Result<u64> {
+    /// `len` contiguous free blocks, reserved, if the allocator has them.
+    fn find_run(&self, len: u64) -> Option<u64> {
         let mut held = Vec::new();
         let mut found = None;
         for _ in 0..256 {
@@ -94,6 +93,20 @@ impl<P: Persist> Fs<P> {
         }
         for (s, got) in held {
             self.balloc.release(s, got);
+        }
+        found
+    }
+
+    /// `len` contiguous blocks for `op` (the allocator hands out the run at its hint, which
+    /// may be shorter: shorter runs are held aside while looking further, then given back).
+    fn alloc_run(&self, op: &mut Op<'_, P>, len: u64) -> Result<u64> {
+        let mut found = None;
+        for attempt in 0..2 {
+            // Second attempt: after a checkpoint gave back blocks freed by logged transactions.
+            if attempt == 1 && (found.is_some() || self.checkpoint()? == 0) {
+                break;
+            }
+            found = self.find_run(len);
         }
         let s = found.ok_or(FsError::NoSpace)?;
         op.allocated.push((s, len));
