@@ -2069,6 +2069,7 @@ static int zufs_fill_super(struct super_block *sb, struct fs_context *fc)
 	struct inode *root;
 	struct zus_attr a;
 	s64 ret;
+	int err;
 
 	sbi = kzalloc(sizeof(*sbi), GFP_KERNEL);
 	if (!sbi)
@@ -2083,6 +2084,15 @@ static int zufs_fill_super(struct super_block *sb, struct fs_context *fc)
 	INIT_LIST_HEAD(&sbi->forgets);
 	INIT_WORK(&sbi->forget_work, zufs_forget_work);
 	sb->s_fs_info = sbi;
+	/*
+	 * A writeback-capable bdi of our own (get_tree_nodev's default, the
+	 * noop bdi, cannot write back): dirty pages of shared maps reach zusd
+	 * (zufs_writepage), and DAX fsync flushes what stores through a map
+	 * left in the CPU caches (dax.c's writepages).
+	 */
+	err = super_setup_bdi(sb);
+	if (err)
+		return err;
 	sb->s_magic = ZUFS_SUPER_MAGIC;
 	sb->s_op = &zufs_sops;
 	sb->s_d_op = &zufs_dentry_ops;
