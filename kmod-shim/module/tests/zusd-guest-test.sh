@@ -42,48 +42,8 @@ for p in nullfs pmemfs; do
 done
 export ZUFS_GUEST_FILES="$W/build/zufs-dbgop$P ${ZUFS_GUEST_FILES:-}"
 
-# zusd-posix.sh: python3 with the stdlib modules tests/scripts/fs_semantics.py
-# imports (found by importing them here, -S as in the guest), under the
-# guest's /lib/python3.X (PYTHONHOME=/ there), and setfacl/getfacl
-PY=/usr/bin/python3
-[ -x "$PY" ] || PY=$(command -v python3 || true)
-if [ -n "$PY" ]; then
-  PYF=$("$PY" -S -c '
-import os, sys, sysconfig
-import ctypes, ctypes.util, errno, json, mmap, pwd, stat, subprocess, time
-import encodings.ascii, encodings.latin_1, encodings.utf_8
-std = os.path.realpath(sysconfig.get_paths()["stdlib"])
-lib = "/lib/python%d.%d/" % sys.version_info[:2]
-for m in list(sys.modules.values()):
-    f = os.path.realpath(getattr(m, "__file__", None) or "/")
-    if f.startswith(std + "/"):
-        print(f + ":" + lib + f[len(std) + 1:])
-')
-  ZUFS_GUEST_FILES="$ZUFS_GUEST_FILES $("$PY" -S -c 'import os, sys; print(os.path.realpath(sys.executable))'):/bin/python3 $(echo $PYF)"
-  ZUFS_GUEST_FILES="$ZUFS_GUEST_FILES $REPO/tests/scripts/fs_semantics.py:/tests/lib/fs_semantics.py"
-  # the xattrs check on this host's tmpfs (6.1's tmpfs in the guest has no user xattrs)
-  XT=$W/build/xattrs-tmpfs
-  mkdir -p "$XT"
-  if mount -t tmpfs -o size=64M zufs-xattrs "$XT"; then
-    mkdir -m 0777 "$XT/xattrs"
-    "$PY" -S "$REPO/tests/scripts/fs_semantics.py" xattrs "$XT/xattrs" >"$W/build/host-tmpfs-xattrs.txt" 2>&1 &&
-      ZUFS_GUEST_FILES="$ZUFS_GUEST_FILES $W/build/host-tmpfs-xattrs.txt:/tests/lib/host-tmpfs-xattrs.txt"
-    umount "$XT"
-  fi
-fi
-# ext4 on a RAM disk (brd) as the reference for the checks that need O_DIRECT
-KM=$(ls -d "$W"/kimg-*/lib/modules/* 2>/dev/null | head -1 || true)
-if [ -n "$KM" ] && [ -f "$KM/kernel/fs/ext4/ext4.ko" ]; then
-  for m in crypto/crc32c_generic lib/crc16 fs/mbcache fs/jbd2/jbd2 fs/ext4/ext4 drivers/block/brd; do
-    ZUFS_GUEST_FILES="$ZUFS_GUEST_FILES $KM/kernel/$m.ko:/lib/zufs/kmod/$(basename "$m").ko"
-  done
-  # not /bin/mke2fs: that is a link to busybox, which the copy would overwrite
-  ZUFS_GUEST_FILES="$ZUFS_GUEST_FILES $(command -v mke2fs):/lib/zufs/bin/mke2fs"
-fi
-for b in setfacl getfacl; do
-  command -v $b >/dev/null && ZUFS_GUEST_FILES="$ZUFS_GUEST_FILES $(command -v $b)"
-done
-export ZUFS_GUEST_FILES
+# what zusd-posix.sh needs in the guest (python3, setfacl, ext4 on a RAM disk)
+. "$HERE/posix-files.sh"
 T=
 for t in ${ZUSD_GUEST_TESTS:-kzt pmemfs posix pjdfstest}; do T="$T $HERE/zusd-$t.sh"; done
 # the benchmark is slow under TCG (the FUSE bridge most): a longer guest watchdog
