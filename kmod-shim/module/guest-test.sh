@@ -235,8 +235,9 @@ add_kmod() {
   cp "$MD/$rel" "$R/lib/modules/$KABI/$rel"
   for d in $(grep -E "^$rel:" "$MD/modules.dep" | cut -d: -f2); do add_kmod "$(basename "$d" .ko)"; done
 }
-# nd_e820: memmap= pmem; nfit: a qemu nvdimm device (tests/powercut-test.sh)
-for m in nd_e820 nfit nd_pmem dax_pmem fuse; do add_kmod "$m"; done
+# nd_e820: memmap= pmem; nfit: a qemu nvdimm device (tests/powercut-test.sh);
+# ext4 (crc32c for its checksums) and brd: a RAM-disk ext4 (tests/zusd-posix.sh)
+for m in nd_e820 nfit nd_pmem dax_pmem fuse ext4 crc32c_generic brd; do add_kmod "$m"; done
 cp "$MD"/modules.builtin* "$MD"/modules.order "$R/lib/modules/$KABI/"
 busybox depmod -b "$R" "$KABI"
 

@@ -39,9 +39,14 @@
 #include <linux/pagemap.h>
 #include <linux/bvec.h>
 #include <linux/highmem.h>
+#include <linux/writeback.h>
+#include <linux/falloc.h>
+#include <linux/posix_acl.h>
+#include <linux/posix_acl_xattr.h>
 
 #include "zufs.h"
 #include "zufs-dax.h"
+#include "zufs-fs.h"
 
 #define ZUFS_SUPER_MAGIC	0x5a554653	/* "ZUFS" */
 #define ZUFS_DEFAULT_TIMEOUT_MS	1000
@@ -85,6 +90,14 @@ struct zufs_inode {
 	struct mutex kc_lock;
 	unsigned int kc_open;	/* files open through zufs_open() */
 	bool kc_marked;
+	/* files with a shared writable map (window mounts): writeback's fh */
+	spinlock_t wb_lock;
+	struct list_head wb_files;
+};
+
+struct zufs_wb_file {
+	struct list_head list;
+	struct file *file;
 };
 
 static struct kmem_cache *zufs_inode_cachep;
@@ -109,6 +122,8 @@ static const struct file_operations zufs_file_fops;
 static const struct address_space_operations zufs_file_aops;
 static const struct dentry_operations zufs_dentry_ops;
 static const struct xattr_handler *zufs_xattr_handlers[];
+static void zufs_wb_del(struct file *file);
+static int zufs_flush_range(struct inode *inode, loff_t pos, size_t len);
 
 /* ----- attribute and dentry timeouts ----- */
 
@@ -206,6 +221,11 @@ static bool zufs_mode_ok(u32 mode)
 /* Takes the attributes of a reply; the type was checked by the caller. */
 static void zufs_fill_inode(struct inode *inode, const struct zus_attr *a)
 {
+	struct timespec64 ctime = ns_to_timespec64(a->ctime_ns);
+
+	/* an ACL changed by another client changed the ctime (acl.c) */
+	if (!timespec64_equal(&inode->i_ctime, &ctime))
+		forget_all_cached_acls(inode);
 	inode->i_mode = (inode->i_mode & S_IFMT) | (a->mode & ~S_IFMT);
 	set_nlink(inode, a->nlink);
 	inode->i_uid = make_kuid(&init_user_ns, a->uid);
@@ -214,7 +234,7 @@ static void zufs_fill_inode(struct inode *inode, const struct zus_attr *a)
 	inode->i_blocks = a->blocks;
 	inode->i_atime = ns_to_timespec64(a->atime_ns);
 	inode->i_mtime = ns_to_timespec64(a->mtime_ns);
-	inode->i_ctime = ns_to_timespec64(a->ctime_ns);
+	inode->i_ctime = ctime;
 	inode->i_generation = a->generation;
 	zufs_attr_fresh(inode);
 }
@@ -314,6 +334,29 @@ static int zufs_refresh(struct inode *inode)
 	return 0;
 }
 
+/*
+ * The inode numbered @ino in its life @generation (a file handle, export.c):
+ * ESTALE when zusd has no such inode or the number names another life.
+ */
+struct inode *zufs_iget_ino(struct super_block *sb, u64 ino, u32 generation)
+{
+	struct zus_ino_req r = { .ino = ino };
+	struct zus_attr a;
+	s64 ret;
+
+	ret = zufs_simple(ZUFS_SB(sb)->mount_id, ZUS_OP_GETATTR, &r, sizeof(r),
+			  &a, sizeof(a), sizeof(a));
+	if (ret == -ENOENT || ret == -ESTALE || ret == -EINVAL)
+		return ERR_PTR(-ESTALE);
+	if (ret < 0)
+		return ERR_PTR(ret);
+	if (a.ino != ino)
+		return ERR_PTR(-EIO);
+	if (a.generation != generation)
+		return ERR_PTR(-ESTALE);
+	return zufs_iget(sb, &a, false);
+}
+
 /* ----- forgets ----- */
 
 static void zufs_send_forgets(struct zufs_sb_info *sbi)
@@ -384,6 +427,8 @@ static struct inode *zufs_alloc_inode(struct super_block *sb)
 	zufs_dax_inode_init(&zi->dax);
 	zi->kc_open = 0;
 	zi->kc_marked = false;
+	spin_lock_init(&zi->wb_lock);
+	INIT_LIST_HEAD(&zi->wb_files);
 	return &zi->vfs;
 }
 
@@ -489,6 +534,30 @@ static int zufs_setattr_op(struct user_namespace *mnt_userns,
 	zufs_fill_inode(inode, &a);
 	if (r.valid & ZUS_SETATTR_SIZE)
 		truncate_pagecache(inode, i_size_read(inode));
+	/* the ACL's owner, mask (or group) and other entries follow (acl.c) */
+	if (r.valid & ZUS_SETATTR_MODE)
+		return posix_acl_chmod(&init_user_ns, inode, inode->i_mode);
+	return 0;
+}
+
+/* A mode change alone (acl.c: the mode an access ACL implies). */
+int zufs_set_mode(struct inode *inode, umode_t mode)
+{
+	struct zus_setattr_req r = {
+		.ino = inode->i_ino,
+		.valid = ZUS_SETATTR_MODE,
+		.mode = mode,
+	};
+	struct zus_attr a;
+	s64 ret;
+
+	ret = zufs_simple(ZUFS_SB(inode->i_sb)->mount_id, ZUS_OP_SETATTR, &r,
+			  sizeof(r), &a, sizeof(a), sizeof(a));
+	if (ret < 0)
+		return ret;
+	if (a.ino != inode->i_ino || inode_wrong_type(inode, a.mode))
+		return -EIO;
+	zufs_fill_inode(inode, &a);
 	return 0;
 }
 
@@ -548,6 +617,21 @@ static struct dentry *zufs_lookup(struct inode *dir, struct dentry *dentry,
 	}
 	zufs_dentry_fresh(dentry);
 	return d_splice_alias(inode, dentry);
+}
+
+/* The parent of the directory @dir: its ".." entry (export.c). */
+struct inode *zufs_lookup_dotdot(struct inode *dir)
+{
+	static const struct qstr dotdot = QSTR_INIT("..", 2);
+	struct zus_attr a;
+	int err;
+
+	err = zufs_lookup_attr(dir, &dotdot, &a);
+	if (err)
+		return ERR_PTR(err);
+	if (!S_ISDIR(a.mode))
+		return ERR_PTR(-EIO);
+	return zufs_iget(dir->i_sb, &a, true);
 }
 
 /*
@@ -617,30 +701,50 @@ static int zufs_make(struct inode *dir, struct dentry *dentry, u32 opcode,
 		.flags = flags,
 		.name_len = dentry->d_name.len,
 	};
+	struct zufs_new_acls acls;
 	struct inode *inode;
 	struct zus_attr a;
 	void *req;
 	u32 len;
 	s64 ret;
 
+	/* the parent's default ACL (or the umask) shapes the mode (acl.c) */
+	ret = zufs_acl_prepare(dir, &mode, &acls);
+	if (ret)
+		return ret;
+	r.mode = mode;
 	req = zufs_req_names(&r, sizeof(r), &dentry->d_name, NULL, 0, &len);
-	if (IS_ERR(req))
-		return PTR_ERR(req);
+	if (IS_ERR(req)) {
+		ret = PTR_ERR(req);
+		goto out;
+	}
 	ret = zufs_simple(ZUFS_SB(dir->i_sb)->mount_id, opcode, req, len, &a,
 			  sizeof(a), sizeof(a));
 	kfree(req);
 	if (ret < 0)
-		return ret;
+		goto out;
+	ret = -EIO;
 	if ((a.mode & S_IFMT) != (mode & S_IFMT))
-		return -EIO;
+		goto out;
 	inode = zufs_iget(dir->i_sb, &a, true);
-	if (IS_ERR(inode))
-		return PTR_ERR(inode);
+	if (IS_ERR(inode)) {
+		ret = PTR_ERR(inode);
+		goto out;
+	}
+	ret = zufs_acl_apply(inode, &acls);
+	if (ret) {
+		/* the entry exists at zusd; a later lookup finds it */
+		iput(inode);
+		zufs_attr_stale(dir);
+		goto out;
+	}
 	zufs_dentry_fresh(dentry);
 	d_instantiate(dentry, inode);
 	/* mtime, ctime and (mkdir) nlink changed */
 	zufs_attr_stale(dir);
-	return 0;
+out:
+	zufs_acl_release(&acls);
+	return ret;
 }
 
 static int zufs_create(struct user_namespace *mnt_userns, struct inode *dir,
@@ -992,6 +1096,8 @@ static int zufs_release(struct inode *inode, struct file *file)
 	};
 	struct zufs_inode *zi = ZUFS_I(inode);
 
+	/* dirty pages of shared maps go while this fh can carry them */
+	zufs_wb_del(file);
 	mutex_lock(&zi->kc_lock);
 	if (zi->kc_open && !--zi->kc_open && zi->kc_marked) {
 		/* no file, so no mapping: the page cache goes, then the mark */
@@ -1015,10 +1121,18 @@ static ssize_t zufs_read_iter(struct kiocb *iocb, struct iov_iter *to)
 	ssize_t done = 0;
 	s64 ret = 0;
 
-	if (IS_DAX(inode))
-		return zufs_dax_read_iter(iocb, to);	/* dax.c */
+	if (IS_DAX(inode)) {
+		done = zufs_dax_read_iter(iocb, to);	/* dax.c */
+		if (done >= 0)
+			file_accessed(file);
+		return done;
+	}
 	if (!chunk)
 		return -EIO;
+	/* what shared maps wrote reaches zusd first */
+	ret = zufs_flush_range(inode, pos, iov_iter_count(to));
+	if (ret)
+		return ret;
 	while (iov_iter_count(to)) {
 		size_t len = min(iov_iter_count(to), chunk);
 		struct zus_io_req r = {
@@ -1052,6 +1166,9 @@ static ssize_t zufs_read_iter(struct kiocb *iocb, struct iov_iter *to)
 			break;
 	}
 	iocb->ki_pos = pos;
+	/* atime by the mount's policy (zufs_update_time) */
+	if (done || ret >= 0)
+		file_accessed(file);
 	return done ? done : ret;
 }
 
@@ -1076,6 +1193,10 @@ static ssize_t zufs_write_iter(struct kiocb *iocb, struct iov_iter *from)
 	if (ret)
 		goto out;
 	pos = iocb->ki_pos;
+	/* dirty pages of shared maps must not land over this write later */
+	ret = zufs_flush_range(inode, pos, iov_iter_count(from));
+	if (ret)
+		goto out;
 	while (iov_iter_count(from)) {
 		size_t len = min(iov_iter_count(from), chunk);
 		struct zus_io_req r = {
@@ -1141,8 +1262,9 @@ static int zufs_fsync(struct file *file, loff_t start, loff_t end,
 	};
 	s64 ret;
 
-	/* DAX: dirty pages of shared maps to pmem first (dax.c) */
-	ret = zufs_dax_fsync_begin(file, start, end);
+	/* dirty pages of shared maps first (DAX: to pmem, dax.c; else: WRITEs) */
+	ret = IS_DAX(inode) ? zufs_dax_fsync_begin(file, start, end) :
+			      file_write_and_wait_range(file, start, end);
 	if (ret)
 		return ret;
 	ret = zufs_simple(ZUFS_SB(inode->i_sb)->mount_id, ZUS_OP_FSYNC, &r,
@@ -1150,20 +1272,164 @@ static int zufs_fsync(struct file *file, loff_t start, loff_t end,
 	return ret < 0 ? ret : 0;
 }
 
+/*
+ * Times the VFS updates itself: atime by the mount's relatime, strictatime or
+ * noatime policy after a read or readdir, mtime and ctime of a store through
+ * a shared map. zusd keeps them.
+ */
+static int zufs_update_time(struct inode *inode, struct timespec64 *now,
+			    int flags)
+{
+	struct zus_setattr_req r = { .ino = inode->i_ino };
+	struct zus_attr a;
+	s64 ret;
+
+	/*
+	 * atime alone: zusd's plugin already applied its atime policy when it
+	 * served the READ or READDIR (a SETATTR would change the ctime too);
+	 * the next stat reads what it kept. DAX reads never reach zusd: their
+	 * atime is not kept (docs/design.md).
+	 */
+	if (!(flags & (S_MTIME | S_CTIME))) {
+		zufs_attr_stale(inode);
+		return 0;
+	}
+	r.valid = ZUS_SETATTR_MTIME;
+	r.mtime_ns = timespec64_to_ns(now);
+	ret = zufs_simple(ZUFS_SB(inode->i_sb)->mount_id, ZUS_OP_SETATTR, &r,
+			  sizeof(r), &a, sizeof(a), sizeof(a));
+	if (ret < 0)
+		return ret;
+	if (a.ino != inode->i_ino || inode_wrong_type(inode, a.mode))
+		return -EIO;
+	zufs_fill_inode(inode, &a);
+	return 0;
+}
+
+/*
+ * fallocate: allocation, KEEP_SIZE, PUNCH_HOLE and ZERO_RANGE, as the plugin
+ * supports them (else EOPNOTSUPP from zusd). Blocks it frees are first
+ * unmapped everywhere (DAX: after pinned pages were waited for), and cached
+ * pages of the range dropped.
+ */
+static long zufs_fallocate(struct file *file, int mode, loff_t offset,
+			   loff_t len)
+{
+	struct inode *inode = file_inode(file);
+	struct zus_fallocate_req r = {
+		.ino = inode->i_ino,
+		.offset = offset,
+		.len = len,
+		.mode = mode,
+	};
+	bool frees = mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE);
+	s64 ret;
+
+	if (mode & ~(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE |
+		     FALLOC_FL_ZERO_RANGE))
+		return -EOPNOTSUPP;
+	inode_lock(inode);
+	ret = file_remove_privs(file);
+	if (ret)
+		goto out;
+	if (frees && IS_DAX(inode)) {
+		ret = zufs_dax_truncate_begin(inode, i_size_read(inode));
+		if (ret)
+			goto out;
+	} else {
+		ret = zufs_flush_range(inode, offset, len);
+		if (ret)
+			goto out;
+	}
+	ret = zufs_simple(ZUFS_SB(inode->i_sb)->mount_id, ZUS_OP_FALLOCATE, &r,
+			  sizeof(r), NULL, 0, 0);
+	if (frees && IS_DAX(inode))
+		zufs_dax_truncate_end(inode);
+	else if (frees)
+		truncate_pagecache_range(inode, offset, offset + len - 1);
+	if (!ret && !(mode & FALLOC_FL_KEEP_SIZE) &&
+	    offset + len > i_size_read(inode))
+		i_size_write(inode, offset + len);
+	/* ctime, mtime, blocks */
+	zufs_attr_stale(inode);
+out:
+	inode_unlock(inode);
+	return ret < 0 ? ret : 0;
+}
+
+/*
+ * copy_file_range between two files of this mount: one COPY_FILE_RANGE op,
+ * the data copied by the plugin (pmem to pmem), never through the kernel.
+ * The VFS checked the arguments (generic_copy_file_checks: overlap within a
+ * file, read-only and append-only destinations, the length cut at the
+ * source's size). Files of two mounts, or a plugin without the op, get the
+ * kernel's splice copy.
+ */
+static ssize_t zufs_copy_file_range(struct file *in, loff_t pos_in,
+				    struct file *out, loff_t pos_out,
+				    size_t len, unsigned int flags)
+{
+	struct inode *src = file_inode(in), *dst = file_inode(out);
+	struct zus_copy_file_range_req r = {
+		.ino_in = src->i_ino,
+		.fh_in = (uintptr_t)in->private_data,
+		.off_in = pos_in,
+		.ino_out = dst->i_ino,
+		.fh_out = (uintptr_t)out->private_data,
+		.off_out = pos_out,
+		.len = len,
+	};
+	struct zufs_op op = {
+		.opcode = ZUS_OP_COPY_FILE_RANGE,
+		.mount_id = ZUFS_SB(dst->i_sb)->mount_id,
+		.req = &r,
+		.req_len = sizeof(r),
+		.result_max = min_t(u64, len, MAX_LFS_FILESIZE - pos_out),
+	};
+	s64 ret;
+
+	if (src->i_sb != dst->i_sb)
+		goto splice;
+	inode_lock(dst);
+	ret = zufs_flush_range(src, pos_in, len);
+	if (!ret)
+		ret = zufs_flush_range(dst, pos_out, len);
+	if (!ret)
+		ret = file_remove_privs(out);
+	if (!ret)
+		ret = zufs_dispatch(&op);
+	if (ret > 0) {
+		if (pos_out + ret > i_size_read(dst))
+			i_size_write(dst, pos_out + ret);
+		if (!IS_DAX(dst) && dst->i_mapping->nrpages)
+			invalidate_inode_pages2_range(dst->i_mapping,
+					pos_out >> PAGE_SHIFT,
+					(pos_out + ret - 1) >> PAGE_SHIFT);
+	}
+	/* mtime, ctime and the size zusd committed */
+	zufs_attr_stale(dst);
+	inode_unlock(dst);
+	if (ret != -ENOSYS && ret != -EOPNOTSUPP)
+		return ret;
+splice:
+	return generic_copy_file_range(in, pos_in, out, pos_out, len, flags);
+}
+
 /* ----- xattrs ----- */
 
 /*
- * system.* names (POSIX ACLs) would be stored without being enforced: they
- * are refused, as on a FUSE mount without ACL support.
+ * The POSIX ACL names have handlers of their own (acl.c enforces what they
+ * store); any other system.* name would be stored without meaning anything:
+ * refused.
  */
 static bool zufs_xattr_name_ok(const char *name)
 {
 	return strncmp(name, XATTR_SYSTEM_PREFIX, XATTR_SYSTEM_PREFIX_LEN);
 }
 
-static int zufs_xattr_get(const struct xattr_handler *handler,
-			  struct dentry *dentry, struct inode *inode,
-			  const char *name, void *buffer, size_t size)
+/* The value of @name (or its size, @size 0); acl.c reads ACLs with it. */
+ssize_t zufs_getxattr(struct inode *inode, const char *name, void *buffer,
+		      size_t size)
 {
 	size_t nlen = strlen(name);
 	size_t max = min_t(size_t, size, zufs_data_max());
@@ -1183,8 +1449,6 @@ static int zufs_xattr_get(const struct xattr_handler *handler,
 	u32 len;
 	s64 ret;
 
-	if (!zufs_xattr_name_ok(name))
-		return -EOPNOTSUPP;
 	if (size && !r.size)
 		return -EIO;	/* no session */
 	req = zufs_req_build(&r, sizeof(r), name, nlen, NULL, 0, &len);
@@ -1205,11 +1469,18 @@ static int zufs_xattr_get(const struct xattr_handler *handler,
 	return ret;
 }
 
-static int zufs_xattr_set(const struct xattr_handler *handler,
-			  struct user_namespace *mnt_userns,
+static int zufs_xattr_get(const struct xattr_handler *handler,
 			  struct dentry *dentry, struct inode *inode,
-			  const char *name, const void *value, size_t size,
-			  int flags)
+			  const char *name, void *buffer, size_t size)
+{
+	if (!zufs_xattr_name_ok(name))
+		return -EOPNOTSUPP;
+	return zufs_getxattr(inode, name, buffer, size);
+}
+
+/* Sets @name (@value NULL: removes it); acl.c stores ACLs with it. */
+int zufs_setxattr(struct inode *inode, const char *name, const void *value,
+		  size_t size, int flags)
 {
 	size_t nlen = strlen(name);
 	struct zus_xattr_req r = {
@@ -1228,8 +1499,6 @@ static int zufs_xattr_set(const struct xattr_handler *handler,
 	u32 len;
 	s64 ret;
 
-	if (!zufs_xattr_name_ok(name))
-		return -EOPNOTSUPP;
 	if (r.size > XATTR_SIZE_MAX)
 		return -E2BIG;
 	if (r.size > zufs_data_max())
@@ -1252,6 +1521,17 @@ static int zufs_xattr_set(const struct xattr_handler *handler,
 	return 0;
 }
 
+static int zufs_xattr_set(const struct xattr_handler *handler,
+			  struct user_namespace *mnt_userns,
+			  struct dentry *dentry, struct inode *inode,
+			  const char *name, const void *value, size_t size,
+			  int flags)
+{
+	if (!zufs_xattr_name_ok(name))
+		return -EOPNOTSUPP;
+	return zufs_setxattr(inode, name, value, size, flags);
+}
+
 /* Checks a name list: NUL-terminated names, none empty. */
 static bool zufs_xattr_list_ok(const char *buf, size_t n)
 {
@@ -1269,10 +1549,9 @@ static bool zufs_xattr_list_ok(const char *buf, size_t n)
 	return true;
 }
 
-static ssize_t zufs_listxattr(struct dentry *dentry, char *buffer,
-			      size_t size)
+static ssize_t zufs_listxattr_raw(struct inode *inode, char *buffer,
+				  size_t size)
 {
-	struct inode *inode = d_inode(dentry);
 	size_t max = min_t(size_t, size, zufs_data_max());
 	struct zus_xattr_req r = {
 		.ino = inode->i_ino,
@@ -1304,6 +1583,47 @@ static ssize_t zufs_listxattr(struct dentry *dentry, char *buffer,
 	return ret;
 }
 
+/*
+ * The plugin lists every name; trusted.* names are shown only to
+ * CAP_SYS_ADMIN, as the kernel's own filesystems do. Other callers get the
+ * list without them, so their sizes are computed from the whole list.
+ */
+static ssize_t zufs_listxattr(struct dentry *dentry, char *buffer,
+			      size_t size)
+{
+	struct inode *inode = d_inode(dentry);
+	ssize_t len, i, out = 0;
+	char *all;
+
+	if (capable(CAP_SYS_ADMIN))
+		return zufs_listxattr_raw(inode, buffer, size);
+	len = zufs_listxattr_raw(inode, NULL, 0);
+	if (len <= 0)
+		return len;
+	if (len > XATTR_LIST_MAX)
+		return -E2BIG;
+	all = kvmalloc(len, GFP_KERNEL);
+	if (!all)
+		return -ENOMEM;
+	len = zufs_listxattr_raw(inode, all, len);
+	for (i = 0; len > 0 && i < len; i += strlen(all + i) + 1) {
+		size_t n = strlen(all + i) + 1;
+
+		if (!strncmp(all + i, XATTR_TRUSTED_PREFIX,
+			     XATTR_TRUSTED_PREFIX_LEN))
+			continue;
+		if (size && out + n > size) {
+			out = -ERANGE;
+			break;
+		}
+		if (size)
+			memcpy(buffer + out, all + i, n);
+		out += n;
+	}
+	kvfree(all);
+	return len < 0 ? len : out;
+}
+
 static const struct xattr_handler zufs_xattr_handler = {
 	.prefix	= "",	/* every name: zusd's plugin decides */
 	.get	= zufs_xattr_get,
@@ -1311,14 +1631,16 @@ static const struct xattr_handler zufs_xattr_handler = {
 };
 
 static const struct xattr_handler *zufs_xattr_handlers[] = {
+	&posix_acl_access_xattr_handler,	/* acl.c's get_acl/set_acl */
+	&posix_acl_default_xattr_handler,
 	&zufs_xattr_handler,
 	NULL
 };
 
 /*
- * Pages only for mappings (exec, private and read-only shared maps): read()
- * and write() go to zusd directly, and a write drops the pages it covers.
- * Shared writable maps wait for the DAX path (part 2).
+ * Pages only for mappings (without DAX): read() and write() go to zusd
+ * directly, and a write drops the pages it covers. Shared writable maps
+ * write their dirty pages back (zufs_writepage below).
  */
 static int zufs_read_folio(struct file *file, struct folio *folio)
 {
@@ -1369,8 +1691,146 @@ out:
 	return ret;
 }
 
+/*
+ * Shared writable maps on a mount without DAX: pages of the page cache,
+ * dirtied by stores through the map and written back as WRITE ops, through
+ * the fh of a file that has such a map (zusd needs an open file for a
+ * write). read(), write(), copy_file_range and fsync first write back the
+ * dirty pages of their range, so that zusd holds the data they see or
+ * replace; the last close of a mapping file writes back everything while its
+ * fh is still open.
+ */
+static int zufs_wb_add(struct file *file)
+{
+	struct zufs_inode *zi = ZUFS_I(file_inode(file));
+	struct zufs_wb_file *w, *n;
+
+	n = kmalloc(sizeof(*n), GFP_KERNEL);
+	if (!n)
+		return -ENOMEM;
+	n->file = file;
+	spin_lock(&zi->wb_lock);
+	list_for_each_entry(w, &zi->wb_files, list) {
+		if (w->file == file) {
+			spin_unlock(&zi->wb_lock);
+			kfree(n);
+			return 0;
+		}
+	}
+	list_add_tail(&n->list, &zi->wb_files);
+	spin_unlock(&zi->wb_lock);
+	return 0;
+}
+
+static void zufs_wb_del(struct file *file)
+{
+	struct inode *inode = file_inode(file);
+	struct zufs_inode *zi = ZUFS_I(inode);
+	struct zufs_wb_file *w, *found = NULL;
+
+	if (list_empty_careful(&zi->wb_files))
+		return;
+	/* every dirty page written while this fh can still carry it */
+	filemap_write_and_wait(inode->i_mapping);
+	spin_lock(&zi->wb_lock);
+	list_for_each_entry(w, &zi->wb_files, list) {
+		if (w->file == file) {
+			found = w;
+			list_del(&w->list);
+			break;
+		}
+	}
+	spin_unlock(&zi->wb_lock);
+	kfree(found);
+}
+
+static bool zufs_wb_fh(struct inode *inode, u64 *fh)
+{
+	struct zufs_inode *zi = ZUFS_I(inode);
+	struct zufs_wb_file *w;
+	bool ok = false;
+
+	spin_lock(&zi->wb_lock);
+	w = list_first_entry_or_null(&zi->wb_files, struct zufs_wb_file, list);
+	if (w) {
+		*fh = (uintptr_t)w->file->private_data;
+		ok = true;
+	}
+	spin_unlock(&zi->wb_lock);
+	return ok;
+}
+
+/* Dirty pages of [pos, pos + len) to zusd (a no-op without any). */
+static int zufs_flush_range(struct inode *inode, loff_t pos, size_t len)
+{
+	struct address_space *m = inode->i_mapping;
+
+	if (!len || IS_DAX(inode) || !mapping_tagged(m, PAGECACHE_TAG_DIRTY))
+		return 0;
+	return filemap_write_and_wait_range(m, pos, pos + len - 1);
+}
+
+static int zufs_writepage(struct page *page, struct writeback_control *wbc)
+{
+	struct inode *inode = page->mapping->host;
+	loff_t pos = page_offset(page), size = i_size_read(inode);
+	size_t len = min_t(loff_t, PAGE_SIZE, size - pos);
+	struct bio_vec bv = { .bv_page = page, .bv_len = len };
+	struct zus_io_req r = {
+		.ino = inode->i_ino,
+		.offset = pos,
+		.len = len,
+		.data_kind = ZUS_DATA_WINDOW,
+	};
+	struct zus_io_reply rep = {};
+	struct iov_iter it;
+	struct zufs_op op = {
+		.opcode = ZUS_OP_WRITE,
+		.mount_id = ZUFS_SB(inode->i_sb)->mount_id,
+		.req = &r,
+		.req_len = sizeof(r),
+		.reply = &rep,
+		.reply_size = sizeof(rep),
+		.reply_min = sizeof(rep),
+		.result_max = len,
+		.data_in = &it,
+		.data_in_len = len,
+	};
+	s64 ret;
+
+	if (pos >= size) {
+		/* past EOF: truncated meanwhile, nothing to keep */
+		unlock_page(page);
+		return 0;
+	}
+	if (!zufs_wb_fh(inode, &r.fh)) {
+		/* no open file with a shared writable map: cannot be dirty */
+		pr_warn_ratelimited("inode %lu: dirty page without a writable map\n",
+				    inode->i_ino);
+		mapping_set_error(page->mapping, -EIO);
+		unlock_page(page);
+		return -EIO;
+	}
+	set_page_writeback(page);
+	unlock_page(page);
+	iov_iter_bvec(&it, ITER_SOURCE, &bv, 1, len);
+	ret = zufs_dispatch(&op);
+	if (ret >= 0 && ret != len)
+		ret = -EIO;
+	if (ret < 0)
+		mapping_set_error(page->mapping, ret);
+	end_page_writeback(page);
+	/* mtime and ctime changed */
+	zufs_attr_stale(inode);
+	return ret < 0 ? ret : 0;
+}
+
 static const struct address_space_operations zufs_file_aops = {
 	.read_folio	= zufs_read_folio,
+	.writepage	= zufs_writepage,
+	.dirty_folio	= filemap_dirty_folio,
+	/* O_DIRECT opens: read and write never use the page cache anyway */
+	.direct_IO	= noop_direct_IO,
 };
 
 /* SEEK_END and friends see the size other clients left */
@@ -1418,7 +1878,13 @@ static int zufs_file_mmap(struct file *file, struct vm_area_struct *vma)
 		return zufs_dax_mmap(file, vma);
 	if (vma->vm_flags & VM_SYNC)
 		return -EOPNOTSUPP;
-	return generic_file_readonly_mmap(file, vma);
+	if ((vma->vm_flags & (VM_SHARED | VM_MAYWRITE)) ==
+	    (VM_SHARED | VM_MAYWRITE)) {
+		err = zufs_wb_add(file);
+		if (err)
+			return err;
+	}
+	return generic_file_mmap(file, vma);
 }
 
 static const struct file_operations zufs_file_fops = {
@@ -1428,11 +1894,20 @@ static const struct file_operations zufs_file_fops = {
 	.write_iter	= zufs_write_iter,
 	.fsync		= zufs_fsync,
 	.llseek		= zufs_llseek,
+	.copy_file_range = zufs_copy_file_range,
+	.fallocate	= zufs_fallocate,
 	.mmap		= zufs_file_mmap,
 	.mmap_supported_flags = MAP_SYNC,	/* DAX mounts only */
 };
 
 static const struct file_operations zufs_dir_fops = {
+	/*
+	 * zusd counts open directories as open files: one removed (rmdir, or
+	 * renamed over) while open stays usable (fstat, fchmod, an empty
+	 * readdir) until its last close
+	 */
+	.open		= zufs_open,
+	.release	= zufs_release,
 	.read		= generic_read_dir,
 	.iterate_shared	= zufs_readdir,
 	.fsync		= zufs_dir_fsync,
@@ -1453,6 +1928,9 @@ static const struct inode_operations zufs_dir_iops = {
 	.setattr	= zufs_setattr,
 	.permission	= zufs_permission,
 	.listxattr	= zufs_listxattr,
+	.update_time	= zufs_update_time,
+	.get_acl	= zufs_get_acl,
+	.set_acl	= zufs_set_acl,
 };
 
 static const struct inode_operations zufs_file_iops = {
@@ -1460,6 +1938,9 @@ static const struct inode_operations zufs_file_iops = {
 	.setattr	= zufs_setattr,
 	.permission	= zufs_permission,
 	.listxattr	= zufs_listxattr,
+	.update_time	= zufs_update_time,
+	.get_acl	= zufs_get_acl,
+	.set_acl	= zufs_set_acl,
 };
 
 static const struct inode_operations zufs_symlink_iops = {
@@ -1467,6 +1948,7 @@ static const struct inode_operations zufs_symlink_iops = {
 	.getattr	= zufs_getattr,
 	.setattr	= zufs_setattr,
 	.listxattr	= zufs_listxattr,
+	.update_time	= zufs_update_time,
 };
 
 static const struct inode_operations zufs_special_iops = {
@@ -1474,6 +1956,9 @@ static const struct inode_operations zufs_special_iops = {
 	.setattr	= zufs_setattr,
 	.permission	= zufs_permission,
 	.listxattr	= zufs_listxattr,
+	.update_time	= zufs_update_time,
+	.get_acl	= zufs_get_acl,
+	.set_acl	= zufs_set_acl,
 };
 
 /* ----- the super block ----- */
@@ -1584,6 +2069,7 @@ static int zufs_fill_super(struct super_block *sb, struct fs_context *fc)
 	struct inode *root;
 	struct zus_attr a;
 	s64 ret;
+	int err;
 
 	sbi = kzalloc(sizeof(*sbi), GFP_KERNEL);
 	if (!sbi)
@@ -1598,10 +2084,22 @@ static int zufs_fill_super(struct super_block *sb, struct fs_context *fc)
 	INIT_LIST_HEAD(&sbi->forgets);
 	INIT_WORK(&sbi->forget_work, zufs_forget_work);
 	sb->s_fs_info = sbi;
+	/*
+	 * A writeback-capable bdi of our own (get_tree_nodev's default, the
+	 * noop bdi, cannot write back): dirty pages of shared maps reach zusd
+	 * (zufs_writepage), and DAX fsync flushes what stores through a map
+	 * left in the CPU caches (dax.c's writepages).
+	 */
+	err = super_setup_bdi(sb);
+	if (err)
+		return err;
 	sb->s_magic = ZUFS_SUPER_MAGIC;
 	sb->s_op = &zufs_sops;
 	sb->s_d_op = &zufs_dentry_ops;
 	sb->s_xattr = zufs_xattr_handlers;
+	sb->s_export_op = &zufs_export_ops;
+	/* the kernel enforces POSIX ACLs; the umask is left to acl.c */
+	sb->s_flags |= SB_POSIXACL;
 	sb->s_maxbytes = MAX_LFS_FILESIZE;
 	sb->s_blocksize = PAGE_SIZE;
 	sb->s_blocksize_bits = PAGE_SHIFT;

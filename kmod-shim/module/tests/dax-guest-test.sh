@@ -56,5 +56,7 @@ export TIMEOUT=${TIMEOUT:-900}
 # two e820 pmem regions with a gap (adjacent ones would merge into one device)
 export PMEM=${PMEM:-512M!1G memmap=256M!1664M}
 export ZUFS_GUEST_FILES="$EXTRA ${ZUFS_GUEST_FILES:-}"
-export ZUFS_GUEST_TESTS="$HERE/guest-dax.sh ${ZUFS_GUEST_TESTS:-}"
+# then the issue-16 checks on a DAX mount (tests/dax-posix.sh, tests/zusd-posix.sh)
+. "$HERE/posix-files.sh"
+export ZUFS_GUEST_TESTS="$HERE/guest-dax.sh $HERE/dax-posix.sh ${ZUFS_GUEST_TESTS:-}"
 exec bash "$REPO/kmod-shim/module/guest-test.sh"

@@ -6,6 +6,8 @@
 # static tests/zufs-dbgop.c, and runs guest-test.sh with tests/zusd-kzt.sh
 # (K-ZTs, NOOPs, nullfs), tests/zusd-pmemfs.sh (pmemfs mounted with
 # `zufs mount -o transport=kernel`: workload, zusd killed, fsck) and
+# tests/zusd-posix.sh (tests/scripts/fs_semantics.py's checks on that mount
+# against tmpfs: python3 and the stdlib modules it imports are packed) and
 # tests/zusd-pjdfstest.sh (pjdfstest on that mount against tmpfs) added
 # (ZUFS_GUEST_TESTS) and zufs-dbgop in the initramfs (ZUFS_GUEST_FILES;
 # guest-test.sh itself picks up target/release/zusd, zufs, zufs-testclient and
@@ -17,7 +19,7 @@
 #
 # Environment: as guest-test.sh (ZUFS_KMOD_DIR, SMP, ...), plus
 #   NO_BUILD=1   use what target/release holds
-#   ZUSD_GUEST_TESTS="kzt pmemfs pjdfstest"   which of this wrapper's guest scripts run
+#   ZUSD_GUEST_TESTS="kzt pmemfs posix pjdfstest"   which of this wrapper's guest scripts run
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -39,8 +41,11 @@ for p in nullfs pmemfs; do
   [ -f "$REPO/target/release/lib$p.so" ] && P="$P $REPO/target/release/lib$p.so:/lib/zufs/plugins/lib$p.so"
 done
 export ZUFS_GUEST_FILES="$W/build/zufs-dbgop$P ${ZUFS_GUEST_FILES:-}"
+
+# what zusd-posix.sh needs in the guest (python3, setfacl, ext4 on a RAM disk)
+. "$HERE/posix-files.sh"
 T=
-for t in ${ZUSD_GUEST_TESTS:-kzt pmemfs pjdfstest}; do T="$T $HERE/zusd-$t.sh"; done
+for t in ${ZUSD_GUEST_TESTS:-kzt pmemfs posix pjdfstest}; do T="$T $HERE/zusd-$t.sh"; done
 # the benchmark is slow under TCG (the FUSE bridge most): a longer guest watchdog
 [ "${BENCH:-0}" = 1 ] && T="$T $HERE/zusd-bench.sh" && export TIMEOUT=${TIMEOUT:-900}
 export ZUFS_GUEST_TESTS="$T ${ZUFS_GUEST_TESTS:-}"
