@@ -1112,6 +1112,49 @@ static int zufs_release(struct inode *inode, struct file *file)
 	return 0;
 }
 
+/*
+ * One READ or WRITE of @len bytes at @pos through the slot window: @it is
+ * where the data goes (READ) or comes from (WRITE). Returns the bytes zusd
+ * moved; @rep has what a write left (its offset, the file's size).
+ */
+static s64 zufs_io(struct inode *inode, u64 fh, u32 opcode, u32 flags,
+		   loff_t pos, size_t len, struct iov_iter *it,
+		   struct zus_io_reply *rep)
+{
+	struct zus_io_req r = {
+		.ino = inode->i_ino,
+		.fh = fh,
+		.offset = pos,
+		.len = len,
+		.flags = flags,
+		.data_kind = ZUS_DATA_WINDOW,
+	};
+	struct zufs_op op = {
+		.opcode = opcode,
+		.mount_id = ZUFS_SB(inode->i_sb)->mount_id,
+		.req = &r,
+		.req_len = sizeof(r),
+		.reply = rep,
+		.reply_size = sizeof(*rep),
+		.result_max = len,
+	};
+	s64 ret;
+
+	if (opcode == ZUS_OP_WRITE) {
+		op.reply_min = sizeof(*rep);
+		op.data_in = it;
+		op.data_in_len = len;
+	} else {
+		op.data_out = it;
+		op.data_out_size = len;
+	}
+	ret = zufs_dispatch(&op);
+	/* a read's result is the bytes it put in the window */
+	if (ret >= 0 && opcode == ZUS_OP_READ && op.data_len != ret)
+		ret = -EIO;
+	return ret;
+}
+
 static ssize_t zufs_read_iter(struct kiocb *iocb, struct iov_iter *to)
 {
 	struct file *file = iocb->ki_filp;
@@ -1135,29 +1178,10 @@ static ssize_t zufs_read_iter(struct kiocb *iocb, struct iov_iter *to)
 		return ret;
 	while (iov_iter_count(to)) {
 		size_t len = min(iov_iter_count(to), chunk);
-		struct zus_io_req r = {
-			.ino = inode->i_ino,
-			.fh = (uintptr_t)file->private_data,
-			.offset = pos,
-			.len = len,
-			.data_kind = ZUS_DATA_WINDOW,
-		};
 		struct zus_io_reply rep = {};
-		struct zufs_op op = {
-			.opcode = ZUS_OP_READ,
-			.mount_id = ZUFS_SB(inode->i_sb)->mount_id,
-			.req = &r,
-			.req_len = sizeof(r),
-			.reply = &rep,
-			.reply_size = sizeof(rep),
-			.result_max = len,
-			.data_out = to,
-			.data_out_size = len,
-		};
 
-		ret = zufs_dispatch(&op);
-		if (ret >= 0 && op.data_len != ret)
-			ret = -EIO;
+		ret = zufs_io(inode, (uintptr_t)file->private_data, ZUS_OP_READ,
+			      0, pos, len, to, &rep);
 		if (ret <= 0)
 			break;
 		pos += ret;
@@ -1180,6 +1204,7 @@ static ssize_t zufs_write_iter(struct kiocb *iocb, struct iov_iter *from)
 	ssize_t done = 0;
 	s64 ret;
 	loff_t pos;
+	u32 flags = 0;
 
 	if (IS_DAX(inode))
 		return zufs_dax_write_iter(iocb, from);	/* dax.c */
@@ -1197,34 +1222,16 @@ static ssize_t zufs_write_iter(struct kiocb *iocb, struct iov_iter *from)
 	ret = zufs_flush_range(inode, pos, iov_iter_count(from));
 	if (ret)
 		goto out;
+	if (iocb->ki_flags & IOCB_APPEND)
+		flags |= ZUS_IO_FLAGS_APPEND;
+	if (iocb_is_dsync(iocb))
+		flags |= ZUS_IO_FLAGS_SYNC;
 	while (iov_iter_count(from)) {
 		size_t len = min(iov_iter_count(from), chunk);
-		struct zus_io_req r = {
-			.ino = inode->i_ino,
-			.fh = (uintptr_t)file->private_data,
-			.offset = pos,
-			.len = len,
-			.data_kind = ZUS_DATA_WINDOW,
-		};
 		struct zus_io_reply rep = {};
-		struct zufs_op op = {
-			.opcode = ZUS_OP_WRITE,
-			.mount_id = ZUFS_SB(inode->i_sb)->mount_id,
-			.req = &r,
-			.req_len = sizeof(r),
-			.reply = &rep,
-			.reply_size = sizeof(rep),
-			.reply_min = sizeof(rep),
-			.result_max = len,
-			.data_in = from,
-			.data_in_len = len,
-		};
 
-		if (iocb->ki_flags & IOCB_APPEND)
-			r.flags |= ZUS_IO_FLAGS_APPEND;
-		if (iocb_is_dsync(iocb))
-			r.flags |= ZUS_IO_FLAGS_SYNC;
-		ret = zufs_dispatch(&op);
+		ret = zufs_io(inode, (uintptr_t)file->private_data,
+			      ZUS_OP_WRITE, flags, pos, len, from, &rep);
 		if (ret >= 0 && (rep.offset > MAX_LFS_FILESIZE ||
 				 rep.size > MAX_LFS_FILESIZE))
 			ret = -EIO;
@@ -1649,25 +1656,8 @@ static int zufs_read_folio(struct file *file, struct folio *folio)
 		.bv_page = &folio->page,
 		.bv_len = PAGE_SIZE,
 	};
-	struct zus_io_req r = {
-		.ino = inode->i_ino,
-		.offset = folio_pos(folio),
-		.len = PAGE_SIZE,
-		.data_kind = ZUS_DATA_WINDOW,
-	};
 	struct zus_io_reply rep = {};
 	struct iov_iter it;
-	struct zufs_op op = {
-		.opcode = ZUS_OP_READ,
-		.mount_id = ZUFS_SB(inode->i_sb)->mount_id,
-		.req = &r,
-		.req_len = sizeof(r),
-		.reply = &rep,
-		.reply_size = sizeof(rep),
-		.result_max = PAGE_SIZE,
-		.data_out = &it,
-		.data_out_size = PAGE_SIZE,
-	};
 	s64 ret;
 
 	/* the large-folio mapping flag is never set: one page */
@@ -1675,11 +1665,9 @@ static int zufs_read_folio(struct file *file, struct folio *folio)
 		ret = -EIO;
 		goto out;
 	}
-	r.fh = (uintptr_t)file->private_data;
 	iov_iter_bvec(&it, ITER_DEST, &bv, 1, PAGE_SIZE);
-	ret = zufs_dispatch(&op);
-	if (ret >= 0 && op.data_len != ret)
-		ret = -EIO;
+	ret = zufs_io(inode, (uintptr_t)file->private_data, ZUS_OP_READ, 0,
+		      folio_pos(folio), PAGE_SIZE, &it, &rep);
 	if (ret < 0)
 		goto out;
 	if (ret < PAGE_SIZE)
@@ -1776,34 +1764,17 @@ static int zufs_writepage(struct page *page, struct writeback_control *wbc)
 	loff_t pos = page_offset(page), size = i_size_read(inode);
 	size_t len = min_t(loff_t, PAGE_SIZE, size - pos);
 	struct bio_vec bv = { .bv_page = page, .bv_len = len };
-	struct zus_io_req r = {
-		.ino = inode->i_ino,
-		.offset = pos,
-		.len = len,
-		.data_kind = ZUS_DATA_WINDOW,
-	};
 	struct zus_io_reply rep = {};
 	struct iov_iter it;
-	struct zufs_op op = {
-		.opcode = ZUS_OP_WRITE,
-		.mount_id = ZUFS_SB(inode->i_sb)->mount_id,
-		.req = &r,
-		.req_len = sizeof(r),
-		.reply = &rep,
-		.reply_size = sizeof(rep),
-		.reply_min = sizeof(rep),
-		.result_max = len,
-		.data_in = &it,
-		.data_in_len = len,
-	};
 	s64 ret;
+	u64 fh;
 
 	if (pos >= size) {
 		/* past EOF: truncated meanwhile, nothing to keep */
 		unlock_page(page);
 		return 0;
 	}
-	if (!zufs_wb_fh(inode, &r.fh)) {
+	if (!zufs_wb_fh(inode, &fh)) {
 		/* no open file with a shared writable map: cannot be dirty */
 		pr_warn_ratelimited("inode %lu: dirty page without a writable map\n",
 				    inode->i_ino);
@@ -1814,7 +1785,7 @@ static int zufs_writepage(struct page *page, struct writeback_control *wbc)
 	set_page_writeback(page);
 	unlock_page(page);
 	iov_iter_bvec(&it, ITER_SOURCE, &bv, 1, len);
-	ret = zufs_dispatch(&op);
+	ret = zufs_io(inode, fh, ZUS_OP_WRITE, 0, pos, len, &it, &rep);
 	if (ret >= 0 && ret != len)
 		ret = -EIO;
 	if (ret < 0)
