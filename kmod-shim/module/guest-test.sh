@@ -207,6 +207,9 @@ ln -s bin "$R/sbin"
 mknod -m 600 "$R/dev/console" c 5 1
 cp "$B/module/zufs.ko" "$R/lib/modules/$KABI/extra/"
 cp "$B/fake-zusd" "$B/fs-test" "$R/bin/"
+# check, wait_for, uptime_ms: sourced by every guest test script
+mkdir -p "$R/tests/lib"
+cp "$HERE/tests/guest-lib.sh" "$R/tests/lib/"
 if [ "${DEFAULT_TESTS:-1}" != 0 ]; then
   cp "$HERE/tests/guest-tests.sh" "$R/tests/00-transport.sh"
   cp "$HERE/tests/guest-fs.sh" "$R/tests/10-fs.sh"

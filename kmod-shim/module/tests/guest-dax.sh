@@ -9,26 +9,7 @@
 # memmap= region), the FUSE bridge and tmpfs, in this one boot.
 # Run by the guest's /init (tests/dax-guest-test.sh sets it up).
 
-check() {  # NAME CMD...
-	name=$1
-	shift
-	if "$@"; then
-		echo "TEST $name ... ok"
-	else
-		echo "TEST $name ... FAILED: $*"
-	fi
-}
-
-wait_for() {  # TENTHS CMD...
-	n=$1
-	shift
-	while [ "$n" -gt 0 ]; do
-		"$@" && return 0
-		sleep 0.1
-		n=$((n - 1))
-	done
-	return 1
-}
+. /tests/lib/guest-lib.sh	# check, wait_for, uptime_ms
 
 PL=/lib/zufs/plugins
 SOCK=/run/zufs/zusd-dax.sock

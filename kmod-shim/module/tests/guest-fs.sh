@@ -3,15 +3,7 @@
 # Guest tests of the zufs filesystem type, served by fake-zusd's in-memory
 # filesystem (mount_id 7, root inode 1). Prints "TEST name ... ok|FAILED".
 
-check() {  # NAME CMD...
-	name=$1
-	shift
-	if "$@"; then
-		echo "TEST $name ... ok"
-	else
-		echo "TEST $name ... FAILED: $*"
-	fi
-}
+. /tests/lib/guest-lib.sh	# check, wait_for, uptime_ms
 
 M=/mnt/z
 modprobe zufs

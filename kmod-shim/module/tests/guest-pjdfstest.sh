@@ -6,15 +6,7 @@
 # ZUFS_PJD_SERVER=zusd (once zusd serves /dev/zufs) it is zusd + pmemfs.
 # Prints "TEST name ... ok|FAILED" lines for guest-test.sh's count.
 
-check() {  # NAME CMD...
-	name=$1
-	shift
-	if "$@"; then
-		echo "TEST $name ... ok"
-	else
-		echo "TEST $name ... FAILED: $*"
-	fi
-}
+. /tests/lib/guest-lib.sh	# check, wait_for, uptime_ms
 
 if ! command -v pjdfstest >/dev/null; then
 	echo "TEST pjdfstest_in_initramfs ... FAILED: guest-test.sh did not build it"

@@ -6,26 +6,7 @@
 # until the host kills qemu) or zufs_pc=verify:SEED:N (mount: recovery runs;
 # files 1..N hold every byte that was fsynced; umount; fsck clean).
 
-check() {  # NAME CMD...
-	name=$1
-	shift
-	if "$@"; then
-		echo "TEST $name ... ok"
-	else
-		echo "TEST $name ... FAILED: $*"
-	fi
-}
-
-wait_for() {  # TENTHS CMD...
-	n=$1
-	shift
-	while [ "$n" -gt 0 ]; do
-		"$@" && return 0
-		sleep 0.1
-		n=$((n - 1))
-	done
-	return 1
-}
+. /tests/lib/guest-lib.sh	# check, wait_for, uptime_ms
 
 PL=/lib/zufs/plugins
 SOCK=/run/zufs/zusd-pc.sock

@@ -3,15 +3,7 @@
 # Guest tests of the zufs transport: load, the fake server's tests, unload.
 # Run by the guest's /init (guest-test.sh); prints "TEST name ... ok|FAILED".
 
-check() {  # NAME CMD...
-	name=$1
-	shift
-	if "$@"; then
-		echo "TEST $name ... ok"
-	else
-		echo "TEST $name ... FAILED: $*"
-	fi
-}
+. /tests/lib/guest-lib.sh	# check, wait_for, uptime_ms
 
 check load_zufs_module modprobe zufs
 check dev_zufs_is_a_char_device test -c /dev/zufs

@@ -5,28 +5,7 @@
 # and the static zufs-dbgop in the initramfs (tests/zusd-guest-test.sh sets
 # that up). Prints "TEST name ... ok|FAILED"; leaves the module unloaded.
 
-check() {  # NAME CMD...
-	name=$1
-	shift
-	if "$@"; then
-		echo "TEST $name ... ok"
-	else
-		echo "TEST $name ... FAILED: $*"
-	fi
-}
-
-uptime_ms() { awk '{ printf "%d\n", $1 * 1000 }' /proc/uptime; }
-
-wait_for() {  # TENTHS CMD...: up to TENTHS/10 s for CMD to succeed
-	n=$1
-	shift
-	while [ "$n" -gt 0 ]; do
-		"$@" && return 0
-		sleep 0.1
-		n=$((n - 1))
-	done
-	return 1
-}
+. /tests/lib/guest-lib.sh	# check, wait_for, uptime_ms
 
 NCPU=$(grep -c ^processor /proc/cpuinfo)
 SOCK=/run/zufs/zusd-kzt.sock

@@ -7,26 +7,7 @@
 # guest-pjdfstest.sh runs the same suite against fake-zusd's in-memory server.
 # Prints "TEST name ... ok|FAILED".
 
-check() {  # NAME CMD...
-	name=$1
-	shift
-	if "$@"; then
-		echo "TEST $name ... ok"
-	else
-		echo "TEST $name ... FAILED: $*"
-	fi
-}
-
-wait_for() {  # TENTHS CMD...
-	n=$1
-	shift
-	while [ "$n" -gt 0 ]; do
-		"$@" && return 0
-		sleep 0.1
-		n=$((n - 1))
-	done
-	return 1
-}
+. /tests/lib/guest-lib.sh	# check, wait_for, uptime_ms
 
 if ! command -v pjdfstest >/dev/null; then
 	# guest-test.sh leaves it out only with PJDFSTEST=off or no cargo (CI runs

@@ -13,28 +13,7 @@
 #      there; clean umount, fsck clean, rmmod.
 # Prints "TEST name ... ok|FAILED".
 
-check() {  # NAME CMD...
-	name=$1
-	shift
-	if "$@"; then
-		echo "TEST $name ... ok"
-	else
-		echo "TEST $name ... FAILED: $*"
-	fi
-}
-
-uptime_ms() { awk '{ printf "%d\n", $1 * 1000 }' /proc/uptime; }
-
-wait_for() {  # TENTHS CMD...: up to TENTHS/10 s for CMD to succeed
-	n=$1
-	shift
-	while [ "$n" -gt 0 ]; do
-		"$@" && return 0
-		sleep 0.1
-		n=$((n - 1))
-	done
-	return 1
-}
+. /tests/lib/guest-lib.sh	# check, wait_for, uptime_ms
 
 export ZUFS_SOCKET=/run/zufs/zusd-pmemfs.sock ZUFS_PLUGINS=/lib/zufs/plugins ZUFS_RUN_DIR=/run/zufs NO_COLOR=1
 LOG=/tmp/zusd-pmemfs.log

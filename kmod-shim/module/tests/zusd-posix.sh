@@ -15,26 +15,7 @@
 # earlier script or here.
 # Prints "TEST name ... ok|FAILED".
 
-check() {  # NAME CMD...
-	name=$1
-	shift
-	if "$@"; then
-		echo "TEST $name ... ok"
-	else
-		echo "TEST $name ... FAILED: $*"
-	fi
-}
-
-wait_for() {  # TENTHS CMD...: up to TENTHS/10 s for CMD to succeed
-	n=$1
-	shift
-	while [ "$n" -gt 0 ]; do
-		"$@" && return 0
-		sleep 0.1
-		n=$((n - 1))
-	done
-	return 1
-}
+. /tests/lib/guest-lib.sh	# check, wait_for, uptime_ms
 
 export ZUFS_SOCKET=/run/zufs/zusd-${PX_NAME:-px}.sock ZUFS_PLUGINS=/lib/zufs/plugins ZUFS_RUN_DIR=/run/zufs NO_COLOR=1
 export PYTHONHOME=/ PYTHONDONTWRITEBYTECODE=1
