@@ -403,8 +403,14 @@ pub fn spawn_handed(
     let srv =
         Arc::new(Server { bridge: Arc::clone(&bridge), opts: opts.clone(), max_write: params.max_write, uring: true });
     {
-        // Page-cache notifications go over /dev/fuse.
+        // Page-cache and attribute notifications go over /dev/fuse.
         let nfd = dev.try_clone()?;
+        let afd = dev.try_clone()?;
+        // Offset -1: the attributes only (no page lock taken: safe on a ring thread).
+        bridge.set_attr_invalidator(Box::new(move |node| {
+            let n = abi::NotifyInvalInode { ino: node, off: -1, len: 0 };
+            let _ = write_dev(afd.as_raw_fd(), 0, abi::NOTIFY_INVAL_INODE, bytes_of(&n));
+        }));
         bridge.set_page_cache_invalidator(Box::new(move |node| {
             let n = abi::NotifyInvalInode { ino: node, off: 0, len: 0 };
             let _ = write_dev(nfd.as_raw_fd(), 0, abi::NOTIFY_INVAL_INODE, bytes_of(&n));
