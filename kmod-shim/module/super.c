@@ -1350,6 +1350,9 @@ static long zufs_fallocate(struct file *file, int mode, loff_t offset,
 	}
 	ret = zufs_simple(ZUFS_SB(inode->i_sb)->mount_id, ZUS_OP_FALLOCATE, &r,
 			  sizeof(r), NULL, 0, 0);
+	/* a server without the op: posix_fallocate() then writes zeros itself */
+	if (ret == -ENOSYS)
+		ret = -EOPNOTSUPP;
 	if (frees && IS_DAX(inode))
 		zufs_dax_truncate_end(inode);
 	else if (frees)

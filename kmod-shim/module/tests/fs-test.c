@@ -347,7 +347,7 @@ static void test_files(void)
 	close(fd);
 	unlink(P("ap"));
 
-	/* mappings: private and read-only shared; a write drops stale pages */
+	/* mappings: private, shared read-only and writable; a write drops stale pages */
 	put(P("mm"), "mapped-1");
 	fd = open(P("mm"), O_RDONLY);
 	fd2 = open(P("mm"), O_RDWR);
@@ -366,8 +366,12 @@ static void test_files(void)
 		       pread(fd, buf, 8, 0) == 8 && !memcmp(buf, "MAPPED-1", 8), NULL);
 		if (pv != MAP_FAILED)
 			munmap(pv, 4096);
+		/* shared writable: stores reach the server at msync (WRITE ops) */
 		m = mmap(NULL, 8, PROT_READ | PROT_WRITE, MAP_SHARED, fd2, 0);
-		report("mmap_shared_writable_refused", m == MAP_FAILED, NULL);
+		report("mmap_shared_writable_msync_read_back", m != MAP_FAILED &&
+		       (memcpy(m, "shared", 6), 1) && !msync(m, 8, MS_SYNC) &&
+		       pread(fd, buf, 8, 0) == 8 && !memcmp(buf, "shared-1", 8),
+		       "errno %d", errno);
 		if (m != MAP_FAILED)
 			munmap(m, 8);
 	}
