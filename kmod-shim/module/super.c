@@ -1282,7 +1282,7 @@ static int zufs_fsync(struct file *file, loff_t start, loff_t end,
 /*
  * Times the VFS updates itself: atime by the mount's relatime, strictatime or
  * noatime policy after a read or readdir, mtime and ctime of a store through
- * a shared map. zusd keeps them.
+ * a shared map (without DAX: a SETATTR) or a DAX write (MAP_DONE carries it).
  */
 static int zufs_update_time(struct inode *inode, struct timespec64 *now,
 			    int flags)
@@ -1301,6 +1301,13 @@ static int zufs_update_time(struct inode *inode, struct timespec64 *now,
 		zufs_attr_stale(inode);
 		return 0;
 	}
+	/*
+	 * DAX writes and stores through DAX maps: the kernel's inode only,
+	 * zusd learns the mtime with the next MAP_DONE (dax.c), so a cached
+	 * overwrite stays free of round trips.
+	 */
+	if (IS_DAX(inode))
+		return generic_update_time(inode, now, flags);
 	r.valid = ZUS_SETATTR_MTIME;
 	r.mtime_ns = timespec64_to_ns(now);
 	ret = zufs_simple(ZUFS_SB(inode->i_sb)->mount_id, ZUS_OP_SETATTR, &r,
