@@ -479,13 +479,28 @@ static int zufs_permission(struct user_namespace *mnt_userns,
 	return generic_permission(&init_user_ns, inode, mask);
 }
 
+/* A SETATTR of @r; the inode takes the attributes of the reply. */
+static int zufs_setattr_send(struct inode *inode,
+			     const struct zus_setattr_req *r)
+{
+	struct zus_attr a;
+	s64 ret;
+
+	ret = zufs_simple(ZUFS_SB(inode->i_sb)->mount_id, ZUS_OP_SETATTR, r,
+			  sizeof(*r), &a, sizeof(a), sizeof(a));
+	if (ret < 0)
+		return ret;
+	if (a.ino != inode->i_ino || inode_wrong_type(inode, a.mode))
+		return -EIO;
+	zufs_fill_inode(inode, &a);
+	return 0;
+}
+
 static int zufs_setattr_op(struct user_namespace *mnt_userns,
 			   struct dentry *dentry, struct iattr *ia)
 {
 	struct inode *inode = d_inode(dentry);
 	struct zus_setattr_req r = { .ino = inode->i_ino };
-	struct zus_attr a;
-	s64 ret;
 	int err;
 
 	err = setattr_prepare(&init_user_ns, dentry, ia);
@@ -525,13 +540,9 @@ static int zufs_setattr_op(struct user_namespace *mnt_userns,
 	}
 	if (!r.valid)
 		return 0;
-	ret = zufs_simple(ZUFS_SB(inode->i_sb)->mount_id, ZUS_OP_SETATTR, &r,
-			  sizeof(r), &a, sizeof(a), sizeof(a));
-	if (ret < 0)
-		return ret;
-	if (a.ino != inode->i_ino || inode_wrong_type(inode, a.mode))
-		return -EIO;
-	zufs_fill_inode(inode, &a);
+	err = zufs_setattr_send(inode, &r);
+	if (err)
+		return err;
 	if (r.valid & ZUS_SETATTR_SIZE)
 		truncate_pagecache(inode, i_size_read(inode));
 	/* the ACL's owner, mask (or group) and other entries follow (acl.c) */
@@ -548,17 +559,8 @@ int zufs_set_mode(struct inode *inode, umode_t mode)
 		.valid = ZUS_SETATTR_MODE,
 		.mode = mode,
 	};
-	struct zus_attr a;
-	s64 ret;
 
-	ret = zufs_simple(ZUFS_SB(inode->i_sb)->mount_id, ZUS_OP_SETATTR, &r,
-			  sizeof(r), &a, sizeof(a), sizeof(a));
-	if (ret < 0)
-		return ret;
-	if (a.ino != inode->i_ino || inode_wrong_type(inode, a.mode))
-		return -EIO;
-	zufs_fill_inode(inode, &a);
-	return 0;
+	return zufs_setattr_send(inode, &r);
 }
 
 static int zufs_setattr(struct user_namespace *mnt_userns,
@@ -1288,8 +1290,6 @@ static int zufs_update_time(struct inode *inode, struct timespec64 *now,
 			    int flags)
 {
 	struct zus_setattr_req r = { .ino = inode->i_ino };
-	struct zus_attr a;
-	s64 ret;
 
 	/*
 	 * atime alone: zusd's plugin already applied its atime policy when it
@@ -1310,14 +1310,7 @@ static int zufs_update_time(struct inode *inode, struct timespec64 *now,
 		return generic_update_time(inode, now, flags);
 	r.valid = ZUS_SETATTR_MTIME;
 	r.mtime_ns = timespec64_to_ns(now);
-	ret = zufs_simple(ZUFS_SB(inode->i_sb)->mount_id, ZUS_OP_SETATTR, &r,
-			  sizeof(r), &a, sizeof(a), sizeof(a));
-	if (ret < 0)
-		return ret;
-	if (a.ino != inode->i_ino || inode_wrong_type(inode, a.mode))
-		return -EIO;
-	zufs_fill_inode(inode, &a);
-	return 0;
+	return zufs_setattr_send(inode, &r);
 }
 
 /*
