@@ -233,6 +233,23 @@ fn current_cpu() -> usize {
     usize::try_from(unsafe { libc::sched_getcpu() }).unwrap_or(0)
 }
 
+/// Has the bridge drop the kernel's cached attributes and pages of a node through `dev`
+/// (`FUSE_NOTIFY_INVAL_INODE`): offset -1 for the attributes only (no page lock taken, so safe
+/// on a request thread), offset 0 for the pages too.
+fn set_invalidators(bridge: &Arc<Bridge>, dev: &File) -> io::Result<()> {
+    let nfd = dev.try_clone()?;
+    let afd = dev.try_clone()?;
+    bridge.set_attr_invalidator(Box::new(move |node| {
+        let n = abi::NotifyInvalInode { ino: node, off: -1, len: 0 };
+        let _ = write_dev(afd.as_raw_fd(), 0, abi::NOTIFY_INVAL_INODE, bytes_of(&n));
+    }));
+    bridge.set_page_cache_invalidator(Box::new(move |node| {
+        let n = abi::NotifyInvalInode { ino: node, off: 0, len: 0 };
+        let _ = write_dev(nfd.as_raw_fd(), 0, abi::NOTIFY_INVAL_INODE, bytes_of(&n));
+    }));
+    Ok(())
+}
+
 /// Writes one reply (or notification) to `/dev/fuse` in one `writev`.
 fn write_dev(fd: RawFd, unique: u64, error: i32, body: &[u8]) -> io::Result<()> {
     let len =
@@ -987,20 +1004,8 @@ impl Transport for UringTransport {
         drop(guard);
         let uring = flags & abi::init::OVER_IO_URING != 0;
         self.state.set_active(if uring { "uring" } else { "classic" });
-        {
-            // Page-cache notifications go over /dev/fuse (on either transport).
-            let nfd = dev.try_clone()?;
-            let afd = dev.try_clone()?;
-            // Offset -1: the attributes only (no page lock taken: safe on a request thread).
-            bridge.set_attr_invalidator(Box::new(move |node| {
-                let n = abi::NotifyInvalInode { ino: node, off: -1, len: 0 };
-                let _ = write_dev(afd.as_raw_fd(), 0, abi::NOTIFY_INVAL_INODE, bytes_of(&n));
-            }));
-            bridge.set_page_cache_invalidator(Box::new(move |node| {
-                let n = abi::NotifyInvalInode { ino: node, off: 0, len: 0 };
-                let _ = write_dev(nfd.as_raw_fd(), 0, abi::NOTIFY_INVAL_INODE, bytes_of(&n));
-            }));
-        }
+        // Page-cache notifications go over /dev/fuse (on either transport).
+        set_invalidators(&bridge, &dev)?;
         let online = online_cpus();
         if uring {
             let pages = (max_write.max(init.max_readahead) as usize).div_ceil(PAGE);

@@ -33,7 +33,7 @@ use super::{
     PAGE, ParamGuard, Server, UringState, cstr, dev_loop, mount_fuse, online_cpus, possible_cpus, read_init,
     ring_thread, write_dev,
 };
-use crate::abi::{self, bytes_of};
+use crate::abi;
 use crate::bridge::{Bridge, IN_PROCESS_MAX_IO};
 use crate::fuse::{FuseOptions, Transport};
 
@@ -402,20 +402,8 @@ pub fn spawn_handed(
     state.set_active("uring");
     let srv =
         Arc::new(Server { bridge: Arc::clone(&bridge), opts: opts.clone(), max_write: params.max_write, uring: true });
-    {
-        // Page-cache and attribute notifications go over /dev/fuse.
-        let nfd = dev.try_clone()?;
-        let afd = dev.try_clone()?;
-        // Offset -1: the attributes only (no page lock taken: safe on a ring thread).
-        bridge.set_attr_invalidator(Box::new(move |node| {
-            let n = abi::NotifyInvalInode { ino: node, off: -1, len: 0 };
-            let _ = write_dev(afd.as_raw_fd(), 0, abi::NOTIFY_INVAL_INODE, bytes_of(&n));
-        }));
-        bridge.set_page_cache_invalidator(Box::new(move |node| {
-            let n = abi::NotifyInvalInode { ino: node, off: 0, len: 0 };
-            let _ = write_dev(nfd.as_raw_fd(), 0, abi::NOTIFY_INVAL_INODE, bytes_of(&n));
-        }));
-    }
+    // Page-cache and attribute notifications go over /dev/fuse.
+    super::set_invalidators(&bridge, &dev)?;
     drop(bridge);
     let online = online_cpus();
     let payload = params.payload();
