@@ -83,6 +83,8 @@ pub struct Job {
     pub size: u64,
     /// Where fio writes its JSON.
     pub output: PathBuf,
+    /// Pin job n to CPU n (mod the CPUs fio may use): `cpus_allowed_policy=split`.
+    pub pin: bool,
 }
 
 impl Job {
@@ -103,6 +105,13 @@ impl Job {
             // fio lays the files out before timing starts (posix_fallocate, the default), so
             // writes overwrite allocated blocks and reads read data, on every configuration.
         ];
+        if self.pin {
+            // Each job gets one CPU of the set fio may run on: the caller stays where its
+            // requests are served instead of being moved to an idle CPU on every wake-up.
+            let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+            a.push(format!("--cpus_allowed=0-{}", cpus - 1));
+            a.push("--cpus_allowed_policy=split".into());
+        }
         match self.shape {
             Shape::Rand4k => {
                 a.push(format!("--rw=rand{}", self.rw.name()));
@@ -241,6 +250,7 @@ mod tests {
             shape: Shape::Vec32x4k,
             rw: Dir::Read,
             numjobs: 2,
+            pin: false,
             runtime: 3,
             size: 1 << 20,
             output: "/o".into(),
@@ -248,5 +258,8 @@ mod tests {
         let a = j.args();
         assert!(a.contains(&"--ioengine=vsync".to_owned()) && a.contains(&"--iodepth_batch_submit=32".to_owned()));
         assert!(a.contains(&"--rw=read".to_owned()) && a.contains(&"--numjobs=2".to_owned()));
+        assert!(!a.iter().any(|x| x.starts_with("--cpus_allowed")));
+        let a = Job { pin: true, ..j }.args();
+        assert!(a.contains(&"--cpus_allowed_policy=split".to_owned()) && a.iter().any(|x| x.starts_with("--cpus_allowed=0-")));
     }
 }

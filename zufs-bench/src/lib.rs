@@ -64,6 +64,8 @@ pub struct Plan {
     pub plugins: Option<PathBuf>,
     /// Bytes of file per fio job.
     pub file_size: u64,
+    /// Pin each fio job to one CPU.
+    pub pin: bool,
 }
 
 /// Outcome of one cell.
@@ -131,7 +133,12 @@ fn machine() -> String {
         .unwrap_or_default();
     let ncpu = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    format!("{ncpu} CPU(s) {cpu}, kernel {}", kernel.trim())
+    // A VM's idle vCPUs halt at once without guest halt polling: every wake-up of an idle CPU
+    // is then an exit to the host, which the unpinned 1-job cells pay per op.
+    let poll = std::fs::read_to_string("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
+        .map(|v| format!(", guest_halt_poll_ns {}", v.trim()))
+        .unwrap_or_default();
+    format!("{ncpu} CPU(s) {cpu}, kernel {}{poll}", kernel.trim())
 }
 
 /// Runs the plan: sets up, runs the matrix with a progress bar, tears down, writes the outputs.
@@ -184,6 +191,7 @@ pub fn run(plan: &Plan, command: &str) -> Result<Results, BenchError> {
                                 numjobs: threads,
                                 runtime: plan.runtime,
                                 size: plan.file_size,
+                                pin: plan.pin,
                                 output: plan.out.join("raw").join(format!(
                                     "{}-{}-{}-{threads}.json",
                                     cfg.id(),
@@ -267,6 +275,11 @@ pub struct BenchArgs {
     /// Only redraw results.md and the plots from an earlier run's results.json in --out.
     #[arg(long)]
     pub rerender: bool,
+    /// Pin fio job n to CPU n (fio's `cpus_allowed_policy=split`), as an application that stays
+    /// on its CPU. Unpinned, the scheduler moves a woken job to an idle CPU, which on a VM
+    /// without guest halt polling costs a vCPU wake-up per op (docs/benchmarks.md).
+    #[arg(long)]
+    pub pin: bool,
 }
 
 impl BenchArgs {
@@ -308,6 +321,7 @@ impl BenchArgs {
             bin_dir: bin_dir.to_owned(),
             plugins: None,
             file_size: self.file_mib << 20,
+            pin: self.pin,
         })
     }
 }
