@@ -35,6 +35,7 @@
 //! directories, default `1x1,1x100,2x1,2x100`), `ZUFS_META_TARGETS` (comma-separated subset of
 //! tmpfs,channel,classic,uring,uring-inline,uring-zusd,base-classic,base-uring), `ZUFS_META_UNTAR_ENTRIES`
 //! (0: no untar), `ZUFS_META_MOUNT_OPTS` (extra `zufs mount -o` options for every mount),
+//! `ZUFS_META_PIN=1` (worker `w` pinned to CPU `w`, `tar` and `rm` to CPU 0),
 //! `ZUFS_BENCH_OUT` (also write the markdown there).
 
 use std::collections::BTreeMap;
@@ -173,6 +174,24 @@ fn drop_dentries() {
     let _ = std::fs::write("/proc/sys/vm/drop_caches", "2");
 }
 
+/// `ZUFS_META_PIN=1`: worker `w` runs on CPU `w` (mod the CPUs), `tar` and `rm` on CPU 0, as
+/// programs that stay on their CPU. Unpinned, the scheduler moves a caller woken by its reply
+/// to an idle CPU, which on a VM without guest halt polling costs a vCPU wake-up per request.
+fn pinned() -> bool {
+    std::env::var("ZUFS_META_PIN").is_ok_and(|v| v == "1")
+}
+
+/// `program` as a command, under `taskset -c 0` when pinned.
+fn program(program: &str) -> Command {
+    if pinned() {
+        let mut c = Command::new("taskset");
+        c.args(["-c", "0", program]);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
 /// Runs `f(w)` on `workers` threads at once; the seconds from start to the last one's end and
 /// the ops they did.
 fn timed(workers: usize, f: &(dyn Fn(usize) -> usize + Sync)) -> (f64, usize) {
@@ -182,6 +201,9 @@ fn timed(workers: usize, f: &(dyn Fn(usize) -> usize + Sync)) -> (f64, usize) {
             .map(|w| {
                 let b = &barrier;
                 s.spawn(move || {
+                    if pinned() {
+                        zufs_tests::pin_current(w % zufs_tests::online_cpus()).expect("pin worker");
+                    }
                     b.wait();
                     f(w)
                 })
@@ -611,7 +633,7 @@ fn main() {
                 before = setups[*s].fuse_requests(m);
             }
             let t0 = Instant::now();
-            assert!(run(Command::new("tar").arg("-xf").arg(&tarball).arg("-C").arg(&dest)), "tar -xf on {}", t.name);
+            assert!(run(program("tar").arg("-xf").arg(&tarball).arg("-C").arg(&dest)), "tar -xf on {}", t.name);
             let x = t0.elapsed().as_secs_f64();
             let mut mid = BTreeMap::new();
             if let Some((s, m)) = &t.counted {
@@ -620,7 +642,7 @@ fn main() {
                 untar_reqs.insert((ti, 0), per_op(&before, &mid, made));
             }
             let t1 = Instant::now();
-            assert!(run(Command::new("rm").arg("-rf").arg(&dest)), "rm -rf on {}", t.name);
+            assert!(run(program("rm").arg("-rf").arg(&dest)), "rm -rf on {}", t.name);
             let r = t1.elapsed().as_secs_f64();
             if let Some((s, m)) = &t.counted {
                 settle();
@@ -645,9 +667,10 @@ fn main() {
         r
     };
     let mut md = format!(
-        "{files} files per shape, one run; pmemfs on 2 GiB /dev/shm devices{}; {}; load average before {load_before}, \
+        "{files} files per shape, one run; pmemfs on 2 GiB /dev/shm devices{}{}; {}; load average before {load_before}, \
          after {}\n",
         if extra.is_empty() { String::new() } else { format!(", -o {extra}") },
+        if pinned() { "; workers pinned (ZUFS_META_PIN=1)" } else { "" },
         machine(),
         load_average()
     );
