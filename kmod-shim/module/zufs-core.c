@@ -34,6 +34,16 @@
 #include "zufs.h"
 #include "zufs-dax.h"
 
+/*
+ * The ZT reaps its replies in ZUFS_IOC_WAIT just before it sleeps there, so
+ * it wakes the callers with WF_SYNC: the scheduler then keeps a caller on the
+ * ZT's CPU (which is the caller's own) instead of moving it to an idle CPU,
+ * whose wake-up costs far more than the op on a virtual machine.
+ */
+static bool sync_wake = true;
+module_param(sync_wake, bool, 0644);
+MODULE_PARM_DESC(sync_wake, "wake callers with WF_SYNC from the ZT (default Y)");
+
 /* The largest errno a server may return (EHWPOISON); others become EIO. */
 #define ZUFS_MAX_ERRNO		133
 
@@ -229,7 +239,10 @@ static u32 zufs_reap(struct zufs_session *s, u32 lane)
 		ks[i].done_cpu = raw_smp_processor_id();
 		if (atomic_cmpxchg(&ks[i].state, ZK_SUBMITTED, ZK_DONE) ==
 		    ZK_SUBMITTED) {
-			wake_up(&ks[i].wq);
+			if (READ_ONCE(sync_wake))
+				wake_up_sync(&ks[i].wq);
+			else
+				wake_up(&ks[i].wq);
 			n++;
 		} else if (atomic_cmpxchg(&ks[i].state, ZK_ABANDONED,
 					  ZK_CLAIMED) == ZK_ABANDONED) {
