@@ -1081,13 +1081,12 @@ fn test_kernel_calls_see_fast_path_size_channel_mode_uring() {
 }
 
 /// The same with the rings served inside zusd (`serve=zusd`, issue 13 mode (b)): the ring
-/// threads' kernel-cache marks are zusd's own. Ignored: since the bridge's issue-17 changes
-/// were merged with serve=zusd, the inode's mark there sometimes stays after the kernel's last
-/// user of its pages goes (3 runs in 4 here), so the fast path does not come back and the test's
-/// fast-path assertions fail; the data the kernel calls see was right in every run. Run it with
-/// `--ignored` while that is open (issue 13).
+/// threads' kernel-cache marks are zusd's own. The fast path comes back after the unmark only
+/// because the unmark raises zusd's layout generation (the library, told `EUSEKERNEL`, asks
+/// again only once it moved): the ring threads' ops now do what a ZT does before its reply
+/// (`zt::before_reply`); before, the fast path stayed away whenever the library had been told
+/// `EUSEKERNEL` between the kernel's last close and the unmark (1 run in 4 to 10 here).
 #[test]
-#[ignore = "serve=zusd: the kernel-cache mark sometimes stays after the kernel lets go (issue 13, open)"]
 fn test_kernel_calls_see_fast_path_size_channel_mode_uring_served_by_zusd() {
     skip_unless_ready!("python3", "cp");
     kernel_calls_see_fast_path_size("channel", "uring,serve=zusd");
@@ -1103,6 +1102,59 @@ fn test_kernel_calls_see_fast_path_size_dax_mode_classic() {
 fn test_kernel_calls_see_fast_path_size_dax_mode_uring() {
     skip_unless_ready!("python3", "cp");
     kernel_calls_see_fast_path_size("dax", "uring");
+}
+
+/// A fast-path client told `EUSEKERNEL` while the kernel caches a file's pages (a shared
+/// mapping in this process) gets the fast path back on the same open file once the kernel lets
+/// go. The library asks zusd again only once zusd's layout generation moved, and the bridge's
+/// unmark is what moves it: on `serve=zusd` the ring threads' unmark moved nothing until issue
+/// 13's fix, so the file stayed with the kernel (the same open file: a new one starts afresh).
+fn fast_path_returns_to_an_open_file(mode: &str, transport: &str) {
+    const LEN: usize = 16 << 10;
+    let Some(opts) = on_transport(COHERENT, transport) else { return };
+    let tag = transport.replace([',', '='], "-");
+    let f = Fixture::new(&format!("preload-back-{mode}-{tag}"), "64M", &opts);
+    let path = f.path("back");
+    let p = path.display().to_string();
+    let shadow = pattern(1, LEN, 0);
+    std::fs::write(&path, &shadow).unwrap();
+    let mut d = Driver::start(&f, mode);
+    let fd = reopen_until_fast(&mut d, &p, "before the mapping");
+    // Every page faulted in: the bridge marked the inode before the first fill.
+    let map = kernel_map(&path, LEN);
+    same(&map.bytes(0..LEN), &shadow, &format!("the mapping ({mode}, {transport})"));
+    // One byte (no whole page: the driver's own file fills no page of the kernel's).
+    let before = live_stat(&mut d, "kernel_cached");
+    d.ok(&format!("pread {fd} 0 1"));
+    assert_eq!(live_stat(&mut d, "kernel_cached"), before + 1, "a read of the mapped file missed the kernel");
+    drop(map);
+    wait_for_fast_path(&mut d, fd, &format!("the same open file after munmap ({mode}, {transport})"));
+    d.ok(&format!("close {fd}"));
+    assert_fast_path_used(&d.finish(), mode);
+}
+
+#[test]
+fn test_fast_path_returns_to_an_open_file_channel_mode_classic() {
+    skip_unless_ready!();
+    fast_path_returns_to_an_open_file("channel", "classic");
+}
+
+#[test]
+fn test_fast_path_returns_to_an_open_file_channel_mode_uring() {
+    skip_unless_ready!();
+    fast_path_returns_to_an_open_file("channel", "uring");
+}
+
+#[test]
+fn test_fast_path_returns_to_an_open_file_channel_mode_uring_served_by_zusd() {
+    skip_unless_ready!();
+    fast_path_returns_to_an_open_file("channel", "uring,serve=zusd");
+}
+
+#[test]
+fn test_fast_path_returns_to_an_open_file_dax_mode_uring_served_by_zusd() {
+    skip_unless_ready!();
+    fast_path_returns_to_an_open_file("dax", "uring,serve=zusd");
 }
 
 /// stat from another process sees what the fast path changed at once on the README's mount,

@@ -8,7 +8,9 @@
 //! its own threads (one pinned per CPU) through a [`LiveMount`]: the same checks and the same
 //! direct path as [`crate::inline::InlineMount`] (the caller's buffer is the op's window, no
 //! channel, no ZT hand-off), on the mount every other client of zusd sees, with the server's
-//! kernel-cache marks and tickets, held under an issuer id of its own.
+//! kernel-cache marks and tickets, held under an issuer id of its own. What a ZT does before it
+//! replies to such an op (waiting out the data ops that missed a mark, raising the layout
+//! generation) the serving thread does too (`zt::before_reply`).
 //!
 //! The registry is per process (one zusd per process; the library's tests start no service).
 
@@ -106,6 +108,9 @@ pub fn stop_all() {
 pub struct LiveMount {
     mount: Arc<Mount>,
     issuer: u32,
+    /// The server, for what its ZTs do before a reply ([`crate::zt::before_reply`]); weak: the
+    /// serving threads outlive nothing of it.
+    server: Weak<Server>,
 }
 
 impl LiveMount {
@@ -140,7 +145,11 @@ impl LiveMount {
     }
 
     /// Serves one op on this thread, as [`crate::inline::InlineMount::op`] does, with the
-    /// server's kernel-cache marks and tickets.
+    /// server's kernel-cache marks and tickets, and returns once what a ZT ensures before its
+    /// reply holds ([`crate::zt::before_reply`]): a mark or unmark waited for the ZTs' data ops
+    /// in flight, and an op that may move blocks (the mark and unmark among them) raised the
+    /// layout generation, without which a fast-path client told `EUSEKERNEL` before an unmark
+    /// would never ask again.
     pub fn op(
         &self,
         op: OpCode,
@@ -149,7 +158,13 @@ impl LiveMount {
         data: InlineData<'_>,
         reply: &mut [u8],
     ) -> InlineOutcome {
-        REQ.with_borrow_mut(|buf| op_on(&self.mount, Some(self.issuer), buf, op, creds, req, data, reply))
+        let out = REQ.with_borrow_mut(|buf| op_on(&self.mount, Some(self.issuer), buf, op, creds, req, data, reply));
+        if op.facts().invalidates_extents
+            && let Some(server) = self.server.upgrade()
+        {
+            crate::zt::before_reply(&server, &server.current_snapshot(), None, op as u32, out.result);
+        }
+        out
     }
 }
 
@@ -172,7 +187,7 @@ thread_local! {
 /// # Errors
 /// errno and message for the client.
 pub fn start(
-    server: &Server,
+    server: &Arc<Server>,
     mount: Arc<Mount>,
     kind: &str,
     params: &str,
@@ -188,8 +203,54 @@ pub fn start(
         id
     };
     let id = mount.id;
-    let counts = svc.serve(LiveMount { mount, issuer }, fd, params).map_err(|m| (zus_api::Errno::EINVAL, m))?;
+    let live = LiveMount { mount, issuer, server: Arc::downgrade(server) };
+    let counts = svc.serve(live, fd, params).map_err(|m| (zus_api::Errno::EINVAL, m))?;
     LIVE.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push((id, svc.kind(), Arc::downgrade(&counts)));
     tracing::info!("mount {id}: serving a handed {kind} transport (issuer {issuer})");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use zus_api::ops::{KernelCacheReq, Pod, ReleaseReq, TicketReq};
+    use zus_channel::proto::Channel;
+
+    use super::*;
+    use crate::testutil::{Device, client, plugin, server};
+
+    /// A handed transport's ops on the live mount move the layout generation as a ZT's do: the
+    /// unmark's raise is what sends a fast-path client told `EUSEKERNEL` back to zusd (issue
+    /// 13: without it the fast path stayed away from the inode after the kernel let go).
+    #[test]
+    fn test_live_mount_marks_and_block_moving_ops_raise_the_layout_generation() {
+        let s = server("handoff-layout");
+        let dev = Device::new("handoff-layout");
+        let mount = Arc::new(crate::mounts::mount(1, &plugin(), &dev.0, &dev.0).unwrap());
+        let c = client(&s);
+        let live = LiveMount { mount: Arc::clone(&mount), issuer: 99, server: Arc::downgrade(&s) };
+        let gen_now = || Channel::new(&c.region, c.geometry).layout_gen().load(Ordering::SeqCst);
+        let mut reply = vec![0u8; 256];
+        let mut run = |op, req: &[u8]| live.op(op, InlineCreds::default(), &[req], InlineData::None, &mut reply).result;
+
+        let g0 = gen_now();
+        assert_eq!(run(OpCode::KernelCache, KernelCacheReq { ino: 5, on: 1, reserved: 0 }.as_bytes()), 0);
+        assert!(mount.kernel_cache.contains(5));
+        let g1 = gen_now();
+        assert!(g1 > g0, "the mark raised no layout generation");
+        assert_eq!(run(OpCode::KernelCache, KernelCacheReq { ino: 5, on: 0, reserved: 0 }.as_bytes()), 0);
+        assert!(!mount.kernel_cache.contains(5));
+        let g2 = gen_now();
+        assert!(g2 > g1, "the unmark raised no layout generation");
+        assert_eq!(run(OpCode::Release, ReleaseReq { ino: 5, fh: 1 }.as_bytes()), 0);
+        let g3 = gen_now();
+        assert!(g3 > g2, "a release (which may free an unlinked file's blocks) raised none");
+        // A ticket moves no block.
+        let t = run(OpCode::Ticket, TicketReq { ino: 5, ticket: 0, uid: 1000, writable: 1 }.as_bytes());
+        assert!(t > 0);
+        assert_eq!(gen_now(), g3);
+        drop(live);
+        Arc::try_unwrap(mount).unwrap().unmount().unwrap();
+    }
 }

@@ -112,8 +112,9 @@ impl KernelCacheMarks {
 
     /// Whether the kernel may cache `ino`'s pages.
     ///
-    /// An op that starts after a mark was set sees it; the ZT that sets it waits for the ops
-    /// already running on the other ZTs before it replies (`zt::wait_for_other_zts`).
+    /// An op that starts after a mark was set sees it; the ZT (or a handed transport's thread
+    /// in zusd) that sets it waits for the ops already running on the other ZTs before it
+    /// replies (`zt::before_reply`).
     #[inline]
     pub fn contains(&self, ino: u64) -> bool {
         // SeqCst: the ZT's `busy` store comes before this load (see `zt::wait_for_other_zts`);

@@ -220,14 +220,15 @@ fn any_submitted(snap: &Snapshot, lane: usize) -> bool {
     snap.clients.iter().any(|(c, _)| lane_of(c, lane).any_submitted())
 }
 
-/// Waits until every other ZT and K-ZT (all but `me`) has finished the op it is serving now. Called after a kernel-cache
+/// Waits until every other ZT and K-ZT (all but `me`; every one when `me` is `None`) has
+/// finished the op it is serving now. Called after a kernel-cache
 /// mark was set: an op that read the marks before the mark existed is then over, and every later
 /// op sees the mark (its `busy` store comes first, SeqCst, and the mark is SeqCst too). An op
 /// takes microseconds (the longest, a 1 MiB copy, well under a millisecond), so this spins,
 /// yielding now and then in case the other ZT waits for this CPU.
-fn wait_for_other_zts(server: &Server, me: &ZtControl) {
+fn wait_for_other_zts(server: &Server, me: Option<&ZtControl>) {
     for z in server.zts.iter().chain(&server.kzts) {
-        if core::ptr::eq(z, me) {
+        if me.is_some_and(|me| core::ptr::eq(z, me)) {
             continue;
         }
         let ops_before = z.ops.load(Ordering::SeqCst);
@@ -266,6 +267,41 @@ fn wait_for_dax_readers(server: &Server, old: u64) {
             return;
         }
         std::thread::yield_now();
+    }
+}
+
+/// What must hold before the reply to an op (`opcode`, its `result`) that zusd served on a
+/// mount, whichever thread served it: the ZT or K-ZT `me`, or (`me` is `None`) a thread that
+/// serves a handed kernel transport inside zusd ([`crate::handoff::LiveMount`]), which is no
+/// ZT but changes the same marks and layouts.
+///
+/// - A kernel-cache mark (or unmark) waits until no data op that missed it still runs on a
+///   ZT or K-ZT.
+/// - An op that may free or move blocks, or stop dax access (the mark and unmark among them),
+///   raises the layout generation in every client's channel header: clients drop the extents
+///   they cached, and a fast-path client that was told `EUSEKERNEL` asks again (the unmark's
+///   raise is what brings it back). A mark also waits for the dax copies checked against the
+///   layout from before it.
+pub(crate) fn before_reply(server: &Server, snap: &Snapshot, me: Option<&ZtControl>, opcode: u32, result: i64) {
+    let mark = opcode == OpCode::KernelCache as u32 && result == 0;
+    if mark {
+        if let Some(me) = me {
+            // This ZT serves no data op now, so another ZT setting a mark at the same time must
+            // not wait for it: two marks (the kernel module's, from two CPUs) would each wait
+            // for the other's `busy` forever.
+            me.busy.store(false, Ordering::SeqCst);
+        }
+        // Before the reply: once a mark returns, no data op that missed it still runs.
+        wait_for_other_zts(server, me);
+    }
+    if OpCode::from_u32(opcode).is_some_and(|op| op.facts().invalidates_extents) {
+        // Before the reply: once this op returns, no client may trust extents from before.
+        let before = publish_layout_change(server, snap);
+        if mark {
+            // And no dax copy checked against the layout from before the mark still
+            // runs, so the kernel reads what those copies wrote.
+            wait_for_dax_readers(server, before);
+        }
     }
 }
 
@@ -315,23 +351,7 @@ pub fn serve_client(
         // kernel-cache mark, which this op reads after this store).
         ctl.busy.store(true, Ordering::SeqCst);
         let out = dispatch::serve(snap, client, attached, &hdr, slot, scratch);
-        if hdr.opcode == OpCode::KernelCache as u32 && out.result == 0 {
-            // This ZT serves no data op now, so another ZT setting a mark at the same time must
-            // not wait for it: two marks (the kernel module's, from two CPUs) would each wait
-            // for the other's `busy` forever.
-            ctl.busy.store(false, Ordering::SeqCst);
-            // Before the reply: once a mark returns, no data op that missed it still runs.
-            wait_for_other_zts(server, ctl);
-        }
-        if OpCode::from_u32(hdr.opcode).is_some_and(|op| op.facts().invalidates_extents) {
-            // Before the reply: once this op returns, no client may trust extents from before.
-            let before = publish_layout_change(server, snap);
-            if hdr.opcode == OpCode::KernelCache as u32 && out.result == 0 {
-                // And no dax copy checked against the layout from before the mark still
-                // runs, so the kernel reads what those copies wrote.
-                wait_for_dax_readers(server, before);
-            }
-        }
+        before_reply(server, snap, Some(ctl), hdr.opcode, out.result);
         if out.rejected {
             ctl.rejected.fetch_add(1, Ordering::Relaxed);
             l.count_rejected();
