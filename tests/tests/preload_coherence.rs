@@ -799,7 +799,7 @@ const RECOMMENDED: &str = "direct_io,attr_timeout=0";
 /// `opts` with the bridge on `transport`; None (after a printed reason) where the kernel has
 /// no FUSE over io_uring.
 fn on_transport(opts: &str, transport: &str) -> Option<String> {
-    if transport == "uring" && !std::path::Path::new("/sys/module/fuse/parameters/enable_uring").exists() {
+    if transport.starts_with("uring") && !std::path::Path::new("/sys/module/fuse/parameters/enable_uring").exists() {
         eprintln!("SKIPPED: this kernel has no FUSE over io_uring");
         return None;
     }
