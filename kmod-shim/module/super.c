@@ -1282,6 +1282,33 @@ static int zufs_fsync(struct file *file, loff_t start, loff_t end,
 }
 
 /*
+ * A DAX read's atime, which the VFS found due by the mount's policy: zusd
+ * stamps it (ATIME_NOW: its clock, as for its own reads) and keeps the ctime,
+ * which is never older than the one sent (CTIME). The mtime and ctime of a
+ * DAX write that zusd learns with the next MAP_DONE stay in the inode.
+ */
+static int zufs_dax_atime(struct inode *inode)
+{
+	struct zus_setattr_req r = {
+		.ino = inode->i_ino,
+		.valid = ZUS_SETATTR_ATIME_NOW | ZUS_SETATTR_CTIME,
+	};
+	struct timespec64 mtime = inode->i_mtime;
+	struct timespec64 ctime = inode->i_ctime;
+	int err;
+
+	r.ctime_ns = timespec64_to_ns(&ctime);
+	err = zufs_setattr_send(inode, &r);
+	if (err)
+		return err;
+	if (timespec64_compare(&mtime, &inode->i_mtime) > 0)
+		inode->i_mtime = mtime;
+	if (timespec64_compare(&ctime, &inode->i_ctime) > 0)
+		inode->i_ctime = ctime;
+	return 0;
+}
+
+/*
  * Times the VFS updates itself: atime by the mount's relatime, strictatime or
  * noatime policy after a read or readdir, mtime and ctime of a store through
  * a shared map (without DAX: a SETATTR) or a DAX write (MAP_DONE carries it).
@@ -1291,15 +1318,17 @@ static int zufs_update_time(struct inode *inode, struct timespec64 *now,
 {
 	struct zus_setattr_req r = { .ino = inode->i_ino };
 
-	/*
-	 * atime alone: zusd's plugin already applied its atime policy when it
-	 * served the READ or READDIR (a SETATTR would change the ctime too);
-	 * the next stat reads what it kept. DAX reads never reach zusd: their
-	 * atime is not kept (docs/design.md).
-	 */
 	if (!(flags & (S_MTIME | S_CTIME))) {
-		zufs_attr_stale(inode);
-		return 0;
+		/*
+		 * atime alone. Window reads and readdir reached zusd, whose
+		 * plugin applied its atime policy: the next stat reads what it
+		 * kept. A DAX read never reaches zusd.
+		 */
+		if (!IS_DAX(inode) || !S_ISREG(inode->i_mode)) {
+			zufs_attr_stale(inode);
+			return 0;
+		}
+		return zufs_dax_atime(inode);
 	}
 	/*
 	 * DAX writes and stores through DAX maps: the kernel's inode only,
@@ -1996,6 +2025,8 @@ struct zufs_fs_context {
 	u32 entry_timeout_ms;
 	bool have_id;
 	bool have_root;
+	bool have_attr_timeout;
+	bool have_entry_timeout;
 	char *dax;
 };
 
@@ -2026,10 +2057,13 @@ static int zufs_parse_param(struct fs_context *fc, struct fs_parameter *param)
 		if (result.uint_32 > ZUFS_MAX_TIMEOUT_MS)
 			return invalfc(fc, "%s at most %u", param->key,
 				       ZUFS_MAX_TIMEOUT_MS);
-		if (opt == OPT_ATTR_TIMEOUT)
+		if (opt == OPT_ATTR_TIMEOUT) {
 			ctx->attr_timeout_ms = result.uint_32;
-		else
+			ctx->have_attr_timeout = true;
+		} else {
 			ctx->entry_timeout_ms = result.uint_32;
+			ctx->have_entry_timeout = true;
+		}
 		break;
 	}
 	return 0;
@@ -2117,6 +2151,33 @@ static int zufs_get_tree(struct fs_context *fc)
 	return get_tree_nodev(fc, zufs_fill_super);
 }
 
+/*
+ * mount -o remount: the VFS applies the flags (ro, rw, ...) to the superblock
+ * and the mount; zusd's mount stays as it is. The options name that mount,
+ * so a remount may repeat them (mount(8) passes the mount table's back) but
+ * not change them. Going read-only writes back what shared maps dirtied
+ * first (files open for writing made the VFS refuse it already).
+ */
+static int zufs_reconfigure(struct fs_context *fc)
+{
+	struct zufs_fs_context *ctx = fc->fs_private;
+	struct super_block *sb = fc->root->d_sb;
+	struct zufs_sb_info *sbi = ZUFS_SB(sb);
+
+	if ((ctx->have_id && ctx->mount_id != sbi->mount_id) ||
+	    (ctx->have_root && ctx->root != sbi->root) ||
+	    (ctx->have_attr_timeout &&
+	     ctx->attr_timeout_ms != sbi->attr_timeout_ms) ||
+	    (ctx->have_entry_timeout &&
+	     ctx->entry_timeout_ms != sbi->entry_timeout_ms) ||
+	    (ctx->dax && (!sbi->dax_path || strcmp(ctx->dax, sbi->dax_path))))
+		return invalfc(fc, "remount cannot change mount_id, root, the timeouts or dax= (unmount and mount again)");
+	if ((fc->sb_flags_mask & SB_RDONLY) && (fc->sb_flags & SB_RDONLY) &&
+	    !sb_rdonly(sb))
+		return sync_filesystem(sb);
+	return 0;
+}
+
 static void zufs_free_fc(struct fs_context *fc)
 {
 	struct zufs_fs_context *ctx = fc->fs_private;
@@ -2129,6 +2190,7 @@ static void zufs_free_fc(struct fs_context *fc)
 static const struct fs_context_operations zufs_context_ops = {
 	.parse_param	= zufs_parse_param,
 	.get_tree	= zufs_get_tree,
+	.reconfigure	= zufs_reconfigure,
 	.free		= zufs_free_fc,
 };
 

@@ -208,6 +208,9 @@ pub fn parse_mount_options(opts: &str, fsname: &str) -> Result<MountOptions> {
                 server.push(o.to_owned());
             }
             ("async", None) => f.sync = false,
+            // per-mount flags: the kernel's (the module's mount gets them; the FUSE bridge mounts
+            // nosuid,nodev as it always does)
+            ("nosuid" | "suid" | "nodev" | "dev" | "noexec" | "exec", None) => {}
             (
                 "attr_timeout" | "entry_timeout" | "threads" | "data" | "fsname" | "transport" | "serve" | "dax"
                 | "nodax",
@@ -304,7 +307,7 @@ fn read_record(env: &Env, mountpoint: &str) -> Option<MountRecord> {
     serde_json::from_str(&s).ok()
 }
 
-fn all_records(env: &Env) -> Vec<MountRecord> {
+pub(crate) fn all_records(env: &Env) -> Vec<MountRecord> {
     let Ok(rd) = std::fs::read_dir(env.mounts_dir()) else { return Vec::new() };
     rd.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
         .filter_map(|s| serde_json::from_str(&s).ok())

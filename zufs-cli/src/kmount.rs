@@ -113,7 +113,7 @@ fn no_kzts(pid: u32) -> String {
 }
 
 /// mount(2) of type `zufs`.
-fn sys_mount(source: &str, target: &Path, flags: libc::c_ulong, data: &str) -> std::io::Result<()> {
+pub(crate) fn sys_mount(source: &str, target: &Path, flags: libc::c_ulong, data: &str) -> std::io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let inval = |_| std::io::Error::from_raw_os_error(libc::EINVAL);
     let src = std::ffi::CString::new(source).map_err(inval)?;
@@ -123,6 +123,30 @@ fn sys_mount(source: &str, target: &Path, flags: libc::c_ulong, data: &str) -> s
     // SAFETY: NUL-terminated strings that outlive the call.
     let rc = unsafe { libc::mount(src.as_ptr(), tgt.as_ptr(), fst.as_ptr(), flags, dat.as_ptr().cast()) };
     if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
+/// A module mount of `device` that a plain umount(2) ended (busybox's umount, `umount -i`: no
+/// `umount.zufs`) left its zusd mount and its record: the record names a `zufs` mount that is
+/// gone, and zusd still has that mount of the device. Unmount it at zusd (the plugin flushes),
+/// so that the device mounts again.
+fn end_orphans(env: &Env, r: &zus_client::Relay, st: &zus_channel::control::StatusInfo, device: &str) {
+    let canon = |d: &str| std::fs::canonicalize(d).ok();
+    let Some(dev) = canon(device) else { return };
+    for rec in crate::cli::all_records(env) {
+        if rec.transport != TRANSPORT || canon(&rec.device).as_ref() != Some(&dev) || record_alive(&rec) {
+            continue;
+        }
+        if st.mounts.iter().any(|z| z.mount_id == rec.mount_id && z.device == rec.device && z.fs_type == rec.fs_type) {
+            tracing::info!(
+                "{}: unmounting zusd mount {} left by a plain umount of {}",
+                device,
+                rec.mount_id,
+                rec.mountpoint
+            );
+            let _ = r.unmount(rec.mount_id);
+        }
+        crate::cli::remove_record(env, &rec.mountpoint);
+    }
 }
 
 /// `zufs mount -o transport=kernel` at the (checked, absolute) mount point `mp`: returns the
@@ -141,6 +165,7 @@ pub fn mount(env: &Env, a: &MountArgs, mp: &Path, mo: &MountOptions) -> Result<u
         bail!("{}", no_kzts(st.pid));
     }
     let device = if a.device == "none" { String::new() } else { a.device.clone() };
+    end_orphans(env, &r, &st, &device);
     let info = r.mount(&a.fs_type, &device, &mo.server).with_context(|| format!("mount {}", a.fs_type))?;
     let mut data = mount_data(info.mount_id, info.root, mo.fuse.attr_timeout, mo.fuse.entry_timeout);
     let dax = match dax_device(mo.dax, &info.device) {
@@ -158,7 +183,10 @@ pub fn mount(env: &Env, a: &MountArgs, mp: &Path, mo: &MountOptions) -> Result<u
         data.push_str(",dax=");
         data.push_str(d);
     }
-    let mut flags: libc::c_ulong = 0;
+    // The per-mount flags given (nosuid, nodev, noexec, the atime policy: the kernel applies
+    // it to DAX reads, which never reach zusd, and relatime is its default too).
+    let opts: Vec<String> = a.options.split(',').map(|o| o.trim().to_owned()).collect();
+    let mut flags = crate::helper::mount_flags(0, opts.iter());
     if mo.fuse.read_only {
         flags |= libc::MS_RDONLY;
     }

@@ -116,7 +116,8 @@ enum Cmd {
     },
     /// Install the mount(8) helpers: DIR/mount.zufs.<type> symlinks to this binary, one per
     /// plugin, so that `mount -t zufs.pmemfs DEV MNT -o OPTS` and fstab lines of type
-    /// zufs.<type> mount as `zufs mount -t <type>` does.
+    /// zufs.<type> mount as `zufs mount -t <type>` does; and mount.fuse.zufs, mount.zufs and
+    /// umount.zufs, which remount FUSE and kernel-module mounts and unmount module mounts.
     InstallHelpers {
         /// Where mount(8) looks for helpers.
         #[arg(long, default_value = "/sbin")]
@@ -168,8 +169,9 @@ fn bench(env: &Env, args: &zufs_bench::BenchArgs) -> Result<i32> {
 }
 
 fn main() {
-    // Run as /sbin/mount.zufs.<type> by mount(8): DEV MNT [-sfnv] [-o OPTS].
-    if let Some(t) = std::env::args_os().next().and_then(|a| helper::helper_type(&a)) {
+    // Run as /sbin/mount.zufs.<type> by mount(8): DEV MNT [-sfnv] [-o OPTS] (or as another of
+    // the helpers, helper.rs).
+    if let Some(t) = std::env::args_os().next().and_then(|a| helper::helper_kind(&a)) {
         tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ZUFS_LOG").unwrap_or_else(|_| "warn".into()))
             .with_writer(std::io::stderr)

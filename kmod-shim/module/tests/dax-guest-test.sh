@@ -25,6 +25,10 @@ fi
 gcc -static -O2 -g -Wall -Wextra -Werror -o "$W/build/dax-test" "$HERE/dax-test.c"
 
 EXTRA="$W/build/dax-test"
+# the plugins just built (guest-test.sh prefers target/release/plugins, which may be stale)
+for p in nullfs pmemfs; do
+  [ -f "$REPO/target/release/lib$p.so" ] && EXTRA+=" $REPO/target/release/lib$p.so:/lib/zufs/plugins/lib$p.so"
+done
 # the preload library next to zufs (zufs run finds it there)
 [ -f "$REPO/target/release/libzufs_preload.so" ] && EXTRA+=" $REPO/target/release/libzufs_preload.so:/bin/libzufs_preload.so"
 # ext4 and what it needs, from the guest kernel's package (cached by an earlier run)

@@ -115,6 +115,10 @@ pub struct SetAttr {
     pub atime: Option<TimeSpec>,
     /// modification time
     pub mtime: Option<TimeSpec>,
+    /// change time at least this (ns): by default a setattr stamps ctime now; with this it stays
+    /// where it is unless this is later (a ctime never goes back). The kernel module sends the
+    /// ctime it knows with a DAX read's atime update, which changes no ctime.
+    pub ctime: Option<i64>,
 }
 
 /// When reads and readdir update atime.
@@ -629,7 +633,7 @@ impl<P: Persist> Fs<P> {
         if let Some(t) = sa.mtime {
             n.d.mtime = resolve(t, now);
         }
-        n.d.ctime = now;
+        n.d.ctime = sa.ctime.map_or(now, |c| c.max(n.d.ctime));
         n.dirty = true;
         if let Some(size) = sa.size {
             // set_size commits the fields above with the new size.

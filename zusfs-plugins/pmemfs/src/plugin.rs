@@ -147,6 +147,7 @@ impl FileSystem for PmemFs {
             size: (v & setattr::SIZE != 0).then_some(req.size),
             atime: time(setattr::ATIME, setattr::ATIME_NOW, req.atime_ns),
             mtime: time(setattr::MTIME, setattr::MTIME_NOW, req.mtime_ns),
+            ctime: (v & setattr::CTIME != 0).then_some(req.ctime_ns),
         };
         self.fs.setattr(req.ino, &sa).map(api_attr).map_err(errno)
     }

@@ -224,6 +224,25 @@ fn test_atime_policies() {
     assert!(fs.getattr(ROOT).unwrap().atime > old, "readdir did not update the directory's atime");
 }
 
+/// A setattr with a ctime (the kernel module's DAX-read atime update) keeps a later ctime and
+/// takes a later one; without one it stamps ctime now.
+#[test]
+fn test_setattr_ctime_never_goes_back() {
+    let fs = sim(4);
+    let f = fs.create(ROOT, b"f", 0o644, 0, 0).unwrap();
+    let c0 = fs.getattr(f.ino).unwrap().ctime;
+    let a = fs.setattr(f.ino, &SetAttr { atime: Some(TimeSpec::Now), ctime: Some(c0 - 1000), ..Default::default() });
+    let a = a.unwrap();
+    assert_eq!(a.ctime, c0, "an older ctime moved it");
+    assert!(a.atime >= c0);
+    let later = c0 + 5_000_000_000;
+    let a = fs.setattr(f.ino, &SetAttr { ctime: Some(later), ..Default::default() }).unwrap();
+    assert_eq!(a.ctime, later);
+    let a = fs.setattr(f.ino, &SetAttr { atime: Some(TimeSpec::Now), ..Default::default() }).unwrap();
+    assert!(a.ctime < later && a.ctime > c0, "without a ctime, setattr stamps now");
+    assert_clean(&fs);
+}
+
 #[test]
 fn test_enospc_is_clean_and_space_is_reused() {
     let fs = sim(2);
