@@ -5,8 +5,9 @@
 //! - kernel tmpfs;
 //! - pmemfs through the channel (`zus_client::Relay` straight to zusd, no kernel: what a
 //!   metadata op costs without the kernel's round trips);
-//! - pmemfs through `zufs mount`, classic and uring transports (`uring-inline`, the mode (b)
-//!   prototype, and `uring-zusd`, mode (b) inside zusd, when named in `ZUFS_META_TARGETS`);
+//! - pmemfs through `zufs mount`, classic and uring transports (`uring-zusd`, mode (b) inside
+//!   zusd, when named in `ZUFS_META_TARGETS`; `base-uring-inline` mounts an older build's
+//!   `serve=inline` prototype of mode (b), which this build no longer has);
 //! - the same mounts made by another build (`ZUFS_META_BASE=DIR`: its `zufs`, `zusd` and plugins,
 //!   with its own zusd and socket), to compare the code before a change with it in one run.
 //!
@@ -33,7 +34,7 @@
 //! --bench fuse_meta`. Environment: `ZUFS_META_FILES` (per shape, default 10000; `--short` or
 //! `ZUFS_BENCH_SHORT=1`: 1000 and a 5,000-entry tree), `ZUFS_META_SHAPES` (workers x
 //! directories, default `1x1,1x100,2x1,2x100`), `ZUFS_META_TARGETS` (comma-separated subset of
-//! tmpfs,channel,classic,uring,uring-inline,uring-zusd,base-classic,base-uring), `ZUFS_META_UNTAR_ENTRIES`
+//! tmpfs,channel,classic,uring,uring-zusd,base-classic,base-uring,base-uring-zusd,base-uring-inline), `ZUFS_META_UNTAR_ENTRIES`
 //! (0: no untar), `ZUFS_META_MOUNT_OPTS` (extra `zufs mount -o` options for every mount),
 //! `ZUFS_META_PIN=1` (worker `w` pinned to CPU `w`, `tar` and `rm` to CPU 0),
 //! `ZUFS_BENCH_OUT` (also write the markdown there).
@@ -542,7 +543,8 @@ fn main() {
                 eprintln!("fuse_meta: {tid}: zufs mount failed; skipped");
                 continue;
             }
-            // the bridge counts requests; inline and zusd-served mounts bypass its counters
+            // the bridge counts requests; mounts served elsewhere (zusd, the older build's
+            // inline prototype) bypass its counters
             let counted = (counted && matches!(id, "classic" | "uring")).then(|| (setups.len(), mnt.clone()));
             targets.push(Target { id: tid, name: format!("{name}{who}"), kind: Kind::Path(mnt), counted });
         }

@@ -1,8 +1,6 @@
 //! pjdfstest (Rust rewrite) through the FUSE bridge on pmemfs, next to kernel tmpfs in the same
 //! run: every test that passes on tmpfs must pass on pmemfs. On both transports (modules
-//! `classic` and `uring`, and `uring_zusd`: the rings served inside zusd), and on uring with
-//! `serve=inline` (the mode (b) prototype: each op served on the ring thread, the plugin in the
-//! bridge process).
+//! `classic` and `uring`, and `uring_zusd`: the rings served inside zusd).
 //!
 //! Needs root, /dev/fuse, the pmemfs plugin, `pjdfstest` on PATH and the users it switches to
 //! (nobody/nogroup, tests); `tests/scripts/fuse-deps.sh` installs them. Skips with a reason
@@ -49,15 +47,6 @@ fn pjdfstest(config: &Path, dir: &Path) -> (String, BTreeSet<String>) {
 
 fn test_pjdfstest_passes_on_pmemfs_wherever_it_passes_on_tmpfs() {
     pjdfstest_on_pmemfs("");
-}
-
-fn served_inline_on_the_ring() {
-    pjdfstest_on_pmemfs("serve=inline");
-}
-
-#[test]
-fn test_pjdfstest_passes_on_pmemfs_served_inline_on_the_ring_wherever_it_passes_on_tmpfs() {
-    common::with_transport("uring", served_inline_on_the_ring);
 }
 
 on_both_transports!(test_pjdfstest_passes_on_pmemfs_wherever_it_passes_on_tmpfs);

@@ -26,9 +26,6 @@ pub enum Config {
     NullfsUring,
     /// pmemfs through the zufs FUSE bridge over FUSE io_uring.
     PmemfsUring,
-    /// pmemfs over FUSE io_uring with each op served on its ring thread, the plugin loaded in
-    /// the bridge process (`serve=inline`: the mode (b) prototype of issue 13, no channel hop).
-    PmemfsUringInline,
     /// pmemfs over FUSE io_uring with the rings served inside zusd (`serve=zusd`: mode (b) of
     /// issue 13, each op served on zusd's ring thread of the caller's CPU on the live mount).
     PmemfsUringZusd,
@@ -40,14 +37,13 @@ pub enum Config {
 
 impl Config {
     /// All, in table order.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 9] = [
         Self::Tmpfs,
         Self::Fuse,
         Self::NullfsBridge,
         Self::PmemfsBridge,
         Self::NullfsUring,
         Self::PmemfsUring,
-        Self::PmemfsUringInline,
         Self::PmemfsUringZusd,
         Self::PreloadChannel,
         Self::PreloadDax,
@@ -63,7 +59,6 @@ impl Config {
             Self::PmemfsBridge => "pmemfs bridge",
             Self::NullfsUring => "nullfs uring",
             Self::PmemfsUring => "pmemfs uring",
-            Self::PmemfsUringInline => "pmemfs uring inline",
             Self::PmemfsUringZusd => "pmemfs uring zusd",
             Self::PreloadChannel => "pmemfs preload channel",
             Self::PreloadDax => "pmemfs preload dax",
@@ -80,7 +75,6 @@ impl Config {
             Self::PmemfsBridge => "pmemfs-bridge",
             Self::NullfsUring => "nullfs-uring",
             Self::PmemfsUring => "pmemfs-uring",
-            Self::PmemfsUringInline => "pmemfs-uring-inline",
             Self::PmemfsUringZusd => "pmemfs-uring-zusd",
             Self::PreloadChannel => "preload-channel",
             Self::PreloadDax => "preload-dax",
@@ -234,11 +228,10 @@ impl Env {
                     undo: vec![Undo::Zufs(self.zufs.clone(), self.socket.clone(), dir)],
                 })
             }
-            Config::PmemfsUring | Config::PmemfsUringInline | Config::PmemfsUringZusd => {
+            Config::PmemfsUring | Config::PmemfsUringZusd => {
                 // A pmemfs of its own (the classic bridge's mount stays as it is).
                 self.zufs_ready()?;
                 let (ext, opts) = match cfg {
-                    Config::PmemfsUringInline => ("uring-inline", "transport=uring,serve=inline"),
                     Config::PmemfsUringZusd => ("uring-zusd", "transport=uring,serve=zusd"),
                     _ => ("uring", "transport=uring"),
                 };

@@ -254,12 +254,10 @@ pub struct BenchArgs {
     #[arg(long, default_value = "rand4k", value_delimiter = ',')]
     pub shapes: Vec<String>,
     /// Configurations: tmpfs, fuse, nullfs-bridge, pmemfs-bridge, nullfs-uring, pmemfs-uring,
-    /// pmemfs-uring-inline, pmemfs-uring-zusd, preload-channel, preload-dax. The bridge configs
-    /// pin `transport=classic`; the uring ones `transport=uring` with each op handed to the CPU's
-    /// ZT over the channel (mode (a) of issue 13); `pmemfs-uring-inline` serves each op on the
-    /// ring thread itself, the plugin in the bridge process (`serve=inline`, the mode (b)
-    /// prototype); `pmemfs-uring-zusd` serves each op on zusd's ring thread of the caller's CPU
-    /// (`serve=zusd`, mode (b)).
+    /// pmemfs-uring-zusd, preload-channel, preload-dax. The bridge configs pin
+    /// `transport=classic`; the uring ones `transport=uring` with each op handed to the CPU's ZT
+    /// over the channel (mode (a) of issue 13); `pmemfs-uring-zusd` serves each op on zusd's ring
+    /// thread of the caller's CPU (`serve=zusd`, mode (b)).
     #[arg(
         long,
         default_value = "tmpfs,fuse,nullfs-bridge,pmemfs-bridge,nullfs-uring,pmemfs-uring,preload-channel,preload-dax",

@@ -96,11 +96,6 @@ pub enum ServeChoice {
     /// zusd: each op handed to the ZT of the caller's CPU over the channel (mode (a)).
     #[default]
     Channel,
-    /// The bridge process itself, on the thread that received the op (with `transport=uring`
-    /// the ring thread of the caller's CPU): the plugin is loaded and the device mounted in the
-    /// bridge, not in zusd (the mode (b) prototype of issue 13; no preload fast path, no zusd
-    /// restart re-attach, not in `zufs status`).
-    Inline,
     /// zusd itself, on the ring thread it runs pinned to the caller's CPU (`transport=uring`
     /// only: the bridge hands zusd the `/dev/fuse` fd after INIT; mode (b) of issue 13). The
     /// mount ends with zusd (no re-attach).
@@ -147,9 +142,8 @@ pub fn parse_mount_options(opts: &str, fsname: &str) -> Result<MountOptions> {
         Ok("kernel") => TransportChoice::Kernel,
         _ => TransportChoice::Auto,
     };
-    // The default server may come from the environment too (ZUFS_SERVE=channel|inline|zusd).
+    // The default server may come from the environment too (ZUFS_SERVE=channel|zusd).
     let mut serve = match std::env::var("ZUFS_SERVE").as_deref() {
-        Ok("inline") => ServeChoice::Inline,
         Ok("zusd") => ServeChoice::Zusd,
         _ => ServeChoice::Channel,
     };
@@ -190,7 +184,6 @@ pub fn parse_mount_options(opts: &str, fsname: &str) -> Result<MountOptions> {
             ("transport", Some("classic")) => transport = TransportChoice::Classic,
             ("transport", Some("kernel")) => transport = TransportChoice::Kernel,
             ("serve", Some("channel")) => serve = ServeChoice::Channel,
-            ("serve", Some("inline")) => serve = ServeChoice::Inline,
             ("serve", Some("zusd")) => serve = ServeChoice::Zusd,
             ("dax", None | Some("always")) => dax = Some(DaxChoice::Always),
             ("dax", Some("auto")) => dax = Some(DaxChoice::Auto),
@@ -261,7 +254,7 @@ pub struct MountRecord {
     /// FUSE-over-io_uring requests served per CPU (the CPU the ring thread served them on).
     #[serde(default)]
     pub served_per_cpu: Vec<u64>,
-    /// Who runs the ops (`-o serve=`: `channel`, `inline`, `zusd`; empty: channel).
+    /// Who runs the ops (`-o serve=`: `channel`, `zusd`; empty: channel).
     #[serde(default)]
     pub serve: String,
 }
@@ -668,31 +661,8 @@ pub fn serve(env: &Env, a: &MountArgs, notify_stdout: bool) -> Result<()> {
     let signals = block_signals();
     let spec =
         MountSpec { socket: env.socket.clone(), fs_type: a.fs_type.clone(), device, server_options: mo.server.clone() };
-    let (bridge, info) = match mo.serve {
-        ServeChoice::Channel | ServeChoice::Zusd => Bridge::mount(spec, mo.data_path, mo.fuse.sync)
-            .map_err(|e| report_err(format!("mount {}: {e}", a.fs_type)))?,
-        ServeChoice::Inline => {
-            let m = zus_server::inline::InlineMount::mount(&env.plugins, &a.fs_type, &spec.device, &mo.server)
-                .map_err(|e| report_err(format!("mount {} (serve=inline): {e}", a.fs_type)))?;
-            let info = zus_channel::control::MountInfo {
-                mount_id: 0,
-                fs_type: a.fs_type.clone(),
-                device: m.device().to_owned(),
-                options: mo.server.clone(),
-                root: m.root(),
-                map_sync: false,
-                ticketed: false,
-                kernel_cached: 0,
-                tickets: 0,
-                served_by: String::new(),
-                served_per_cpu: Vec::new(),
-            };
-            tracing::info!("serve=inline: {} mounted in the bridge process, ops run on the FUSE threads", a.fs_type);
-            let root = m.root();
-            let spec = MountSpec { device: info.device.clone(), ..spec };
-            (Bridge::in_process(spec, Arc::new(crate::inline::Inline::new(m)), root, mo.fuse.sync), info)
-        }
-    };
+    let (bridge, info) =
+        Bridge::mount(spec, mo.data_path, mo.fuse.sync).map_err(|e| report_err(format!("mount {}: {e}", a.fs_type)))?;
     let rec = MountRecord {
         mountpoint: mp.display().to_string(),
         pid: std::process::id(),
@@ -705,7 +675,6 @@ pub fn serve(env: &Env, a: &MountArgs, notify_stdout: bool) -> Result<()> {
         served_per_cpu: Vec::new(),
         serve: match mo.serve {
             ServeChoice::Channel => "channel",
-            ServeChoice::Inline => "inline",
             ServeChoice::Zusd => "zusd",
         }
         .to_owned(),
@@ -1009,10 +978,11 @@ mod tests {
     #[test]
     fn test_serve_option_picks_who_runs_the_ops_and_stays_out_of_the_server_options() {
         assert_eq!(parse_mount_options("", "x").unwrap().serve, ServeChoice::Channel);
-        let m = parse_mount_options("transport=uring,serve=inline,ro", "x").unwrap();
-        assert_eq!(m.serve, ServeChoice::Inline);
+        let m = parse_mount_options("transport=uring,serve=zusd,ro", "x").unwrap();
+        assert_eq!(m.serve, ServeChoice::Zusd);
         assert_eq!(m.transport, TransportChoice::Uring);
         assert_eq!(m.server, "ro");
+        assert!(parse_mount_options("serve=inline", "x").is_err(), "the serve=inline prototype is gone");
         assert_eq!(parse_mount_options("serve=channel", "x").unwrap().serve, ServeChoice::Channel);
         let m = parse_mount_options("transport=uring,serve=zusd", "x").unwrap();
         assert_eq!((m.serve, m.transport, m.server.as_str()), (ServeChoice::Zusd, TransportChoice::Uring, ""));

@@ -156,7 +156,7 @@ fn end_orphans(env: &Env, r: &zus_client::Relay, st: &zus_channel::control::Stat
 /// No module, zusd unreachable or not serving the module, zusd's mount or mount(2) failed.
 pub fn mount(env: &Env, a: &MountArgs, mp: &Path, mo: &MountOptions) -> Result<u32> {
     if mo.serve != crate::cli::ServeChoice::Channel {
-        bail!("transport=kernel: serve=inline and serve=zusd are FUSE bridge modes");
+        bail!("transport=kernel: serve=zusd is a FUSE bridge mode");
     }
     check_module()?;
     let r = crate::cli::connect(env, !a.no_start)?;

@@ -6,7 +6,6 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 mod cli;
 mod helper;
-mod inline;
 mod kmount;
 
 use cli::{Env, MountArgs};
@@ -59,9 +58,9 @@ enum Cmd {
     /// (ro, sync, attr_timeout and entry_timeout apply; the FUSE-only options are ignored;
     /// dax=auto|always|never, nodax: on a DAX block device such as /dev/pmem0 the kernel copies file data
     /// straight to pmem and maps it, default auto = when the device does DAX),
-    /// serve=channel|zusd|inline (default channel or $ZUFS_SERVE: who runs each op; channel: the bridge hands it to
+    /// serve=channel|zusd (default channel or $ZUFS_SERVE: who runs each op; channel: the bridge hands it to
     /// zusd's ZT of the caller's CPU; zusd: with transport=uring, zusd serves the rings itself, one pinned thread per
-    /// CPU, and the mount ends with zusd; inline: the plugin runs in the bridge process, private to it),
+    /// CPU, and the mount ends with zusd),
     /// fsname=NAME; anything else goes to the plugin.
     Mount {
         /// Filesystem type.

@@ -5,9 +5,9 @@
 //! naming a mount it holds and a service `kind`. zusd gives it to the [`HandoffService`]
 //! registered for that kind ([`register`]; the zusd binary registers the FUSE-over-io_uring
 //! service, so this crate knows nothing of FUSE). The service serves the mount's requests on
-//! its own threads (one pinned per CPU) through a [`LiveMount`]: the same checks and the same
-//! direct path as [`crate::inline::InlineMount`] (the caller's buffer is the op's window, no
-//! channel, no ZT hand-off), on the mount every other client of zusd sees, with the server's
+//! its own threads (one pinned per CPU) through a [`LiveMount`]: [`crate::inline::op_on`]'s
+//! checks and direct path (the caller's buffer is the op's window, no channel, no ZT
+//! hand-off), on the mount every other client of zusd sees, with the server's
 //! kernel-cache marks and tickets, held under an issuer id of its own. What a ZT does before it
 //! replies to such an op (waiting out the data ops that missed a mark, raising the layout
 //! generation) the serving thread does too (`zt::before_reply`).
@@ -144,8 +144,8 @@ impl LiveMount {
         &self.mount.options
     }
 
-    /// Serves one op on this thread, as [`crate::inline::InlineMount::op`] does, with the
-    /// server's kernel-cache marks and tickets, and returns once what a ZT ensures before its
+    /// Serves one op on this thread ([`crate::inline::op_on`]) with the server's kernel-cache
+    /// marks and tickets, and returns once what a ZT ensures before its
     /// reply holds ([`crate::zt::before_reply`]): a mark or unmark waited for the ZTs' data ops
     /// in flight, and an op that may move blocks (the mark and unmark among them) raised the
     /// layout generation, without which a fast-path client told `EUSEKERNEL` before an unmark
@@ -158,7 +158,7 @@ impl LiveMount {
         data: InlineData<'_>,
         reply: &mut [u8],
     ) -> InlineOutcome {
-        let out = REQ.with_borrow_mut(|buf| op_on(&self.mount, Some(self.issuer), buf, op, creds, req, data, reply));
+        let out = REQ.with_borrow_mut(|buf| op_on(&self.mount, self.issuer, buf, op, creds, req, data, reply));
         if op.facts().invalidates_extents
             && let Some(server) = self.server.upgrade()
         {

@@ -1,20 +1,12 @@
-//! In-process serving of one mount: a caller's own thread runs each op in the plugin, with no
-//! channel, no slot and no ZT hand-off (the mode (b) prototype of issue 13: a FUSE-over-io_uring
-//! ring thread pinned to CPU n serving its requests itself, as that CPU's ZT would).
+//! Serving one op of a live zusd mount on the caller's own thread, with no channel, no slot and
+//! no ZT hand-off: what zusd's FUSE-over-io_uring ring threads do (`serve=zusd`, mode (b) of
+//! issue 13; [`crate::handoff::LiveMount::op`]).
 //!
-//! [`InlineMount`] loads the plugins of a directory, mounts one filesystem in this process and
-//! serves ops given as plain slices: the request payload (the same zus_api request structs a
-//! channel client writes into a slot), the caller's data buffer as the op's window (a write's
+//! [`op_on`] takes the op as plain slices: the request payload (the same zus_api request structs
+//! a channel client writes into a slot), the caller's data buffer as the op's window (a write's
 //! data is read from it, a read's data lands in it: no bounce copy), and the reply buffer. The
 //! checks are those of [`crate::dispatch::serve`] that apply to a single trusted, privileged
 //! caller: request size, the typed decode, `ro` against mutating ops, window lengths.
-//!
-//! What it is not: a server. The mount is private to the process that holds the
-//! [`InlineMount`]; no other client (a preloaded program, `zufs status`) sees it, so the
-//! kernel-cache marks have nobody to steer (`KernelCache` succeeds and does nothing) and tickets
-//! are refused (`EPERM`).
-
-use std::path::Path;
 
 use zus_api::Errno;
 use zus_api::chan::PAYLOAD_SIZE;
@@ -22,8 +14,7 @@ use zus_api::ops::{DATA_WINDOW, OpCode, OpHeader};
 use zus_api::request::Request;
 use zus_plugin::{DataDesc, OpCall, data_kind};
 
-use crate::mounts::{self, Mount, MountError};
-use crate::plugins::{self, Plugin};
+use crate::mounts::Mount;
 use crate::tickets::Ticket;
 
 /// The data of one op: the caller's buffer, used as the op's window.
@@ -65,73 +56,14 @@ pub struct InlineCreds {
     pub pid: u32,
 }
 
-/// One filesystem mounted in this process, served on the caller's thread.
-#[derive(Debug)]
-pub struct InlineMount {
-    mount: Mount,
-    /// The loaded plugins (their libraries stay loaded for the process anyway).
-    _plugins: Vec<Plugin>,
-}
-
-/// The mount id in every op header an [`InlineMount`] builds.
-pub const INLINE_MOUNT_ID: u32 = 1;
-
-impl InlineMount {
-    /// Loads the plugins in `plugin_dir` and mounts `device` (empty for a device-less plugin)
-    /// with `fs_type`.
-    ///
-    /// # Errors
-    /// The plugin directory's or the mount's error, as a message.
-    pub fn mount(plugin_dir: &Path, fs_type: &str, device: &str, options: &str) -> Result<Self, String> {
-        let plugins = plugins::load_dir(plugin_dir).map_err(|e| e.to_string())?;
-        let Some(p) = plugins.iter().find(|p| p.name == fs_type) else {
-            let names: Vec<_> = plugins.iter().map(|p| p.name.as_str()).collect();
-            return Err(MountError::UnknownFsType(fs_type.to_owned(), names.join(", ")).to_string());
-        };
-        let mount = mounts::mount(INLINE_MOUNT_ID, p, device, options).map_err(|e| e.to_string())?;
-        Ok(Self { mount, _plugins: plugins })
-    }
-
-    /// The root inode.
-    #[must_use]
-    pub fn root(&self) -> u64 {
-        self.mount.root
-    }
-
-    /// The canonical device path (empty for a device-less plugin).
-    #[must_use]
-    pub fn device(&self) -> &str {
-        &self.mount.device
-    }
-
-    /// Serves one op on this thread: `req` is the request payload in pieces (a request struct,
-    /// then names or iovecs), `reply` receives the reply payload.
-    pub fn op(
-        &self,
-        op: OpCode,
-        creds: InlineCreds,
-        req: &[&[u8]],
-        data: InlineData<'_>,
-        reply: &mut [u8],
-    ) -> InlineOutcome {
-        REQ.with_borrow_mut(|buf| op_on(&self.mount, None, buf, op, creds, req, data, reply))
-    }
-
-    /// Unmounts: the plugin flushes and frees its state; then the device is unmapped.
-    ///
-    /// # Errors
-    /// The plugin's error.
-    pub fn unmount(self) -> Result<(), Errno> {
-        self.mount.unmount()
-    }
-}
-
-/// Serves one op on `mount` on this thread (see [`InlineMount::op`]); `issuer`: the server's
-/// id for marks and tickets when `mount` is a live zusd mount (`None`: a private mount).
+/// Serves one op on `mount` on this thread: `req` is the request payload in pieces (a request
+/// struct, then names or iovecs), `reply` receives the reply payload; `issuer` is the server's
+/// id for the kernel-cache marks and tickets this caller holds; `buf` the thread's scratch copy
+/// of the request.
 #[allow(clippy::too_many_arguments, clippy::too_many_lines)]
 pub(crate) fn op_on(
     mount: &Mount,
-    issuer: Option<u32>,
+    issuer: u32,
     buf: &mut Vec<u8>,
     op: OpCode,
     creds: InlineCreds,
@@ -169,25 +101,20 @@ pub(crate) fn op_on(
     };
     let mut desc = DataDesc::NONE;
     match decoded {
-        // A private mount: nobody else to steer or to show a ticket.
-        Request::KernelCache(_) if issuer.is_none() => return InlineOutcome::default(),
-        Request::Ticket(_) if issuer.is_none() => return InlineOutcome::err(Errno::EPERM),
-        // A live zusd mount served for a kernel transport: the marks and tickets are the
-        // server's own, held by `issuer` (as `dispatch::serve` does for a bridge client).
+        // The marks and tickets are the server's own, held by `issuer` (as `dispatch::serve`
+        // does for a bridge client).
         Request::KernelCache(r) => {
-            let id = issuer.unwrap_or(0);
             return InlineOutcome {
-                result: mount.kernel_cache.set(id, r.ino, r.on != 0).map_or_else(Errno::to_wire, |()| 0),
+                result: mount.kernel_cache.set(issuer, r.ino, r.on != 0).map_or_else(Errno::to_wire, |()| 0),
                 ..InlineOutcome::default()
             };
         }
         Request::Ticket(r) => {
-            let id = issuer.unwrap_or(0);
             let result = if r.ticket == 0 {
-                let t = Ticket { ino: r.ino, uid: r.uid, writable: r.writable != 0, issuer: id };
+                let t = Ticket { ino: r.ino, uid: r.uid, writable: r.writable != 0, issuer };
                 mount.tickets.issue(t).map_or_else(Errno::to_wire, |t| i64::try_from(t).unwrap_or(0))
             } else {
-                mount.tickets.revoke(id, r.ticket).map_or_else(Errno::to_wire, |()| 0)
+                mount.tickets.revoke(issuer, r.ticket).map_or_else(Errno::to_wire, |()| 0)
             };
             return InlineOutcome { result, ..InlineOutcome::default() };
         }
@@ -254,21 +181,17 @@ pub(crate) fn op_on(
     }
 }
 
-thread_local! {
-    /// The request payload, assembled once per op (as a ZT's private copy).
-    static REQ: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(PAYLOAD_SIZE));
-}
-
 #[cfg(test)]
 mod tests {
-    use zus_api::ops::{DATA_REMOTE_IOV, InoReq, IoReq, KernelCacheReq, Pod, TicketReq};
+    use zus_api::ops::{DATA_REMOTE_IOV, InoReq, IoReq, Pod};
 
     use super::*;
+    use crate::mounts;
     use crate::testutil::{Device, plugin};
 
-    fn inline(dev: &Device, extra: &str) -> InlineMount {
+    fn mount(dev: &Device, extra: &str) -> Mount {
         let opts = if extra.is_empty() { dev.0.clone() } else { format!("{},{extra}", dev.0) };
-        InlineMount { mount: mounts::mount(INLINE_MOUNT_ID, &plugin(), &dev.0, &opts).unwrap(), _plugins: Vec::new() }
+        mounts::mount(1, &plugin(), &dev.0, &opts).unwrap()
     }
 
     fn io(kind: u32, len: u64) -> IoReq {
@@ -278,11 +201,12 @@ mod tests {
     #[test]
     fn test_inline_ops_are_checked_before_the_plugin_sees_them() {
         let dev = Device::new("inline");
-        let m = inline(&dev, "");
+        let m = mount(&dev, "");
         let mut reply = vec![0u8; 256];
+        let mut scratch = Vec::new();
         let ino = InoReq { ino: 1 };
-        let run = |op, req: &[&[u8]], data: InlineData<'_>, reply: &mut [u8]| {
-            m.op(op, InlineCreds::default(), req, data, reply).result
+        let mut run = |op, req: &[&[u8]], data: InlineData<'_>, reply: &mut [u8]| {
+            op_on(&m, 7, &mut scratch, op, InlineCreds::default(), req, data, reply).result
         };
         assert_eq!(run(OpCode::Getattr, &[ino.as_bytes()], InlineData::None, &mut reply), 0);
         // Shorter than the op's request struct.
@@ -297,22 +221,26 @@ mod tests {
         assert_eq!(run(OpCode::Read, &[r.as_bytes()], InlineData::Out(&mut buf), &mut reply), 0);
         assert_eq!(run(OpCode::Write, &[r.as_bytes()], InlineData::Out(&mut buf), &mut reply), Errno::EINVAL.to_wire());
         assert_eq!(run(OpCode::Write, &[r.as_bytes()], InlineData::In(&buf), &mut reply), 0);
-        // Nobody else to steer or to show a ticket.
-        let k = KernelCacheReq { ino: 1, on: 1, reserved: 0 };
-        assert_eq!(run(OpCode::KernelCache, &[k.as_bytes()], InlineData::None, &mut reply), 0);
-        let t = TicketReq { ino: 1, ticket: 0, uid: 1000, writable: 0 };
-        assert_eq!(run(OpCode::Ticket, &[t.as_bytes()], InlineData::None, &mut reply), Errno::EPERM.to_wire());
         m.unmount().unwrap();
     }
 
     #[test]
     fn test_inline_read_only_mount_refuses_mutating_ops() {
         let dev = Device::new("inline-ro");
-        let m = inline(&dev, "ro");
+        let m = mount(&dev, "ro");
         let buf = vec![0u8; 512];
         let r = io(DATA_WINDOW, 512);
         let mut reply = vec![0u8; 256];
-        let res = m.op(OpCode::Write, InlineCreds::default(), &[r.as_bytes()], InlineData::In(&buf), &mut reply);
+        let res = op_on(
+            &m,
+            7,
+            &mut Vec::new(),
+            OpCode::Write,
+            InlineCreds::default(),
+            &[r.as_bytes()],
+            InlineData::In(&buf),
+            &mut reply,
+        );
         assert_eq!(res.result, Errno::EROFS.to_wire());
         m.unmount().unwrap();
     }

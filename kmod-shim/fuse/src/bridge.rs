@@ -79,9 +79,9 @@ pub struct MountSpec {
     pub server_options: String,
 }
 
-/// A server that runs the bridge's ops on the calling thread, in this process (the mode (b)
-/// prototype of issue 13: a ring thread serving its CPU's requests itself, no channel hop).
-/// `zufs mount -o serve=inline` implements it over `zus_server::inline::InlineMount`.
+/// A server that runs the bridge's ops on the calling thread, in this process (mode (b) of
+/// issue 13: a ring thread serving its CPU's requests itself, no channel hop). zusd implements
+/// it over a live mount for the rings it serves (`serve=zusd`, `zus-server/zusd/src/fuse_uring.rs`).
 pub trait InProcess: Send + Sync + std::fmt::Debug {
     /// Runs one op as [`Relay::op`] does, on this thread.
     ///
