@@ -276,6 +276,11 @@ def check_caps():
     os.mkdir("d")
     os.chmod("d", 0o2777)
     out("chown -1 -1 of a setgid dir:", try_(chown_none, "d"), mode("d"))
+    for name, fn in (("chown -1 -1", chown_none), ("chown", chown_user)):
+        p = f"fifo-{name.replace(' ', '')}"
+        os.mkfifo(p)
+        os.chmod(p, 0o6775)
+        out(f"{name} of a 6775 fifo:", try_(fn, p), mode(p))
 
 
 # ------------------------------------------------------------------------------------------ 5

@@ -181,6 +181,7 @@ fn test_file_caps_match_tmpfs() {
     has(&l, "root chown: ok -> ENODATA");
     has(&l, "write after setcap: ok ENODATA");
     has(&l, "root chown -1 -1 on 6777: ok -> 0o777");
+    has(&l, "chown of a 6775 fifo: ok 0o775");
 }
 
 /// Item 5: files and directories removed or replaced while open stay usable through their

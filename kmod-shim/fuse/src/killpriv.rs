@@ -14,7 +14,7 @@
 //! - `file_remove_privs` (write, fallocate, copy_file_range of a set-id file by a caller without
 //!   CAP_FSETID) and `chown(f, -1, -1)` reach `fuse_setattr` with only `ATTR_KILL_SUID`/`SGID`,
 //!   which V2 drops: the kernel then sends a SETATTR that sets nothing. Nothing else sends
-//!   one to a regular file (a utimensat that omits both times returns before the VFS), so such
+//!   one to a non-directory (a utimensat that omits both times returns before the VFS), so such
 //!   a SETATTR clears the bits as a kill (without V2 the kernel would have sent the new mode);
 //! - an open with O_TRUNC would carry `FUSE_OPEN_KILL_SUIDGID`, but only with
 //!   `FUSE_ATOMIC_O_TRUNC`, which the bridge does not negotiate: the kernel truncates with a
@@ -85,9 +85,10 @@ impl KillSetid {
     }
 }
 
-/// The set-id bits a kill clears from `mode` (a regular file's only).
+/// The set-id bits a kill clears from `mode`: a non-directory's (a chown clears them from a fifo
+/// or device node too; a directory keeps them).
 fn setid_bits(mode: u32) -> u32 {
-    if mode & libc::S_IFMT != libc::S_IFREG {
+    if mode & libc::S_IFMT == libc::S_IFDIR {
         return 0;
     }
     let mut kill = mode & libc::S_ISUID;
@@ -179,6 +180,7 @@ mod tests {
         assert_eq!(setid_bits(libc::S_IFREG | 0o2755), 0o2000);
         assert_eq!(setid_bits(libc::S_IFREG | 0o2745), 0);
         assert_eq!(setid_bits(libc::S_IFDIR | 0o6777), 0);
+        assert_eq!(setid_bits(libc::S_IFIFO | 0o6775), 0o6000);
         assert_eq!(setid_bits(libc::S_IFREG | 0o755), 0);
     }
 }
