@@ -260,6 +260,9 @@ mod tests {
         assert!(a.contains(&"--rw=read".to_owned()) && a.contains(&"--numjobs=2".to_owned()));
         assert!(!a.iter().any(|x| x.starts_with("--cpus_allowed")));
         let a = Job { pin: true, ..j }.args();
-        assert!(a.contains(&"--cpus_allowed_policy=split".to_owned()) && a.iter().any(|x| x.starts_with("--cpus_allowed=0-")));
+        assert!(
+            a.contains(&"--cpus_allowed_policy=split".to_owned())
+                && a.iter().any(|x| x.starts_with("--cpus_allowed=0-"))
+        );
     }
 }
