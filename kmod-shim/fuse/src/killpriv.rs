@@ -18,8 +18,8 @@
 //!   a SETATTR clears the bits as a kill (without V2 the kernel would have sent the new mode);
 //! - an open with O_TRUNC would carry `FUSE_OPEN_KILL_SUIDGID`, but only with
 //!   `FUSE_ATOMIC_O_TRUNC`, which the bridge does not negotiate: the kernel truncates with a
-//!   SETATTR (above). CREATE carries it only for a name that did not exist at LOOKUP: the
-//!   plugin creates a new file, which has nothing to clear;
+//!   SETATTR (above). CREATE carries it for a name that was absent at LOOKUP: a new file,
+//!   nothing to clear;
 //! - `security.capability` goes on every write (any writer, as `file_remove_privs` does), on
 //!   truncate and on chown ([`Bridge::drop_caps`]); the kernel still removes it itself on
 //!   writes through the page cache of an inode not yet `S_NOSEC`. Its absence is remembered per
@@ -30,6 +30,9 @@
 //! CAP_FSETID, read from /proc/PID/status only when the file has bits to clear. The uring
 //! transports read the flag. The rule is the kernel's FUSE setattr's: S_ISUID, and S_ISGID only
 //! with group-exec (tmpfs also drops S_ISGID without group-exec for a writer outside the group).
+//! One case differs from the kernel's: a writer with CAP_FSETID on a file with a set-id bit and
+//! `security.capability` gets a `file_remove_privs` SETATTR (for the capability) that looks like
+//! `chown(f, -1, -1)`, so the set-id bit goes too.
 
 use std::sync::atomic::Ordering;
 
