@@ -202,6 +202,87 @@ def check_setid():
     out("fifo in setgid dir:", mode("sg/fifo"), "parent-gid" if os.lstat("sg/fifo").st_gid == nogroup else "other")
 
 
+# security.capability: VFS_CAP_REVISION_2, effective, CAP_NET_RAW permitted.
+CAPS = (0x02000001).to_bytes(4, "little") + (1 << 13).to_bytes(4, "little") + bytes(12)
+
+
+def caps(p):
+    try:
+        return "caps" if os.getxattr(p, "security.capability") == CAPS else "other caps"
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e.errno))
+
+
+def check_caps():
+    """security.capability goes with a write (any writer), a truncate and a chown, as the
+    kernel's file_remove_privs does; set-id bits with a chown(-1, -1) (issue 17: the FUSE
+    bridge does this under FUSE_HANDLE_KILLPRIV_V2)."""
+    uid, gid = user_ids()
+
+    def write(p):
+        with open(p, "r+b") as f:
+            f.write(b"y")
+
+    def append(p):
+        fd = os.open(p, os.O_WRONLY | os.O_APPEND)
+        os.write(fd, b"x")
+        os.close(fd)
+
+    def odirect(p):
+        fd = os.open(p, os.O_WRONLY | os.O_DIRECT)
+        buf = mmap.mmap(-1, 4096)
+        os.writev(fd, [buf])
+        os.close(fd)
+
+    def truncate(p):
+        os.truncate(p, 100)
+
+    def otrunc(p):
+        os.close(os.open(p, os.O_WRONLY | os.O_TRUNC))
+
+    def chown_none(p):
+        os.chown(p, -1, -1)
+
+    def chown_user(p):
+        os.chown(p, uid, -1)
+
+    ops = [("write", write), ("append", append), ("odirect", odirect), ("truncate", truncate),
+           ("open-trunc", otrunc), ("chown -1 -1", chown_none)]
+    for name, fn in ops:
+        for who in ("user", "root"):
+            p = f"{who}-{name.replace(' ', '')}"
+            fresh(p, 0o666, size=16384)
+            os.setxattr(p, "security.capability", CAPS)
+            r = as_user(fn, p) if who == "user" else try_(fn, p)
+            out(f"{who} {name}: {r} -> {caps(p)}")
+    p = "root-chown"
+    fresh(p, 0o666, size=16384)
+    os.setxattr(p, "security.capability", CAPS)
+    out(f"root chown: {try_(chown_user, p)} -> {caps(p)}")
+    # the kernel knows the inode has nothing to clear (S_NOSEC after a first write), then a
+    # capability is set: the next write drops it
+    p = "nosec"
+    fresh(p, 0o666, size=16384)
+    out("first write:", as_user(write, p), caps(p))
+    os.setxattr(p, "security.capability", CAPS)
+    out("write after setcap:", as_user(write, p), caps(p))
+    # chown(-1, -1) of set-id files
+    for who in ("user", "root"):
+        for m in (0o6777, 0o4755, 0o2755, 0o2745):
+            p = f"{who}-setid-{m:o}"
+            fresh(p, m, size=16384, uid=uid if who == "user" else 0, gid=gid if who == "user" else 0)
+            r = as_user(chown_none, p) if who == "user" else try_(chown_none, p)
+            out(f"{who} chown -1 -1 on {m:o}: {r} -> {mode(p)}")
+    os.mkdir("d")
+    os.chmod("d", 0o2777)
+    out("chown -1 -1 of a setgid dir:", try_(chown_none, "d"), mode("d"))
+    for name, fn in (("chown -1 -1", chown_none), ("chown", chown_user)):
+        p = f"fifo-{name.replace(' ', '')}"
+        os.mkfifo(p)
+        os.chmod(p, 0o6775)
+        out(f"{name} of a 6775 fifo:", try_(fn, p), mode(p))
+
+
 # ------------------------------------------------------------------------------------------ 5
 
 
@@ -601,6 +682,7 @@ def check_acl():
 
 CHECKS = {
     "setid": check_setid,
+    "caps": check_caps,
     "open_unlinked": check_open_unlinked,
     "xattrs": check_xattrs,
     "mmap_odirect": check_mmap_odirect,

@@ -168,6 +168,22 @@ fn test_setid_rules_match_tmpfs() {
     has(&l, "in setgid dir: sg/root-22-f-2755: ok 0o2755 parent-gid");
 }
 
+/// Issue 17 (`FUSE_HANDLE_KILLPRIV_V2`): security.capability goes with a write (also O_DIRECT,
+/// which the kernel leaves to the filesystem), truncate and chown, also after the kernel marked
+/// the inode as having none (S_NOSEC); chown(-1, -1) clears set-id bits.
+fn test_file_caps_match_tmpfs() {
+    skip_without_prereqs!();
+    let l = same_on_tmpfs_and_pmemfs("caps", "", &[]);
+    has(&l, "user write: ok -> ENODATA");
+    has(&l, "user odirect: ok -> ENODATA");
+    has(&l, "root odirect: ok -> ENODATA");
+    has(&l, "user truncate: ok -> ENODATA");
+    has(&l, "root chown: ok -> ENODATA");
+    has(&l, "write after setcap: ok ENODATA");
+    has(&l, "root chown -1 -1 on 6777: ok -> 0o777");
+    has(&l, "chown of a 6775 fifo: ok 0o775");
+}
+
 /// Item 5: files and directories removed or replaced while open stay usable through their
 /// descriptors.
 fn test_open_unlinked_files_and_directories_match_tmpfs() {
@@ -308,6 +324,7 @@ fn test_posix_acls_match_tmpfs() {
 
 on_both_transports!(
     test_setid_rules_match_tmpfs,
+    test_file_caps_match_tmpfs,
     test_open_unlinked_files_and_directories_match_tmpfs,
     test_xattrs_match_tmpfs,
     test_mmap_of_o_direct_file_matches_tmpfs,

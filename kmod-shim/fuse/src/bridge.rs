@@ -274,6 +274,8 @@ pub struct Bridge {
     kernel_refs: Mutex<HashMap<u64, u64>>,
     /// With a generation raised by every set and remove of a watched name.
     xattr_absent: Mutex<(u64, std::collections::HashSet<(u64, u8)>)>,
+    /// The plugin has no xattrs (so no `security.capability` to drop, [`Bridge::drop_caps`]).
+    pub(crate) no_xattrs: AtomicBool,
     /// Counters.
     pub stats: BridgeStats,
 }
@@ -356,6 +358,7 @@ impl Bridge {
             fast_path_n: AtomicUsize::new(0),
             attr_invalidate: OnceLock::new(),
             xattr_absent: Mutex::new((0, std::collections::HashSet::new())),
+            no_xattrs: AtomicBool::new(false),
             kernel_refs: Mutex::new(HashMap::new()),
             stats: BridgeStats::default(),
             spec: MountSpec { device: info.device.clone(), ..spec },
@@ -393,6 +396,7 @@ impl Bridge {
             fast_path_n: AtomicUsize::new(0),
             attr_invalidate: OnceLock::new(),
             xattr_absent: Mutex::new((0, std::collections::HashSet::new())),
+            no_xattrs: AtomicBool::new(false),
             kernel_refs: Mutex::new(HashMap::new()),
             stats: BridgeStats::default(),
             spec,
@@ -1022,6 +1026,8 @@ impl Bridge {
         if kill_suidgid {
             flags |= io_flags::KILL_SUIDGID;
         }
+        // As the kernel's file_remove_privs, which it skips on an S_NOSEC inode (killpriv.rs).
+        self.drop_caps(node)?;
         let ino = self.to_ino(node);
         let len = data.len() as u64;
         REPLY.with_borrow_mut(|reply| {

@@ -26,6 +26,7 @@ use zus_api::ops::{Attr, IoctlTicket, OpCode, Pod, SetattrReq, ZUFS_IOC_TICKET, 
 
 use crate::abi::op;
 use crate::bridge::Bridge;
+use crate::killpriv::KillSetid;
 use zus_client::Creds;
 
 /// Options of the FUSE side of a mount.
@@ -344,7 +345,11 @@ impl Filesystem for FuseFs {
             | InitFlags::FUSE_DONT_MASK
             // READDIRPLUS when the kernel sees lookups follow a readdir (ls -l, rm -rf, tar).
             | InitFlags::FUSE_DO_READDIRPLUS
-            | InitFlags::FUSE_READDIRPLUS_AUTO;
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            // SB_NOSEC: no GETXATTR security.capability before every write; set-id bits and
+            // capabilities are cleared here instead (crate::killpriv; fuser hides the
+            // SETATTR's FATTR_KILL_SUIDGID, so KillSetid infers it).
+            | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
         let _ = config.add_capabilities(want & config.capabilities());
         Ok(())
     }
@@ -423,7 +428,8 @@ impl Filesystem for FuseFs {
             r.valid |= setattr::CTIME;
             r.ctime_ns = time_ns(t);
         }
-        match self.bridge.setattr_acl(creds(req), r) {
+        let kill = KillSetid::of(r.valid, None);
+        match self.bridge.setattr_killpriv(creds(req), r, kill) {
             Ok(a) => reply.attr(&self.attr_ttl(a.ino), &file_attr(&a)),
             Err(e) => reply.error(err(e)),
         }

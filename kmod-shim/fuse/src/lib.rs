@@ -10,4 +10,5 @@ pub mod abi;
 pub mod acl;
 pub mod bridge;
 pub mod fuse;
+pub mod killpriv;
 pub mod uring;

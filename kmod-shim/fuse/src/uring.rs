@@ -32,6 +32,7 @@ use zus_client::Creds;
 use crate::abi::{self, InHeader, OutHeader, Request, bytes_of, op, read_struct};
 use crate::bridge::Bridge;
 use crate::fuse::{FuseOptions, Transport, online_cpus};
+use crate::killpriv::KillSetid;
 
 pub mod handoff;
 
@@ -399,7 +400,10 @@ impl Server {
             | abi::init::DONT_MASK
             // READDIRPLUS when the kernel sees lookups follow a readdir (ls -l, rm -rf, tar).
             | abi::init::DO_READDIRPLUS
-            | abi::init::READDIRPLUS_AUTO;
+            | abi::init::READDIRPLUS_AUTO
+            // SB_NOSEC: no GETXATTR security.capability before every write; set-id bits and
+            // capabilities are cleared here instead (crate::killpriv).
+            | abi::init::HANDLE_KILLPRIV_V2;
         if self.uring {
             want |= abi::init::OVER_IO_URING;
         }
@@ -501,7 +505,8 @@ impl Server {
                     r.valid |= setattr::CTIME;
                     r.ctime_ns = ns(s.ctime, s.ctimensec);
                 }
-                self.attr_reply(b.setattr_acl(c, r), out)
+                let kill = KillSetid::of(r.valid, Some(v & abi::fattr::KILL_SUIDGID != 0));
+                self.attr_reply(b.setattr_killpriv(c, r, kill), out)
             }
             Request::Readlink => {
                 out.extend_from_slice(&b.readlink(node).map_err(e)?);
