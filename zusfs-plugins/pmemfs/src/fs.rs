@@ -202,9 +202,13 @@ impl<'a, P: Persist> Op<'a, P> {
     fn alloc(&mut self, want: u64, goal: Option<u64>) -> Result<(u64, u64)> {
         let (s, n) = match self.fs.balloc.alloc(want, goal) {
             Some(r) => r,
-            // Blocks freed by logged transactions come back at a checkpoint.
-            None if self.fs.checkpoint()? > 0 => self.fs.balloc.alloc(want, goal).ok_or(FsError::NoSpace)?,
-            None => return Err(FsError::NoSpace),
+            // Blocks freed by logged transactions come back at a checkpoint: ours, or one that
+            // another thread ran a moment ago (its frees are in the allocator once the journal
+            // lock is free, which `checkpoint` takes), so try again whatever ours released.
+            None => {
+                self.fs.checkpoint()?;
+                self.fs.balloc.alloc(want, goal).ok_or(FsError::NoSpace)?
+            }
         };
         self.allocated.push((s, n));
         self.txn.set_bits(s, n);
@@ -229,11 +233,14 @@ impl<'a, P: Persist> Op<'a, P> {
             let mut j = lock(&self.fs.journal);
             let r = j.commit(&self.fs.pm, &self.fs.geo, txn, &self.free_after);
             self.fs.logged_inodes.store(j.logged_inodes(), Ordering::Release);
+            // Blocks a checkpoint released go back under the journal lock (see `alloc`).
+            if let Ok(released) = &r {
+                self.fs.release_blocks(released);
+            }
             r
         };
         match r {
-            Ok(released) => {
-                self.fs.release_blocks(&released);
+            Ok(_) => {
                 if !self.free_inos.is_empty() {
                     lock(&self.fs.ifree).extend(self.free_inos.iter().copied());
                 }
@@ -393,14 +400,14 @@ impl<P: Persist> Fs<P> {
         // After a failed commit the in-place state may lag the log: keep the log for the next
         // mount's replay.
         self.live()?;
-        let released = {
-            let mut j = lock(&self.journal);
-            let r = j.checkpoint(&self.pm, &self.geo);
-            self.logged_inodes.store(j.logged_inodes(), Ordering::Release);
-            r
-        };
+        let mut j = lock(&self.journal);
+        let released = j.checkpoint(&self.pm, &self.geo);
+        self.logged_inodes.store(j.logged_inodes(), Ordering::Release);
         let released = released.inspect_err(|_| self.poisoned.store(true, Ordering::SeqCst))?;
+        // Under the journal lock: a thread whose allocation failed and that checkpoints after
+        // this one finds these blocks in the allocator (`Tx::alloc`).
         self.release_blocks(&released);
+        drop(j);
         Ok(released.iter().map(|f| f.1).sum())
     }
 
@@ -431,9 +438,9 @@ impl<P: Persist> Fs<P> {
         }
         let released = j.checkpoint(&self.pm, &self.geo);
         self.logged_inodes.store(j.logged_inodes(), Ordering::Release);
-        drop(j);
         let released = released.inspect_err(|_| self.poisoned.store(true, Ordering::SeqCst))?;
         self.release_blocks(&released);
+        drop(j);
         Ok(())
     }
 
