@@ -90,30 +90,40 @@ def fresh(p, m, size=0, uid=0, gid=0):
 # ------------------------------------------------------------------------------------------ 1
 
 
+# What a writer does to a file, for the set-id and capability checks (items 1 and 17).
+def write(p):
+    with open(p, "r+b") as f:
+        f.write(b"y")
+
+
+def append(p):
+    fd = os.open(p, os.O_WRONLY | os.O_APPEND)
+    os.write(fd, b"x")
+    os.close(fd)
+
+
+def odirect(p):
+    fd = os.open(p, os.O_WRONLY | os.O_DIRECT)
+    buf = mmap.mmap(-1, 4096)
+    os.writev(fd, [buf])
+    os.close(fd)
+
+
+def truncate(p):
+    os.truncate(p, 100)
+
+
+def otrunc(p):
+    os.close(os.open(p, os.O_WRONLY | os.O_TRUNC))
+
+
 def check_setid():
     uid, gid = user_ids()
-
-    def append(p):
-        fd = os.open(p, os.O_WRONLY | os.O_APPEND)
-        os.write(fd, b"x")
-        os.close(fd)
-
-    def odirect(p):
-        fd = os.open(p, os.O_WRONLY | os.O_DIRECT)
-        buf = mmap.mmap(-1, 4096)
-        os.writev(fd, [buf])
-        os.close(fd)
-
-    def truncate(p):
-        os.truncate(p, 100)
 
     def ftruncate(p):
         fd = os.open(p, os.O_WRONLY)
         os.ftruncate(fd, 50)
         os.close(fd)
-
-    def otrunc(p):
-        os.close(os.open(p, os.O_WRONLY | os.O_TRUNC))
 
     def falloc(p):
         fd = os.open(p, os.O_WRONLY)
@@ -218,27 +228,6 @@ def check_caps():
     kernel's file_remove_privs does; set-id bits with a chown(-1, -1) (issue 17: the FUSE
     bridge does this under FUSE_HANDLE_KILLPRIV_V2)."""
     uid, gid = user_ids()
-
-    def write(p):
-        with open(p, "r+b") as f:
-            f.write(b"y")
-
-    def append(p):
-        fd = os.open(p, os.O_WRONLY | os.O_APPEND)
-        os.write(fd, b"x")
-        os.close(fd)
-
-    def odirect(p):
-        fd = os.open(p, os.O_WRONLY | os.O_DIRECT)
-        buf = mmap.mmap(-1, 4096)
-        os.writev(fd, [buf])
-        os.close(fd)
-
-    def truncate(p):
-        os.truncate(p, 100)
-
-    def otrunc(p):
-        os.close(os.open(p, os.O_WRONLY | os.O_TRUNC))
 
     def chown_none(p):
         os.chown(p, -1, -1)
