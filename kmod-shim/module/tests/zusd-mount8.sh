@@ -12,7 +12,7 @@
 # left is ended by the next mount of the device.
 # Prints "TEST name ... ok|FAILED".
 
-. /tests/lib/guest-lib.sh	# check, wait_for
+. /tests/lib/guest-lib.sh	# check, wait_for, start_zusd, stop_zusd
 
 export ZUFS_SOCKET=/run/zufs/zusd-m8.sock ZUFS_PLUGINS=/lib/zufs/plugins ZUFS_RUN_DIR=/run/zufs NO_COLOR=1
 MOUNT=/lib/zufs/bin/mount
@@ -28,9 +28,7 @@ if ! [ -x $MOUNT ] || ! [ -x $UMOUNT ]; then
 	exit 0
 fi
 lsmod | grep -q '^zufs ' || modprobe zufs
-ZUFS_LOG=info /bin/zusd --kernel --plugins "$ZUFS_PLUGINS" --socket "$ZUFS_SOCKET" >>"$LOG" 2>&1 &
-ZPID=$!
-wait_for 600 sh -c "grep -q 'zusd ready' $LOG || ! kill -0 $ZPID 2>/dev/null"
+start_zusd --kernel
 check m8_mkfs sh -c "zufs mkfs -t pmemfs --size 64M $DEV >/tmp/m8-mkfs.log 2>&1"
 check m8_install_helpers sh -c "zufs install-helpers --dir /sbin >/tmp/m8-ih.log 2>&1"
 check m8_helpers_installed sh -c "[ -L /sbin/mount.zufs.pmemfs ] && [ -L /sbin/mount.zufs ] && [ -L /sbin/umount.zufs ]"
@@ -140,8 +138,7 @@ check m8_orphan_umount run orphan_umount $UMOUNT $M
 check m8_orphan_zusd_unmounted zcount 0
 
 zufs install-helpers --dir /sbin --remove >/dev/null 2>&1
-kill -TERM $ZPID 2>/dev/null
-wait $ZPID 2>/dev/null
+stop_zusd
 check m8_fsck sh -c "zufs fsck -t pmemfs $DEV >/tmp/m8-fsck.log 2>&1 || { cat /tmp/m8-fsck.log; false; }"
 rm -f $DEV
 exit 0

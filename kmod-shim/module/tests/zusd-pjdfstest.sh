@@ -7,7 +7,7 @@
 # guest-pjdfstest.sh runs the same suite against fake-zusd's in-memory server.
 # Prints "TEST name ... ok|FAILED".
 
-. /tests/lib/guest-lib.sh	# check, wait_for, uptime_ms
+. /tests/lib/guest-lib.sh	# check, wait_for, uptime_ms, start_zusd, stop_zusd
 
 if ! command -v pjdfstest >/dev/null; then
 	# guest-test.sh leaves it out only with PJDFSTEST=off or no cargo (CI runs
@@ -40,9 +40,7 @@ chmod 0755 $W/tmpfs
 umount $W/tmpfs
 
 lsmod | grep -q '^zufs ' || modprobe zufs
-ZUFS_LOG=info /bin/zusd --kernel --plugins "$ZUFS_PLUGINS" --socket "$ZUFS_SOCKET" >"$LOG" 2>&1 &
-ZPID=$!
-wait_for 600 sh -c "grep -q 'zusd ready' $LOG || ! kill -0 $ZPID 2>/dev/null"
+start_zusd --kernel
 check zpjd_mkfs sh -c "zufs mkfs -t pmemfs --size 256M $DEV >/tmp/zpjd-mkfs.log 2>&1"
 check zpjd_mount zufs mount -t pmemfs -o transport=kernel $DEV $W/zufs
 chmod 0755 $W/zufs
@@ -86,8 +84,7 @@ check zpjd_umount zufs umount $W/zufs
 zufs fsck -t pmemfs $DEV >/tmp/zpjd-fsck.log 2>&1
 rc=$?
 check zpjd_fsck_clean sh -c "[ $rc = 0 ] && grep -q ': 0 problem' /tmp/zpjd-fsck.log"
-kill -TERM $ZPID
-wait $ZPID
+stop_zusd
 check zpjd_rmmod rmmod zufs
 rm -f $DEV
 check zpjd_kernel_log_clean sh -c '! dmesg | grep -E "WARNING:|BUG:|Oops|general protection|refcount_t|list_(add|del) corruption|VFS: Busy inodes"'

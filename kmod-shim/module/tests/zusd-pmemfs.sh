@@ -13,25 +13,13 @@
 #      there; clean umount, fsck clean, rmmod.
 # Prints "TEST name ... ok|FAILED".
 
-. /tests/lib/guest-lib.sh	# check, wait_for, uptime_ms
+. /tests/lib/guest-lib.sh	# check, wait_for, uptime_ms, start_zusd, stop_zusd
 
 export ZUFS_SOCKET=/run/zufs/zusd-pmemfs.sock ZUFS_PLUGINS=/lib/zufs/plugins ZUFS_RUN_DIR=/run/zufs NO_COLOR=1
 LOG=/tmp/zusd-pmemfs.log
 DEV=/dev/shm/pmem-k
 M=/mnt/pk
 mkdir -p $M /run/zufs
-
-start_zusd() {  # ARGS...: zusd with the plugins, until it is ready
-	ZUFS_LOG=info /bin/zusd "$@" --plugins "$ZUFS_PLUGINS" --socket "$ZUFS_SOCKET" >>"$LOG" 2>&1 &
-	ZPID=$!
-	wait_for 600 sh -c "grep -q 'zusd ready' $LOG || ! kill -0 $ZPID 2>/dev/null"
-	grep 'zusd ready' "$LOG" | tail -n 1 | sed 's/^/GUEST: zusd: /'
-}
-
-stop_zusd() {
-	kill -TERM "$ZPID" 2>/dev/null
-	wait "$ZPID" 2>/dev/null
-}
 
 # ---- 1. the CLI's errors ---------------------------------------------------
 lsmod | grep -q '^zufs ' && rmmod zufs

@@ -16,7 +16,7 @@
 # earlier script or here.
 # Prints "TEST name ... ok|FAILED".
 
-. /tests/lib/guest-lib.sh	# check, wait_for, uptime_ms
+. /tests/lib/guest-lib.sh	# check, wait_for, uptime_ms, start_zusd, stop_zusd
 
 export ZUFS_SOCKET=/run/zufs/zusd-${PX_NAME:-px}.sock ZUFS_PLUGINS=/lib/zufs/plugins ZUFS_RUN_DIR=/run/zufs NO_COLOR=1
 export PYTHONHOME=/ PYTHONDONTWRITEBYTECODE=1
@@ -35,9 +35,7 @@ if ! [ -x /bin/python3 ] || ! [ -f $SEM ]; then
 	exit 0
 fi
 lsmod | grep -q '^zufs ' || modprobe zufs
-ZUFS_LOG=info /bin/zusd --kernel --plugins "$ZUFS_PLUGINS" --socket "$ZUFS_SOCKET" >>"$LOG" 2>&1 &
-ZPID=$!
-wait_for 600 sh -c "grep -q 'zusd ready' $LOG || ! kill -0 $ZPID 2>/dev/null"
+start_zusd --kernel
 if [ -b "$DEV" ]; then
 	check ${P}_mkfs sh -c "zufs mkfs -t pmemfs $DEV >/tmp/px-mkfs.log 2>&1"
 else
@@ -214,8 +212,7 @@ check ${P}_remount_rw_writes touch $M/rw-file
 check ${P}_umount umnt
 umount $T
 umount $E 2>/dev/null
-kill -TERM $ZPID 2>/dev/null
-wait $ZPID 2>/dev/null
+stop_zusd
 check ${P}_fsck sh -c "zufs fsck -t pmemfs $DEV >/tmp/px-fsck.log 2>&1 || { cat /tmp/px-fsck.log; false; }"
 [ -b "$DEV" ] || rm -f $DEV
 exit 0
