@@ -154,20 +154,39 @@ pub fn create_masq(acl: &mut [Entry], mut mode: u32) -> (u32, bool) {
     (mode, extended)
 }
 
-const ROOT: Creds = Creds { uid: 0, gid: 0, pid: 0 };
+/// The credentials of ops the bridge sends itself (set-id bits cleared, ACL xattrs written).
+pub(crate) const ROOT: Creds = Creds { uid: 0, gid: 0, pid: 0 };
+
+/// linux/capability.h.
+const CAP_FSETID: u32 = 4;
+
+/// The `/proc/PID/status` of the caller of a request (the caller waits in the syscall, and FUSE
+/// gives its pid in our namespace); `None` when it cannot be read.
+pub(crate) fn caller_status(c: Creds) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{}/status", c.pid)).ok()
+}
+
+/// A field of a `/proc/PID/status`.
+fn status_field<'a>(status: &'a str, key: &str) -> Option<&'a str> {
+    status.lines().find_map(|l| l.strip_prefix(key)).map(str::trim)
+}
+
+/// Whether a `/proc/PID/status` shows CAP_FSETID among the effective capabilities.
+pub(crate) fn has_fsetid(status: &str) -> bool {
+    status_field(status, "CapEff:")
+        .and_then(|c| u64::from_str_radix(c, 16).ok())
+        .is_some_and(|c| c & (1 << CAP_FSETID) != 0)
+}
 
 /// The kernel's `in_group_or_capable` for the caller of a request: its gid, its supplementary
-/// groups or CAP_FSETID (from /proc/PID/status: the caller waits in the syscall, and FUSE gives
-/// its pid in our namespace). Not in the group when that cannot be read.
+/// groups or CAP_FSETID ([`caller_status`]). Not in the group when that cannot be read.
 fn in_group_or_capable(c: Creds, gid: u32) -> bool {
     if c.uid == 0 || c.gid == gid {
         return true;
     }
-    let Ok(s) = std::fs::read_to_string(format!("/proc/{}/status", c.pid)) else { return false };
-    let field = |k: &str| s.lines().find_map(|l| l.strip_prefix(k)).map(str::trim);
-    let in_groups = field("Groups:").is_some_and(|g| g.split_whitespace().any(|x| x.parse() == Ok(gid)));
-    let fsetid = field("CapEff:").and_then(|c| u64::from_str_radix(c, 16).ok()).is_some_and(|c| c & (1 << 4) != 0);
-    in_groups || fsetid
+    let Some(s) = caller_status(c) else { return false };
+    let in_groups = status_field(&s, "Groups:").is_some_and(|g| g.split_whitespace().any(|x| x.parse() == Ok(gid)));
+    in_groups || has_fsetid(&s)
 }
 
 impl Bridge {
@@ -180,7 +199,8 @@ impl Bridge {
         }
     }
 
-    fn set_mode(&self, node: u64, mode: u32) -> Result<Attr, Errno> {
+    /// Sets `node`'s mode as the bridge (for the kernel's set-id and ACL rules).
+    pub(crate) fn set_mode(&self, node: u64, mode: u32) -> Result<Attr, Errno> {
         self.setattr(ROOT, SetattrReq { ino: node, valid: setattr::MODE, mode, ..SetattrReq::default() })
     }
 

@@ -40,15 +40,11 @@ use zus_api::Errno;
 use zus_api::ops::{Attr, SetattrReq, setattr};
 use zus_client::Creds;
 
+use crate::acl::{ROOT, caller_status, has_fsetid};
 use crate::bridge::Bridge;
 
 /// The file capability xattr.
 pub const CAPS: &[u8] = b"security.capability";
-
-const ROOT: Creds = Creds { uid: 0, gid: 0, pid: 0 };
-
-/// linux/capability.h.
-const CAP_FSETID: u32 = 4;
 
 /// What a SETATTR asks of a regular file's set-id bits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,16 +97,6 @@ fn setid_bits(mode: u32) -> u32 {
     kill
 }
 
-/// Whether the caller of a request has CAP_FSETID (from /proc/PID/status: the caller waits in
-/// the syscall, and FUSE gives its pid in our namespace). Not when that cannot be read.
-fn has_fsetid(c: Creds) -> bool {
-    let Ok(s) = std::fs::read_to_string(format!("/proc/{}/status", c.pid)) else { return false };
-    s.lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .is_some_and(|v| v & (1 << CAP_FSETID) != 0)
-}
-
 impl Bridge {
     /// SETATTR: [`Bridge::setattr_acl`], then the set-id bits cleared as `kill` says and
     /// `security.capability` removed on a truncate or chown of a regular file.
@@ -121,11 +107,9 @@ impl Bridge {
         let node = req.ino;
         let mut a = self.setattr_acl(creds, req)?;
         let bits = setid_bits(a.mode);
-        if bits != 0 && (kill == KillSetid::Yes || (kill == KillSetid::UnlessCapable && !has_fsetid(creds))) {
-            a = self.setattr(
-                ROOT,
-                SetattrReq { ino: node, valid: setattr::MODE, mode: a.mode & !bits, ..SetattrReq::default() },
-            )?;
+        let capable = || caller_status(creds).is_some_and(|s| has_fsetid(&s));
+        if bits != 0 && (kill == KillSetid::Yes || (kill == KillSetid::UnlessCapable && !capable())) {
+            a = self.set_mode(node, a.mode & !bits)?;
         }
         if req.valid & (setattr::SIZE | setattr::UID | setattr::GID) != 0 && a.mode & libc::S_IFMT == libc::S_IFREG {
             self.drop_caps(node)?;
