@@ -366,6 +366,15 @@ fn test_kernel_cache_marks_only_from_a_bridge_refuse_fast_path_data_and_leave_wi
     assert!(out.contains("KCACHE OK"), "{out}");
 }
 
+/// `CreateOpen` is one op at zusd (create, then open, of the plugin): the module's atomic open
+/// and the bridge's CREATE send it.
+#[test]
+fn test_create_open_is_one_op_with_the_attributes_and_a_handle() {
+    let (_d, z) = nullfs_server("createopen", &[]);
+    let out = run(&z, &["create-open"], Duration::from_secs(60));
+    assert!(out.contains("CREATEOPEN OK"), "{out}");
+}
+
 #[test]
 fn test_tickets_let_another_user_do_data_ops_on_their_inode_only() {
     // A user who does not own a mount attaches with tickets only: data ops on the inode a

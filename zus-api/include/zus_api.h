@@ -183,6 +183,13 @@ enum zus_op_code {
 	 * (`struct zus_copy_file_range_req`); the result is the number of bytes copied.
 	 */
 	ZUS_OP_COPY_FILE_RANGE = 32,
+	/*
+	 * Create a regular file and open it, in one op (`struct zus_create_req`, the name following): the
+	 * reply is a `struct zus_create_open_reply`. Served by zusd itself from the plugin's `Create` and
+	 * `Open` (plugins never see this op code); a failed open gives the create's lookup
+	 * reference back and answers the open's errno (the file stays, as after `Create`).
+	 */
+	ZUS_OP_CREATE_OPEN = 33,
 };
 
 /*
@@ -365,6 +372,16 @@ struct zus_open_req {
  * (8 bytes.)
  */
 struct zus_open_reply {
+	__u64 fh;
+};
+
+/*
+ * Reply to `ZUS_OP_CREATE_OPEN`: the new file's attributes (as `Create`'s reply) and the file
+ * handle (as `Open`'s).
+ * (88 bytes.)
+ */
+struct zus_create_open_reply {
+	struct zus_attr attr;
 	__u64 fh;
 };
 

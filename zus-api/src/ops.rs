@@ -114,11 +114,16 @@ pub enum OpCode {
     /// copy_file_range(2) between two open files of one mount, served in one op
     /// ([`CopyFileRangeReq`]); the result is the number of bytes copied.
     CopyFileRange = 32,
+    /// Create a regular file and open it, in one op ([`CreateReq`], the name following): the
+    /// reply is a [`CreateOpenReply`]. Served by zusd itself from the plugin's `Create` and
+    /// `Open` (plugins never see this op code); a failed open gives the create's lookup
+    /// reference back and answers the open's errno (the file stays, as after `Create`).
+    CreateOpen = 33,
 }
 
 impl OpCode {
     /// Every op code, in numeric order.
-    pub const ALL: [Self; 32] = [
+    pub const ALL: [Self; 33] = [
         Self::Noop,
         Self::Statfs,
         Self::Sync,
@@ -151,6 +156,7 @@ impl OpCode {
         Self::KernelCache,
         Self::Ticket,
         Self::CopyFileRange,
+        Self::CreateOpen,
     ];
 
     /// Decodes a wire op code.
@@ -168,7 +174,7 @@ impl OpCode {
             Self::Lookup | Self::Unlink | Self::Rmdir => size_of::<NameReq>(),
             Self::Getattr | Self::Readlink | Self::Listxattr => size_of::<InoReq>(),
             Self::Setattr => size_of::<SetattrReq>(),
-            Self::Create | Self::Mknod | Self::Mkdir => size_of::<CreateReq>(),
+            Self::Create | Self::Mknod | Self::Mkdir | Self::CreateOpen => size_of::<CreateReq>(),
             Self::Rename => size_of::<RenameReq>(),
             Self::Link => size_of::<LinkReq>(),
             Self::Symlink => size_of::<SymlinkReq>(),
@@ -400,6 +406,16 @@ pub struct OpenReq {
 #[derive(Debug, Clone, Copy, Default, zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable)]
 #[allow(missing_docs)]
 pub struct OpenReply {
+    pub fh: u64,
+}
+
+/// Reply to [`OpCode::CreateOpen`]: the new file's attributes (as `Create`'s reply) and the file
+/// handle (as `Open`'s).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable)]
+#[allow(missing_docs)]
+pub struct CreateOpenReply {
+    pub attr: Attr,
     pub fh: u64,
 }
 
@@ -671,6 +687,7 @@ pod_impl! {
     Dirent = 24,
     OpenReq = 16,
     OpenReply = 8,
+    CreateOpenReply = 88,
     ReleaseReq = 16,
     IoReq = 48,
     IoReply = 16,
@@ -748,7 +765,7 @@ mod tests {
             assert_eq!(OpCode::from_u32(op as u32), Some(op));
         }
         assert_eq!(OpCode::from_u32(0), None);
-        assert_eq!(OpCode::from_u32(33), None);
+        assert_eq!(OpCode::from_u32(34), None);
         assert_eq!(OpCode::from_u32(u32::MAX), None);
     }
 

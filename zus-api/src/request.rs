@@ -106,6 +106,7 @@ const FACTS: [OpFacts; OpCode::ALL.len()] = [
     /* KernelCache */ f(size_of::<KernelCacheReq>(), false, Never, Refused, true),
     /* Ticket */ f(size_of::<TicketReq>(), false, Never, Refused, false),
     /* CopyFileRange */ f(size_of::<CopyFileRangeReq>(), true, Always, Refused, false),
+    /* CreateOpen */ f(size_of::<CreateReq>(), true, Never, Refused, false),
 ];
 
 impl OpCode {
@@ -127,6 +128,7 @@ pub enum Request<'a> {
     Getattr(InoReq),
     Setattr(SetattrReq),
     Create(CreateReq, &'a [u8]),
+    CreateOpen(CreateReq, &'a [u8]),
     Mknod(CreateReq, &'a [u8]),
     Mkdir(CreateReq, &'a [u8]),
     Unlink(NameReq, &'a [u8]),
@@ -238,11 +240,12 @@ impl<'a> Request<'a> {
             }
             OpCode::Getattr => Self::Getattr(fixed(p)?.0),
             OpCode::Setattr => Self::Setattr(fixed(p)?.0),
-            OpCode::Create | OpCode::Mknod | OpCode::Mkdir => {
+            OpCode::Create | OpCode::CreateOpen | OpCode::Mknod | OpCode::Mkdir => {
                 let (r, var) = fixed::<CreateReq>(p)?;
                 let n = name(one(var, r.name_len)?)?;
                 match op {
                     OpCode::Create => Self::Create(r, n),
+                    OpCode::CreateOpen => Self::CreateOpen(r, n),
                     OpCode::Mknod => Self::Mknod(r, n),
                     _ => Self::Mkdir(r, n),
                 }
@@ -322,7 +325,7 @@ impl<'a> Request<'a> {
             // The file written (the one whose size and blocks change).
             Self::CopyFileRange(r) => r.ino_out,
             Self::Lookup(r, _) | Self::Unlink(r, _) | Self::Rmdir(r, _) => r.dir,
-            Self::Create(r, _) | Self::Mknod(r, _) | Self::Mkdir(r, _) => r.dir,
+            Self::Create(r, _) | Self::CreateOpen(r, _) | Self::Mknod(r, _) | Self::Mkdir(r, _) => r.dir,
             Self::Symlink(r, ..) => r.dir,
             Self::Readdir(r) => r.dir,
             Self::Rename(r, ..) => r.old_dir,

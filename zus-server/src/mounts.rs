@@ -7,6 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use zus_api::Errno;
 use zus_api::device::{DEVICE_ALIGN, DEVICE_HEADER_SIZE, DeviceHeader, DeviceHeaderError};
+use zus_api::ops::{Attr, CreateOpenReply, CreateReq, ForgetReq, OpCode, OpHeader, OpenReply, OpenReq, Pod};
 use zus_plugin::{DeviceDesc, OpCall, PluginVtable};
 use zus_pmem::{MapMode, MappedPmem, Persist};
 
@@ -338,8 +339,70 @@ impl Mount {
         self.vtable.flags & zus_plugin::plugin_flags::STREAMED_WINDOW != 0
     }
 
-    /// Calls the plugin for one op.
+    /// Serves one op: the plugin's, or [`OpCode::CreateOpen`] composed from two of them.
     pub fn op(&self, call: &mut OpCall) -> i64 {
+        if call.hdr.opcode == OpCode::CreateOpen as u32 {
+            return self.create_open(call);
+        }
+        self.plugin_op(call)
+    }
+
+    /// `CreateOpen`: the plugin's `Create` (its `Attr` reply lands at the start of the reply
+    /// buffer), then its `Open` of the new inode (its `OpenReply` lands right after), which is
+    /// the layout of [`CreateOpenReply`]. A failed open gives back the lookup reference the
+    /// create counted, so the inode is not pinned by a kernel that never learned of it.
+    fn create_open(&self, call: &mut OpCall) -> i64 {
+        const ATTR: usize = size_of::<Attr>();
+        if call.reply_cap < size_of::<CreateOpenReply>() || call.req.is_null() {
+            return Errno::EINVAL.to_wire();
+        }
+        // SAFETY: `req` is the server's private copy of `req_len` bytes (dispatch's scratch).
+        let payload = unsafe { core::slice::from_raw_parts(call.req, call.req_len) };
+        let Some(cr) = CreateReq::read_from(payload) else { return Errno::EINVAL.to_wire() };
+        call.hdr.opcode = OpCode::Create as u32;
+        let rc = self.plugin_op(call);
+        call.hdr.opcode = OpCode::CreateOpen as u32;
+        if rc < 0 {
+            return rc;
+        }
+        // SAFETY: the plugin wrote `reply_len` (at most `reply_cap`) bytes at `reply`.
+        let made = unsafe { core::slice::from_raw_parts(call.reply, call.reply_len.min(call.reply_cap)) };
+        let Some(attr) = (call.reply_len == ATTR).then(|| Attr::read_from(made)).flatten() else {
+            return Errno::EIO.to_wire();
+        };
+        let open_flags = cr.flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY).cast_unsigned();
+        let open = OpenReq { ino: attr.ino, flags: open_flags, reserved: 0 };
+        let mut sub = OpCall {
+            hdr: OpHeader { opcode: OpCode::Open as u32, in_len: size_of::<OpenReq>() as u32, ..call.hdr },
+            req: open.as_bytes().as_ptr(),
+            req_len: size_of::<OpenReq>(),
+            // SAFETY: `ATTR` < `reply_cap` (checked above): the open's reply goes after the attr.
+            reply: unsafe { call.reply.add(ATTR) },
+            reply_cap: call.reply_cap - ATTR,
+            reply_len: 0,
+            data_out: 0,
+            data: zus_plugin::DataDesc::NONE,
+        };
+        let rc = self.plugin_op(&mut sub);
+        if rc < 0 || sub.reply_len != size_of::<OpenReply>() {
+            let forget = ForgetReq { ino: attr.ino, nlookup: 1 };
+            let mut f = OpCall {
+                hdr: OpHeader { opcode: OpCode::Forget as u32, in_len: size_of::<ForgetReq>() as u32, ..call.hdr },
+                req: forget.as_bytes().as_ptr(),
+                req_len: size_of::<ForgetReq>(),
+                reply_len: 0,
+                ..sub
+            };
+            self.plugin_op(&mut f);
+            call.reply_len = 0;
+            return if rc < 0 { rc } else { Errno::EIO.to_wire() };
+        }
+        call.reply_len = size_of::<CreateOpenReply>();
+        0
+    }
+
+    /// Calls the plugin for one op.
+    fn plugin_op(&self, call: &mut OpCall) -> i64 {
         match self.vtable.op {
             // SAFETY: the handle is live until unmount, which runs only after every ZT has
             // dropped its reference to this mount (see the server's generation barrier).

@@ -13,7 +13,7 @@ use zus_api::Errno;
 use zus_api::chan::{Geometry, LaneHeader, PAYLOAD_SIZE, Slot, slot_state};
 use zus_api::ops::{
     Attr, CopyFileRangeReq, CreateReq, DATA_WINDOW, DATA_WINDOW_STREAM, InoReq, IoReq, NameReq, OpCode, OpHeader, Pod,
-    ReaddirReq,
+    ReaddirReq, ReleaseReq,
 };
 use zus_channel::control::{self, Reply, Request};
 use zus_channel::shm::{ShmRegion, futex};
@@ -101,6 +101,10 @@ enum Cmd {
     /// The kernel-cache marks: who may set them, what they refuse, and that they leave with the
     /// bridge that set them. Prints `KCACHE OK` or fails with the step that went wrong.
     Kcache,
+    /// `CreateOpen` (create and open in one op, composed by zusd): the reply's attributes and
+    /// handle, the name then found by lookup, EEXIST the second time, a bad name refused, the
+    /// handle usable for a write. Prints `CREATEOPEN OK`.
+    CreateOpen,
     /// Tickets: as root, mount nullfs, issue tickets to `--uid` through a bridge connection, and
     /// run `ticket-user` as that user to use them; then revoke one and check it is refused.
     /// Prints `TICKETS OK`.
@@ -501,6 +505,34 @@ fn op_errno(relay: &Relay, mount: u32, code: OpCode, req: &[&[u8]], data: DataIn
     }
 }
 
+fn create_open(relay: &Relay) -> Result<()> {
+    use zus_api::ops::CreateOpenReply;
+    let m = relay.mount("nullfs", "", "")?;
+    let mut reply = vec![0u8; PAYLOAD_SIZE];
+    let name = b"made";
+    let cr = CreateReq { dir: m.root, mode: 0o640, rdev: 0, flags: libc::O_RDWR.cast_unsigned(), name_len: 4 };
+    let o = relay.op(m.mount_id, OpCode::CreateOpen, &[cr.as_bytes(), name], DataIn::None, &mut reply, None, None)?;
+    ensure!(o.reply_len == size_of::<CreateOpenReply>(), "CreateOpen replied {} bytes", o.reply_len);
+    let r = CreateOpenReply::read_from(&reply[..o.reply_len]).context("short CreateOpen reply")?;
+    ensure!(r.attr.ino != 0 && r.attr.mode == libc::S_IFREG | 0o640, "CreateOpen attr {:?}", r.attr);
+    let l = name_req(m.root, name);
+    let o = relay.op(m.mount_id, OpCode::Lookup, &[l.as_bytes(), name], DataIn::None, &mut reply, None, None)?;
+    ensure!(attr_of(&reply[..o.reply_len])?.ino == r.attr.ino, "lookup found another inode");
+    let again = op_errno(relay, m.mount_id, OpCode::CreateOpen, &[cr.as_bytes(), name], DataIn::None, None);
+    ensure!(again == libc::EEXIST, "a second CreateOpen gave errno {again}, not EEXIST");
+    let bad = CreateReq { name_len: 3, ..cr };
+    let e = op_errno(relay, m.mount_id, OpCode::CreateOpen, &[bad.as_bytes(), b"a/b"], DataIn::None, None);
+    ensure!(e == libc::EINVAL, "CreateOpen of \"a/b\" gave errno {e}, not EINVAL");
+    let data = [5u8; 100];
+    let w = IoReq { ino: r.attr.ino, fh: r.fh, len: 100, data_kind: DATA_WINDOW, ..IoReq::default() };
+    let o = relay.op(m.mount_id, OpCode::Write, &[w.as_bytes()], DataIn::Window(&data), &mut reply, None, None)?;
+    ensure!(o.value == 100, "write through the CreateOpen handle wrote {}", o.value);
+    let rel = ReleaseReq { ino: r.attr.ino, fh: r.fh };
+    relay.op(m.mount_id, OpCode::Release, &[rel.as_bytes()], DataIn::None, &mut reply, None, None)?;
+    println!("CREATEOPEN OK");
+    Ok(())
+}
+
 fn kcache(relay: &Relay, socket: &Path) -> Result<()> {
     use zus_api::ops::KernelCacheReq;
     let m = relay.mount("nullfs", "", "")?;
@@ -769,6 +801,7 @@ fn main() -> Result<()> {
         }
         Cmd::Poll { iters, idle_ms } => poll(&relay, iters, idle_ms),
         Cmd::Kcache => kcache(&relay, &args.socket),
+        Cmd::CreateOpen => create_open(&relay),
         Cmd::Stream => stream(&relay),
         Cmd::Tickets { uid } => tickets(&relay, &args.socket, uid),
         Cmd::TicketUser { mount_id, ino, other_ino, ro, rw, revoked } => {

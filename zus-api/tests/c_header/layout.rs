@@ -344,6 +344,15 @@ pub const STRUCTS: &[Layout] = &[
         ],
     },
     Layout {
+        c_name: "struct zus_create_open_reply",
+        size: size_of::<zus_api::ops::CreateOpenReply>(),
+        align: align_of::<zus_api::ops::CreateOpenReply>(),
+        fields: &[
+            ("attr", offset_of!(zus_api::ops::CreateOpenReply, attr)),
+            ("fh", offset_of!(zus_api::ops::CreateOpenReply, fh)),
+        ],
+    },
+    Layout {
         c_name: "struct zus_release_req",
         size: size_of::<zus_api::ops::ReleaseReq>(),
         align: align_of::<zus_api::ops::ReleaseReq>(),
@@ -716,6 +725,7 @@ pub const VALUES: &[(&str, i128)] = &[
     ("ZUS_OP_KERNEL_CACHE", zus_api::ops::OpCode::KernelCache as i128),
     ("ZUS_OP_TICKET", zus_api::ops::OpCode::Ticket as i128),
     ("ZUS_OP_COPY_FILE_RANGE", zus_api::ops::OpCode::CopyFileRange as i128),
+    ("ZUS_OP_CREATE_OPEN", zus_api::ops::OpCode::CreateOpen as i128),
 ];
 
 /// `(C name, bytes)` of every byte-string constant (C drops one trailing NUL).
