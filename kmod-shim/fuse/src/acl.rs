@@ -249,6 +249,27 @@ impl Bridge {
         Ok(a)
     }
 
+    /// create + open (the kernel's CREATE): one `CreateOpen` at zusd, or, under a parent with a
+    /// default ACL, the create with its ACLs and then the open.
+    ///
+    /// # Errors
+    /// The op's errno.
+    pub fn create_open_acl(
+        &self,
+        creds: Creds,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        umask: u32,
+        flags: u32,
+    ) -> Result<(Attr, u64), Errno> {
+        if self.acl(parent, DEFAULT)?.is_none() {
+            return self.create_open(creds, parent, name, mode & !(umask & 0o777), flags);
+        }
+        let a = self.make_acl(creds, OpCode::Create, parent, name, mode, umask, 0, flags)?;
+        Ok((a, self.open(creds, a.ino, flags)?))
+    }
+
     /// setxattr; an access ACL also sets the mode (and is not stored when a mode says it all).
     ///
     /// # Errors

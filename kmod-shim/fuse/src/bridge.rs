@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use zus_api::Errno;
 use zus_api::chan::PAYLOAD_SIZE;
 use zus_api::ops::{
-    Attr, CopyFileRangeReq, CreateReq, DATA_REMOTE_IOV, DATA_WINDOW, Dirent, FallocateReq, ForgetReq, FsyncReq, InoReq,
+    Attr, CopyFileRangeReq, CreateOpenReply, CreateReq, DATA_REMOTE_IOV, DATA_WINDOW, Dirent, FallocateReq, ForgetReq, FsyncReq, InoReq,
     IoReply, IoReq, IoVec, IoctlTicket, KernelCacheReq, LinkReq, NameReq, OpCode, OpenReply, OpenReq, Pod, ReaddirReq,
     ReleaseReq, RenameReq, SetattrReq, StatfsReply, SymlinkReq, TicketReq, XattrReq, io_flags,
 };
@@ -705,6 +705,29 @@ impl Bridge {
         let c = self.conn_or_eio()?;
         let ino = self.to_ino(node);
         let pfh = self.plugin_open(&c, Some(creds), ino, flags)?;
+        Ok(self.new_handle(&c, ino, flags, pfh))
+    }
+
+    /// create and open in one op at zusd (`CreateOpen`), with `mode` already masked: the new
+    /// file's attributes (counted as an entry the kernel holds) and a transport file handle.
+    ///
+    /// # Errors
+    /// The op's errno.
+    pub fn create_open(&self, creds: Creds, parent: u64, name: &[u8], mode: u32, flags: u32) -> Result<(Attr, u64), Errno> {
+        let c = self.conn_or_eio()?;
+        let r = CreateReq { dir: self.to_ino(parent), mode, rdev: 0, flags, name_len: name_len(name)? };
+        let (mut a, pfh) = REPLY.with_borrow_mut(|reply| {
+            let o = self.op_on(&c, Some(creds), OpCode::CreateOpen, &[r.as_bytes(), name], DataIn::None, reply, None)?;
+            CreateOpenReply::read_from(&reply[..o.reply_len]).map(|x| (x.attr, x.fh)).ok_or(Errno::EIO)
+        })?;
+        let ino = a.ino;
+        a.ino = self.to_node(ino);
+        *self.kernel_refs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).entry(a.ino).or_default() += 1;
+        Ok((a, self.new_handle(&c, ino, flags, pfh)))
+    }
+
+    /// A transport file handle for the plugin's handle `pfh` of `ino`, opened with `flags`.
+    fn new_handle(&self, c: &Conn, ino: u64, flags: u32, pfh: u64) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         // A re-open after a re-attach must not truncate or create again.
         let reopen_flags = flags & !(libc::O_TRUNC | libc::O_CREAT | libc::O_EXCL).cast_unsigned();
@@ -718,7 +741,7 @@ impl Bridge {
             fast_path: AtomicBool::new(false),
         });
         self.handles.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(fh, h);
-        Ok(fh)
+        fh
     }
 
     /// The plugin's handle for `fh` on connection `c` (re-opened after a re-attach).

@@ -779,16 +779,12 @@ impl Filesystem for FuseFs {
         let c = creds(req);
         let mode = if mode & libc::S_IFMT == 0 { mode | libc::S_IFREG } else { mode };
         let flags_u = flags.cast_unsigned();
-        let a = match self.bridge.make_acl(c, OpCode::Create, parent.0, name.as_bytes(), mode, umask, 0, flags_u) {
-            Ok(a) => a,
-            Err(e) => return reply.error(err(e)),
-        };
-        match self.bridge.open(c, a.ino, flags.cast_unsigned()) {
+        match self.bridge.create_open_acl(c, parent.0, name.as_bytes(), mode, umask, flags_u) {
             // fuser's CREATE reply has one timeout for the entry and the attributes: the shorter
             // one, so that the kernel does not keep the new file's attributes for the entry
             // timeout (with attr_timeout=0, a stat would show the size at create for up to
             // entry_timeout after the fast path grew the file).
-            Ok(fh) => reply.created(
+            Ok((a, fh)) => reply.created(
                 &self.opts.entry_timeout.min(self.attr_ttl(a.ino)),
                 &file_attr(&a),
                 Generation(a.generation),

@@ -596,8 +596,7 @@ impl Server {
             Request::Removexattr { name } => ok(b.removexattr(c, node, name)),
             Request::Create { arg, name } => {
                 let mode = if arg.mode & libc::S_IFMT == 0 { arg.mode | libc::S_IFREG } else { arg.mode };
-                let a = b.make_acl(c, OpCode::Create, node, name, mode, arg.umask, 0, arg.flags).map_err(e)?;
-                let fh = b.open(c, a.ino, arg.flags).map_err(e)?;
+                let (a, fh) = b.create_open_acl(c, node, name, mode, arg.umask, arg.flags).map_err(e)?;
                 self.entry(&a, self.opts.entry_timeout, self.opts.attr_timeout, out);
                 out.extend_from_slice(bytes_of(&abi::OpenOut {
                     fh,
