@@ -190,6 +190,12 @@ enum zus_op_code {
 	 * reference back and answers the open's errno (the file stays, as after `Create`).
 	 */
 	ZUS_OP_CREATE_OPEN = 33,
+	/*
+	 * Drops lookup references to many inodes in one op: the payload is one or more
+	 * `struct zus_forget_req`s back to back (nothing else). Served by zusd as that many `Forget`s of the
+	 * plugin (plugins never see this op code).
+	 */
+	ZUS_OP_FORGET_MANY = 34,
 };
 
 /*

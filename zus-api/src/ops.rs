@@ -119,11 +119,15 @@ pub enum OpCode {
     /// `Open` (plugins never see this op code); a failed open gives the create's lookup
     /// reference back and answers the open's errno (the file stays, as after `Create`).
     CreateOpen = 33,
+    /// Drops lookup references to many inodes in one op: the payload is one or more
+    /// [`ForgetReq`]s back to back (nothing else). Served by zusd as that many `Forget`s of the
+    /// plugin (plugins never see this op code).
+    ForgetMany = 34,
 }
 
 impl OpCode {
     /// Every op code, in numeric order.
-    pub const ALL: [Self; 33] = [
+    pub const ALL: [Self; 34] = [
         Self::Noop,
         Self::Statfs,
         Self::Sync,
@@ -157,6 +161,7 @@ impl OpCode {
         Self::Ticket,
         Self::CopyFileRange,
         Self::CreateOpen,
+        Self::ForgetMany,
     ];
 
     /// Decodes a wire op code.
@@ -187,7 +192,7 @@ impl OpCode {
             Self::Getxattr | Self::Setxattr | Self::Removexattr => size_of::<XattrReq>(),
             Self::Map => size_of::<MapReq>(),
             Self::MapDone => size_of::<MapDoneReq>(),
-            Self::Forget => size_of::<ForgetReq>(),
+            Self::Forget | Self::ForgetMany => size_of::<ForgetReq>(),
             Self::KernelCache => size_of::<KernelCacheReq>(),
             Self::Ticket => size_of::<TicketReq>(),
             Self::CopyFileRange => size_of::<CopyFileRangeReq>(),
@@ -765,7 +770,7 @@ mod tests {
             assert_eq!(OpCode::from_u32(op as u32), Some(op));
         }
         assert_eq!(OpCode::from_u32(0), None);
-        assert_eq!(OpCode::from_u32(34), None);
+        assert_eq!(OpCode::from_u32(35), None);
         assert_eq!(OpCode::from_u32(u32::MAX), None);
     }
 

@@ -107,6 +107,7 @@ const FACTS: [OpFacts; OpCode::ALL.len()] = [
     /* Ticket */ f(size_of::<TicketReq>(), false, Never, Refused, false),
     /* CopyFileRange */ f(size_of::<CopyFileRangeReq>(), true, Always, Refused, false),
     /* CreateOpen */ f(size_of::<CreateReq>(), true, Never, Refused, false),
+    /* ForgetMany */ f(size_of::<ForgetReq>(), false, Never, Refused, true),
 ];
 
 impl OpCode {
@@ -155,6 +156,8 @@ pub enum Request<'a> {
     Map(MapReq),
     MapDone(MapDoneReq),
     Forget(ForgetReq),
+    /// One or more [`ForgetReq`]s, back to back (see [`Request::forgets`]).
+    ForgetMany(&'a [u8]),
     KernelCache(KernelCacheReq),
     Ticket(TicketReq),
     CopyFileRange(CopyFileRangeReq),
@@ -291,6 +294,12 @@ impl<'a> Request<'a> {
             OpCode::Map => Self::Map(fixed(p)?.0),
             OpCode::MapDone => Self::MapDone(fixed(p)?.0),
             OpCode::Forget => Self::Forget(fixed(p)?.0),
+            OpCode::ForgetMany => {
+                if p.is_empty() || p.len() % size_of::<ForgetReq>() != 0 {
+                    return Err(Errno::EINVAL);
+                }
+                Self::ForgetMany(p)
+            }
             OpCode::KernelCache => Self::KernelCache(fixed(p)?.0),
             OpCode::Ticket => Self::Ticket(fixed(p)?.0),
             OpCode::CopyFileRange => {
@@ -301,6 +310,12 @@ impl<'a> Request<'a> {
                 Self::CopyFileRange(r)
             }
         })
+    }
+
+    /// The [`ForgetReq`]s of a `ForgetMany` (none for any other request).
+    pub fn forgets(&self) -> impl Iterator<Item = ForgetReq> + 'a {
+        let p: &'a [u8] = if let Self::ForgetMany(p) = *self { p } else { &[] };
+        p.chunks_exact(size_of::<ForgetReq>()).filter_map(<ForgetReq as Pod>::read_from)
     }
 
     /// The inode a data op acts on (the one its ticket and kernel-cache mark are for); 0 for
@@ -320,6 +335,7 @@ impl<'a> Request<'a> {
             Self::Getxattr(r, _) | Self::Setxattr(r, _) | Self::Removexattr(r, _) | Self::Listxattr(r) => r.ino,
             Self::Link(r, _) => r.ino,
             Self::Forget(r) => r.ino,
+            Self::ForgetMany(_) => 0,
             Self::KernelCache(r) => r.ino,
             Self::Ticket(r) => r.ino,
             // The file written (the one whose size and blocks change).

@@ -8,6 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use zus_api::Errno;
 use zus_api::device::{DEVICE_ALIGN, DEVICE_HEADER_SIZE, DeviceHeader, DeviceHeaderError};
 use zus_api::ops::{Attr, CreateOpenReply, CreateReq, ForgetReq, OpCode, OpHeader, OpenReply, OpenReq, Pod};
+use zus_api::request::Request;
 use zus_plugin::{DeviceDesc, OpCall, PluginVtable};
 use zus_pmem::{MapMode, MappedPmem, Persist};
 
@@ -344,7 +345,35 @@ impl Mount {
         if call.hdr.opcode == OpCode::CreateOpen as u32 {
             return self.create_open(call);
         }
+        if call.hdr.opcode == OpCode::ForgetMany as u32 {
+            return self.forget_many(call);
+        }
         self.plugin_op(call)
+    }
+
+    /// `ForgetMany`: the plugin's `Forget` for each [`ForgetReq`] of the payload (dispatch
+    /// decoded it: whole `ForgetReq`s, at least one).
+    fn forget_many(&self, call: &mut OpCall) -> i64 {
+        if call.req.is_null() {
+            return Errno::EINVAL.to_wire();
+        }
+        // SAFETY: `req` is the server's private copy of `req_len` bytes (dispatch's scratch).
+        let payload = unsafe { core::slice::from_raw_parts(call.req, call.req_len) };
+        let Ok(req) = Request::decode(OpCode::ForgetMany, payload) else { return Errno::EINVAL.to_wire() };
+        for f in req.forgets() {
+            let mut one = OpCall {
+                hdr: OpHeader { opcode: OpCode::Forget as u32, in_len: size_of::<ForgetReq>() as u32, ..call.hdr },
+                req: f.as_bytes().as_ptr(),
+                req_len: size_of::<ForgetReq>(),
+                reply_len: 0,
+                data_out: 0,
+                data: zus_plugin::DataDesc::NONE,
+                ..*call
+            };
+            self.plugin_op(&mut one);
+        }
+        call.reply_len = 0;
+        0
     }
 
     /// `CreateOpen`: the plugin's `Create` (its `Attr` reply lands at the start of the reply

@@ -103,7 +103,8 @@ enum Cmd {
     Kcache,
     /// `CreateOpen` (create and open in one op, composed by zusd): the reply's attributes and
     /// handle, the name then found by lookup, EEXIST the second time, a bad name refused, the
-    /// handle usable for a write. Prints `CREATEOPEN OK`.
+    /// handle usable for a write; then `ForgetMany` giving the reference back and refusing
+    /// payloads that are not whole `ForgetReq`s. Prints `CREATEOPEN OK`.
     CreateOpen,
     /// Tickets: as root, mount nullfs, issue tickets to `--uid` through a bridge connection, and
     /// run `ticket-user` as that user to use them; then revoke one and check it is refused.
@@ -529,6 +530,15 @@ fn create_open(relay: &Relay) -> Result<()> {
     ensure!(o.value == 100, "write through the CreateOpen handle wrote {}", o.value);
     let rel = ReleaseReq { ino: r.attr.ino, fh: r.fh };
     relay.op(m.mount_id, OpCode::Release, &[rel.as_bytes()], DataIn::None, &mut reply, None, None)?;
+    // ForgetMany: whole ForgetReqs only, at least one.
+    let f = zus_api::ops::ForgetReq { ino: r.attr.ino, nlookup: 1 };
+    let two = [f.as_bytes(), f.as_bytes()].concat();
+    for bad in [&two[..15], &two[..17], &[][..]] {
+        let e = op_errno(relay, m.mount_id, OpCode::ForgetMany, &[bad], DataIn::None, None);
+        ensure!(e == libc::EINVAL, "ForgetMany of {} bytes gave errno {e}, not EINVAL", bad.len());
+    }
+    let e = op_errno(relay, m.mount_id, OpCode::ForgetMany, &[f.as_bytes()], DataIn::None, None);
+    ensure!(e == 0, "ForgetMany of the created inode's reference gave errno {e}");
     println!("CREATEOPEN OK");
     Ok(())
 }

@@ -726,6 +726,7 @@ pub const VALUES: &[(&str, i128)] = &[
     ("ZUS_OP_TICKET", zus_api::ops::OpCode::Ticket as i128),
     ("ZUS_OP_COPY_FILE_RANGE", zus_api::ops::OpCode::CopyFileRange as i128),
     ("ZUS_OP_CREATE_OPEN", zus_api::ops::OpCode::CreateOpen as i128),
+    ("ZUS_OP_FORGET_MANY", zus_api::ops::OpCode::ForgetMany as i128),
 ];
 
 /// `(C name, bytes)` of every byte-string constant (C drops one trailing NUL).
