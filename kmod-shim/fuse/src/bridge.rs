@@ -26,9 +26,9 @@ use std::time::{Duration, Instant};
 use zus_api::Errno;
 use zus_api::chan::PAYLOAD_SIZE;
 use zus_api::ops::{
-    Attr, CopyFileRangeReq, CreateOpenReply, CreateReq, DATA_REMOTE_IOV, DATA_WINDOW, Dirent, FallocateReq, ForgetReq, FsyncReq, InoReq,
-    IoReply, IoReq, IoVec, IoctlTicket, KernelCacheReq, LinkReq, NameReq, OpCode, OpenReply, OpenReq, Pod, ReaddirReq,
-    ReleaseReq, RenameReq, SetattrReq, StatfsReply, SymlinkReq, TicketReq, XattrReq, io_flags,
+    Attr, CopyFileRangeReq, CreateOpenReply, CreateReq, DATA_REMOTE_IOV, DATA_WINDOW, Dirent, FallocateReq, ForgetReq,
+    FsyncReq, InoReq, IoReply, IoReq, IoVec, IoctlTicket, KernelCacheReq, LinkReq, NameReq, OpCode, OpenReply, OpenReq,
+    Pod, ReaddirReq, ReleaseReq, RenameReq, SetattrReq, StatfsReply, SymlinkReq, TicketReq, XattrReq, io_flags,
 };
 use zus_channel::control::MountInfo;
 
@@ -713,11 +713,19 @@ impl Bridge {
     ///
     /// # Errors
     /// The op's errno.
-    pub fn create_open(&self, creds: Creds, parent: u64, name: &[u8], mode: u32, flags: u32) -> Result<(Attr, u64), Errno> {
+    pub fn create_open(
+        &self,
+        creds: Creds,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        flags: u32,
+    ) -> Result<(Attr, u64), Errno> {
         let c = self.conn_or_eio()?;
         let r = CreateReq { dir: self.to_ino(parent), mode, rdev: 0, flags, name_len: name_len(name)? };
         let (mut a, pfh) = REPLY.with_borrow_mut(|reply| {
-            let o = self.op_on(&c, Some(creds), OpCode::CreateOpen, &[r.as_bytes(), name], DataIn::None, reply, None)?;
+            let o =
+                self.op_on(&c, Some(creds), OpCode::CreateOpen, &[r.as_bytes(), name], DataIn::None, reply, None)?;
             CreateOpenReply::read_from(&reply[..o.reply_len]).map(|x| (x.attr, x.fh)).ok_or(Errno::EIO)
         })?;
         let ino = a.ino;
