@@ -295,7 +295,7 @@ impl<'a> Request<'a> {
             OpCode::MapDone => Self::MapDone(fixed(p)?.0),
             OpCode::Forget => Self::Forget(fixed(p)?.0),
             OpCode::ForgetMany => {
-                if p.is_empty() || p.len() % size_of::<ForgetReq>() != 0 {
+                if p.is_empty() || !p.len().is_multiple_of(size_of::<ForgetReq>()) {
                     return Err(Errno::EINVAL);
                 }
                 Self::ForgetMany(p)

@@ -361,16 +361,7 @@ impl Mount {
         let payload = unsafe { core::slice::from_raw_parts(call.req, call.req_len) };
         let Ok(req) = Request::decode(OpCode::ForgetMany, payload) else { return Errno::EINVAL.to_wire() };
         for f in req.forgets() {
-            let mut one = OpCall {
-                hdr: OpHeader { opcode: OpCode::Forget as u32, in_len: size_of::<ForgetReq>() as u32, ..call.hdr },
-                req: f.as_bytes().as_ptr(),
-                req_len: size_of::<ForgetReq>(),
-                reply_len: 0,
-                data_out: 0,
-                data: zus_plugin::DataDesc::NONE,
-                ..*call
-            };
-            self.plugin_op(&mut one);
+            self.plugin_op(&mut sub_call(call, OpCode::Forget, f.as_bytes(), 0));
         }
         call.reply_len = 0;
         0
@@ -401,28 +392,11 @@ impl Mount {
         };
         let open_flags = cr.flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY).cast_unsigned();
         let open = OpenReq { ino: attr.ino, flags: open_flags, reserved: 0 };
-        let mut sub = OpCall {
-            hdr: OpHeader { opcode: OpCode::Open as u32, in_len: size_of::<OpenReq>() as u32, ..call.hdr },
-            req: open.as_bytes().as_ptr(),
-            req_len: size_of::<OpenReq>(),
-            // SAFETY: `ATTR` < `reply_cap` (checked above): the open's reply goes after the attr.
-            reply: unsafe { call.reply.add(ATTR) },
-            reply_cap: call.reply_cap - ATTR,
-            reply_len: 0,
-            data_out: 0,
-            data: zus_plugin::DataDesc::NONE,
-        };
+        let mut sub = sub_call(call, OpCode::Open, open.as_bytes(), ATTR);
         let rc = self.plugin_op(&mut sub);
         if rc < 0 || sub.reply_len != size_of::<OpenReply>() {
             let forget = ForgetReq { ino: attr.ino, nlookup: 1 };
-            let mut f = OpCall {
-                hdr: OpHeader { opcode: OpCode::Forget as u32, in_len: size_of::<ForgetReq>() as u32, ..call.hdr },
-                req: forget.as_bytes().as_ptr(),
-                req_len: size_of::<ForgetReq>(),
-                reply_len: 0,
-                ..sub
-            };
-            self.plugin_op(&mut f);
+            self.plugin_op(&mut sub_call(call, OpCode::Forget, forget.as_bytes(), 0));
             call.reply_len = 0;
             return if rc < 0 { rc } else { Errno::EIO.to_wire() };
         }
@@ -450,6 +424,24 @@ impl Mount {
         self.handle = core::ptr::null_mut();
         drop(self.pmem.take());
         Errno::from_wire(rc).map(|_| ())
+    }
+}
+
+/// One of the plugin ops a composed op (`CreateOpen`, `ForgetMany`) is made of: `call`'s caller,
+/// the request `req` (which must outlive the call), no data, and the reply at `reply_at` bytes
+/// into `call`'s reply buffer (at most its capacity).
+fn sub_call(call: &OpCall, op: OpCode, req: &[u8], reply_at: usize) -> OpCall {
+    let reply_at = reply_at.min(call.reply_cap);
+    OpCall {
+        hdr: OpHeader { opcode: op as u32, in_len: u32::try_from(req.len()).unwrap_or(u32::MAX), ..call.hdr },
+        req: req.as_ptr(),
+        req_len: req.len(),
+        // SAFETY: `reply_at` is within the reply buffer of `reply_cap` bytes.
+        reply: unsafe { call.reply.add(reply_at) },
+        reply_cap: call.reply_cap - reply_at,
+        reply_len: 0,
+        data_out: 0,
+        data: zus_plugin::DataDesc::NONE,
     }
 }
 
