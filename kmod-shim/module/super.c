@@ -61,10 +61,14 @@ struct zufs_sb_info {
 	unsigned long entry_timeout;	/* jiffies */
 	spinlock_t forget_lock;
 	struct list_head forgets;
-	struct work_struct forget_work;
+	struct delayed_work forget_work;
+	/* zusd answered ENOSYS to FORGET_MANY: one FORGET per inode */
+	bool no_forget_many;
 	/* -o dax=PATH: file data through DAX on this pmem (dax.c), or NULL */
 	struct zufs_pmem *pmem;
 	char *dax_path;
+	/* zusd answered ENOSYS to CREATE_OPEN: create, then open */
+	bool no_create_open;
 };
 
 struct zufs_forget {
@@ -77,6 +81,8 @@ struct zufs_inode {
 	struct inode vfs;
 	atomic64_t nlookup;	/* lookup references zusd counted for us */
 	u64 attr_expire;	/* jiffies64: the attributes are stale after it */
+	/* jiffies64: mode, owner and ACLs (what permission() uses) after it */
+	u64 perm_expire;
 	/* allocated with the inode, so that eviction never allocates */
 	struct zufs_forget *forget;
 	struct zufs_dax_inode dax;	/* dax.c */
@@ -129,14 +135,35 @@ static int zufs_flush_range(struct inode *inode, loff_t pos, size_t len);
 
 static void zufs_attr_fresh(struct inode *inode)
 {
-	WRITE_ONCE(ZUFS_I(inode)->attr_expire,
-		   get_jiffies_64() + ZUFS_SB(inode->i_sb)->attr_timeout);
+	u64 expire = get_jiffies_64() + ZUFS_SB(inode->i_sb)->attr_timeout;
+
+	WRITE_ONCE(ZUFS_I(inode)->attr_expire, expire);
+	WRITE_ONCE(ZUFS_I(inode)->perm_expire, expire);
 }
 
 /* after an op that changed attributes the reply did not carry */
 static void zufs_attr_stale(struct inode *inode)
 {
 	WRITE_ONCE(ZUFS_I(inode)->attr_expire, get_jiffies_64() - 1);
+	WRITE_ONCE(ZUFS_I(inode)->perm_expire, get_jiffies_64() - 1);
+}
+
+/*
+ * After a change of the names in a directory, or of an inode's links, made
+ * through this mount: the times, size and link count moved, the mode, owner
+ * and ACLs did not. getattr asks zusd again; permission() keeps what it has,
+ * so a run of creates or unlinks in one directory costs no GETATTR (and no
+ * re-read of its default ACL) between them.
+ */
+static void zufs_times_stale(struct inode *inode)
+{
+	WRITE_ONCE(ZUFS_I(inode)->attr_expire, get_jiffies_64() - 1);
+}
+
+static bool zufs_perm_valid(struct inode *inode)
+{
+	return time_before64(get_jiffies_64(),
+			     READ_ONCE(ZUFS_I(inode)->perm_expire));
 }
 
 static bool zufs_attr_valid(struct inode *inode)
@@ -359,36 +386,87 @@ struct inode *zufs_iget_ino(struct super_block *sb, u64 ino, u32 generation)
 
 /* ----- forgets ----- */
 
+/* the most forgets one FORGET_MANY carries: a page of them */
+#define ZUFS_FORGET_BATCH	(PAGE_SIZE / sizeof(struct zus_forget_req))
+static_assert(PAGE_SIZE <= ZUS_PAYLOAD_SIZE);
+
+static void zufs_forget_one(struct zufs_sb_info *sbi,
+			    const struct zus_forget_req *r)
+{
+	zufs_simple(sbi->mount_id, ZUS_OP_FORGET, r, sizeof(*r), NULL, 0, 0);
+}
+
+static void zufs_forget_many(struct zufs_sb_info *sbi,
+			     const struct zus_forget_req *r, unsigned int n)
+{
+	unsigned int i;
+
+	if (!READ_ONCE(sbi->no_forget_many)) {
+		s64 ret = zufs_simple(sbi->mount_id, ZUS_OP_FORGET_MANY, r,
+				      n * sizeof(*r), NULL, 0, 0);
+
+		if (ret != -ENOSYS)
+			return;
+		WRITE_ONCE(sbi->no_forget_many, true);
+	}
+	for (i = 0; i < n; i++)
+		zufs_forget_one(sbi, &r[i]);
+}
+
+/* Every queued forget, in FORGET_MANY batches (one by one without memory). */
 static void zufs_send_forgets(struct zufs_sb_info *sbi)
 {
+	struct zus_forget_req *reqs;
 	struct zufs_forget *f, *tmp;
+	unsigned int n = 0;
 	LIST_HEAD(batch);
 
 	spin_lock(&sbi->forget_lock);
 	list_splice_init(&sbi->forgets, &batch);
 	spin_unlock(&sbi->forget_lock);
+	if (list_empty(&batch))
+		return;
+	/* no I/O from here: the work may be what reclaim waits for */
+	reqs = kmalloc_array(ZUFS_FORGET_BATCH, sizeof(*reqs),
+			     GFP_NOIO | __GFP_NOWARN);
 	list_for_each_entry_safe(f, tmp, &batch, list) {
-		struct zus_forget_req r = { .ino = f->ino, .nlookup = f->nlookup };
+		struct zus_forget_req r = { .ino = f->ino,
+					    .nlookup = f->nlookup };
 
-		zufs_simple(sbi->mount_id, ZUS_OP_FORGET, &r, sizeof(r), NULL,
-			    0, 0);
+		if (!reqs) {
+			zufs_forget_one(sbi, &r);
+		} else {
+			reqs[n++] = r;
+			if (n == ZUFS_FORGET_BATCH) {
+				zufs_forget_many(sbi, reqs, n);
+				n = 0;
+			}
+		}
 		list_del(&f->list);
 		kfree(f);
 	}
+	if (n)
+		zufs_forget_many(sbi, reqs, n);
+	kfree(reqs);
 }
 
 static void zufs_forget_work(struct work_struct *work)
 {
-	zufs_send_forgets(container_of(work, struct zufs_sb_info, forget_work));
+	zufs_send_forgets(container_of(to_delayed_work(work),
+				       struct zufs_sb_info, forget_work));
 }
 
-/* Queues @f; every queued forget goes out in the work item's next run. */
+/*
+ * Queues @f; every queued forget goes out in the work item's next run, a
+ * jiffy later, so that a run of unlinks or an rm -rf sends its forgets in a
+ * few FORGET_MANY ops instead of one op per inode.
+ */
 static void zufs_queue_forget(struct zufs_sb_info *sbi, struct zufs_forget *f)
 {
 	spin_lock(&sbi->forget_lock);
 	list_add_tail(&f->list, &sbi->forgets);
 	spin_unlock(&sbi->forget_lock);
-	queue_work(zufs_wq, &sbi->forget_work);
+	queue_delayed_work(zufs_wq, &sbi->forget_work, 1);
 }
 
 static void zufs_evict_inode(struct inode *inode)
@@ -467,7 +545,7 @@ static int zufs_getattr(struct user_namespace *mnt_userns,
 static int zufs_permission(struct user_namespace *mnt_userns,
 			   struct inode *inode, int mask)
 {
-	if (!zufs_attr_valid(inode)) {
+	if (!zufs_perm_valid(inode)) {
 		int err;
 
 		if (mask & MAY_NOT_BLOCK)
@@ -692,20 +770,34 @@ static const struct dentry_operations zufs_dentry_ops = {
 	.d_revalidate	= zufs_d_revalidate,
 };
 
-/* create, mknod, mkdir */
-static int zufs_make(struct inode *dir, struct dentry *dentry, u32 opcode,
-		     umode_t mode, dev_t rdev, u32 flags)
+static void zufs_send_release(struct super_block *sb, u64 ino, u64 fh)
+{
+	struct zus_release_req r = { .ino = ino, .fh = fh };
+
+	zufs_simple(ZUFS_SB(sb)->mount_id, ZUS_OP_RELEASE, &r, sizeof(r),
+		    NULL, 0, 0);
+}
+
+/*
+ * create, mknod, mkdir, and the create of an atomic open (@fh not NULL:
+ * CREATE_OPEN, whose reply also carries the open file's handle). Returns
+ * the new inode, its ACLs applied, for the caller to put in the dcache.
+ */
+static struct inode *zufs_make_inode(struct inode *dir, struct dentry *dentry,
+				     u32 opcode, umode_t mode, dev_t rdev,
+				     u32 flags, u64 *fh)
 {
 	struct zus_create_req r = {
 		.dir = dir->i_ino,
-		.mode = mode,
 		.rdev = new_encode_dev(rdev),
 		.flags = flags,
 		.name_len = dentry->d_name.len,
 	};
+	u32 rlen = fh ? sizeof(struct zus_create_open_reply) :
+			sizeof(struct zus_attr);
+	struct zus_create_open_reply rep;
 	struct zufs_new_acls acls;
 	struct inode *inode;
-	struct zus_attr a;
 	void *req;
 	u32 len;
 	s64 ret;
@@ -713,40 +805,59 @@ static int zufs_make(struct inode *dir, struct dentry *dentry, u32 opcode,
 	/* the parent's default ACL (or the umask) shapes the mode (acl.c) */
 	ret = zufs_acl_prepare(dir, &mode, &acls);
 	if (ret)
-		return ret;
+		return ERR_PTR(ret);
 	r.mode = mode;
 	req = zufs_req_names(&r, sizeof(r), &dentry->d_name, NULL, 0, &len);
 	if (IS_ERR(req)) {
-		ret = PTR_ERR(req);
+		inode = req;
 		goto out;
 	}
-	ret = zufs_simple(ZUFS_SB(dir->i_sb)->mount_id, opcode, req, len, &a,
-			  sizeof(a), sizeof(a));
+	ret = zufs_simple(ZUFS_SB(dir->i_sb)->mount_id, opcode, req, len, &rep,
+			  rlen, rlen);
 	kfree(req);
-	if (ret < 0)
-		goto out;
-	ret = -EIO;
-	if ((a.mode & S_IFMT) != (mode & S_IFMT))
-		goto out;
-	inode = zufs_iget(dir->i_sb, &a, true);
-	if (IS_ERR(inode)) {
-		ret = PTR_ERR(inode);
+	if (ret < 0) {
+		inode = ERR_PTR(ret);
 		goto out;
 	}
-	ret = zufs_acl_apply(inode, &acls);
-	if (ret) {
-		/* the entry exists at zusd; a later lookup finds it */
-		iput(inode);
+	if ((rep.attr.mode & S_IFMT) != (mode & S_IFMT))
+		inode = ERR_PTR(-EIO);
+	else
+		inode = zufs_iget(dir->i_sb, &rep.attr, true);
+	if (!IS_ERR(inode)) {
+		ret = zufs_acl_apply(inode, &acls);
+		if (ret) {
+			/* the entry exists at zusd; a later lookup finds it */
+			iput(inode);
+			inode = ERR_PTR(ret);
+		}
+	}
+	if (IS_ERR(inode)) {
+		if (fh)
+			zufs_send_release(dir->i_sb, rep.attr.ino, rep.fh);
 		zufs_attr_stale(dir);
 		goto out;
 	}
-	zufs_dentry_fresh(dentry);
-	d_instantiate(dentry, inode);
+	if (fh)
+		*fh = rep.fh;
 	/* mtime, ctime and (mkdir) nlink changed */
-	zufs_attr_stale(dir);
+	zufs_times_stale(dir);
 out:
 	zufs_acl_release(&acls);
-	return ret;
+	return inode;
+}
+
+/* create, mknod, mkdir */
+static int zufs_make(struct inode *dir, struct dentry *dentry, u32 opcode,
+		     umode_t mode, dev_t rdev, u32 flags)
+{
+	struct inode *inode = zufs_make_inode(dir, dentry, opcode, mode, rdev,
+					      flags, NULL);
+
+	if (IS_ERR(inode))
+		return PTR_ERR(inode);
+	zufs_dentry_fresh(dentry);
+	d_instantiate(dentry, inode);
+	return 0;
 }
 
 static int zufs_create(struct user_namespace *mnt_userns, struct inode *dir,
@@ -768,6 +879,75 @@ static int zufs_mkdir(struct user_namespace *mnt_userns, struct inode *dir,
 	return zufs_make(dir, dentry, ZUS_OP_MKDIR, mode | S_IFDIR, 0, 0);
 }
 
+static int zufs_open(struct inode *inode, struct file *file);
+static int zufs_open_created(struct inode *inode, struct file *file);
+
+/*
+ * open(O_CREAT) of a name the dcache has no inode for: one CREATE_OPEN
+ * (exclusive, so zusd says whether it created), and no LOOKUP before it.
+ * A name that exists after all (EEXIST without O_EXCL) is looked up and
+ * opened the usual way, by the VFS after finish_no_open(). Without
+ * O_CREAT, or with a zusd that has no CREATE_OPEN, the name is looked up
+ * (and created, then opened) op by op.
+ */
+static int zufs_atomic_open(struct inode *dir, struct dentry *dentry,
+			    struct file *file, unsigned int flags,
+			    umode_t mode)
+{
+	struct zufs_sb_info *sbi = ZUFS_SB(dir->i_sb);
+	bool create = flags & O_CREAT;
+	struct dentry *res = NULL;
+	struct inode *inode;
+	u64 fh;
+	int err;
+
+	mode = (mode & ~S_IFMT) | S_IFREG;
+	if (create && !READ_ONCE(sbi->no_create_open)) {
+		inode = zufs_make_inode(dir, dentry, ZUS_OP_CREATE_OPEN, mode,
+					0, file->f_flags | O_CREAT | O_EXCL,
+					&fh);
+		if (!IS_ERR(inode)) {
+			zufs_dentry_fresh(dentry);
+			if (d_in_lookup(dentry))
+				d_splice_alias(inode, dentry);
+			else
+				d_instantiate(dentry, inode);
+			file->f_mode |= FMODE_CREATED;
+			file->private_data = (void *)(uintptr_t)fh;
+			err = finish_open(file, dentry, zufs_open_created);
+			if (err && !(file->f_mode & FMODE_OPENED))
+				zufs_send_release(dir->i_sb, inode->i_ino, fh);
+			return err;
+		}
+		err = PTR_ERR(inode);
+		if (err == -ENOSYS)
+			WRITE_ONCE(sbi->no_create_open, true);
+		else if (err != -EEXIST || (flags & O_EXCL))
+			return err;
+		/* a cached negative name that another client created */
+		if (err == -EEXIST && !d_in_lookup(dentry))
+			d_drop(dentry);
+	}
+	if (d_in_lookup(dentry) || d_unhashed(dentry)) {
+		res = zufs_lookup(dir, dentry, 0);
+		if (IS_ERR(res))
+			return PTR_ERR(res);
+		if (res)
+			dentry = res;
+	}
+	if (create && d_really_is_negative(dentry)) {
+		err = zufs_make(dir, dentry, ZUS_OP_CREATE, mode, 0,
+				O_CREAT | (flags & O_EXCL));
+		if (!err) {
+			file->f_mode |= FMODE_CREATED;
+			err = finish_open(file, dentry, zufs_open);
+		}
+		dput(res);
+		return err;
+	}
+	return finish_no_open(file, res);
+}
+
 static int zufs_remove(struct inode *dir, struct dentry *dentry, u32 opcode)
 {
 	struct zus_name_req r = { .dir = dir->i_ino,
@@ -784,8 +964,8 @@ static int zufs_remove(struct inode *dir, struct dentry *dentry, u32 opcode)
 	kfree(req);
 	if (ret < 0)
 		return ret;
-	zufs_attr_stale(dir);
-	zufs_attr_stale(d_inode(dentry));
+	zufs_times_stale(dir);
+	zufs_times_stale(d_inode(dentry));
 	return 0;
 }
 
@@ -846,11 +1026,11 @@ static int zufs_rename(struct user_namespace *mnt_userns,
 			zufs_drop_nlink(target);
 	}
 	/* times and directory link counts: zusd's, at the next getattr */
-	zufs_attr_stale(old_dir);
-	zufs_attr_stale(new_dir);
-	zufs_attr_stale(d_inode(old_dentry));
+	zufs_times_stale(old_dir);
+	zufs_times_stale(new_dir);
+	zufs_times_stale(d_inode(old_dentry));
 	if (target)
-		zufs_attr_stale(target);
+		zufs_times_stale(target);
 	return 0;
 }
 
@@ -881,7 +1061,7 @@ static int zufs_link(struct dentry *old, struct inode *dir,
 		return PTR_ERR(inode);
 	zufs_dentry_fresh(dentry);
 	d_instantiate(dentry, inode);
-	zufs_attr_stale(dir);
+	zufs_times_stale(dir);
 	return 0;
 }
 
@@ -916,7 +1096,7 @@ static int zufs_symlink(struct user_namespace *mnt_userns, struct inode *dir,
 		return PTR_ERR(inode);
 	zufs_dentry_fresh(dentry);
 	d_instantiate(dentry, inode);
-	zufs_attr_stale(dir);
+	zufs_times_stale(dir);
 	return 0;
 }
 
@@ -1039,6 +1219,13 @@ static int zufs_dir_fsync(struct file *file, loff_t start, loff_t end,
 
 /* ----- files ----- */
 
+static void zufs_count_open(struct inode *inode)
+{
+	mutex_lock(&ZUFS_I(inode)->kc_lock);
+	ZUFS_I(inode)->kc_open++;
+	mutex_unlock(&ZUFS_I(inode)->kc_lock);
+}
+
 static int zufs_open(struct inode *inode, struct file *file)
 {
 	struct zus_open_req r = {
@@ -1053,9 +1240,14 @@ static int zufs_open(struct inode *inode, struct file *file)
 	if (ret < 0)
 		return ret;
 	file->private_data = (void *)(uintptr_t)rep.fh;
-	mutex_lock(&ZUFS_I(inode)->kc_lock);
-	ZUFS_I(inode)->kc_open++;
-	mutex_unlock(&ZUFS_I(inode)->kc_lock);
+	zufs_count_open(inode);
+	return 0;
+}
+
+/* finish_open()'s open of a file CREATE_OPEN opened: its handle is set */
+static int zufs_open_created(struct inode *inode, struct file *file)
+{
+	zufs_count_open(inode);
 	return 0;
 }
 
@@ -1092,10 +1284,6 @@ static int zufs_kcache_mark(struct inode *inode)
 
 static int zufs_release(struct inode *inode, struct file *file)
 {
-	struct zus_release_req r = {
-		.ino = inode->i_ino,
-		.fh = (uintptr_t)file->private_data,
-	};
 	struct zufs_inode *zi = ZUFS_I(inode);
 
 	/* dirty pages of shared maps go while this fh can carry them */
@@ -1109,8 +1297,8 @@ static int zufs_release(struct inode *inode, struct file *file)
 		zi->kc_marked = false;
 	}
 	mutex_unlock(&zi->kc_lock);
-	zufs_simple(ZUFS_SB(inode->i_sb)->mount_id, ZUS_OP_RELEASE, &r,
-		    sizeof(r), NULL, 0, 0);
+	zufs_send_release(inode->i_sb, inode->i_ino,
+			  (uintptr_t)file->private_data);
 	return 0;
 }
 
@@ -1920,6 +2108,7 @@ static const struct file_operations zufs_dir_fops = {
 static const struct inode_operations zufs_dir_iops = {
 	.lookup		= zufs_lookup,
 	.create		= zufs_create,
+	.atomic_open	= zufs_atomic_open,
 	.mknod		= zufs_mknod,
 	.mkdir		= zufs_mkdir,
 	.unlink		= zufs_unlink,
@@ -2090,7 +2279,7 @@ static int zufs_fill_super(struct super_block *sb, struct fs_context *fc)
 	sbi->entry_timeout = msecs_to_jiffies(ctx->entry_timeout_ms);
 	spin_lock_init(&sbi->forget_lock);
 	INIT_LIST_HEAD(&sbi->forgets);
-	INIT_WORK(&sbi->forget_work, zufs_forget_work);
+	INIT_DELAYED_WORK(&sbi->forget_work, zufs_forget_work);
 	sb->s_fs_info = sbi;
 	/*
 	 * A writeback-capable bdi of our own (get_tree_nodev's default, the
@@ -2214,7 +2403,7 @@ static void zufs_kill_sb(struct super_block *sb)
 	kill_anon_super(sb);
 	if (!sbi)
 		return;
-	flush_work(&sbi->forget_work);
+	flush_delayed_work(&sbi->forget_work);
 	zufs_send_forgets(sbi);
 	if (sbi->pmem)
 		zufs_pmem_put(sbi->pmem);
