@@ -132,10 +132,12 @@ for round in $(seq "$ROUNDS"); do
 			umount /tmp/mb-tmpfs
 		else
 			M=/mnt/mb-$c
-			up $c $M && phases $c $M 1
+			up $c $M && T1=$(cut -d' ' -f1 /proc/uptime) && phases $c $M 1
+			T2=$(cut -d' ' -f1 /proc/uptime)
 			down $c $M
+			T3=$(cut -d' ' -f1 /proc/uptime)
 		fi
-		say "round $round $c: $(tail -n +$((start + 1)) $OUT | awk '{ printf "%s=%s ", $3, $4 }')(from ${T0}s)"
+		say "round $round $c: $(tail -n +$((start + 1)) $OUT | awk '{ printf "%s=%s ", $3, $4 }')(from ${T0}s$([ $c = tmpfs ] || echo "$T0 $T1 $T2 $T3" | awk '{ printf "; module, zusd and mount %.1fs, umount and rmmod %.1fs", $2 - $1, $4 - $3 }'))"
 	done
 done
 
