@@ -20,7 +20,10 @@
 #           the sum of `zufs status --json`'s lanes[].ops before and after it
 # and at the end the best round per metric (lowest time or requests, highest
 # rate), after/before and after/tmpfs. TCG makes absolute times meaningless:
-# only the ratios say something; the requests per op are exact counts.
+# only the ratios say something. The requests per op are counts, but those of
+# stat and unlink also depend on time: a name or attributes cached longer than
+# the module's timeout are revalidated (another request), so a slower create
+# phase leaves more of them to revalidate.
 # /etc/zufs-meta-bench.conf (written by the wrapper) may set OPS and ROUNDS.
 . /tests/lib/guest-lib.sh	# wait_for
 
@@ -67,9 +70,11 @@ up() {
 	mkdir -p "$ZUFS_RUN_DIR" "$2"
 	if [ -n "$KO" ]; then insmod "$KO"; else modprobe zufs; fi || { say "$1: module not loaded"; return 1; }
 	: >"$LOG"
-	ZUFS_LOG=warn "$ZUSD" --kernel --plugins "$PLUG" --socket "$ZUFS_SOCKET" >>"$LOG" 2>&1 &
+	# warnings, and zusd's own info lines: "zusd ready" is one
+	ZUFS_LOG=warn,zusd=info "$ZUSD" --kernel --plugins "$PLUG" --socket "$ZUFS_SOCKET" >>"$LOG" 2>&1 &
 	ZPID=$!
 	wait_for 600 sh -c "grep -q 'zusd ready' $LOG || ! kill -0 $ZPID 2>/dev/null"
+	grep -q 'zusd ready' "$LOG" || say "$1: zusd not ready ($(tail -n 2 "$LOG"))"
 	rm -f /dev/shm/meta-$1
 	"$CLI" mkfs -t pmemfs --size 256M /dev/shm/meta-$1 >/dev/null &&
 		"$CLI" mount -t pmemfs -o transport=kernel /dev/shm/meta-$1 "$2" ||
