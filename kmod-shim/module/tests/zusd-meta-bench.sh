@@ -22,13 +22,14 @@
 # rate), after/before and after/tmpfs. TCG makes absolute times meaningless:
 # only the ratios say something. The requests per op are counts, but those of
 # stat and unlink also depend on time: a name or attributes cached longer than
-# the module's timeout are revalidated (another request), so a slower create
-# phase leaves more of them to revalidate.
+# the module's timeouts (entry_timeout_ms, attr_timeout_ms: 1 s by default)
+# are revalidated (another request), so a slower create phase leaves more of
+# them to revalidate.
 # /etc/zufs-meta-bench.conf (written by the wrapper) may set OPS and ROUNDS.
 . /tests/lib/guest-lib.sh	# wait_for
 
 OPS=2000
-ROUNDS=3
+ROUNDS=5
 [ -f /etc/zufs-meta-bench.conf ] && . /etc/zufs-meta-bench.conf
 TAR=/lib/zufs/meta-tree.tar
 B=/lib/zufs/before
