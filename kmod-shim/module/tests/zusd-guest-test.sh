@@ -88,6 +88,8 @@ for t in ${ZUSD_GUEST_TESTS:-kzt pmemfs posix pjdfstest mount8}; do T="$T $HERE/
 [ "${BENCH:-0}" = 1 ] && T="$T $HERE/zusd-bench.sh" && export TIMEOUT=${TIMEOUT:-900}
 if [ "${META_BENCH:-0}" = 1 ]; then
   T="$T $HERE/zusd-meta-bench.sh"
+  # on top of BENCH=1's 900 s when both run
+  [ "${BENCH:-0}" = 1 ] && [ "$TIMEOUT" = 900 ] && TIMEOUT=2100
   export TIMEOUT=${TIMEOUT:-1200}
   # the tree to untar: 60 directories of 50 files of 0-8 KiB and one symlink
   # each (3,121 entries with the top directory), the same bytes every time
