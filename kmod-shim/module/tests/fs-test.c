@@ -13,6 +13,13 @@
  *   fs-test bench LABEL DIR [OPS]
  *       4 KiB O_SYNC write and read latency and create/stat/unlink rates
  *       in DIR; prints "BENCH LABEL metric value unit" lines.
+ *   fs-test phase io|create|stat|unlink LABEL DIR [OPS]
+ *       one of bench's phases alone (create leaves DIR/bench.d/f0..f(OPS-1)
+ *       for stat and unlink), so that a caller can count the server's
+ *       requests between them (tests/zusd-meta-bench.sh).
+ *   fs-test time LABEL METRIC CMD...
+ *       runs CMD, prints "BENCH LABEL METRIC seconds s" (CLOCK_MONOTONIC;
+ *       busybox's date has no sub-second format); exit 1 when CMD failed.
  *
  * Built static; runs in the guest's busybox initramfs, on the fake server
  * and on zusd.
@@ -33,6 +40,7 @@
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <sys/xattr.h>
 #include <time.h>
 #include <unistd.h>
@@ -482,13 +490,12 @@ static void lat(const char *label, const char *what, double *v, int n)
 	printf("BENCH %s %s_p50 %.1f us\n", label, what, v[n / 2] * 1e6);
 }
 
-static int bench(const char *label, const char *d, int ops)
+static int bench_io(const char *label, int ops)
 {
 	static char buf[4096] __attribute__((aligned(4096)));
 	double *v = calloc(ops, sizeof(double)), t;
 	int fd, i;
 
-	snprintf(dir, sizeof(dir), "%s", d);
 	if (!v)
 		return 1;
 	memset(buf, 0x5a, sizeof(buf));
@@ -511,42 +518,88 @@ static int bench(const char *label, const char *d, int ops)
 	lat(label, "read4k", v, ops);
 	close(fd);
 	unlink(P("bench.dat"));
-	mkdir(P("bench.d"), 0755);
-	{
-		char name[64];
-		struct stat st;
-		double tc, ts, tu;
-
-		t = now_s();
-		for (i = 0; i < ops; i++) {
-			snprintf(name, sizeof(name), "bench.d/f%d", i);
-			fd = open(P(name), O_WRONLY | O_CREAT | O_EXCL, 0644);
-			if (fd < 0)
-				return perror("create"), 1;
-			close(fd);
-		}
-		tc = now_s() - t;
-		t = now_s();
-		for (i = 0; i < ops; i++) {
-			snprintf(name, sizeof(name), "bench.d/f%d", i);
-			if (stat(P(name), &st))
-				return perror("stat"), 1;
-		}
-		ts = now_s() - t;
-		t = now_s();
-		for (i = 0; i < ops; i++) {
-			snprintf(name, sizeof(name), "bench.d/f%d", i);
-			if (unlink(P(name)))
-				return perror("unlink"), 1;
-		}
-		tu = now_s() - t;
-		printf("BENCH %s create_rate %.0f ops/s\n", label, ops / tc);
-		printf("BENCH %s stat_rate %.0f ops/s\n", label, ops / ts);
-		printf("BENCH %s unlink_rate %.0f ops/s\n", label, ops / tu);
-	}
-	rmdir(P("bench.d"));
 	free(v);
-	fflush(stdout);
+	return 0;
+}
+
+/*
+ * One metadata phase over DIR/bench.d/f0..f(OPS-1): "create" makes the
+ * directory and the empty files (open O_CREAT|O_EXCL + close), "stat" stats
+ * them, "unlink" removes them and the directory.
+ */
+static int bench_meta(const char *label, const char *phase, int ops)
+{
+	char name[64];
+	struct stat st;
+	double t;
+	int fd, i, r = 0;
+
+	if (!strcmp(phase, "create"))
+		mkdir(P("bench.d"), 0755);
+	t = now_s();
+	for (i = 0; i < ops && !r; i++) {
+		snprintf(name, sizeof(name), "bench.d/f%d", i);
+		if (!strcmp(phase, "create")) {
+			fd = open(P(name), O_WRONLY | O_CREAT | O_EXCL, 0644);
+			r = fd < 0 || close(fd);
+		} else if (!strcmp(phase, "stat")) {
+			r = stat(P(name), &st);
+		} else {
+			r = unlink(P(name));
+		}
+	}
+	t = now_s() - t;
+	if (r)
+		return perror(phase), 1;
+	if (!strcmp(phase, "unlink"))
+		rmdir(P("bench.d"));
+	printf("BENCH %s %s_rate %.0f ops/s\n", label, phase, ops / t);
+	return 0;
+}
+
+static int bench_phase(const char *phase, const char *label, const char *d, int ops)
+{
+	snprintf(dir, sizeof(dir), "%s", d);
+	if (ops < 1)
+		ops = 1;
+	if (!strcmp(phase, "io"))
+		return bench_io(label, ops);
+	if (!strcmp(phase, "create") || !strcmp(phase, "stat") || !strcmp(phase, "unlink"))
+		return bench_meta(label, phase, ops);
+	fprintf(stderr, "fs-test: no phase %s (io, create, stat, unlink)\n", phase);
+	return 2;
+}
+
+static int bench(const char *label, const char *d, int ops)
+{
+	return bench_phase("io", label, d, ops) ||
+	       bench_phase("create", label, d, ops) ||
+	       bench_phase("stat", label, d, ops) ||
+	       bench_phase("unlink", label, d, ops);
+}
+
+/* fs-test time LABEL METRIC CMD...: CMD's wall time (CLOCK_MONOTONIC) */
+static int time_cmd(const char *label, const char *metric, char **cmd)
+{
+	double t = now_s();
+	pid_t pid = fork();
+	int status;
+
+	if (pid < 0)
+		return perror("fork"), 1;
+	if (!pid) {
+		execvp(cmd[0], cmd);
+		perror(cmd[0]);
+		_exit(127);
+	}
+	if (waitpid(pid, &status, 0) < 0)
+		return perror("waitpid"), 1;
+	t = now_s() - t;
+	if (!WIFEXITED(status) || WEXITSTATUS(status)) {
+		fprintf(stderr, "fs-test: %s failed (status %d)\n", cmd[0], status);
+		return 1;
+	}
+	printf("BENCH %s %s %.3f s\n", label, metric, t);
 	return 0;
 }
 
@@ -557,7 +610,12 @@ int main(int argc, char **argv)
 		return check(argv[2], argc > 3 ? atoi(argv[3]) : 0);
 	if (argc >= 4 && !strcmp(argv[1], "bench"))
 		return bench(argv[2], argv[3], argc > 4 ? atoi(argv[4]) : 1000);
-	fprintf(stderr, "usage: %s check DIR [SERVER_PID] | bench LABEL DIR [OPS]\n",
+	if (argc >= 5 && !strcmp(argv[1], "phase"))
+		return bench_phase(argv[2], argv[3], argv[4], argc > 5 ? atoi(argv[5]) : 1000);
+	if (argc >= 5 && !strcmp(argv[1], "time"))
+		return time_cmd(argv[2], argv[3], argv + 4);
+	fprintf(stderr, "usage: %s check DIR [SERVER_PID] | bench LABEL DIR [OPS] |\n"
+		"       phase io|create|stat|unlink LABEL DIR [OPS] | time LABEL METRIC CMD...\n",
 		argv[0]);
 	return 2;
 }
