@@ -62,8 +62,8 @@ struct zufs_sb_info {
 	spinlock_t forget_lock;
 	struct list_head forgets;
 	struct delayed_work forget_work;
-	/* zusd answered ENOSYS to FORGET_MANY: one FORGET per inode */
-	bool no_forget_many;
+	/* zusd answered ENOSYS to FORGET_MANY or RELEASE_MANY: one by one */
+	bool no_many;
 	/* -o dax=PATH: file data through DAX on this pmem (dax.c), or NULL */
 	struct zufs_pmem *pmem;
 	char *dax_path;
@@ -71,10 +71,12 @@ struct zufs_sb_info {
 	bool no_create_open;
 };
 
+/* an op that goes out later, from the work item: FORGET or RELEASE */
 struct zufs_forget {
 	struct list_head list;
+	u32 opcode;	/* ZUS_OP_FORGET or ZUS_OP_RELEASE */
 	u64 ino;
-	u64 nlookup;
+	u64 arg;	/* FORGET: lookups given back; RELEASE: the fh */
 };
 
 struct zufs_inode {
@@ -384,41 +386,56 @@ struct inode *zufs_iget_ino(struct super_block *sb, u64 ino, u32 generation)
 	return zufs_iget(sb, &a, false);
 }
 
-/* ----- forgets ----- */
+/* ----- forgets and releases, deferred ----- */
 
-/* the most forgets one FORGET_MANY carries: a page of them */
-#define ZUFS_FORGET_BATCH	(PAGE_SIZE / sizeof(struct zus_forget_req))
+/*
+ * FORGET and RELEASE are both { ino, u64 }: a batch of either is an array
+ * of these, sent as one FORGET_MANY or RELEASE_MANY of up to a page.
+ */
+struct zufs_deferred_req {
+	u64 ino;
+	u64 arg;
+};
+
+static_assert(sizeof(struct zufs_deferred_req) == sizeof(struct zus_forget_req));
+static_assert(sizeof(struct zufs_deferred_req) == sizeof(struct zus_release_req));
+static_assert(offsetof(struct zus_forget_req, nlookup) == 8);
+static_assert(offsetof(struct zus_release_req, fh) == 8);
 static_assert(PAGE_SIZE <= ZUS_PAYLOAD_SIZE);
+#define ZUFS_DEFER_BATCH	(PAGE_SIZE / sizeof(struct zufs_deferred_req))
 
-static void zufs_forget_one(struct zufs_sb_info *sbi,
-			    const struct zus_forget_req *r)
+static void zufs_send_many(struct zufs_sb_info *sbi, u32 opcode,
+			   const struct zufs_deferred_req *r, unsigned int n)
 {
-	zufs_simple(sbi->mount_id, ZUS_OP_FORGET, r, sizeof(*r), NULL, 0, 0);
-}
-
-static void zufs_forget_many(struct zufs_sb_info *sbi,
-			     const struct zus_forget_req *r, unsigned int n)
-{
+	u32 many = opcode == ZUS_OP_FORGET ? ZUS_OP_FORGET_MANY :
+					     ZUS_OP_RELEASE_MANY;
 	unsigned int i;
 
-	if (!READ_ONCE(sbi->no_forget_many)) {
-		s64 ret = zufs_simple(sbi->mount_id, ZUS_OP_FORGET_MANY, r,
-				      n * sizeof(*r), NULL, 0, 0);
+	if (!n)
+		return;
+	if (n > 1 && !READ_ONCE(sbi->no_many)) {
+		s64 ret = zufs_simple(sbi->mount_id, many, r, n * sizeof(*r),
+				      NULL, 0, 0);
 
 		if (ret != -ENOSYS)
 			return;
-		WRITE_ONCE(sbi->no_forget_many, true);
+		WRITE_ONCE(sbi->no_many, true);
 	}
 	for (i = 0; i < n; i++)
-		zufs_forget_one(sbi, &r[i]);
+		zufs_simple(sbi->mount_id, opcode, &r[i], sizeof(r[i]), NULL,
+			    0, 0);
 }
 
-/* Every queued forget, in FORGET_MANY batches (one by one without memory). */
+/*
+ * Every queued op, in order, a run of one kind in one FORGET_MANY or
+ * RELEASE_MANY (one by one when there is no memory for the batch).
+ */
 static void zufs_send_forgets(struct zufs_sb_info *sbi)
 {
-	struct zus_forget_req *reqs;
+	struct zufs_deferred_req one, *reqs;
 	struct zufs_forget *f, *tmp;
-	unsigned int n = 0;
+	unsigned int n = 0, cap;
+	u32 opcode = 0;
 	LIST_HEAD(batch);
 
 	spin_lock(&sbi->forget_lock);
@@ -427,27 +444,26 @@ static void zufs_send_forgets(struct zufs_sb_info *sbi)
 	if (list_empty(&batch))
 		return;
 	/* no I/O from here: the work may be what reclaim waits for */
-	reqs = kmalloc_array(ZUFS_FORGET_BATCH, sizeof(*reqs),
+	reqs = kmalloc_array(ZUFS_DEFER_BATCH, sizeof(*reqs),
 			     GFP_NOIO | __GFP_NOWARN);
+	cap = reqs ? ZUFS_DEFER_BATCH : 1;
+	if (!reqs)
+		reqs = &one;
 	list_for_each_entry_safe(f, tmp, &batch, list) {
-		struct zus_forget_req r = { .ino = f->ino,
-					    .nlookup = f->nlookup };
-
-		if (!reqs) {
-			zufs_forget_one(sbi, &r);
-		} else {
-			reqs[n++] = r;
-			if (n == ZUFS_FORGET_BATCH) {
-				zufs_forget_many(sbi, reqs, n);
-				n = 0;
-			}
+		if (n == cap || (n && f->opcode != opcode)) {
+			zufs_send_many(sbi, opcode, reqs, n);
+			n = 0;
 		}
+		opcode = f->opcode;
+		reqs[n].ino = f->ino;
+		reqs[n].arg = f->arg;
+		n++;
 		list_del(&f->list);
 		kfree(f);
 	}
-	if (n)
-		zufs_forget_many(sbi, reqs, n);
-	kfree(reqs);
+	zufs_send_many(sbi, opcode, reqs, n);
+	if (reqs != &one)
+		kfree(reqs);
 }
 
 static void zufs_forget_work(struct work_struct *work)
@@ -457,9 +473,9 @@ static void zufs_forget_work(struct work_struct *work)
 }
 
 /*
- * Queues @f; every queued forget goes out in the work item's next run, a
- * jiffy later, so that a run of unlinks or an rm -rf sends its forgets in a
- * few FORGET_MANY ops instead of one op per inode.
+ * Queues @f; every queued op goes out in the work item's next run, a jiffy
+ * later, so that a run of creates or unlinks, a tar -x or an rm -rf sends
+ * its releases and forgets in a few batches instead of one op per file.
  */
 static void zufs_queue_forget(struct zufs_sb_info *sbi, struct zufs_forget *f)
 {
@@ -481,8 +497,9 @@ static void zufs_evict_inode(struct inode *inode)
 		return;
 	/* may run in reclaim: no op here and no allocation, only a hand-over */
 	zi->forget = NULL;
+	f->opcode = ZUS_OP_FORGET;
 	f->ino = inode->i_ino;
-	f->nlookup = n;
+	f->arg = n;
 	zufs_queue_forget(ZUFS_SB(inode->i_sb), f);
 }
 
@@ -757,8 +774,9 @@ static int zufs_d_revalidate(struct dentry *dentry, unsigned int flags)
 	/* another inode now: give back the reference this lookup counted */
 	f = kmalloc(sizeof(*f), GFP_KERNEL);
 	if (f && a.ino) {
+		f->opcode = ZUS_OP_FORGET;
 		f->ino = a.ino;
-		f->nlookup = 1;
+		f->arg = 1;
 		zufs_queue_forget(sbi, f);
 	} else {
 		kfree(f);
@@ -1285,6 +1303,7 @@ static int zufs_kcache_mark(struct inode *inode)
 static int zufs_release(struct inode *inode, struct file *file)
 {
 	struct zufs_inode *zi = ZUFS_I(inode);
+	struct zufs_forget *f;
 
 	/* dirty pages of shared maps go while this fh can carry them */
 	zufs_wb_del(file);
@@ -1297,8 +1316,20 @@ static int zufs_release(struct inode *inode, struct file *file)
 		zi->kc_marked = false;
 	}
 	mutex_unlock(&zi->kc_lock);
-	zufs_send_release(inode->i_sb, inode->i_ino,
-			  (uintptr_t)file->private_data);
+	/*
+	 * The close does not wait for zusd: the release goes out with the
+	 * next batch (kill_sb flushes them), in order with the forgets.
+	 */
+	f = kmalloc(sizeof(*f), GFP_KERNEL);
+	if (!f) {
+		zufs_send_release(inode->i_sb, inode->i_ino,
+				  (uintptr_t)file->private_data);
+		return 0;
+	}
+	f->opcode = ZUS_OP_RELEASE;
+	f->ino = inode->i_ino;
+	f->arg = (uintptr_t)file->private_data;
+	zufs_queue_forget(ZUFS_SB(inode->i_sb), f);
 	return 0;
 }
 

@@ -196,6 +196,12 @@ enum zus_op_code {
 	 * plugin (plugins never see this op code).
 	 */
 	ZUS_OP_FORGET_MANY = 34,
+	/*
+	 * Releases many file handles in one op: the payload is one or more `struct zus_release_req`s back
+	 * to back (nothing else). Served by zusd as that many `Release`s of the plugin (plugins
+	 * never see this op code).
+	 */
+	ZUS_OP_RELEASE_MANY = 35,
 };
 
 /*

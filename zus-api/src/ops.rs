@@ -123,11 +123,15 @@ pub enum OpCode {
     /// [`ForgetReq`]s back to back (nothing else). Served by zusd as that many `Forget`s of the
     /// plugin (plugins never see this op code).
     ForgetMany = 34,
+    /// Releases many file handles in one op: the payload is one or more [`ReleaseReq`]s back
+    /// to back (nothing else). Served by zusd as that many `Release`s of the plugin (plugins
+    /// never see this op code).
+    ReleaseMany = 35,
 }
 
 impl OpCode {
     /// Every op code, in numeric order.
-    pub const ALL: [Self; 34] = [
+    pub const ALL: [Self; 35] = [
         Self::Noop,
         Self::Statfs,
         Self::Sync,
@@ -162,6 +166,7 @@ impl OpCode {
         Self::CopyFileRange,
         Self::CreateOpen,
         Self::ForgetMany,
+        Self::ReleaseMany,
     ];
 
     /// Decodes a wire op code.
@@ -185,7 +190,7 @@ impl OpCode {
             Self::Symlink => size_of::<SymlinkReq>(),
             Self::Readdir => size_of::<ReaddirReq>(),
             Self::Open => size_of::<OpenReq>(),
-            Self::Release => size_of::<ReleaseReq>(),
+            Self::Release | Self::ReleaseMany => size_of::<ReleaseReq>(),
             Self::Read | Self::Write => size_of::<IoReq>(),
             Self::Fsync => size_of::<FsyncReq>(),
             Self::Fallocate => size_of::<FallocateReq>(),
@@ -770,7 +775,7 @@ mod tests {
             assert_eq!(OpCode::from_u32(op as u32), Some(op));
         }
         assert_eq!(OpCode::from_u32(0), None);
-        assert_eq!(OpCode::from_u32(35), None);
+        assert_eq!(OpCode::from_u32(36), None);
         assert_eq!(OpCode::from_u32(u32::MAX), None);
     }
 

@@ -108,6 +108,7 @@ const FACTS: [OpFacts; OpCode::ALL.len()] = [
     /* CopyFileRange */ f(size_of::<CopyFileRangeReq>(), true, Always, Refused, false),
     /* CreateOpen */ f(size_of::<CreateReq>(), true, Never, Refused, false),
     /* ForgetMany */ f(size_of::<ForgetReq>(), false, Never, Refused, true),
+    /* ReleaseMany */ f(size_of::<ReleaseReq>(), false, Never, Refused, true),
 ];
 
 impl OpCode {
@@ -158,6 +159,8 @@ pub enum Request<'a> {
     Forget(ForgetReq),
     /// One or more [`ForgetReq`]s, back to back (see [`Request::forgets`]).
     ForgetMany(&'a [u8]),
+    /// One or more [`ReleaseReq`]s, back to back (see [`Request::releases`]).
+    ReleaseMany(&'a [u8]),
     KernelCache(KernelCacheReq),
     Ticket(TicketReq),
     CopyFileRange(CopyFileRangeReq),
@@ -200,6 +203,14 @@ fn target(t: &[u8]) -> Result<&[u8], Errno> {
 fn fixed<R: Pod>(p: &[u8]) -> Result<(R, &[u8]), Errno> {
     let r = <R as Pod>::read_from(p).ok_or(Errno::EINVAL)?;
     Ok((r, &p[size_of::<R>()..]))
+}
+
+/// A payload of one or more whole `R`s, nothing else.
+fn many<R: Pod>(p: &[u8]) -> Result<&[u8], Errno> {
+    if p.is_empty() || !p.len().is_multiple_of(size_of::<R>()) {
+        return Err(Errno::EINVAL);
+    }
+    Ok(p)
 }
 
 /// Splits `var` into exactly two strings of lengths `a` and `b` (nothing left over).
@@ -294,12 +305,8 @@ impl<'a> Request<'a> {
             OpCode::Map => Self::Map(fixed(p)?.0),
             OpCode::MapDone => Self::MapDone(fixed(p)?.0),
             OpCode::Forget => Self::Forget(fixed(p)?.0),
-            OpCode::ForgetMany => {
-                if p.is_empty() || !p.len().is_multiple_of(size_of::<ForgetReq>()) {
-                    return Err(Errno::EINVAL);
-                }
-                Self::ForgetMany(p)
-            }
+            OpCode::ForgetMany => Self::ForgetMany(many::<ForgetReq>(p)?),
+            OpCode::ReleaseMany => Self::ReleaseMany(many::<ReleaseReq>(p)?),
             OpCode::KernelCache => Self::KernelCache(fixed(p)?.0),
             OpCode::Ticket => Self::Ticket(fixed(p)?.0),
             OpCode::CopyFileRange => {
@@ -316,6 +323,12 @@ impl<'a> Request<'a> {
     pub fn forgets(&self) -> impl Iterator<Item = ForgetReq> + 'a {
         let p: &'a [u8] = if let Self::ForgetMany(p) = *self { p } else { &[] };
         p.chunks_exact(size_of::<ForgetReq>()).filter_map(<ForgetReq as Pod>::read_from)
+    }
+
+    /// The [`ReleaseReq`]s of a `ReleaseMany` (none for any other request).
+    pub fn releases(&self) -> impl Iterator<Item = ReleaseReq> + 'a {
+        let p: &'a [u8] = if let Self::ReleaseMany(p) = *self { p } else { &[] };
+        p.chunks_exact(size_of::<ReleaseReq>()).filter_map(<ReleaseReq as Pod>::read_from)
     }
 
     /// The inode a data op acts on (the one its ticket and kernel-cache mark are for); 0 for
@@ -335,7 +348,7 @@ impl<'a> Request<'a> {
             Self::Getxattr(r, _) | Self::Setxattr(r, _) | Self::Removexattr(r, _) | Self::Listxattr(r) => r.ino,
             Self::Link(r, _) => r.ino,
             Self::Forget(r) => r.ino,
-            Self::ForgetMany(_) => 0,
+            Self::ForgetMany(_) | Self::ReleaseMany(_) => 0,
             Self::KernelCache(r) => r.ino,
             Self::Ticket(r) => r.ino,
             // The file written (the one whose size and blocks change).

@@ -371,8 +371,8 @@ fn dispatch<T: FileSystem>(fs: &T, call: &mut OpCall) -> Result<u64, Errno> {
             put_reply(call, &a)?;
             Ok(0)
         }
-        // zusd composes these from Create and Open, and from Forgets; a plugin never sees them.
-        Request::CreateOpen(..) | Request::ForgetMany(_) => Err(Errno::ENOSYS),
+        // zusd composes these from Create and Open, Forgets, Releases; a plugin never sees them.
+        Request::CreateOpen(..) | Request::ForgetMany(_) | Request::ReleaseMany(_) => Err(Errno::ENOSYS),
         Request::Mknod(r, name) => {
             let a = fs.mknod(&c, r.dir, name, r.mode, r.rdev)?;
             put_reply(call, &a)?;

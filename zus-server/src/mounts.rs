@@ -345,26 +345,34 @@ impl Mount {
         if call.hdr.opcode == OpCode::CreateOpen as u32 {
             return self.create_open(call);
         }
-        if call.hdr.opcode == OpCode::ForgetMany as u32 {
-            return self.forget_many(call);
+        if call.hdr.opcode == OpCode::ForgetMany as u32 || call.hdr.opcode == OpCode::ReleaseMany as u32 {
+            return self.many(call);
         }
         self.plugin_op(call)
     }
 
-    /// `ForgetMany`: the plugin's `Forget` for each [`ForgetReq`] of the payload (dispatch
-    /// decoded it: whole `ForgetReq`s, at least one).
-    fn forget_many(&self, call: &mut OpCall) -> i64 {
+    /// `ForgetMany` and `ReleaseMany`: the plugin's `Forget` (`Release`) for each [`ForgetReq`]
+    /// ([`ReleaseReq`]) of the payload. The first error is the answer; every one is served.
+    fn many(&self, call: &mut OpCall) -> i64 {
         if call.req.is_null() {
             return Errno::EINVAL.to_wire();
         }
         // SAFETY: `req` is the server's private copy of `req_len` bytes (dispatch's scratch).
         let payload = unsafe { core::slice::from_raw_parts(call.req, call.req_len) };
-        let Ok(req) = Request::decode(OpCode::ForgetMany, payload) else { return Errno::EINVAL.to_wire() };
+        let Some(op) = OpCode::from_u32(call.hdr.opcode) else { return Errno::EINVAL.to_wire() };
+        let Ok(req) = Request::decode(op, payload) else { return Errno::EINVAL.to_wire() };
+        let mut rc = 0;
         for f in req.forgets() {
             self.plugin_op(&mut sub_call(call, OpCode::Forget, f.as_bytes(), 0));
         }
+        for r in req.releases() {
+            let one = self.plugin_op(&mut sub_call(call, OpCode::Release, r.as_bytes(), 0));
+            if rc == 0 && one < 0 {
+                rc = one;
+            }
+        }
         call.reply_len = 0;
-        0
+        rc
     }
 
     /// `CreateOpen`: the plugin's `Create` (its `Attr` reply lands at the start of the reply

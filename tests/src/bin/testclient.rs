@@ -528,8 +528,12 @@ fn create_open(relay: &Relay) -> Result<()> {
     let w = IoReq { ino: r.attr.ino, fh: r.fh, len: 100, data_kind: DATA_WINDOW, ..IoReq::default() };
     let o = relay.op(m.mount_id, OpCode::Write, &[w.as_bytes()], DataIn::Window(&data), &mut reply, None, None)?;
     ensure!(o.value == 100, "write through the CreateOpen handle wrote {}", o.value);
+    // ReleaseMany: whole ReleaseReqs only; the handle released (nullfs: no error either way).
     let rel = ReleaseReq { ino: r.attr.ino, fh: r.fh };
-    relay.op(m.mount_id, OpCode::Release, &[rel.as_bytes()], DataIn::None, &mut reply, None, None)?;
+    let e = op_errno(relay, m.mount_id, OpCode::ReleaseMany, &[&rel.as_bytes()[..12]], DataIn::None, None);
+    ensure!(e == libc::EINVAL, "ReleaseMany of 12 bytes gave errno {e}, not EINVAL");
+    let e = op_errno(relay, m.mount_id, OpCode::ReleaseMany, &[rel.as_bytes()], DataIn::None, None);
+    ensure!(e == 0, "ReleaseMany of the CreateOpen handle gave errno {e}");
     // ForgetMany: whole ForgetReqs only, at least one.
     let f = zus_api::ops::ForgetReq { ino: r.attr.ino, nlookup: 1 };
     let two = [f.as_bytes(), f.as_bytes()].concat();

@@ -727,6 +727,7 @@ pub const VALUES: &[(&str, i128)] = &[
     ("ZUS_OP_COPY_FILE_RANGE", zus_api::ops::OpCode::CopyFileRange as i128),
     ("ZUS_OP_CREATE_OPEN", zus_api::ops::OpCode::CreateOpen as i128),
     ("ZUS_OP_FORGET_MANY", zus_api::ops::OpCode::ForgetMany as i128),
+    ("ZUS_OP_RELEASE_MANY", zus_api::ops::OpCode::ReleaseMany as i128),
 ];
 
 /// `(C name, bytes)` of every byte-string constant (C drops one trailing NUL).
