@@ -23,7 +23,7 @@ mkdir -p /tmp/zbt /mnt/zbk /mnt/zbf /run/zufs
 mount -t tmpfs bench-tmpfs /tmp/zbt
 lsmod | grep -q '^zufs ' || modprobe zufs
 modprobe fuse 2>/dev/null
-ZUFS_LOG=warn /bin/zusd --kernel --plugins "$ZUFS_PLUGINS" --socket "$ZUFS_SOCKET" >"$LOG" 2>&1 &
+ZUFS_LOG=warn,zusd=info /bin/zusd --kernel --plugins "$ZUFS_PLUGINS" --socket "$ZUFS_SOCKET" >"$LOG" 2>&1 &
 ZPID=$!
 i=0
 while ! grep -q 'zusd ready' "$LOG" && kill -0 $ZPID 2>/dev/null && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done
