@@ -85,6 +85,13 @@ struct zufs_inode {
 	u64 attr_expire;	/* jiffies64: the attributes are stale after it */
 	/* jiffies64: mode, owner and ACLs (what permission() uses) after it */
 	u64 perm_expire;
+	/*
+	 * The ctime the cached ACLs were good for (zufs_fill_inode), and
+	 * whether it had no security.capability then: a GETXATTR of it
+	 * answered ENODATA, or this mount made the inode.
+	 */
+	struct timespec64 acl_ctime;
+	bool no_caps;
 	/* allocated with the inode, so that eviction never allocates */
 	struct zufs_forget *forget;
 	struct zufs_dax_inode dax;	/* dax.c */
@@ -247,14 +254,38 @@ static bool zufs_mode_ok(u32 mode)
 	return false;
 }
 
-/* Takes the attributes of a reply; the type was checked by the caller. */
-static void zufs_fill_inode(struct inode *inode, const struct zus_attr *a)
+/*
+ * A reply showed @ctime. Another client that changed an ACL or a capability
+ * moved it (acl.c): what is cached about them goes. A reply to a change this
+ * mount made itself (@own) moved it too: that keeps them while they are
+ * valid (perm_expire), and the first refresh from zusd after it, seeing a
+ * ctime other than the one they were good for, drops them then.
+ */
+static void zufs_ctime_seen(struct inode *inode, const struct timespec64 *ctime,
+			    bool own)
+{
+	struct zufs_inode *zi = ZUFS_I(inode);
+
+	if (timespec64_equal(&zi->acl_ctime, ctime) ||
+	    (own && zufs_perm_valid(inode)))
+		return;
+	forget_all_cached_acls(inode);
+	WRITE_ONCE(zi->no_caps, false);
+	zi->acl_ctime = *ctime;
+}
+
+/*
+ * Takes the attributes of a reply; the type was checked by the caller.
+ * @own: the reply to a change this mount made (SETATTR): mode and owner are
+ * zusd's now, but the ACLs cached stay only until perm_expire, which a
+ * refresh from zusd (GETATTR, LOOKUP) moves, not this.
+ */
+static void __zufs_fill_inode(struct inode *inode, const struct zus_attr *a,
+			      bool own)
 {
 	struct timespec64 ctime = ns_to_timespec64(a->ctime_ns);
 
-	/* an ACL changed by another client changed the ctime (acl.c) */
-	if (!timespec64_equal(&inode->i_ctime, &ctime))
-		forget_all_cached_acls(inode);
+	zufs_ctime_seen(inode, &ctime, own);
 	inode->i_mode = (inode->i_mode & S_IFMT) | (a->mode & ~S_IFMT);
 	set_nlink(inode, a->nlink);
 	inode->i_uid = make_kuid(&init_user_ns, a->uid);
@@ -265,7 +296,38 @@ static void zufs_fill_inode(struct inode *inode, const struct zus_attr *a)
 	inode->i_mtime = ns_to_timespec64(a->mtime_ns);
 	inode->i_ctime = ctime;
 	inode->i_generation = a->generation;
-	zufs_attr_fresh(inode);
+	if (own)
+		WRITE_ONCE(ZUFS_I(inode)->attr_expire, get_jiffies_64() +
+			   ZUFS_SB(inode->i_sb)->attr_timeout);
+	else
+		zufs_attr_fresh(inode);
+}
+
+static void zufs_fill_inode(struct inode *inode, const struct zus_attr *a)
+{
+	__zufs_fill_inode(inode, a, false);
+}
+
+/*
+ * The times, size and link count of @a, from the reply to a change of names
+ * this mount made in the directory @inode: they are fresh for attr_timeout.
+ * Mode, owner and ACLs stay as the last full refresh left them, valid until
+ * perm_expire (then zufs_fill_inode() sees the ctime moved and drops the
+ * cached ACLs, once, instead of at each create).
+ */
+static void zufs_fill_times(struct inode *inode, const struct zus_attr *a)
+{
+	struct timespec64 ctime = ns_to_timespec64(a->ctime_ns);
+
+	zufs_ctime_seen(inode, &ctime, true);
+	set_nlink(inode, a->nlink);
+	i_size_write(inode, min_t(u64, a->size, MAX_LFS_FILESIZE));
+	inode->i_blocks = a->blocks;
+	inode->i_atime = ns_to_timespec64(a->atime_ns);
+	inode->i_mtime = ns_to_timespec64(a->mtime_ns);
+	inode->i_ctime = ctime;
+	WRITE_ONCE(ZUFS_I(inode)->attr_expire,
+		   get_jiffies_64() + ZUFS_SB(inode->i_sb)->attr_timeout);
 }
 
 /*
@@ -519,6 +581,9 @@ static struct inode *zufs_alloc_inode(struct super_block *sb)
 	}
 	atomic64_set(&zi->nlookup, 0);
 	zi->attr_expire = get_jiffies_64() - 1;
+	zi->perm_expire = zi->attr_expire;
+	zi->acl_ctime = (struct timespec64){};
+	zi->no_caps = false;
 	zufs_dax_inode_init(&zi->dax);
 	zi->kc_open = 0;
 	zi->kc_marked = false;
@@ -550,7 +615,8 @@ static int zufs_getattr(struct user_namespace *mnt_userns,
 	int err;
 
 	if (sync == AT_STATX_FORCE_SYNC ||
-	    (sync != AT_STATX_DONT_SYNC && !zufs_attr_valid(inode))) {
+	    (sync != AT_STATX_DONT_SYNC &&
+	     (!zufs_attr_valid(inode) || !zufs_perm_valid(inode)))) {
 		err = zufs_refresh(inode);
 		if (err)
 			return err;
@@ -587,7 +653,7 @@ static int zufs_setattr_send(struct inode *inode,
 		return ret;
 	if (a.ino != inode->i_ino || inode_wrong_type(inode, a.mode))
 		return -EIO;
-	zufs_fill_inode(inode, &a);
+	__zufs_fill_inode(inode, &a, true);
 	return 0;
 }
 
@@ -842,6 +908,8 @@ static struct inode *zufs_make_inode(struct inode *dir, struct dentry *dentry,
 	else
 		inode = zufs_iget(dir->i_sb, &rep.attr, true);
 	if (!IS_ERR(inode)) {
+		/* made just now: no capability (until a setxattr here) */
+		WRITE_ONCE(ZUFS_I(inode)->no_caps, true);
 		ret = zufs_acl_apply(inode, &acls);
 		if (ret) {
 			/* the entry exists at zusd; a later lookup finds it */
@@ -855,10 +923,15 @@ static struct inode *zufs_make_inode(struct inode *dir, struct dentry *dentry,
 		zufs_attr_stale(dir);
 		goto out;
 	}
+	/* mtime, ctime and (mkdir) nlink changed: CREATE_OPEN says how */
+	if (fh && rep.dir.ino == dir->i_ino &&
+	    rep.dir.generation == dir->i_generation &&
+	    !inode_wrong_type(dir, rep.dir.mode))
+		zufs_fill_times(dir, &rep.dir);
+	else
+		zufs_times_stale(dir);
 	if (fh)
 		*fh = rep.fh;
-	/* mtime, ctime and (mkdir) nlink changed */
-	zufs_times_stale(dir);
 out:
 	zufs_acl_release(&acls);
 	return inode;
@@ -1704,11 +1777,16 @@ ssize_t zufs_getxattr(struct inode *inode, const char *name, void *buffer,
 		.result_max = size ? r.size : XATTR_SIZE_MAX,
 	};
 	void *req;
+	bool caps;
 	u32 len;
 	s64 ret;
 
 	if (size && !r.size)
 		return -EIO;	/* no session */
+	/* asked at every write's and chown's check for privileges to drop */
+	caps = !strcmp(name, XATTR_NAME_CAPS);
+	if (caps && READ_ONCE(ZUFS_I(inode)->no_caps))
+		return -ENODATA;
 	req = zufs_req_build(&r, sizeof(r), name, nlen, NULL, 0, &len);
 	if (IS_ERR(req))
 		return PTR_ERR(req);
@@ -1724,6 +1802,8 @@ ssize_t zufs_getxattr(struct inode *inode, const char *name, void *buffer,
 	/* with a buffer, the value itself; without, its length only */
 	if (ret >= 0 && op.data_len != (r.size ? ret : 0))
 		ret = -EIO;
+	if (caps && ret == -ENODATA)
+		WRITE_ONCE(ZUFS_I(inode)->no_caps, true);
 	return ret;
 }
 
@@ -1761,6 +1841,8 @@ int zufs_setxattr(struct inode *inode, const char *name, const void *value,
 		return -E2BIG;
 	if (r.size > zufs_data_max())
 		return zufs_data_max() ? -E2BIG : -EIO;
+	if (!strcmp(name, XATTR_NAME_CAPS))
+		WRITE_ONCE(ZUFS_I(inode)->no_caps, false);
 	req = zufs_req_build(&r, sizeof(r), name, nlen, NULL, 0, &len);
 	if (IS_ERR(req))
 		return PTR_ERR(req);

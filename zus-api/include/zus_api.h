@@ -388,13 +388,15 @@ struct zus_open_reply {
 };
 
 /*
- * Reply to `ZUS_OP_CREATE_OPEN`: the new file's attributes (as `Create`'s reply) and the file
- * handle (as `Open`'s).
- * (88 bytes.)
+ * Reply to `ZUS_OP_CREATE_OPEN`: the new file's attributes (as `Create`'s reply), the file
+ * handle (as `Open`'s) and the directory's attributes after the create (all zero, `ino` 0, when
+ * zusd could not read them), so that a kernel need not ask for the times the create moved.
+ * (168 bytes.)
  */
 struct zus_create_open_reply {
 	struct zus_attr attr;
 	__u64 fh;
+	struct zus_attr dir;
 };
 
 /*

@@ -419,14 +419,16 @@ pub struct OpenReply {
     pub fh: u64,
 }
 
-/// Reply to [`OpCode::CreateOpen`]: the new file's attributes (as `Create`'s reply) and the file
-/// handle (as `Open`'s).
+/// Reply to [`OpCode::CreateOpen`]: the new file's attributes (as `Create`'s reply), the file
+/// handle (as `Open`'s) and the directory's attributes after the create (all zero, `ino` 0, when
+/// zusd could not read them), so that a kernel need not ask for the times the create moved.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable)]
 #[allow(missing_docs)]
 pub struct CreateOpenReply {
     pub attr: Attr,
     pub fh: u64,
+    pub dir: Attr,
 }
 
 /// Release a file handle.
@@ -697,7 +699,7 @@ pod_impl! {
     Dirent = 24,
     OpenReq = 16,
     OpenReply = 8,
-    CreateOpenReply = 88,
+    CreateOpenReply = 168,
     ReleaseReq = 16,
     IoReq = 48,
     IoReply = 16,

@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use zus_api::Errno;
 use zus_api::device::{DEVICE_ALIGN, DEVICE_HEADER_SIZE, DeviceHeader, DeviceHeaderError};
-use zus_api::ops::{Attr, CreateOpenReply, CreateReq, ForgetReq, OpCode, OpHeader, OpenReply, OpenReq, Pod};
+use zus_api::ops::{Attr, CreateOpenReply, CreateReq, ForgetReq, InoReq, OpCode, OpHeader, OpenReply, OpenReq, Pod};
 use zus_api::request::Request;
 use zus_plugin::{DeviceDesc, OpCall, PluginVtable};
 use zus_pmem::{MapMode, MappedPmem, Persist};
@@ -376,9 +376,11 @@ impl Mount {
     }
 
     /// `CreateOpen`: the plugin's `Create` (its `Attr` reply lands at the start of the reply
-    /// buffer), then its `Open` of the new inode (its `OpenReply` lands right after), which is
-    /// the layout of [`CreateOpenReply`]. A failed open gives back the lookup reference the
-    /// create counted, so the inode is not pinned by a kernel that never learned of it.
+    /// buffer), then its `Open` of the new inode (its `OpenReply` lands right after), then its
+    /// `Getattr` of the directory (after that), which is the layout of [`CreateOpenReply`]. A
+    /// failed open gives back the lookup reference the create counted, so the inode is not
+    /// pinned by a kernel that never learned of it; a failed getattr leaves the directory's
+    /// attributes zero.
     fn create_open(&self, call: &mut OpCall) -> i64 {
         const ATTR: usize = size_of::<Attr>();
         if call.reply_cap < size_of::<CreateOpenReply>() || call.req.is_null() {
@@ -407,6 +409,13 @@ impl Mount {
             self.plugin_op(&mut sub_call(call, OpCode::Forget, forget.as_bytes(), 0));
             call.reply_len = 0;
             return if rc < 0 { rc } else { Errno::EIO.to_wire() };
+        }
+        let at = ATTR + size_of::<OpenReply>();
+        let dir = InoReq { ino: cr.dir };
+        let mut sub = sub_call(call, OpCode::Getattr, dir.as_bytes(), at);
+        if self.plugin_op(&mut sub) < 0 || sub.reply_len != ATTR {
+            // SAFETY: `at + ATTR` is the reply's size, within `reply_cap` (checked above).
+            unsafe { core::ptr::write_bytes(call.reply.add(at), 0, ATTR) };
         }
         call.reply_len = size_of::<CreateOpenReply>();
         0

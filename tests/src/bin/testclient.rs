@@ -516,6 +516,8 @@ fn create_open(relay: &Relay) -> Result<()> {
     ensure!(o.reply_len == size_of::<CreateOpenReply>(), "CreateOpen replied {} bytes", o.reply_len);
     let r = CreateOpenReply::read_from(&reply[..o.reply_len]).context("short CreateOpen reply")?;
     ensure!(r.attr.ino != 0 && r.attr.mode == libc::S_IFREG | 0o640, "CreateOpen attr {:?}", r.attr);
+    ensure!(r.dir.ino == m.root && r.dir.mode & libc::S_IFMT == libc::S_IFDIR, "CreateOpen dir attr {:?}", r.dir);
+    ensure!(r.dir.mtime_ns >= r.attr.mtime_ns, "the directory's mtime is from before the create: {:?}", r.dir);
     let l = name_req(m.root, name);
     let o = relay.op(m.mount_id, OpCode::Lookup, &[l.as_bytes(), name], DataIn::None, &mut reply, None, None)?;
     ensure!(attr_of(&reply[..o.reply_len])?.ino == r.attr.ino, "lookup found another inode");

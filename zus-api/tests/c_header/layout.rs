@@ -350,6 +350,7 @@ pub const STRUCTS: &[Layout] = &[
         fields: &[
             ("attr", offset_of!(zus_api::ops::CreateOpenReply, attr)),
             ("fh", offset_of!(zus_api::ops::CreateOpenReply, fh)),
+            ("dir", offset_of!(zus_api::ops::CreateOpenReply, dir)),
         ],
     },
     Layout {
