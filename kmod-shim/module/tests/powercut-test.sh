@@ -105,6 +105,16 @@ FAIL=0
 fail() { echo "TEST $1 ... FAILED: $2"; FAIL=$((FAIL + 1)); }
 ok() { echo "TEST $1 ... ok"; }
 
+# wait_qemu's lines on stderr, the last one on stdout. Not `tee /dev/stderr`:
+# that opens the file behind stderr anew, and with O_TRUNC, so a caller's
+# log (`.ci/run > log 2>&1`) lost everything before the power cut.
+wait_qemu_last() {  # LOG
+  local out=$W/pc-wait.txt
+  wait_qemu "$1" >"$out"
+  cat "$out" >&2
+  tail -n 1 "$out"
+}
+
 wait_qemu() {  # LOG: until qemu ends or BOOT_TIMEOUT; the guest's result line
   local end=$(( $(date +%s) + BOOT_TIMEOUT ))
   while kill -0 "$QPID" 2>/dev/null; do
@@ -121,7 +131,7 @@ if [ -n "${NOCUT:-}" ]; then
   truncate -s 256M "$IMG"
   say "no cut: $NOCUT files, verify, remount, verify"
   boot "$W/pc-nocut.log" "nocut:$SEED:$NOCUT:$(case ${NOCUT_JUNK:-1} in 0) echo nojunk;; noappend|notrunc|trunc0) echo "$NOCUT_JUNK";; *) echo junk;; esac):$([ "${NOCUT_WINDOW:-0}" = 1 ] && echo window || echo dax)"
-  LINE=$(wait_qemu "$W/pc-nocut.log" | tee /dev/stderr | tail -1)
+  LINE=$(wait_qemu_last "$W/pc-nocut.log")
   case $LINE in
   *" passed, 0 failed") ok "pc_nocut_${NOCUT}_files" ;;
   *) fail "pc_nocut_${NOCUT}_files" "${LINE:-no result line} (log $W/pc-nocut.log)" ;;
@@ -175,7 +185,7 @@ for N in $CUTS; do
 
   say "cut $N: boot 2 (recovery, verify files 1..$K)"
   boot "$L2" "verify:$SEED:$K"
-  LINE=$(wait_qemu "$L2" | tee /dev/stderr | tail -1)
+  LINE=$(wait_qemu_last "$L2")
   case $LINE in
   *" passed, 0 failed") ok "pc_cut_${N}_boot2_verified_${K}_files" ;;
   *) fail "pc_cut_${N}_boot2" "${LINE:-no result line} (log $L2)" ;;
