@@ -199,7 +199,7 @@ enum zus_op_code {
 	/*
 	 * Releases many file handles in one op: the payload is one or more `struct zus_release_req`s back
 	 * to back (nothing else). Served by zusd as that many `Release`s of the plugin (plugins
-	 * never see this op code).
+	 * never see this op code); the answer is 0 whatever they answered.
 	 */
 	ZUS_OP_RELEASE_MANY = 35,
 };

@@ -125,7 +125,7 @@ pub enum OpCode {
     ForgetMany = 34,
     /// Releases many file handles in one op: the payload is one or more [`ReleaseReq`]s back
     /// to back (nothing else). Served by zusd as that many `Release`s of the plugin (plugins
-    /// never see this op code).
+    /// never see this op code); the answer is 0 whatever they answered.
     ReleaseMany = 35,
 }
 

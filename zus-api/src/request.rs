@@ -157,9 +157,9 @@ pub enum Request<'a> {
     Map(MapReq),
     MapDone(MapDoneReq),
     Forget(ForgetReq),
-    /// One or more [`ForgetReq`]s, back to back (see [`Request::forgets`]).
+    /// One or more [`ForgetReq`]s, back to back (whole records, checked).
     ForgetMany(&'a [u8]),
-    /// One or more [`ReleaseReq`]s, back to back (see [`Request::releases`]).
+    /// One or more [`ReleaseReq`]s, back to back (whole records, checked).
     ReleaseMany(&'a [u8]),
     KernelCache(KernelCacheReq),
     Ticket(TicketReq),
@@ -317,18 +317,6 @@ impl<'a> Request<'a> {
                 Self::CopyFileRange(r)
             }
         })
-    }
-
-    /// The [`ForgetReq`]s of a `ForgetMany` (none for any other request).
-    pub fn forgets(&self) -> impl Iterator<Item = ForgetReq> + 'a {
-        let p: &'a [u8] = if let Self::ForgetMany(p) = *self { p } else { &[] };
-        p.chunks_exact(size_of::<ForgetReq>()).filter_map(<ForgetReq as Pod>::read_from)
-    }
-
-    /// The [`ReleaseReq`]s of a `ReleaseMany` (none for any other request).
-    pub fn releases(&self) -> impl Iterator<Item = ReleaseReq> + 'a {
-        let p: &'a [u8] = if let Self::ReleaseMany(p) = *self { p } else { &[] };
-        p.chunks_exact(size_of::<ReleaseReq>()).filter_map(<ReleaseReq as Pod>::read_from)
     }
 
     /// The inode a data op acts on (the one its ticket and kernel-cache mark are for); 0 for

@@ -8,7 +8,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use zus_api::Errno;
 use zus_api::device::{DEVICE_ALIGN, DEVICE_HEADER_SIZE, DeviceHeader, DeviceHeaderError};
 use zus_api::ops::{Attr, CreateOpenReply, CreateReq, ForgetReq, InoReq, OpCode, OpHeader, OpenReply, OpenReq, Pod};
-use zus_api::request::Request;
 use zus_plugin::{DeviceDesc, OpCall, PluginVtable};
 use zus_pmem::{MapMode, MappedPmem, Persist};
 
@@ -340,39 +339,33 @@ impl Mount {
         self.vtable.flags & zus_plugin::plugin_flags::STREAMED_WINDOW != 0
     }
 
-    /// Serves one op: the plugin's, or [`OpCode::CreateOpen`] composed from two of them.
+    /// Serves one op: the plugin's, or one zusd composes from several of the plugin's
+    /// ([`OpCode::CreateOpen`], [`OpCode::ForgetMany`], [`OpCode::ReleaseMany`]).
     pub fn op(&self, call: &mut OpCall) -> i64 {
-        if call.hdr.opcode == OpCode::CreateOpen as u32 {
-            return self.create_open(call);
+        match OpCode::from_u32(call.hdr.opcode) {
+            Some(OpCode::CreateOpen) => self.create_open(call),
+            Some(OpCode::ForgetMany) => self.many(call, OpCode::Forget),
+            Some(OpCode::ReleaseMany) => self.many(call, OpCode::Release),
+            _ => self.plugin_op(call),
         }
-        if call.hdr.opcode == OpCode::ForgetMany as u32 || call.hdr.opcode == OpCode::ReleaseMany as u32 {
-            return self.many(call);
-        }
-        self.plugin_op(call)
     }
 
-    /// `ForgetMany` and `ReleaseMany`: the plugin's `Forget` (`Release`) for each [`ForgetReq`]
-    /// ([`ReleaseReq`]) of the payload. The first error is the answer; every one is served.
-    fn many(&self, call: &mut OpCall) -> i64 {
+    /// `ForgetMany` and `ReleaseMany`: the plugin's `one` (`Forget`, `Release`) for each record
+    /// of the payload, which dispatch decoded as whole records (`Request::decode`). The answer
+    /// is 0 once every one was served: like a single RELEASE's, a release's error reaches no
+    /// one (the close returned), and an errno here would read as zusd's own (ENOSYS: no such
+    /// op, which makes the kernel send them again one by one).
+    fn many(&self, call: &mut OpCall, one: OpCode) -> i64 {
         if call.req.is_null() {
             return Errno::EINVAL.to_wire();
         }
         // SAFETY: `req` is the server's private copy of `req_len` bytes (dispatch's scratch).
         let payload = unsafe { core::slice::from_raw_parts(call.req, call.req_len) };
-        let Some(op) = OpCode::from_u32(call.hdr.opcode) else { return Errno::EINVAL.to_wire() };
-        let Ok(req) = Request::decode(op, payload) else { return Errno::EINVAL.to_wire() };
-        let mut rc = 0;
-        for f in req.forgets() {
-            self.plugin_op(&mut sub_call(call, OpCode::Forget, f.as_bytes(), 0));
-        }
-        for r in req.releases() {
-            let one = self.plugin_op(&mut sub_call(call, OpCode::Release, r.as_bytes(), 0));
-            if rc == 0 && one < 0 {
-                rc = one;
-            }
+        for r in payload.chunks_exact(one.request_size()) {
+            self.plugin_op(&mut sub_call(call, one, r, 0));
         }
         call.reply_len = 0;
-        rc
+        0
     }
 
     /// `CreateOpen`: the plugin's `Create` (its `Attr` reply lands at the start of the reply
@@ -444,7 +437,7 @@ impl Mount {
     }
 }
 
-/// One of the plugin ops a composed op (`CreateOpen`, `ForgetMany`) is made of: `call`'s caller,
+/// One of the plugin ops a composed op (`CreateOpen`, `ForgetMany`, `ReleaseMany`) is made of: `call`'s caller,
 /// the request `req` (which must outlive the call), no data, and the reply at `reply_at` bytes
 /// into `call`'s reply buffer (at most its capacity).
 fn sub_call(call: &OpCall, op: OpCode, req: &[u8], reply_at: usize) -> OpCall {
