@@ -275,51 +275,15 @@ static void zufs_ctime_seen(struct inode *inode, const struct timespec64 *ctime,
 }
 
 /*
- * Takes the attributes of a reply; the type was checked by the caller.
- * @own: the reply to a change this mount made (SETATTR): mode and owner are
- * zusd's now, but the ACLs cached stay only until perm_expire, which a
- * refresh from zusd (GETATTR, LOOKUP) moves, not this.
+ * The times, size and link count of @a, fresh for attr_timeout. @own: @a
+ * is the reply to a change this mount made (zufs_ctime_seen()).
  */
-static void __zufs_fill_inode(struct inode *inode, const struct zus_attr *a,
-			      bool own)
+static void zufs_fill_times(struct inode *inode, const struct zus_attr *a,
+			    bool own)
 {
 	struct timespec64 ctime = ns_to_timespec64(a->ctime_ns);
 
 	zufs_ctime_seen(inode, &ctime, own);
-	inode->i_mode = (inode->i_mode & S_IFMT) | (a->mode & ~S_IFMT);
-	set_nlink(inode, a->nlink);
-	inode->i_uid = make_kuid(&init_user_ns, a->uid);
-	inode->i_gid = make_kgid(&init_user_ns, a->gid);
-	i_size_write(inode, min_t(u64, a->size, MAX_LFS_FILESIZE));
-	inode->i_blocks = a->blocks;
-	inode->i_atime = ns_to_timespec64(a->atime_ns);
-	inode->i_mtime = ns_to_timespec64(a->mtime_ns);
-	inode->i_ctime = ctime;
-	inode->i_generation = a->generation;
-	if (own)
-		WRITE_ONCE(ZUFS_I(inode)->attr_expire, get_jiffies_64() +
-			   ZUFS_SB(inode->i_sb)->attr_timeout);
-	else
-		zufs_attr_fresh(inode);
-}
-
-static void zufs_fill_inode(struct inode *inode, const struct zus_attr *a)
-{
-	__zufs_fill_inode(inode, a, false);
-}
-
-/*
- * The times, size and link count of @a, from the reply to a change of names
- * this mount made in the directory @inode: they are fresh for attr_timeout.
- * Mode, owner and ACLs stay as the last full refresh left them, valid until
- * perm_expire (then zufs_fill_inode() sees the ctime moved and drops the
- * cached ACLs, once, instead of at each create).
- */
-static void zufs_fill_times(struct inode *inode, const struct zus_attr *a)
-{
-	struct timespec64 ctime = ns_to_timespec64(a->ctime_ns);
-
-	zufs_ctime_seen(inode, &ctime, true);
 	set_nlink(inode, a->nlink);
 	i_size_write(inode, min_t(u64, a->size, MAX_LFS_FILESIZE));
 	inode->i_blocks = a->blocks;
@@ -328,6 +292,31 @@ static void zufs_fill_times(struct inode *inode, const struct zus_attr *a)
 	inode->i_ctime = ctime;
 	WRITE_ONCE(ZUFS_I(inode)->attr_expire,
 		   get_jiffies_64() + ZUFS_SB(inode->i_sb)->attr_timeout);
+}
+
+/*
+ * Takes the attributes of a reply; the type was checked by the caller.
+ * @own: the reply to a change this mount made (SETATTR): mode and owner are
+ * zusd's now, but the ACLs cached stay only until perm_expire, which a
+ * refresh from zusd (GETATTR, LOOKUP) moves, not this. (A change of names
+ * in a directory takes only zufs_fill_times() from its reply: the mode,
+ * owner and ACLs stay as the last refresh left them.)
+ */
+static void __zufs_fill_inode(struct inode *inode, const struct zus_attr *a,
+			      bool own)
+{
+	zufs_fill_times(inode, a, own);
+	inode->i_mode = (inode->i_mode & S_IFMT) | (a->mode & ~S_IFMT);
+	inode->i_uid = make_kuid(&init_user_ns, a->uid);
+	inode->i_gid = make_kgid(&init_user_ns, a->gid);
+	inode->i_generation = a->generation;
+	if (!own)
+		zufs_attr_fresh(inode);
+}
+
+static void zufs_fill_inode(struct inode *inode, const struct zus_attr *a)
+{
+	__zufs_fill_inode(inode, a, false);
 }
 
 /*
@@ -927,7 +916,7 @@ static struct inode *zufs_make_inode(struct inode *dir, struct dentry *dentry,
 	if (fh && rep.dir.ino == dir->i_ino &&
 	    rep.dir.generation == dir->i_generation &&
 	    !inode_wrong_type(dir, rep.dir.mode))
-		zufs_fill_times(dir, &rep.dir);
+		zufs_fill_times(dir, &rep.dir, true);
 	else
 		zufs_times_stale(dir);
 	if (fh)
@@ -935,6 +924,16 @@ static struct inode *zufs_make_inode(struct inode *dir, struct dentry *dentry,
 out:
 	zufs_acl_release(&acls);
 	return inode;
+}
+
+/* @dentry names the new @inode (an atomic open's may be in lookup still) */
+static void zufs_instantiate(struct dentry *dentry, struct inode *inode)
+{
+	zufs_dentry_fresh(dentry);
+	if (d_in_lookup(dentry))
+		d_splice_alias(inode, dentry);	/* not a directory: no alias */
+	else
+		d_instantiate(dentry, inode);
 }
 
 /* create, mknod, mkdir */
@@ -946,8 +945,7 @@ static int zufs_make(struct inode *dir, struct dentry *dentry, u32 opcode,
 
 	if (IS_ERR(inode))
 		return PTR_ERR(inode);
-	zufs_dentry_fresh(dentry);
-	d_instantiate(dentry, inode);
+	zufs_instantiate(dentry, inode);
 	return 0;
 }
 
@@ -998,11 +996,7 @@ static int zufs_atomic_open(struct inode *dir, struct dentry *dentry,
 					0, file->f_flags | O_CREAT | O_EXCL,
 					&fh);
 		if (!IS_ERR(inode)) {
-			zufs_dentry_fresh(dentry);
-			if (d_in_lookup(dentry))
-				d_splice_alias(inode, dentry);
-			else
-				d_instantiate(dentry, inode);
+			zufs_instantiate(dentry, inode);
 			file->f_mode |= FMODE_CREATED;
 			file->private_data = (void *)(uintptr_t)fh;
 			err = finish_open(file, dentry, zufs_open_created);
