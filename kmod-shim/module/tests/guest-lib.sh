@@ -27,9 +27,10 @@ wait_for() {  # TENTHS CMD...: up to TENTHS/10 s for CMD to succeed
 uptime_ms() { awk '{ printf "%d\n", $1 * 1000 }' /proc/uptime; }
 
 # zusd with the plugins, until it is ready (or dead): ZUFS_PLUGINS, ZUFS_SOCKET and LOG from the
-# caller, its arguments (e.g. --kernel) first; sets ZPID
+# caller (ZUSD: another zusd than /bin/zusd; ZUSD_LOG: its ZUFS_LOG, default info, which must
+# let its "zusd ready" line through), its arguments (e.g. --kernel) first; sets ZPID
 start_zusd() {
-	ZUFS_LOG=info /bin/zusd "$@" --plugins "$ZUFS_PLUGINS" --socket "$ZUFS_SOCKET" >>"$LOG" 2>&1 &
+	ZUFS_LOG=${ZUSD_LOG:-info} "${ZUSD:-/bin/zusd}" "$@" --plugins "$ZUFS_PLUGINS" --socket "$ZUFS_SOCKET" >>"$LOG" 2>&1 &
 	ZPID=$!
 	wait_for 600 sh -c "grep -q 'zusd ready' $LOG || ! kill -0 $ZPID 2>/dev/null"
 	grep 'zusd ready' "$LOG" | tail -n 1 | sed 's/^/GUEST: zusd: /'

@@ -13,6 +13,8 @@
 #   tmpfs
 # in interleaved rounds, the best round per metric, and the ratios. TCG makes
 # absolute times meaningless: only the ratios say something.
+. /tests/lib/guest-lib.sh	# start_zusd, stop_zusd
+
 OPS=${ZUFS_BENCH_OPS:-1000}
 ROUNDS=${ZUFS_BENCH_ROUNDS:-2}
 export ZUFS_SOCKET=/run/zufs/zusd-bench.sock ZUFS_PLUGINS=/lib/zufs/plugins ZUFS_RUN_DIR=/run/zufs NO_COLOR=1
@@ -23,10 +25,8 @@ mkdir -p /tmp/zbt /mnt/zbk /mnt/zbf /run/zufs
 mount -t tmpfs bench-tmpfs /tmp/zbt
 lsmod | grep -q '^zufs ' || modprobe zufs
 modprobe fuse 2>/dev/null
-ZUFS_LOG=warn,zusd=info /bin/zusd --kernel --plugins "$ZUFS_PLUGINS" --socket "$ZUFS_SOCKET" >"$LOG" 2>&1 &
-ZPID=$!
-i=0
-while ! grep -q 'zusd ready' "$LOG" && kill -0 $ZPID 2>/dev/null && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done
+: >"$LOG"
+ZUSD_LOG=warn,zusd=info start_zusd --kernel
 zufs mkfs -t pmemfs --size 256M /dev/shm/bench-k >/dev/null &&
 	zufs mount -t pmemfs -o transport=kernel /dev/shm/bench-k /mnt/zbk || say "skipped: no module mount ($(tail -n 2 $LOG))"
 zufs mkfs -t pmemfs --size 256M /dev/shm/bench-f >/dev/null &&
@@ -70,8 +70,7 @@ END {
 
 grep -q ' /mnt/zbf ' /proc/mounts && zufs umount /mnt/zbf
 grep -q ' /mnt/zbk ' /proc/mounts && zufs umount /mnt/zbk
-kill -TERM $ZPID 2>/dev/null
-wait $ZPID 2>/dev/null
+stop_zusd
 rm -f /dev/shm/bench-k /dev/shm/bench-f
 umount /tmp/zbt
 rmmod zufs 2>/dev/null

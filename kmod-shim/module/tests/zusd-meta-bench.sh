@@ -26,7 +26,7 @@
 # are revalidated (another request), so a slower create phase leaves more of
 # them to revalidate.
 # /etc/zufs-meta-bench.conf (written by the wrapper) may set OPS and ROUNDS.
-. /tests/lib/guest-lib.sh	# wait_for
+. /tests/lib/guest-lib.sh	# wait_for, start_zusd, stop_zusd
 
 OPS=2000
 ROUNDS=5
@@ -72,9 +72,7 @@ up() {
 	if [ -n "$KO" ]; then insmod "$KO"; else modprobe zufs; fi || { say "$1: module not loaded"; return 1; }
 	: >"$LOG"
 	# warnings, and zusd's own info lines: "zusd ready" is one
-	ZUFS_LOG=warn,zusd=info "$ZUSD" --kernel --plugins "$PLUG" --socket "$ZUFS_SOCKET" >>"$LOG" 2>&1 &
-	ZPID=$!
-	wait_for 600 sh -c "grep -q 'zusd ready' $LOG || ! kill -0 $ZPID 2>/dev/null"
+	ZUSD_LOG=warn,zusd=info start_zusd --kernel
 	grep -q 'zusd ready' "$LOG" || say "$1: zusd not ready ($(tail -n 2 "$LOG"))"
 	rm -f /dev/shm/meta-$1
 	"$CLI" mkfs -t pmemfs --size 256M /dev/shm/meta-$1 >/dev/null &&
@@ -84,8 +82,7 @@ up() {
 
 down() {  # NAME MOUNTPOINT
 	grep -q " $2 " /proc/mounts && "$CLI" umount "$2"
-	kill -TERM "$ZPID" 2>/dev/null
-	wait "$ZPID" 2>/dev/null
+	stop_zusd
 	rm -f /dev/shm/meta-$1
 	unload
 }
