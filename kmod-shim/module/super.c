@@ -69,7 +69,19 @@ struct zufs_sb_info {
 	char *dax_path;
 	/* zusd answered ENOSYS to CREATE_OPEN: create, then open */
 	bool no_create_open;
+	/* zufs_sbs: every superblock of the module */
+	struct list_head sbs;
+	/*
+	 * Another superblock serves the same zusd mount (a second mount(2)
+	 * of its mount_id, e.g. a window mount next to a DAX one): what one
+	 * changes the other cannot know, so neither trusts its caches longer
+	 * than ZUFS_DEFAULT_TIMEOUT_MS from then on.
+	 */
+	bool shared;
 };
+
+static LIST_HEAD(zufs_sbs);
+static DEFINE_MUTEX(zufs_sbs_lock);
 
 /* an op that goes out later, from the work item: FORGET or RELEASE */
 struct zufs_forget {
@@ -108,6 +120,14 @@ struct zufs_inode {
 	/* files with a shared writable map (window mounts): writeback's fh */
 	spinlock_t wb_lock;
 	struct list_head wb_files;
+	/*
+	 * Files whose process writes past the kernel (the preload library
+	 * asked ZUFS_IOC_TICKET on them, under wb_lock): while one is open,
+	 * size, blocks, times and (a write drops set-id bits) the mode change
+	 * behind this mount, and nothing cached of them is used.
+	 */
+	struct list_head fp_files;
+	atomic_t fp_writers;
 };
 
 struct zufs_wb_file {
@@ -169,22 +189,53 @@ static void zufs_times_stale(struct inode *inode)
 	WRITE_ONCE(ZUFS_I(inode)->attr_expire, get_jiffies_64() - 1);
 }
 
+/*
+ * What is left of @timeout from a deadline of @expire: on a shared
+ * superblock (zufs_sb_info.shared) a deadline set for a longer timeout
+ * ends ZUFS_DEFAULT_TIMEOUT_MS after it was set.
+ */
+static u64 zufs_deadline(struct zufs_sb_info *sbi, u64 expire,
+			 unsigned long timeout)
+{
+	unsigned long cap = msecs_to_jiffies(ZUFS_DEFAULT_TIMEOUT_MS);
+
+	if (READ_ONCE(sbi->shared) && timeout > cap)
+		expire -= timeout - cap;
+	return expire;
+}
+
+static bool zufs_inode_fresh(struct inode *inode, u64 expire)
+{
+	struct zufs_sb_info *sbi = ZUFS_SB(inode->i_sb);
+
+	return !atomic_read(&ZUFS_I(inode)->fp_writers) &&
+	       time_before64(get_jiffies_64(),
+			     zufs_deadline(sbi, expire, sbi->attr_timeout));
+}
+
 static bool zufs_perm_valid(struct inode *inode)
 {
-	return time_before64(get_jiffies_64(),
-			     READ_ONCE(ZUFS_I(inode)->perm_expire));
+	return zufs_inode_fresh(inode, READ_ONCE(ZUFS_I(inode)->perm_expire));
 }
 
 static bool zufs_attr_valid(struct inode *inode)
 {
-	return time_before64(get_jiffies_64(),
-			     READ_ONCE(ZUFS_I(inode)->attr_expire));
+	return zufs_inode_fresh(inode, READ_ONCE(ZUFS_I(inode)->attr_expire));
 }
 
 static void zufs_dentry_fresh(struct dentry *dentry)
 {
 	WRITE_ONCE(dentry->d_time,
 		   jiffies + ZUFS_SB(dentry->d_sb)->entry_timeout);
+}
+
+static bool zufs_dentry_valid(struct dentry *dentry)
+{
+	struct zufs_sb_info *sbi = ZUFS_SB(dentry->d_sb);
+
+	return time_before(jiffies,
+			   (unsigned long)zufs_deadline(sbi, READ_ONCE(dentry->d_time),
+							sbi->entry_timeout));
 }
 
 /* i_nlink from a reply may be anything: never let drop_nlink() warn */
@@ -578,6 +629,8 @@ static struct inode *zufs_alloc_inode(struct super_block *sb)
 	zi->kc_marked = false;
 	spin_lock_init(&zi->wb_lock);
 	INIT_LIST_HEAD(&zi->wb_files);
+	INIT_LIST_HEAD(&zi->fp_files);
+	atomic_set(&zi->fp_writers, 0);
 	return &zi->vfs;
 }
 
@@ -801,7 +854,7 @@ static int zufs_d_revalidate(struct dentry *dentry, unsigned int flags)
 	struct zus_attr a;
 	int err;
 
-	if (time_before(jiffies, READ_ONCE(dentry->d_time)))
+	if (zufs_dentry_valid(dentry))
 		return 1;
 	if (flags & LOOKUP_RCU)
 		return -ECHILD;
@@ -1367,6 +1420,87 @@ static int zufs_kcache_mark(struct inode *inode)
 	return err;
 }
 
+/*
+ * What the FUSE bridge answers to ZUFS_IOC_TICKET (zus_api.h), with the
+ * layout of zus-api's IoctlTicket.
+ */
+struct zufs_ioctl_ticket {
+	__u64 ino;
+	__u64 ticket;
+	__u32 mount_id;
+	__u32 writable;
+};
+
+/*
+ * ZUFS_IOC_TICKET: the preload library asks it on every file it is about
+ * to serve itself, before its first op. This module issues no tickets
+ * (ticket 0: only the owner of a mount serves files past the kernel here);
+ * on a file open for writing it means that the file's size, blocks, times
+ * and mode will change behind this mount, so its cached attributes go now
+ * and are not trusted again until that file is released.
+ */
+static long zufs_file_ioctl(struct file *file, unsigned int cmd,
+			    unsigned long arg)
+{
+	struct inode *inode = file_inode(file);
+	struct zufs_inode *zi = ZUFS_I(inode);
+	struct zufs_ioctl_ticket t = {
+		.ino = inode->i_ino,
+		.mount_id = ZUFS_SB(inode->i_sb)->mount_id,
+		.writable = !!(file->f_mode & FMODE_WRITE),
+	};
+	struct zufs_wb_file *n = NULL, *w;
+
+	BUILD_BUG_ON(_IOC_SIZE(ZUFS_IOC_TICKET) != sizeof(t));
+	if (cmd != ZUFS_IOC_TICKET)
+		return -ENOTTY;
+	if (t.writable) {
+		n = kmalloc(sizeof(*n), GFP_KERNEL);
+		if (!n)
+			return -ENOMEM;
+		n->file = file;
+		spin_lock(&zi->wb_lock);
+		list_for_each_entry(w, &zi->fp_files, list) {
+			if (w->file == file)
+				goto known;
+		}
+		list_add_tail(&n->list, &zi->fp_files);
+		atomic_inc(&zi->fp_writers);
+		n = NULL;
+known:
+		spin_unlock(&zi->wb_lock);
+		kfree(n);
+		zufs_attr_stale(inode);
+	}
+	return copy_to_user((void __user *)arg, &t, sizeof(t)) ? -EFAULT : 0;
+}
+
+/* @file's ZUFS_IOC_TICKET registration goes with it */
+static void zufs_fp_del(struct file *file)
+{
+	struct inode *inode = file_inode(file);
+	struct zufs_inode *zi = ZUFS_I(inode);
+	struct zufs_wb_file *w, *found = NULL;
+
+	if (!atomic_read(&zi->fp_writers))
+		return;
+	spin_lock(&zi->wb_lock);
+	list_for_each_entry(w, &zi->fp_files, list) {
+		if (w->file == file) {
+			list_del(&w->list);
+			found = w;
+			break;
+		}
+	}
+	spin_unlock(&zi->wb_lock);
+	if (!found)
+		return;
+	kfree(found);
+	/* what the file's last writes changed is not cached either */
+	zufs_attr_stale(inode);
+	atomic_dec(&zi->fp_writers);
+}
+
 static int zufs_release(struct inode *inode, struct file *file)
 {
 	struct zufs_inode *zi = ZUFS_I(inode);
@@ -1374,6 +1508,7 @@ static int zufs_release(struct inode *inode, struct file *file)
 
 	/* dirty pages of shared maps go while this fh can carry them */
 	zufs_wb_del(file);
+	zufs_fp_del(file);
 	mutex_lock(&zi->kc_lock);
 	if (zi->kc_open && !--zi->kc_open && zi->kc_marked) {
 		/* no file, so no mapping: the page cache goes, then the mark */
@@ -2196,6 +2331,8 @@ static const struct file_operations zufs_file_fops = {
 	.fallocate	= zufs_fallocate,
 	.mmap		= zufs_file_mmap,
 	.mmap_supported_flags = MAP_SYNC,	/* DAX mounts only */
+	.unlocked_ioctl	= zufs_file_ioctl,
+	.compat_ioctl	= compat_ptr_ioctl,
 };
 
 static const struct file_operations zufs_dir_fops = {
@@ -2365,6 +2502,22 @@ static int zufs_parse_param(struct fs_context *fc, struct fs_parameter *param)
 	return 0;
 }
 
+/* adds @sbi to zufs_sbs; another superblock of its mount_id shares it */
+static void zufs_sb_register(struct zufs_sb_info *sbi)
+{
+	struct zufs_sb_info *o;
+
+	mutex_lock(&zufs_sbs_lock);
+	list_for_each_entry(o, &zufs_sbs, sbs) {
+		if (o->mount_id == sbi->mount_id) {
+			WRITE_ONCE(o->shared, true);
+			WRITE_ONCE(sbi->shared, true);
+		}
+	}
+	list_add_tail(&sbi->sbs, &zufs_sbs);
+	mutex_unlock(&zufs_sbs_lock);
+}
+
 static int zufs_fill_super(struct super_block *sb, struct fs_context *fc)
 {
 	struct zufs_fs_context *ctx = fc->fs_private;
@@ -2388,6 +2541,7 @@ static int zufs_fill_super(struct super_block *sb, struct fs_context *fc)
 	INIT_LIST_HEAD(&sbi->forgets);
 	INIT_DELAYED_WORK(&sbi->forget_work, zufs_forget_work);
 	sb->s_fs_info = sbi;
+	zufs_sb_register(sbi);
 	/*
 	 * A writeback-capable bdi of our own (get_tree_nodev's default, the
 	 * noop bdi, cannot write back): dirty pages of shared maps reach zusd
@@ -2512,6 +2666,9 @@ static void zufs_kill_sb(struct super_block *sb)
 		return;
 	flush_delayed_work(&sbi->forget_work);
 	zufs_send_forgets(sbi);
+	mutex_lock(&zufs_sbs_lock);
+	list_del(&sbi->sbs);
+	mutex_unlock(&zufs_sbs_lock);
 	if (sbi->pmem)
 		zufs_pmem_put(sbi->pmem);
 	kfree(sbi->dax_path);

@@ -116,8 +116,8 @@ pub enum TransportChoice {
     Kernel,
 }
 
-/// Default `attr_timeout` and `entry_timeout` of a FUSE mount (issue 17).
-pub const FUSE_CACHE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default `attr_timeout` and `entry_timeout` of a mount, on every transport (issue 17).
+pub const CACHE_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn secs(v: &str, name: &str) -> Result<Duration> {
     let f: f64 = v.parse().with_context(|| format!("mount option {name}={v}: not a number of seconds"))?;
@@ -217,16 +217,14 @@ pub fn parse_mount_options(opts: &str, fsname: &str) -> Result<MountOptions> {
     if dax.is_some() && transport != TransportChoice::Kernel {
         bail!("mount option dax/nodax: only with transport=kernel (the FUSE bridge has no DAX)");
     }
-    if transport != TransportChoice::Kernel {
-        // The FUSE bridge's defaults: nothing but the kernel changes names, and attributes only
-        // the kernel and the preload fast path, whose files the bridge gives no attribute
-        // lifetime (`Bridge::attr_ttl`). The kernel module keeps FuseOptions' 1 s.
-        if !attr_set {
-            f.attr_timeout = FUSE_CACHE_TIMEOUT;
-        }
-        if !entry_set {
-            f.entry_timeout = FUSE_CACHE_TIMEOUT;
-        }
+    // Nothing but the kernel changes names, and attributes only the kernel and the preload fast
+    // path, whose files neither the bridge (`Bridge::attr_ttl`) nor the kernel module (after the
+    // library's `ZUFS_IOC_TICKET` on the file) trusts cached attributes of while they are open.
+    if !attr_set {
+        f.attr_timeout = CACHE_TIMEOUT;
+    }
+    if !entry_set {
+        f.entry_timeout = CACHE_TIMEOUT;
     }
     Ok(MountOptions { fuse: f, server: server.join(","), data_path, transport, serve, dax: dax.unwrap_or_default() })
 }
@@ -966,13 +964,15 @@ mod tests {
     }
 
     #[test]
-    fn test_fuse_mounts_cache_for_a_minute_by_default_and_the_module_for_a_second() {
+    fn test_mounts_cache_for_a_minute_by_default_on_every_transport() {
         let m = parse_mount_options("transport=classic", "x").unwrap();
-        assert_eq!((m.fuse.attr_timeout, m.fuse.entry_timeout), (FUSE_CACHE_TIMEOUT, FUSE_CACHE_TIMEOUT));
+        assert_eq!((m.fuse.attr_timeout, m.fuse.entry_timeout), (CACHE_TIMEOUT, CACHE_TIMEOUT));
         let m = parse_mount_options("transport=uring,attr_timeout=0", "x").unwrap();
-        assert_eq!((m.fuse.attr_timeout, m.fuse.entry_timeout), (Duration::ZERO, FUSE_CACHE_TIMEOUT));
+        assert_eq!((m.fuse.attr_timeout, m.fuse.entry_timeout), (Duration::ZERO, CACHE_TIMEOUT));
         let m = parse_mount_options("transport=kernel", "x").unwrap();
-        assert_eq!((m.fuse.attr_timeout, m.fuse.entry_timeout), (Duration::from_secs(1), Duration::from_secs(1)));
+        assert_eq!((m.fuse.attr_timeout, m.fuse.entry_timeout), (CACHE_TIMEOUT, CACHE_TIMEOUT));
+        let m = parse_mount_options("transport=kernel,entry_timeout=1", "x").unwrap();
+        assert_eq!((m.fuse.attr_timeout, m.fuse.entry_timeout), (CACHE_TIMEOUT, Duration::from_secs(1)));
     }
 
     #[test]

@@ -329,7 +329,7 @@ mod tests {
         assert_eq!(m.server, "ro,inodes=9");
         assert_eq!(
             mount_data(1, 1, m.fuse.attr_timeout, m.fuse.entry_timeout),
-            "mount_id=1,root=1,attr_timeout_ms=0,entry_timeout_ms=1000"
+            "mount_id=1,root=1,attr_timeout_ms=0,entry_timeout_ms=60000"
         );
     }
 

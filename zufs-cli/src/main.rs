@@ -50,7 +50,7 @@ enum Cmd {
     },
     /// Mount a device at a directory (starts zusd when it is not running).
     ///
-    /// Options (-o, comma-separated): ro, rw, sync, attr_timeout=SECS, entry_timeout=SECS,
+    /// Options (-o, comma-separated): ro, rw, sync, attr_timeout=SECS, entry_timeout=SECS (default 60),
     /// allow_other|noallow_other (default allow_other), default_permissions|nodefault_permissions
     /// (default on), direct_io, keep_cache, threads=N (default: one per CPU), pin|nopin (pin reader n to CPU n; default pin),
     /// transport=auto|uring|classic (default auto or $ZUFS_TRANSPORT: FUSE over io_uring where the kernel offers it), data=auto|remote|window (default auto: window up to 32 KiB, one-copy remote above),

@@ -22,7 +22,7 @@ if [ "${NO_BUILD:-0}" != 1 ]; then
   (cd "$REPO" && cargo build --release -p zusd -p nullfs -p pmemfs -p zufs-cli -p zufs-preload 2>&1 | tail -2 &&
      cargo build --release -p zufs-tests --bin zufs-testclient 2>&1 | tail -2)
 fi
-gcc -static -O2 -g -Wall -Wextra -Werror -o "$W/build/dax-test" "$HERE/dax-test.c"
+gcc -static -O2 -g -Wall -Wextra -Werror -I"$REPO/zus-api/include" -o "$W/build/dax-test" "$HERE/dax-test.c"
 
 EXTRA="$W/build/dax-test"
 # the plugins just built (guest-test.sh prefers target/release/plugins, which may be stale)

@@ -14,6 +14,14 @@
  *   dax-test hold FILE       maps FILE's first page shared, closes the fd,
  *                            touches the page, prints "held" and waits for
  *                            a signal (the mapping keeps the file open)
+ *   dax-test ticket FILE OTHER MOUNT_ID
+ *                            ZUFS_IOC_TICKET on FILE (on a mount that caches
+ *                            attributes for a minute), which OTHER names
+ *                            through a second mount of the same zusd mount:
+ *                            what OTHER's writes do to the size shows in
+ *                            FILE's stat at once while FILE is open for
+ *                            writing with the ioctl asked, and after it is
+ *                            closed; prints "TEST name ... ok|FAILED"
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -24,10 +32,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "zus_api.h"	/* ZUFS_IOC_TICKET */
 
 #ifndef MAP_SYNC
 #define MAP_SYNC 0x80000
@@ -38,12 +49,14 @@
 
 static int failures;
 
+static const char *prefix = "dax_mmap_";
+
 static void check(const char *name, int ok, const char *why)
 {
 	if (ok)
-		printf("TEST dax_mmap_%s ... ok\n", name);
+		printf("TEST %s%s ... ok\n", prefix, name);
 	else
-		printf("TEST dax_mmap_%s ... FAILED: %s (errno %d %s)\n", name,
+		printf("TEST %s%s ... FAILED: %s (errno %d %s)\n", prefix, name,
 		       why, errno, strerror(errno));
 	if (!ok)
 		failures++;
@@ -304,6 +317,64 @@ static int hold(const char *path)
 	return 0;
 }
 
+/* zus-api's IoctlTicket, what ZUFS_IOC_TICKET answers */
+struct ioctl_ticket {
+	uint64_t ino;
+	uint64_t ticket;
+	uint32_t mount_id;
+	uint32_t writable;
+};
+
+/* OTHER appends @n zero bytes; FILE's size, as stat() through FILE's mount says */
+static off_t grow_and_stat(const char *other, const char *file, size_t n)
+{
+	static char zero[8192];
+	struct stat st;
+	int w = open(other, O_WRONLY | O_APPEND);
+	ssize_t r = w < 0 ? -1 : write(w, zero, n);
+
+	if (w >= 0)
+		close(w);
+	return r != (ssize_t)n || stat(file, &st) ? -1 : st.st_size;
+}
+
+static int ticket(const char *file, const char *other, unsigned int mount_id)
+{
+	struct ioctl_ticket t;
+	struct stat st;
+	int fd, ro, r;
+
+	prefix = "dax_ticket_";
+	fd = open(file, O_RDWR | O_CREAT | O_TRUNC, 0644);
+	if (fd < 0 || fstat(fd, &st))
+		die("open");
+	/* the size is now cached, for a minute on this mount */
+	check("size_cached_first", !stat(file, &st) && st.st_size == 0, "stat");
+	memset(&t, 0xff, sizeof(t));
+	r = ioctl(fd, ZUFS_IOC_TICKET, &t);
+	check("ioctl_answers_for_a_writable_file",
+	      !r && t.ino == (uint64_t)st.st_ino && t.ticket == 0 &&
+	      t.mount_id == mount_id && t.writable == 1, "ioctl");
+	check("others_write_seen_at_once_while_open",
+	      grow_and_stat(other, file, 8192) == 8192, "size");
+	check("and_again", grow_and_stat(other, file, 4096) == 12288, "size");
+	close(fd);
+	check("others_write_seen_after_the_close",
+	      grow_and_stat(other, file, 4096) == 16384, "size");
+	ro = open(file, O_RDONLY);
+	memset(&t, 0xff, sizeof(t));
+	r = ro < 0 ? -1 : ioctl(ro, ZUFS_IOC_TICKET, &t);
+	check("ioctl_answers_for_a_read_only_file",
+	      !r && t.ticket == 0 && t.writable == 0, "ioctl");
+	check("other_ioctls_refused",
+	      ro >= 0 && ioctl(ro, _IOR('Z', 99, struct ioctl_ticket), &t) == -1 &&
+	      errno == ENOTTY, "ioctl");
+	if (ro >= 0)
+		close(ro);
+	unlink(file);
+	return failures != 0;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc == 3 && !strcmp(argv[1], "mmap"))
@@ -314,6 +385,9 @@ int main(int argc, char **argv)
 		return bench(argv[2], argv[3]);
 	if (argc == 3 && !strcmp(argv[1], "hold"))
 		return hold(argv[2]);
-	fprintf(stderr, "usage: dax-test mmap DIR | overwrite FILE N | bench DIR LABEL | hold FILE\n");
+	if (argc == 5 && !strcmp(argv[1], "ticket"))
+		return ticket(argv[2], argv[3], strtoul(argv[4], NULL, 0));
+	fprintf(stderr, "usage: dax-test mmap DIR | overwrite FILE N | bench DIR LABEL | hold FILE |\n"
+		"       ticket FILE OTHER MOUNT_ID\n");
 	return 2;
 }

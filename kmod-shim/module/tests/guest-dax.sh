@@ -77,6 +77,19 @@ check dax_md5sum sh -c "[ \"\$(md5sum < $D/big)\" = \"\$(md5sum < /tmp/big)\" ]"
 check dax_data_seen_through_the_window_mount cmp /tmp/big $WIN/big
 check dax_window_write_seen_by_dax sh -c "echo fromwin > $WIN/w && [ \"\$(cat $D/w)\" = fromwin ]"
 check dax_overwrite_middle sh -c "dd if=/dev/zero of=$D/big bs=4096 seek=10 count=3 conv=notrunc 2>/dev/null && dd if=/dev/zero of=/tmp/big bs=4096 seek=10 count=3 conv=notrunc 2>/dev/null && cmp /tmp/big $D/big && cmp /tmp/big $WIN/big"
+# ---- what the mount caches: names and attributes for a minute (the zufs CLI's default) ----
+# but not a file's attributes while a process writes it past the kernel (the preload library
+# asks ZUFS_IOC_TICKET on such a file), and not beyond a second while another superblock (the
+# window mount) serves the same zusd mount and changes what this one cached
+check dax_mount_caches_for_a_minute [ "$(mount_opt $D attr_timeout_ms)/$(mount_opt $D entry_timeout_ms)" = 60000/60000 ]
+/bin/dax-test ticket $D/tk $WIN/tk "$MID" 2>&1
+size_is() { [ "$(stat -c %s "$1")" = "$2" ]; }
+echo first > $D/shared
+size_is $D/shared 6
+echo second >> $WIN/shared
+check dax_second_superblock_change_seen_within_3s wait_for 30 size_is $D/shared 13
+rm -f $D/shared
+
 cached_overwrites() {  # 200 O_SYNC overwrites through one open file: one MAP at most
 	/bin/dax-test overwrite $D/big 200 > /tmp/ow.log 2>&1
 	rc=$?
