@@ -69,6 +69,8 @@ struct zufs_sb_info {
 	char *dax_path;
 	/* zusd answered ENOSYS to CREATE_OPEN: create, then open */
 	bool no_create_open;
+	/* zusd answered ENOSYS to READDIR_PLUS: names only */
+	bool no_readdir_plus;
 	/* zufs_sbs: every superblock of the module */
 	struct list_head sbs;
 	/*
@@ -128,6 +130,16 @@ struct zufs_inode {
 	 */
 	struct list_head fp_files;
 	atomic_t fp_writers;
+	/*
+	 * A directory this mount made, each of whose names it has in the
+	 * dcache since: a name not there does not exist, and its lookup
+	 * costs no LOOKUP (tar's unlink() before each create, a build's
+	 * probes in a fresh tree). Until this jiffy (0: not known whole):
+	 * what the mkdir told is trusted for entry_timeout, as a name is.
+	 * A child dentry that leaves the dcache (zufs_d_prune), or a name
+	 * that turns out to be other than cached, ends it for good.
+	 */
+	u64 complete_until;
 };
 
 struct zufs_wb_file {
@@ -227,6 +239,35 @@ static void zufs_dentry_fresh(struct dentry *dentry)
 {
 	WRITE_ONCE(dentry->d_time,
 		   jiffies + ZUFS_SB(dentry->d_sb)->entry_timeout);
+}
+
+/* zufs_inode.complete_until: until when @dir is known whole, or 0 */
+static u64 zufs_dir_complete(struct inode *dir)
+{
+	struct zufs_sb_info *sbi = ZUFS_SB(dir->i_sb);
+	u64 until = READ_ONCE(ZUFS_I(dir)->complete_until);
+
+	if (!until)
+		return 0;
+	until = zufs_deadline(sbi, until, sbi->entry_timeout);
+	return time_before64(get_jiffies_64(), until) ? until : 0;
+}
+
+/* @dentry's name in its directory may be other than the dcache says */
+static void zufs_dir_incomplete(struct dentry *dentry)
+{
+	struct dentry *parent = READ_ONCE(dentry->d_parent);
+	struct inode *dir = parent ? d_inode_rcu(parent) : NULL;
+
+	if (dir && dentry != parent)
+		WRITE_ONCE(ZUFS_I(dir)->complete_until, 0);
+}
+
+/* zusd says that @dentry's name exists, which its negative dentry denied */
+static void zufs_name_error(struct dentry *dentry, s64 ret)
+{
+	if (ret == -EEXIST)
+		zufs_dir_incomplete(dentry);
 }
 
 static bool zufs_dentry_valid(struct dentry *dentry)
@@ -631,6 +672,7 @@ static struct inode *zufs_alloc_inode(struct super_block *sb)
 	INIT_LIST_HEAD(&zi->wb_files);
 	INIT_LIST_HEAD(&zi->fp_files);
 	atomic_set(&zi->fp_writers, 0);
+	zi->complete_until = 0;
 	return &zi->vfs;
 }
 
@@ -808,10 +850,18 @@ static int zufs_lookup_attr(struct inode *dir, const struct qstr *name,
 static struct dentry *zufs_lookup(struct inode *dir, struct dentry *dentry,
 				  unsigned int flags)
 {
+	u64 until = zufs_dir_complete(dir);
 	struct inode *inode = NULL;
 	struct zus_attr a;
 	int err;
 
+	if (dentry->d_name.len > ZUS_NAME_MAX)
+		return ERR_PTR(-ENAMETOOLONG);
+	if (until) {
+		/* every name of @dir is in the dcache: this one does not exist */
+		WRITE_ONCE(dentry->d_time, (unsigned long)until);
+		return d_splice_alias(NULL, dentry);
+	}
 	err = zufs_lookup_attr(dir, &dentry->d_name, &a);
 	if (!err) {
 		inode = zufs_iget(dir->i_sb, &a, true);
@@ -854,8 +904,22 @@ static int zufs_d_revalidate(struct dentry *dentry, unsigned int flags)
 	struct zus_attr a;
 	int err;
 
+	struct inode *dir;
+	struct dentry *p;
+	u64 until;
+
 	if (zufs_dentry_valid(dentry))
 		return 1;
+	/* a name a complete directory does not have stays absent */
+	p = READ_ONCE(dentry->d_parent);
+	dir = p != dentry ? d_inode_rcu(p) : NULL;
+	if (d_really_is_negative(dentry) && dir) {
+		until = zufs_dir_complete(dir);
+		if (until) {
+			WRITE_ONCE(dentry->d_time, (unsigned long)until);
+			return 1;
+		}
+	}
 	if (flags & LOOKUP_RCU)
 		return -ECHILD;
 	inode = d_inode(dentry);
@@ -870,15 +934,17 @@ static int zufs_d_revalidate(struct dentry *dentry, unsigned int flags)
 	dput(parent);
 	if (err == -ENOMEM || err == -EINTR)
 		return err;
-	if (err)
-		return 0;
-	if (a.ino == inode->i_ino && !inode_wrong_type(inode, a.mode) &&
+	if (!err && a.ino == inode->i_ino && !inode_wrong_type(inode, a.mode) &&
 	    a.generation == inode->i_generation) {
 		atomic64_inc(&ZUFS_I(inode)->nlookup);
 		zufs_fill_inode(inode, &a);
 		zufs_dentry_fresh(dentry);
 		return 1;
 	}
+	/* the name is not what the dcache says: the VFS drops the dentry */
+	zufs_dir_incomplete(dentry);
+	if (err)
+		return 0;
 	/* another inode now: give back the reference this lookup counted */
 	f = kmalloc(sizeof(*f), GFP_KERNEL);
 	if (f && a.ino) {
@@ -892,8 +958,15 @@ static int zufs_d_revalidate(struct dentry *dentry, unsigned int flags)
 	return 0;
 }
 
+/* a child leaves the dcache: its directory is no longer known whole */
+static void zufs_d_prune(struct dentry *dentry)
+{
+	zufs_dir_incomplete(dentry);
+}
+
 static const struct dentry_operations zufs_dentry_ops = {
 	.d_revalidate	= zufs_d_revalidate,
+	.d_prune	= zufs_d_prune,
 };
 
 static void zufs_send_release(struct super_block *sb, u64 ino, u64 fh)
@@ -942,6 +1015,7 @@ static struct inode *zufs_make_inode(struct inode *dir, struct dentry *dentry,
 			  rlen, rlen);
 	kfree(req);
 	if (ret < 0) {
+		zufs_name_error(dentry, ret);
 		inode = ERR_PTR(ret);
 		goto out;
 	}
@@ -1018,7 +1092,14 @@ static int zufs_mknod(struct user_namespace *mnt_userns, struct inode *dir,
 static int zufs_mkdir(struct user_namespace *mnt_userns, struct inode *dir,
 		      struct dentry *dentry, umode_t mode)
 {
-	return zufs_make(dir, dentry, ZUS_OP_MKDIR, mode | S_IFDIR, 0, 0);
+	int err = zufs_make(dir, dentry, ZUS_OP_MKDIR, mode | S_IFDIR, 0, 0);
+
+	/* empty, and every name it gets from now on comes through here */
+	if (!err && d_really_is_positive(dentry) &&
+	    ZUFS_SB(dir->i_sb)->entry_timeout)
+		WRITE_ONCE(ZUFS_I(d_inode(dentry))->complete_until,
+			   get_jiffies_64() + ZUFS_SB(dir->i_sb)->entry_timeout);
+	return err;
 }
 
 static int zufs_open(struct inode *inode, struct file *file);
@@ -1063,6 +1144,7 @@ static int zufs_atomic_open(struct inode *dir, struct dentry *dentry,
 		else if (err != -EEXIST || (flags & O_EXCL))
 			return err;
 		/* a cached negative name that another client created */
+		zufs_dir_incomplete(dentry);
 		if (err == -EEXIST && !d_in_lookup(dentry))
 			d_drop(dentry);
 	}
@@ -1155,8 +1237,10 @@ static int zufs_rename(struct user_namespace *mnt_userns,
 	ret = zufs_simple(ZUFS_SB(old_dir->i_sb)->mount_id, ZUS_OP_RENAME,
 			  req, len, NULL, 0, 0);
 	kfree(req);
-	if (ret < 0)
+	if (ret < 0) {
+		zufs_name_error(new_dentry, ret);
 		return ret;
+	}
 	if (target && !(flags & RENAME_EXCHANGE)) {
 		if (S_ISDIR(target->i_mode))
 			clear_nlink(target);
@@ -1190,8 +1274,10 @@ static int zufs_link(struct dentry *old, struct inode *dir,
 	ret = zufs_simple(ZUFS_SB(dir->i_sb)->mount_id, ZUS_OP_LINK, req, len,
 			  &a, sizeof(a), sizeof(a));
 	kfree(req);
-	if (ret < 0)
+	if (ret < 0) {
+		zufs_name_error(dentry, ret);
 		return ret;
+	}
 	if (a.ino != d_inode(old)->i_ino)
 		return -EIO;
 	inode = zufs_iget(dir->i_sb, &a, true);
@@ -1225,8 +1311,10 @@ static int zufs_symlink(struct user_namespace *mnt_userns, struct inode *dir,
 	ret = zufs_simple(ZUFS_SB(dir->i_sb)->mount_id, ZUS_OP_SYMLINK, req,
 			  len, &a, sizeof(a), sizeof(a));
 	kfree(req);
-	if (ret < 0)
+	if (ret < 0) {
+		zufs_name_error(dentry, ret);
 		return ret;
+	}
 	if (!S_ISLNK(a.mode))
 		return -EIO;
 	inode = zufs_iget(dir->i_sb, &a, true);
@@ -1276,11 +1364,101 @@ static const char *zufs_get_link(struct dentry *dentry, struct inode *inode,
 	return buf;
 }
 
+/* A lookup reference that reached no inode goes back with the next batch. */
+static void zufs_forget_one(struct super_block *sb, u64 ino)
+{
+	struct zufs_forget *f = kmalloc(sizeof(*f), GFP_KERNEL);
+
+	if (!f) {
+		struct zus_forget_req r = { .ino = ino, .nlookup = 1 };
+
+		zufs_simple(ZUFS_SB(sb)->mount_id, ZUS_OP_FORGET, &r, sizeof(r),
+			    NULL, 0, 0);
+		return;
+	}
+	f->opcode = ZUS_OP_FORGET;
+	f->ino = ino;
+	f->arg = 1;
+	zufs_queue_forget(ZUFS_SB(sb), f);
+}
+
+/*
+ * A READDIR_PLUS entry: its name goes in the dcache with its inode, which
+ * keeps the lookup reference zusd counted for it, so that the stat of each
+ * entry that follows (ls -l, find, rm -rf) costs no LOOKUP. A name the
+ * dcache holds with this inode already is only confirmed (its attributes
+ * stay as they are: they may be newer than the lookup, which raced with
+ * whatever this mount did to the inode since); a name it holds otherwise
+ * (negative, another inode) is left to d_revalidate.
+ */
+static void zufs_readdir_link(struct dentry *parent, const char *name,
+			      u32 len, const struct zus_attr *a)
+{
+	struct inode *dir = d_inode(parent);
+	struct qstr q = QSTR_INIT(name, len);
+	DECLARE_WAIT_QUEUE_HEAD_ONSTACK(wq);
+	struct dentry *dentry, *alias;
+	struct inode *inode;
+
+	q.hash = full_name_hash(parent, q.name, q.len);
+	dentry = d_lookup(parent, &q);
+	if (dentry) {
+		inode = d_inode(dentry);
+		if (inode && inode->i_ino == a->ino &&
+		    !inode_wrong_type(inode, a->mode) &&
+		    inode->i_generation == a->generation) {
+			atomic64_inc(&ZUFS_I(inode)->nlookup);
+			zufs_dentry_fresh(dentry);
+			dput(dentry);
+			return;
+		}
+		dput(dentry);
+		goto forget;
+	}
+	dentry = d_alloc_parallel(parent, &q, &wq);
+	if (IS_ERR(dentry))
+		goto forget;
+	if (!d_in_lookup(dentry)) {
+		/* another task looked it up meanwhile */
+		dput(dentry);
+		goto forget;
+	}
+	inode = zufs_iget(dir->i_sb, a, true);
+	if (IS_ERR(inode)) {
+		d_lookup_done(dentry);
+		dput(dentry);
+		goto forget;
+	}
+	zufs_dentry_fresh(dentry);
+	alias = d_splice_alias(inode, dentry);
+	d_lookup_done(dentry);
+	if (!IS_ERR_OR_NULL(alias))
+		dput(alias);
+	dput(dentry);
+	return;
+forget:
+	zufs_forget_one(dir->i_sb, a->ino);
+}
+
+/* DT_* of a mode */
+static u32 zufs_dt(u32 mode)
+{
+	return (mode & S_IFMT) >> 12;
+}
+
+/*
+ * Directory entries from zusd's window: READDIR_PLUS (each entry with its
+ * inode's attributes, zufs_readdir_link()) unless the directory is known
+ * whole (its names are all in the dcache) or zusd lacks the op; else
+ * READDIR, names only.
+ */
 static int zufs_readdir(struct file *file, struct dir_context *ctx)
 {
 	struct inode *dir = file_inode(file);
+	struct zufs_sb_info *sbi = ZUFS_SB(dir->i_sb);
 	struct zus_readdir_req r = { .dir = dir->i_ino };
-	struct zus_dirent de;
+	struct zus_dirent_plus dp;
+	struct zus_dirent *de = &dp.dirent;
 	struct iov_iter it;
 	struct kvec kv;
 	size_t size;
@@ -1297,9 +1475,12 @@ static int zufs_readdir(struct file *file, struct dir_context *ctx)
 	if (!buf)
 		return -ENOMEM;
 	for (;;) {
+		bool plus = !READ_ONCE(sbi->no_readdir_plus) &&
+			    !zufs_dir_complete(dir);
+		size_t rec = plus ? sizeof(dp) : sizeof(*de);
 		struct zufs_op op = {
-			.opcode = ZUS_OP_READDIR,
-			.mount_id = ZUFS_SB(dir->i_sb)->mount_id,
+			.opcode = plus ? ZUS_OP_READDIR_PLUS : ZUS_OP_READDIR,
+			.mount_id = sbi->mount_id,
 			.req = &r,
 			.req_len = sizeof(r),
 			.result_max = size,
@@ -1307,7 +1488,7 @@ static int zufs_readdir(struct file *file, struct dir_context *ctx)
 			.data_out_size = size,
 		};
 		size_t off = 0, n;
-		bool progress = false;
+		bool progress = false, emit = true;
 		s64 ret;
 
 		r.cookie = ctx->pos - 2;
@@ -1315,6 +1496,10 @@ static int zufs_readdir(struct file *file, struct dir_context *ctx)
 		kv.iov_len = size;
 		iov_iter_kvec(&it, ITER_DEST, &kv, 1, size);
 		ret = zufs_dispatch(&op);
+		if (ret == -ENOSYS && plus) {
+			WRITE_ONCE(sbi->no_readdir_plus, true);
+			continue;
+		}
 		if (ret < 0) {
 			err = ret;
 			break;
@@ -1322,23 +1507,44 @@ static int zufs_readdir(struct file *file, struct dir_context *ctx)
 		n = op.data_len;
 		if (!n)
 			break;
-		while (off + sizeof(de) <= n) {
-			const char *name = buf + off + sizeof(de);
+		/*
+		 * Every record is read (a plus one's lookup reference is kept
+		 * or given back) even after the caller's buffer is full.
+		 */
+		while (off + rec <= n) {
+			const char *name = buf + off + rec;
+			bool dots;
 
-			memcpy(&de, buf + off, sizeof(de));
-			if (!de.name_len || de.name_len > ZUS_NAME_MAX ||
-			    off + sizeof(de) + de.name_len > n || de.kind > 15 ||
-			    de.cookie >= (u64)LLONG_MAX - 2 || !de.ino) {
+			memcpy(&dp, buf + off, rec);
+			if (!de->name_len || de->name_len > ZUS_NAME_MAX ||
+			    off + rec + de->name_len > n || de->kind > 15 ||
+			    de->cookie >= (u64)LLONG_MAX - 2 || !de->ino) {
 				err = -EIO;
 				goto out;
 			}
-			if (!is_dot_dotdot(name, de.name_len) &&
-			    !dir_emit(ctx, name, de.name_len, de.ino, de.kind))
-				goto out;
-			ctx->pos = de.cookie + 2;
-			progress = true;
-			off += round_up(sizeof(de) + de.name_len, 8);
+			dots = is_dot_dotdot(name, de->name_len);
+			if (plus && dp.attr.ino) {
+				if (dots || dp.attr.ino != de->ino ||
+				    zufs_dt(dp.attr.mode) != de->kind)
+					zufs_forget_one(dir->i_sb, dp.attr.ino);
+				else
+					zufs_readdir_link(file->f_path.dentry,
+							  name, de->name_len,
+							  &dp.attr);
+			}
+			if (emit) {
+				if (!dots &&
+				    !dir_emit(ctx, name, de->name_len, de->ino,
+					      de->kind))
+					emit = false;
+				else
+					ctx->pos = de->cookie + 2;
+				progress = true;
+			}
+			off += round_up(rec + de->name_len, 8);
 		}
+		if (!emit)
+			break;
 		if (!progress) {
 			err = -EIO;
 			break;
@@ -1666,8 +1872,13 @@ static ssize_t zufs_write_iter(struct kiocb *iocb, struct iov_iter *from)
 		if (ret < len)
 			break;
 	}
-	/* mtime and ctime changed; pages of private maps are read again */
-	zufs_attr_stale(inode);
+	/*
+	 * mtime and ctime changed; mode and owner did not (this module sends
+	 * no KILL_SUIDGID: file_remove_privs() above dropped the set-id bits
+	 * with a SETATTR), so permission checks and the cached ACLs stay.
+	 * Pages of private maps are read again.
+	 */
+	zufs_times_stale(inode);
 	if (done && inode->i_mapping->nrpages)
 		invalidate_inode_pages2_range(inode->i_mapping,
 					      (pos - done) >> PAGE_SHIFT,
@@ -2401,10 +2612,14 @@ static const struct inode_operations zufs_special_iops = {
 
 static int zufs_statfs(struct dentry *dentry, struct kstatfs *buf)
 {
+	struct zufs_sb_info *sbi = ZUFS_SB(dentry->d_sb);
 	struct zus_statfs_reply s;
 	s64 ret;
 
-	ret = zufs_simple(ZUFS_SB(dentry->d_sb)->mount_id, ZUS_OP_STATFS,
+	/* the blocks of files removed and closed just now count as free */
+	if (!list_empty_careful(&sbi->forgets))
+		flush_delayed_work(&sbi->forget_work);
+	ret = zufs_simple(sbi->mount_id, ZUS_OP_STATFS,
 			  NULL, 0, &s, sizeof(s), sizeof(s));
 	if (ret < 0)
 		return ret;

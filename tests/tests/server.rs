@@ -375,6 +375,16 @@ fn test_create_open_is_one_op_with_the_attributes_and_a_handle() {
     assert!(out.contains("CREATEOPEN OK"), "{out}");
 }
 
+/// `ReaddirPlus` is one op at zusd (the plugin's readdir, then a lookup per name): the module's
+/// readdir sends it, so that `ls -l` or `rm -rf` of a directory the kernel does not hold costs
+/// no lookup per entry.
+#[test]
+fn test_readdir_plus_gives_the_entries_with_their_attributes() {
+    let (_d, z) = nullfs_server("readdirplus", &[]);
+    let out = run(&z, &["readdir-plus"], Duration::from_secs(60));
+    assert!(out.contains("READDIRPLUS OK"), "{out}");
+}
+
 #[test]
 fn test_tickets_let_another_user_do_data_ops_on_their_inode_only() {
     // A user who does not own a mount attaches with tickets only: data ops on the inode a

@@ -202,6 +202,14 @@ enum zus_op_code {
 	 * never see this op code); the answer is 0 whatever they answered.
 	 */
 	ZUS_OP_RELEASE_MANY = 35,
+	/*
+	 * Read directory entries with their inodes' attributes (`struct zus_readdir_req`): the data window
+	 * holds `struct zus_dirent_plus` records; the result is the number of bytes written. Each record
+	 * with a nonzero `attr.ino` counted a lookup reference, as a `Lookup` of its name would
+	 * (`.` and `..` get none). Served by zusd itself from the plugin's `Readdir` and a
+	 * `Lookup` per entry (plugins never see this op code).
+	 */
+	ZUS_OP_READDIR_PLUS = 36,
 };
 
 /*
@@ -367,6 +375,17 @@ struct zus_dirent {
 	/* `DT_*` type. */
 	__u32 kind;
 	__u32 name_len;
+};
+
+/*
+ * A `ZUS_OP_READDIR_PLUS` record in the data window: the entry, then its inode's attributes
+ * (what a `Lookup` of the name answers; all zero when there is none: `.`, `..`, or a name gone
+ * before its lookup); the name follows, the record is padded to 8.
+ * (104 bytes.)
+ */
+struct zus_dirent_plus {
+	struct zus_dirent dirent;
+	struct zus_attr attr;
 };
 
 /*

@@ -127,11 +127,17 @@ pub enum OpCode {
     /// to back (nothing else). Served by zusd as that many `Release`s of the plugin (plugins
     /// never see this op code); the answer is 0 whatever they answered.
     ReleaseMany = 35,
+    /// Read directory entries with their inodes' attributes ([`ReaddirReq`]): the data window
+    /// holds [`DirentPlus`] records; the result is the number of bytes written. Each record
+    /// with a nonzero `attr.ino` counted a lookup reference, as a `Lookup` of its name would
+    /// (`.` and `..` get none). Served by zusd itself from the plugin's `Readdir` and a
+    /// `Lookup` per entry (plugins never see this op code).
+    ReaddirPlus = 36,
 }
 
 impl OpCode {
     /// Every op code, in numeric order.
-    pub const ALL: [Self; 35] = [
+    pub const ALL: [Self; 36] = [
         Self::Noop,
         Self::Statfs,
         Self::Sync,
@@ -167,6 +173,7 @@ impl OpCode {
         Self::CreateOpen,
         Self::ForgetMany,
         Self::ReleaseMany,
+        Self::ReaddirPlus,
     ];
 
     /// Decodes a wire op code.
@@ -188,7 +195,7 @@ impl OpCode {
             Self::Rename => size_of::<RenameReq>(),
             Self::Link => size_of::<LinkReq>(),
             Self::Symlink => size_of::<SymlinkReq>(),
-            Self::Readdir => size_of::<ReaddirReq>(),
+            Self::Readdir | Self::ReaddirPlus => size_of::<ReaddirReq>(),
             Self::Open => size_of::<OpenReq>(),
             Self::Release | Self::ReleaseMany => size_of::<ReleaseReq>(),
             Self::Read | Self::Write => size_of::<IoReq>(),
@@ -399,6 +406,17 @@ pub struct Dirent {
     /// `DT_*` type.
     pub kind: u32,
     pub name_len: u32,
+}
+
+/// A [`OpCode::ReaddirPlus`] record in the data window: the entry, then its inode's attributes
+/// (what a `Lookup` of the name answers; all zero when there is none: `.`, `..`, or a name gone
+/// before its lookup); the name follows, the record is padded to 8.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable)]
+#[allow(missing_docs)]
+pub struct DirentPlus {
+    pub dirent: Dirent,
+    pub attr: Attr,
 }
 
 /// Open an inode.
@@ -697,6 +715,7 @@ pod_impl! {
     SymlinkReq = 16,
     ReaddirReq = 16,
     Dirent = 24,
+    DirentPlus = 104,
     OpenReq = 16,
     OpenReply = 8,
     CreateOpenReply = 168,
@@ -741,6 +760,7 @@ const _: () = {
     assert!(offset_of!(IoReq, flags) == 32);
     assert!(offset_of!(IoReq, niov) == 40);
     assert!(offset_of!(Dirent, name_len) == 20);
+    assert!(offset_of!(DirentPlus, attr) == 24);
     assert!(offset_of!(RenameReq, flags) == 16);
     assert!(offset_of!(CopyFileRangeReq, ino_out) == 24);
     assert!(offset_of!(CopyFileRangeReq, len) == 48);
@@ -777,7 +797,7 @@ mod tests {
             assert_eq!(OpCode::from_u32(op as u32), Some(op));
         }
         assert_eq!(OpCode::from_u32(0), None);
-        assert_eq!(OpCode::from_u32(36), None);
+        assert_eq!(OpCode::from_u32(37), None);
         assert_eq!(OpCode::from_u32(u32::MAX), None);
     }
 

@@ -109,6 +109,7 @@ const FACTS: [OpFacts; OpCode::ALL.len()] = [
     /* CreateOpen */ f(size_of::<CreateReq>(), true, Never, Refused, false),
     /* ForgetMany */ f(size_of::<ForgetReq>(), false, Never, Refused, true),
     /* ReleaseMany */ f(size_of::<ReleaseReq>(), false, Never, Refused, true),
+    /* ReaddirPlus */ f(size_of::<ReaddirReq>(), false, Never, Refused, false),
 ];
 
 impl OpCode {
@@ -142,6 +143,7 @@ pub enum Request<'a> {
     Symlink(SymlinkReq, &'a [u8], &'a [u8]),
     Readlink(InoReq),
     Readdir(ReaddirReq),
+    ReaddirPlus(ReaddirReq),
     Open(OpenReq),
     Release(ReleaseReq),
     /// The request and the bytes after it (remote iovecs, checked by the data-path code).
@@ -280,6 +282,7 @@ impl<'a> Request<'a> {
             }
             OpCode::Readlink => Self::Readlink(fixed(p)?.0),
             OpCode::Readdir => Self::Readdir(fixed(p)?.0),
+            OpCode::ReaddirPlus => Self::ReaddirPlus(fixed(p)?.0),
             OpCode::Open => Self::Open(fixed(p)?.0),
             OpCode::Release => Self::Release(fixed(p)?.0),
             OpCode::Read => {
@@ -344,7 +347,7 @@ impl<'a> Request<'a> {
             Self::Lookup(r, _) | Self::Unlink(r, _) | Self::Rmdir(r, _) => r.dir,
             Self::Create(r, _) | Self::CreateOpen(r, _) | Self::Mknod(r, _) | Self::Mkdir(r, _) => r.dir,
             Self::Symlink(r, ..) => r.dir,
-            Self::Readdir(r) => r.dir,
+            Self::Readdir(r) | Self::ReaddirPlus(r) => r.dir,
             Self::Rename(r, ..) => r.old_dir,
             Self::Noop | Self::Statfs | Self::Sync => 0,
         }

@@ -372,7 +372,9 @@ fn dispatch<T: FileSystem>(fs: &T, call: &mut OpCall) -> Result<u64, Errno> {
             Ok(0)
         }
         // zusd composes these from Create and Open, Forgets, Releases; a plugin never sees them.
-        Request::CreateOpen(..) | Request::ForgetMany(_) | Request::ReleaseMany(_) => Err(Errno::ENOSYS),
+        Request::CreateOpen(..) | Request::ForgetMany(_) | Request::ReleaseMany(_) | Request::ReaddirPlus(_) => {
+            Err(Errno::ENOSYS)
+        }
         Request::Mknod(r, name) => {
             let a = fs.mknod(&c, r.dir, name, r.mode, r.rdev)?;
             put_reply(call, &a)?;

@@ -224,7 +224,11 @@ pub fn serve(
             data.window = client.region.raw(win_off, win_size);
             data.window_len = n as u64;
         }
-        Request::Readdir(_) | Request::Readlink(_) | Request::Getxattr(..) | Request::Listxattr(_) => {
+        Request::Readdir(_)
+        | Request::ReaddirPlus(_)
+        | Request::Readlink(_)
+        | Request::Getxattr(..)
+        | Request::Listxattr(_) => {
             data.kind = data_kind::WINDOW;
             data.window = client.region.raw(win_off, win_size);
             data.window_len = win_size as u64;

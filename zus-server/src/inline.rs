@@ -138,7 +138,11 @@ pub(crate) fn op_on(
             desc.window = window;
             desc.window_len = window_len as u64;
         }
-        Request::Readdir(_) | Request::Readlink(_) | Request::Getxattr(..) | Request::Listxattr(_) => {
+        Request::Readdir(_)
+        | Request::ReaddirPlus(_)
+        | Request::Readlink(_)
+        | Request::Getxattr(..)
+        | Request::Listxattr(_) => {
             if !out && window_len > 0 {
                 return InlineOutcome::err(Errno::EINVAL);
             }

@@ -7,7 +7,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use zus_api::Errno;
 use zus_api::device::{DEVICE_ALIGN, DEVICE_HEADER_SIZE, DeviceHeader, DeviceHeaderError};
-use zus_api::ops::{Attr, CreateOpenReply, CreateReq, ForgetReq, InoReq, OpCode, OpHeader, OpenReply, OpenReq, Pod};
+use zus_api::ops::{
+    Attr, CreateOpenReply, CreateReq, Dirent, DirentPlus, ForgetReq, InoReq, NameReq, OpCode, OpHeader, OpenReply,
+    OpenReq, Pod, ReaddirReq,
+};
 use zus_plugin::{DeviceDesc, OpCall, PluginVtable};
 use zus_pmem::{MapMode, MappedPmem, Persist};
 
@@ -340,10 +343,12 @@ impl Mount {
     }
 
     /// Serves one op: the plugin's, or one zusd composes from several of the plugin's
-    /// ([`OpCode::CreateOpen`], [`OpCode::ForgetMany`], [`OpCode::ReleaseMany`]).
+    /// ([`OpCode::CreateOpen`], [`OpCode::ForgetMany`], [`OpCode::ReleaseMany`],
+    /// [`OpCode::ReaddirPlus`]).
     pub fn op(&self, call: &mut OpCall) -> i64 {
         match OpCode::from_u32(call.hdr.opcode) {
             Some(OpCode::CreateOpen) => self.create_open(call),
+            Some(OpCode::ReaddirPlus) => self.readdir_plus(call),
             Some(OpCode::ForgetMany) => self.many(call, OpCode::Forget),
             Some(OpCode::ReleaseMany) => self.many(call, OpCode::Release),
             _ => self.plugin_op(call),
@@ -412,6 +417,70 @@ impl Mount {
         }
         call.reply_len = size_of::<CreateOpenReply>();
         0
+    }
+
+    /// `ReaddirPlus`: the plugin's `Readdir` into private memory, sized so that every entry it
+    /// gives still fits the caller's window with its attributes (a [`DirentPlus`] record is at
+    /// most four times the [`Dirent`] record of the same name), then its `Lookup` of each name
+    /// but `.` and `..`, and the records written to the window in one copy. A lookup that fails
+    /// (the name went meanwhile) leaves the record's attributes zero and counts no reference.
+    fn readdir_plus(&self, call: &mut OpCall) -> i64 {
+        const ATTR: usize = size_of::<Attr>();
+        if call.req.is_null() || call.data.kind != zus_plugin::data_kind::WINDOW || call.data.window.is_null() {
+            return Errno::EINVAL.to_wire();
+        }
+        // SAFETY: `req` is the server's private copy of `req_len` bytes (dispatch's scratch).
+        let payload = unsafe { core::slice::from_raw_parts(call.req, call.req_len) };
+        let Some(rd) = ReaddirReq::read_from(payload) else { return Errno::EINVAL.to_wire() };
+        let cap = usize::try_from(call.data.window_len).unwrap_or(0);
+        // (and at most 64 KiB of them a call: a few thousand names, each a lookup)
+        let mut names = vec![0u8; (cap / 4).min(64 << 10)];
+        let mut sub = sub_call(call, OpCode::Readdir, payload, 0);
+        sub.data = zus_plugin::DataDesc {
+            kind: zus_plugin::data_kind::WINDOW,
+            window: names.as_mut_ptr(),
+            window_len: names.len() as u64,
+            ..zus_plugin::DataDesc::NONE
+        };
+        let rc = self.plugin_op(&mut sub);
+        if rc < 0 {
+            return rc;
+        }
+        let n = usize::try_from(rc).unwrap_or(usize::MAX).min(sub.data_out).min(names.len());
+        let Some(entries) = zus_plugin::parse_dirents(&names[..n]) else { return Errno::EIO.to_wire() };
+        let mut out = Vec::with_capacity(cap.min(entries.len() * (size_of::<DirentPlus>() + 16)));
+        for (ino, kind, name, cookie) in entries {
+            let mut attr = Attr::default();
+            if name != b"." && name != b".." {
+                let r = NameReq { dir: rd.dir, name_len: u32::try_from(name.len()).unwrap_or(u32::MAX), reserved: 0 };
+                let req = [r.as_bytes(), &name].concat();
+                let mut lookup = sub_call(call, OpCode::Lookup, &req, 0);
+                if self.plugin_op(&mut lookup) >= 0 && lookup.reply_len == ATTR {
+                    // SAFETY: the plugin wrote `reply_len` (ATTR, within `reply_cap`) bytes at `reply`.
+                    let got = unsafe { core::slice::from_raw_parts(lookup.reply, ATTR) };
+                    attr = Attr::read_from(got).unwrap_or_default();
+                }
+            }
+            let rec = (size_of::<DirentPlus>() + name.len()).next_multiple_of(8);
+            if out.len() + rec > cap {
+                // Not possible with the sizing above; the reference must not leak if it is.
+                if attr.ino != 0 {
+                    let forget = ForgetReq { ino: attr.ino, nlookup: 1 };
+                    self.plugin_op(&mut sub_call(call, OpCode::Forget, forget.as_bytes(), 0));
+                }
+                break;
+            }
+            let dirent = Dirent { ino, cookie, kind, name_len: u32::try_from(name.len()).unwrap_or(0) };
+            out.extend_from_slice(DirentPlus { dirent, attr }.as_bytes());
+            out.extend_from_slice(&name);
+            out.resize(out.len().next_multiple_of(8), 0);
+        }
+        // SAFETY: the window holds `cap` bytes (dispatch set it up for this op) and `out` is at
+        // most `cap` bytes of private memory; a raw copy into shared memory.
+        unsafe { core::ptr::copy_nonoverlapping(out.as_ptr(), call.data.window, out.len()) };
+        call.reply_len = 0;
+        call.data_out = out.len();
+        i64::try_from(out.len()).unwrap_or(i64::MAX)
     }
 
     /// Calls the plugin for one op.

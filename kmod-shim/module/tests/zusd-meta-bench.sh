@@ -15,7 +15,9 @@
 #   fs-test phase io|create|stat|unlink: 4 KiB O_SYNC write / read latency,
 #           create, stat and unlink rates of OPS files in one directory
 #   untar   busybox tar -xf of the packed tree (/lib/zufs/meta-tree.tar, made
-#           on the host by the wrapper), then rm -rf of it: seconds
+#           on the host by the wrapper), then ls -lR of it after drop_caches
+#           (cold: names and inodes asked of zusd again), then rm -rf of it:
+#           seconds
 #   req     zusd's requests per op of each phase (per entry for untar and rm):
 #           the sum of `zufs status --json`'s lanes[].ops before and after it
 # and at the end the best round per metric (lowest time or requests, highest
@@ -100,12 +102,18 @@ phases() {
 	# spans one such call, taken off below
 	sr=0
 	[ "$counted" = 1 ] && { r0=$(reqs); r1=$(reqs); sr=$((r1 - r0)); echo "BENCH $label status_req $sr req" >>$OUT; }
-	for p in io create stat unlink untar rm; do
+	for p in io create stat unlink untar lsl rm; do
 		[ "$counted" = 1 ] && r0=$(reqs)
 		case $p in
 		untar)	[ "$ENTRIES" -gt 0 ] || continue
 			n=$ENTRIES
 			fs-test time "$label" untar_s tar -xf $TAR -C "$d" >>$OUT ;;
+		lsl)	[ "$ENTRIES" -gt 0 ] || continue
+			n=$ENTRIES
+			# cold: the kernel forgets the tree's names and inodes first
+			sync
+			echo 2 >/proc/sys/vm/drop_caches
+			fs-test time "$label" lsl_s sh -c "ls -lR '$d/tree' >/dev/null" >>$OUT ;;
 		rm)	[ "$ENTRIES" -gt 0 ] || continue
 			n=$ENTRIES
 			fs-test time "$label" rm_s rm -rf "$d/tree" >>$OUT ;;
@@ -162,7 +170,7 @@ END {
 	printf "GUEST: BENCH-META (rates: higher is faster; times and req/op: lower is better; spread = how many times the worst round is off the best)\n"
 	fmt = "GUEST: BENCH-META %-18s %6s %10s %10s %10s %12s %11s %13s %12s\n"
 	printf fmt, "metric", "unit", "tmpfs", "before", "after", "after/before", "after/tmpfs", "before_spread", "after_spread"
-	n = split("write4k_osync_mean write4k_osync_p50 read4k_mean read4k_p50 create_rate stat_rate unlink_rate untar_s rm_s io_req create_req stat_req unlink_req untar_req rm_req", m, " ")
+	n = split("write4k_osync_mean write4k_osync_p50 read4k_mean read4k_p50 create_rate stat_rate unlink_rate untar_s lsl_s rm_s io_req create_req stat_req unlink_req untar_req lsl_req rm_req", m, " ")
 	for (i = 1; i <= n; i++) {
 		t = v["tmpfs " m[i]]; b = v["before " m[i]]; a = v["after " m[i]]
 		if (t == "" && b == "" && a == "") continue

@@ -55,6 +55,45 @@ check pk_status_json_transport_kernel sh -c "zufs status --json | grep -q '\"tra
 check pk_statfs_magic sh -c "[ \"\$(stat -f -c %t $M)\" = 5a554653 ]"
 check pk_busy_mountpoint_refused sh -c "! zufs mount -t pmemfs -o transport=kernel $DEV $M 2>/dev/null"
 
+# ---- what the mount caches (a minute, zufs mount's default) -----------------
+# the requests zusd served: the sum of its lanes' ops (this mount is its only client here)
+reqs() { zufs status --json 2>/dev/null | sed -n 's/.*"lanes":\[\([^]]*\)\].*/\1/p' | grep -o '"ops":[0-9]*' | awk -F: '{ s += $2 } END { print s + 0 }'; }
+reqs_of() {  # CMD...: how many requests CMD cost (its own exit status ignored)
+	r0=$(reqs)
+	"$@" >/dev/null 2>&1
+	echo $(($(reqs) - r0))
+}
+check pk_caches_for_a_minute sh -c "grep -q ' $M zufs .*attr_timeout_ms=60000,entry_timeout_ms=60000' /proc/mounts"
+mkdir $M/cd && echo x > $M/cd/there && mkdir $M/cd/sub
+touch $M/cd/gone && rm $M/cd/gone
+echo "GUEST: pk requests: stat of a missing name in a directory this mount made: $(reqs_of stat $M/cd/missing), of a removed one: $(reqs_of stat $M/cd/gone), of a file: $(reqs_of stat $M/cd/there)"
+check pk_new_dir_missing_name_costs_no_request [ "$(reqs_of stat $M/cd/missing2)" = 0 ]
+check pk_new_dir_missing_name_absent sh -c "! stat $M/cd/missing2 2>/dev/null && ! stat $M/cd/gone 2>/dev/null"
+check pk_new_dir_names_found sh -c "[ \"\$(cat $M/cd/there)\" = x ] && [ -d $M/cd/sub ]"
+echo y > $M/cdr
+check pk_new_dir_rename_in_and_out sh -c "mv $M/cdr $M/cd/r && [ -f $M/cd/r ] && mv $M/cd/r $M/cdr && [ ! -e $M/cd/r ] && [ -f $M/cdr ]"
+# the kernel forgets names (reclaim; here drop_caches) while the directory stays (an open
+# fd keeps it): it is asked again, and the names zusd has are found
+exec 3<$M/cd
+sync
+echo 2 > /proc/sys/vm/drop_caches
+check pk_after_drop_caches_names_found_again sh -c "[ \"\$(cat $M/cd/there)\" = x ] && [ -d $M/cd/sub ] && ! stat $M/cd/missing2 2>/dev/null"
+check pk_after_drop_caches_missing_name_asked [ "$(reqs_of stat $M/cd/missing3)" -gt 0 ]
+exec 3<&-
+# a directory the kernel does not hold: its listing brings every entry's inode (READDIR_PLUS),
+# so ls -l and the stats after it ask zusd nothing per entry
+mkdir $M/rp
+for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do echo $i > $M/rp/f$i; done
+ln -s f3 $M/rp/link
+sync
+echo 2 > /proc/sys/vm/drop_caches
+n=$(reqs_of ls -l $M/rp)
+echo "GUEST: pk requests: ls -l of a cold directory of 21 entries: $n"
+check pk_cold_ls_l_asks_no_lookup_per_entry [ "$n" -lt 10 ]
+check pk_cold_ls_l_shows_the_attributes sh -c "ls -l $M/rp | grep -q ' 3 .* f10\$' && ls -l $M/rp | grep -q '^l.* link -> f3\$' && [ \"\$(cat $M/rp/f20)\" = 20 ]"
+check pk_after_readdir_plus_stat_costs_nothing [ "$(reqs_of stat $M/rp/f7)" = 0 ]
+rm -r $M/cd $M/cdr $M/rp
+
 check pk_create_write_read sh -c "echo hello > $M/a && [ \"\$(cat $M/a)\" = hello ]"
 check pk_o_append sh -c "echo world >> $M/a && echo again >> $M/a && [ \"\$(cat $M/a)\" = \"\$(printf 'hello\nworld\nagain')\" ]"
 dd if=/dev/urandom of=/tmp/pk-rnd bs=1024 count=1500 2>/dev/null

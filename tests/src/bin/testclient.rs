@@ -106,6 +106,11 @@ enum Cmd {
     /// handle usable for a write; then `ForgetMany` giving the reference back and refusing
     /// payloads that are not whole `ForgetReq`s. Prints `CREATEOPEN OK`.
     CreateOpen,
+    /// `ReaddirPlus` (readdir with each entry's attributes, composed by zusd): the same entries
+    /// and cookies as `Readdir`, each with what a lookup of its name answers (and a lookup
+    /// reference, given back with `ForgetMany`), `.`/`..` without; resuming at a cookie; a
+    /// file refused as a directory and a short request refused. Prints `READDIRPLUS OK`.
+    ReaddirPlus,
     /// Tickets: as root, mount nullfs, issue tickets to `--uid` through a bridge connection, and
     /// run `ticket-user` as that user to use them; then revoke one and check it is refused.
     /// Prints `TICKETS OK`.
@@ -549,6 +554,98 @@ fn create_open(relay: &Relay) -> Result<()> {
     Ok(())
 }
 
+fn readdir_plus(relay: &Relay) -> Result<()> {
+    use zus_api::ops::{DirentPlus, ForgetReq};
+    let m = relay.mount("nullfs", "", "")?;
+    let mut reply = vec![0u8; PAYLOAD_SIZE];
+    let mut made = Vec::new();
+    for (name, mode, op) in
+        [(&b"a"[..], 0o600, OpCode::Create), (b"bbbbbbbbbbbb", 0o644, OpCode::Create), (b"d", 0o755, OpCode::Mkdir)]
+    {
+        let cr = CreateReq { dir: m.root, mode, rdev: 0, flags: 0, name_len: u32::try_from(name.len())? };
+        let o = relay.op(m.mount_id, op, &[cr.as_bytes(), name], DataIn::None, &mut reply, None, None)?;
+        made.push((name.to_vec(), attr_of(&reply[..o.reply_len])?));
+    }
+    let mut plain = vec![0u8; 1 << 20];
+    let rd = ReaddirReq { dir: m.root, cookie: 0 };
+    let o =
+        relay.op(m.mount_id, OpCode::Readdir, &[rd.as_bytes()], DataIn::None, &mut reply, Some(&mut plain), None)?;
+    let want = zus_plugin::parse_dirents(&plain[..o.data_len]).context("readdir records")?;
+    // the records: a DirentPlus, the name, padding to 8
+    let plus = |cookie: u64| -> Result<Vec<(DirentPlus, Vec<u8>)>> {
+        let mut buf = vec![0u8; 1 << 20];
+        let rd = ReaddirReq { dir: m.root, cookie };
+        let o = relay.op(
+            m.mount_id,
+            OpCode::ReaddirPlus,
+            &[rd.as_bytes()],
+            DataIn::None,
+            &mut vec![0u8; PAYLOAD_SIZE],
+            Some(&mut buf),
+            None,
+        )?;
+        ensure!(o.value == o.data_len as u64, "ReaddirPlus answered {} for {} bytes", o.value, o.data_len);
+        let mut b = &buf[..o.data_len];
+        let mut out = Vec::new();
+        while !b.is_empty() {
+            let d = DirentPlus::read_from(b).context("short DirentPlus")?;
+            let n = d.dirent.name_len as usize;
+            let name = b.get(size_of::<DirentPlus>()..size_of::<DirentPlus>() + n).context("short name")?.to_vec();
+            b = b.get((size_of::<DirentPlus>() + n).next_multiple_of(8)..).unwrap_or(&[]);
+            out.push((d, name));
+        }
+        Ok(out)
+    };
+    let got = plus(0)?;
+    ensure!(got.len() == want.len(), "ReaddirPlus gave {} entries, Readdir {}", got.len(), want.len());
+    let mut refs = Vec::new();
+    for ((d, name), (ino, kind, wname, cookie)) in got.iter().zip(&want) {
+        ensure!(
+            d.dirent.ino == *ino && d.dirent.kind == *kind && name == wname && d.dirent.cookie == *cookie,
+            "entry {name:?} differs from readdir's"
+        );
+        if name == b"." || name == b".." {
+            ensure!(d.attr.ino == 0, "{name:?} came with attributes");
+            continue;
+        }
+        let (_, a) = made.iter().find(|(n, _)| n == name).with_context(|| format!("unexpected entry {name:?}"))?;
+        ensure!(
+            d.attr.ino == a.ino && d.attr.mode == a.mode && d.attr.generation == a.generation,
+            "{name:?}: attributes {:?}, not {a:?}",
+            d.attr
+        );
+        refs.push(ForgetReq { ino: d.attr.ino, nlookup: 1 });
+    }
+    ensure!(refs.len() == made.len(), "{} entries with attributes, not {}", refs.len(), made.len());
+    // each counted a lookup reference: given back
+    let forgets: Vec<u8> = refs.iter().flat_map(|f| f.as_bytes().to_vec()).collect();
+    let e = op_errno(relay, m.mount_id, OpCode::ForgetMany, &[&forgets], DataIn::None, None);
+    ensure!(e == 0, "ForgetMany of the ReaddirPlus references gave errno {e}");
+    // resumed after the first entry: the rest
+    let rest = plus(got[0].0.dirent.cookie)?;
+    ensure!(
+        rest.len() == got.len() - 1 && rest.iter().zip(&got[1..]).all(|(a, b)| a.1 == b.1),
+        "resumed ReaddirPlus gave {} entries",
+        rest.len()
+    );
+    let forgets: Vec<u8> = rest
+        .iter()
+        .filter(|(d, _)| d.attr.ino != 0)
+        .flat_map(|(d, _)| ForgetReq { ino: d.attr.ino, nlookup: 1 }.as_bytes().to_vec())
+        .collect();
+    let e = op_errno(relay, m.mount_id, OpCode::ForgetMany, &[&forgets], DataIn::None, None);
+    ensure!(e == 0, "ForgetMany after the resumed ReaddirPlus gave errno {e}");
+    // a file is not a directory; a request short of a ReaddirReq is refused
+    let file = ReaddirReq { dir: made[0].1.ino, cookie: 0 };
+    let mut buf = vec![0u8; 4096];
+    let e = op_errno(relay, m.mount_id, OpCode::ReaddirPlus, &[file.as_bytes()], DataIn::None, Some(&mut buf));
+    ensure!(e == libc::ENOTDIR, "ReaddirPlus of a file gave errno {e}, not ENOTDIR");
+    let e = op_errno(relay, m.mount_id, OpCode::ReaddirPlus, &[&rd.as_bytes()[..8]], DataIn::None, Some(&mut buf));
+    ensure!(e == libc::EINVAL, "ReaddirPlus of 8 bytes gave errno {e}, not EINVAL");
+    println!("READDIRPLUS OK");
+    Ok(())
+}
+
 fn kcache(relay: &Relay, socket: &Path) -> Result<()> {
     use zus_api::ops::KernelCacheReq;
     let m = relay.mount("nullfs", "", "")?;
@@ -818,6 +915,7 @@ fn main() -> Result<()> {
         Cmd::Poll { iters, idle_ms } => poll(&relay, iters, idle_ms),
         Cmd::Kcache => kcache(&relay, &args.socket),
         Cmd::CreateOpen => create_open(&relay),
+        Cmd::ReaddirPlus => readdir_plus(&relay),
         Cmd::Stream => stream(&relay),
         Cmd::Tickets { uid } => tickets(&relay, &args.socket, uid),
         Cmd::TicketUser { mount_id, ino, other_ino, ro, rw, revoked } => {

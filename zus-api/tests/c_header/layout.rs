@@ -326,6 +326,15 @@ pub const STRUCTS: &[Layout] = &[
         ],
     },
     Layout {
+        c_name: "struct zus_dirent_plus",
+        size: size_of::<zus_api::ops::DirentPlus>(),
+        align: align_of::<zus_api::ops::DirentPlus>(),
+        fields: &[
+            ("dirent", offset_of!(zus_api::ops::DirentPlus, dirent)),
+            ("attr", offset_of!(zus_api::ops::DirentPlus, attr)),
+        ],
+    },
+    Layout {
         c_name: "struct zus_open_req",
         size: size_of::<zus_api::ops::OpenReq>(),
         align: align_of::<zus_api::ops::OpenReq>(),
@@ -729,6 +738,7 @@ pub const VALUES: &[(&str, i128)] = &[
     ("ZUS_OP_CREATE_OPEN", zus_api::ops::OpCode::CreateOpen as i128),
     ("ZUS_OP_FORGET_MANY", zus_api::ops::OpCode::ForgetMany as i128),
     ("ZUS_OP_RELEASE_MANY", zus_api::ops::OpCode::ReleaseMany as i128),
+    ("ZUS_OP_READDIR_PLUS", zus_api::ops::OpCode::ReaddirPlus as i128),
 ];
 
 /// `(C name, bytes)` of every byte-string constant (C drops one trailing NUL).
