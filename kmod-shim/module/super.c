@@ -902,11 +902,10 @@ static int zufs_d_revalidate(struct dentry *dentry, unsigned int flags)
 	struct dentry *parent;
 	struct inode *inode;
 	struct zus_attr a;
-	int err;
-
 	struct inode *dir;
 	struct dentry *p;
 	u64 until;
+	int err;
 
 	if (zufs_dentry_valid(dentry))
 		return 1;
@@ -1425,9 +1424,10 @@ static void zufs_readdir_link(struct dentry *parent, const char *name,
 	}
 	inode = zufs_iget(dir->i_sb, a, true);
 	if (IS_ERR(inode)) {
+		/* as after a LOOKUP: an inode of another type keeps the count */
 		d_lookup_done(dentry);
 		dput(dentry);
-		goto forget;
+		return;
 	}
 	zufs_dentry_fresh(dentry);
 	alias = d_splice_alias(inode, dentry);

@@ -89,6 +89,13 @@ size_is $D/shared 6
 echo second >> $WIN/shared
 check dax_second_superblock_change_seen_within_3s wait_for 30 size_is $D/shared 13
 rm -f $D/shared
+# open(O_CREAT) without O_EXCL of a name this mount cached as absent, which the other made
+# meanwhile: zusd's EEXIST to the exclusive CREATE_OPEN makes the module look the name up
+# and open the file that is there (the shell's >> is O_WRONLY|O_CREAT|O_APPEND)
+stat $D/ee 2>/dev/null
+echo fromwin > $WIN/ee
+check dax_create_open_of_a_name_made_elsewhere_opens_it sh -c "echo more >> $D/ee && [ \"\$(cat $D/ee)\" = \"\$(printf 'fromwin\nmore')\" ]"
+rm -f $D/ee
 
 cached_overwrites() {  # 200 O_SYNC overwrites through one open file: one MAP at most
 	/bin/dax-test overwrite $D/big 200 > /tmp/ow.log 2>&1
