@@ -142,6 +142,7 @@ struct zufs_inode {
 	u64 complete_until;
 };
 
+/* an open file on one of an inode's lists (wb_files, fp_files) */
 struct zufs_wb_file {
 	struct list_head list;
 	struct file *file;
@@ -1627,6 +1628,52 @@ static int zufs_kcache_mark(struct inode *inode)
 }
 
 /*
+ * @file on one of an inode's lists of files (wb_files, fp_files; under
+ * wb_lock), once: 1 when added, 0 when it was there, or -ENOMEM.
+ */
+static int zufs_file_list_add(struct zufs_inode *zi, struct list_head *head,
+			      struct file *file)
+{
+	struct zufs_wb_file *w, *n = kmalloc(sizeof(*n), GFP_KERNEL);
+
+	if (!n)
+		return -ENOMEM;
+	n->file = file;
+	spin_lock(&zi->wb_lock);
+	list_for_each_entry(w, head, list) {
+		if (w->file == file) {
+			spin_unlock(&zi->wb_lock);
+			kfree(n);
+			return 0;
+		}
+	}
+	list_add_tail(&n->list, head);
+	spin_unlock(&zi->wb_lock);
+	return 1;
+}
+
+/* @file off an inode's list of files: whether it was there */
+static bool zufs_file_list_del(struct zufs_inode *zi, struct list_head *head,
+			       struct file *file)
+{
+	struct zufs_wb_file *w, *found = NULL;
+
+	spin_lock(&zi->wb_lock);
+	list_for_each_entry(w, head, list) {
+		if (w->file == file) {
+			found = w;
+			list_del(&w->list);
+			break;
+		}
+	}
+	spin_unlock(&zi->wb_lock);
+	if (!found)
+		return false;
+	kfree(found);
+	return true;
+}
+
+/*
  * What the FUSE bridge answers to ZUFS_IOC_TICKET (zus_api.h), with the
  * layout of zus-api's IoctlTicket.
  */
@@ -1655,27 +1702,17 @@ static long zufs_file_ioctl(struct file *file, unsigned int cmd,
 		.mount_id = ZUFS_SB(inode->i_sb)->mount_id,
 		.writable = !!(file->f_mode & FMODE_WRITE),
 	};
-	struct zufs_wb_file *n = NULL, *w;
+	int added;
 
 	BUILD_BUG_ON(_IOC_SIZE(ZUFS_IOC_TICKET) != sizeof(t));
 	if (cmd != ZUFS_IOC_TICKET)
 		return -ENOTTY;
 	if (t.writable) {
-		n = kmalloc(sizeof(*n), GFP_KERNEL);
-		if (!n)
-			return -ENOMEM;
-		n->file = file;
-		spin_lock(&zi->wb_lock);
-		list_for_each_entry(w, &zi->fp_files, list) {
-			if (w->file == file)
-				goto known;
-		}
-		list_add_tail(&n->list, &zi->fp_files);
-		atomic_inc(&zi->fp_writers);
-		n = NULL;
-known:
-		spin_unlock(&zi->wb_lock);
-		kfree(n);
+		added = zufs_file_list_add(zi, &zi->fp_files, file);
+		if (added < 0)
+			return added;
+		if (added)
+			atomic_inc(&zi->fp_writers);
 		zufs_attr_stale(inode);
 	}
 	return copy_to_user((void __user *)arg, &t, sizeof(t)) ? -EFAULT : 0;
@@ -1686,22 +1723,10 @@ static void zufs_fp_del(struct file *file)
 {
 	struct inode *inode = file_inode(file);
 	struct zufs_inode *zi = ZUFS_I(inode);
-	struct zufs_wb_file *w, *found = NULL;
 
-	if (!atomic_read(&zi->fp_writers))
+	if (!atomic_read(&zi->fp_writers) ||
+	    !zufs_file_list_del(zi, &zi->fp_files, file))
 		return;
-	spin_lock(&zi->wb_lock);
-	list_for_each_entry(w, &zi->fp_files, list) {
-		if (w->file == file) {
-			list_del(&w->list);
-			found = w;
-			break;
-		}
-	}
-	spin_unlock(&zi->wb_lock);
-	if (!found)
-		return;
-	kfree(found);
 	/* what the file's last writes changed is not cached either */
 	zufs_attr_stale(inode);
 	atomic_dec(&zi->fp_writers);
@@ -2364,45 +2389,21 @@ out:
 static int zufs_wb_add(struct file *file)
 {
 	struct zufs_inode *zi = ZUFS_I(file_inode(file));
-	struct zufs_wb_file *w, *n;
+	int err = zufs_file_list_add(zi, &zi->wb_files, file);
 
-	n = kmalloc(sizeof(*n), GFP_KERNEL);
-	if (!n)
-		return -ENOMEM;
-	n->file = file;
-	spin_lock(&zi->wb_lock);
-	list_for_each_entry(w, &zi->wb_files, list) {
-		if (w->file == file) {
-			spin_unlock(&zi->wb_lock);
-			kfree(n);
-			return 0;
-		}
-	}
-	list_add_tail(&n->list, &zi->wb_files);
-	spin_unlock(&zi->wb_lock);
-	return 0;
+	return err < 0 ? err : 0;
 }
 
 static void zufs_wb_del(struct file *file)
 {
 	struct inode *inode = file_inode(file);
 	struct zufs_inode *zi = ZUFS_I(inode);
-	struct zufs_wb_file *w, *found = NULL;
 
 	if (list_empty_careful(&zi->wb_files))
 		return;
 	/* every dirty page written while this fh can still carry it */
 	filemap_write_and_wait(inode->i_mapping);
-	spin_lock(&zi->wb_lock);
-	list_for_each_entry(w, &zi->wb_files, list) {
-		if (w->file == file) {
-			found = w;
-			list_del(&w->list);
-			break;
-		}
-	}
-	spin_unlock(&zi->wb_lock);
-	kfree(found);
+	zufs_file_list_del(zi, &zi->wb_files, file);
 }
 
 static bool zufs_wb_fh(struct inode *inode, u64 *fh)
