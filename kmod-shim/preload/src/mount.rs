@@ -414,10 +414,11 @@ fn classify(fd: i32) -> u32 {
     }
     // On a mount we do not own, the bridge's ticket for this open file (the kernel checked our
     // permissions when it opened it); none: the kernel serves the file.
-    // On a mount we own, a writable file asks for one too, unused: it tells the bridge that we
-    // may change the file's size, blocks and times behind the kernel, so the bridge drops the
-    // attributes the kernel caches and gives it none while the file is open (issue 17: the
-    // other files' attributes are cached for the mount's timeouts).
+    // On a mount we own, a writable file asks for one too, unused: it tells the bridge (or the
+    // zufs kernel module, which answers it too, with no ticket) that we may change the file's
+    // size, blocks and times behind the kernel, so the kernel's cached attributes of it are
+    // dropped and not trusted while the file is open (issue 17: the other files' attributes
+    // are cached for the mount's timeouts).
     let ticket = if m.ticketed.load(Ordering::Relaxed) {
         match sys::ticket(fd) {
             Some(t) if t.ino == st.st_ino && u64::from(t.mount_id) == m.mount_id.load(Ordering::Relaxed) => t.ticket,
