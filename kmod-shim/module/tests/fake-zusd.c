@@ -151,6 +151,15 @@ static unsigned char *window_at(int lane, int i)
 #define FS_ROOT		1
 #define FS_NODES	8192
 #define FS_HANG_NAME	"hang-forever"	/* a lookup of it is never answered */
+/*
+ * READDIR_PLUS of a directory of the root with one of these names answers
+ * records a broken zusd might: attributes naming another inode, a type
+ * other than the entry's, a mode of no type (the module must give back or
+ * keep each lookup reference as zusd counted it, and list the names); or
+ * a record whose name runs past the data (EIO for the listing).
+ */
+#define FS_RDP_ODD	"rdp-odd"
+#define FS_RDP_BROKEN	"rdp-broken"
 
 struct fent {
 	char name[ZUS_NAME_MAX + 1];
@@ -650,6 +659,54 @@ static int fs_serve(struct zus_slot *sl, struct zus_op_header *h,
 			de.name_len = len;
 			memcpy(w + off, &de, sizeof(de));
 			memcpy(w + off + sizeof(de), d->ents[k].name, len);
+			off += rec;
+		}
+		h->data_len = off;
+		r = off;
+		break;
+	}
+	case ZUS_OP_READDIR_PLUS: {
+		struct zus_readdir_req q;
+		uint32_t off = 0, k;
+		int odd, broken;
+
+		NEED(q);
+		memcpy(&q, req, sizeof(q));
+		d = fs_node(q.dir);
+		if (!d || !S_ISDIR(d->a.mode)) { r = -ENOTDIR; break; }
+		i = fs_find(fs_node(FS_ROOT), FS_RDP_ODD, strlen(FS_RDP_ODD));
+		odd = i >= 0 && fs_node(FS_ROOT)->ents[i].ino == q.dir;
+		i = fs_find(fs_node(FS_ROOT), FS_RDP_BROKEN, strlen(FS_RDP_BROKEN));
+		broken = i >= 0 && fs_node(FS_ROOT)->ents[i].ino == q.dir;
+		for (k = q.cookie; k < d->nents; k++) {
+			struct zus_dirent_plus dp;
+			uint32_t len = strlen(d->ents[k].name);
+			uint32_t rec = (sizeof(dp) + len + 7) & ~7u;
+
+			if (off + rec > wsize)
+				break;
+			n = fs_node(d->ents[k].ino);
+			memset(&dp, 0, sizeof(dp));
+			dp.dirent.ino = n->a.ino;
+			dp.dirent.cookie = k + 1;
+			dp.dirent.kind = (n->a.mode & S_IFMT) >> 12;
+			dp.dirent.name_len = len;
+			dp.attr = n->a;
+			/* as a LOOKUP would, unless the attributes name nothing real */
+			n->nlookup++;
+			if (odd && k % 3 == 0) {
+				dp.attr.ino = 0xdead0000 + k;	/* no such inode */
+				n->nlookup--;
+			} else if (odd && k % 3 == 1) {
+				dp.attr.mode = (dp.attr.mode & ~S_IFMT) | S_IFIFO;
+			} else if (odd) {
+				dp.attr.mode &= ~S_IFMT;	/* no type */
+				dp.dirent.kind = 0;
+			}
+			if (broken)
+				dp.dirent.name_len = wsize;
+			memcpy(w + off, &dp, sizeof(dp));
+			memcpy(w + off + sizeof(dp), d->ents[k].name, len);
 			off += rec;
 		}
 		h->data_len = off;

@@ -35,6 +35,22 @@ check fs_symlink sh -c "ln -s r2 $M/sl && [ \"\$(readlink $M/sl)\" = r2 ] && [ \
 check fs_unlink sh -c "rm $M/r2 $M/sl && [ ! -e $M/r2 ]"
 check fs_open_unlinked_file sh -c "echo keep > $M/u && exec 3<$M/u && rm $M/u && [ \"\$(cat <&3)\" = keep ]"
 check fs_mknod_fifo sh -c "mkfifo $M/fifo && [ -p $M/fifo ] && rm $M/fifo"
+# READDIR_PLUS: each entry's name and inode in one request (fs_ls_l_of_a_cold_directory), and
+# what a broken zusd might answer instead (fake-zusd: rdp-odd's attributes name another inode,
+# another type or none; rdp-broken's record runs past the data): names listed, no inode from
+# the bad attributes (each found by its own lookup), EIO for the broken listing, nothing in
+# the kernel log (every warning panics this guest)
+mkdir $M/rdp $M/rdp-odd $M/rdp-broken
+for f in a b c d e f; do echo $f > $M/rdp/$f; echo $f > $M/rdp-odd/$f; done
+echo x > $M/rdp-broken/x
+sync
+echo 2 > /proc/sys/vm/drop_caches
+check fs_ls_l_of_a_cold_directory sh -c "[ \"\$(ls -l $M/rdp | grep -c '^-rw')\" = 6 ] && [ \"\$(cat $M/rdp/e)\" = e ]"
+check fs_readdir_plus_odd_attributes_names_listed sh -c "[ \"\$(ls $M/rdp-odd | tr '\n' ' ')\" = 'a b c d e f ' ]"
+check fs_readdir_plus_odd_attributes_files_as_they_are sh -c "for f in a b c d e f; do [ -f $M/rdp-odd/\$f ] && [ \"\$(cat $M/rdp-odd/\$f)\" = \$f ] || exit 1; done"
+# (busybox ls stops at a readdir error without failing: the EIO shows as an empty listing)
+check fs_readdir_plus_broken_record_eio sh -c "[ -z \"\$(ls $M/rdp-broken 2>/dev/null)\" ] && [ \"\$(cat $M/rdp-broken/x)\" = x ]"
+rm -r $M/rdp $M/rdp-odd && rm $M/rdp-broken/x && rmdir $M/rdp-broken
 check fs_exclusive_create sh -c "set -C; : > $M/x && ! (: > $M/x) 2>/dev/null"
 mkdir $M/many
 i=0
