@@ -160,6 +160,8 @@ static unsigned char *window_at(int lane, int i)
  */
 #define FS_RDP_ODD	"rdp-odd"
 #define FS_RDP_BROKEN	"rdp-broken"
+/* ... and of this one ENOSYS, as a zusd without the op (the module then uses READDIR) */
+#define FS_RDP_NOSYS	"rdp-nosys"
 
 struct fent {
 	char name[ZUS_NAME_MAX + 1];
@@ -678,6 +680,8 @@ static int fs_serve(struct zus_slot *sl, struct zus_op_header *h,
 		odd = i >= 0 && fs_node(FS_ROOT)->ents[i].ino == q.dir;
 		i = fs_find(fs_node(FS_ROOT), FS_RDP_BROKEN, strlen(FS_RDP_BROKEN));
 		broken = i >= 0 && fs_node(FS_ROOT)->ents[i].ino == q.dir;
+		i = fs_find(fs_node(FS_ROOT), FS_RDP_NOSYS, strlen(FS_RDP_NOSYS));
+		if (i >= 0 && fs_node(FS_ROOT)->ents[i].ino == q.dir) { r = -ENOSYS; break; }
 		for (k = q.cookie; k < d->nents; k++) {
 			struct zus_dirent_plus dp;
 			uint32_t len = strlen(d->ents[k].name);

@@ -104,6 +104,14 @@ while [ ! -s /tmp/fake-zusd.forgets ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1
 check fs_forgets_sent_by_umount [ "$(cat /tmp/fake-zusd.forgets)" -gt 100 ]
 check fs_remount_sees_files sh -c "mount -t zufs -o mount_id=7,root=1 none $M && [ \"\$(cat $M/a)\" = \"\$(printf 'hello\nworld')\" ]"
 
+# a server without READDIR_PLUS (fake-zusd answers ENOSYS for rdp-nosys): the listing comes by
+# READDIR, on this mount from then on
+mkdir $M/rdp-nosys
+for f in a b c; do echo $f > $M/rdp-nosys/$f; done
+sync
+echo 2 > /proc/sys/vm/drop_caches
+check fs_readdir_plus_enosys_lists_by_readdir sh -c "[ \"\$(ls $M/rdp-nosys | tr '\n' ' ')\" = 'a b c ' ] && [ \"\$(ls $M/ | grep -c rdp-nosys)\" = 1 ] && rm -r $M/rdp-nosys"
+
 # the server dies while an op waits in it: EIO within a bound, nothing hangs
 (stat $M/hang-forever >/dev/null 2>&1; echo $? > /tmp/hang.rc) &
 HANG=$!
