@@ -267,6 +267,15 @@ static int fs_find(struct fnode *d, const char *name, uint32_t len)
 	return -1;
 }
 
+/* whether the root's entry @name is the directory @ino */
+static int fs_root_entry_is(const char *name, uint64_t ino)
+{
+	struct fnode *root = fs_node(FS_ROOT);
+	int i = fs_find(root, name, strlen(name));
+
+	return i >= 0 && root->ents[i].ino == ino;
+}
+
 static int fs_add(struct fnode *d, const char *name, uint32_t len, uint64_t ino)
 {
 	if (d->nents == d->cents) {
@@ -640,34 +649,11 @@ static int fs_serve(struct zus_slot *sl, struct zus_op_header *h,
 		r = n->a.size;
 		break;
 	}
-	case ZUS_OP_READDIR: {
-		struct zus_readdir_req q;
-		uint32_t off = 0, k;
-
-		NEED(q);
-		memcpy(&q, req, sizeof(q));
-		d = fs_node(q.dir);
-		if (!d || !S_ISDIR(d->a.mode)) { r = -ENOTDIR; break; }
-		for (k = q.cookie; k < d->nents; k++) {
-			struct zus_dirent de;
-			uint32_t len = strlen(d->ents[k].name);
-			uint32_t rec = (sizeof(de) + len + 7) & ~7u;
-
-			if (off + rec > wsize)
-				break;
-			de.ino = d->ents[k].ino;
-			de.cookie = k + 1;
-			de.kind = (fs_node(de.ino)->a.mode & S_IFMT) >> 12;
-			de.name_len = len;
-			memcpy(w + off, &de, sizeof(de));
-			memcpy(w + off + sizeof(de), d->ents[k].name, len);
-			off += rec;
-		}
-		h->data_len = off;
-		r = off;
-		break;
-	}
+	case ZUS_OP_READDIR:
 	case ZUS_OP_READDIR_PLUS: {
+		/* a READDIR record is the leading struct zus_dirent of a plus one */
+		int plus = h->opcode == ZUS_OP_READDIR_PLUS;
+		uint32_t fixed = plus ? sizeof(struct zus_dirent_plus) : sizeof(struct zus_dirent);
 		struct zus_readdir_req q;
 		uint32_t off = 0, k;
 		int odd, broken;
@@ -676,16 +662,13 @@ static int fs_serve(struct zus_slot *sl, struct zus_op_header *h,
 		memcpy(&q, req, sizeof(q));
 		d = fs_node(q.dir);
 		if (!d || !S_ISDIR(d->a.mode)) { r = -ENOTDIR; break; }
-		i = fs_find(fs_node(FS_ROOT), FS_RDP_ODD, strlen(FS_RDP_ODD));
-		odd = i >= 0 && fs_node(FS_ROOT)->ents[i].ino == q.dir;
-		i = fs_find(fs_node(FS_ROOT), FS_RDP_BROKEN, strlen(FS_RDP_BROKEN));
-		broken = i >= 0 && fs_node(FS_ROOT)->ents[i].ino == q.dir;
-		i = fs_find(fs_node(FS_ROOT), FS_RDP_NOSYS, strlen(FS_RDP_NOSYS));
-		if (i >= 0 && fs_node(FS_ROOT)->ents[i].ino == q.dir) { r = -ENOSYS; break; }
+		if (plus && fs_root_entry_is(FS_RDP_NOSYS, q.dir)) { r = -ENOSYS; break; }
+		odd = plus && fs_root_entry_is(FS_RDP_ODD, q.dir);
+		broken = plus && fs_root_entry_is(FS_RDP_BROKEN, q.dir);
 		for (k = q.cookie; k < d->nents; k++) {
 			struct zus_dirent_plus dp;
 			uint32_t len = strlen(d->ents[k].name);
-			uint32_t rec = (sizeof(dp) + len + 7) & ~7u;
+			uint32_t rec = (fixed + len + 7) & ~7u;
 
 			if (off + rec > wsize)
 				break;
@@ -697,7 +680,8 @@ static int fs_serve(struct zus_slot *sl, struct zus_op_header *h,
 			dp.dirent.name_len = len;
 			dp.attr = n->a;
 			/* as a LOOKUP would, unless the attributes name nothing real */
-			n->nlookup++;
+			if (plus)
+				n->nlookup++;
 			if (odd && k % 3 == 0) {
 				dp.attr.ino = 0xdead0000 + k;	/* no such inode */
 				n->nlookup--;
@@ -709,8 +693,8 @@ static int fs_serve(struct zus_slot *sl, struct zus_op_header *h,
 			}
 			if (broken)
 				dp.dirent.name_len = wsize;
-			memcpy(w + off, &dp, sizeof(dp));
-			memcpy(w + off + sizeof(dp), d->ents[k].name, len);
+			memcpy(w + off, &dp, fixed);
+			memcpy(w + off + fixed, d->ents[k].name, len);
 			off += rec;
 		}
 		h->data_len = off;
