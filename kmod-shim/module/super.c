@@ -59,9 +59,9 @@ struct zufs_sb_info {
 	u32 entry_timeout_ms;
 	unsigned long attr_timeout;	/* jiffies */
 	unsigned long entry_timeout;	/* jiffies */
-	spinlock_t forget_lock;
-	struct list_head forgets;
-	struct delayed_work forget_work;
+	spinlock_t defer_lock;
+	struct list_head deferred;
+	struct delayed_work defer_work;
 	/* zusd answered ENOSYS to FORGET_MANY or RELEASE_MANY: one by one */
 	bool no_many;
 	/* -o dax=PATH: file data through DAX on this pmem (dax.c), or NULL */
@@ -86,7 +86,7 @@ static LIST_HEAD(zufs_sbs);
 static DEFINE_MUTEX(zufs_sbs_lock);
 
 /* an op that goes out later, from the work item: FORGET or RELEASE */
-struct zufs_forget {
+struct zufs_deferred {
 	struct list_head list;
 	u32 opcode;	/* ZUS_OP_FORGET or ZUS_OP_RELEASE */
 	u64 ino;
@@ -107,7 +107,7 @@ struct zufs_inode {
 	struct timespec64 acl_ctime;
 	bool no_caps;
 	/* allocated with the inode, so that eviction never allocates */
-	struct zufs_forget *forget;
+	struct zufs_deferred *forget;
 	struct zufs_dax_inode dax;	/* dax.c */
 	/*
 	 * zusd's kernel-cache mark (ZUS_OP_KERNEL_CACHE): set at the first
@@ -143,7 +143,7 @@ struct zufs_inode {
 };
 
 /* an open file on one of an inode's lists (wb_files, fp_files) */
-struct zufs_wb_file {
+struct zufs_file_ref {
 	struct list_head list;
 	struct file *file;
 };
@@ -574,17 +574,17 @@ static void zufs_send_many(struct zufs_sb_info *sbi, u32 opcode,
  * Every queued op, in order, a run of one kind in one FORGET_MANY or
  * RELEASE_MANY (one by one when there is no memory for the batch).
  */
-static void zufs_send_forgets(struct zufs_sb_info *sbi)
+static void zufs_send_deferred(struct zufs_sb_info *sbi)
 {
 	struct zufs_deferred_req one, *reqs;
-	struct zufs_forget *f, *tmp;
+	struct zufs_deferred *f, *tmp;
 	unsigned int n = 0, cap;
 	u32 opcode = 0;
 	LIST_HEAD(batch);
 
-	spin_lock(&sbi->forget_lock);
-	list_splice_init(&sbi->forgets, &batch);
-	spin_unlock(&sbi->forget_lock);
+	spin_lock(&sbi->defer_lock);
+	list_splice_init(&sbi->deferred, &batch);
+	spin_unlock(&sbi->defer_lock);
 	if (list_empty(&batch))
 		return;
 	/* no I/O from here: the work may be what reclaim waits for */
@@ -610,10 +610,10 @@ static void zufs_send_forgets(struct zufs_sb_info *sbi)
 		kfree(reqs);
 }
 
-static void zufs_forget_work(struct work_struct *work)
+static void zufs_defer_work(struct work_struct *work)
 {
-	zufs_send_forgets(container_of(to_delayed_work(work),
-				       struct zufs_sb_info, forget_work));
+	zufs_send_deferred(container_of(to_delayed_work(work),
+				       struct zufs_sb_info, defer_work));
 }
 
 /*
@@ -621,19 +621,48 @@ static void zufs_forget_work(struct work_struct *work)
  * later, so that a run of creates or unlinks, a tar -x or an rm -rf sends
  * its releases and forgets in a few batches instead of one op per file.
  */
-static void zufs_queue_forget(struct zufs_sb_info *sbi, struct zufs_forget *f)
+static void zufs_defer_queue(struct zufs_sb_info *sbi, struct zufs_deferred *f)
 {
-	spin_lock(&sbi->forget_lock);
-	list_add_tail(&f->list, &sbi->forgets);
-	spin_unlock(&sbi->forget_lock);
-	queue_delayed_work(zufs_wq, &sbi->forget_work, 1);
+	spin_lock(&sbi->defer_lock);
+	list_add_tail(&f->list, &sbi->deferred);
+	spin_unlock(&sbi->defer_lock);
+	queue_delayed_work(zufs_wq, &sbi->defer_work, 1);
+}
+
+/*
+ * A FORGET or RELEASE that the caller need not wait for; with no memory to
+ * queue it, it goes out now, so that zusd's count stays right either way.
+ */
+static void zufs_defer(struct super_block *sb, u32 opcode, u64 ino, u64 arg)
+{
+	struct zufs_deferred *f = kmalloc(sizeof(*f), GFP_KERNEL);
+
+	if (!f) {
+		struct zufs_deferred_req r = { .ino = ino, .arg = arg };
+
+		zufs_send_many(ZUFS_SB(sb), opcode, &r, 1);
+		return;
+	}
+	f->opcode = opcode;
+	f->ino = ino;
+	f->arg = arg;
+	zufs_defer_queue(ZUFS_SB(sb), f);
+}
+
+/*
+ * A lookup reference that reached no inode (a revalidation that found
+ * another inode, a readdir entry not kept) goes back with the next batch.
+ */
+static void zufs_forget_one(struct super_block *sb, u64 ino)
+{
+	zufs_defer(sb, ZUS_OP_FORGET, ino, 1);
 }
 
 static void zufs_evict_inode(struct inode *inode)
 {
 	struct zufs_inode *zi = ZUFS_I(inode);
 	u64 n = atomic64_read(&zi->nlookup);
-	struct zufs_forget *f = zi->forget;
+	struct zufs_deferred *f = zi->forget;
 
 	truncate_inode_pages_final(&inode->i_data);
 	clear_inode(inode);
@@ -644,7 +673,7 @@ static void zufs_evict_inode(struct inode *inode)
 	f->opcode = ZUS_OP_FORGET;
 	f->ino = inode->i_ino;
 	f->arg = n;
-	zufs_queue_forget(ZUFS_SB(inode->i_sb), f);
+	zufs_defer_queue(ZUFS_SB(inode->i_sb), f);
 }
 
 /* ----- inodes ----- */
@@ -897,9 +926,7 @@ struct inode *zufs_lookup_dotdot(struct inode *dir)
  */
 static int zufs_d_revalidate(struct dentry *dentry, unsigned int flags)
 {
-	struct zufs_sb_info *sbi = ZUFS_SB(dentry->d_sb);
 	struct name_snapshot name;
-	struct zufs_forget *f;
 	struct dentry *parent;
 	struct inode *inode;
 	struct zus_attr a;
@@ -946,15 +973,8 @@ static int zufs_d_revalidate(struct dentry *dentry, unsigned int flags)
 	if (err)
 		return 0;
 	/* another inode now: give back the reference this lookup counted */
-	f = kmalloc(sizeof(*f), GFP_KERNEL);
-	if (f && a.ino) {
-		f->opcode = ZUS_OP_FORGET;
-		f->ino = a.ino;
-		f->arg = 1;
-		zufs_queue_forget(sbi, f);
-	} else {
-		kfree(f);
-	}
+	if (a.ino)
+		zufs_forget_one(dentry->d_sb, a.ino);
 	return 0;
 }
 
@@ -1364,24 +1384,6 @@ static const char *zufs_get_link(struct dentry *dentry, struct inode *inode,
 	return buf;
 }
 
-/* A lookup reference that reached no inode goes back with the next batch. */
-static void zufs_forget_one(struct super_block *sb, u64 ino)
-{
-	struct zufs_forget *f = kmalloc(sizeof(*f), GFP_KERNEL);
-
-	if (!f) {
-		struct zus_forget_req r = { .ino = ino, .nlookup = 1 };
-
-		zufs_simple(ZUFS_SB(sb)->mount_id, ZUS_OP_FORGET, &r, sizeof(r),
-			    NULL, 0, 0);
-		return;
-	}
-	f->opcode = ZUS_OP_FORGET;
-	f->ino = ino;
-	f->arg = 1;
-	zufs_queue_forget(ZUFS_SB(sb), f);
-}
-
 /*
  * A READDIR_PLUS entry: its name goes in the dcache with its inode, which
  * keeps the lookup reference zusd counted for it, so that the stat of each
@@ -1634,7 +1636,7 @@ static int zufs_kcache_mark(struct inode *inode)
 static int zufs_file_list_add(struct zufs_inode *zi, struct list_head *head,
 			      struct file *file)
 {
-	struct zufs_wb_file *w, *n = kmalloc(sizeof(*n), GFP_KERNEL);
+	struct zufs_file_ref *w, *n = kmalloc(sizeof(*n), GFP_KERNEL);
 
 	if (!n)
 		return -ENOMEM;
@@ -1656,7 +1658,7 @@ static int zufs_file_list_add(struct zufs_inode *zi, struct list_head *head,
 static bool zufs_file_list_del(struct zufs_inode *zi, struct list_head *head,
 			       struct file *file)
 {
-	struct zufs_wb_file *w, *found = NULL;
+	struct zufs_file_ref *w, *found = NULL;
 
 	spin_lock(&zi->wb_lock);
 	list_for_each_entry(w, head, list) {
@@ -1735,7 +1737,6 @@ static void zufs_fp_del(struct file *file)
 static int zufs_release(struct inode *inode, struct file *file)
 {
 	struct zufs_inode *zi = ZUFS_I(inode);
-	struct zufs_forget *f;
 
 	/* dirty pages of shared maps go while this fh can carry them */
 	zufs_wb_del(file);
@@ -1753,16 +1754,8 @@ static int zufs_release(struct inode *inode, struct file *file)
 	 * The close does not wait for zusd: the release goes out with the
 	 * next batch (kill_sb flushes them), in order with the forgets.
 	 */
-	f = kmalloc(sizeof(*f), GFP_KERNEL);
-	if (!f) {
-		zufs_send_release(inode->i_sb, inode->i_ino,
-				  (uintptr_t)file->private_data);
-		return 0;
-	}
-	f->opcode = ZUS_OP_RELEASE;
-	f->ino = inode->i_ino;
-	f->arg = (uintptr_t)file->private_data;
-	zufs_queue_forget(ZUFS_SB(inode->i_sb), f);
+	zufs_defer(inode->i_sb, ZUS_OP_RELEASE, inode->i_ino,
+		   (uintptr_t)file->private_data);
 	return 0;
 }
 
@@ -2409,11 +2402,11 @@ static void zufs_wb_del(struct file *file)
 static bool zufs_wb_fh(struct inode *inode, u64 *fh)
 {
 	struct zufs_inode *zi = ZUFS_I(inode);
-	struct zufs_wb_file *w;
+	struct zufs_file_ref *w;
 	bool ok = false;
 
 	spin_lock(&zi->wb_lock);
-	w = list_first_entry_or_null(&zi->wb_files, struct zufs_wb_file, list);
+	w = list_first_entry_or_null(&zi->wb_files, struct zufs_file_ref, list);
 	if (w) {
 		*fh = (uintptr_t)w->file->private_data;
 		ok = true;
@@ -2618,8 +2611,8 @@ static int zufs_statfs(struct dentry *dentry, struct kstatfs *buf)
 	s64 ret;
 
 	/* the blocks of files removed and closed just now count as free */
-	if (!list_empty_careful(&sbi->forgets))
-		flush_delayed_work(&sbi->forget_work);
+	if (!list_empty_careful(&sbi->deferred))
+		flush_delayed_work(&sbi->defer_work);
 	ret = zufs_simple(sbi->mount_id, ZUS_OP_STATFS,
 			  NULL, 0, &s, sizeof(s), sizeof(s));
 	if (ret < 0)
@@ -2753,9 +2746,9 @@ static int zufs_fill_super(struct super_block *sb, struct fs_context *fc)
 	sbi->entry_timeout_ms = ctx->entry_timeout_ms;
 	sbi->attr_timeout = msecs_to_jiffies(ctx->attr_timeout_ms);
 	sbi->entry_timeout = msecs_to_jiffies(ctx->entry_timeout_ms);
-	spin_lock_init(&sbi->forget_lock);
-	INIT_LIST_HEAD(&sbi->forgets);
-	INIT_DELAYED_WORK(&sbi->forget_work, zufs_forget_work);
+	spin_lock_init(&sbi->defer_lock);
+	INIT_LIST_HEAD(&sbi->deferred);
+	INIT_DELAYED_WORK(&sbi->defer_work, zufs_defer_work);
 	sb->s_fs_info = sbi;
 	zufs_sb_register(sbi);
 	/*
@@ -2880,8 +2873,8 @@ static void zufs_kill_sb(struct super_block *sb)
 	kill_anon_super(sb);
 	if (!sbi)
 		return;
-	flush_delayed_work(&sbi->forget_work);
-	zufs_send_forgets(sbi);
+	flush_delayed_work(&sbi->defer_work);
+	zufs_send_deferred(sbi);
 	mutex_lock(&zufs_sbs_lock);
 	list_del(&sbi->sbs);
 	mutex_unlock(&zufs_sbs_lock);
