@@ -50,6 +50,10 @@
 #   ZUFS_KMOD_REQUIRED=1  make the "cannot run here" cases failures, not skips
 #   DEFAULT_TESTS=0  leave the transport, filesystem and pjdfstest scripts out
 #                  (only ZUFS_GUEST_TESTS run)
+#   GUEST_DEBUG=0  boot without slub_debug and page_poison, with the TSC as
+#                  clocksource (HPET otherwise: a clock read is a trap under
+#                  TCG): for benchmarks, which should not time the debugging
+#                  allocator; tests keep the default 1
 #   NO_BOOT=1      build the initramfs, write how to boot it to
 #                  $ZUFS_KMOD_DIR/guest-boot.env (QEMU, VMLINUZ, INITRD) and
 #                  exit 0: for a caller that boots it itself
@@ -324,7 +328,11 @@ if [ "${NO_BOOT:-0}" = 1 ]; then
 fi
 CMDLINE="console=ttyS0 loglevel=4 memmap=$PMEM panic=-1 oops=panic panic_on_warn=1"
 CMDLINE+=" hung_task_timeout_secs=10 hung_task_panic=1 softlockup_panic=1"
-CMDLINE+=" slub_debug=FZPU page_poison=1"
+if [ "${GUEST_DEBUG:-1}" = 1 ]; then
+  CMDLINE+=" slub_debug=FZPU page_poison=1"
+else
+  CMDLINE+=" clocksource=tsc tsc=reliable"
+fi
 step "boot the guest (TCG, $SMP cpus, $MEM)"
 B0=$(date +%s%N)
 set +e

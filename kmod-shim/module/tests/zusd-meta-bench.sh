@@ -49,6 +49,8 @@ ENTRIES=0
 [ -f $TAR ] && ENTRIES=$(tar -tf $TAR | wc -l)
 [ "$ENTRIES" -gt 0 ] || say "no $TAR: no untar / rm -rf figures"
 say "$ROUNDS rounds of $OPS ops, untar of $ENTRIES entries; configurations: $CONFIGS"
+say "clocksource $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource);" \
+	"$(grep -o 'slub_debug=[^ ]*' /proc/cmdline || echo 'no slub_debug')"
 
 # the build's files: sets KO (empty: modprobe), ZUSD, CLI and PLUG
 build() {
