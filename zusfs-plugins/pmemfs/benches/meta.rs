@@ -10,6 +10,9 @@
 //! a system call and the VFS per op, and persists nothing). Times are wall time over all
 //! threads' operations divided by the operations (µs per op; with 2 threads the inverse of the
 //! combined rate). Medians of interleaved rounds: the 2-vCPU VM drifts over seconds.
+//!
+//! `META_DEV_MIB` (default 1024) and `META_INODES` (default 400,000) size the two pmemfs devices,
+//! for a machine with less /dev/shm (a qemu guest with `--quick`: 256 and 50,000 fit in 2 GiB).
 
 #![allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
 
@@ -271,8 +274,10 @@ fn main() {
     let rounds = if quick { 3 } else { 7 };
     let n: usize = if quick { 5_000 } else { 20_000 };
     let pid = std::process::id();
-    let opts = MkfsOptions { inodes: Some(400_000), shards: None };
-    let pm = shm_pmem(Path::new(&format!("/dev/shm/pmemfs-meta-{pid}")), 1 << 30);
+    let env = |k: &str, d: u64| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let dev = env("META_DEV_MIB", 1024) << 20;
+    let opts = MkfsOptions { inodes: Some(env("META_INODES", 400_000)), shards: None };
+    let pm = shm_pmem(Path::new(&format!("/dev/shm/pmemfs-meta-{pid}")), dev);
     let mode = pm.map_mode();
     let fs = Fs::mkfs(pm, &opts).unwrap();
     if std::env::var_os("META_PROFILE").is_some() {
@@ -282,7 +287,7 @@ fn main() {
         }
         return;
     }
-    let nf = Fs::mkfs(NoFlush(shm_pmem(Path::new(&format!("/dev/shm/pmemfs-metanf-{pid}")), 1 << 30)), &opts).unwrap();
+    let nf = Fs::mkfs(NoFlush(shm_pmem(Path::new(&format!("/dev/shm/pmemfs-metanf-{pid}")), dev)), &opts).unwrap();
     let troot = PathBuf::from(format!("/dev/shm/meta-bench-{pid}"));
     std::fs::create_dir_all(&troot).unwrap();
     let tmp = Tmpfs { root: troot.clone(), dirs: std::sync::RwLock::new(vec![troot]) };
