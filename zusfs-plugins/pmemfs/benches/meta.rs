@@ -13,6 +13,12 @@
 //!
 //! `META_DEV_MIB` (default 1024) and `META_INODES` (default 400,000) size the two pmemfs devices,
 //! for a machine with less /dev/shm (a qemu guest with `--quick`: 256 and 50,000 fit in 2 GiB).
+//!
+//! `META_SWITCH=1`: every op comes right after a one-byte ping-pong with another process (a `cat`
+//! per thread), as an op served for another process through the kernel does; the ping-pong alone
+//! is measured too and taken off. Run it under `taskset -c 0` so that the hand-off is on one CPU,
+//! and read the 1-thread rows. The difference from a plain run is what a process switch costs the
+//! op after it (caches and TLB refilled): a few % on hardware, most of an op under qemu's TCG.
 
 #![allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
 
@@ -177,27 +183,74 @@ fn thread_cpu_us() -> f64 {
     ts.tv_sec as f64 * 1e6 + ts.tv_nsec as f64 / 1e3
 }
 
+/// A process to hand the CPU to before each op (`META_SWITCH=1`): `cat` echoes each byte.
+struct Partner(Option<(std::process::Child, std::process::ChildStdin, std::process::ChildStdout)>);
+
+impl Partner {
+    fn new() -> Self {
+        if std::env::var_os("META_SWITCH").is_none() {
+            return Partner(None);
+        }
+        let mut c = std::process::Command::new("cat")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("META_SWITCH: run cat");
+        let (i, o) = (c.stdin.take().unwrap(), c.stdout.take().unwrap());
+        Partner(Some((c, i, o)))
+    }
+
+    /// One byte there and back: this thread sleeps while the partner runs.
+    fn ping(&mut self) {
+        use std::io::{Read, Write};
+        if let Some((_, i, o)) = &mut self.0 {
+            let mut b = [1u8];
+            i.write_all(&b).unwrap();
+            o.read_exact(&mut b).unwrap();
+        }
+    }
+}
+
+impl Drop for Partner {
+    fn drop(&mut self) {
+        if let Some((mut c, i, o)) = self.0.take() {
+            drop((i, o));
+            let _ = c.wait();
+        }
+    }
+}
+
 /// (wall µs per op, CPU µs per op) of `f(thread, i)` for i in 0..n on each of `t` threads: wall
 /// time over all ops (with 2 threads the inverse of the combined rate), and the CPU time the
-/// threads used per op (what other tenants of this shared VM disturb least).
+/// threads used per op (what other tenants of this shared VM disturb least). With a partner
+/// (`META_SWITCH=1`) each op follows a ping-pong, whose own cost is taken off.
 fn timed(t: usize, n: usize, f: impl Fn(usize, usize) + Sync) -> (f64, f64) {
-    let start = Instant::now();
-    let cpu: f64 = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..t)
-            .map(|k| {
-                let f = &f;
-                s.spawn(move || {
-                    let c = thread_cpu_us();
-                    for i in 0..n {
-                        f(k, i);
-                    }
-                    thread_cpu_us() - c
+    let run = |f: &(dyn Fn(usize, usize) + Sync)| {
+        let start = Instant::now();
+        let cpu: f64 = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..t)
+                .map(|k| {
+                    s.spawn(move || {
+                        let mut partner = Partner::new();
+                        let c = thread_cpu_us();
+                        for i in 0..n {
+                            partner.ping();
+                            f(k, i);
+                        }
+                        thread_cpu_us() - c
+                    })
                 })
-            })
-            .collect();
-        hs.into_iter().map(|h| h.join().unwrap()).sum()
-    });
-    (start.elapsed().as_secs_f64() * 1e6 / (t * n) as f64, cpu / (t * n) as f64)
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        (start.elapsed().as_secs_f64() * 1e6 / (t * n) as f64, cpu / (t * n) as f64)
+    };
+    let (w, c) = run(&f);
+    if std::env::var_os("META_SWITCH").is_none() {
+        return (w, c);
+    }
+    let (w0, c0) = run(&|_, _| ());
+    (w - w0, c - c0)
 }
 
 /// One round of every op on `fs`: µs per op, in the order of `OPS`.
@@ -212,11 +265,17 @@ fn round<T: Target>(fs: &T, tag: &str, threads: usize, layout: Layout, n: usize)
         })
         .collect();
     let dir = |k: usize, i: usize| dirs[k][i % dirs[k].len()];
-    let name = |k: usize, i: usize| format!("t{k}-file-{i:07}");
-    let rname = |k: usize, i: usize| format!("t{k}-renamed-{i:07}");
+    // The names are made before the clock starts: formatting them in the loop timed the
+    // threads' contention on malloc, not the filesystem's.
+    let names = |f: fn(usize, usize) -> String| -> Vec<Vec<String>> {
+        (0..threads).map(|k| (0..n).map(|i| f(k, i)).collect()).collect()
+    };
+    let (names, rnames) = (names(|k, i| format!("t{k}-file-{i:07}")), names(|k, i| format!("t{k}-renamed-{i:07}")));
+    let name = |k: usize, i: usize| names[k][i].as_str();
+    let rname = |k: usize, i: usize| rnames[k][i].as_str();
     let mut r = [(0f64, 0f64); 7];
-    r[0] = timed(threads, n, |k, i| fs.create(dir(k, i), &name(k, i)));
-    r[1] = timed(threads, n, |k, i| fs.stat(dir(k, i), &name(k, i)));
+    r[0] = timed(threads, n, |k, i| fs.create(dir(k, i), name(k, i)));
+    r[1] = timed(threads, n, |k, i| fs.stat(dir(k, i), name(k, i)));
     {
         // Each thread lists its own directories (all threads list the shared one).
         let start = Instant::now();
@@ -236,13 +295,13 @@ fn round<T: Target>(fs: &T, tag: &str, threads: usize, layout: Layout, n: usize)
         let total = total.max(1) as f64;
         r[2] = (start.elapsed().as_secs_f64() * 1e6 / total, cpu / total);
     }
-    r[3] = timed(threads, n, |k, i| fs.rename(dir(k, i), &name(k, i), &rname(k, i)));
-    r[4] = timed(threads, n, |k, i| fs.unlink(dir(k, i), &rname(k, i)));
+    r[3] = timed(threads, n, |k, i| fs.rename(dir(k, i), name(k, i), rname(k, i)));
+    r[4] = timed(threads, n, |k, i| fs.unlink(dir(k, i), rname(k, i)));
     let dn = n / 4;
     r[5] = timed(threads, dn, |k, i| {
-        fs.mkdir(dir(k, i), &name(k, i));
+        fs.mkdir(dir(k, i), name(k, i));
     });
-    r[6] = timed(threads, dn, |k, i| fs.rmdir(dir(k, i), &name(k, i)));
+    r[6] = timed(threads, dn, |k, i| fs.rmdir(dir(k, i), name(k, i)));
     for (k, ds) in dirs.iter().enumerate() {
         if layout == Layout::ManyDirs {
             for j in 0..ds.len() {
@@ -280,10 +339,12 @@ fn main() {
     let pm = shm_pmem(Path::new(&format!("/dev/shm/pmemfs-meta-{pid}")), dev);
     let mode = pm.map_mode();
     let fs = Fs::mkfs(pm, &opts).unwrap();
-    if std::env::var_os("META_PROFILE").is_some() {
-        // For `perf record`: only pmemfs creates and unlinks, 64 directories, 1 thread.
+    if let Some(t) = std::env::var_os("META_PROFILE") {
+        // For `perf record`: only pmemfs rounds, 64 directories per thread, on META_PROFILE
+        // threads (1 if it is not a number).
+        let t = t.to_str().and_then(|t| t.parse().ok()).unwrap_or(1);
         for r in 0..10 {
-            round(&fs, &format!("p{r}"), 1, Layout::ManyDirs, 20_000);
+            round(&fs, &format!("p{r}"), t, Layout::ManyDirs, 20_000);
         }
         return;
     }
@@ -312,10 +373,15 @@ fn main() {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
         "pmemfs in-process metadata ({rounds} rounds x {n} ops per thread (mkdir/rmdir: {}), medians; flush = {:?}, \
-         map = {mode:?}; load average {})",
+         map = {mode:?}; load average {}){}",
         n / 4,
         flush_kind(),
-        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+        if std::env::var_os("META_SWITCH").is_some() {
+            "; META_SWITCH: each op after a process switch, the ping-pong's own time taken off"
+        } else {
+            ""
+        }
     );
     println!(
         "| op | threads | layout | pmemfs µs/op wall (CPU) | pmemfs, flush+fence off | tmpfs µs/op wall (CPU) | \
