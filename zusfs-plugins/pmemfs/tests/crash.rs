@@ -61,7 +61,12 @@ fn crash_case(what: &str, setup: impl FnOnce(&Fs<CrashSim>), op: impl Fn(&Fs<Cra
 
 /// Like `crash_case` for several operations in a row, each checked on its own.
 fn crash_steps(what: &str, setup: impl FnOnce(&Fs<CrashSim>), steps: Vec<Step>) -> u64 {
-    let fs = Fs::mkfs(CrashSim::new(DEV), &MkfsOptions::default()).unwrap();
+    crash_steps_on(DEV, what, setup, steps)
+}
+
+/// `crash_steps` on a device of `dev` bytes.
+fn crash_steps_on(dev: usize, what: &str, setup: impl FnOnce(&Fs<CrashSim>), steps: Vec<Step>) -> u64 {
+    let fs = Fs::mkfs(CrashSim::new(dev), &MkfsOptions::default()).unwrap();
     setup(&fs);
     fs.sync().unwrap();
     let mut total = 0;
@@ -125,6 +130,20 @@ fn test_crash_each_metadata_op() {
             file(fs, ROOT, "b", 100);
         },
         |fs| fs.unlink(ROOT, b"a").unwrap(),
+    );
+    total += crash_steps_on(
+        4 << 20,
+        "unlink of a file with more extents than one transaction frees",
+        |fs| {
+            // 300 one-block extents (a hole punched after each): the name, the first 256 and
+            // the inode's smaller size go in one transaction, the rest and the inode in a second.
+            let a = file(fs, ROOT, "a", 600 * 4096);
+            for i in 0..300u64 {
+                fs.fallocate(a, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, i * 8192 + 4096, 4096).unwrap();
+            }
+            file(fs, ROOT, "b", 100);
+        },
+        vec![Box::new(|fs| fs.unlink(ROOT, b"a").unwrap())],
     );
     total += crash_steps(
         "unlink of an open file, then release",

@@ -350,10 +350,19 @@ impl<P: Persist> Fs<P> {
         dir.d.ctime = now;
         dir.dirty = true;
         dir.flush_record(&self.geo, parent, &mut op.txn);
-        child.flush_record(&self.geo, e.ino, &mut op.txn);
+        // The last link of a file nobody has open: its blocks and the inode go in the same
+        // transaction as the name (the common unlink: one commit), or the first of its steps.
+        let orphan = child.d.nlink == 0 && child.open == 0;
+        if !orphan {
+            child.flush_record(&self.geo, e.ino, &mut op.txn);
+        } else if self.reclaim_step(e.ino, child, &mut op)? {
+            op.commit()?;
+            *cg = None;
+            return Ok(());
+        }
         op.commit()?;
         drop(pg);
-        if child.d.nlink == 0 && child.open == 0 {
+        if orphan {
             self.reclaim(e.ino, &mut cg)?;
         }
         Ok(())
@@ -651,32 +660,40 @@ impl<P: Persist> Fs<P> {
     /// (each a transaction that leaves a valid, smaller orphan; mount finishes an interrupted one).
     pub(super) fn reclaim(&self, ino: u64, g: &mut WGuard<'_>) -> Result<()> {
         loop {
-            let n = node_mut(g)?;
             let mut op = Op::new(self);
-            let mut freed = Vec::new();
-            let low = n.ext_remove(0, u64::MAX, FREE_BATCH, &mut op.txn, &mut freed)?;
-            for (s, l) in freed {
-                op.free_data(s, l, n.dax_mapped);
-            }
-            if low > 0 || !n.ext.is_empty() {
-                n.d.size = n.d.size.min(low * BLOCK);
-                n.dirty = true;
-                n.flush_record(&self.geo, ino, &mut op.txn);
-                op.commit()?;
-                continue;
-            }
-            for &c in &n.chain {
-                op.free(c, 1);
-            }
-            if n.d.xattr_blk != 0 {
-                op.free(n.d.xattr_blk, n.xattr_nblk.max(1));
-            }
-            let gen_ = n.d.generation;
-            op.txn.write(self.geo.inode_off(ino), &DiskInode::free(gen_).encode(ino));
-            op.free_inos.push((ino, gen_));
+            let done = self.reclaim_step(ino, node_mut(g)?, &mut op)?;
             op.commit()?;
-            **g = None;
-            return Ok(());
+            if done {
+                **g = None;
+                return Ok(());
+            }
         }
+    }
+
+    /// One step of [`Self::reclaim`] into `op`: up to `FREE_BATCH` extents freed and the inode's
+    /// smaller size recorded (false: more to do after `op` commits), or the last blocks and the
+    /// inode itself (true: the caller empties its slot once `op` commits).
+    fn reclaim_step(&self, ino: u64, n: &mut Inode, op: &mut Op<'_, P>) -> Result<bool> {
+        let mut freed = Vec::new();
+        let low = n.ext_remove(0, u64::MAX, FREE_BATCH, &mut op.txn, &mut freed)?;
+        for (s, l) in freed {
+            op.free_data(s, l, n.dax_mapped);
+        }
+        if low > 0 || !n.ext.is_empty() {
+            n.d.size = n.d.size.min(low * BLOCK);
+            n.dirty = true;
+            n.flush_record(&self.geo, ino, &mut op.txn);
+            return Ok(false);
+        }
+        for &c in &n.chain {
+            op.free(c, 1);
+        }
+        if n.d.xattr_blk != 0 {
+            op.free(n.d.xattr_blk, n.xattr_nblk.max(1));
+        }
+        let gen_ = n.d.generation;
+        op.txn.write(self.geo.inode_off(ino), &DiskInode::free(gen_).encode(ino));
+        op.free_inos.push((ino, gen_));
+        Ok(true)
     }
 }
