@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, HashMap};
 use crate::error::{FsError, Result};
 use crate::journal::Txn;
 use crate::layout::{
-    BLOCK, CHAIN_MAGIC, CHAIN_SLOTS, DSLOT, DSLOTS_PER_BLOCK, DiskInode, Extent, Geometry, INLINE_SLOTS, S_IFDIR,
-    S_IFLNK, S_IFMT, S_IFREG, dirent_encode,
+    BLOCK, CHAIN_MAGIC, CHAIN_SLOTS, DIRENT_MAX, DSLOT, DSLOTS_PER_BLOCK, DiskInode, Extent, Geometry, INLINE_SLOTS,
+    S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, dirent_encode,
 };
 
 /// Longest extent (256 MiB): freeing one touches at most 8 KiB of bitmap, so a bounded number
@@ -316,7 +316,7 @@ impl Inode {
     pub fn dir_put(&mut self, pos: u32, name: &[u8], ino: u64, dtype: u8, txn: &mut Txn) -> Result<()> {
         let off = self.dslot_off(pos).ok_or_else(|| FsError::corrupt("directory slot unmapped"))?;
         let k = crate::layout::dirent_slots(name.len());
-        txn.write(off, &dirent_encode(ino, dtype, name));
+        txn.write(off, dirent_encode(ino, dtype, name, &mut [0; DIRENT_MAX])?);
         let d = self.dir.as_mut().ok_or(FsError::NotDir)?;
         let b = (pos / DSLOTS_PER_BLOCK) as usize;
         d.used[b] |= DirIndex::mask(pos % DSLOTS_PER_BLOCK, k);
@@ -349,7 +349,7 @@ impl Inode {
     pub fn dir_repoint(&mut self, name: &[u8], ino: u64, dtype: u8, txn: &mut Txn) -> Result<DEnt> {
         let e = *self.dir.as_ref().ok_or(FsError::NotDir)?.names.get(name).ok_or(FsError::NotFound)?;
         let off = self.dslot_off(e.pos).ok_or_else(|| FsError::corrupt("directory slot unmapped"))?;
-        txn.write(off, &dirent_encode(ino, dtype, name));
+        txn.write(off, dirent_encode(ino, dtype, name, &mut [0; DIRENT_MAX])?);
         let d = self.dir.as_mut().ok_or(FsError::NotDir)?;
         if e.dtype == 4 {
             d.subdirs = d.subdirs.saturating_sub(1);

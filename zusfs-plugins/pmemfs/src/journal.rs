@@ -50,10 +50,25 @@ pub struct Txn {
     bits: Vec<(u64, u64, bool)>,
 }
 
+/// A transaction's buffers kept for the thread's next one, up to this size.
+const SPARE_MAX: usize = 64 << 10;
+
+/// A transaction's buffers: its records, its bitmap changes.
+type Buffers = (Vec<u8>, Vec<(u64, u64, bool)>);
+
+thread_local! {
+    /// The buffers of this thread's last transaction: a metadata op allocates nothing for its
+    /// records. (Two threads' ops contended on the allocator's lock, and freed the buffers
+    /// under the commit lock.)
+    static SPARE: std::cell::Cell<Buffers> =
+        const { std::cell::Cell::new((Vec::new(), Vec::new())) };
+}
+
 impl Txn {
     /// An empty transaction.
     pub fn new() -> Txn {
-        Txn::default()
+        let (body, bits) = SPARE.try_with(std::cell::Cell::take).unwrap_or_default();
+        Txn { body, bits }
     }
 
     /// Record `data` to be written at `off`.
@@ -94,6 +109,20 @@ impl Txn {
     fn pad(&mut self) {
         while !self.body.len().is_multiple_of(8) {
             self.body.push(0);
+        }
+    }
+}
+
+impl Drop for Txn {
+    fn drop(&mut self) {
+        // (An empty one, left by `std::mem::take`, keeps the spare there.)
+        let cap = (self.body.capacity(), self.bits.capacity());
+        if cap != (0, 0) && cap.0 <= SPARE_MAX && cap.1 <= SPARE_MAX / 16 {
+            let (mut body, mut bits) = (std::mem::take(&mut self.body), std::mem::take(&mut self.bits));
+            body.clear();
+            bits.clear();
+            // The thread may be exiting (its thread-locals gone): the buffers are then freed.
+            let _ = SPARE.try_with(|s| s.set((body, bits)));
         }
     }
 }

@@ -460,17 +460,24 @@ pub fn dirent_check(ino: u64, dtype: u8, name: &[u8]) -> u32 {
     u32::try_from(h & 0xFFFF_FFFF).unwrap_or(0)
 }
 
-/// Encode a directory entry (length = nslots * 32).
-pub fn dirent_encode(ino: u64, dtype: u8, name: &[u8]) -> Vec<u8> {
-    let n = dirent_slots(name.len());
-    let mut b = vec![0u8; (n as usize) * 32];
-    put_u64(&mut b, 0, ino);
+/// The bytes of the largest directory entry (a 255-byte name: 9 slots).
+pub const DIRENT_MAX: usize = 288;
+
+/// Encode a directory entry into `out`: its bytes (nslots * 32), or ENAMETOOLONG.
+pub fn dirent_encode<'o>(ino: u64, dtype: u8, name: &[u8], out: &'o mut [u8; DIRENT_MAX]) -> Result<&'o [u8]> {
+    if name.len() > 255 {
+        return Err(FsError::NameTooLong);
+    }
+    let len = dirent_slots(name.len()) as usize * 32;
+    let b = &mut out[..len];
+    b.fill(0);
+    put_u64(b, 0, ino);
     b[8] = u8::try_from(name.len()).unwrap_or(0);
-    b[9] = u8::try_from(n).unwrap_or(0);
+    b[9] = u8::try_from(len / 32).unwrap_or(0);
     b[10] = dtype;
-    put_u32(&mut b, 12, dirent_check(ino, dtype, name));
+    put_u32(b, 12, dirent_check(ino, dtype, name));
     b[16..16 + name.len()].copy_from_slice(name);
-    b
+    Ok(b)
 }
 
 /// d_type value of a mode.
