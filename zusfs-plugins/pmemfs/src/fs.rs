@@ -230,7 +230,7 @@ impl<'a, P: Persist> Op<'a, P> {
         self.done = true;
         let txn = std::mem::take(&mut self.txn);
         let r = {
-            let mut j = lock(&self.fs.journal);
+            let mut j = crate::lock_hot(&self.fs.journal);
             let r = j.commit(&self.fs.pm, &self.fs.geo, txn, &self.free_after);
             self.fs.logged_inodes.store(j.logged_inodes(), Ordering::Release);
             // Blocks a checkpoint released go back under the journal lock (see `alloc`).
