@@ -28,16 +28,15 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// [`lock`] for a mutex held a µs or so at a time by every metadata op (the journal's): waits
-/// without sleeping first, spinning, then yielding the CPU, and sleeps only after ~2000 tries.
-/// A sleeper is woken from the holder's CPU, which costs tens of µs (60-85 on the 2-vCPU VM),
-/// and std's mutex, once it has a sleeper, makes every later waiter sleep too.
-fn lock_hot<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// Takes a lock held a µs or so at a time by every metadata op (the commit lock, a directory's
+/// inode lock): `try_` until it succeeds, spinning, then yielding the CPU, and `block` (sleep)
+/// only after ~2000 tries. A sleeper is woken from the holder's CPU, which costs tens of µs (60-85
+/// on the 2-vCPU VM); std's locks, once they have a sleeper, make every later waiter sleep too.
+/// The kernel's mutexes and rwsems spin on a running owner for the same reason.
+fn acquire_hot<G>(mut try_: impl FnMut() -> Option<G>, block: impl FnOnce() -> G) -> G {
     for i in 0..2000u32 {
-        match m.try_lock() {
-            Ok(g) => return g,
-            Err(std::sync::TryLockError::Poisoned(p)) => return p.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => {}
+        if let Some(g) = try_() {
+            return g;
         }
         if i < 200 {
             for _ in 0..8 {
@@ -48,7 +47,19 @@ fn lock_hot<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
             std::thread::yield_now();
         }
     }
-    lock(m)
+    block()
+}
+
+/// [`lock`] through [`acquire_hot`].
+fn lock_hot<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    acquire_hot(
+        || match m.try_lock() {
+            Ok(g) => Some(g),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        },
+        || lock(m),
+    )
 }
 pub use check::FsckReport;
 pub use error::{FsError, Result};
