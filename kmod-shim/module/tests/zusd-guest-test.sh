@@ -20,7 +20,9 @@
 # rates and O_SYNC write/read latency, busybox tar -xf and rm -rf of a
 # generated tree of 3,121 entries, and zusd's requests per op of each) for
 # this tree ("after") and, with ZUFS_BEFORE, another tree's build ("before"),
-# in one boot next to tmpfs.
+# in one boot next to tmpfs, after tests/switch-cost.c's figures (what a
+# hand-off to another process, and the cache and TLB misses after it, cost in
+# this guest). Run it with GUEST_DEBUG=0 (no debugging allocator).
 #
 #   bash kmod-shim/module/tests/zusd-guest-test.sh     (as root)
 #
@@ -30,7 +32,7 @@
 #   cd /work/before-d8b38ee && cargo build --release -p zusd -p zufs-cli -p pmemfs &&
 #     make -C kmod-shim/module -s KDIR=/usr/src/linux-headers-$(cat /tmp/zufs-kmod/kabi) \
 #       ZUS_API_INC=/work/before-d8b38ee/zus-api/include
-#   cd - && flock /tmp/zufs-qemu.lock env META_BENCH=1 ZUFS_BEFORE=/work/before-d8b38ee \
+#   cd - && flock /tmp/zufs-qemu.lock env GUEST_DEBUG=0 META_BENCH=1 ZUFS_BEFORE=/work/before-d8b38ee \
 #     DEFAULT_TESTS=0 ZUSD_GUEST_TESTS=" " PJDFSTEST=off \
 #     bash kmod-shim/module/tests/zusd-guest-test.sh
 # (NO_BUILD=1 when target/release is built already; OFFLINE=1 and
@@ -113,7 +115,10 @@ with tarfile.open(sys.argv[1], "w", format=tarfile.USTAR_FORMAT) as tar:
         tar.addfile(l)
 EOF
   printf 'OPS=%d\nROUNDS=%d\n' "${META_OPS:-2000}" "${META_ROUNDS:-5}" >"$W/build/meta-bench.conf"
+  # what one hand-off to another process costs in this guest (the benchmark prints it first)
+  gcc -static -O2 -Wall -Wextra -Werror -o "$W/build/switch-cost" "$HERE/switch-cost.c" -lpthread
   ZUFS_GUEST_FILES="$ZUFS_GUEST_FILES $W/build/meta-tree.tar:/lib/zufs/meta-tree.tar $W/build/meta-bench.conf:/etc/zufs-meta-bench.conf"
+  ZUFS_GUEST_FILES="$ZUFS_GUEST_FILES $W/build/switch-cost:/bin/switch-cost"
   if [ -n "${ZUFS_BEFORE:-}" ]; then
     BR=$ZUFS_BEFORE/target/release
     BKO=${ZUFS_BEFORE_KO:-$ZUFS_BEFORE/kmod-shim/module/zufs.ko}

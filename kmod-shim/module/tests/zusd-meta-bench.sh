@@ -51,6 +51,11 @@ ENTRIES=0
 say "$ROUNDS rounds of $OPS ops, untar of $ENTRIES entries; configurations: $CONFIGS"
 say "clocksource $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource);" \
 	"$(grep -o 'slub_debug=[^ ]*' /proc/cmdline || echo 'no slub_debug')"
+# the floor of one request here: a hand-off to another process and back, on one CPU
+if [ -x /bin/switch-cost ]; then
+	/bin/switch-cost 2>&1 | sed 's/^/GUEST: BENCH-META switch-cost /'
+	/bin/switch-cost thread 2>&1 | sed 's/^/GUEST: BENCH-META switch-cost /'
+fi
 
 # the build's files: sets KO (empty: modprobe), ZUSD, CLI and PLUG
 build() {
