@@ -127,6 +127,28 @@ impl Drop for Txn {
     }
 }
 
+/// Hashes an inode number with one multiplication (Fibonacci hashing): the log's set of inodes
+/// grows inside the commit's critical section, where std's SipHash took ~6% of a metadata op.
+/// The numbers are pmemfs's own, so no one can choose them to collide.
+#[derive(Debug, Default)]
+struct InoHasher(u64);
+
+impl std::hash::Hasher for InoHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// Blocks a transaction frees: (start, len, through the dax quarantine).
 pub type Freed = (u64, u64, bool);
 
@@ -140,7 +162,7 @@ pub struct Journal {
     /// cache lines (device offset / 64) stored in place since the last checkpoint, not flushed
     dirty: Vec<u64>,
     /// inodes whose records a transaction of the log wrote
-    inos: std::collections::HashSet<u64>,
+    inos: std::collections::HashSet<u64, std::hash::BuildHasherDefault<InoHasher>>,
     /// blocks freed by transactions of the log: reusable after the next checkpoint
     frees: Vec<Freed>,
 }
@@ -251,7 +273,7 @@ impl Journal {
             seq,
             pos: LOG_START,
             dirty: Vec::new(),
-            inos: std::collections::HashSet::new(),
+            inos: std::collections::HashSet::default(),
             frees: Vec::new(),
         };
         Ok((j, replayed))
