@@ -67,3 +67,66 @@ pub use fs::{
     AtimePolicy, Attr, DirEntry, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, Fs, MapExtent, MkfsOptions,
     RENAME_EXCHANGE, RENAME_NOREPLACE, SetAttr, StatFs, TimeSpec, XATTR_CREATE, XATTR_REPLACE, format, fsck, now_ns,
 };
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use super::lock_hot;
+
+    /// A holder that keeps the lock past every try (here 50 ms): the waiter ends up asleep in
+    /// the blocking lock, and gets the lock, with the holder's change, once it is let go.
+    #[test]
+    fn lock_hot_waits_out_a_long_holder() {
+        let m = Arc::new(Mutex::new(0u32));
+        let g = m.lock().unwrap();
+        let m2 = Arc::clone(&m);
+        let t0 = Instant::now();
+        let waiter = std::thread::spawn(move || {
+            let v = *lock_hot(&m2);
+            (v, t0.elapsed())
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        let mut g = g;
+        *g = 7;
+        drop(g);
+        let (v, waited) = waiter.join().unwrap();
+        assert_eq!(v, 7);
+        assert!(waited >= Duration::from_millis(50));
+    }
+
+    /// A lock poisoned by a panicking holder is still taken (pmemfs's own flag decides).
+    #[test]
+    fn lock_hot_takes_a_poisoned_lock() {
+        let m = Arc::new(Mutex::new(1u32));
+        let m2 = Arc::clone(&m);
+        let _ = std::thread::spawn(move || {
+            let _g = m2.lock().unwrap();
+            panic!("poison it");
+        })
+        .join();
+        assert!(m.is_poisoned());
+        assert_eq!(*lock_hot(&m), 1);
+    }
+
+    /// Two threads adding under it lose no update.
+    #[test]
+    fn lock_hot_excludes() {
+        let m = Arc::new(Mutex::new(0u64));
+        let hs: Vec<_> = (0..2)
+            .map(|_| {
+                let m = Arc::clone(&m);
+                std::thread::spawn(move || {
+                    for _ in 0..100_000 {
+                        *lock_hot(&m) += 1;
+                    }
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+        assert_eq!(*lock_hot(&m), 200_000);
+    }
+}
