@@ -530,14 +530,7 @@ impl<P: Persist> Fs<P> {
 
     fn wl(&self, ino: u64) -> Result<WGuard<'_>> {
         let slot = self.slot(ino)?;
-        Ok(crate::acquire_hot(
-            || match slot.try_write() {
-                Ok(g) => Some(g),
-                Err(std::sync::TryLockError::Poisoned(e)) => Some(self.poisoned_by_panic(e)),
-                Err(std::sync::TryLockError::WouldBlock) => None,
-            },
-            || slot.write().unwrap_or_else(|e| self.poisoned_by_panic(e)),
-        ))
+        Ok(crate::acquire_hot(|| slot.try_write(), || slot.write(), |e| self.poisoned_by_panic(e)))
     }
 
     fn rl(&self, ino: u64) -> Result<RwLockReadGuard<'_, Option<Box<Inode>>>> {

@@ -30,13 +30,20 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Takes a lock held a µs or so at a time by every metadata op (the commit lock, a directory's
 /// inode lock): `try_` until it succeeds, spinning, then yielding the CPU, and `block` (sleep)
-/// only after ~2000 tries. A sleeper is woken from the holder's CPU, which costs tens of µs (60-85
-/// on the 2-vCPU VM); std's locks, once they have a sleeper, make every later waiter sleep too.
-/// The kernel's mutexes and rwsems spin on a running owner for the same reason.
-fn acquire_hot<G>(mut try_: impl FnMut() -> Option<G>, block: impl FnOnce() -> G) -> G {
+/// only after ~2000 tries; a poisoned lock is taken through `poisoned`. A sleeper is woken from
+/// the holder's CPU, which costs tens of µs (60-85 on the 2-vCPU VM); std's locks, once they have
+/// a sleeper, make every later waiter sleep too. The kernel's mutexes and rwsems spin on a running
+/// owner for the same reason.
+fn acquire_hot<G>(
+    mut try_: impl FnMut() -> std::sync::TryLockResult<G>,
+    block: impl FnOnce() -> std::sync::LockResult<G>,
+    poisoned: impl Fn(std::sync::PoisonError<G>) -> G,
+) -> G {
     for i in 0..2000u32 {
-        if let Some(g) = try_() {
-            return g;
+        match try_() {
+            Ok(g) => return g,
+            Err(std::sync::TryLockError::Poisoned(e)) => return poisoned(e),
+            Err(std::sync::TryLockError::WouldBlock) => {}
         }
         if i < 200 {
             for _ in 0..8 {
@@ -47,20 +54,14 @@ fn acquire_hot<G>(mut try_: impl FnMut() -> Option<G>, block: impl FnOnce() -> G
             std::thread::yield_now();
         }
     }
-    block()
+    block().unwrap_or_else(poisoned)
 }
 
 /// [`lock`] through [`acquire_hot`].
 fn lock_hot<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    acquire_hot(
-        || match m.try_lock() {
-            Ok(g) => Some(g),
-            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
-            Err(std::sync::TryLockError::WouldBlock) => None,
-        },
-        || lock(m),
-    )
+    acquire_hot(|| m.try_lock(), || m.lock(), std::sync::PoisonError::into_inner)
 }
+
 pub use check::FsckReport;
 pub use error::{FsError, Result};
 pub use fs::{
