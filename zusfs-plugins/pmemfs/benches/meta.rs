@@ -183,12 +183,17 @@ fn thread_cpu_us() -> f64 {
     ts.tv_sec as f64 * 1e6 + ts.tv_nsec as f64 / 1e3
 }
 
+/// Whether each op runs right after a process switch (`META_SWITCH=1`).
+fn switching() -> bool {
+    std::env::var_os("META_SWITCH").is_some()
+}
+
 /// A process to hand the CPU to before each op (`META_SWITCH=1`): `cat` echoes each byte.
 struct Partner(Option<(std::process::Child, std::process::ChildStdin, std::process::ChildStdout)>);
 
 impl Partner {
     fn new() -> Self {
-        if std::env::var_os("META_SWITCH").is_none() {
+        if !switching() {
             return Partner(None);
         }
         let mut c = std::process::Command::new("cat")
@@ -246,7 +251,7 @@ fn timed(t: usize, n: usize, f: impl Fn(usize, usize) + Sync) -> (f64, f64) {
         (start.elapsed().as_secs_f64() * 1e6 / (t * n) as f64, cpu / (t * n) as f64)
     };
     let (w, c) = run(&f);
-    if std::env::var_os("META_SWITCH").is_none() {
+    if !switching() {
         return (w, c);
     }
     let (w0, c0) = run(&|_, _| ());
@@ -377,7 +382,7 @@ fn main() {
         n / 4,
         flush_kind(),
         load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
-        if std::env::var_os("META_SWITCH").is_some() {
+        if switching() {
             "; META_SWITCH: each op after a process switch, the ping-pong's own time taken off"
         } else {
             ""
